@@ -1,0 +1,304 @@
+"""minigit: thin Typer commands over minigit.operations; all printing lives here."""
+
+from __future__ import annotations
+
+import getpass
+import json
+import time
+from pathlib import Path
+from typing import Annotated
+
+import typer
+from rich.markup import escape
+
+from minigit import __version__, operations
+from minigit.changes import Changes
+from minigit.config import check_namespace, read_kafka_options
+from minigit.console import err, exit_on_error, out
+from minigit.errors import NoRepository, PushRejected
+from minigit.progress import ProgressObserver
+
+EXIT_CODES = """\b
+Exit codes: 0 success; 1 the operation failed (no such repository, corrupt .minigit, bad
+input); 2 usage error; 3 push rejected or pull refused; 4 Kafka or the server unreachable
+or timed out; 5 another minigit command is running in this directory."""
+
+app = typer.Typer(
+    name="minigit",
+    help="A git-like client for a replicated repository service reached through Apache Kafka.",
+    epilog=EXIT_CODES,
+    no_args_is_help=True,
+    rich_markup_mode="rich",
+)
+
+
+def default_user() -> str:
+    try:
+        return getpass.getuser()
+    except (KeyError, OSError):
+        return "anonymous"
+
+
+User = Annotated[str, typer.Option("--user", "-u", envvar="MINIGIT_USER", help="Your user name [default: OS user].")]
+Bootstrap = Annotated[
+    str | None,
+    typer.Option(
+        "--bootstrap",
+        "-b",
+        envvar="MINIGIT_BOOTSTRAP",
+        help="Kafka bootstrap servers [default: from .minigit, else localhost:9092].",
+        show_default=False,
+    ),
+]
+Namespace = Annotated[
+    str | None,
+    typer.Option("--namespace", envvar="MINIGIT_NAMESPACE", help="Topic prefix of the service.", show_default=False),
+]
+Timeout = Annotated[
+    float,
+    typer.Option("--timeout", envvar="MINIGIT_TIMEOUT", min=0.1, help="Seconds to wait for the server without news."),
+]
+KafkaOption = Annotated[
+    list[str],
+    typer.Option(
+        "--kafka-option",
+        help="kafka-python security setting NAME=VALUE, e.g. security_protocol=SASL_SSL "
+        "(also MINIGIT_KAFKA_<NAME>).",
+    ),
+]
+Quiet = Annotated[bool, typer.Option("--quiet", "-q", help="Print nothing but errors.")]
+Json = Annotated[bool, typer.Option("--json", help="Print the result as JSON (for scripts).")]
+
+
+def client_options(user: str | None, bootstrap: str | None, namespace: str | None, timeout: float, kafka_option: list[str]) -> operations.ClientOptions:
+    return operations.ClientOptions(
+        user=user or default_user(),
+        bootstrap=bootstrap,
+        namespace=check_namespace(namespace) if namespace is not None else None,
+        kafka_options=read_kafka_options(kafka_option),
+        timeout=timeout,
+    )
+
+
+def print_json(doc: object) -> None:
+    out.print_json(json.dumps(doc))
+
+
+def print_changes(changes: Changes, indent: str = " ") -> None:
+    for code, colour, paths in (("A", "green", changes.added), ("M", "yellow", changes.modified), ("D", "red", changes.deleted)):
+        for path in paths:
+            out.print(f"{indent}[{colour}]{code}[/] {escape(path)}")
+
+
+def summarize(changes: Changes) -> str:
+    parts = [f"{len(v)} {k}" for k, v in (("added", changes.added), ("modified", changes.modified), ("deleted", changes.deleted)) if v]
+    total = len(changes.added) + len(changes.modified) + len(changes.deleted)
+    return f"{total} file{'s' if total != 1 else ''} changed" + (f": {', '.join(parts)}" if parts else "")
+
+
+def human_bytes(size: int) -> str:
+    value = float(size)
+    for unit in ("bytes", "KiB", "MiB", "GiB"):
+        if value < 1024 or unit == "GiB":
+            return f"{value:.0f} {unit}" if unit == "bytes" else f"{value:.1f} {unit}"
+        value /= 1024
+    return f"{size} bytes"
+
+
+@app.command()
+def init(
+    name: Annotated[str, typer.Argument(help="Name of the new repository.")],
+    message: Annotated[str, typer.Option("--message", "-m", help="Message of version 1.")] = "",
+    user: User = None,
+    bootstrap: Bootstrap = None,
+    namespace: Namespace = None,
+    timeout: Timeout = 30.0,
+    kafka_option: KafkaOption = [],  # noqa: B006 - Typer reads the default
+    quiet: Quiet = False,
+    as_json: Json = False,
+) -> None:
+    """Create repository NAME on the server from the files here (version 1)."""
+    with exit_on_error():
+        options = client_options(user, bootstrap, namespace, timeout, kafka_option)
+        with ProgressObserver(err, not (quiet or as_json)) as observer:
+            result = operations.init_repository(Path.cwd(), name, options, message, observer)
+        if as_json:
+            print_json(result.to_json())
+        elif not quiet:
+            out.print(
+                f"Created repository [bold]{escape(name)}[/] at version 1 with {len(result.changes.added)} files "
+                f"on {escape(result.server)}"
+            )
+
+
+@app.command()
+def clone(
+    name: Annotated[str, typer.Argument(help="Repository to clone.")],
+    directory: Annotated[Path | None, typer.Argument(help="Where to put it [default: NAME].", show_default=False)] = None,
+    user: User = None,
+    bootstrap: Bootstrap = None,
+    namespace: Namespace = None,
+    timeout: Timeout = 30.0,
+    kafka_option: KafkaOption = [],  # noqa: B006
+    quiet: Quiet = False,
+    as_json: Json = False,
+) -> None:
+    """Copy the head version of repository NAME into a new directory."""
+    with exit_on_error():
+        options = client_options(user, bootstrap, namespace, timeout, kafka_option)
+        target = directory or Path(name)
+        if not (quiet or as_json):
+            err.print(f"Cloning into '{escape(str(target))}'...")
+        with ProgressObserver(err, not (quiet or as_json)) as observer:
+            result = operations.clone_repository(name, target, options, observer)
+        report_pull(result, quiet, as_json)
+
+
+@app.command()
+def pull(
+    name: Annotated[
+        str | None,
+        typer.Argument(help="Outside a working directory: clone this repository into the current (empty) directory."),
+    ] = None,
+    user: User = None,
+    bootstrap: Bootstrap = None,
+    namespace: Namespace = None,
+    timeout: Timeout = 30.0,
+    kafka_option: KafkaOption = [],  # noqa: B006
+    quiet: Quiet = False,
+    as_json: Json = False,
+) -> None:
+    """Bring the working directory to the head version, keeping local edits."""
+    with exit_on_error():
+        options = client_options(user, bootstrap, namespace, timeout, kafka_option)
+        with ProgressObserver(err, not (quiet or as_json)) as observer:
+            try:
+                result = operations.pull_workdir(Path.cwd(), options, observer)
+            except NoRepository:
+                if name is None:
+                    raise
+                result = operations.clone_repository(name, Path.cwd(), options, observer)
+        report_pull(result, quiet, as_json)
+
+
+def report_pull(result: operations.PullResult, quiet: bool, as_json: bool) -> None:
+    if as_json:
+        print_json(result.to_json())
+        return
+    if quiet:
+        return
+    if result.status == "up-to-date":
+        out.print("Already up to date.")
+    elif result.status == "cloned":
+        out.print(
+            f"Cloned [bold]{escape(result.repository)}[/] at version {result.new_version}: "
+            f"{len(result.changes.added)} files, {human_bytes(result.bytes_received)}"
+        )
+    else:
+        out.print(f"Updating {escape(result.repository)}: version {result.old_version} -> {result.new_version}")
+        print_changes(result.changes)
+        out.print(f" {summarize(result.changes)}")
+    if result.kept_local and result.status != "cloned":
+        err.print(f"Kept your local changes to: {escape(', '.join(result.kept_local))}")
+
+
+@app.command()
+def push(
+    message: Annotated[str, typer.Option("--message", "-m", help="Describe the new version.")] = "",
+    user: User = None,
+    bootstrap: Bootstrap = None,
+    namespace: Namespace = None,
+    timeout: Timeout = 30.0,
+    kafka_option: KafkaOption = [],  # noqa: B006
+    quiet: Quiet = False,
+    as_json: Json = False,
+) -> None:
+    """Send the local changes as the next version (only if you are at the head)."""
+    with exit_on_error():
+        options = client_options(user, bootstrap, namespace, timeout, kafka_option)
+        try:
+            with ProgressObserver(err, not (quiet or as_json)) as observer:
+                result = operations.push_workdir(Path.cwd(), options, message, observer)
+        except PushRejected as rejected:
+            if not as_json:
+                err.print(f"To {escape(options.bootstrap or 'the server')} ({escape(rejected.repo)})")
+                err.print(f" [red]! \\[rejected][/]        version {rejected.base} (fetch first)")
+            raise
+        if as_json:
+            print_json(result.to_json())
+        elif quiet:
+            return
+        elif result.status == "up-to-date":
+            err.print("Everything up-to-date")
+        else:
+            out.print(f"To {escape(result.server)} ({escape(result.repository)})")
+            out.print(f"   version {result.old_version} -> {result.new_version}  ({summarize(result.changes)})")
+
+
+@app.command()
+def status(as_json: Json = False) -> None:
+    """Show local changes against the local version (does not contact the server)."""
+    with exit_on_error():
+        result = operations.read_status(Path.cwd())
+        if as_json:
+            print_json(result.to_json())
+            return
+        out.print(f"On repository [bold]{escape(result.repository)}[/], version {result.version} ({escape(result.server)})")
+        if result.changes.empty:
+            out.print("nothing to push, working directory clean")
+            return
+        out.print('Changes not pushed yet:\n  (use "minigit push" to send them)')
+        for label, colour, paths in (
+            ("added:   ", "green", result.changes.added),
+            ("modified:", "yellow", result.changes.modified),
+            ("deleted: ", "red", result.changes.deleted),
+        ):
+            for path in paths:
+                out.print(f"\t[{colour}]{label} {escape(path)}[/]")
+
+
+@app.command()
+def log(
+    max_count: Annotated[int, typer.Option("--max-count", "-n", min=1, max=1000, help="Show at most this many.")] = 100,
+    repo: Annotated[str | None, typer.Option("--repo", help="A repository other than this directory's.")] = None,
+    user: User = None,
+    bootstrap: Bootstrap = None,
+    namespace: Namespace = None,
+    timeout: Timeout = 30.0,
+    kafka_option: KafkaOption = [],  # noqa: B006
+    as_json: Json = False,
+) -> None:
+    """Show the versions of the repository, newest first."""
+    with exit_on_error():
+        options = client_options(user, bootstrap, namespace, timeout, kafka_option)
+        name, entries = operations.read_log(Path.cwd(), options, max_count, repo)
+        if as_json:
+            print_json({"repository": name, "versions": [vars(e) for e in entries]})
+            return
+        for entry in entries:
+            when = time.strftime("%a %b %d %H:%M:%S %Y %z", time.localtime(entry.time_ms / 1000))
+            out.print(f"[yellow]version {entry.version}[/]")
+            out.print(f"Author: {escape(entry.author)}")
+            out.print(f"Date:   {when}\n")
+            for line in (entry.message or "(no message)").splitlines() or [""]:
+                out.print(f"    {escape(line)}")
+            out.print()
+
+
+def show_version(value: bool) -> None:
+    if value:
+        out.print(f"minigit {__version__}")
+        raise typer.Exit()
+
+
+@app.callback()
+def main_options(
+    version: Annotated[
+        bool, typer.Option("--version", callback=show_version, is_eager=True, help="Show the version and exit.")
+    ] = False,
+) -> None:
+    """A git-like client for a replicated repository service reached through Apache Kafka."""
+
+
+def main() -> None:
+    app()

@@ -1,0 +1,121 @@
+"""The one exception family of minigit, and the exit codes it maps to.
+
+The core raises these with a user-ready message (and maybe a hint); it never
+prints. The CLIs turn them into one line on stderr and an exit code, in one
+place (``minigit.console.exit_on_error``).
+"""
+
+from __future__ import annotations
+
+from enum import IntEnum
+
+
+class ExitCode(IntEnum):
+    """Documented in docs/exit-codes.md; keep the two in step."""
+
+    OK = 0
+    ERROR = 1  # the operation failed: no such repository, corrupt .minigit, bad input
+    USAGE = 2  # bad flags or arguments (click's own code for usage errors)
+    REJECTED = 3  # push rejected, pull refused, replicas disagree
+    UNREACHABLE = 4  # Kafka or the server did not answer in time
+    BUSY = 5  # another minigit command holds this working directory
+    INTERRUPTED = 130
+
+
+class MinigitError(Exception):
+    """A failure with a message meant for the user."""
+
+    exit_code: ExitCode = ExitCode.ERROR
+
+    def __init__(self, message: str, hint: str | None = None) -> None:
+        super().__init__(message)
+        self.message = message
+        self.hint = hint
+
+
+class UsageError(MinigitError):
+    exit_code = ExitCode.USAGE
+
+
+class NoRepository(MinigitError):
+    """The current directory is not a minigit working directory."""
+
+    def __init__(self) -> None:
+        super().__init__(
+            "no repository found: clone first",
+            hint="run 'minigit clone NAME' (or 'minigit init NAME' to create one)",
+        )
+
+
+class RepositoryNotFound(MinigitError):
+    def __init__(self, name: str) -> None:
+        super().__init__(f"repository '{name}' does not exist on the server")
+        self.name = name
+
+
+class RepositoryExists(MinigitError):
+    def __init__(self, name: str) -> None:
+        super().__init__(
+            f"repository '{name}' already exists",
+            hint=f"clone it with 'minigit clone {name}'",
+        )
+        self.name = name
+
+
+class PushRejected(MinigitError):
+    """The server's head moved past the version the push was based on."""
+
+    exit_code = ExitCode.REJECTED
+
+    def __init__(self, repo: str, base: int, head: int) -> None:
+        super().__init__(
+            f"push rejected: the server is at version {head}, you are at version {base} (fetch first)",
+            hint="run 'minigit pull' to integrate the remote changes, then push again",
+        )
+        self.repo, self.base, self.head = repo, base, head
+
+
+class PullConflict(MinigitError):
+    """Local edits touch files that also changed upstream."""
+
+    exit_code = ExitCode.REJECTED
+
+    def __init__(self, paths: list[str]) -> None:
+        listed = "\n\t".join(paths)
+        super().__init__(
+            "your local changes to the following files would be overwritten by pull:\n\t" + listed,
+            hint="push is not possible either; save your edits elsewhere and restore those files, then pull",
+        )
+        self.paths = paths
+
+
+class ServerUnreachable(MinigitError):
+    exit_code = ExitCode.UNREACHABLE
+
+
+class WorkdirBusy(MinigitError):
+    exit_code = ExitCode.BUSY
+
+    def __init__(self, path: str) -> None:
+        super().__init__(
+            f"another minigit command is running in {path}",
+            hint="wait for it to finish, then try again",
+        )
+
+
+class CorruptMetadata(MinigitError):
+    def __init__(self, path: str, reason: str) -> None:
+        super().__init__(
+            f"{path} is corrupt: {reason}",
+            hint="nothing was changed; clone the repository again into a new directory",
+        )
+
+
+class UnsafePath(MinigitError):
+    def __init__(self, path: str, reason: str) -> None:
+        super().__init__(f"unsafe path {path!r}: {reason}")
+        self.path = path
+
+
+class ProtocolError(MinigitError):
+    """A message that does not follow minigit's wire schema."""

@@ -1,0 +1,390 @@
+"""The client's commands as functions: init, clone, pull, push, status, log.
+
+The CLI calls these and prints their results; they raise MinigitError and never
+print. Layers go one way: cli -> operations -> workspace / transport.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import secrets
+import shutil
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from minigit import protocol as p
+from minigit import workspace as ws
+from minigit.changes import Changes, diff_manifests, plan_pull
+from minigit.config import DEFAULT_BOOTSTRAP, KafkaSettings
+from minigit.errors import (
+    MinigitError,
+    PullConflict,
+    PushRejected,
+    RepositoryExists,
+    RepositoryNotFound,
+    UsageError,
+)
+from minigit.ignore import load_ignore
+from minigit.transport import Connection, Observer, Response, Upload
+
+# A client that lost more base objects than this locally asks for a full copy.
+MAX_LOST_OBJECTS = p.MAX_LOST
+
+
+@dataclass(frozen=True)
+class ClientOptions:
+    """How to reach the service; None means "not given": use .minigit, then defaults."""
+
+    user: str
+    bootstrap: str | None = None
+    namespace: str | None = None
+    kafka_options: dict = field(default_factory=dict)
+    timeout: float = 30.0
+
+    def settings(self, meta: ws.Metadata | None = None) -> KafkaSettings:
+        bootstrap = self.bootstrap or (meta.bootstrap if meta else None) or DEFAULT_BOOTSTRAP
+        namespace = self.namespace if self.namespace is not None else (meta.namespace if meta else "")
+        return KafkaSettings(bootstrap, namespace, self.kafka_options)
+
+    def connect(self, meta: ws.Metadata | None = None) -> Connection:
+        return Connection(self.settings(meta), p.check_name("user", self.user), self.timeout)
+
+
+@dataclass(frozen=True)
+class PullResult:
+    repository: str
+    directory: str
+    status: str  # "cloned", "updated" or "up-to-date"
+    old_version: int
+    new_version: int
+    changes: Changes
+    kept_local: list[str]
+    bytes_received: int
+
+    def to_json(self) -> dict:
+        return {
+            "repository": self.repository,
+            "directory": self.directory,
+            "status": self.status,
+            "old_version": self.old_version,
+            "new_version": self.new_version,
+            "changes": self.changes.to_json(),
+            "kept_local": self.kept_local,
+            "bytes_received": self.bytes_received,
+        }
+
+
+@dataclass(frozen=True)
+class PushResult:
+    repository: str
+    server: str
+    status: str  # "accepted", "created" or "up-to-date"
+    old_version: int
+    new_version: int
+    changes: Changes
+    bytes_sent: int
+
+    def to_json(self) -> dict:
+        return {
+            "repository": self.repository,
+            "server": self.server,
+            "status": self.status,
+            "old_version": self.old_version,
+            "new_version": self.new_version,
+            "changes": self.changes.to_json(),
+            "bytes_sent": self.bytes_sent,
+        }
+
+
+@dataclass(frozen=True)
+class StatusResult:
+    repository: str
+    version: int
+    server: str
+    changes: Changes
+
+    def to_json(self) -> dict:
+        return {
+            "repository": self.repository,
+            "version": self.version,
+            "server": self.server,
+            "changes": self.changes.to_json(),
+        }
+
+
+@dataclass(frozen=True)
+class LogEntry:
+    version: int
+    author: str
+    time_ms: int
+    message: str
+
+
+# ---------------------------------------------------------------- writes
+
+
+def collect_uploads(root: Path, manifest: p.Manifest, known: p.Manifest) -> tuple[bytes, list[Upload]]:
+    """The tree of ``manifest`` and the blobs the server may lack: the tree, and
+    every content that was not in the version the client is based on."""
+    tree = p.encode_tree(manifest)
+    have = {entry.sha for entry in known.values()}
+    uploads, seen = [Upload.from_bytes(tree)], set(have)
+    for path, entry in sorted(manifest.items()):
+        if entry.sha not in seen:
+            seen.add(entry.sha)
+            source = root / path
+            uploads.append(Upload(entry.sha, entry.size, lambda source=source: ws.read_pieces(source)))
+    return tree, uploads
+
+
+def init_repository(
+    directory: Path, name: str, options: ClientOptions, message: str = "", observer: Observer | None = None
+) -> PushResult:
+    """Create repository ``name`` from the files in ``directory`` (version 1)."""
+    p.check_name("repository", name)
+    directory = directory.resolve()
+    if (directory / ws.METADATA_NAME).exists():
+        raise UsageError(f"{directory} is already a minigit working directory")
+    with ws.lock_workdir(directory):
+        manifest = ws.scan_worktree(directory, load_ignore(directory))
+        tree, uploads = collect_uploads(directory, manifest, {})
+        with options.connect() as connection:
+            request = connection.new_request(
+                p.InitRequest, repo=name, tree=p.hash_bytes(tree), message=message or "initial version"
+            )
+            reply = connection.call(request, uploads, observer).reply
+        if reply.status == p.EXISTS:
+            raise RepositoryExists(name)
+        expect_write_accepted(name, reply)
+        settings = options.settings()
+        ws.write_metadata(directory, ws.Metadata(name, 1, settings.bootstrap, settings.namespace, manifest))
+        return PushResult(
+            name,
+            settings.bootstrap,
+            "created",
+            0,
+            1,
+            Changes(added=sorted(manifest)),
+            sum(u.size for u in uploads),
+        )
+
+
+def push_workdir(start: Path, options: ClientOptions, message: str = "", observer: Observer | None = None) -> PushResult:
+    """Send the local changes as the next version, if the server is still at ours."""
+    root = ws.require_root(start)
+    with ws.lock_workdir(root):
+        meta = ws.read_metadata(root)
+        local = ws.scan_worktree(root, load_ignore(root))
+        changes = diff_manifests(meta.manifest, local)
+        settings = options.settings(meta)
+        if changes.empty:
+            return PushResult(meta.repository, settings.bootstrap, "up-to-date", meta.version, meta.version, changes, 0)
+        tree, uploads = collect_uploads(root, local, meta.manifest)
+        with options.connect(meta) as connection:
+            reply = send_push(connection, meta, p.hash_bytes(tree), message, uploads, observer)
+        if reply.status == p.UP_TO_DATE:
+            return PushResult(meta.repository, settings.bootstrap, "up-to-date", meta.version, meta.version, changes, 0)
+        ws.write_metadata(root, ws.Metadata(meta.repository, reply.version, meta.bootstrap, meta.namespace, local))
+        sent = sum(u.size for u in uploads)
+        return PushResult(meta.repository, settings.bootstrap, "accepted", meta.version, reply.version, changes, sent)
+
+
+def send_push(
+    connection: Connection, meta: ws.Metadata, tree: str, message: str, uploads: list[Upload], observer: Observer | None
+) -> p.Reply:
+    # An upload cut short (its replica died mid-way) is answered "missing objects":
+    # send it once more, whole, under a new request id.
+    for attempt in range(2):
+        request = connection.new_request(
+            p.PushRequest, repo=meta.repository, base=meta.version, tree=tree, message=message
+        )
+        reply = connection.call(request, uploads, observer).reply
+        if reply.status != p.MISSING_OBJECTS or attempt:
+            break
+    if reply.status == p.REJECTED:
+        raise PushRejected(meta.repository, meta.version, reply.head)
+    if reply.status != p.UP_TO_DATE:
+        expect_write_accepted(meta.repository, reply)
+    return reply
+
+
+def expect_write_accepted(repo: str, reply: p.Reply) -> None:
+    if reply.status == p.NOT_FOUND:
+        raise RepositoryNotFound(repo)
+    if reply.status != p.ACCEPTED:
+        raise MinigitError(f"the server refused the push: {reply.message or reply.status}")
+
+
+# ---------------------------------------------------------------- reads
+
+
+def fetch_head(
+    connection: Connection, repo: str, version: int, lost: list[str], observer: Observer | None
+) -> tuple[Response, p.Manifest] | None:
+    """Ask for the head; None if ``version`` is the head already."""
+    request = connection.new_request(p.PullRequest, repo=repo, version=version, lost=lost)
+    response = connection.call(request, observer=observer)
+    reply = response.reply
+    if reply.status == p.UP_TO_DATE:
+        response.close()
+        return None
+    if reply.status == p.NOT_FOUND:
+        raise RepositoryNotFound(repo)
+    if reply.status != p.OK or reply.tree not in response.blobs:
+        raise MinigitError(f"pull failed: {reply.message or reply.status}")
+    return response, p.decode_tree(response.blobs[reply.tree].read())
+
+
+def lost_objects(base: p.Manifest, local: p.Manifest) -> list[str]:
+    """Contents of the base version that no working file holds any more."""
+    return sorted({e.sha for e in base.values()} - {e.sha for e in local.values()})
+
+
+def apply_pull(root: Path, base: p.Manifest, local: p.Manifest, head: p.Manifest, response: Response) -> tuple:
+    """Check, stage, then install: nothing is touched unless everything can be."""
+    plan = plan_pull(base, local, head)
+    if plan.refused:
+        raise PullConflict(plan.conflicts)
+    sources = {entry.sha: path for path, entry in local.items()}
+    with staging_area(root) as staging:
+        staged = []
+        for number, (path, entry) in enumerate(sorted(plan.write.items())):
+            ws.safe_target(root, path)
+            blob = response.blobs.get(entry.sha)
+            if blob is not None:
+                fill: Callable = blob.copy_to
+            elif entry.sha in sources:
+                fill = lambda out, src=sources[entry.sha], sha=entry.sha: ws.copy_local_blob(root, src, sha, out)  # noqa: E731
+            else:
+                raise MinigitError(f"the server did not send the content of {path}", hint="run the command again")
+            target = staging / str(number)
+            with open(target, "wb") as out:
+                fill(out)
+            staged.append((target, path))
+        for path in plan.delete:
+            ws.remove_file(root, path)
+        for target, path in staged:
+            ws.make_parents(root, path)
+            destination = ws.safe_target(root, path)
+            if destination.is_dir() and not destination.is_symlink():
+                os.rmdir(destination)  # an empty directory where the file goes
+            os.replace(target, destination)
+    return plan
+
+
+@contextlib.contextmanager
+def staging_area(root: Path) -> Iterator[Path]:
+    staging = root / f"{ws.TEMP_MARK}{secrets.token_hex(4)}"
+    staging.mkdir()
+    try:
+        yield staging
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
+
+
+def pull_workdir(start: Path, options: ClientOptions, observer: Observer | None = None) -> PullResult:
+    """Bring the working directory to the head, keeping local edits that don't clash."""
+    root = ws.require_root(start)
+    with ws.lock_workdir(root):
+        meta = ws.read_metadata(root)
+        local = ws.scan_worktree(root, load_ignore(root))
+        lost = lost_objects(meta.manifest, local)
+        with options.connect(meta) as connection:
+            version = meta.version if len(lost) <= MAX_LOST_OBJECTS else 0
+            fetched = fetch_head(connection, meta.repository, version, lost[:MAX_LOST_OBJECTS], observer)
+        if fetched is None:
+            kept = sorted(diff_manifests(meta.manifest, local).paths)
+            return PullResult(meta.repository, str(root), "up-to-date", meta.version, meta.version, Changes(), kept, 0)
+        response, head = fetched
+        try:
+            plan = apply_pull(root, meta.manifest, local, head, response)
+        finally:
+            response.close()
+        new_version = response.reply.version
+        ws.write_metadata(root, ws.Metadata(meta.repository, new_version, meta.bootstrap, meta.namespace, head))
+        return PullResult(
+            meta.repository,
+            str(root),
+            "updated",
+            meta.version,
+            new_version,
+            plan.upstream,
+            plan.kept_local,
+            sum(b.size for b in response.blobs.values()),
+        )
+
+
+def clone_repository(
+    name: str, directory: Path, options: ClientOptions, observer: Observer | None = None
+) -> PullResult:
+    """Copy the head of ``name`` into ``directory`` (new, or empty). On any error
+    nothing is left behind."""
+    p.check_name("repository", name)
+    directory = directory.absolute()
+    existed = directory.exists()
+    if existed and (not directory.is_dir() or any(directory.iterdir())):
+        raise UsageError(f"destination path '{directory}' already exists and is not an empty directory")
+    with options.connect() as connection:
+        fetched = fetch_head(connection, name, 0, [], observer)
+    if fetched is None:  # version 0 is never a head
+        raise RepositoryNotFound(name)
+    response, head = fetched
+    try:
+        directory.mkdir(parents=True, exist_ok=True)
+        with ws.lock_workdir(directory):
+            apply_pull(directory, {}, {}, head, response)
+            settings = options.settings()
+            meta = ws.Metadata(name, response.reply.version, settings.bootstrap, settings.namespace, head)
+            ws.write_metadata(directory, meta)
+    except BaseException:
+        clear_directory(directory, remove=not existed)
+        raise
+    finally:
+        response.close()
+    return PullResult(
+        name,
+        str(directory),
+        "cloned",
+        0,
+        response.reply.version,
+        Changes(added=sorted(head)),
+        [],
+        sum(b.size for b in response.blobs.values()),
+    )
+
+
+def clear_directory(directory: Path, remove: bool) -> None:
+    if remove:
+        shutil.rmtree(directory, ignore_errors=True)
+        return
+    for child in directory.iterdir():
+        if child.is_dir() and not child.is_symlink():
+            shutil.rmtree(child, ignore_errors=True)
+        else:
+            child.unlink(missing_ok=True)
+
+
+def read_status(start: Path) -> StatusResult:
+    """Local changes against the local version; does not ask the server (like git)."""
+    root = ws.require_root(start)
+    meta = ws.read_metadata(root)
+    local = ws.scan_worktree(root, load_ignore(root))
+    return StatusResult(meta.repository, meta.version, meta.bootstrap, diff_manifests(meta.manifest, local))
+
+
+def read_log(start: Path, options: ClientOptions, limit: int = 100, repo: str | None = None) -> tuple[str, list[LogEntry]]:
+    """The versions of the repository, newest first (asks the server)."""
+    meta = None
+    if repo is None:
+        meta = ws.read_metadata(ws.require_root(start))
+        repo = meta.repository
+    p.check_name("repository", repo)
+    with options.connect(meta) as connection:
+        reply = connection.call(connection.new_request(p.LogRequest, repo=repo, limit=limit)).reply
+    if reply.status == p.NOT_FOUND:
+        raise RepositoryNotFound(repo)
+    if reply.status != p.OK:
+        raise MinigitError(f"log failed: {reply.message or reply.status}")
+    return repo, [LogEntry(e["version"], e["author"], e["time_ms"], e["message"]) for e in reply.entries]

@@ -1,0 +1,1 @@
+"""minigit-server: replicas of the repository service, and a local Kafka for development."""

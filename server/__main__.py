@@ -1,0 +1,3 @@
+from minigit_server.cli import main
+
+main()

@@ -1,0 +1,137 @@
+"""Applying the replication log to a store: the same records, the same order,
+the same state on every replica. No Kafka here: the replica's apply loop feeds
+records in; tests feed them in directly.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+from collections.abc import Iterable
+from dataclasses import dataclass
+
+from minigit import protocol as p
+from minigit.errors import MinigitError
+from minigit_server import logic
+from minigit_server.store import RepoState, Store, StoredChunk, VersionInfo
+
+log = logging.getLogger("minigit.apply")
+
+
+@dataclass(frozen=True)
+class LogRecord:
+    partition: int
+    offset: int
+    value: bytes
+
+
+def apply_records(store: Store, records: Iterable[LogRecord]) -> list[tuple[LogRecord, p.Message | None]]:
+    """Apply a batch in one transaction; the offsets move with the state they made.
+
+    Records at or below the stored offset of their partition were applied
+    before (a redelivery after a restart) and are skipped.
+    """
+    done: list[tuple[LogRecord, p.Message | None]] = []
+    with store.transaction():
+        offsets = store.applied_offsets()
+        for record in records:
+            if record.offset < offsets.get(record.partition, 0):
+                continue
+            done.append((record, apply_record(store, record)))
+            offsets[record.partition] = record.offset + 1
+            store.set_applied(record.partition, record.offset + 1)
+    return done
+
+
+def apply_record(store: Store, record: LogRecord) -> p.Message | None:
+    """Apply one record. A record that does not parse is skipped the same way on
+    every replica (it changes nothing), so it cannot make replicas diverge."""
+    try:
+        message = p.parse_message(record.value, allowed=p.LOG_RECORD_TYPES)
+    except MinigitError as error:
+        log.warning("skipped log record %s@%s: %s", record.partition, record.offset, error.message)
+        return None
+    if isinstance(message, p.Chunk):
+        apply_chunk(store, message)
+    elif isinstance(message, p.CreateProposal):
+        apply_create(store, message, record)
+    elif isinstance(message, p.PushProposal):
+        apply_push(store, message, record)
+    return message
+
+
+def apply_chunk(store: Store, chunk: p.Chunk) -> None:
+    if store.blob_size(chunk.sha) is not None:
+        return
+    try:
+        payload = chunk.payload()
+    except MinigitError:
+        return
+    store.put_chunk(chunk.sha, StoredChunk(chunk.index, chunk.encoding, payload))
+    if store.count_present_chunks(chunk.sha, chunk.count) == chunk.count:
+        complete_blob(store, chunk.sha, chunk.count)
+
+
+def complete_blob(store: Store, sha: str, count: int) -> None:
+    """All pieces are here: keep the blob only if its content hashes to its name."""
+    digest, size = hashlib.sha256(), 0
+    try:
+        for piece in store.iter_chunks(sha, count):
+            raw = p.decode_chunk_data(piece.encoding, piece.payload)
+            digest.update(raw)
+            size += len(raw)
+    except MinigitError:
+        digest = None
+    if digest is not None and digest.hexdigest() == sha:
+        store.put_blob(sha, size, count)
+    else:
+        # Bad pieces (or pieces of two different uploads that don't fit): drop
+        # them all, so that a clean upload can complete the blob later.
+        store.delete_chunks(sha)
+
+
+def check_tree(store: Store, tree: str) -> tuple[str, str] | None:
+    return logic.find_tree_problem(store.read_blob(tree), lambda sha: store.blob_size(sha) is not None)
+
+
+def apply_create(store: Store, proposal: p.CreateProposal, record: LogRecord) -> logic.Outcome:
+    if (known := store.get_outcome(proposal.request_id)) is not None:
+        return logic.Outcome.from_json(known)
+    repo = store.get_repo(proposal.repo)
+    outcome = logic.decide_create(repo.head if repo else None, check_tree(store, proposal.tree))
+    if outcome.status == p.ACCEPTED:
+        store.put_repo(RepoState(proposal.repo, 1, record.partition, record.offset))
+        store.add_version(proposal.repo, version_of(proposal, 1))
+    store.put_outcome(proposal.request_id, outcome.to_json())
+    return outcome
+
+
+def apply_push(store: Store, proposal: p.PushProposal, record: LogRecord) -> logic.Outcome:
+    if (known := store.get_outcome(proposal.request_id)) is not None:
+        return logic.Outcome.from_json(known)
+    repo = store.get_repo(proposal.repo)
+    head_info = store.get_version(repo.name, repo.head) if repo else None
+    problem = check_tree(store, proposal.tree) if repo and proposal.base == repo.head else None
+    outcome = logic.decide_push(
+        repo.head if repo else None,
+        head_info.tree if head_info else None,
+        proposal.base,
+        proposal.tree,
+        problem,
+    )
+    if outcome.status == p.ACCEPTED:
+        store.put_repo(RepoState(proposal.repo, outcome.version, repo.partition, record.offset))
+        store.add_version(proposal.repo, version_of(proposal, outcome.version))
+    store.put_outcome(proposal.request_id, outcome.to_json())
+    return outcome
+
+
+def version_of(proposal: p.Proposal, version: int) -> VersionInfo:
+    return VersionInfo(
+        version=version,
+        tree=proposal.tree,
+        author=proposal.user,
+        message=proposal.message,
+        time_ms=proposal.time_ms,
+        request_id=proposal.request_id,
+    )

@@ -1,0 +1,263 @@
+"""The server's Kafka code: topics, the request consumer group, the log reader,
+and the producer. The rest of the server sees plain records and offsets.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass
+
+from kafka import ConsumerRebalanceListener, KafkaAdminClient, KafkaConsumer, KafkaProducer, TopicPartition
+from kafka.admin import NewTopic
+from kafka.errors import KafkaError, TopicAlreadyExistsError
+from kafka.structs import OffsetAndMetadata
+
+from minigit import protocol as p
+from minigit.config import KafkaSettings
+from minigit.errors import MinigitError
+from minigit.transport import kafka_options, unreachable
+from minigit_server.apply import LogRecord
+
+log = logging.getLogger("minigit.bus")
+
+DAY_MS = 24 * 3600 * 1000
+# Large enough for one chunk record (about 700 KB) per partition fetch.
+FETCH_BYTES = 2 * 1024 * 1024
+
+
+@dataclass(frozen=True)
+class Topics:
+    requests: str
+    responses: str
+    log: str
+    replicas: str
+    group: str
+
+    @classmethod
+    def for_namespace(cls, namespace: str) -> Topics:
+        def name(base: str) -> str:
+            return p.topic_name(namespace, base)
+
+        return cls(name(p.REQUESTS_TOPIC), name(p.RESPONSES_TOPIC), name(p.LOG_TOPIC), name(p.REPLICAS_TOPIC), name(p.REPLICA_GROUP))
+
+
+def topic_specs(topics: Topics, partitions: int, replication_factor: int, min_insync: int | None) -> list[NewTopic]:
+    durable = {"min.insync.replicas": str(min_insync)} if min_insync else {}
+    return [
+        NewTopic(topics.requests, partitions, replication_factor, topic_configs={"retention.ms": str(DAY_MS), **durable}),
+        NewTopic(topics.responses, partitions, replication_factor, topic_configs={"retention.ms": str(DAY_MS // 24)}),
+        # The log is the source of truth (a replica rebuilds from it): keep it forever.
+        NewTopic(
+            topics.log,
+            partitions,
+            replication_factor,
+            topic_configs={"retention.ms": "-1", "retention.bytes": "-1", **durable},
+        ),
+        NewTopic(topics.replicas, 1, replication_factor, topic_configs={"cleanup.policy": "compact"}),
+    ]
+
+
+def ensure_topics(
+    settings: KafkaSettings, partitions: int, replication_factor: int, min_insync: int | None = None
+) -> list[str]:
+    """Create the service's topics that are missing; return the names created.
+
+    Never relies on broker auto-creation. Running it twice is harmless.
+    """
+    topics = Topics.for_namespace(settings.namespace)
+    try:
+        admin = KafkaAdminClient(**kafka_options(settings))
+    except (KafkaError, OSError) as error:
+        raise unreachable(settings, error) from None
+    try:
+        existing = set(admin.list_topics())
+        created = []
+        for spec in topic_specs(topics, partitions, replication_factor, min_insync):
+            if spec.name in existing:
+                continue
+            try:
+                admin.create_topics([spec])
+                created.append(spec.name)
+            except TopicAlreadyExistsError:
+                pass  # another replica created it first
+        return created
+    except KafkaError as error:
+        raise MinigitError(f"could not create the minigit topics: {error}") from None
+    finally:
+        admin.close()
+
+
+class _Listener(ConsumerRebalanceListener):
+    def __init__(self, on_change: Callable[[list[int]], None]) -> None:
+        self.on_change = on_change
+
+    def on_partitions_revoked(self, revoked: Iterable[TopicPartition]) -> None:
+        self.on_change([])
+
+    def on_partitions_assigned(self, assigned: Iterable[TopicPartition]) -> None:
+        self.on_change(sorted(tp.partition for tp in assigned))
+
+
+@dataclass(frozen=True)
+class RequestRecord:
+    partition: int
+    offset: int
+    timestamp_ms: int
+    key: bytes | None
+    value: bytes
+
+
+class Bus:
+    """One replica's connections. The producer is shared by its threads (kafka-python's
+    producer is thread-safe); each consumer belongs to one thread."""
+
+    def __init__(self, settings: KafkaSettings, client_id: str) -> None:
+        self.settings = settings
+        self.topics = Topics.for_namespace(settings.namespace)
+        self.client_id = client_id
+        try:
+            self.producer = KafkaProducer(acks="all", linger_ms=0, client_id=client_id, **kafka_options(settings))
+        except (KafkaError, OSError) as error:
+            raise unreachable(settings, error) from None
+        self._offsets_lock = threading.Lock()
+        self._offsets_consumer = self._consumer()
+
+    def _consumer(self, **extra: object) -> KafkaConsumer:
+        options = {"client_id": self.client_id, **kafka_options(self.settings), **extra}
+        try:
+            return KafkaConsumer(enable_auto_commit=False, max_partition_fetch_bytes=FETCH_BYTES, **options)
+        except (KafkaError, OSError) as error:
+            raise unreachable(self.settings, error) from None
+
+    def partition_count(self, topic: str) -> int:
+        with self._offsets_lock:
+            found = self._offsets_consumer.partitions_for_topic(topic)
+        if not found:
+            raise MinigitError(f"topic {topic} does not exist", hint="run 'minigit-server start' to create it")
+        return len(found)
+
+    def log_end_offsets(self, partitions: Iterable[int] | None = None) -> dict[int, int]:
+        if partitions is None:
+            partitions = range(self.partition_count(self.topics.log))
+        tps = [TopicPartition(self.topics.log, n) for n in partitions]
+        with self._offsets_lock:
+            ends = self._offsets_consumer.end_offsets(tps)
+        return {tp.partition: offset for tp, offset in ends.items()}
+
+    # -- producing
+
+    def append_log(self, partition: int, key: bytes, value: bytes, wait: bool) -> int | None:
+        """Append to the replication log; with ``wait``, return the record's offset
+        once the broker has it (and, by ordering, everything sent before it)."""
+        future = self.producer.send(self.topics.log, key=key, value=value, partition=partition)
+        if wait:
+            return future.get(timeout=60).offset
+        return None
+
+    def send_reply(self, partition: int, message: p.Message) -> None:
+        self.producer.send(self.topics.responses, value=message.to_bytes(), partition=partition)
+
+    def publish_heartbeat(self, beat: p.Heartbeat) -> None:
+        self.producer.send(self.topics.replicas, key=beat.replica.encode(), value=beat.to_bytes())
+
+    def flush(self) -> None:
+        self.producer.flush(timeout=60)
+
+    def close(self) -> None:
+        try:
+            self.producer.close(timeout=10)
+        finally:
+            self._offsets_consumer.close()
+
+    # -- consuming
+
+    def open_request_consumer(self, on_assignment: Callable[[list[int]], None]) -> RequestConsumer:
+        consumer = self._consumer(
+            group_id=self.topics.group,
+            # With no committed offset, serve what is already waiting: a request
+            # sent before the first replica joined is still answered.
+            auto_offset_reset="earliest",
+            session_timeout_ms=6000,
+            heartbeat_interval_ms=1500,
+            max_poll_records=50,
+        )
+        consumer.subscribe([self.topics.requests], listener=_Listener(on_assignment))
+        return RequestConsumer(consumer, self.topics.requests)
+
+    def open_log_reader(self, start_offsets: dict[int, int]) -> LogReader:
+        consumer = self._consumer(group_id=None, auto_offset_reset="earliest")
+        count = self.partition_count(self.topics.log)
+        tps = [TopicPartition(self.topics.log, n) for n in range(count)]
+        consumer.assign(tps)
+        for tp in tps:
+            if tp.partition in start_offsets:
+                consumer.seek(tp, start_offsets[tp.partition])
+            else:
+                consumer.seek_to_beginning(tp)
+        return LogReader(consumer)
+
+    def read_heartbeats(self, settle_s: float = 1.0) -> list[p.Heartbeat]:
+        """The latest heartbeat of every replica that ever reported (a compacted topic)."""
+        consumer = self._consumer(group_id=None)
+        try:
+            tp = TopicPartition(self.topics.replicas, 0)
+            consumer.assign([tp])
+            consumer.seek_to_beginning(tp)
+            end = consumer.end_offsets([tp])[tp]
+            latest: dict[str, p.Heartbeat] = {}
+            deadline = time.monotonic() + max(settle_s, 5.0)
+            while consumer.position(tp) < end and time.monotonic() < deadline:
+                for records in consumer.poll(timeout_ms=200).values():
+                    for record in records:
+                        try:
+                            beat = p.parse_message(record.value, allowed=(p.Heartbeat,))
+                        except MinigitError:
+                            continue
+                        latest[beat.replica] = beat
+            return [latest[k] for k in sorted(latest)]
+        finally:
+            consumer.close()
+
+
+class RequestConsumer:
+    def __init__(self, consumer: KafkaConsumer, topic: str) -> None:
+        self.consumer = consumer
+        self.topic = topic
+
+    def poll(self, timeout_s: float) -> list[RequestRecord]:
+        batches = self.consumer.poll(timeout_ms=int(timeout_s * 1000))
+        out = []
+        for records in batches.values():
+            for r in records:
+                out.append(RequestRecord(r.partition, r.offset, r.timestamp, r.key, r.value))
+        return out
+
+    def commit(self, partition: int, next_offset: int) -> None:
+        tp = TopicPartition(self.topic, partition)
+        try:
+            self.consumer.commit({tp: OffsetAndMetadata(next_offset, "", -1)})
+        except KafkaError as error:
+            # Lost the partition in a rebalance: its next owner serves the request
+            # again, and the outcome table answers it the same way.
+            log.info("commit of %s@%s failed: %s", partition, next_offset, error)
+
+    def close(self) -> None:
+        self.consumer.close()
+
+
+class LogReader:
+    def __init__(self, consumer: KafkaConsumer) -> None:
+        self.consumer = consumer
+
+    def poll(self, timeout_s: float) -> list[LogRecord]:
+        batches = self.consumer.poll(timeout_ms=int(timeout_s * 1000), max_records=500)
+        out = []
+        for records in batches.values():
+            out.extend(LogRecord(r.partition, r.offset, r.value) for r in records)
+        return out
+
+    def close(self) -> None:
+        self.consumer.close()

@@ -1,0 +1,101 @@
+"""The server's decisions, as pure functions: no Kafka, no disk, no clock.
+
+Every replica applies the same log records in the same order and calls these
+with the same inputs, so every replica reaches the same outcome. That is the
+whole consistency argument; keep these functions deterministic.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable, Mapping
+from dataclasses import asdict, dataclass
+
+from minigit import protocol as p
+from minigit.errors import MinigitError
+
+
+@dataclass(frozen=True)
+class Outcome:
+    """What a write did. Stored by request id, so a retry gets it back unchanged."""
+
+    status: str
+    head: int | None  # the repository's head after the decision (None: no repository)
+    version: int | None = None  # the version this write created, when accepted
+    message: str = ""
+
+    def to_json(self) -> dict:
+        return asdict(self)
+
+    @classmethod
+    def from_json(cls, doc: Mapping) -> Outcome:
+        return cls(**doc)
+
+
+def find_tree_problem(tree_bytes: bytes | None, has_blob: Callable[[str], bool]) -> tuple[str, str] | None:
+    """Why a proposed tree cannot become a version: (status, message), or None."""
+    if tree_bytes is None:
+        return p.MISSING_OBJECTS, "the tree was not uploaded completely"
+    try:
+        manifest = p.decode_tree(tree_bytes)
+    except MinigitError as error:
+        return p.INVALID, error.message
+    missing = sorted({entry.sha for entry in manifest.values() if not has_blob(entry.sha)})
+    if missing:
+        return p.MISSING_OBJECTS, f"{len(missing)} object(s) were not uploaded completely"
+    return None
+
+
+def decide_create(head: int | None, problem: tuple[str, str] | None) -> Outcome:
+    if head is not None:
+        return Outcome(p.EXISTS, head, message="repository already exists")
+    if problem:
+        return Outcome(problem[0], None, message=problem[1])
+    return Outcome(p.ACCEPTED, 1, version=1, message="created at version 1")
+
+
+def decide_push(
+    head: int | None,
+    head_tree: str | None,
+    base: int,
+    tree: str,
+    problem: tuple[str, str] | None,
+) -> Outcome:
+    """The seed's rule made exact: accepted only if the push was based on the head."""
+    if head is None:
+        return Outcome(p.NOT_FOUND, None, message="no such repository")
+    if base != head:
+        return Outcome(p.REJECTED, head, message=f"version mismatch: head is {head}, push based on {base}")
+    if problem:
+        return Outcome(problem[0], head, message=problem[1])
+    if tree == head_tree:
+        return Outcome(p.UP_TO_DATE, head, message="nothing to push")
+    return Outcome(p.ACCEPTED, head + 1, version=head + 1, message=f"accepted as version {head + 1}")
+
+
+@dataclass(frozen=True)
+class PullDecision:
+    status: str  # OK (send the head), UP_TO_DATE, NOT_FOUND, INVALID
+    head: int | None
+    message: str = ""
+
+
+def decide_pull(head: int | None, version: int) -> PullDecision:
+    if head is None:
+        return PullDecision(p.NOT_FOUND, None, "no such repository")
+    if version == head:
+        return PullDecision(p.UP_TO_DATE, head, "already up to date")
+    if version > head:
+        return PullDecision(
+            p.INVALID, head, f"you are at version {version} but the server's head is {head}: clone again"
+        )
+    return PullDecision(p.OK, head, f"head is version {head}")
+
+
+def blobs_to_send(
+    old: Mapping[str, p.FileEntry], new: Mapping[str, p.FileEntry], lost: Iterable[str] = ()
+) -> list[tuple[str, int]]:
+    """The blobs of ``new`` that a holder of ``old`` lacks (including those it
+    says it lost since), once each, in a stable order."""
+    have = {entry.sha for entry in old.values()} - set(lost)
+    wanted = {entry.sha: entry.size for entry in new.values() if entry.sha not in have}
+    return sorted(wanted.items())

@@ -1,0 +1,195 @@
+"""One replica process: three loops around one store.
+
+* apply: tails every partition of repo-log and applies each record, in order;
+* serve: a member of the consumer group on repo-requests, answering requests
+  for the partitions Kafka assigned to it (load balancing and failover);
+* heartbeat: publishes who it is, what it serves, how far it applied, and a
+  digest per repository to repo-replicas.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import socket
+import threading
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+from minigit import protocol as p
+from minigit.config import KafkaSettings
+from minigit_server.apply import apply_records
+from minigit_server.bus import Bus
+from minigit_server.service import AppliedOffsets, Handled, Service
+from minigit_server.store import SqliteStore, Store
+
+HEARTBEAT_INTERVAL_S = 2.0
+
+
+def store_path(data_dir: Path, replica_id: str) -> Path:
+    return Path(data_dir) / f"replica-{replica_id}" / "store.sqlite"
+
+
+def replica_log_path(data_dir: Path, replica_id: str) -> Path:
+    return Path(data_dir) / f"replica-{replica_id}" / "replica.log"
+
+
+def setup_logging(replica_id: str, log_file: Path) -> logging.Logger:
+    log_file.parent.mkdir(parents=True, exist_ok=True)
+    formatter = logging.Formatter(f"%(asctime)s replica-{replica_id} %(levelname)s %(message)s")
+    root = logging.getLogger()
+    root.setLevel(logging.INFO)
+    for handler in (logging.StreamHandler(), logging.FileHandler(log_file)):
+        handler.setFormatter(formatter)
+        root.addHandler(handler)
+    # kafka-python is chatty at INFO (connections, rebalances); keep its warnings.
+    logging.getLogger("kafka").setLevel(logging.ERROR)
+    return logging.getLogger("minigit.replica")
+
+
+def collect_repo_states(store: Store) -> tuple[dict[str, dict], dict[int, int]]:
+    """Each repository's head and digest, with the log offsets they correspond to."""
+    with store.snapshot():
+        return {
+            repo.name: {
+                "head": repo.head,
+                "digest": store.repo_digest(repo.name),
+                "partition": repo.partition,
+                "changed_at": repo.changed_at,
+            }
+            for repo in store.list_repos()
+        }, store.applied_offsets()
+
+
+class Replica:
+    def __init__(self, replica_id: str, settings: KafkaSettings, data_dir: Path) -> None:
+        self.replica_id = replica_id
+        self.settings = settings
+        self.log = logging.getLogger("minigit.replica")
+        self.store = SqliteStore(store_path(data_dir, replica_id))
+        self.bus = Bus(settings, client_id=f"minigit-replica-{replica_id}")
+        self.applied = AppliedOffsets(self.store.applied_offsets())
+        self.service = Service(replica_id, self.store, self.bus, self.applied)
+        self.stop = threading.Event()
+        self.failure: BaseException | None = None
+        self.serving: list[int] = []
+        self.started_ms = int(time.time() * 1000)
+        self._check_partition_counts()
+
+    def _check_partition_counts(self) -> None:
+        topics = self.bus.topics
+        requests, log_partitions = self.bus.partition_count(topics.requests), self.bus.partition_count(topics.log)
+        if requests != log_partitions:
+            raise RuntimeError(
+                f"{topics.requests} has {requests} partitions but {topics.log} has {log_partitions}: they must match"
+            )
+
+    def run(self) -> None:
+        """Serve until ``stop`` is set (SIGTERM) or a loop fails; then leave cleanly."""
+        threads = [
+            threading.Thread(target=self._guard(self.apply_loop), name="apply", daemon=True),
+            threading.Thread(target=self._guard(self.heartbeat_loop), name="heartbeat", daemon=True),
+        ]
+        for thread in threads:
+            thread.start()
+        try:
+            self._guard(self.serve_loop)()
+        finally:
+            self.stop.set()
+            for thread in threads:
+                thread.join(timeout=10)
+            self.publish_heartbeat(stopping=True)
+            self.bus.close()
+            self.store.close()
+        if self.failure is not None:
+            raise self.failure
+
+    def _guard(self, loop: Callable[[], None]) -> Callable[[], None]:
+        def run() -> None:
+            try:
+                loop()
+            except BaseException as error:  # noqa: BLE001 - any loop's death stops the replica
+                if not self.stop.is_set():
+                    self.log.exception("%s loop failed; stopping", loop.__name__)
+                    self.failure = error
+                self.stop.set()
+
+        return run
+
+    # -- loops
+
+    def apply_loop(self) -> None:
+        reader = self.bus.open_log_reader(self.store.applied_offsets())
+        try:
+            while not self.stop.is_set():
+                records = reader.poll(0.2)
+                if not records:
+                    continue
+                apply_records(self.store, records)
+                ends: dict[int, int] = {}
+                for record in records:
+                    ends[record.partition] = max(ends.get(record.partition, 0), record.offset + 1)
+                self.applied.advance(ends)
+        finally:
+            reader.close()
+
+    def serve_loop(self) -> None:
+        consumer = self.bus.open_request_consumer(self.on_assignment)
+        try:
+            while not self.stop.is_set():
+                for record in consumer.poll(0.5):
+                    started = time.monotonic()
+                    handled = self.service.handle(record.partition, record.timestamp_ms, record.value)
+                    if handled is None:
+                        continue  # a chunk: the request it belongs to commits it
+                    self.log_request(handled, record.partition, time.monotonic() - started)
+                    consumer.commit(record.partition, record.offset + 1)
+                    if self.stop.is_set():
+                        break
+        finally:
+            consumer.close()  # leaves the group: the partitions move at once
+
+    def heartbeat_loop(self) -> None:
+        while not self.stop.wait(HEARTBEAT_INTERVAL_S):
+            self.publish_heartbeat()
+
+    # -- helpers
+
+    def on_assignment(self, partitions: list[int]) -> None:
+        self.serving = partitions
+        if partitions:
+            self.log.info("serving request partitions %s", partitions)
+
+    def log_request(self, handled: Handled, partition: int, seconds: float) -> None:
+        self.log.info(
+            "%s %s %s -> %s%s [partition %d, %.0f ms]",
+            handled.user,
+            handled.action,
+            handled.repo,
+            handled.status,
+            f" ({handled.detail})" if handled.detail else "",
+            partition,
+            seconds * 1000,
+        )
+
+    def publish_heartbeat(self, stopping: bool = False) -> None:
+        try:
+            repos, applied = collect_repo_states(self.store)
+            beat = p.Heartbeat(
+                replica=self.replica_id,
+                host=socket.gethostname(),
+                pid=os.getpid(),
+                started_ms=self.started_ms,
+                sent_ms=int(time.time() * 1000),
+                serving=list(self.serving),
+                applied={str(k): v for k, v in sorted(applied.items())},
+                log_end={str(k): v for k, v in sorted(self.bus.log_end_offsets().items())},
+                repos=repos,
+                stopping=stopping,
+            )
+            self.bus.publish_heartbeat(beat)
+            if stopping:
+                self.bus.flush()
+        except Exception as error:  # noqa: BLE001 - a missed heartbeat is not fatal
+            self.log.warning("heartbeat not sent: %s", error)

@@ -1,0 +1,251 @@
+"""Answering requests, outside the consume loop (faust's rule): parse, decide,
+reply. Writes go through the replication log and are answered only once this
+replica has applied them; reads wait for the log end seen on arrival.
+"""
+
+from __future__ import annotations
+
+import base64
+import threading
+import time
+import uuid
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Protocol
+
+from minigit import protocol as p
+from minigit.errors import MinigitError
+from minigit_server import logic
+from minigit_server.store import Store
+
+# Bounds a log reply to one record.
+MAX_LOG_REPLY_BYTES = 800_000
+APPLY_WAIT_S = 120.0
+
+
+class AppliedOffsets:
+    """The next log offset this replica will apply, per partition; request
+    handlers wait on it (the read barrier, and "answer after apply")."""
+
+    def __init__(self, initial: dict[int, int]) -> None:
+        self._offsets = dict(initial)
+        self._changed = threading.Condition()
+
+    def advance(self, offsets: dict[int, int]) -> None:
+        with self._changed:
+            for partition, offset in offsets.items():
+                if offset > self._offsets.get(partition, 0):
+                    self._offsets[partition] = offset
+            self._changed.notify_all()
+
+    def wait_for(self, partition: int, offset: int, timeout: float) -> bool:
+        with self._changed:
+            return self._changed.wait_for(lambda: self._offsets.get(partition, 0) >= offset, timeout)
+
+    def snapshot(self) -> dict[int, int]:
+        with self._changed:
+            return dict(self._offsets)
+
+
+class Wire(Protocol):
+    """What the handlers need from Kafka (server.bus.Bus provides it)."""
+
+    def append_log(self, partition: int, key: bytes, value: bytes, wait: bool) -> int | None: ...
+    def send_reply(self, partition: int, message: p.Message) -> None: ...
+    def log_end_offsets(self, partitions: list[int] | None = None) -> dict[int, int]: ...
+    def flush(self) -> None: ...
+
+
+@dataclass(frozen=True)
+class Handled:
+    """What happened to one record, for the request log."""
+
+    user: str
+    action: str
+    repo: str
+    status: str
+    detail: str = ""
+
+
+class Service:
+    def __init__(
+        self,
+        replica_id: str,
+        store: Store,
+        wire: Wire,
+        applied: AppliedOffsets,
+        clock_ms: Callable[[], int] = lambda: int(time.time() * 1000),
+    ) -> None:
+        self.replica_id = replica_id
+        self.store = store
+        self.wire = wire
+        self.applied = applied
+        self.clock_ms = clock_ms
+
+    # -- dispatch
+
+    def handle(self, partition: int, timestamp_ms: int, value: bytes) -> Handled | None:
+        """Handle one record of repo-requests from ``partition``."""
+        try:
+            message = p.parse_message(value, allowed=p.REQUEST_TYPES)
+        except MinigitError as error:
+            return self.reject_malformed(value, error)
+        if isinstance(message, p.Chunk):
+            # Straight into the log: blob pieces are stored by every replica as
+            # they are applied; the request that follows refers to them.
+            self.wire.append_log(partition, message.repo.encode(), value, wait=False)
+            return None
+        request = message
+        if timestamp_ms + request.timeout_ms < self.clock_ms():
+            return Handled(request.user, request.action, request.repo, "expired", "client gave up; not answered")
+        handler = getattr(self, f"handle_{request.action}")
+        return handler(partition, request)
+
+    def reject_malformed(self, value: bytes, error: MinigitError) -> Handled:
+        address = p.peek_reply_address(value)
+        if address is not None:
+            request_id, reply_partition = address
+            self.reply(reply_partition, request_id, "unknown", p.INVALID, f"bad request: {error.message}")
+            self.wire.flush()
+        detail = error.message + ("" if address else " (no reply address)")
+        return Handled("?", "?", "?", "malformed", detail)
+
+    def reply(self, partition: int, request_id: str, action: str, status: str, message: str = "", **fields) -> p.Reply:
+        reply = p.Reply(
+            request_id=request_id,
+            action=action,
+            stream=uuid.uuid4().hex,
+            replica=self.replica_id,
+            status=status,
+            message=message,
+            **fields,
+        )
+        self.wire.send_reply(partition, reply)
+        return reply
+
+    def answer(self, request: p.Request, status: str, message: str = "", **fields) -> p.Reply:
+        return self.reply(request.reply_partition, request.request_id, request.action, status, message, **fields)
+
+    def catch_up(self, partition: int) -> bool:
+        """The read barrier: apply everything in the log as of now before reading."""
+        end = self.wire.log_end_offsets([partition])[partition]
+        return self.applied.wait_for(partition, end, APPLY_WAIT_S)
+
+    # -- reads
+
+    def handle_ping(self, partition: int, request: p.PingRequest) -> Handled:
+        self.answer(request, p.OK, f"replica {self.replica_id} serves partition {partition}")
+        self.wire.flush()
+        return Handled(request.user, "ping", request.repo, p.OK)
+
+    def handle_pull(self, partition: int, request: p.PullRequest) -> Handled:
+        if not self.catch_up(partition):
+            return Handled(request.user, "pull", request.repo, "stalled", "log not applied in time; not answered")
+        repo = self.store.get_repo(request.repo)
+        decision = logic.decide_pull(repo.head if repo else None, request.version)
+        if decision.status != p.OK:
+            self.answer(request, decision.status, decision.message, head=decision.head, version=decision.head)
+            self.wire.flush()
+            return Handled(request.user, "pull", request.repo, decision.status, f"v{request.version}")
+        head = self.store.get_version(request.repo, repo.head)
+        old = self.store.read_manifest(request.repo, request.version)
+        new = self.store.read_manifest(request.repo, repo.head)
+        wanted = [(head.tree, self.store.blob_size(head.tree))]
+        wanted += [(sha, size) for sha, size in logic.blobs_to_send(old, new, request.lost) if sha != head.tree]
+        reply = self.answer(
+            request,
+            p.OK,
+            decision.message,
+            version=repo.head,
+            head=repo.head,
+            tree=head.tree,
+            blob_count=len(wanted),
+            blob_bytes=sum(size for _, size in wanted),
+        )
+        for sha, _ in wanted:
+            self.stream_blob(request, reply.stream, sha)
+        self.wire.flush()
+        sent = sum(size for _, size in wanted)
+        return Handled(request.user, "pull", request.repo, p.OK, f"v{request.version}->v{repo.head}, {len(wanted)} objects, {sent} bytes")
+
+    def stream_blob(self, request: p.Request, stream: str, sha: str) -> None:
+        count = self.store.blob_chunk_count(sha)
+        for piece in self.store.iter_chunks(sha, count):
+            chunk = p.Chunk(
+                request_id=request.request_id,
+                repo=request.repo,
+                sha=sha,
+                index=piece.index,
+                count=count,
+                encoding=piece.encoding,
+                data=base64.b64encode(piece.payload).decode("ascii"),
+                stream=stream,
+            )
+            self.wire.send_reply(request.reply_partition, chunk)
+
+    def handle_log(self, partition: int, request: p.LogRequest) -> Handled:
+        if not self.catch_up(partition):
+            return Handled(request.user, "log", request.repo, "stalled", "log not applied in time; not answered")
+        repo = self.store.get_repo(request.repo)
+        if repo is None:
+            self.answer(request, p.NOT_FOUND, "no such repository")
+            self.wire.flush()
+            return Handled(request.user, "log", request.repo, p.NOT_FOUND)
+        entries, size = [], 0
+        for info in reversed(self.store.list_versions(request.repo)):
+            entry = {"version": info.version, "author": info.author, "time_ms": info.time_ms, "message": info.message}
+            size += len(info.message.encode()) + 100
+            if len(entries) >= request.limit or size > MAX_LOG_REPLY_BYTES:
+                break
+            entries.append(entry)
+        self.answer(request, p.OK, head=repo.head, version=repo.head, entries=entries)
+        self.wire.flush()
+        return Handled(request.user, "log", request.repo, p.OK, f"{len(entries)} entries")
+
+    # -- writes
+
+    def handle_init(self, partition: int, request: p.InitRequest) -> Handled:
+        proposal = p.CreateProposal(
+            request_id=request.request_id,
+            repo=request.repo,
+            user=request.user,
+            tree=request.tree,
+            message=request.message,
+            time_ms=self.clock_ms(),
+            proposer=self.replica_id,
+        )
+        return self.propose(partition, request, proposal)
+
+    def handle_push(self, partition: int, request: p.PushRequest) -> Handled:
+        proposal = p.PushProposal(
+            request_id=request.request_id,
+            repo=request.repo,
+            user=request.user,
+            tree=request.tree,
+            message=request.message,
+            time_ms=self.clock_ms(),
+            proposer=self.replica_id,
+            base=request.base,
+        )
+        return self.propose(partition, request, proposal)
+
+    def propose(self, partition: int, request: p.Request, proposal: p.Proposal) -> Handled:
+        """Append the write to the log, wait until this replica has applied it,
+        and answer with the outcome that every replica reached."""
+        outcome = self.store.get_outcome(request.request_id)
+        if outcome is None:
+            self.answer(request, p.WORKING)
+            offset = self.wire.append_log(partition, request.repo.encode(), proposal.to_bytes(), wait=True)
+            if not self.applied.wait_for(partition, offset + 1, APPLY_WAIT_S):
+                return Handled(request.user, request.action, request.repo, "stalled", "not applied in time; not answered")
+            outcome = self.store.get_outcome(request.request_id)
+            detail = ""
+        else:
+            detail = " (retry: original outcome)"
+        result = logic.Outcome.from_json(outcome)
+        self.answer(request, result.status, result.message, version=result.version, head=result.head)
+        self.wire.flush()
+        version = f"v{result.version}" if result.version else f"head v{result.head}"
+        base = f"base v{request.base}, " if isinstance(request, p.PushRequest) else ""
+        return Handled(request.user, request.action, request.repo, result.status, f"{base}{version}{detail}")
+

@@ -1,0 +1,373 @@
+"""A replica's state: an embedded SQLite store, and an in-memory twin for tests.
+
+Both hold the same things: blob chunks (content-addressed by the sha256 of the
+blob's raw bytes), complete blobs, repositories and their versions, write
+outcomes by request id, and the next log offset to apply per partition. The
+applier writes the offsets in the same transaction as the state they produced,
+so a replica killed at any instant resumes without loss or double apply.
+"""
+
+from __future__ import annotations
+
+import abc
+import contextlib
+import copy
+import hashlib
+import json
+import sqlite3
+import threading
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+from minigit import protocol as p
+
+
+@dataclass(frozen=True)
+class RepoState:
+    name: str
+    head: int
+    partition: int  # the log partition its records live in
+    changed_at: int  # log offset of the record that last changed it
+
+
+@dataclass(frozen=True)
+class VersionInfo:
+    version: int
+    tree: str
+    author: str
+    message: str
+    time_ms: int
+    request_id: str
+
+
+@dataclass(frozen=True)
+class StoredChunk:
+    index: int
+    encoding: str
+    payload: bytes
+
+
+class Store(abc.ABC):
+    """The small interface the applier and the request handlers need."""
+
+    @abc.abstractmethod
+    def transaction(self) -> contextlib.AbstractContextManager[None]: ...
+
+    @abc.abstractmethod
+    def snapshot(self) -> contextlib.AbstractContextManager[None]:
+        """A consistent read of several tables (offsets and the state they made)."""
+
+    @abc.abstractmethod
+    def applied_offsets(self) -> dict[int, int]: ...
+
+    @abc.abstractmethod
+    def set_applied(self, partition: int, next_offset: int) -> None: ...
+
+    @abc.abstractmethod
+    def blob_size(self, sha: str) -> int | None:
+        """The raw size of a complete, verified blob; None if absent."""
+
+    @abc.abstractmethod
+    def put_chunk(self, sha: str, chunk: StoredChunk) -> None:
+        """Keep the first copy of a chunk; later copies of the same piece are ignored."""
+
+    @abc.abstractmethod
+    def iter_chunks(self, sha: str, count: int) -> Iterator[StoredChunk]:
+        """Chunks 0..count-1 present for ``sha``, in order (complete or not)."""
+
+    @abc.abstractmethod
+    def delete_chunks(self, sha: str) -> None: ...
+
+    @abc.abstractmethod
+    def put_blob(self, sha: str, size: int, count: int) -> None: ...
+
+    @abc.abstractmethod
+    def blob_chunk_count(self, sha: str) -> int | None: ...
+
+    @abc.abstractmethod
+    def get_repo(self, name: str) -> RepoState | None: ...
+
+    @abc.abstractmethod
+    def list_repos(self) -> list[RepoState]: ...
+
+    @abc.abstractmethod
+    def put_repo(self, repo: RepoState) -> None: ...
+
+    @abc.abstractmethod
+    def add_version(self, repo: str, info: VersionInfo) -> None: ...
+
+    @abc.abstractmethod
+    def get_version(self, repo: str, version: int) -> VersionInfo | None: ...
+
+    @abc.abstractmethod
+    def list_versions(self, repo: str) -> list[VersionInfo]:
+        """All versions, oldest first."""
+
+    @abc.abstractmethod
+    def get_outcome(self, request_id: str) -> dict | None: ...
+
+    @abc.abstractmethod
+    def put_outcome(self, request_id: str, outcome: dict) -> None: ...
+
+    def close(self) -> None:
+        pass
+
+    # -- derived reads, the same for every store
+
+    def count_present_chunks(self, sha: str, count: int) -> int:
+        return sum(1 for _ in self.iter_chunks(sha, count))
+
+    def read_blob(self, sha: str) -> bytes | None:
+        count = self.blob_chunk_count(sha)
+        if count is None:
+            return None
+        return b"".join(p.decode_chunk_data(c.encoding, c.payload) for c in self.iter_chunks(sha, count))
+
+    def read_manifest(self, repo: str, version: int) -> p.Manifest:
+        if version == 0:
+            return {}
+        info = self.get_version(repo, version)
+        tree = self.read_blob(info.tree) if info else None
+        if tree is None:
+            raise LookupError(f"{repo} version {version} has no tree in this store")
+        return p.decode_tree(tree)
+
+    def repo_digest(self, name: str) -> str:
+        """A digest of everything a repository's history holds, computed from the rows
+        themselves (not cached), so a damaged store shows a different digest."""
+        digest = hashlib.sha256()
+        repo = self.get_repo(name)
+        digest.update(f"head={repo.head if repo else None}\n".encode())
+        for v in self.list_versions(name):
+            row = [v.version, v.tree, v.author, v.message, v.time_ms, v.request_id]
+            digest.update(json.dumps(row, ensure_ascii=False).encode() + b"\n")
+            digest.update(f"tree-present={self.blob_size(v.tree) is not None}\n".encode())
+        return digest.hexdigest()
+
+
+class MemoryStore(Store):
+    """The in-memory twin: same behaviour, dicts instead of tables."""
+
+    def __init__(self) -> None:
+        self.offsets: dict[int, int] = {}
+        self.chunks: dict[str, dict[int, StoredChunk]] = {}
+        self.blobs: dict[str, tuple[int, int]] = {}
+        self.repos: dict[str, RepoState] = {}
+        self.versions: dict[str, dict[int, VersionInfo]] = {}
+        self.outcomes: dict[str, dict] = {}
+
+    @contextlib.contextmanager
+    def transaction(self) -> Iterator[None]:
+        saved = copy.deepcopy(self.__dict__)
+        try:
+            yield
+        except BaseException:
+            self.__dict__.update(saved)
+            raise
+
+    def snapshot(self) -> contextlib.AbstractContextManager[None]:
+        return contextlib.nullcontext()
+
+    def applied_offsets(self) -> dict[int, int]:
+        return dict(self.offsets)
+
+    def set_applied(self, partition: int, next_offset: int) -> None:
+        self.offsets[partition] = next_offset
+
+    def blob_size(self, sha: str) -> int | None:
+        found = self.blobs.get(sha)
+        return found[0] if found else None
+
+    def blob_chunk_count(self, sha: str) -> int | None:
+        found = self.blobs.get(sha)
+        return found[1] if found else None
+
+    def put_chunk(self, sha: str, chunk: StoredChunk) -> None:
+        self.chunks.setdefault(sha, {}).setdefault(chunk.index, chunk)
+
+    def iter_chunks(self, sha: str, count: int) -> Iterator[StoredChunk]:
+        pieces = self.chunks.get(sha, {})
+        yield from (pieces[i] for i in sorted(pieces) if i < count)
+
+    def delete_chunks(self, sha: str) -> None:
+        self.chunks.pop(sha, None)
+
+    def put_blob(self, sha: str, size: int, count: int) -> None:
+        self.blobs[sha] = (size, count)
+
+    def get_repo(self, name: str) -> RepoState | None:
+        return self.repos.get(name)
+
+    def list_repos(self) -> list[RepoState]:
+        return [self.repos[name] for name in sorted(self.repos)]
+
+    def put_repo(self, repo: RepoState) -> None:
+        self.repos[repo.name] = repo
+
+    def add_version(self, repo: str, info: VersionInfo) -> None:
+        self.versions.setdefault(repo, {})[info.version] = info
+
+    def get_version(self, repo: str, version: int) -> VersionInfo | None:
+        return self.versions.get(repo, {}).get(version)
+
+    def list_versions(self, repo: str) -> list[VersionInfo]:
+        found = self.versions.get(repo, {})
+        return [found[v] for v in sorted(found)]
+
+    def get_outcome(self, request_id: str) -> dict | None:
+        return self.outcomes.get(request_id)
+
+    def put_outcome(self, request_id: str, outcome: dict) -> None:
+        self.outcomes.setdefault(request_id, outcome)
+
+
+_SCHEMA = """
+CREATE TABLE IF NOT EXISTS applied (partition INTEGER PRIMARY KEY, next_offset INTEGER NOT NULL);
+CREATE TABLE IF NOT EXISTS chunks (
+    sha TEXT NOT NULL, idx INTEGER NOT NULL, encoding TEXT NOT NULL, payload BLOB NOT NULL,
+    PRIMARY KEY (sha, idx));
+CREATE TABLE IF NOT EXISTS blobs (sha TEXT PRIMARY KEY, size INTEGER NOT NULL, count INTEGER NOT NULL);
+CREATE TABLE IF NOT EXISTS repos (
+    name TEXT PRIMARY KEY, head INTEGER NOT NULL, partition INTEGER NOT NULL, changed_at INTEGER NOT NULL);
+CREATE TABLE IF NOT EXISTS versions (
+    repo TEXT NOT NULL, version INTEGER NOT NULL, tree TEXT NOT NULL, author TEXT NOT NULL,
+    message TEXT NOT NULL, time_ms INTEGER NOT NULL, request_id TEXT NOT NULL,
+    PRIMARY KEY (repo, version));
+CREATE TABLE IF NOT EXISTS outcomes (request_id TEXT PRIMARY KEY, outcome TEXT NOT NULL);
+"""
+
+
+class SqliteStore(Store):
+    """One SQLite file per replica. WAL lets readers (request handlers) run beside
+    the applier; each thread gets its own connection."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = Path(path)
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        self._local = threading.local()
+        self._connections: list[sqlite3.Connection] = []
+        self._lock = threading.Lock()
+        with self._db() as db:
+            db.executescript(_SCHEMA)
+
+    def _db(self) -> sqlite3.Connection:
+        db = getattr(self._local, "db", None)
+        if db is None:
+            db = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False, timeout=30)
+            db.execute("PRAGMA journal_mode=WAL")
+            # The log is the source of truth: after a power cut we may lose the last
+            # transactions, and with them their offsets, so they are applied again.
+            db.execute("PRAGMA synchronous=NORMAL")
+            self._local.db = db
+            with self._lock:
+                self._connections.append(db)
+        return db
+
+    @contextlib.contextmanager
+    def transaction(self) -> Iterator[None]:
+        db = self._db()
+        db.execute("BEGIN IMMEDIATE")
+        try:
+            yield
+        except BaseException:
+            db.execute("ROLLBACK")
+            raise
+        db.execute("COMMIT")
+
+    @contextlib.contextmanager
+    def snapshot(self) -> Iterator[None]:
+        db = self._db()
+        db.execute("BEGIN")
+        try:
+            yield
+        finally:
+            db.execute("COMMIT")
+
+    def close(self) -> None:
+        with self._lock:
+            for db in self._connections:
+                db.close()
+            self._connections.clear()
+        self._local = threading.local()
+
+    def applied_offsets(self) -> dict[int, int]:
+        return dict(self._db().execute("SELECT partition, next_offset FROM applied"))
+
+    def set_applied(self, partition: int, next_offset: int) -> None:
+        self._db().execute(
+            "INSERT INTO applied VALUES (?, ?) ON CONFLICT(partition) DO UPDATE SET next_offset = excluded.next_offset",
+            (partition, next_offset),
+        )
+
+    def blob_size(self, sha: str) -> int | None:
+        row = self._db().execute("SELECT size FROM blobs WHERE sha = ?", (sha,)).fetchone()
+        return row[0] if row else None
+
+    def blob_chunk_count(self, sha: str) -> int | None:
+        row = self._db().execute("SELECT count FROM blobs WHERE sha = ?", (sha,)).fetchone()
+        return row[0] if row else None
+
+    def put_chunk(self, sha: str, chunk: StoredChunk) -> None:
+        self._db().execute(
+            "INSERT OR IGNORE INTO chunks VALUES (?, ?, ?, ?)", (sha, chunk.index, chunk.encoding, chunk.payload)
+        )
+
+    def count_present_chunks(self, sha: str, count: int) -> int:
+        return self._db().execute("SELECT COUNT(*) FROM chunks WHERE sha = ? AND idx < ?", (sha, count)).fetchone()[0]
+
+    def iter_chunks(self, sha: str, count: int) -> Iterator[StoredChunk]:
+        # One row at a time: a 100 MiB blob is never in memory at once.
+        for index in range(count):
+            row = self._db().execute(
+                "SELECT encoding, payload FROM chunks WHERE sha = ? AND idx = ?", (sha, index)
+            ).fetchone()
+            if row:
+                yield StoredChunk(index, row[0], bytes(row[1]))
+
+    def delete_chunks(self, sha: str) -> None:
+        self._db().execute("DELETE FROM chunks WHERE sha = ?", (sha,))
+
+    def put_blob(self, sha: str, size: int, count: int) -> None:
+        self._db().execute("INSERT OR IGNORE INTO blobs VALUES (?, ?, ?)", (sha, size, count))
+
+    def get_repo(self, name: str) -> RepoState | None:
+        row = self._db().execute("SELECT name, head, partition, changed_at FROM repos WHERE name = ?", (name,)).fetchone()
+        return RepoState(*row) if row else None
+
+    def list_repos(self) -> list[RepoState]:
+        rows = self._db().execute("SELECT name, head, partition, changed_at FROM repos ORDER BY name")
+        return [RepoState(*row) for row in rows]
+
+    def put_repo(self, repo: RepoState) -> None:
+        self._db().execute(
+            "INSERT OR REPLACE INTO repos VALUES (?, ?, ?, ?)", (repo.name, repo.head, repo.partition, repo.changed_at)
+        )
+
+    def add_version(self, repo: str, info: VersionInfo) -> None:
+        self._db().execute(
+            "INSERT INTO versions VALUES (?, ?, ?, ?, ?, ?, ?)",
+            (repo, info.version, info.tree, info.author, info.message, info.time_ms, info.request_id),
+        )
+
+    def get_version(self, repo: str, version: int) -> VersionInfo | None:
+        row = self._db().execute(
+            "SELECT version, tree, author, message, time_ms, request_id FROM versions WHERE repo = ? AND version = ?",
+            (repo, version),
+        ).fetchone()
+        return VersionInfo(*row) if row else None
+
+    def list_versions(self, repo: str) -> list[VersionInfo]:
+        rows = self._db().execute(
+            "SELECT version, tree, author, message, time_ms, request_id FROM versions WHERE repo = ? ORDER BY version",
+            (repo,),
+        )
+        return [VersionInfo(*row) for row in rows]
+
+    def get_outcome(self, request_id: str) -> dict | None:
+        row = self._db().execute("SELECT outcome FROM outcomes WHERE request_id = ?", (request_id,)).fetchone()
+        return json.loads(row[0]) if row else None
+
+    def put_outcome(self, request_id: str, outcome: dict) -> None:
+        self._db().execute("INSERT OR IGNORE INTO outcomes VALUES (?, ?)", (request_id, json.dumps(outcome)))
+
