@@ -133,8 +133,13 @@ class Bus:
             raise unreachable(self.settings, error) from None
 
     def partition_count(self, topic: str) -> int:
-        with self._offsets_lock:
-            found = self._offsets_consumer.partitions_for_topic(topic)
+        deadline = time.monotonic() + 10  # a topic just created may not be in metadata yet
+        while True:
+            with self._offsets_lock:
+                found = self._offsets_consumer.partitions_for_topic(topic)
+            if found or time.monotonic() > deadline:
+                break
+            time.sleep(0.2)
         if not found:
             raise MinigitError(f"topic {topic} does not exist", hint="run 'minigit-server start' to create it")
         return len(found)

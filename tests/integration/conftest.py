@@ -1,0 +1,161 @@
+"""A replicated service per test: real replica processes on the session's broker,
+isolated by a unique topic namespace (faust's habit: unique topics per test)."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from minigit import operations
+from minigit import protocol as p
+from minigit.config import KafkaSettings
+from minigit.transport import Connection
+from minigit_server.bus import Bus, ensure_topics
+from minigit_server.replica import store_path
+from minigit_server.store import SqliteStore
+
+MINIGIT = str(Path(sys.executable).with_name("minigit"))
+MINIGIT_SERVER = str(Path(sys.executable).with_name("minigit-server"))
+PARTITIONS = 3
+
+
+def wait_until(condition, timeout: float, interval: float = 0.2, message: str = "condition"):
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if value := condition():
+            return value
+        time.sleep(interval)
+    raise AssertionError(f"timed out after {timeout}s waiting for {message}")
+
+
+class Service:
+    """Replica processes started with the real command, one per replica id."""
+
+    def __init__(self, bootstrap: str, namespace: str, data_dir: Path, partitions: int = PARTITIONS) -> None:
+        self.bootstrap = bootstrap
+        self.namespace = namespace
+        self.data_dir = data_dir
+        self.settings = KafkaSettings(bootstrap, namespace)
+        self.processes: dict[str, subprocess.Popen] = {}
+        ensure_topics(self.settings, partitions, 1)
+        self.bus = Bus(self.settings, client_id="test-harness")
+
+    def command(self, replica_id: str) -> list[str]:
+        return [
+            MINIGIT_SERVER, "start", "--replica-id", replica_id, "--data-dir", str(self.data_dir),
+            "--bootstrap", self.bootstrap, "--namespace", self.namespace,
+        ]  # fmt: skip
+
+    def start(self, *replica_ids: str) -> None:
+        for replica_id in replica_ids:
+            log = open(self.data_dir / f"replica-{replica_id}.out", "ab")  # noqa: SIM115
+            self.processes[replica_id] = subprocess.Popen(
+                self.command(replica_id), stdout=log, stderr=subprocess.STDOUT, start_new_session=True
+            )
+
+    def kill(self, replica_id: str, sig: int = signal.SIGKILL) -> None:
+        process = self.processes.pop(replica_id)
+        process.send_signal(sig)
+        process.wait(timeout=60)
+
+    def stop_all(self) -> None:
+        for process in self.processes.values():
+            process.send_signal(signal.SIGTERM)
+        for process in self.processes.values():
+            try:
+                process.wait(timeout=30)
+            except subprocess.TimeoutExpired:
+                process.kill()
+                process.wait()
+        self.processes.clear()
+        self.bus.close()
+
+    def options(self, user: str = "tester", timeout: float = 30.0) -> operations.ClientOptions:
+        return operations.ClientOptions(user=user, bootstrap=self.bootstrap, namespace=self.namespace, timeout=timeout)
+
+    def ping(self, repo: str, timeout: float = 60.0) -> p.Reply:
+        with Connection(self.settings, "tester", timeout) as connection:
+            return connection.call(connection.new_request(p.PingRequest, repo=repo)).reply
+
+    def env(self, user: str = "tester") -> dict[str, str]:
+        return {
+            **os.environ,
+            "MINIGIT_BOOTSTRAP": self.bootstrap,
+            "MINIGIT_NAMESPACE": self.namespace,
+            "MINIGIT_USER": user,
+            "COLUMNS": "200",
+        }
+
+    def cli(self, *args: str, cwd: Path, user: str = "tester", timeout: float = 120) -> subprocess.CompletedProcess:
+        return subprocess.run(
+            [MINIGIT, *args], cwd=cwd, env=self.env(user), capture_output=True, text=True, timeout=timeout
+        )
+
+    # -- looking inside the replicas' stores (read-only, beside the running replica)
+
+    def store(self, replica_id: str) -> SqliteStore:
+        return SqliteStore(store_path(self.data_dir, replica_id))
+
+    def states(self, replica_ids: list[str]) -> dict[str, tuple]:
+        """Per replica: applied offsets and, per repository, head and digest."""
+        found = {}
+        for replica_id in replica_ids:
+            store = self.store(replica_id)
+            try:
+                with store.snapshot():
+                    repos = {r.name: (r.head, store.repo_digest(r.name)) for r in store.list_repos()}
+                    found[replica_id] = (store.applied_offsets(), repos)
+            finally:
+                store.close()
+        return found
+
+    def wait_converged(self, replica_ids: list[str], timeout: float = 60.0) -> dict[str, tuple]:
+        """Wait until every replica applied the whole log; return their (equal) states."""
+
+        def converged():
+            ends = {k: v for k, v in self.bus.log_end_offsets().items() if v}
+            states = self.states(replica_ids)
+            if all({k: v for k, v in s[0].items() if v} == ends for s in states.values()):
+                return states
+            return None
+
+        states = wait_until(converged, timeout, message="replicas to apply the whole log")
+        return states
+
+
+@pytest.fixture
+def namespace() -> str:
+    return f"t{uuid.uuid4().hex[:10]}-"
+
+
+@pytest.fixture
+def service(kafka_bootstrap: str, namespace: str, tmp_path: Path) -> Iterator[Service]:
+    """Three replicas, started; stopped at the end of the test."""
+    data_dir = tmp_path / "server"
+    data_dir.mkdir()
+    harness = Service(kafka_bootstrap, namespace, data_dir)
+    harness.start("1", "2", "3")
+    try:
+        yield harness
+    finally:
+        harness.stop_all()
+
+
+@pytest.fixture
+def bare_service(kafka_bootstrap: str, namespace: str, tmp_path: Path) -> Iterator[Service]:
+    """Topics only: the test starts and kills replicas itself."""
+    data_dir = tmp_path / "server"
+    data_dir.mkdir()
+    harness = Service(kafka_bootstrap, namespace, data_dir)
+    try:
+        yield harness
+    finally:
+        harness.stop_all()
