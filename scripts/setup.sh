@@ -1,0 +1,24 @@
+#!/usr/bin/env bash
+# Installs what the demo and the tests need, idempotently: a virtual environment
+# in .venv with minigit (and its test extra), and the Apache Kafka jars (Maven
+# Central, cached in ~/.cache/minigit). Needs Python >= 3.11, Java 17+ and Maven.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+python=${PYTHON:-python3}
+if ! "$python" -c 'import sys; sys.exit(sys.version_info < (3, 11))' 2>/dev/null; then
+    echo "error: minigit needs Python 3.11 or newer (set PYTHON=/path/to/python3.11)" >&2
+    exit 1
+fi
+if [ ! -x .venv/bin/python ]; then
+    echo "setup: creating .venv" >&2
+    "$python" -m venv .venv
+fi
+stamp=.venv/.minigit-installed
+if [ ! -f "$stamp" ] || [ pyproject.toml -nt "$stamp" ]; then
+    echo "setup: installing minigit and its test tools into .venv" >&2
+    .venv/bin/python -m pip install --quiet --disable-pip-version-check --upgrade pip
+    .venv/bin/python -m pip install --quiet --disable-pip-version-check -e '.[test]'
+    touch "$stamp"
+fi
+.venv/bin/minigit-server kafka fetch >&2
