@@ -8,6 +8,7 @@ default. Typer resolves flag-then-environment; this module holds the rest.
 from __future__ import annotations
 
 import os
+import re
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 
@@ -78,7 +79,13 @@ def read_kafka_options(flags: Iterable[str] = (), environ: Mapping[str, str] | N
     }
 
 
+_NAMESPACE_RE = re.compile(r"[A-Za-z0-9._-]{0,100}")
+
+
 def check_namespace(namespace: str) -> str:
-    if namespace and not all(c.isalnum() or c in "._-" for c in namespace):
-        raise UsageError(f"invalid namespace {namespace!r}: use letters, digits, '.', '_' and '-'")
+    """Kafka topic names allow ASCII letters, digits, '.', '_' and '-' (249 at most)."""
+    if not _NAMESPACE_RE.fullmatch(namespace):
+        raise UsageError(
+            f"invalid namespace {namespace!r}: use at most 100 ASCII letters, digits, '.', '_' and '-'"
+        )
     return namespace

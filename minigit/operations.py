@@ -10,7 +10,7 @@ import contextlib
 import os
 import secrets
 import shutil
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -247,6 +247,8 @@ def apply_pull(root: Path, base: p.Manifest, local: p.Manifest, head: p.Manifest
     plan = plan_pull(base, local, head)
     if plan.refused:
         raise PullConflict(plan.conflicts)
+    if blocked := find_untracked_in_the_way(root, plan.write, local):
+        raise PullConflict(blocked)
     sources = {entry.sha: path for path, entry in local.items()}
     with staging_area(root) as staging:
         staged = []
@@ -272,6 +274,25 @@ def apply_pull(root: Path, base: p.Manifest, local: p.Manifest, head: p.Manifest
                 os.rmdir(destination)  # an empty directory where the file goes
             os.replace(target, destination)
     return plan
+
+
+def find_untracked_in_the_way(root: Path, write: Mapping[str, p.FileEntry], local: p.Manifest) -> list[str]:
+    """Files the scan did not track (ignored ones) that a pull would overwrite, or
+    that stand where it needs a directory: never overwrite them silently."""
+    blocked = set()
+    for path in write:
+        if path in local:
+            continue
+        target = root / path
+        if target.is_symlink() or target.is_file() or (target.is_dir() and any(target.iterdir())):
+            blocked.add(path)
+        parts = path.split("/")[:-1]
+        for depth in range(1, len(parts) + 1):
+            prefix = "/".join(parts[:depth])
+            parent = root / prefix
+            if prefix not in local and (parent.is_symlink() or parent.is_file()):
+                blocked.add(prefix)
+    return sorted(blocked)
 
 
 @contextlib.contextmanager

@@ -49,7 +49,7 @@ MAX_PATH_LENGTH = 4096
 MAX_PATH_PART_LENGTH = 255
 MAX_MESSAGE_LENGTH = 10_000
 MAX_LOST = 5000
-RESERVED_NAMES = frozenset({".minigit", ".minigit.lock"})
+MAX_INT = 2**63  # every integer field is 0 <= n < MAX_INT, so SQLite can store it
 
 _NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*$")
 _SHA_RE = re.compile(r"^[0-9a-f]{64}$")
@@ -73,11 +73,18 @@ def check_name(kind: str, name: str) -> str:
         raise ProtocolError(f"{kind} name is missing")
     if len(name) > MAX_NAME_LENGTH:
         raise ProtocolError(f"{kind} name is longer than {MAX_NAME_LENGTH} characters")
-    if not _NAME_RE.match(name) or name in {".", ".."}:
+    if not _NAME_RE.fullmatch(name) or name in {".", ".."}:
         raise ProtocolError(
             f"invalid {kind} name {name!r}: use letters, digits, '.', '_' and '-', starting with a letter or digit"
         )
     return name
+
+
+def is_reserved_name(part: str) -> bool:
+    """Names minigit keeps for itself in a working directory: ``.minigit``, its lock
+    and temporary files (``.minigit.*``, ``.minigit-*``). ``.minigitignore`` is a user file."""
+    lowered = part.lower()
+    return lowered == ".minigit" or lowered.startswith((".minigit.", ".minigit-"))
 
 
 def check_path(path: str) -> str:
@@ -101,7 +108,7 @@ def check_path(path: str) -> str:
     for part in path.split("/"):
         if part in ("", ".", ".."):
             raise UnsafePath(path, f"'{part}' part" if part else "empty part")
-        if part.lower() in RESERVED_NAMES:
+        if is_reserved_name(part):
             raise UnsafePath(path, f"'{part}' is reserved for minigit")
         if len(part.encode("utf-8")) > MAX_PATH_PART_LENGTH:
             raise UnsafePath(path[:80], "a part is too long")
@@ -109,7 +116,7 @@ def check_path(path: str) -> str:
 
 
 def check_sha(value: str) -> str:
-    if not isinstance(value, str) or not _SHA_RE.match(value):
+    if not isinstance(value, str) or not _SHA_RE.fullmatch(value):
         raise ProtocolError(f"invalid object id {str(value)[:80]!r}")
     return value
 
@@ -203,6 +210,8 @@ def encode_chunk_data(raw: bytes) -> tuple[str, bytes]:
 
 def decode_chunk_data(encoding: str, data: bytes) -> bytes:
     if encoding == "raw":
+        if len(data) > CHUNK_SIZE:
+            raise ProtocolError("chunk larger than CHUNK_SIZE")
         return data
     if encoding == "zlib":
         try:
@@ -212,6 +221,8 @@ def decode_chunk_data(encoding: str, data: bytes) -> bytes:
             raise ProtocolError(f"corrupt chunk: {error}") from None
         if len(raw) > CHUNK_SIZE or decoder.unconsumed_tail:
             raise ProtocolError("chunk larger than CHUNK_SIZE")
+        if not decoder.eof or decoder.unused_data:
+            raise ProtocolError("corrupt chunk: truncated or trailing data")
         return raw
     raise ProtocolError(f"unknown chunk encoding {encoding!r}")
 
@@ -243,6 +254,20 @@ def _check_field(cls_name: str, name: str, annotation: Any, value: Any) -> None:
     ok = _is_int(value) if expected is int else isinstance(value, expected)
     if not ok:
         raise ProtocolError(f"{cls_name}: field '{name}' must be {getattr(expected, '__name__', expected)}")
+    if expected is int and not 0 <= value < MAX_INT:
+        raise ProtocolError(f"{cls_name}: field '{name}' is out of range")
+    if expected in (str, list, dict) and not _is_utf8(value):
+        raise ProtocolError(f"{cls_name}: field '{name}' is not valid UTF-8 text")
+
+
+def _is_utf8(value: Any) -> bool:
+    """JSON can spell lone surrogates (\\ud800) that no UTF-8 text holds."""
+    try:
+        text = value if isinstance(value, str) else json.dumps(value, ensure_ascii=False)
+        text.encode("utf-8")
+    except (UnicodeEncodeError, TypeError, ValueError):
+        return False
+    return True
 
 
 @dataclass(kw_only=True)
@@ -289,9 +314,13 @@ def parse_message(value: bytes, *, allowed: tuple[type[Message], ...] = ()) -> M
         raise ProtocolError("malformed message: not UTF-8 JSON") from None
     if not isinstance(doc, dict):
         raise ProtocolError("malformed message: not a JSON object")
-    if doc.get("v") != PROTOCOL_VERSION:
-        raise ProtocolError(f"unsupported protocol version {doc.get('v')!r} (this side speaks {PROTOCOL_VERSION})")
-    cls = _registry.get((doc.get("type"), None)) or _registry.get((doc.get("type"), doc.get("action")))
+    version = doc.get("v")
+    if not _is_int(version) or version != PROTOCOL_VERSION:
+        raise ProtocolError(f"unsupported protocol version {version!r} (this side speaks {PROTOCOL_VERSION})")
+    kind, action = doc.get("type"), doc.get("action")
+    if not isinstance(kind, str) or not isinstance(action, str | None):
+        raise ProtocolError("malformed message: 'type' and 'action' must be strings")
+    cls = _registry.get((kind, None)) or _registry.get((kind, action))
     if cls is None:
         raise ProtocolError(f"unknown message type {doc.get('type')!r} action {doc.get('action')!r}")
     if allowed and not issubclass(cls, allowed):
@@ -306,7 +335,7 @@ def peek_reply_address(value: bytes) -> tuple[str, int] | None:
         rid, partition = doc["request_id"], doc["reply_partition"]
     except (UnicodeDecodeError, ValueError, KeyError, TypeError):
         return None
-    if isinstance(rid, str) and _ID_RE.match(rid) and _is_int(partition) and partition >= 0:
+    if isinstance(rid, str) and _ID_RE.fullmatch(rid) and _is_int(partition) and 0 <= partition < MAX_INT:
         return rid, partition
     return None
 
@@ -371,7 +400,7 @@ def split_blob(request_id: str, repo: str, sha: str, content: bytes, stream: str
 
 
 def _check_request_id(value: str) -> None:
-    if not _ID_RE.match(value):
+    if not _ID_RE.fullmatch(value):
         raise ProtocolError("request_id must be 32 lowercase hex digits")
 
 

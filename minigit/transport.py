@@ -159,7 +159,8 @@ class Connection:
             raise unreachable(settings, error) from None
 
     def _open(self) -> None:
-        options = kafka_options(self.settings)
+        # An unreachable broker fails within the timeout (kafka-python waits 30 s by default).
+        options = {**kafka_options(self.settings), "bootstrap_timeout_ms": int(min(self.timeout, 10.0) * 1000)}
         self.producer = KafkaProducer(acks="all", linger_ms=0, **options)
         self.consumer = KafkaConsumer(
             group_id=None,

@@ -70,11 +70,17 @@ def parse_metadata(text: str, where: str = METADATA_NAME) -> Metadata:
             version=version,
             bootstrap=bootstrap,
             namespace=namespace,
-            manifest=p.manifest_from_json(doc["manifest"]),
+            manifest=check_no_clash(p.manifest_from_json(doc["manifest"])),
         )
     except (ValueError, KeyError, TypeError, MinigitError) as error:
         reason = error.message if isinstance(error, MinigitError) else str(error) or type(error).__name__
         raise CorruptMetadata(where, reason) from None
+
+
+def check_no_clash(manifest: p.Manifest) -> p.Manifest:
+    if clash := p.find_file_directory_clash(manifest):
+        raise ValueError(f"{clash!r} is both a file and a directory")
+    return manifest
 
 
 def find_root(start: Path) -> Path | None:
@@ -131,7 +137,7 @@ def lock_workdir(root: Path) -> Iterator[None]:
 
 
 def is_internal(name: str) -> bool:
-    return name in (METADATA_NAME, LOCK_NAME) or TEMP_MARK in name
+    return p.is_reserved_name(name)
 
 
 def list_files(root: Path, ignored: Callable[[str, bool], bool] = lambda path, is_dir: False) -> list[str]:

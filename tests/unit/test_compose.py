@@ -1,0 +1,159 @@
+"""docker-compose.yml and Dockerfile: Docker cannot run here, so check their structure."""
+
+from __future__ import annotations
+
+import base64
+import re
+import shutil
+import subprocess
+from pathlib import Path
+
+import pytest
+import yaml
+
+ROOT = Path(__file__).resolve().parents[2]
+COMPOSE_FILE = ROOT / "docker-compose.yml"
+
+
+@pytest.fixture(scope="module")
+def compose() -> dict:
+    return yaml.safe_load(COMPOSE_FILE.read_text())
+
+
+def environment(service: dict) -> dict[str, str]:
+    env = service.get("environment") or {}
+    if isinstance(env, list):  # the "KEY=value" form
+        env = dict(item.split("=", 1) for item in env)
+    return {key: str(value) for key, value in env.items()}
+
+
+def listeners(value: str) -> dict[str, tuple[str, int]]:
+    """"NAME://host:port,..." -> {NAME: (host, port)}."""
+    parsed = {}
+    for item in value.split(","):
+        match = re.fullmatch(r"([A-Z_]+)://([^:]*):(\d+)", item.strip())
+        assert match, f"not a listener: {item!r}"
+        parsed[match.group(1)] = (match.group(2), int(match.group(3)))
+    return parsed
+
+
+def command(service: dict) -> list[str]:
+    value = service["command"]
+    return value.split() if isinstance(value, str) else [str(part) for part in value]
+
+
+def option(args: list[str], name: str) -> str:
+    assert name in args, f"{name} missing from {args}"
+    return args[args.index(name) + 1]
+
+
+def test_services(compose):
+    assert set(compose["services"]) == {"kafka", "minigit-server"}
+    assert set(compose.get("volumes", {})) >= {"kafka-data", "minigit-data"}
+
+
+def test_kafka_is_the_official_apache_image_4x(compose):
+    image = compose["services"]["kafka"]["image"]
+    assert re.fullmatch(r"apache/kafka:4\.\d+\.\d+", image), image
+
+
+def test_kafka_runs_one_kraft_node(compose):
+    env = environment(compose["services"]["kafka"])
+    assert set(env["KAFKA_PROCESS_ROLES"].split(",")) == {"broker", "controller"}
+    node_id = env["KAFKA_NODE_ID"]
+    controller_name = env["KAFKA_CONTROLLER_LISTENER_NAMES"]
+    bound = listeners(env["KAFKA_LISTENERS"])
+    # the single static voter is this node, on its controller listener
+    voter = re.fullmatch(r"(\d+)@([\w.-]+):(\d+)", env["KAFKA_CONTROLLER_QUORUM_VOTERS"])
+    assert voter, env["KAFKA_CONTROLLER_QUORUM_VOTERS"]
+    assert voter.group(1) == node_id
+    assert voter.group(2) == compose["services"]["kafka"].get("hostname", "kafka")
+    assert int(voter.group(3)) == bound[controller_name][1]
+    # every listener has a protocol; the controller's is not advertised
+    protocols = dict(item.split(":") for item in env["KAFKA_LISTENER_SECURITY_PROTOCOL_MAP"].split(","))
+    assert set(bound) <= set(protocols)
+    advertised = listeners(env["KAFKA_ADVERTISED_LISTENERS"])
+    assert set(advertised) <= set(bound) and controller_name not in advertised
+    assert env["KAFKA_INTER_BROKER_LISTENER_NAME"] in advertised
+    # a valid cluster id: 16 bytes, base64url without padding
+    assert len(base64.urlsafe_b64decode(env["CLUSTER_ID"] + "==")) == 16
+
+
+def test_kafka_internal_topics_fit_one_node_and_limits_stay_default(compose):
+    env = environment(compose["services"]["kafka"])
+    for key in (
+        "KAFKA_OFFSETS_TOPIC_REPLICATION_FACTOR",
+        "KAFKA_TRANSACTION_STATE_LOG_REPLICATION_FACTOR",
+        "KAFKA_TRANSACTION_STATE_LOG_MIN_ISR",
+        "KAFKA_SHARE_COORDINATOR_STATE_TOPIC_REPLICATION_FACTOR",
+        "KAFKA_SHARE_COORDINATOR_STATE_TOPIC_MIN_ISR",
+    ):
+        assert env[key] == "1", key
+    assert env["KAFKA_AUTO_CREATE_TOPICS_ENABLE"] == "false"
+    assert "KAFKA_MESSAGE_MAX_BYTES" not in env  # minigit must work with Kafka's default limits
+
+
+def test_kafka_ports_and_healthcheck(compose):
+    kafka = compose["services"]["kafka"]
+    env = environment(kafka)
+    advertised = listeners(env["KAFKA_ADVERTISED_LISTENERS"])
+    bound = listeners(env["KAFKA_LISTENERS"])
+    published = {}
+    for mapping in kafka["ports"]:
+        *_, host_port, container_port = str(mapping).split(":")
+        published[int(container_port)] = int(host_port)
+    # the host reaches the broker on localhost:<published port>, as advertised
+    host_listeners = [name for name, (host, _) in advertised.items() if host in {"localhost", "127.0.0.1"}]
+    assert host_listeners, advertised
+    for name in host_listeners:
+        assert published.get(bound[name][1]) == advertised[name][1]
+    health = kafka["healthcheck"]
+    assert health["test"][0] in {"CMD", "CMD-SHELL"} and "kafka" in " ".join(health["test"][1:])
+    assert health.get("retries", 0) >= 1
+
+
+def test_minigit_server_builds_from_the_dockerfile_and_runs_the_server(compose):
+    service = compose["services"]["minigit-server"]
+    build = service["build"]
+    context, dockerfile = (build, "Dockerfile") if isinstance(build, str) else (build["context"], build.get("dockerfile", "Dockerfile"))
+    assert (ROOT / context / dockerfile).resolve() == ROOT / "Dockerfile"
+    args = command(service)
+    assert args[:2] == ["minigit-server", "start"]
+    assert option(args, "--replicas") == "3"
+    data_dir = option(args, "--data-dir")
+    assert any(str(volume).split(":")[1] == data_dir for volume in service["volumes"])
+    # it reaches Kafka on the compose network, through the listener advertised there
+    kafka_env = environment(compose["services"]["kafka"])
+    in_network = {f"{host}:{port}" for host, port in listeners(kafka_env["KAFKA_ADVERTISED_LISTENERS"]).values()}
+    assert option(args, "--bootstrap") in in_network
+    assert option(args, "--bootstrap").startswith("kafka:")
+    assert service["depends_on"]["kafka"]["condition"] == "service_healthy"
+
+
+def test_dockerfile_installs_the_project():
+    text = (ROOT / "Dockerfile").read_text()
+    assert re.search(r"^FROM python:3\.11-slim\b", text, re.MULTILINE)
+    assert re.search(r"^RUN pip install \.", text, re.MULTILINE)
+    for copied in ("pyproject.toml", "minigit/", "server/"):
+        assert re.search(rf"^COPY .*{re.escape(copied)}", text, re.MULTILINE), copied
+
+
+def _compose_command() -> list[str] | None:
+    if shutil.which("docker-compose"):
+        return ["docker-compose"]
+    if shutil.which("docker"):
+        probe = subprocess.run(["docker", "compose", "version"], capture_output=True, text=True)
+        if probe.returncode == 0:
+            return ["docker", "compose"]
+    return None
+
+
+def test_docker_compose_accepts_the_file():
+    """`docker-compose config` validates the file without a Docker engine."""
+    tool = _compose_command()
+    if tool is None:
+        pytest.skip("neither docker-compose nor the docker compose plugin is installed")
+    result = subprocess.run(
+        [*tool, "-f", str(COMPOSE_FILE), "config", "-q"], capture_output=True, text=True, cwd=ROOT, timeout=120
+    )
+    assert result.returncode == 0, result.stderr

@@ -1,0 +1,932 @@
+"""minigit.protocol: the wire schema, the path and name rules, trees and chunks."""
+
+from __future__ import annotations
+
+import base64
+import dataclasses
+import json
+import os
+import typing
+import zlib
+
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from minigit import protocol as p
+from minigit.errors import MinigitError, ProtocolError, UnsafePath
+
+RID = "0123456789abcdef0123456789abcdef"
+SHA = "a" * 64
+SHA2 = "b" * 64
+
+
+# ---------------------------------------------------------------- sample messages
+
+
+def samples() -> dict[type[p.Message], p.Message]:
+    return {
+        p.Chunk: p.Chunk(
+            request_id=RID, repo="repo", sha=SHA, index=1, count=3, encoding="raw", data="aGVsbG8=", stream="s1"
+        ),
+        p.InitRequest: p.InitRequest(
+            request_id=RID, repo="repo", user="alice", reply_partition=2, tree=SHA, message="first ünïcode"
+        ),
+        p.PullRequest: p.PullRequest(
+            request_id=RID, repo="repo", user="bob", reply_partition=0, timeout_ms=5000, version=3, lost=[SHA, SHA2]
+        ),
+        p.PushRequest: p.PushRequest(
+            request_id=RID, repo="repo", user="carol", reply_partition=7, base=4, tree=SHA2, message="msg"
+        ),
+        p.LogRequest: p.LogRequest(request_id=RID, repo="repo", user="dave", reply_partition=1, limit=10),
+        p.PingRequest: p.PingRequest(request_id=RID, repo="repo", user="eve", reply_partition=0),
+        p.Reply: p.Reply(
+            request_id=RID,
+            action="push",
+            stream="stream-1",
+            replica="r1",
+            status=p.ACCEPTED,
+            message="accepted as version 5",
+            version=5,
+            head=5,
+            tree=SHA,
+            blob_count=2,
+            blob_bytes=10,
+            entries=[{"version": 5, "author": "carol"}],
+        ),
+        p.CreateProposal: p.CreateProposal(
+            request_id=RID, repo="repo", user="alice", tree=SHA, message="", time_ms=123, proposer="r0"
+        ),
+        p.PushProposal: p.PushProposal(
+            request_id=RID, repo="repo", user="alice", tree=SHA, message="m", time_ms=456, proposer="r1", base=2
+        ),
+        p.Heartbeat: p.Heartbeat(
+            replica="r0",
+            host="h",
+            pid=42,
+            started_ms=1,
+            sent_ms=2,
+            serving=[0, 1],
+            applied={"0": 10},
+            log_end={"0": 12},
+            repos={"repo": {"head": 3, "digest": "d", "partition": 0, "changed_at": 9}},
+            stopping=True,
+        ),
+    }
+
+
+MESSAGE_CLASSES = list(samples())
+
+
+def sample_doc(cls: type[p.Message]) -> dict:
+    return samples()[cls].to_dict()
+
+
+def encode(doc: object) -> bytes:
+    return json.dumps(doc).encode()
+
+
+def test_every_wired_class_has_a_sample():
+    wired = set(p._registry.values())
+    assert wired == set(MESSAGE_CLASSES)
+
+
+@pytest.mark.parametrize("cls", MESSAGE_CLASSES, ids=lambda c: c.__name__)
+def test_message_round_trip(cls):
+    message = samples()[cls]
+    raw = message.to_bytes()
+    parsed = p.parse_message(raw)
+    assert type(parsed) is cls
+    assert parsed == message
+    assert parsed.to_bytes() == raw
+    doc = json.loads(raw)
+    assert doc["v"] == p.PROTOCOL_VERSION
+    assert doc["type"] == cls.type
+
+
+@pytest.mark.parametrize("cls", MESSAGE_CLASSES, ids=lambda c: c.__name__)
+def test_defaults_are_filled_in(cls):
+    """Optional fields may be left out on the wire."""
+    doc = sample_doc(cls)
+    for f in dataclasses.fields(cls):
+        if f.default is not dataclasses.MISSING or f.default_factory is not dataclasses.MISSING:
+            del doc[f.name]
+    parsed = p.parse_message(encode(doc))
+    for f in dataclasses.fields(cls):
+        if f.default is not dataclasses.MISSING:
+            assert getattr(parsed, f.name) == f.default
+        elif f.default_factory is not dataclasses.MISSING:
+            assert getattr(parsed, f.name) == f.default_factory()
+
+
+def test_request_actions_and_reply_action():
+    assert json.loads(samples()[p.PushRequest].to_bytes())["action"] == "push"
+    assert json.loads(samples()[p.PullRequest].to_bytes())["action"] == "pull"
+    assert json.loads(samples()[p.CreateProposal].to_bytes())["type"] == "propose"
+    assert json.loads(samples()[p.CreateProposal].to_bytes())["action"] == "init"
+    # a reply names the action it answers, whatever it is
+    doc = sample_doc(p.Reply)
+    doc["action"] = "pull"
+    reply = p.parse_message(encode(doc))
+    assert isinstance(reply, p.Reply) and reply.action == "pull"
+
+
+def test_unknown_fields_are_ignored():
+    doc = sample_doc(p.PushRequest)
+    doc["future_field"] = {"x": 1}
+    assert p.parse_message(encode(doc)) == samples()[p.PushRequest]
+
+
+# ---------------------------------------------------------------- malformed messages
+
+
+@pytest.mark.parametrize(
+    "raw",
+    [
+        b"",
+        b"{",
+        b"not json",
+        b'{"v": 1, "type": "chunk"',
+        b"\xff\xfe\x00",
+        "{\"v\": 1}".encode("utf-16"),
+    ],
+)
+def test_parse_rejects_malformed_json(raw):
+    with pytest.raises(ProtocolError, match="not UTF-8 JSON"):
+        p.parse_message(raw)
+
+
+@pytest.mark.parametrize("doc", [[], [1, 2], "text", 1, None, True, 1.5])
+def test_parse_rejects_non_objects(doc):
+    with pytest.raises(ProtocolError, match="not a JSON object"):
+        p.parse_message(encode(doc))
+
+
+@pytest.mark.parametrize("version", [0, 2, "1", None, [1], -1])
+def test_parse_rejects_wrong_protocol_version(version):
+    doc = sample_doc(p.PushRequest)
+    doc["v"] = version
+    with pytest.raises(ProtocolError, match="unsupported protocol version"):
+        p.parse_message(encode(doc))
+
+
+def test_parse_rejects_missing_protocol_version():
+    doc = sample_doc(p.PushRequest)
+    del doc["v"]
+    with pytest.raises(ProtocolError, match="unsupported protocol version"):
+        p.parse_message(encode(doc))
+
+
+@pytest.mark.parametrize("version", [True, 1.0])
+def test_parse_rejects_protocol_version_of_wrong_type(version):
+    doc = sample_doc(p.PushRequest)
+    doc["v"] = version
+    with pytest.raises(ProtocolError):
+        p.parse_message(encode(doc))
+
+
+@pytest.mark.parametrize(
+    "type_, action",
+    [
+        ("nope", None),
+        ("request", None),
+        ("request", "delete"),
+        ("propose", "pull"),
+        ("propose", None),
+        (None, None),
+        ("Request", "push"),
+        ("request", "PUSH"),
+        (5, None),
+    ],
+)
+def test_parse_rejects_unknown_type_or_action(type_, action):
+    doc = sample_doc(p.PushRequest)
+    doc["type"] = type_
+    if action is None:
+        del doc["action"]
+    else:
+        doc["action"] = action
+    with pytest.raises(ProtocolError, match="unknown message type|must be strings"):
+        p.parse_message(encode(doc))
+
+
+@pytest.mark.parametrize(
+    "doc",
+    [
+        {"v": 1, "type": ["chunk"]},
+        {"v": 1, "type": {"a": 1}},
+        {"v": 1, "type": "request", "action": ["push"]},
+        {"v": 1, "type": "propose", "action": {}},
+    ],
+)
+def test_parse_rejects_unhashable_type_or_action(doc):
+    with pytest.raises(ProtocolError):
+        p.parse_message(encode(doc))
+
+
+def _required_fields(cls):
+    return [
+        f.name
+        for f in dataclasses.fields(cls)
+        if f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING
+    ]
+
+
+@pytest.mark.parametrize(
+    "cls, name",
+    [(cls, name) for cls in MESSAGE_CLASSES for name in _required_fields(cls)],
+    ids=lambda x: getattr(x, "__name__", x),
+)
+def test_parse_rejects_missing_fields(cls, name):
+    doc = sample_doc(cls)
+    del doc[name]
+    with pytest.raises(ProtocolError, match=f"missing field '{name}'"):
+        p.parse_message(encode(doc))
+
+
+def _wrong_values(annotation) -> list:
+    origin = typing.get_origin(annotation)
+    optional = False
+    if origin in (typing.Union, __import__("types").UnionType):
+        optional = True
+        annotation = next(a for a in typing.get_args(annotation) if a is not type(None))
+        origin = typing.get_origin(annotation)
+    expected = origin or annotation
+    wrong = {
+        str: [5, 1.5, True, [], {}],
+        int: ["5", 1.5, True, False, [], {}],
+        list: ["x", 5, {}, True],
+        dict: ["x", 5, [], True],
+        bool: ["true", [], {}],
+    }[expected]
+    if not optional:
+        wrong.append(None)
+    return wrong
+
+
+def _type_cases():
+    for cls in MESSAGE_CLASSES:
+        hints = typing.get_type_hints(cls)
+        for f in dataclasses.fields(cls):
+            for value in _wrong_values(hints[f.name]):
+                if expected_bool_ok(hints[f.name], value):
+                    continue
+                yield pytest.param(cls, f.name, value, id=f"{cls.__name__}.{f.name}={value!r}")
+
+
+def expected_bool_ok(annotation, value) -> bool:
+    # bool fields accept True/False (and ints are not bools, so they are wrong)
+    return annotation is bool and isinstance(value, bool)
+
+
+@pytest.mark.parametrize("cls, name, value", list(_type_cases()))
+def test_parse_rejects_wrong_types(cls, name, value):
+    doc = sample_doc(cls)
+    doc[name] = value
+    # 'action' is part of the message's identity, checked before the fields
+    match = "'type' and 'action' must be strings|field 'action' must be" if name == "action" else f"field '{name}' must be"
+    with pytest.raises(ProtocolError, match=match):
+        p.parse_message(encode(doc))
+
+
+@pytest.mark.parametrize("field_name", ["reply_partition", "base", "timeout_ms"])
+def test_bool_is_not_an_int(field_name):
+    doc = sample_doc(p.PushRequest)
+    doc[field_name] = True
+    with pytest.raises(ProtocolError, match="must be int"):
+        p.parse_message(encode(doc))
+
+
+def test_optional_int_accepts_null_and_rejects_bool():
+    doc = sample_doc(p.Reply)
+    doc["version"] = None
+    doc["head"] = None
+    doc["tree"] = None
+    reply = p.parse_message(encode(doc))
+    assert reply.version is None and reply.head is None and reply.tree is None
+    doc["version"] = False
+    with pytest.raises(ProtocolError, match="'version' must be int"):
+        p.parse_message(encode(doc))
+
+
+BAD_IDS = [
+    "",
+    "0123456789ABCDEF0123456789ABCDEF",
+    "0123456789abcdef0123456789abcde",
+    "0123456789abcdef0123456789abcdef0",
+    "0123456789abcdef0123456789abcdeg",
+    "01234567-89ab-cdef-0123-456789abcdef",
+    " 0123456789abcdef0123456789abcdef",
+]
+
+
+@pytest.mark.parametrize("cls", [p.Chunk, p.PushRequest, p.PullRequest, p.Reply, p.PushProposal, p.CreateProposal])
+@pytest.mark.parametrize("rid", BAD_IDS)
+def test_parse_rejects_bad_request_ids(cls, rid):
+    doc = sample_doc(cls)
+    doc["request_id"] = rid
+    with pytest.raises(ProtocolError, match="request_id"):
+        p.parse_message(encode(doc))
+
+
+def test_parse_rejects_request_id_with_trailing_newline():
+    doc = sample_doc(p.PushRequest)
+    doc["request_id"] = RID + "\n"
+    with pytest.raises(ProtocolError):
+        p.parse_message(encode(doc))
+
+
+BAD_NAMES = ["", ".", "..", "-x", "_x", ".hidden", "a b", "a/b", "a\\b", "é", "x" * 65, "a\x00", "a:b"]
+
+
+@pytest.mark.parametrize("field_name", ["repo", "user"])
+@pytest.mark.parametrize("name", BAD_NAMES)
+def test_parse_rejects_bad_names(field_name, name):
+    doc = sample_doc(p.PushRequest)
+    doc[field_name] = name
+    with pytest.raises(ProtocolError, match="name"):
+        p.parse_message(encode(doc))
+
+
+@pytest.mark.parametrize("cls", [p.Chunk, p.CreateProposal, p.PushProposal, p.InitRequest])
+def test_parse_rejects_bad_repo_name_everywhere(cls):
+    doc = sample_doc(cls)
+    doc["repo"] = "../etc"
+    with pytest.raises(ProtocolError, match="invalid repository name"):
+        p.parse_message(encode(doc))
+
+
+def _with(cls, **changes) -> bytes:
+    doc = sample_doc(cls)
+    doc.update(changes)
+    return encode(doc)
+
+
+@pytest.mark.parametrize(
+    "raw, match",
+    [
+        (_with(p.Chunk, index=3, count=3), "index out of range"),
+        (_with(p.Chunk, index=-1), "index.* out of range"),
+        (_with(p.Chunk, index=0, count=0), "index out of range"),
+        (_with(p.Chunk, encoding="gzip"), "unknown chunk encoding"),
+        (_with(p.Chunk, sha="A" * 64), "invalid object id"),
+        (_with(p.Chunk, sha="a" * 63), "invalid object id"),
+        (_with(p.PushRequest, reply_partition=-1), "reply_partition"),
+        (_with(p.PushRequest, timeout_ms=0), "timeout_ms"),
+        (_with(p.PushRequest, base=0), "base must be"),
+        (_with(p.PushRequest, tree="xyz"), "invalid object id"),
+        (_with(p.PushRequest, message="m" * (p.MAX_MESSAGE_LENGTH + 1)), "message longer"),
+        (_with(p.InitRequest, tree="g" * 64), "invalid object id"),
+        (_with(p.InitRequest, message="m" * (p.MAX_MESSAGE_LENGTH + 1)), "message longer"),
+        (_with(p.PullRequest, version=-1), "version.* out of range"),
+        (_with(p.PullRequest, lost=[SHA] * (p.MAX_LOST + 1)), "lost lists more"),
+        (_with(p.PullRequest, lost=["nope"]), "invalid object id"),
+        (_with(p.PullRequest, lost=[5]), "invalid object id"),
+        (_with(p.LogRequest, limit=0), "limit"),
+        (_with(p.LogRequest, limit=1001), "limit"),
+        (_with(p.Reply, tree="nope"), "invalid object id"),
+        (_with(p.PushProposal, tree="nope"), "invalid object id"),
+        (_with(p.PushProposal, user="no body"), "invalid user name"),
+        (_with(p.CreateProposal, message="m" * (p.MAX_MESSAGE_LENGTH + 1)), "message longer"),
+    ],
+)
+def test_parse_applies_validation_rules(raw, match):
+    with pytest.raises(ProtocolError, match=match):
+        p.parse_message(raw)
+
+
+def test_validation_boundaries_accepted():
+    assert p.parse_message(_with(p.PushRequest, message="m" * p.MAX_MESSAGE_LENGTH)).message == "m" * p.MAX_MESSAGE_LENGTH
+    assert p.parse_message(_with(p.PullRequest, lost=[SHA] * p.MAX_LOST)).lost == [SHA] * p.MAX_LOST
+    assert p.parse_message(_with(p.LogRequest, limit=1000)).limit == 1000
+    assert p.parse_message(_with(p.LogRequest, limit=1)).limit == 1
+    assert p.parse_message(_with(p.PullRequest, version=0)).version == 0
+    assert p.parse_message(_with(p.Chunk, index=0, count=1)).index == 0
+    assert p.parse_message(_with(p.PushRequest, base=1)).base == 1
+
+
+def test_parsed_message_can_be_encoded_again():
+    raw = _with(p.PushRequest, message="\ud800")
+    try:
+        message = p.parse_message(raw)
+    except ProtocolError:
+        return  # rejecting it is fine too
+    message.to_bytes()
+
+
+# ---------------------------------------------------------------- allowed=
+
+
+def test_allowed_filters_by_base_class():
+    s = samples()
+    for cls in (p.Chunk, p.PushRequest, p.PullRequest, p.InitRequest, p.LogRequest, p.PingRequest):
+        assert type(p.parse_message(s[cls].to_bytes(), allowed=p.REQUEST_TYPES)) is cls
+    for cls in (p.Reply, p.CreateProposal, p.PushProposal, p.Heartbeat):
+        with pytest.raises(ProtocolError, match="not expected here"):
+            p.parse_message(s[cls].to_bytes(), allowed=p.REQUEST_TYPES)
+    for cls in (p.Chunk, p.CreateProposal, p.PushProposal):
+        assert type(p.parse_message(s[cls].to_bytes(), allowed=p.LOG_RECORD_TYPES)) is cls
+    for cls in (p.PushRequest, p.Reply, p.Heartbeat, p.InitRequest):
+        with pytest.raises(ProtocolError, match="not expected here"):
+            p.parse_message(s[cls].to_bytes(), allowed=p.LOG_RECORD_TYPES)
+    for cls in (p.Chunk, p.Reply):
+        assert type(p.parse_message(s[cls].to_bytes(), allowed=p.REPLY_TYPES)) is cls
+    with pytest.raises(ProtocolError, match="not expected here"):
+        p.parse_message(s[p.PushRequest].to_bytes(), allowed=p.REPLY_TYPES)
+    assert type(p.parse_message(s[p.Heartbeat].to_bytes(), allowed=(p.Heartbeat,))) is p.Heartbeat
+
+
+def test_allowed_empty_means_anything():
+    for cls, message in samples().items():
+        assert type(p.parse_message(message.to_bytes(), allowed=())) is cls
+
+
+# ---------------------------------------------------------------- peek_reply_address
+
+
+def test_peek_reply_address_of_valid_request():
+    assert p.peek_reply_address(samples()[p.PushRequest].to_bytes()) == (RID, 7)
+
+
+def test_peek_reply_address_of_an_invalid_request_that_names_where_to_reply():
+    raw = encode({"v": 99, "type": "garbage", "request_id": RID, "reply_partition": 0})
+    with pytest.raises(ProtocolError):
+        p.parse_message(raw)
+    assert p.peek_reply_address(raw) == (RID, 0)
+
+
+@pytest.mark.parametrize(
+    "raw",
+    [
+        b"",
+        b"\xff",
+        b"not json",
+        encode([RID, 0]),
+        encode("x"),
+        encode(5),
+        encode({"request_id": RID}),
+        encode({"reply_partition": 0}),
+        encode({"request_id": RID, "reply_partition": -1}),
+        encode({"request_id": RID, "reply_partition": True}),
+        encode({"request_id": RID, "reply_partition": "0"}),
+        encode({"request_id": RID, "reply_partition": 1.0}),
+        encode({"request_id": RID.upper(), "reply_partition": 0}),
+        encode({"request_id": 5, "reply_partition": 0}),
+        encode({"request_id": RID[:-1], "reply_partition": 0}),
+    ],
+)
+def test_peek_reply_address_none(raw):
+    assert p.peek_reply_address(raw) is None
+
+
+# ---------------------------------------------------------------- names
+
+
+@pytest.mark.parametrize("name", ["a", "A", "0", "repo", "my-repo_1.2", "x" * 64, "a..b", "a-", "Z9"])
+def test_check_name_accepts(name):
+    assert p.check_name("repository", name) == name
+
+
+@pytest.mark.parametrize("name", [*BAD_NAMES, None, 5, ["a"]])
+def test_check_name_rejects(name):
+    with pytest.raises(ProtocolError):
+        p.check_name("repository", name)
+
+
+def test_check_name_messages_name_the_kind():
+    with pytest.raises(ProtocolError, match="user name is missing"):
+        p.check_name("user", "")
+    with pytest.raises(ProtocolError, match="longer than 64"):
+        p.check_name("user", "u" * 65)
+    with pytest.raises(ProtocolError, match="invalid repository name"):
+        p.check_name("repository", "a b")
+
+
+@pytest.mark.parametrize("name", ["repo\n", "alice\n"])
+def test_check_name_rejects_trailing_newline(name):
+    with pytest.raises(ProtocolError):
+        p.check_name("repository", name)
+
+
+def test_check_sha_rejects_trailing_newline():
+    with pytest.raises(ProtocolError):
+        p.check_sha(SHA + "\n")
+
+
+@pytest.mark.parametrize("value", ["", "a" * 63, "a" * 65, "A" * 64, "g" * 64, None, 5, " " + "a" * 63])
+def test_check_sha_rejects(value):
+    with pytest.raises(ProtocolError):
+        p.check_sha(value)
+
+
+def test_check_sha_accepts_real_digest():
+    sha = p.hash_bytes(b"hello")
+    assert p.check_sha(sha) == sha == "2cf24dba5fb0a30e26e83b2ac5b9e29e1b161e5c1fa7425e73043362938b9824"
+
+
+def test_topic_name_and_request_ids():
+    assert p.topic_name("test.", p.REQUESTS_TOPIC) == "test.repo-requests"
+    assert p.topic_name("", p.LOG_TOPIC) == "repo-log"
+    ids = {p.new_request_id() for _ in range(100)}
+    assert len(ids) == 100
+    assert all(p._ID_RE.fullmatch(i) for i in ids)
+
+
+# ---------------------------------------------------------------- paths
+
+
+GOOD_PATHS = [
+    "a",
+    "a.txt",
+    "dir/file.txt",
+    "a/b/c/d/e/f/g.bin",
+    "with space/and more spaces.txt",
+    " leading space",
+    "ünïcödé/файл.txt",
+    "日本語/ファイル",
+    "emoji/😀.txt",
+    "...",
+    "..a",
+    "a..",
+    ".hidden",
+    ".minigitignore",
+    "x.minigit",
+    ".minigit2",
+    "minigit",
+    "tab\tname",
+    "new\nline",
+    "x" * 255,
+    "é" * 127,
+]
+
+
+@pytest.mark.parametrize("path", GOOD_PATHS)
+def test_check_path_accepts(path):
+    assert p.check_path(path) == path
+
+
+BAD_PATHS = [
+    ("", "empty path"),
+    ("..", "'..' part"),
+    ("../x", "'..' part"),
+    ("a/../b", "'..' part"),
+    ("a/..", "'..' part"),
+    (".", "'.' part"),
+    ("./a", "'.' part"),
+    ("a/./b", "'.' part"),
+    ("a//b", "empty part"),
+    ("a/", "empty part"),
+    ("/a", "absolute path"),
+    ("/", "absolute path"),
+    ("//a", "absolute path"),
+    ("a\\b", "backslash"),
+    ("..\\x", "backslash"),
+    ("C:\\x", "backslash"),
+    ("a\x00b", "NUL"),
+    (".minigit", "reserved"),
+    (".MINIGIT", "reserved"),
+    (".MiniGit", "reserved"),
+    ("a/.minigit", "reserved"),
+    (".minigit/x", "reserved"),
+    (".minigit.lock", "reserved"),
+    ("a/.Minigit.Lock", "reserved"),
+    ("x" * 256, "too long"),
+    ("é" * 128, "too long"),
+    ("a/" + "x" * 256 + "/b", "too long"),
+    ("\ud800", "UTF-8"),
+    ("a/\udcff.txt", "UTF-8"),
+]
+
+
+@pytest.mark.parametrize("path, reason", BAD_PATHS)
+def test_check_path_rejects(path, reason):
+    with pytest.raises(UnsafePath, match=reason):
+        p.check_path(path)
+
+
+@pytest.mark.parametrize("value", [None, 5, b"a", ["a"]])
+def test_check_path_rejects_non_strings(value):
+    with pytest.raises(UnsafePath):
+        p.check_path(value)
+
+
+def test_check_path_total_length_boundary():
+    # parts of 200 bytes: 20 parts + 19 slashes = 4019; one more part to hit 4096 exactly
+    path = "/".join(["p" * 200] * 20)
+    path += "/" + "q" * (p.MAX_PATH_LENGTH - len(path) - 1)
+    assert len(path.encode()) == p.MAX_PATH_LENGTH
+    assert p.check_path(path) == path
+    with pytest.raises(UnsafePath, match="too long"):
+        p.check_path(path + "q")
+    # the limit counts bytes, not characters
+    multibyte = "/".join(["é" * 100] * 20)  # 20 * 200 + 19 bytes
+    assert len(multibyte.encode()) == 4019
+    assert p.check_path(multibyte)
+    with pytest.raises(UnsafePath, match="too long"):
+        p.check_path(multibyte + "/" + "é" * 40)
+
+
+def test_unsafe_path_is_a_minigit_error():
+    with pytest.raises(MinigitError):
+        p.check_path("../x")
+
+
+_part_alphabet = st.characters(blacklist_categories=("Cs",), blacklist_characters="/\\\x00")
+path_parts = st.text(_part_alphabet, min_size=1, max_size=12).filter(
+    lambda s: s not in (".", "..") and not p.is_reserved_name(s)
+)
+good_paths = st.lists(path_parts, min_size=1, max_size=4).map("/".join)
+
+
+@given(good_paths)
+def test_generated_paths_are_accepted(path):
+    assert p.check_path(path) == path
+
+
+@given(st.lists(path_parts, min_size=0, max_size=3), st.lists(path_parts, min_size=0, max_size=3),
+       st.sampled_from(["..", ".", "", ".minigit", ".MINIGIT.LOCK", "a\\b", "a\x00", "\udc80"]))
+def test_a_bad_part_anywhere_is_rejected(before, after, bad):
+    path = "/".join([*before, bad, *after])
+    with pytest.raises(UnsafePath):
+        p.check_path(path)
+
+
+@given(good_paths)
+def test_absolute_versions_are_rejected(path):
+    with pytest.raises(UnsafePath):
+        p.check_path("/" + path)
+
+
+# ---------------------------------------------------------------- trees
+
+
+def entry(seed: str, size: int = 1) -> p.FileEntry:
+    return p.FileEntry(p.hash_bytes(seed.encode()), size)
+
+
+def test_empty_tree_sha():
+    assert p.hash_bytes(p.encode_tree({})) == p.EMPTY_TREE_SHA
+    assert p.decode_tree(p.encode_tree({})) == {}
+
+
+def test_tree_round_trip_and_canonical_bytes():
+    manifest = {"b/c.txt": entry("1", 3), "a": entry("2", 0), "ü/ß": entry("3", 10**12)}
+    reordered = dict(reversed(list(manifest.items())))
+    assert p.encode_tree(manifest) == p.encode_tree(reordered)
+    assert p.decode_tree(p.encode_tree(manifest)) == manifest
+    # the canonical form: sorted keys, no spaces, ASCII only
+    data = p.encode_tree(manifest)
+    assert b" " not in data and data.isascii()
+    assert json.loads(data) == {
+        "v": 1,
+        "files": {path: {"sha": e.sha, "size": e.size} for path, e in manifest.items()},
+    }
+
+
+def test_different_manifests_give_different_trees():
+    a = {"x": entry("1")}
+    assert p.encode_tree(a) != p.encode_tree({"x": entry("2")})
+    assert p.encode_tree(a) != p.encode_tree({"y": entry("1")})
+    assert p.encode_tree(a) != p.encode_tree({"x": entry("1", 2)})
+
+
+def _clash_free(manifest):
+    return p.find_file_directory_clash(manifest) is None
+
+
+shas = st.binary(min_size=0, max_size=8).map(p.hash_bytes)
+file_entries = st.builds(p.FileEntry, shas, st.integers(min_value=0, max_value=2**53))
+manifests = st.dictionaries(good_paths, file_entries, max_size=8).filter(_clash_free)
+
+
+@given(manifests)
+def test_tree_round_trip_property(manifest):
+    data = p.encode_tree(manifest)
+    assert p.decode_tree(data) == manifest
+    # equal manifests built in another order give the same bytes and sha
+    shuffled = dict(sorted(manifest.items(), reverse=True))
+    assert p.hash_bytes(p.encode_tree(shuffled)) == p.hash_bytes(data)
+    assert p.manifest_from_json(json.loads(json.dumps(p.manifest_to_json(manifest)))) == manifest
+
+
+def _tree(files, v=1) -> bytes:
+    return json.dumps({"v": v, "files": files}).encode()
+
+
+GOOD_FILE = {"sha": SHA, "size": 1}
+
+
+@pytest.mark.parametrize(
+    "data",
+    [
+        b"",
+        b"\xff",
+        b"[]",
+        b"5",
+        b'"files"',
+        b"null",
+        b"{}",
+        json.dumps({"v": 1}).encode(),
+        _tree({}, v=2),
+        _tree({}, v=None),
+        json.dumps({"files": {}}).encode(),
+        _tree([]),
+        _tree(None),
+        _tree({"a": {"sha": "nope", "size": 1}}),
+        _tree({"a": {"sha": SHA.upper(), "size": 1}}),
+        _tree({"a": {"sha": None, "size": 1}}),
+        _tree({"a": {"sha": SHA, "size": -1}}),
+        _tree({"a": {"sha": SHA, "size": 1.5}}),
+        _tree({"a": {"sha": SHA, "size": "1"}}),
+        _tree({"a": {"sha": SHA, "size": True}}),
+        _tree({"a": {"sha": SHA, "size": None}}),
+        _tree({"a": {"sha": SHA}}),
+        _tree({"a": {"size": 1}}),
+        _tree({"a": [SHA, 1]}),
+        _tree({"a": "x"}),
+        _tree({"a": None}),
+        _tree({"a": GOOD_FILE, "a/b": GOOD_FILE}),
+        _tree({"x/a/b/c": GOOD_FILE, "x/a": GOOD_FILE}),
+        _tree({"d/e": GOOD_FILE, "d/e/f/g": GOOD_FILE}),
+    ],
+)
+def test_decode_tree_rejects(data):
+    with pytest.raises(ProtocolError, match="invalid tree"):
+        p.decode_tree(data)
+
+
+@pytest.mark.parametrize(
+    "path, reason",
+    [("../x", "'..' part"), ("/etc/passwd", "absolute"), ("a\\b", "backslash"), ("a/.minigit", "reserved"),
+     ("", "empty path"), ("a//b", "empty part"), ("a\x00", "NUL")],
+)
+def test_decode_tree_rejects_unsafe_paths(path, reason):
+    # (an unsafe path surfaces as UnsafePath, not as ProtocolError("invalid tree"): both are MinigitErrors)
+    with pytest.raises(MinigitError, match=reason):
+        p.decode_tree(_tree({"ok": GOOD_FILE, path: GOOD_FILE}))
+
+
+def test_decode_tree_accepts_siblings_with_common_prefix():
+    data = _tree({"a": GOOD_FILE, "ab/c": GOOD_FILE, "a.d/e": GOOD_FILE})
+    assert set(p.decode_tree(data)) == {"a", "ab/c", "a.d/e"}
+
+
+def test_find_file_directory_clash():
+    assert p.find_file_directory_clash({"a": 1, "a/b": 1}) == "a"
+    assert p.find_file_directory_clash({"a/b": 1, "a/b/c/d": 1}) == "a/b"
+    assert p.find_file_directory_clash({"a": 1, "ab": 1, "a.b/c": 1}) is None
+    assert p.find_file_directory_clash({}) is None
+
+
+@pytest.mark.parametrize(
+    "doc",
+    [
+        [],
+        "x",
+        {"../a": [SHA, 1]},
+        {"a": [SHA]},
+        {"a": [SHA, 1, 2]},
+        {"a": [SHA, -1]},
+        {"a": [SHA, True]},
+        {"a": [SHA, "1"]},
+        {"a": ["zz", 1]},
+        {"a": {"sha": SHA, "size": 1}},
+        {"a": (SHA, 1)},
+    ],
+)
+def test_manifest_from_json_rejects(doc):
+    with pytest.raises(MinigitError):
+        p.manifest_from_json(doc)
+
+
+def test_manifest_to_json_is_sorted():
+    out = p.manifest_to_json({"b": entry("1", 1), "a": entry("2", 2)})
+    assert list(out) == ["a", "b"]
+    assert out["a"] == [entry("2").sha, 2]
+
+
+# ---------------------------------------------------------------- chunks
+
+
+@pytest.mark.parametrize(
+    "size, count",
+    [
+        (0, 1),
+        (1, 1),
+        (p.CHUNK_SIZE - 1, 1),
+        (p.CHUNK_SIZE, 1),
+        (p.CHUNK_SIZE + 1, 2),
+        (2 * p.CHUNK_SIZE, 2),
+        (2 * p.CHUNK_SIZE + 1, 3),
+        (100 * 1024 * 1024, 200),
+    ],
+)
+def test_count_chunks(size, count):
+    assert p.count_chunks(size) == count
+
+
+def _round_trip_blob(content: bytes, through_wire: bool = True) -> list[p.Chunk]:
+    sha = p.hash_bytes(content)
+    chunks = list(p.split_blob(RID, "repo", sha, content, stream="st"))
+    assert len(chunks) == p.count_chunks(len(content))
+    assert [c.index for c in chunks] == list(range(len(chunks)))
+    assert all(c.count == len(chunks) and c.sha == sha and c.stream == "st" for c in chunks)
+    if through_wire:
+        chunks = [p.parse_message(c.to_bytes(), allowed=p.LOG_RECORD_TYPES) for c in chunks]
+    assert b"".join(c.raw() for c in chunks) == content
+    return chunks
+
+
+@pytest.mark.parametrize(
+    "size",
+    [0, 1, 100, p.CHUNK_SIZE - 1, p.CHUNK_SIZE, p.CHUNK_SIZE + 1, 2 * p.CHUNK_SIZE, 2 * p.CHUNK_SIZE + 7],
+)
+@pytest.mark.parametrize("kind", ["random", "zeros", "text"])
+def test_split_blob_round_trip(size, kind):
+    if kind == "random":
+        content = os.urandom(size)
+    elif kind == "zeros":
+        content = bytes(size)
+    else:
+        content = (b"line of text %d\n" * (size // 10 + 1))[:size]
+    chunks = _round_trip_blob(content)
+    for c in chunks[:-1]:
+        assert len(c.raw()) == p.CHUNK_SIZE
+    if kind == "zeros":
+        assert all(c.encoding == "zlib" for c in chunks if len(c.raw()) > 1000)
+    if kind == "random":
+        assert all(c.encoding == "raw" for c in chunks if len(c.raw()) > 1000)
+
+
+def test_empty_blob_is_one_empty_chunk():
+    chunks = list(p.split_blob(RID, "repo", p.hash_bytes(b""), b""))
+    assert len(chunks) == 1
+    assert chunks[0].raw() == b"" and chunks[0].index == 0 and chunks[0].count == 1
+
+
+@settings(max_examples=60, suppress_health_check=[HealthCheck.too_slow])
+@given(st.binary(max_size=3000))
+def test_split_blob_round_trip_property(content):
+    _round_trip_blob(content)
+
+
+def test_encode_chunk_data_only_compresses_when_it_pays():
+    assert p.encode_chunk_data(b"a" * 1000)[0] == "zlib"
+    random = os.urandom(1000)
+    assert p.encode_chunk_data(random) == ("raw", random)
+    assert p.encode_chunk_data(b"") == ("raw", b"")
+
+
+def test_random_chunk_records_stay_under_the_record_limit():
+    content = os.urandom(p.CHUNK_SIZE)
+    chunk = next(p.split_blob(RID, "r" * p.MAX_NAME_LENGTH, p.hash_bytes(content), content, stream="s" * 64))
+    assert chunk.encoding == "raw"
+    assert len(chunk.to_bytes()) < p.MAX_RECORD_BYTES
+    # every piece of a multi-chunk random blob too
+    content = os.urandom(2 * p.CHUNK_SIZE + 3)
+    for chunk in p.split_blob(RID, "r" * p.MAX_NAME_LENGTH, p.hash_bytes(content), content, stream="s" * 64):
+        assert len(chunk.to_bytes()) < p.MAX_RECORD_BYTES
+
+
+def test_zlib_bomb_is_rejected():
+    bomb = zlib.compress(bytes(p.CHUNK_SIZE + 1), 9)
+    with pytest.raises(ProtocolError, match="larger than CHUNK_SIZE"):
+        p.decode_chunk_data("zlib", bomb)
+    big_bomb = zlib.compress(bytes(64 * 1024 * 1024), 9)  # 64 MiB of zeros, about 64 KB
+    assert len(big_bomb) < 100_000
+    with pytest.raises(ProtocolError, match="larger than CHUNK_SIZE"):
+        p.decode_chunk_data("zlib", big_bomb)
+    chunk = p.Chunk(
+        request_id=RID, repo="r", sha=SHA, index=0, count=1, encoding="zlib", data=base64.b64encode(bomb).decode()
+    )
+    with pytest.raises(ProtocolError, match="larger than CHUNK_SIZE"):
+        p.parse_message(chunk.to_bytes()).raw()
+
+
+def test_zlib_exactly_chunk_size_is_accepted():
+    data = zlib.compress(bytes(p.CHUNK_SIZE), 9)
+    assert p.decode_chunk_data("zlib", data) == bytes(p.CHUNK_SIZE)
+
+
+@pytest.mark.parametrize("data", [b"garbage", b"\x78\x9c\xff\xff", b"\x00" * 10])
+def test_corrupt_zlib_is_rejected(data):
+    with pytest.raises(ProtocolError, match="corrupt chunk"):
+        p.decode_chunk_data("zlib", data)
+
+
+def test_truncated_zlib_is_rejected():
+    data = zlib.compress(b"hello world " * 1000)
+    with pytest.raises(ProtocolError):
+        p.decode_chunk_data("zlib", data[: len(data) // 2])
+
+
+def test_unknown_encoding_is_rejected():
+    with pytest.raises(ProtocolError, match="unknown chunk encoding"):
+        p.decode_chunk_data("gzip", b"")
+
+
+@pytest.mark.parametrize("data", ["not base64!", "aGVsbG8", "aGVs\nbG8="])
+def test_chunk_with_bad_base64(data):
+    chunk = p.Chunk(request_id=RID, repo="r", sha=SHA, index=0, count=1, encoding="raw", data=data)
+    with pytest.raises(ProtocolError, match="not base64"):
+        chunk.raw()

@@ -1,0 +1,522 @@
+"""minigit.workspace and minigit.ignore, on temporary directories."""
+
+from __future__ import annotations
+
+import io
+import json
+import os
+import subprocess
+import sys
+import textwrap
+import threading
+from pathlib import Path
+
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from minigit import protocol as p
+from minigit import workspace as ws
+from minigit.errors import CorruptMetadata, MinigitError, NoRepository, UnsafePath, WorkdirBusy
+from minigit.ignore import load_ignore, parse_ignore
+
+
+def fe(data: bytes) -> p.FileEntry:
+    return p.FileEntry(p.hash_bytes(data), len(data))
+
+
+def meta(**changes) -> ws.Metadata:
+    values = dict(
+        repository="repo",
+        version=3,
+        bootstrap="localhost:9092",
+        namespace="ns.",
+        manifest={"a.txt": fe(b"a"), "dir/ü.bin": fe(b"\x00\x01"), "e": fe(b"")},
+    )
+    values.update(changes)
+    return ws.Metadata(**values)
+
+
+def write(root: Path, rel: str, data: bytes = b"x") -> Path:
+    path = root / rel
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_bytes(data)
+    return path
+
+
+# ---------------------------------------------------------------- metadata
+
+
+def test_metadata_round_trip():
+    m = meta()
+    text = ws.format_metadata(m)
+    assert ws.parse_metadata(text) == m
+    doc = json.loads(text)
+    assert doc["format"] == ws.METADATA_FORMAT
+    assert doc["version"] == 3 and doc["repository"] == "repo"
+    assert doc["server"] == {"bootstrap": "localhost:9092", "namespace": "ns."}
+    assert doc["manifest"]["a.txt"] == [p.hash_bytes(b"a"), 1]
+
+
+sha_entries = st.builds(p.FileEntry, st.binary(max_size=4).map(p.hash_bytes), st.integers(0, 2**40))
+path_parts = st.text(
+    st.characters(blacklist_categories=("Cs",), blacklist_characters="/\\\x00"), min_size=1, max_size=8
+).filter(lambda s: s not in (".", "..") and not p.is_reserved_name(s))
+
+
+@given(
+    st.dictionaries(st.lists(path_parts, min_size=1, max_size=3).map("/".join), sha_entries, max_size=6),
+    st.integers(1, 10**9),
+    st.text(max_size=20),
+)
+def test_metadata_round_trip_property(manifest, version, namespace):
+    m = meta(manifest=manifest, version=version, namespace=namespace)
+    assert ws.parse_metadata(ws.format_metadata(m)) == m
+
+
+def _doc(**changes) -> str:
+    doc = json.loads(ws.format_metadata(meta()))
+    for key, value in changes.items():
+        if value is KeyError:
+            del doc[key]
+        else:
+            doc[key] = value
+    return json.dumps(doc)
+
+
+@pytest.mark.parametrize(
+    "text",
+    [
+        "",
+        "garbage",
+        "\x00\x01",
+        ws.format_metadata(meta())[:-10],  # truncated
+        ws.format_metadata(meta())[: len(ws.format_metadata(meta())) // 2],
+        "[]",
+        "null",
+        "5",
+        '"text"',
+        _doc(format=2),
+        _doc(format="1"),
+        _doc(format=KeyError),
+        _doc(version=0),
+        _doc(version=-1),
+        _doc(version="3"),
+        _doc(version=3.0),
+        _doc(version=True),
+        _doc(version=None),
+        _doc(version=KeyError),
+        _doc(repository="../x"),
+        _doc(repository=""),
+        _doc(repository=5),
+        _doc(repository="a b"),
+        _doc(repository=KeyError),
+        _doc(server=KeyError),
+        _doc(server=None),
+        _doc(server=[]),
+        _doc(server="localhost:9092"),
+        _doc(server={"bootstrap": "localhost:9092"}),
+        _doc(server={"bootstrap": "", "namespace": ""}),
+        _doc(server={"bootstrap": 5, "namespace": ""}),
+        _doc(server={"bootstrap": "h:1", "namespace": None}),
+        _doc(manifest=KeyError),
+        _doc(manifest=[]),
+        _doc(manifest=None),
+        _doc(manifest={"../x": ["a" * 64, 1]}),
+        _doc(manifest={"/etc/passwd": ["a" * 64, 1]}),
+        _doc(manifest={"a\\b": ["a" * 64, 1]}),
+        _doc(manifest={".minigit": ["a" * 64, 1]}),
+        _doc(manifest={"a//b": ["a" * 64, 1]}),
+        _doc(manifest={"a": ["nope", 1]}),
+        _doc(manifest={"a": ["a" * 64, -1]}),
+        _doc(manifest={"a": ["a" * 64]}),
+        _doc(manifest={"a": {"sha": "a" * 64, "size": 1}}),
+    ],
+)
+def test_parse_metadata_rejects(text):
+    with pytest.raises(CorruptMetadata) as info:
+        ws.parse_metadata(text, "/w/.minigit")
+    assert info.value.message.startswith("/w/.minigit is corrupt: ")
+    assert info.value.hint and "nothing was changed" in info.value.hint
+
+
+def test_read_and_write_metadata(tmp_path):
+    m = meta()
+    ws.write_metadata(tmp_path, m)
+    assert ws.read_metadata(tmp_path) == m
+    assert sorted(os.listdir(tmp_path)) == [".minigit"]  # no temp file left behind
+    ws.write_metadata(tmp_path, meta(version=4))
+    assert ws.read_metadata(tmp_path).version == 4
+    assert sorted(os.listdir(tmp_path)) == [".minigit"]
+
+
+def test_read_metadata_errors(tmp_path):
+    with pytest.raises(NoRepository):
+        ws.read_metadata(tmp_path)
+    (tmp_path / ".minigit").write_bytes(b"\xff\xfe{")
+    with pytest.raises(CorruptMetadata, match="not UTF-8"):
+        ws.read_metadata(tmp_path)
+    (tmp_path / ".minigit").write_text("{}")
+    with pytest.raises(CorruptMetadata, match=str(tmp_path / ".minigit")):
+        ws.read_metadata(tmp_path)
+
+
+# ---------------------------------------------------------------- roots
+
+
+def test_find_root(tmp_path):
+    root = tmp_path / "w"
+    deep = root / "a" / "b" / "c"
+    deep.mkdir(parents=True)
+    assert ws.find_root(deep) is None
+    with pytest.raises(NoRepository, match="no repository found: clone first"):
+        ws.require_root(deep)
+    (root / ".minigit").write_text("{}")
+    assert ws.find_root(deep) == root.resolve()
+    assert ws.find_root(root) == root.resolve()
+    assert ws.require_root(deep / "..") == root.resolve()
+    # the nearest one wins
+    (root / "a" / ".minigit").write_text("{}")
+    assert ws.find_root(deep) == (root / "a").resolve()
+
+
+def test_find_root_ignores_a_minigit_directory(tmp_path):
+    (tmp_path / "x" / ".minigit").mkdir(parents=True)
+    assert ws.find_root(tmp_path / "x") != (tmp_path / "x").resolve()
+
+
+# ---------------------------------------------------------------- lock
+
+
+def test_lock_is_exclusive_within_a_process(tmp_path):
+    with ws.lock_workdir(tmp_path):
+        with pytest.raises(WorkdirBusy) as info:
+            with ws.lock_workdir(tmp_path):
+                pass
+        assert info.value.exit_code == 5
+        assert str(tmp_path) in info.value.message
+    # released after
+    with ws.lock_workdir(tmp_path):
+        pass
+
+
+def test_lock_is_exclusive_across_threads(tmp_path):
+    errors: list[BaseException] = []
+    entered = threading.Event()
+    release = threading.Event()
+
+    def holder():
+        with ws.lock_workdir(tmp_path):
+            entered.set()
+            release.wait(10)
+
+    thread = threading.Thread(target=holder)
+    thread.start()
+    try:
+        assert entered.wait(10)
+
+        def contender():
+            try:
+                with ws.lock_workdir(tmp_path):
+                    pass
+            except BaseException as error:  # noqa: BLE001
+                errors.append(error)
+
+        t2 = threading.Thread(target=contender)
+        t2.start()
+        t2.join(10)
+        assert len(errors) == 1 and isinstance(errors[0], WorkdirBusy)
+    finally:
+        release.set()
+        thread.join(10)
+    with ws.lock_workdir(tmp_path):
+        pass
+
+
+def test_lock_is_exclusive_across_processes(tmp_path):
+    script = textwrap.dedent(
+        """
+        import sys
+        from pathlib import Path
+        from minigit import workspace as ws
+        with ws.lock_workdir(Path(sys.argv[1])):
+            print("locked", flush=True)
+            sys.stdin.read()
+        """
+    )
+    child = subprocess.Popen(
+        [sys.executable, "-c", script, str(tmp_path)], stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True
+    )
+    try:
+        assert child.stdout.readline().strip() == "locked"
+        with pytest.raises(WorkdirBusy):
+            with ws.lock_workdir(tmp_path):
+                pass
+    finally:
+        child.stdin.close()
+        child.wait(30)
+    assert child.returncode == 0
+    with ws.lock_workdir(tmp_path):
+        pass
+
+
+def test_lock_released_when_the_body_raises(tmp_path):
+    with pytest.raises(RuntimeError):
+        with ws.lock_workdir(tmp_path):
+            raise RuntimeError("boom")
+    with ws.lock_workdir(tmp_path):
+        pass
+
+
+# ---------------------------------------------------------------- listing and scanning
+
+
+@pytest.fixture
+def tree(tmp_path):
+    root = tmp_path / "w"
+    root.mkdir()
+    write(root, ".minigit", b"{}")
+    write(root, ".minigit.lock", b"")
+    write(root, "a.txt", b"a")
+    write(root, "sub/b.txt", b"b")
+    write(root, "sub/deeper/c.txt", b"c")
+    write(root, ".minigit.minigit-tmp-abcd", b"temp")
+    write(root, ".minigit-tmp-1234/staged", b"temp")
+    write(root, "sub/.minigit.lock", b"")
+    write(root, "nested/.minigit", b"{}")
+    write(root, "nested/inner.txt", b"inner")
+    write(root, "empty/.keep", b"")
+    outside = tmp_path / "outside"
+    outside.mkdir()
+    write(outside, "secret.txt", b"secret")
+    os.symlink(outside / "secret.txt", root / "link-out.txt")
+    os.symlink(outside, root / "linkdir")
+    os.symlink("a.txt", root / "link-in.txt")
+    os.symlink(root / "missing", root / "dangling")
+    os.mkfifo(root / "fifo")
+    return root
+
+
+def test_list_files_skips_internal_links_and_nested(tree):
+    assert ws.list_files(tree) == ["a.txt", "empty/.keep", "sub/b.txt", "sub/deeper/c.txt"]
+
+
+def test_scan_worktree(tree):
+    manifest = ws.scan_worktree(tree)
+    assert manifest == {
+        "a.txt": fe(b"a"),
+        "empty/.keep": fe(b""),
+        "sub/b.txt": fe(b"b"),
+        "sub/deeper/c.txt": fe(b"c"),
+    }
+
+
+def test_ignore_patterns(tree):
+    (tree / ".minigitignore").write_text(
+        "# comment\n*.log\n!keep.log\nbuild/\n/rootonly.txt\nsub/deeper\n\n"
+    )
+    write(tree, "x.log")
+    write(tree, "keep.log")
+    write(tree, "sub/y.log")
+    write(tree, "sub/keep.log")
+    write(tree, "build/out.o")
+    write(tree, "src/build/out2.o")
+    write(tree, "other/build", b"a file called build")
+    write(tree, "rootonly.txt")
+    write(tree, "sub/rootonly.txt")
+    ignored = load_ignore(tree)
+    assert ws.list_files(tree, ignored) == [
+        ".minigitignore",
+        "a.txt",
+        "empty/.keep",
+        "keep.log",
+        "other/build",
+        "sub/b.txt",
+        "sub/keep.log",
+        "sub/rootonly.txt",
+    ]
+    # spelled out: a dir pattern without a slash in the middle matches at any depth
+    assert ignored("src/build", True) and ignored("build", True)
+    assert not ignored("other/build", False)
+    assert ignored("x.log", False) and ignored("sub/y.log", False)
+    assert not ignored("keep.log", False) and not ignored("sub/keep.log", False)
+    assert ignored("rootonly.txt", False) and not ignored("sub/rootonly.txt", False)
+    assert ignored("sub/deeper", True)
+    assert set(ws.scan_worktree(tree, ignored)) == {
+        ".minigitignore",
+        "a.txt",
+        "empty/.keep",
+        "keep.log",
+        "other/build",
+        "sub/b.txt",
+        "sub/keep.log",
+        "sub/rootonly.txt",
+    }
+
+
+def test_load_ignore_without_file(tmp_path):
+    ignored = load_ignore(tmp_path)
+    assert not ignored("x.log", False) and not ignored("build", True)
+    (tmp_path / ".minigitignore").mkdir()
+    assert not load_ignore(tmp_path)("x", False)
+
+
+def test_parse_ignore_negation_order():
+    ignored = parse_ignore("*.txt\n!important.txt\nimportant.txt\n")
+    assert ignored("important.txt", False)  # the last matching pattern wins
+    ignored = parse_ignore("data/\n!data/keep\n")
+    assert ignored("data", True)
+    assert not ignored("other", True)
+
+
+def test_scan_rejects_a_backslash_name_clearly(tmp_path):
+    write(tmp_path, "ok.txt")
+    write(tmp_path, "bad\\name.txt")
+    with pytest.raises(MinigitError) as info:
+        ws.scan_worktree(tmp_path)
+    assert "cannot track 'bad\\\\name.txt': backslash" in info.value.message
+    assert ".minigitignore" in info.value.hint
+    # ignoring it makes the scan work
+    assert ws.scan_worktree(tmp_path, parse_ignore("bad*\n")) == {"ok.txt": fe(b"x")}
+
+
+def test_scan_rejects_a_non_utf8_name_clearly(tmp_path):
+    name = os.fsencode(tmp_path) + b"/caf\xe9.txt"
+    with open(name, "wb") as f:
+        f.write(b"x")
+    with pytest.raises(MinigitError, match="cannot track"):
+        ws.scan_worktree(tmp_path)
+
+
+def test_scan_skips_reserved_names_in_any_case_and_depth(tmp_path):
+    # like git with .git: minigit's own names are never tracked, wherever they are
+    write(tmp_path, "sub/.MINIGIT", b"x")
+    write(tmp_path, "sub/.Minigit-tmp-1", b"x")
+    write(tmp_path, "sub/kept.txt", b"k")
+    assert ws.scan_worktree(tmp_path) == {"sub/kept.txt": fe(b"k")}
+
+
+def test_scan_hashes_large_files(tmp_path):
+    data = os.urandom(ws.READ_BLOCK * 2 + 5)
+    write(tmp_path, "big.bin", data)
+    assert ws.scan_worktree(tmp_path) == {"big.bin": fe(data)}
+
+
+# ---------------------------------------------------------------- reading pieces
+
+
+@pytest.mark.parametrize("size", [0, 1, p.CHUNK_SIZE - 1, p.CHUNK_SIZE, p.CHUNK_SIZE + 1, 2 * p.CHUNK_SIZE])
+def test_read_pieces(tmp_path, size):
+    data = os.urandom(size)
+    path = write(tmp_path, "f", data)
+    pieces = list(ws.read_pieces(path))
+    assert len(pieces) == p.count_chunks(size)
+    assert b"".join(pieces) == data
+    assert all(len(piece) == p.CHUNK_SIZE for piece in pieces[:-1])
+    # the same split as the protocol's
+    sha = p.hash_bytes(data)
+    assert [c.raw() for c in p.split_blob("0" * 32, "r", sha, data)] == pieces
+
+
+# ---------------------------------------------------------------- writing safely
+
+
+def test_safe_target_normal(tmp_path):
+    assert ws.safe_target(tmp_path, "a/b/c.txt") == tmp_path / "a" / "b" / "c.txt"
+    (tmp_path / "a").mkdir()
+    assert ws.safe_target(tmp_path, "a/b/c.txt") == tmp_path / "a/b/c.txt"
+    assert ws.safe_target(tmp_path, "top") == tmp_path / "top"
+
+
+@pytest.mark.parametrize("rel", ["../x", "a/../../x", "/etc/passwd", ".minigit", "a/.minigit.lock", "a\\b", "", "a//b"])
+def test_safe_target_refuses_forbidden_paths(tmp_path, rel):
+    with pytest.raises(UnsafePath):
+        ws.safe_target(tmp_path, rel)
+
+
+def test_safe_target_refuses_a_symlinked_parent(tmp_path):
+    root, outside = tmp_path / "w", tmp_path / "outside"
+    root.mkdir()
+    outside.mkdir()
+    os.symlink(outside, root / "link")
+    with pytest.raises(UnsafePath, match="link is a symbolic link"):
+        ws.safe_target(root, "link/x.txt")
+    (root / "d").mkdir()
+    os.symlink(outside, root / "d" / "inner")
+    with pytest.raises(UnsafePath, match="inner is a symbolic link"):
+        ws.safe_target(root, "d/inner/deeper/x.txt")
+    # even a link that stays inside is refused
+    os.symlink(root / "d", root / "inlink")
+    with pytest.raises(UnsafePath, match="symbolic link"):
+        ws.safe_target(root, "inlink/x")
+    with pytest.raises(UnsafePath):
+        ws.make_parents(root, "link/x.txt")
+    assert list(outside.iterdir()) == []
+
+
+def test_safe_target_refuses_a_file_as_parent(tmp_path):
+    write(tmp_path, "f", b"x")
+    with pytest.raises(UnsafePath, match="not a directory"):
+        ws.safe_target(tmp_path, "f/x")
+    with pytest.raises(UnsafePath, match="not a directory"):
+        ws.make_parents(tmp_path, "f/x")
+
+
+def test_make_parents_and_remove_file(tmp_path):
+    ws.make_parents(tmp_path, "a/b/c.txt")
+    assert (tmp_path / "a" / "b").is_dir()
+    write(tmp_path, "a/b/c.txt")
+    write(tmp_path, "a/other.txt")
+    ws.remove_file(tmp_path, "a/b/c.txt")
+    assert not (tmp_path / "a" / "b").exists()  # the empty parent is pruned
+    assert (tmp_path / "a" / "other.txt").exists()
+    ws.remove_file(tmp_path, "a/b/c.txt")  # already gone: fine
+    ws.remove_file(tmp_path, "a/other.txt")
+    assert list(tmp_path.iterdir()) == []
+    with pytest.raises(UnsafePath):
+        ws.remove_file(tmp_path, "../x")
+
+
+def test_copy_local_blob(tmp_path):
+    data = os.urandom(ws.READ_BLOCK + 10)
+    write(tmp_path, "d/f.bin", data)
+    out = io.BytesIO()
+    ws.copy_local_blob(tmp_path, "d/f.bin", p.hash_bytes(data), out)
+    assert out.getvalue() == data
+
+
+def test_copy_local_blob_detects_a_changed_file(tmp_path):
+    write(tmp_path, "f.txt", b"new content")
+    with pytest.raises(MinigitError, match="f.txt changed while minigit was reading it"):
+        ws.copy_local_blob(tmp_path, "f.txt", p.hash_bytes(b"old content"), io.BytesIO())
+
+
+def test_copy_local_blob_refuses_unsafe_source(tmp_path):
+    with pytest.raises(UnsafePath):
+        ws.copy_local_blob(tmp_path, "../x", "a" * 64, io.BytesIO())
+
+
+def test_is_internal():
+    assert ws.is_internal(".minigit") and ws.is_internal(".minigit.lock")
+    assert ws.is_internal(".minigit.minigit-tmp-1a2b") and ws.is_internal(".minigit-tmp-x")
+    assert ws.is_internal(".MINIGIT.lock") and not ws.is_internal("foo.minigit-tmp-1a2b")
+    assert not ws.is_internal(".minigitignore") and not ws.is_internal("minigit")
+
+
+@settings(max_examples=20, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(st.dictionaries(st.lists(st.sampled_from(["a", "b", "ü", "c d"]), min_size=1, max_size=3).map("/".join),
+                       st.binary(max_size=50), max_size=6))
+def test_scan_matches_written_files(tmp_path_factory, files):
+    if p.find_file_directory_clash(files):
+        return
+    root = tmp_path_factory.mktemp("scan")
+    for rel, data in files.items():
+        write(root, rel, data)
+    assert ws.scan_worktree(root) == {rel: fe(data) for rel, data in files.items()}
+
+
+@pytest.mark.parametrize("rel", ["notes.minigit-tmp-1.txt", "dir/x.minigit", "sub/.minigitignore"])
+def test_every_path_the_protocol_accepts_is_tracked(tmp_path, rel):
+    assert p.check_path(rel) == rel  # the server accepts it in a tree
+    write(tmp_path, rel, b"content")
+    assert ws.list_files(tmp_path) == [rel]
