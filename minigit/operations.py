@@ -247,7 +247,7 @@ def apply_pull(root: Path, base: p.Manifest, local: p.Manifest, head: p.Manifest
     plan = plan_pull(base, local, head)
     if plan.refused:
         raise PullConflict(plan.conflicts)
-    if blocked := find_untracked_in_the_way(root, plan.write, local):
+    if blocked := find_untracked_in_the_way(root, plan.write, plan.delete, local):
         raise PullConflict(blocked)
     sources = {entry.sha: path for path, entry in local.items()}
     with staging_area(root) as staging:
@@ -271,21 +271,31 @@ def apply_pull(root: Path, base: p.Manifest, local: p.Manifest, head: p.Manifest
             ws.make_parents(root, path)
             destination = ws.safe_target(root, path)
             if destination.is_dir() and not destination.is_symlink():
-                os.rmdir(destination)  # an empty directory where the file goes
+                shutil.rmtree(destination)  # only empty folders are left there (checked above)
             os.replace(target, destination)
     return plan
 
 
-def find_untracked_in_the_way(root: Path, write: Mapping[str, p.FileEntry], local: p.Manifest) -> list[str]:
+def find_untracked_in_the_way(
+    root: Path, write: Mapping[str, p.FileEntry], delete: list[str], local: p.Manifest
+) -> list[str]:
     """Files the scan did not track (ignored ones) that a pull would overwrite, or
     that stand where it needs a directory: never overwrite them silently."""
     blocked = set()
+    deleted = set(delete)
     for path in write:
         if path in local:
             continue
         target = root / path
-        if target.is_symlink() or target.is_file() or (target.is_dir() and any(target.iterdir())):
+        if target.is_symlink() or target.is_file():
             blocked.add(path)
+        elif target.is_dir():
+            # a directory where the file goes: fine if the pull empties it
+            for below in target.rglob("*"):
+                rel = below.relative_to(root).as_posix()
+                if not below.is_dir() or below.is_symlink():
+                    if rel not in deleted:
+                        blocked.add(rel)
         parts = path.split("/")[:-1]
         for depth in range(1, len(parts) + 1):
             prefix = "/".join(parts[:depth])
