@@ -1,0 +1,245 @@
+"""Benchmarks of minigit against git on the same machine, in the same run.
+
+    .venv/bin/python bench/bench.py [--bootstrap HOST:PORT] [--rounds 30] [--skip-clone]
+
+Starts a local Kafka (unless --bootstrap is given) and three replica processes,
+then measures, printing figures (not pass/fail):
+
+* push and pull latency of a one-file change (median, p95): the `minigit` CLI
+  as a user runs it, the same operation in-process (no interpreter start-up),
+  and `git push` / `git pull` against a local bare repository;
+* clone of 1,000 files / 100 MiB: `minigit clone` next to `git clone --no-local`;
+* time from SIGKILL of the replica serving a repository to the next accepted push.
+
+Results are also written to bench/results/<timestamp>.json.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shutil
+import signal
+import socket
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+from rich.console import Console
+from rich.table import Table
+
+from minigit import operations
+from minigit import protocol as p
+from minigit.config import KafkaSettings
+from minigit.errors import PushRejected
+from minigit.transport import Connection
+from minigit_server.bus import ensure_topics
+
+BIN = Path(sys.executable).parent
+console = Console(stderr=True)
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def timed(command: list[str], cwd: Path, env: dict | None = None) -> float:
+    started = time.perf_counter()
+    subprocess.run(command, cwd=cwd, env=env, check=True, capture_output=True)
+    return time.perf_counter() - started
+
+
+def summary(samples: list[float]) -> dict:
+    ordered = sorted(samples)
+    p95 = ordered[min(len(ordered) - 1, round(0.95 * (len(ordered) - 1)))]
+    return {"median_ms": 1000 * statistics.median(ordered), "p95_ms": 1000 * p95, "n": len(ordered)}
+
+
+class Replicas:
+    def __init__(self, bootstrap: str, namespace: str, data_dir: Path) -> None:
+        self.bootstrap, self.namespace, self.data_dir = bootstrap, namespace, data_dir
+        self.settings = KafkaSettings(bootstrap, namespace)
+        self.processes: dict[str, subprocess.Popen] = {}
+        ensure_topics(self.settings, 6, 1)
+
+    def start(self, replica_id: str) -> None:
+        self.processes[replica_id] = subprocess.Popen(
+            [str(BIN / "minigit-server"), "start", "--replica-id", replica_id, "--data-dir", str(self.data_dir),
+             "--bootstrap", self.bootstrap, "--namespace", self.namespace],
+            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+        )  # fmt: skip
+
+    def serving(self, repo: str) -> str:
+        with Connection(self.settings, "bench", 60) as connection:
+            return connection.call(connection.new_request(p.PingRequest, repo=repo)).reply.replica
+
+    def stop(self) -> None:
+        for process in self.processes.values():
+            process.terminate()
+        for process in self.processes.values():
+            process.wait(timeout=30)
+
+
+def bench_latency(replicas: Replicas, root: Path, rounds: int) -> dict:
+    options = operations.ClientOptions("bench", replicas.bootstrap, replicas.namespace, timeout=60)
+    env = {**os.environ, "MINIGIT_USER": "bench"}
+    writer, reader = root / "writer", root / "reader"
+    writer.mkdir()
+    for n in range(100):
+        (writer / f"file{n:03}.txt").write_text(f"file {n}\n" * 50)
+    operations.init_repository(writer, "latency", options)
+    operations.clone_repository("latency", reader, options)
+
+    git_bare, git_writer, git_reader = root / "git-bare", root / "git-writer", root / "git-reader"
+    git = ["git", "-c", "user.name=bench", "-c", "user.email=bench@localhost"]
+    subprocess.run(["git", "init", "-q", "--bare", "-b", "main", str(git_bare)], check=True)
+    shutil.copytree(writer, git_writer, ignore=shutil.ignore_patterns(".minigit*"))
+    for command in (["init", "-q", "-b", "main"], ["add", "-A"], ["commit", "-qm", "v1"], ["push", "-q", str(git_bare), "main"]):
+        subprocess.run([*git, *command], cwd=git_writer, check=True)
+    subprocess.run(["git", "clone", "-q", str(git_bare), str(git_reader)], check=True, capture_output=True)
+
+    samples: dict[str, list[float]] = {k: [] for k in ("cli_push", "cli_pull", "api_push", "api_pull", "git_push", "git_pull")}
+    for n in range(rounds):
+        (writer / "file000.txt").write_text(f"round {n} cli\n")
+        samples["cli_push"].append(timed([str(BIN / "minigit"), "push", "-q", "-m", f"cli {n}"], writer, env))
+        samples["cli_pull"].append(timed([str(BIN / "minigit"), "pull", "-q"], reader, env))
+        (writer / "file000.txt").write_text(f"round {n} api\n")
+        started = time.perf_counter()
+        operations.push_workdir(writer, options, f"api {n}")
+        samples["api_push"].append(time.perf_counter() - started)
+        started = time.perf_counter()
+        operations.pull_workdir(reader, options)
+        samples["api_pull"].append(time.perf_counter() - started)
+        (git_writer / "file000.txt").write_text(f"round {n}\n")
+        subprocess.run([*git, "commit", "-qam", f"r{n}"], cwd=git_writer, check=True)
+        samples["git_push"].append(timed([*git, "push", "-q", str(git_bare), "main"], git_writer))
+        samples["git_pull"].append(timed([*git, "pull", "-q", "--ff-only"], git_reader))
+    return {name: summary(values) for name, values in samples.items()}
+
+
+def bench_clone(replicas: Replicas, root: Path, files: int, total_mib: int) -> dict:
+    options = operations.ClientOptions("bench", replicas.bootstrap, replicas.namespace, timeout=120)
+    env = {**os.environ, "MINIGIT_USER": "bench", "MINIGIT_BOOTSTRAP": replicas.bootstrap, "MINIGIT_NAMESPACE": replicas.namespace}
+    source = root / "big-source"
+    source.mkdir()
+    size = total_mib * 1024 * 1024 // files
+    for n in range(files):
+        (source / f"dir{n % 10}" / f"blob{n:04}.bin").parent.mkdir(exist_ok=True)
+        (source / f"dir{n % 10}" / f"blob{n:04}.bin").write_bytes(os.urandom(size))
+    started = time.perf_counter()
+    operations.init_repository(source, "big", options)
+    init_s = time.perf_counter() - started
+    minigit_s = timed([str(BIN / "minigit"), "clone", "-q", "big", str(root / "big-clone")], root, env)
+
+    bare = root / "big-bare.git"
+    git = ["git", "-c", "user.name=bench", "-c", "user.email=bench@localhost"]
+    work = root / "big-git-work"
+    shutil.copytree(source, work, ignore=shutil.ignore_patterns(".minigit*"))
+    for command in (["init", "-q", "-b", "main"], ["add", "-A"], ["commit", "-qm", "v1"]):
+        subprocess.run([*git, *command], cwd=work, check=True)
+    subprocess.run(["git", "clone", "-q", "--bare", str(work), str(bare)], check=True)
+    git_s = timed(["git", "clone", "-q", "--no-local", str(bare), str(root / "big-git-clone")], root)
+    return {"files": files, "mib": total_mib, "minigit_init_s": init_s, "minigit_clone_s": minigit_s, "git_clone_no_local_s": git_s}
+
+
+def bench_failover(replicas: Replicas, root: Path, trials: int) -> dict:
+    options = operations.ClientOptions("bench", replicas.bootstrap, replicas.namespace, timeout=60)
+    work = root / "failover"
+    work.mkdir()
+    (work / "f.txt").write_text("0\n")
+    operations.init_repository(work, "failover", options)
+    gaps = []
+    for trial in range(trials):
+        owner = replicas.serving("failover")
+        (work / "f.txt").write_text(f"before {trial}\n")
+        operations.push_workdir(work, options)
+        replicas.processes.pop(owner).send_signal(signal.SIGKILL)
+        killed = time.perf_counter()
+        (work / "f.txt").write_text(f"after {trial}\n")
+        while True:
+            try:
+                operations.push_workdir(work, options)
+                break
+            except PushRejected:
+                operations.pull_workdir(work, options)
+        gaps.append(time.perf_counter() - killed)
+        replicas.start(owner)
+        time.sleep(5)  # let it rejoin before the next trial
+    return {"trials": trials, "seconds": gaps, "median_s": statistics.median(gaps), "max_s": max(gaps)}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--bootstrap", help="use this broker instead of starting one")
+    parser.add_argument("--rounds", type=int, default=30)
+    parser.add_argument("--files", type=int, default=1000)
+    parser.add_argument("--mib", type=int, default=100)
+    parser.add_argument("--failover-trials", type=int, default=3)
+    parser.add_argument("--skip-clone", action="store_true")
+    args = parser.parse_args()
+
+    root = Path(tempfile.mkdtemp(prefix="minigit-bench-"))
+    kafka_dir = root / "kafka"
+    bootstrap = args.bootstrap
+    results: dict = {"machine": {"cpus": os.cpu_count(), "python": sys.version.split()[0]}}
+    try:
+        if bootstrap is None:
+            port = free_port()
+            subprocess.run(
+                [str(BIN / "minigit-server"), "kafka", "start", "--port", str(port), "--controller-port", str(free_port()),
+                 "--data-dir", str(kafka_dir)], check=True,
+            )  # fmt: skip
+            bootstrap = f"127.0.0.1:{port}"
+        replicas = Replicas(bootstrap, f"bench{int(time.time())}-", root / "server")
+        for replica_id in ("1", "2", "3"):
+            replicas.start(replica_id)
+        replicas.serving("warmup")
+        console.print("[bold]latency[/] (one-file change, 100-file repository)")
+        results["latency"] = bench_latency(replicas, root, args.rounds)
+        if not args.skip_clone:
+            console.print(f"[bold]clone[/] ({args.files} files, {args.mib} MiB)")
+            results["clone"] = bench_clone(replicas, root, args.files, args.mib)
+        console.print("[bold]failover[/] (SIGKILL of the serving replica -> next accepted push)")
+        results["failover"] = bench_failover(replicas, root, args.failover_trials)
+        replicas.stop()
+    finally:
+        if args.bootstrap is None:
+            subprocess.run([str(BIN / "minigit-server"), "kafka", "stop", "--data-dir", str(kafka_dir)], capture_output=True)
+        shutil.rmtree(root, ignore_errors=True)
+    report(results)
+    out_dir = Path(__file__).parent / "results"
+    out_dir.mkdir(exist_ok=True)
+    (out_dir / f"{time.strftime('%Y%m%d-%H%M%S')}.json").write_text(json.dumps(results, indent=1))
+
+
+def report(results: dict) -> None:
+    table = Table(title="push / pull latency, one-file change (3 replicas, local broker)")
+    for column in ("operation", "median ms", "p95 ms", "n"):
+        table.add_column(column, justify="right" if column != "operation" else "left")
+    labels = {
+        "cli_push": "minigit push (CLI)", "api_push": "minigit push (in-process)", "git_push": "git push (bare repo)",
+        "cli_pull": "minigit pull (CLI)", "api_pull": "minigit pull (in-process)", "git_pull": "git pull (bare repo)",
+    }  # fmt: skip
+    for key, label in labels.items():
+        row = results["latency"][key]
+        table.add_row(label, f"{row['median_ms']:.0f}", f"{row['p95_ms']:.0f}", str(row["n"]))
+    Console().print(table)
+    if "clone" in results:
+        c = results["clone"]
+        Console().print(
+            f"clone {c['files']} files / {c['mib']} MiB: minigit clone {c['minigit_clone_s']:.1f} s, "
+            f"git clone --no-local {c['git_clone_no_local_s']:.1f} s (minigit init/push of it: {c['minigit_init_s']:.1f} s)"
+        )
+    f = results["failover"]
+    gaps = ", ".join(f"{s:.1f}" for s in f["seconds"])
+    Console().print(f"SIGKILL of the serving replica -> next accepted push: median {f['median_s']:.1f} s (runs: {gaps} s)")
+
+
+if __name__ == "__main__":
+    main()
