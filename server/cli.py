@@ -8,11 +8,12 @@ from pathlib import Path
 from typing import Annotated
 
 import typer
+from rich.table import Table
 
 from minigit import protocol as p
 from minigit.config import KafkaSettings, check_namespace, read_kafka_options
 from minigit.console import err, exit_on_error, out
-from minigit.errors import UsageError
+from minigit.errors import ExitCode, MinigitError, ServerUnreachable
 from minigit_server.cli_kafka import kafka_app
 
 app = typer.Typer(
@@ -114,6 +115,145 @@ def ping(
             f"{response.reply.message} (round trip {1000 * (done - connected):.0f} ms, "
             f"connect {1000 * (connected - started):.0f} ms)"
         )
+
+
+Json = Annotated[bool, typer.Option("--json", help="Print the result as JSON (for scripts).")]
+
+
+def read_cluster(settings: KafkaSettings) -> tuple[list, dict[int, int]]:
+    """The latest heartbeat of every replica, and the log end offsets now."""
+    from minigit_server.bus import Bus
+
+    bus = Bus(settings, client_id="minigit-server-status")
+    try:
+        return bus.read_heartbeats(), bus.log_end_offsets()
+    finally:
+        bus.close()
+
+
+def clock(ms: int) -> str:
+    return time.strftime("%H:%M:%S", time.localtime(ms / 1000))
+
+
+@app.command()
+def status(
+    bootstrap: Bootstrap = "localhost:9092",
+    namespace: Namespace = "",
+    kafka_option: KafkaOption = [],  # noqa: B006
+    as_json: Json = False,
+) -> None:
+    """Show the replicas (health, partitions served, applied offsets and lag) and
+    each repository's head version on every replica."""
+    from minigit_server import health
+    from minigit_server.replica import HEARTBEAT_INTERVAL_S
+
+    with exit_on_error():
+        settings = kafka_settings(bootstrap, namespace, kafka_option)
+        beats, log_end = read_cluster(settings)
+        now_ms = int(time.time() * 1000)
+        rows = health.describe_replicas(beats, now_ms, log_end, HEARTBEAT_INTERVAL_S)
+        repos = sorted({name for beat in beats for name in beat.repos})
+        heads = {name: {b.replica: b.repos.get(name, {}).get("head") for b in beats} for name in repos}
+        if as_json:
+            out.print_json(data={"replicas": [r.to_json() for r in rows], "repositories": heads, "log_end": log_end})
+            return
+        if not rows:
+            raise MinigitError(
+                f"no replica has reported on {bootstrap} (namespace {namespace!r})",
+                hint="start the service with 'minigit-server start'",
+            )
+        out.print(replica_table(rows, now_ms))
+        out.print(repository_table(heads, [r.replica for r in rows]))
+
+
+def replica_table(rows: list, now_ms: int) -> Table:
+    table = Table(title="replicas", title_justify="left")
+    for column in ("replica", "state", "host", "pid", "up since", "last heartbeat", "serves", "applied / lag"):
+        table.add_column(column)
+    colours = {"up": "green", "stopped": "dim", "silent": "red"}
+    for row in rows:
+        table.add_row(
+            row.replica,
+            f"[{colours[row.state]}]{row.state}[/]",
+            row.host,
+            str(row.pid),
+            clock(row.started_ms),
+            f"{(now_ms - row.last_heartbeat_ms) / 1000:.1f}s ago",
+            ",".join(map(str, row.serving)) or "-",
+            " ".join(f"{part}:{row.applied.get(part, 0)}/{lag}" for part, lag in row.lag.items()),
+        )
+    return table
+
+
+def repository_table(heads: dict, replicas: list[str]) -> Table:
+    table = Table(title="repositories (head version on each replica)", title_justify="left")
+    table.add_column("repository")
+    for replica in replicas:
+        table.add_column(f"replica {replica}", justify="right")
+    for name, by_replica in heads.items():
+        values = {v for v in by_replica.values()}
+        cells = [str(by_replica.get(r)) if by_replica.get(r) is not None else "-" for r in replicas]
+        if len(values) > 1:
+            cells = [f"[yellow]{c}[/]" for c in cells]
+        table.add_row(name, *cells)
+    return table
+
+
+@app.command()
+def verify(
+    bootstrap: Bootstrap = "localhost:9092",
+    namespace: Namespace = "",
+    max_lag: Annotated[int, typer.Option(min=0, help="Records a replica may be behind without failing.")] = 0,
+    wait: Annotated[float, typer.Option(min=0, help="Seconds to let lagging replicas catch up first.")] = 10.0,
+    kafka_option: KafkaOption = [],  # noqa: B006
+    as_json: Json = False,
+) -> None:
+    """Check that the replicas agree on every repository, comparing their state
+    digests at the same log position. Exit code 0: all agree; 3: a replica
+    disagrees or lags more than --max-lag records; 4: no replica answers."""
+    from minigit_server import health
+    from minigit_server.replica import HEARTBEAT_INTERVAL_S
+
+    with exit_on_error():
+        settings = kafka_settings(bootstrap, namespace, kafka_option)
+        deadline = time.monotonic() + wait
+        while True:
+            beats, _ = read_cluster(settings)
+            live = health.live_beats(beats, int(time.time() * 1000), HEARTBEAT_INTERVAL_S)
+            verdicts = health.verify_repositories(live) if live else []
+            settled = live and all(v.status != "behind" or max(v.behind.values()) <= max_lag for v in verdicts)
+            if settled or any(v.status == "disagree" for v in verdicts) or time.monotonic() >= deadline:
+                break
+            time.sleep(HEARTBEAT_INTERVAL_S / 2)
+        failed = [v for v in verdicts if v.status == "disagree" or (v.behind and max(v.behind.values()) > max_lag)]
+        if as_json:
+            out.print_json(data={"replicas": sorted(b.replica for b in live), "repositories": [v.to_json() for v in verdicts]})
+        if not live:
+            raise ServerUnreachable(
+                "no replica answers: no heartbeat in the last few seconds",
+                hint="start the service with 'minigit-server start'",
+            )
+        if not as_json:
+            print_verdicts(verdicts, sorted(b.replica for b in live))
+        if failed:
+            raise typer.Exit(int(ExitCode.REJECTED))
+
+
+def print_verdicts(verdicts: list, replicas: list[str]) -> None:
+    out.print(f"Checked {len(verdicts)} repositories on replicas {', '.join(replicas)}")
+    for verdict in verdicts:
+        head = max((h for h in verdict.heads.values() if h is not None), default=None)
+        if verdict.status == "agree":
+            line = f"[green]ok[/]        {verdict.repo} (version {head}): {len(verdict.heads)} replicas agree"
+        elif verdict.status == "disagree":
+            others = ", ".join(verdict.disagreeing)
+            line = f"[red]DISAGREE[/]  {verdict.repo} (version {head}): replica {others} differs from the others"
+        else:
+            lagging = ", ".join(f"replica {r} by {n} records" for r, n in sorted(verdict.behind.items()))
+            line = f"[yellow]behind[/]    {verdict.repo} (version {head}): {lagging}"
+        out.print(line)
+    if all(v.status == "agree" for v in verdicts):
+        out.print("[bold green]All repositories are available![/]")
 
 
 def main() -> None:

@@ -1,0 +1,84 @@
+"""server/health.py: who is alive, who is behind, who disagrees (no Kafka)."""
+
+from __future__ import annotations
+
+from minigit import protocol as p
+from minigit_server import health
+
+
+def beat(replica: str, applied: dict[int, int], repos: dict[str, tuple], sent_ms: int = 10_000, stopping: bool = False):
+    """repos: name -> (head, digest, changed_at); every repository lives in partition 0."""
+    return p.Heartbeat(
+        replica=replica,
+        host="h",
+        pid=1,
+        started_ms=0,
+        sent_ms=sent_ms,
+        serving=[],
+        applied={str(k): v for k, v in applied.items()},
+        log_end={},
+        repos={n: {"head": h, "digest": d, "partition": 0, "changed_at": c} for n, (h, d, c) in repos.items()},
+        stopping=stopping,
+    )
+
+
+def test_all_agree() -> None:
+    beats = [beat(r, {0: 10}, {"demo": (3, "d3", 9)}) for r in "123"]
+    [verdict] = health.verify_repositories(beats)
+    assert (verdict.status, verdict.behind, verdict.disagreeing) == ("agree", {}, [])
+    assert verdict.heads == {"1": 3, "2": 3, "3": 3}
+
+
+def test_a_replica_that_has_not_applied_the_last_change_is_behind_not_wrong() -> None:
+    beats = [
+        beat("1", {0: 10}, {"demo": (3, "d3", 9)}),
+        beat("2", {0: 10}, {"demo": (3, "d3", 9)}),
+        beat("3", {0: 7}, {"demo": (2, "d2", 5)}),
+    ]
+    [verdict] = health.verify_repositories(beats)
+    assert (verdict.status, verdict.behind) == ("behind", {"3": 3})
+
+
+def test_same_position_different_digest_is_a_disagreement_of_the_minority() -> None:
+    beats = [
+        beat("1", {0: 10}, {"demo": (3, "d3", 9)}),
+        beat("2", {0: 10}, {"demo": (3, "XX", 9)}),
+        beat("3", {0: 10}, {"demo": (3, "d3", 9)}),
+    ]
+    [verdict] = health.verify_repositories(beats)
+    assert (verdict.status, verdict.disagreeing) == ("disagree", ["2"])
+
+
+def test_a_tie_blames_every_replica() -> None:
+    beats = [beat("1", {0: 10}, {"demo": (3, "a", 9)}), beat("2", {0: 10}, {"demo": (3, "b", 9)})]
+    [verdict] = health.verify_repositories(beats)
+    assert (verdict.status, verdict.disagreeing) == ("disagree", ["1", "2"])
+
+
+def test_later_records_of_other_repositories_do_not_matter() -> None:
+    # Replica 3 is behind in the partition, but past demo's last change: it must agree on demo.
+    beats = [
+        beat("1", {0: 50}, {"demo": (3, "d3", 9), "other": (7, "o7", 49)}),
+        beat("3", {0: 20}, {"demo": (3, "d3", 9), "other": (4, "o4", 18)}),
+    ]
+    verdicts = {v.repo: v for v in health.verify_repositories(beats)}
+    assert verdicts["demo"].status == "agree"
+    assert (verdicts["other"].status, verdicts["other"].behind) == ("behind", {"3": 30})
+
+
+def test_a_replica_missing_a_repository_it_should_have_disagrees() -> None:
+    beats = [beat("1", {0: 10}, {"demo": (1, "d1", 3)}), beat("2", {0: 10}, {}), beat("3", {0: 10}, {"demo": (1, "d1", 3)})]
+    [verdict] = health.verify_repositories(beats)
+    assert (verdict.status, verdict.disagreeing, verdict.heads["2"]) == ("disagree", ["2"], None)
+
+
+def test_replica_states_and_lag() -> None:
+    beats = [
+        beat("1", {0: 10, 1: 4}, {}, sent_ms=10_000),
+        beat("2", {0: 10}, {}, sent_ms=1_000),
+        beat("3", {0: 10}, {}, sent_ms=10_000, stopping=True),
+    ]
+    rows = {r.replica: r for r in health.describe_replicas(beats, 11_000, {0: 12, 1: 4}, interval_s=2.0)}
+    assert (rows["1"].state, rows["2"].state, rows["3"].state) == ("up", "silent", "stopped")
+    assert rows["1"].lag == {0: 2, 1: 0} and rows["2"].lag == {0: 2, 1: 4}
+    assert [b.replica for b in health.live_beats(beats, 11_000, 2.0)] == ["1"]
