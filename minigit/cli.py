@@ -15,7 +15,7 @@ from minigit import __version__, operations
 from minigit.changes import Changes
 from minigit.config import check_namespace, read_kafka_options
 from minigit.console import err, exit_on_error, out
-from minigit.errors import NoRepository, PushRejected
+from minigit.errors import PushRejected
 from minigit.progress import ProgressObserver
 
 EXIT_CODES = """\b
@@ -172,12 +172,7 @@ def pull(
     with exit_on_error():
         options = client_options(user, bootstrap, namespace, timeout, kafka_option)
         with ProgressObserver(err, not (quiet or as_json)) as observer:
-            try:
-                result = operations.pull_workdir(Path.cwd(), options, observer)
-            except NoRepository:
-                if name is None:
-                    raise
-                result = operations.clone_repository(name, Path.cwd(), options, observer)
+            result = operations.pull_here(Path.cwd(), name, options, observer)
         report_pull(result, quiet, as_json)
 
 

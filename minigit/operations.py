@@ -20,6 +20,7 @@ from minigit.changes import Changes, diff_manifests, plan_pull
 from minigit.config import DEFAULT_BOOTSTRAP, KafkaSettings
 from minigit.errors import (
     MinigitError,
+    NoRepository,
     PullConflict,
     PushRejected,
     RepositoryExists,
@@ -345,6 +346,19 @@ def pull_workdir(start: Path, options: ClientOptions, observer: Observer | None 
             plan.kept_local,
             sum(b.size for b in response.blobs.values()),
         )
+
+
+def pull_here(start: Path, name: str | None, options: ClientOptions, observer: Observer | None = None) -> PullResult:
+    """``minigit pull [NAME]``: pull in a working directory; outside one, the seed's
+    first pull, which clones NAME into the current (empty) directory."""
+    root = ws.find_root(start)
+    if root is None:
+        if name is None:
+            raise NoRepository()
+        return clone_repository(name, start, options, observer)
+    if name is not None and name != (held := ws.read_metadata(root).repository):
+        raise UsageError(f"this working directory holds '{held}', not '{name}'")
+    return pull_workdir(root, options, observer)
 
 
 def clone_repository(

@@ -202,6 +202,9 @@ def count_chunks(size: int) -> int:
 
 def encode_chunk_data(raw: bytes) -> tuple[str, bytes]:
     """Compress when it pays; already-compressed content is sent as it is."""
+    sample = raw[:16384]
+    if len(raw) > 4 * len(sample) and len(zlib.compress(sample, 1)) > 0.9 * len(sample):
+        return "raw", raw  # a sample did not shrink: skip a whole zlib pass over noise
     packed = zlib.compress(raw, 1)
     if len(packed) < len(raw):
         return "zlib", packed

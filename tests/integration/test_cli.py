@@ -21,7 +21,9 @@ BIN = Path(sys.executable).parent
     "command",
     [
         ["minigit"], ["minigit", "init"], ["minigit", "clone"], ["minigit", "pull"], ["minigit", "push"],
-        ["minigit", "status"], ["minigit", "log"], ["minigit-server", "start"], ["minigit-server", "ping"],
+        ["minigit", "status"], ["minigit", "log"], ["minigit-server"], ["minigit-server", "start"],
+        ["minigit-server", "ping"], ["minigit-server", "status"], ["minigit-server", "verify"],
+        ["minigit-server", "kafka"], ["minigit-server", "kafka", "start"],
     ],
 )  # fmt: skip
 def test_every_command_has_help(command: list[str]) -> None:
@@ -29,9 +31,10 @@ def test_every_command_has_help(command: list[str]) -> None:
     assert done.returncode == 0 and "Usage:" in done.stdout
 
 
-def test_minigit_help_documents_exit_codes() -> None:
+def test_minigit_help_documents_exit_codes_and_offers_completion() -> None:
     done = subprocess.run([str(BIN / "minigit"), "--help"], capture_output=True, text=True, env={**os.environ, "COLUMNS": "200"})
     assert "Exit codes" in done.stdout and "push rejected" in done.stdout
+    assert "--install-completion" in done.stdout
 
 
 def test_usage_error_is_exit_code_2(tmp_path: Path) -> None:
