@@ -1,0 +1,174 @@
+"""server/service.py: request handling, with the log and replies in memory.
+
+The fake wire applies each appended record at once, as a caught-up replica
+would; the real Kafka path is covered by the integration tests.
+"""
+
+from __future__ import annotations
+
+import json
+import uuid
+
+import pytest
+
+from minigit import protocol as p
+from minigit_server.apply import LogRecord, apply_records
+from minigit_server.service import AppliedOffsets, Service
+from minigit_server.store import MemoryStore
+
+NOW_MS = 1_800_000_000_000
+
+
+class FakeWire:
+    def __init__(self, store: MemoryStore, applied: AppliedOffsets) -> None:
+        self.store, self.applied = store, applied
+        self.log: dict[int, list[bytes]] = {}
+        self.replies: list[tuple[int, p.Message]] = []
+
+    def append_log(self, partition: int, key: bytes, value: bytes, wait: bool) -> int:
+        records = self.log.setdefault(partition, [])
+        records.append(value)
+        apply_records(self.store, [LogRecord(partition, len(records) - 1, value)])
+        self.applied.advance({partition: len(records)})
+        return len(records) - 1
+
+    def send_reply(self, partition: int, message: p.Message) -> None:
+        self.replies.append((partition, message))
+
+    def log_end_offsets(self, partitions=None) -> dict[int, int]:
+        return {n: len(self.log.get(n, [])) for n in partitions or self.log}
+
+    def flush(self) -> None:
+        pass
+
+
+@pytest.fixture
+def service() -> Service:
+    store = MemoryStore()
+    applied = AppliedOffsets({})
+    return Service("7", store, FakeWire(store, applied), applied, clock_ms=lambda: NOW_MS)
+
+
+def rid() -> str:
+    return uuid.uuid4().hex
+
+
+def send(service: Service, message: p.Message, partition: int = 0):
+    return service.handle(partition, NOW_MS, message.to_bytes())
+
+
+def upload(service: Service, request_id: str, repo: str, data: bytes) -> str:
+    sha = p.hash_bytes(data)
+    for chunk in p.split_blob(request_id, repo, sha, data):
+        assert send(service, chunk) is None  # chunks go straight to the log, unanswered
+    return sha
+
+
+def answers(service: Service, request_id: str) -> list[p.Message]:
+    return [m for _, m in service.wire.replies if m.request_id == request_id and getattr(m, "status", "") != p.WORKING]
+
+
+def create(service: Service, repo: str, files: dict[str, bytes]) -> None:
+    request_id = rid()
+    manifest = {path: p.FileEntry(upload(service, request_id, repo, data), len(data)) for path, data in files.items()}
+    tree = upload(service, request_id, repo, p.encode_tree(manifest))
+    send(service, p.InitRequest(request_id=request_id, repo=repo, user="u", reply_partition=1, tree=tree))
+    assert answers(service, request_id)[-1].status == p.ACCEPTED
+
+
+def push(service: Service, repo: str, base: int, files: dict[str, bytes], request_id: str | None = None) -> p.Reply:
+    request_id = request_id or rid()
+    manifest = {path: p.FileEntry(upload(service, request_id, repo, data), len(data)) for path, data in files.items()}
+    tree = upload(service, request_id, repo, p.encode_tree(manifest))
+    send(service, p.PushRequest(request_id=request_id, repo=repo, user="u", reply_partition=2, base=base, tree=tree))
+    return answers(service, request_id)[-1]
+
+
+def test_malformed_request_with_an_address_gets_an_error_reply(service: Service) -> None:
+    request_id = rid()
+    value = json.dumps({"v": 1, "type": "request", "action": "zap", "request_id": request_id, "reply_partition": 3}).encode()
+    handled = service.handle(0, NOW_MS, value)
+    assert handled.status == "malformed"
+    [(partition, reply)] = service.wire.replies
+    assert (partition, reply.request_id, reply.status) == (3, request_id, p.INVALID)
+    assert reply.message.startswith("bad request: unknown message type")
+
+
+def test_malformed_request_without_an_address_is_only_logged(service: Service) -> None:
+    handled = service.handle(0, NOW_MS, b"{not json")
+    assert (handled.status, service.wire.replies) == ("malformed", [])
+    assert "no reply address" in handled.detail
+
+
+def test_an_expired_request_is_not_answered(service: Service) -> None:
+    request = p.PingRequest(request_id=rid(), repo="r", user="u", reply_partition=0, timeout_ms=1000)
+    handled = service.handle(0, NOW_MS - 5000, request.to_bytes())
+    assert handled.status == "expired" and service.wire.replies == []
+
+
+def test_ping_names_the_replica(service: Service) -> None:
+    request_id = rid()
+    send(service, p.PingRequest(request_id=request_id, repo="r", user="u", reply_partition=4), partition=2)
+    [reply] = answers(service, request_id)
+    assert (reply.status, reply.replica) == (p.OK, "7") and "partition 2" in reply.message
+
+
+def test_push_is_answered_with_the_applied_outcome_and_a_retry_with_the_same(service: Service) -> None:
+    create(service, "r", {"a.txt": b"a"})
+    request_id = rid()
+    first = push(service, "r", 1, {"a.txt": b"b"}, request_id)
+    assert (first.status, first.version, first.head) == (p.ACCEPTED, 2, 2)
+    log_length = len(service.wire.log[0])
+    again = p.PushRequest(request_id=request_id, repo="r", user="u", reply_partition=2, base=1, tree="0" * 64)
+    handled = send(service, again)
+    assert "retry: original outcome" in handled.detail
+    assert answers(service, request_id)[-1].version == 2
+    assert len(service.wire.log[0]) == log_length  # no second proposal
+    stale = push(service, "r", 1, {"a.txt": b"c"})
+    assert (stale.status, stale.head) == (p.REJECTED, 2)
+
+
+def test_pull_streams_the_tree_and_only_what_changed(service: Service) -> None:
+    create(service, "r", {"keep.txt": b"same", "old.txt": b"old"})
+    push(service, "r", 1, {"keep.txt": b"same", "new.txt": b"new"})
+    request_id = rid()
+    send(service, p.PullRequest(request_id=request_id, repo="r", user="u", reply_partition=5, version=1))
+    reply, *chunks = answers(service, request_id)
+    assert (reply.status, reply.version, reply.blob_count) == (p.OK, 2, 2)
+    assert [c.sha for c in chunks] == [reply.tree, p.hash_bytes(b"new")]  # the tree first
+    assert all(c.stream == reply.stream for c in chunks)
+    assert p.decode_tree(chunks[0].raw()).keys() == {"keep.txt", "new.txt"}
+
+    # A client that lost keep.txt's content (edited it locally) gets it again.
+    request_id = rid()
+    send(service, p.PullRequest(request_id=request_id, repo="r", user="u", reply_partition=5, version=1, lost=[p.hash_bytes(b"same")]))
+    reply, *chunks = answers(service, request_id)
+    assert reply.blob_count == 3 and p.hash_bytes(b"same") in {c.sha for c in chunks}
+
+
+@pytest.mark.parametrize(
+    "version, status", [(2, p.UP_TO_DATE), (5, p.INVALID)]
+)
+def test_pull_at_or_past_the_head(service: Service, version: int, status: str) -> None:
+    create(service, "r", {"a": b"a"})
+    push(service, "r", 1, {"a": b"b"})
+    request_id = rid()
+    send(service, p.PullRequest(request_id=request_id, repo="r", user="u", reply_partition=0, version=version))
+    assert [m.status for m in answers(service, request_id)] == [status]
+
+
+def test_pull_and_log_of_a_missing_repository(service: Service) -> None:
+    for cls in (p.PullRequest, p.LogRequest):
+        request_id = rid()
+        send(service, cls(request_id=request_id, repo="nope", user="u", reply_partition=0))
+        assert [m.status for m in answers(service, request_id)] == [p.NOT_FOUND]
+
+
+def test_log_is_newest_first_and_limited(service: Service) -> None:
+    create(service, "r", {"a": b"0"})
+    for n in range(1, 5):
+        push(service, "r", n, {"a": str(n).encode()})
+    request_id = rid()
+    send(service, p.LogRequest(request_id=request_id, repo="r", user="u", reply_partition=0, limit=3))
+    [reply] = answers(service, request_id)
+    assert [e["version"] for e in reply.entries] == [5, 4, 3] and reply.head == 5
