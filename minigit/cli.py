@@ -39,14 +39,14 @@ def default_user() -> str:
         return "anonymous"
 
 
-User = Annotated[str, typer.Option("--user", "-u", envvar="MINIGIT_USER", help="Your user name [default: OS user].")]
+User = Annotated[str, typer.Option("--user", "-u", envvar="MINIGIT_USER", help="Your user name \\[default: OS user].")]
 Bootstrap = Annotated[
     str | None,
     typer.Option(
         "--bootstrap",
         "-b",
         envvar="MINIGIT_BOOTSTRAP",
-        help="Kafka bootstrap servers [default: from .minigit, else localhost:9092].",
+        help="Kafka bootstrap servers \\[default: from .minigit, else localhost:9092].",
         show_default=False,
     ),
 ]
@@ -134,7 +134,7 @@ def init(
 @app.command()
 def clone(
     name: Annotated[str, typer.Argument(help="Repository to clone.")],
-    directory: Annotated[Path | None, typer.Argument(help="Where to put it [default: NAME].", show_default=False)] = None,
+    directory: Annotated[Path | None, typer.Argument(help="Where to put it \\[default: NAME].", show_default=False)] = None,
     user: User = None,
     bootstrap: Bootstrap = None,
     namespace: Namespace = None,
@@ -146,7 +146,7 @@ def clone(
     """Copy the head version of repository NAME into a new directory."""
     with exit_on_error():
         options = client_options(user, bootstrap, namespace, timeout, kafka_option)
-        target = directory or Path(name)
+        target = directory or Path(operations.check_repo_name(name))
         if not (quiet or as_json):
             err.print(f"Cloning into '{escape(str(target))}'...")
         with ProgressObserver(err, not (quiet or as_json)) as observer:

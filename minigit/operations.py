@@ -348,6 +348,10 @@ def pull_workdir(start: Path, options: ClientOptions, observer: Observer | None 
         )
 
 
+def check_repo_name(name: str) -> str:
+    return p.check_name("repository", name)
+
+
 def pull_here(start: Path, name: str | None, options: ClientOptions, observer: Observer | None = None) -> PullResult:
     """``minigit pull [NAME]``: pull in a working directory; outside one, the seed's
     first pull, which clones NAME into the current (empty) directory."""

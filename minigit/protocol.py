@@ -42,7 +42,7 @@ REPLICA_GROUP = "minigit-replicas"
 # 512 KiB of raw bytes is about 700 KB once base64-encoded: under Kafka's default
 # message.max.bytes (1 MiB) with room for the JSON around it.
 CHUNK_SIZE = 512 * 1024
-MAX_RECORD_BYTES = 1_000_000
+MAX_RECORD_BYTES = 1_000_000  # what any record minigit writes must stay under (tests check chunks)
 
 MAX_NAME_LENGTH = 64
 MAX_PATH_LENGTH = 4096
@@ -529,7 +529,8 @@ WORKING = "working"  # not an answer: the request is being processed, keep waiti
 @dataclass(kw_only=True)
 class Reply(Message):
     """The answer to one request. ``stream`` names this answer: a request answered
-    twice (after a failover) yields two streams, and the client keeps the first.
+    twice (after a failover) yields two streams; the client follows the newest,
+    since an older one still arriving was cut off when its replica died.
 
     For a pull that brings content, ``blob_count`` chunked blobs follow the reply
     on the same partition, the tree first; ``blob_bytes`` is their raw size.

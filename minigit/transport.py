@@ -19,6 +19,7 @@ from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import IO, Any
 
+import kafka.cluster
 from kafka import KafkaConsumer, KafkaProducer, TopicPartition
 from kafka.errors import KafkaError
 
@@ -30,6 +31,11 @@ log = logging.getLogger("minigit.transport")
 
 # Blobs received beyond this size spill from memory to a temporary file.
 SPOOL_BYTES = 8 * 1024 * 1024
+
+# kafka-python 3.0 builds its metadata cache without passing retry_backoff_ms on,
+# so the first metadata request after bootstrap waits its 100 ms default: about
+# two thirds of a short command's time. 10 ms keeps a backoff and drops the wait.
+kafka.cluster.ClusterMetadata.DEFAULT_CONFIG["retry_backoff_ms"] = 10
 
 
 def kafka_options(settings: KafkaSettings) -> dict[str, Any]:

@@ -13,6 +13,7 @@ from dataclasses import dataclass
 from kafka import ConsumerRebalanceListener, KafkaAdminClient, KafkaConsumer, KafkaProducer, TopicPartition
 from kafka.admin import NewTopic
 from kafka.errors import KafkaError, TopicAlreadyExistsError
+from kafka.partitioner.default import murmur2
 from kafka.structs import OffsetAndMetadata
 
 from minigit import protocol as p
@@ -24,6 +25,8 @@ from minigit_server.apply import LogRecord
 log = logging.getLogger("minigit.bus")
 
 DAY_MS = 24 * 3600 * 1000
+# Failures of Kafka or of the machine, as opposed to a bad request.
+INFRASTRUCTURE_ERRORS = (KafkaError, OSError)
 # Large enough for one chunk record (about 700 KB) per partition fetch.
 FETCH_BYTES = 2 * 1024 * 1024
 
@@ -114,26 +117,32 @@ class Bus:
     """One replica's connections. The producer is shared by its threads (kafka-python's
     producer is thread-safe); each consumer belongs to one thread."""
 
-    def __init__(self, settings: KafkaSettings, client_id: str) -> None:
+    def __init__(self, settings: KafkaSettings, client_id: str, bootstrap_timeout_s: float | None = None) -> None:
         self.settings = settings
         self.topics = Topics.for_namespace(settings.namespace)
         self.client_id = client_id
+        self.extra = {"bootstrap_timeout_ms": int(bootstrap_timeout_s * 1000)} if bootstrap_timeout_s else {}
         try:
-            self.producer = KafkaProducer(acks="all", linger_ms=0, client_id=client_id, **kafka_options(settings))
+            self.producer = KafkaProducer(
+                acks="all", linger_ms=0, client_id=client_id, **kafka_options(settings), **self.extra
+            )
         except (KafkaError, OSError) as error:
             raise unreachable(settings, error) from None
         self._offsets_lock = threading.Lock()
         self._offsets_consumer = self._consumer()
+        self._partition_counts: dict[str, int] = {}
 
     def _consumer(self, **extra: object) -> KafkaConsumer:
-        options = {"client_id": self.client_id, **kafka_options(self.settings), **extra}
+        options = {"client_id": self.client_id, **kafka_options(self.settings), **self.extra, **extra}
         try:
             return KafkaConsumer(enable_auto_commit=False, max_partition_fetch_bytes=FETCH_BYTES, **options)
         except (KafkaError, OSError) as error:
             raise unreachable(self.settings, error) from None
 
-    def partition_count(self, topic: str) -> int:
-        deadline = time.monotonic() + 10  # a topic just created may not be in metadata yet
+    def partition_count(self, topic: str, wait_s: float = 10.0) -> int:
+        if topic in self._partition_counts:
+            return self._partition_counts[topic]
+        deadline = time.monotonic() + wait_s  # a topic just created may not be in metadata yet
         while True:
             with self._offsets_lock:
                 found = self._offsets_consumer.partitions_for_topic(topic)
@@ -142,7 +151,18 @@ class Bus:
             time.sleep(0.2)
         if not found:
             raise MinigitError(f"topic {topic} does not exist", hint="run 'minigit-server start' to create it")
+        # Partition counts never change (adding partitions would move repositories).
+        self._partition_counts[topic] = len(found)
         return len(found)
+
+    def log_partition(self, repo: str) -> int:
+        """The log partition of a repository: the Java client's default partitioner
+        (murmur2 of the key), computed here so that every write of a repository
+        lands in one partition whichever partitioner its client used."""
+        return (murmur2(repo.encode()) & 0x7FFFFFFF) % self.partition_count(self.topics.log)
+
+    def reply_partitions(self) -> int:
+        return self.partition_count(self.topics.responses)
 
     def log_end_offsets(self, partitions: Iterable[int] | None = None) -> dict[int, int]:
         if partitions is None:
@@ -206,6 +226,7 @@ class Bus:
 
     def read_heartbeats(self, settle_s: float = 1.0) -> list[p.Heartbeat]:
         """The latest heartbeat of every replica that ever reported (a compacted topic)."""
+        self.partition_count(self.topics.replicas, wait_s=0)  # a clear error if the service never ran here
         consumer = self._consumer(group_id=None)
         try:
             tp = TopicPartition(self.topics.replicas, 0)
@@ -217,6 +238,9 @@ class Bus:
             while consumer.position(tp) < end and time.monotonic() < deadline:
                 for records in consumer.poll(timeout_ms=200).values():
                     for record in records:
+                        if record.value is None:  # a tombstone: that replica was removed
+                            latest.pop((record.key or b"").decode(errors="replace"), None)
+                            continue
                         try:
                             beat = p.parse_message(record.value, allowed=(p.Heartbeat,))
                         except MinigitError:

@@ -11,7 +11,7 @@ import typer
 from rich.table import Table
 
 from minigit import protocol as p
-from minigit.config import KafkaSettings, check_namespace, read_kafka_options
+from minigit.config import KAFKA_ENV_PREFIX, KafkaSettings, check_namespace, read_kafka_options
 from minigit.console import err, exit_on_error, out
 from minigit.errors import ExitCode, MinigitError, ServerUnreachable
 from minigit_server.cli_kafka import kafka_app
@@ -51,6 +51,11 @@ DataDir = Annotated[
 ]
 
 
+def kafka_environment(settings: KafkaSettings) -> dict[str, str]:
+    return {f"{KAFKA_ENV_PREFIX}{name.upper()}": str(value).lower() if isinstance(value, bool) else str(value)
+            for name, value in settings.options.items()}  # fmt: skip
+
+
 def kafka_settings(bootstrap: str, namespace: str, kafka_option: list[str]) -> KafkaSettings:
     return KafkaSettings(bootstrap, check_namespace(namespace), read_kafka_options(kafka_option))
 
@@ -85,10 +90,11 @@ def start(
             supervisor.run_replica(replica_id, settings, data_dir)
             return
         passed = ["--data-dir", str(data_dir), "--bootstrap", bootstrap, "--namespace", namespace]
-        passed += [arg for option in kafka_option for arg in ("--kafka-option", option)]
         err.print(f"starting {replicas} replicas on {bootstrap}; data and logs in {data_dir}")
         ids = [str(n) for n in range(1, replicas + 1)]
-        chief = supervisor.Supervisor(ids, lambda rid: supervisor.replica_command(rid, passed), data_dir / "server.log")
+        command = lambda rid: supervisor.replica_command(rid, passed)  # noqa: E731
+        # Security settings (passwords) reach the replicas by environment, not on their command lines.
+        chief = supervisor.Supervisor(ids, command, data_dir / "server.log", kafka_environment(settings))
         raise typer.Exit(chief.run())
 
 
@@ -122,11 +128,14 @@ Json = Annotated[bool, typer.Option("--json", help="Print the result as JSON (fo
 
 def read_cluster(settings: KafkaSettings) -> tuple[list, dict[int, int]]:
     """The latest heartbeat of every replica, and the log end offsets now."""
-    from minigit_server.bus import Bus
+    from minigit.transport import unreachable
+    from minigit_server.bus import INFRASTRUCTURE_ERRORS, Bus
 
-    bus = Bus(settings, client_id="minigit-server-status")
+    bus = Bus(settings, client_id="minigit-server-status", bootstrap_timeout_s=10)
     try:
         return bus.read_heartbeats(), bus.log_end_offsets()
+    except INFRASTRUCTURE_ERRORS as error:
+        raise unreachable(settings, error) from None
     finally:
         bus.close()
 

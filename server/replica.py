@@ -20,7 +20,7 @@ from pathlib import Path
 from minigit import protocol as p
 from minigit.config import KafkaSettings
 from minigit_server.apply import apply_records
-from minigit_server.bus import Bus
+from minigit_server.bus import INFRASTRUCTURE_ERRORS, Bus
 from minigit_server.service import AppliedOffsets, Handled, Service
 from minigit_server.store import SqliteStore, Store
 
@@ -140,7 +140,13 @@ class Replica:
             while not self.stop.is_set():
                 for record in consumer.poll(0.5):
                     started = time.monotonic()
-                    handled = self.service.handle(record.partition, record.timestamp_ms, record.value)
+                    try:
+                        handled = self.service.handle(record.timestamp_ms, record.value)
+                    except INFRASTRUCTURE_ERRORS:
+                        raise  # Kafka or the disk is failing: let the supervisor restart us
+                    except Exception:  # noqa: BLE001 - one bad request must not stop every replica in turn
+                        self.log.exception("request at %d@%d failed; skipped", record.partition, record.offset)
+                        handled = Handled("?", "?", "?", "failed", "see the traceback above")
                     if handled is None:
                         continue  # a chunk: the request it belongs to commits it
                     self.log_request(handled, record.partition, time.monotonic() - started)

@@ -53,6 +53,8 @@ class Wire(Protocol):
     def append_log(self, partition: int, key: bytes, value: bytes, wait: bool) -> int | None: ...
     def send_reply(self, partition: int, message: p.Message) -> None: ...
     def log_end_offsets(self, partitions: list[int] | None = None) -> dict[int, int]: ...
+    def log_partition(self, repo: str) -> int: ...
+    def reply_partitions(self) -> int: ...
     def flush(self) -> None: ...
 
 
@@ -84,18 +86,23 @@ class Service:
 
     # -- dispatch
 
-    def handle(self, partition: int, timestamp_ms: int, value: bytes) -> Handled | None:
-        """Handle one record of repo-requests from ``partition``."""
+    def handle(self, timestamp_ms: int, value: bytes) -> Handled | None:
+        """Handle one record of repo-requests. Writes and reads of a repository
+        use its own log partition, whichever request partition brought them."""
         try:
             message = p.parse_message(value, allowed=p.REQUEST_TYPES)
         except MinigitError as error:
             return self.reject_malformed(value, error)
+        partition = self.wire.log_partition(message.repo)
         if isinstance(message, p.Chunk):
             # Straight into the log: blob pieces are stored by every replica as
             # they are applied; the request that follows refers to them.
             self.wire.append_log(partition, message.repo.encode(), value, wait=False)
             return None
         request = message
+        if request.reply_partition >= self.wire.reply_partitions():
+            detail = f"reply_partition {request.reply_partition} does not exist; not answered"
+            return Handled(request.user, request.action, request.repo, "malformed", detail)
         if timestamp_ms + request.timeout_ms < self.clock_ms():
             return Handled(request.user, request.action, request.repo, "expired", "client gave up; not answered")
         handler = getattr(self, f"handle_{request.action}")
@@ -103,6 +110,8 @@ class Service:
 
     def reject_malformed(self, value: bytes, error: MinigitError) -> Handled:
         address = p.peek_reply_address(value)
+        if address is not None and address[1] >= self.wire.reply_partitions():
+            address = None
         if address is not None:
             request_id, reply_partition = address
             self.reply(reply_partition, request_id, "unknown", p.INVALID, f"bad request: {error.message}")
@@ -134,7 +143,7 @@ class Service:
     # -- reads
 
     def handle_ping(self, partition: int, request: p.PingRequest) -> Handled:
-        self.answer(request, p.OK, f"replica {self.replica_id} serves partition {partition}")
+        self.answer(request, p.OK, f"replica {self.replica_id} serves {request.repo} (log partition {partition})")
         self.wire.flush()
         return Handled(request.user, "ping", request.repo, p.OK)
 

@@ -22,6 +22,7 @@ from minigit_server.replica import Replica, replica_log_path, setup_logging
 
 STOP_GRACE_S = 30.0
 RESTART_BACKOFF_S = (1.0, 30.0)
+HEALTHY_AFTER_S = 60.0
 
 
 def stop_on_signals(stop: threading.Event) -> None:
@@ -47,9 +48,17 @@ def replica_command(replica_id: str, options: list[str]) -> list[str]:
 
 
 class Supervisor:
-    def __init__(self, replica_ids: list[str], command_for: Callable[[str], list[str]], log_file: Path) -> None:
+    def __init__(
+        self,
+        replica_ids: list[str],
+        command_for: Callable[[str], list[str]],
+        log_file: Path,
+        environment: dict[str, str] | None = None,
+    ) -> None:
         self.replica_ids = replica_ids
         self.command_for = command_for
+        self.environment = {**os.environ, **(environment or {})}
+        self.started_at: dict[str, float] = {}
         self.stop = threading.Event()
         self.children: dict[str, subprocess.Popen] = {}
         self.log = logging.getLogger("minigit.supervisor")
@@ -63,7 +72,10 @@ class Supervisor:
 
     def spawn(self, replica_id: str) -> None:
         # Own process group: a Ctrl-C reaches the supervisor, which stops children in order.
-        self.children[replica_id] = subprocess.Popen(self.command_for(replica_id), start_new_session=True)
+        self.children[replica_id] = subprocess.Popen(
+            self.command_for(replica_id), start_new_session=True, env=self.environment
+        )
+        self.started_at[replica_id] = time.monotonic()
         self.log.info("replica %s started (pid %d)", replica_id, self.children[replica_id].pid)
 
     def run(self) -> int:
@@ -77,6 +89,8 @@ class Supervisor:
             for replica_id, child in list(self.children.items()):
                 code = child.poll()
                 if code is None:
+                    if now - self.started_at[replica_id] > HEALTHY_AFTER_S:
+                        backoff[replica_id] = RESTART_BACKOFF_S[0]  # it recovered: forget past crashes
                     continue
                 if replica_id not in restart_at:
                     how = f"signal {-code}" if code < 0 else f"exit code {code}"

@@ -38,6 +38,12 @@ class FakeWire:
     def log_end_offsets(self, partitions=None) -> dict[int, int]:
         return {n: len(self.log.get(n, [])) for n in partitions or self.log}
 
+    def log_partition(self, repo: str) -> int:
+        return len(repo) % 3  # any fixed function of the name
+
+    def reply_partitions(self) -> int:
+        return 8
+
     def flush(self) -> None:
         pass
 
@@ -53,8 +59,8 @@ def rid() -> str:
     return uuid.uuid4().hex
 
 
-def send(service: Service, message: p.Message, partition: int = 0):
-    return service.handle(partition, NOW_MS, message.to_bytes())
+def send(service: Service, message: p.Message):
+    return service.handle(NOW_MS, message.to_bytes())
 
 
 def upload(service: Service, request_id: str, repo: str, data: bytes) -> str:
@@ -87,7 +93,7 @@ def push(service: Service, repo: str, base: int, files: dict[str, bytes], reques
 def test_malformed_request_with_an_address_gets_an_error_reply(service: Service) -> None:
     request_id = rid()
     value = json.dumps({"v": 1, "type": "request", "action": "zap", "request_id": request_id, "reply_partition": 3}).encode()
-    handled = service.handle(0, NOW_MS, value)
+    handled = service.handle(NOW_MS, value)
     assert handled.status == "malformed"
     [(partition, reply)] = service.wire.replies
     assert (partition, reply.request_id, reply.status) == (3, request_id, p.INVALID)
@@ -95,22 +101,31 @@ def test_malformed_request_with_an_address_gets_an_error_reply(service: Service)
 
 
 def test_malformed_request_without_an_address_is_only_logged(service: Service) -> None:
-    handled = service.handle(0, NOW_MS, b"{not json")
+    handled = service.handle(NOW_MS, b"{not json")
     assert (handled.status, service.wire.replies) == ("malformed", [])
     assert "no reply address" in handled.detail
 
 
 def test_an_expired_request_is_not_answered(service: Service) -> None:
     request = p.PingRequest(request_id=rid(), repo="r", user="u", reply_partition=0, timeout_ms=1000)
-    handled = service.handle(0, NOW_MS - 5000, request.to_bytes())
+    handled = service.handle(NOW_MS - 5000, request.to_bytes())
     assert handled.status == "expired" and service.wire.replies == []
 
 
 def test_ping_names_the_replica(service: Service) -> None:
     request_id = rid()
-    send(service, p.PingRequest(request_id=request_id, repo="r", user="u", reply_partition=4), partition=2)
+    send(service, p.PingRequest(request_id=request_id, repo="ab", user="u", reply_partition=4))
     [reply] = answers(service, request_id)
-    assert (reply.status, reply.replica) == (p.OK, "7") and "partition 2" in reply.message
+    assert (reply.status, reply.replica) == (p.OK, "7") and "log partition 2" in reply.message
+
+
+def test_a_reply_partition_that_does_not_exist_is_not_answered(service: Service) -> None:
+    request = p.PingRequest(request_id=rid(), repo="r", user="u", reply_partition=99)
+    handled = send(service, request)
+    assert handled.status == "malformed" and "does not exist" in handled.detail
+    assert service.wire.replies == []
+    value = json.dumps({"v": 1, "type": "request", "request_id": rid(), "reply_partition": 99}).encode()
+    assert service.handle(NOW_MS, value).status == "malformed" and service.wire.replies == []
 
 
 def test_push_is_answered_with_the_applied_outcome_and_a_retry_with_the_same(service: Service) -> None:
@@ -118,12 +133,12 @@ def test_push_is_answered_with_the_applied_outcome_and_a_retry_with_the_same(ser
     request_id = rid()
     first = push(service, "r", 1, {"a.txt": b"b"}, request_id)
     assert (first.status, first.version, first.head) == (p.ACCEPTED, 2, 2)
-    log_length = len(service.wire.log[0])
+    log_length = len(service.wire.log[1])
     again = p.PushRequest(request_id=request_id, repo="r", user="u", reply_partition=2, base=1, tree="0" * 64)
     handled = send(service, again)
     assert "retry: original outcome" in handled.detail
     assert answers(service, request_id)[-1].version == 2
-    assert len(service.wire.log[0]) == log_length  # no second proposal
+    assert len(service.wire.log[1]) == log_length  # no second proposal
     stale = push(service, "r", 1, {"a.txt": b"c"})
     assert (stale.status, stale.head) == (p.REJECTED, 2)
 
