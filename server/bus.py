@@ -188,6 +188,11 @@ class Bus:
     def publish_heartbeat(self, beat: p.Heartbeat) -> None:
         self.producer.send(self.topics.replicas, key=beat.replica.encode(), value=beat.to_bytes())
 
+    def forget_replica(self, replica_id: str) -> None:
+        """A tombstone: compaction drops the replica's reports; status and verify forget it."""
+        self.producer.send(self.topics.replicas, key=replica_id.encode(), value=None)
+        self.flush()
+
     def flush(self) -> None:
         self.producer.flush(timeout=60)
 

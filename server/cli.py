@@ -248,6 +248,31 @@ def verify(
             raise typer.Exit(int(ExitCode.REJECTED))
 
 
+@app.command()
+def forget(
+    replica_id: Annotated[str, typer.Argument(help="The id of a replica that was removed for good.")],
+    bootstrap: Bootstrap = "localhost:9092",
+    namespace: Namespace = "",
+    kafka_option: KafkaOption = [],  # noqa: B006
+) -> None:
+    """Drop a removed replica from status and verify (its data is untouched)."""
+    from minigit.transport import unreachable
+    from minigit_server.bus import INFRASTRUCTURE_ERRORS, Bus
+
+    with exit_on_error():
+        p.check_name("replica", replica_id)
+        settings = kafka_settings(bootstrap, namespace, kafka_option)
+        bus = Bus(settings, client_id="minigit-server-forget", bootstrap_timeout_s=10)
+        try:
+            bus.partition_count(bus.topics.replicas, wait_s=0)
+            bus.forget_replica(replica_id)
+        except INFRASTRUCTURE_ERRORS as error:
+            raise unreachable(settings, error) from None
+        finally:
+            bus.close()
+        out.print(f"forgot replica {replica_id}")
+
+
 def print_verdicts(verdicts: list, replicas: list[str]) -> None:
     out.print(f"Checked {len(verdicts)} repositories on replicas {', '.join(replicas)}")
     for verdict in verdicts:

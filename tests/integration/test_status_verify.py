@@ -76,8 +76,21 @@ def test_verify_agrees_then_catches_a_damaged_replica(service, tmp_path: Path) -
     assert text.returncode == 3 and "DISAGREE" in text.stdout and "replica 2 differs" in text.stdout
 
 
-def test_verify_fails_when_no_replica_answers(service) -> None:
+def replica_states(service) -> dict[str, str]:
+    report = json.loads(server_cli(service, "status", "--json").stdout)
+    return {row["replica"]: row["state"] for row in report["replicas"]}
+
+
+def test_verify_fails_when_no_replica_answers_and_forget_drops_a_replica(service) -> None:
+    deadline = time.monotonic() + 30
+    while replica_states(service) != {"1": "up", "2": "up", "3": "up"}:
+        assert time.monotonic() < deadline, "the replicas never reported"
+        time.sleep(0.5)
     for replica in ("1", "2", "3"):
         service.kill(replica, signal.SIGTERM)  # each says it is stopping in its last heartbeat
     done = server_cli(service, "verify", "--wait", "0")
     assert done.returncode == 4 and "no replica answers" in done.stderr
+
+    assert replica_states(service) == {"1": "stopped", "2": "stopped", "3": "stopped"}
+    assert server_cli(service, "forget", "2").returncode == 0
+    assert replica_states(service) == {"1": "stopped", "3": "stopped"}
