@@ -214,29 +214,23 @@ class Service:
     # -- writes
 
     def handle_init(self, partition: int, request: p.InitRequest) -> Handled:
-        proposal = p.CreateProposal(
-            request_id=request.request_id,
-            repo=request.repo,
-            user=request.user,
-            tree=request.tree,
-            message=request.message,
-            time_ms=self.clock_ms(),
-            proposer=self.replica_id,
-        )
-        return self.propose(partition, request, proposal)
+        return self.propose(partition, request, p.CreateProposal(**self.proposal_fields(request)))
 
     def handle_push(self, partition: int, request: p.PushRequest) -> Handled:
-        proposal = p.PushProposal(
-            request_id=request.request_id,
-            repo=request.repo,
-            user=request.user,
-            tree=request.tree,
-            message=request.message,
-            time_ms=self.clock_ms(),
-            proposer=self.replica_id,
-            base=request.base,
-        )
-        return self.propose(partition, request, proposal)
+        return self.propose(partition, request, p.PushProposal(**self.proposal_fields(request), base=request.base))
+
+    def proposal_fields(self, request: p.InitRequest | p.PushRequest) -> dict:
+        """What every write proposal carries; the owner stamps the time once, so
+        every replica records the same time."""
+        return {
+            "request_id": request.request_id,
+            "repo": request.repo,
+            "user": request.user,
+            "tree": request.tree,
+            "message": request.message,
+            "time_ms": self.clock_ms(),
+            "proposer": self.replica_id,
+        }
 
     def propose(self, partition: int, request: p.Request, proposal: p.Proposal) -> Handled:
         """Append the write to the log, wait until this replica has applied it,
