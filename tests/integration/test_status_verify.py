@@ -36,7 +36,15 @@ def make_repos(service, tmp_path: Path) -> None:
         (work / "f.txt").write_text(f"{name} v2\n")
         operations.push_workdir(work, service.options(), "second")
     service.wait_converged(["1", "2", "3"])
-    time.sleep(2 * HEARTBEAT_INTERVAL_S + 0.5)  # let every replica report the final state
+    final = {"alpha": {"1": 2, "2": 2, "3": 2}, "beta": {"1": 2, "2": 2, "3": 2}}
+    wait_for(lambda: json.loads(server_cli(service, "status", "--json").stdout)["repositories"] == final)
+
+
+def wait_for(condition, timeout: float = 10 * HEARTBEAT_INTERVAL_S) -> None:
+    deadline = time.monotonic() + timeout
+    while not condition():
+        assert time.monotonic() < deadline, "timed out"
+        time.sleep(HEARTBEAT_INTERVAL_S / 4)
 
 
 def test_status_shows_replicas_partitions_and_heads(service, tmp_path: Path) -> None:
@@ -65,8 +73,9 @@ def test_verify_agrees_then_catches_a_damaged_replica(service, tmp_path: Path) -
     # Damage replica 2's copy of alpha behind its back (a bad disk, a bad hand).
     with sqlite3.connect(store_path(service.data_dir, "2"), timeout=30) as db:
         db.execute("UPDATE versions SET message = 'tampered' WHERE repo = 'alpha' AND version = 2")
-    time.sleep(2 * HEARTBEAT_INTERVAL_S + 0.5)
 
+    # The next heartbeats carry the damaged digest; verify says so as soon as they do.
+    wait_for(lambda: server_cli(service, "verify", "--wait", "0").returncode == 3)
     done = server_cli(service, "verify", "--json")
     assert done.returncode == 3, done.stdout + done.stderr
     verdicts = {v["repo"]: v for v in json.loads(done.stdout)["repositories"]}
@@ -82,10 +91,7 @@ def replica_states(service) -> dict[str, str]:
 
 
 def test_verify_fails_when_no_replica_answers_and_forget_drops_a_replica(service) -> None:
-    deadline = time.monotonic() + 30
-    while replica_states(service) != {"1": "up", "2": "up", "3": "up"}:
-        assert time.monotonic() < deadline, "the replicas never reported"
-        time.sleep(0.5)
+    wait_for(lambda: replica_states(service) == {"1": "up", "2": "up", "3": "up"})
     for replica in ("1", "2", "3"):
         service.kill(replica, signal.SIGTERM)  # each says it is stopping in its last heartbeat
     done = server_cli(service, "verify", "--wait", "0")
