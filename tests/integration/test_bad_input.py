@@ -25,6 +25,16 @@ pytestmark = pytest.mark.integration
 MINIGIT = str(Path(sys.executable).with_name("minigit"))
 
 
+def init_origin(service, tmp_path: Path, name: str, files: dict[str, str]) -> Path:
+    """A working directory holding ``files``, pushed as repository ``name`` version 1."""
+    origin = tmp_path / "origin"
+    origin.mkdir()
+    for rel, text in files.items():
+        (origin / rel).write_text(text)
+    operations.init_repository(origin, name, service.options())
+    return origin
+
+
 def read_replies(consumer: KafkaConsumer, wanted: set[str], timeout: float = 30.0) -> dict[str, dict]:
     found: dict[str, dict] = {}
     deadline = time.monotonic() + timeout
@@ -86,10 +96,7 @@ UNSAFE_PATHS = ["../escape.txt", "/etc/passwd", "a\\b", "nul\x00byte", ".minigit
 
 
 def test_server_refuses_unsafe_paths_on_push(service, tmp_path: Path) -> None:
-    origin = tmp_path / "origin"
-    origin.mkdir()
-    (origin / "ok.txt").write_text("fine\n")
-    operations.init_repository(origin, "safe", service.options())
+    init_origin(service, tmp_path, "safe", {"ok.txt": "fine\n"})
     blob = b"payload"
     with Connection(service.settings, "mallory") as connection:
         for bad in UNSAFE_PATHS:
@@ -148,10 +155,7 @@ def test_client_refuses_unsafe_paths_on_pull(bare_service, tmp_path: Path) -> No
 
 
 def test_corrupt_metadata_is_a_clear_error_and_nothing_is_touched(service, tmp_path: Path) -> None:
-    origin = tmp_path / "origin"
-    origin.mkdir()
-    (origin / "a.txt").write_text("a\n")
-    operations.init_repository(origin, "corrupt", service.options())
+    origin = init_origin(service, tmp_path, "corrupt", {"a.txt": "a\n"})
     (origin / "a.txt").write_text("edited\n")
     for garbage in ("{not json", '{"format": 1, "repository": "x"}', "\x00\x01\x02"):
         (origin / ".minigit").write_text(garbage)
@@ -164,10 +168,7 @@ def test_corrupt_metadata_is_a_clear_error_and_nothing_is_touched(service, tmp_p
 
 
 def test_two_commands_in_one_directory(service, tmp_path: Path) -> None:
-    origin = tmp_path / "origin"
-    origin.mkdir()
-    (origin / "a.txt").write_text("a\n")
-    operations.init_repository(origin, "locked", service.options())
+    origin = init_origin(service, tmp_path, "locked", {"a.txt": "a\n"})
     (origin / "a.txt").write_text("b\n")
     with ws.lock_workdir(origin):  # another minigit command is running here
         done = service.cli("push", "-m", "while busy", cwd=origin)
@@ -181,10 +182,7 @@ def test_clone_errors_leave_nothing_behind(service, tmp_path: Path) -> None:
     assert done.returncode == 1 and "does not exist" in done.stderr
     assert not (tmp_path / "no-such-repo").exists()
 
-    origin = tmp_path / "origin"
-    origin.mkdir()
-    (origin / "a.txt").write_text("a\n")
-    operations.init_repository(origin, "there", service.options())
+    init_origin(service, tmp_path, "there", {"a.txt": "a\n"})
     occupied = tmp_path / "occupied"
     occupied.mkdir()
     (occupied / "mine.txt").write_text("keep me\n")
