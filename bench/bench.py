@@ -32,11 +32,11 @@ from pathlib import Path
 from rich.console import Console
 from rich.table import Table
 
-from minigit import operations
+from minigit.client import operations
 from minigit import protocol as p
 from minigit.config import KafkaSettings
 from minigit.errors import PushRejected
-from minigit.transport import Connection
+from minigit.client.transport import Connection
 from minigit_server.bus import ensure_topics
 
 BIN = Path(sys.executable).parent

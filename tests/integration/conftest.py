@@ -14,10 +14,10 @@ from pathlib import Path
 
 import pytest
 
-from minigit import operations
+from minigit.client import operations
 from minigit import protocol as p
 from minigit.config import KafkaSettings
-from minigit.transport import Connection
+from minigit.client.transport import Connection
 from minigit_server.bus import Bus, ensure_topics
 from minigit_server.replica import store_path
 from minigit_server.store import SqliteStore

@@ -15,11 +15,11 @@ from pathlib import Path
 import pytest
 from kafka import KafkaConsumer, KafkaProducer, TopicPartition
 
-from minigit import operations
+from minigit.client import operations
 from minigit import protocol as p
-from minigit import workspace as ws
+from minigit.client import workspace as ws
 from minigit.errors import UnsafePath
-from minigit.transport import Connection, Upload
+from minigit.client.transport import Connection, Upload
 
 pytestmark = pytest.mark.integration
 MINIGIT = str(Path(sys.executable).with_name("minigit"))

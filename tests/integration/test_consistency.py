@@ -15,7 +15,7 @@ from pathlib import Path
 
 import pytest
 
-from minigit import operations
+from minigit.client import operations
 from minigit import protocol as p
 from minigit.errors import PushRejected
 from minigit_server.replica import store_path

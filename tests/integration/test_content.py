@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from minigit import operations
+from minigit.client import operations
 
 pytestmark = pytest.mark.integration
 

@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from minigit import operations
+from minigit.client import operations
 from minigit_server.replica import HEARTBEAT_INTERVAL_S, store_path
 
 pytestmark = pytest.mark.integration

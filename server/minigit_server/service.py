@@ -15,7 +15,7 @@ from typing import Protocol
 
 from minigit import protocol as p
 from minigit.errors import MinigitError
-from minigit_server import logic
+from minigit_server import decisions
 from minigit_server.store import Store
 
 # Bounds a log reply to one record.
@@ -151,7 +151,7 @@ class Service:
         if not self.catch_up(partition):
             return Handled(request.user, "pull", request.repo, "stalled", "log not applied in time; not answered")
         repo = self.store.get_repo(request.repo)
-        decision = logic.decide_pull(repo.head if repo else None, request.version)
+        decision = decisions.decide_pull(repo.head if repo else None, request.version)
         if decision.status != p.OK:
             self.answer(request, decision.status, decision.message, head=decision.head, version=decision.head)
             self.wire.flush()
@@ -160,7 +160,7 @@ class Service:
         old = self.store.read_manifest(request.repo, request.version)
         new = self.store.read_manifest(request.repo, repo.head)
         wanted = [(head.tree, self.store.blob_size(head.tree))]
-        wanted += [(sha, size) for sha, size in logic.blobs_to_send(old, new, request.lost) if sha != head.tree]
+        wanted += [(sha, size) for sha, size in decisions.blobs_to_send(old, new, request.lost) if sha != head.tree]
         reply = self.answer(
             request,
             p.OK,
@@ -245,7 +245,7 @@ class Service:
             detail = ""
         else:
             detail = " (retry: original outcome)"
-        result = logic.Outcome.from_json(outcome)
+        result = decisions.Outcome.from_json(outcome)
         self.answer(request, result.status, result.message, version=result.version, head=result.head)
         self.wire.flush()
         version = f"v{result.version}" if result.version else f"head v{result.head}"

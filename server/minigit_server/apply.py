@@ -12,7 +12,7 @@ from dataclasses import dataclass
 
 from minigit import protocol as p
 from minigit.errors import MinigitError
-from minigit_server import logic
+from minigit_server import decisions
 from minigit_server.store import RepoState, Store, StoredChunk, VersionInfo
 
 log = logging.getLogger("minigit.apply")
@@ -91,14 +91,14 @@ def complete_blob(store: Store, sha: str, count: int) -> None:
 
 
 def check_tree(store: Store, tree: str) -> tuple[str, str] | None:
-    return logic.find_tree_problem(store.read_blob(tree), lambda sha: store.blob_size(sha) is not None)
+    return decisions.find_tree_problem(store.read_blob(tree), lambda sha: store.blob_size(sha) is not None)
 
 
-def apply_create(store: Store, proposal: p.CreateProposal, record: LogRecord) -> logic.Outcome:
+def apply_create(store: Store, proposal: p.CreateProposal, record: LogRecord) -> decisions.Outcome:
     if (known := store.get_outcome(proposal.request_id)) is not None:
-        return logic.Outcome.from_json(known)
+        return decisions.Outcome.from_json(known)
     repo = store.get_repo(proposal.repo)
-    outcome = logic.decide_create(repo.head if repo else None, check_tree(store, proposal.tree))
+    outcome = decisions.decide_create(repo.head if repo else None, check_tree(store, proposal.tree))
     if outcome.status == p.ACCEPTED:
         store.put_repo(RepoState(proposal.repo, 1, record.partition, record.offset))
         store.add_version(proposal.repo, version_of(proposal, 1))
@@ -106,13 +106,13 @@ def apply_create(store: Store, proposal: p.CreateProposal, record: LogRecord) ->
     return outcome
 
 
-def apply_push(store: Store, proposal: p.PushProposal, record: LogRecord) -> logic.Outcome:
+def apply_push(store: Store, proposal: p.PushProposal, record: LogRecord) -> decisions.Outcome:
     if (known := store.get_outcome(proposal.request_id)) is not None:
-        return logic.Outcome.from_json(known)
+        return decisions.Outcome.from_json(known)
     repo = store.get_repo(proposal.repo)
     head_info = store.get_version(repo.name, repo.head) if repo else None
     problem = check_tree(store, proposal.tree) if repo and proposal.base == repo.head else None
-    outcome = logic.decide_push(
+    outcome = decisions.decide_push(
         repo.head if repo else None,
         head_info.tree if head_info else None,
         proposal.base,

@@ -19,7 +19,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from minigit import protocol as p
-from minigit_server import logic
+from minigit_server import decisions
 from minigit_server.apply import LogRecord, apply_record, apply_records
 from minigit_server.store import MemoryStore, SqliteStore, Store, VersionInfo
 
@@ -101,9 +101,9 @@ def pair(tmp_path):
     b.close()
 
 
-def outcome(store: Store, rid: str) -> logic.Outcome | None:
+def outcome(store: Store, rid: str) -> decisions.Outcome | None:
     found = store.get_outcome(rid)
-    return logic.Outcome.from_json(found) if found is not None else None
+    return decisions.Outcome.from_json(found) if found is not None else None
 
 
 def state(store: Store, rids=(), shas=()) -> dict:
@@ -144,13 +144,13 @@ def test_create_then_pushes(store):
     again = log.create(t3)
     apply_records(store, log.records)
 
-    assert outcome(store, created) == logic.Outcome(p.ACCEPTED, 1, 1, "created at version 1")
-    assert outcome(store, accepted) == logic.Outcome(p.ACCEPTED, 2, 2, "accepted as version 2")
-    assert outcome(store, stale) == logic.Outcome(p.REJECTED, 2, None, "version mismatch: head is 2, push based on 1")
-    assert outcome(store, same) == logic.Outcome(p.UP_TO_DATE, 2, None, "nothing to push")
+    assert outcome(store, created) == decisions.Outcome(p.ACCEPTED, 1, 1, "created at version 1")
+    assert outcome(store, accepted) == decisions.Outcome(p.ACCEPTED, 2, 2, "accepted as version 2")
+    assert outcome(store, stale) == decisions.Outcome(p.REJECTED, 2, None, "version mismatch: head is 2, push based on 1")
+    assert outcome(store, same) == decisions.Outcome(p.UP_TO_DATE, 2, None, "nothing to push")
     assert outcome(store, ahead).status == p.REJECTED
-    assert outcome(store, missing_repo) == logic.Outcome(p.NOT_FOUND, None, None, "no such repository")
-    assert outcome(store, again) == logic.Outcome(p.EXISTS, 2, None, "repository already exists")
+    assert outcome(store, missing_repo) == decisions.Outcome(p.NOT_FOUND, None, None, "no such repository")
+    assert outcome(store, again) == decisions.Outcome(p.EXISTS, 2, None, "repository already exists")
 
     repo = store.get_repo(REPO)
     assert repo.head == 2 and repo.partition == 0
@@ -295,8 +295,8 @@ def test_push_referencing_a_missing_blob(store):
     no_tree = log.push(1, p.hash_bytes(b"no such tree"))
     apply_records(store, log.records)
     # "a" was uploaded with version 1: two objects are missing
-    assert outcome(store, rid) == logic.Outcome(p.MISSING_OBJECTS, 1, None, "2 object(s) were not uploaded completely")
-    assert outcome(store, no_tree) == logic.Outcome(p.MISSING_OBJECTS, 1, None, "the tree was not uploaded completely")
+    assert outcome(store, rid) == decisions.Outcome(p.MISSING_OBJECTS, 1, None, "2 object(s) were not uploaded completely")
+    assert outcome(store, no_tree) == decisions.Outcome(p.MISSING_OBJECTS, 1, None, "the tree was not uploaded completely")
     assert store.get_repo(REPO).head == 1
     assert len(store.list_versions(REPO)) == 1
 
@@ -306,7 +306,7 @@ def test_create_referencing_a_missing_blob_creates_nothing(store):
     t = log.tree({"a": b"1"}, upload_blobs=False)
     rid = log.create(t)
     apply_records(store, log.records)
-    assert outcome(store, rid) == logic.Outcome(p.MISSING_OBJECTS, None, None, "1 object(s) were not uploaded completely")
+    assert outcome(store, rid) == decisions.Outcome(p.MISSING_OBJECTS, None, None, "1 object(s) were not uploaded completely")
     assert store.get_repo(REPO) is None
     assert store.list_versions(REPO) == []
 
@@ -355,7 +355,7 @@ def test_retried_proposal_gets_the_original_outcome(store):
     log.push(1, t2, rid=push)  # retry: would now be rejected (head is 2)
     log.create(t1, rid=create)  # retry: would now be "exists"
     apply_records(store, log.records)
-    assert outcome(store, push) == logic.Outcome(p.ACCEPTED, 2, 2, "accepted as version 2")
+    assert outcome(store, push) == decisions.Outcome(p.ACCEPTED, 2, 2, "accepted as version 2")
     assert outcome(store, create).status == p.ACCEPTED
     assert [v.version for v in store.list_versions(REPO)] == [1, 2]
 

@@ -1,4 +1,4 @@
-"""minigit.changes: manifest diffs and pull plans (pure, no disk)."""
+"""minigit.client.changes: manifest diffs and pull plans (pure, no disk)."""
 
 from __future__ import annotations
 
@@ -6,7 +6,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from minigit import protocol as p
-from minigit.changes import Changes, diff_manifests, find_path_collisions, parent_directories, plan_pull, same_content
+from minigit.client.changes import Changes, diff_manifests, find_path_collisions, parent_directories, plan_pull, same_content
 
 
 def fe(seed: str, size: int | None = None) -> p.FileEntry:

@@ -6,7 +6,7 @@ import io
 
 from rich.console import Console
 
-from minigit.progress import MIN_BAR_BYTES, ProgressObserver
+from minigit.client.progress import MIN_BAR_BYTES, ProgressObserver
 
 
 def terminal() -> tuple[Console, io.StringIO]:

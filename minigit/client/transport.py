@@ -27,7 +27,7 @@ from minigit import protocol as p
 from minigit.config import KafkaSettings
 from minigit.errors import MinigitError, ProtocolError, ServerUnreachable
 
-log = logging.getLogger("minigit.transport")
+log = logging.getLogger("minigit.client.transport")
 
 # Blobs received beyond this size spill from memory to a temporary file.
 SPOOL_BYTES = 8 * 1024 * 1024

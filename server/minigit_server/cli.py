@@ -14,7 +14,7 @@ from minigit import protocol as p
 from minigit.config import KAFKA_ENV_PREFIX, KafkaSettings, check_namespace, read_kafka_options
 from minigit.console import err, exit_on_error, out
 from minigit.errors import ExitCode, MinigitError, ServerUnreachable
-from minigit_server.cli_kafka import kafka_app
+from minigit_server.devkafka.cli import kafka_app
 
 app = typer.Typer(
     name="minigit-server",
@@ -107,7 +107,7 @@ def ping(
     kafka_option: KafkaOption = [],  # noqa: B006
 ) -> None:
     """Send one request through Kafka and print which replica answered, and how fast."""
-    from minigit.transport import Connection
+    from minigit.client.transport import Connection
 
     with exit_on_error():
         settings = kafka_settings(bootstrap, namespace, kafka_option)
@@ -128,7 +128,7 @@ Json = Annotated[bool, typer.Option("--json", help="Print the result as JSON (fo
 
 def read_cluster(settings: KafkaSettings) -> tuple[list, dict[int, int]]:
     """The latest heartbeat of every replica, and the log end offsets now."""
-    from minigit.transport import unreachable
+    from minigit.client.transport import unreachable
     from minigit_server.bus import INFRASTRUCTURE_ERRORS, Bus
 
     bus = Bus(settings, client_id="minigit-server-status", bootstrap_timeout_s=10)
@@ -256,7 +256,7 @@ def forget(
     kafka_option: KafkaOption = [],  # noqa: B006
 ) -> None:
     """Drop a removed replica from status and verify (its data is untouched)."""
-    from minigit.transport import unreachable
+    from minigit.client.transport import unreachable
     from minigit_server.bus import INFRASTRUCTURE_ERRORS, Bus
 
     with exit_on_error():

@@ -1,4 +1,4 @@
-"""`minigit-server kafka start | stop | status | fetch`: thin commands over minigit_server.broker."""
+"""`minigit-server kafka start | stop | status | fetch`: thin commands over minigit_server.devkafka.broker."""
 
 from __future__ import annotations
 
@@ -9,7 +9,7 @@ import typer
 from rich.markup import escape
 
 from minigit.console import err, exit_on_error, out
-from minigit_server import broker
+from minigit_server.devkafka import broker
 
 kafka_app = typer.Typer(
     help=(

@@ -15,8 +15,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from minigit import protocol as p
-from minigit import workspace as ws
-from minigit.changes import Changes, diff_manifests, plan_pull
+from minigit.client import workspace as ws
+from minigit.client.changes import Changes, diff_manifests, plan_pull
 from minigit.config import DEFAULT_BOOTSTRAP, KafkaSettings
 from minigit.errors import (
     MinigitError,
@@ -27,8 +27,8 @@ from minigit.errors import (
     RepositoryNotFound,
     UsageError,
 )
-from minigit.ignore import load_ignore
-from minigit.transport import Connection, Observer, Response, Upload
+from minigit.client.ignore import load_ignore
+from minigit.client.transport import Connection, Observer, Response, Upload
 
 # A client that lost more base objects than this locally asks for a full copy.
 MAX_LOST_OBJECTS = p.MAX_LOST

@@ -1,4 +1,4 @@
-"""minigit_server.logic: the server's pure decisions (the seed's outcome table)."""
+"""minigit_server.decisions: the server's pure decisions (the seed's outcome table)."""
 
 from __future__ import annotations
 
@@ -9,8 +9,8 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from minigit import protocol as p
-from minigit_server import logic
-from minigit_server.logic import Outcome, PullDecision
+from minigit_server import decisions
+from minigit_server.decisions import Outcome, PullDecision
 
 T1 = "1" * 64
 T2 = "2" * 64
@@ -25,89 +25,89 @@ def fe(seed: str, size: int = 1) -> p.FileEntry:
 
 
 def test_push_no_such_repository():
-    assert logic.decide_push(None, None, 1, T1, None) == Outcome(p.NOT_FOUND, None, None, "no such repository")
+    assert decisions.decide_push(None, None, 1, T1, None) == Outcome(p.NOT_FOUND, None, None, "no such repository")
 
 
 def test_push_no_such_repository_wins_over_everything():
-    assert logic.decide_push(None, None, 5, T1, PROBLEM).status == p.NOT_FOUND
+    assert decisions.decide_push(None, None, 5, T1, PROBLEM).status == p.NOT_FOUND
 
 
 @pytest.mark.parametrize("head, base", [(3, 2), (3, 1), (3, 4), (1, 2), (10, 9)])
 def test_push_version_mismatch(head, base):
-    outcome = logic.decide_push(head, T1, base, T2, None)
+    outcome = decisions.decide_push(head, T1, base, T2, None)
     assert outcome == Outcome(p.REJECTED, head, None, f"version mismatch: head is {head}, push based on {base}")
 
 
 def test_push_version_mismatch_wins_over_a_problem_and_over_same_tree():
-    assert logic.decide_push(3, T1, 2, T2, PROBLEM).status == p.REJECTED
-    assert logic.decide_push(3, T1, 2, T1, None).status == p.REJECTED
+    assert decisions.decide_push(3, T1, 2, T2, PROBLEM).status == p.REJECTED
+    assert decisions.decide_push(3, T1, 2, T1, None).status == p.REJECTED
 
 
 @pytest.mark.parametrize("head", [1, 2, 41])
 def test_push_accepted(head):
-    outcome = logic.decide_push(head, T1, head, T2, None)
+    outcome = decisions.decide_push(head, T1, head, T2, None)
     assert outcome == Outcome(p.ACCEPTED, head + 1, head + 1, f"accepted as version {head + 1}")
 
 
 def test_push_nothing_to_push():
-    assert logic.decide_push(4, T1, 4, T1, None) == Outcome(p.UP_TO_DATE, 4, None, "nothing to push")
+    assert decisions.decide_push(4, T1, 4, T1, None) == Outcome(p.UP_TO_DATE, 4, None, "nothing to push")
 
 
 @pytest.mark.parametrize(
     "problem", [PROBLEM, (p.INVALID, "invalid tree: bad"), (p.MISSING_OBJECTS, "the tree was not uploaded completely")]
 )
 def test_push_with_a_tree_problem(problem):
-    assert logic.decide_push(2, T1, 2, T2, problem) == Outcome(problem[0], 2, None, problem[1])
+    assert decisions.decide_push(2, T1, 2, T2, problem) == Outcome(problem[0], 2, None, problem[1])
 
 
 def test_push_when_head_tree_unknown_is_accepted():
-    assert logic.decide_push(1, None, 1, T1, None).status == p.ACCEPTED
+    assert decisions.decide_push(1, None, 1, T1, None).status == p.ACCEPTED
 
 
 # ---------------------------------------------------------------- create
 
 
 def test_create_new_repository():
-    assert logic.decide_create(None, None) == Outcome(p.ACCEPTED, 1, 1, "created at version 1")
+    assert decisions.decide_create(None, None) == Outcome(p.ACCEPTED, 1, 1, "created at version 1")
 
 
 @pytest.mark.parametrize("head", [1, 7])
 def test_create_existing_repository(head):
-    assert logic.decide_create(head, None) == Outcome(p.EXISTS, head, None, "repository already exists")
-    assert logic.decide_create(head, PROBLEM) == Outcome(p.EXISTS, head, None, "repository already exists")
+    assert decisions.decide_create(head, None) == Outcome(p.EXISTS, head, None, "repository already exists")
+    assert decisions.decide_create(head, PROBLEM) == Outcome(p.EXISTS, head, None, "repository already exists")
 
 
 @pytest.mark.parametrize("problem", [PROBLEM, (p.INVALID, "invalid tree")])
 def test_create_with_a_tree_problem(problem):
-    assert logic.decide_create(None, problem) == Outcome(problem[0], None, None, problem[1])
+    assert decisions.decide_create(None, problem) == Outcome(problem[0], None, None, problem[1])
 
 
 # ---------------------------------------------------------------- pull / clone
 
 
 def test_pull_no_such_repository():
-    assert logic.decide_pull(None, 0) == PullDecision(p.NOT_FOUND, None, "no such repository")
-    assert logic.decide_pull(None, 3) == PullDecision(p.NOT_FOUND, None, "no such repository")
+    assert decisions.decide_pull(None, 0) == PullDecision(p.NOT_FOUND, None, "no such repository")
+    assert decisions.decide_pull(None, 3) == PullDecision(p.NOT_FOUND, None, "no such repository")
 
 
 @pytest.mark.parametrize("head", [1, 5])
 def test_clone_existing_repository(head):
-    assert logic.decide_pull(head, 0) == PullDecision(p.OK, head, f"head is version {head}")
+    assert decisions.decide_pull(head, 0) == PullDecision(p.OK, head, f"head is version {head}")
 
 
 @pytest.mark.parametrize("head, version", [(1, 1), (5, 5)])
 def test_pull_already_up_to_date(head, version):
-    assert logic.decide_pull(head, version) == PullDecision(p.UP_TO_DATE, head, "already up to date")
+    assert decisions.decide_pull(head, version) == PullDecision(p.UP_TO_DATE, head, "already up to date")
 
 
 @pytest.mark.parametrize("head, version", [(2, 1), (5, 3)])
 def test_pull_behind_is_updated(head, version):
-    assert logic.decide_pull(head, version) == PullDecision(p.OK, head, f"head is version {head}")
+    assert decisions.decide_pull(head, version) == PullDecision(p.OK, head, f"head is version {head}")
 
 
 @pytest.mark.parametrize("head, version", [(1, 2), (5, 9)])
 def test_pull_ahead_of_server_is_invalid(head, version):
-    decision = logic.decide_pull(head, version)
+    decision = decisions.decide_pull(head, version)
     assert decision.status == p.INVALID and decision.head == head
     assert f"you are at version {version}" in decision.message and "clone again" in decision.message
 
@@ -120,20 +120,20 @@ def has_only(*shas):
 
 
 def test_find_tree_problem_tree_missing():
-    assert logic.find_tree_problem(None, has_only()) == (p.MISSING_OBJECTS, "the tree was not uploaded completely")
+    assert decisions.find_tree_problem(None, has_only()) == (p.MISSING_OBJECTS, "the tree was not uploaded completely")
 
 
 def test_find_tree_problem_none_when_complete():
     a, b = fe("a"), fe("b")
     tree = p.encode_tree({"x": a, "d/y": b, "z": a})
-    assert logic.find_tree_problem(tree, has_only(a.sha, b.sha)) is None
-    assert logic.find_tree_problem(p.encode_tree({}), has_only()) is None
+    assert decisions.find_tree_problem(tree, has_only(a.sha, b.sha)) is None
+    assert decisions.find_tree_problem(p.encode_tree({}), has_only()) is None
 
 
 def test_find_tree_problem_counts_distinct_missing_blobs():
     a, b, c = fe("a"), fe("b"), fe("c")
     tree = p.encode_tree({"x": a, "y": b, "z": b, "w": c})
-    assert logic.find_tree_problem(tree, has_only(a.sha)) == (p.MISSING_OBJECTS, "2 object(s) were not uploaded completely")
+    assert decisions.find_tree_problem(tree, has_only(a.sha)) == (p.MISSING_OBJECTS, "2 object(s) were not uploaded completely")
 
 
 @pytest.mark.parametrize(
@@ -149,7 +149,7 @@ def test_find_tree_problem_counts_distinct_missing_blobs():
     ],
 )
 def test_find_tree_problem_invalid(tree):
-    status, message = logic.find_tree_problem(tree, lambda sha: True)
+    status, message = decisions.find_tree_problem(tree, lambda sha: True)
     assert status == p.INVALID
     assert message
 
@@ -165,31 +165,31 @@ def test_outcome_json_round_trip():
 def test_blobs_to_send_clone_sends_everything_once_sorted():
     a, b = fe("a", 10), fe("b", 20)
     new = {"x": a, "y": b, "z": a}
-    assert logic.blobs_to_send({}, new) == sorted([(a.sha, 10), (b.sha, 20)])
+    assert decisions.blobs_to_send({}, new) == sorted([(a.sha, 10), (b.sha, 20)])
 
 
 def test_blobs_to_send_only_what_changed():
     a, b, c = fe("a", 1), fe("b", 2), fe("c", 3)
     old = {"x": a, "y": b}
     new = {"x": a, "y": c, "moved": b}
-    assert logic.blobs_to_send(old, new) == [(c.sha, 3)]
+    assert decisions.blobs_to_send(old, new) == [(c.sha, 3)]
 
 
 def test_blobs_to_send_nothing_when_same_or_deleted():
     a, b = fe("a"), fe("b")
-    assert logic.blobs_to_send({"x": a, "y": b}, {"x": a}) == []
-    assert logic.blobs_to_send({"x": a}, {"x": a}) == []
+    assert decisions.blobs_to_send({"x": a, "y": b}, {"x": a}) == []
+    assert decisions.blobs_to_send({"x": a}, {"x": a}) == []
 
 
 def test_blobs_to_send_includes_lost():
     a, b, c = fe("a", 1), fe("b", 2), fe("c", 3)
     old = {"x": a, "y": b}
     new = {"x": a, "y": b, "z": c}
-    assert logic.blobs_to_send(old, new, lost=[a.sha]) == sorted([(a.sha, 1), (c.sha, 3)])
+    assert decisions.blobs_to_send(old, new, lost=[a.sha]) == sorted([(a.sha, 1), (c.sha, 3)])
     # a lost object the head does not need is not sent
-    assert logic.blobs_to_send(old, {"z": c}, lost=[a.sha]) == [(c.sha, 3)]
+    assert decisions.blobs_to_send(old, {"z": c}, lost=[a.sha]) == [(c.sha, 3)]
     # lost names unknown to both sides change nothing
-    assert logic.blobs_to_send(old, new, lost=["f" * 64]) == [(c.sha, 3)]
+    assert decisions.blobs_to_send(old, new, lost=["f" * 64]) == [(c.sha, 3)]
 
 
 entries = st.builds(p.FileEntry, st.sampled_from([p.hash_bytes(bytes([i])) for i in range(6)]), st.just(1))
@@ -198,7 +198,7 @@ manifests = st.dictionaries(st.sampled_from(["a", "b", "c", "d/e", "f"]), entrie
 
 @given(manifests, manifests, st.lists(st.sampled_from([p.hash_bytes(bytes([i])) for i in range(6)])))
 def test_blobs_to_send_property(old, new, lost):
-    sent = logic.blobs_to_send(old, new, lost)
+    sent = decisions.blobs_to_send(old, new, lost)
     shas = [sha for sha, _ in sent]
     assert shas == sorted(set(shas))
     held = {e.sha for e in old.values()} - set(lost)
@@ -221,7 +221,7 @@ problems = st.one_of(
     problem=problems,
 )
 def test_push_accepted_iff_based_on_head(head, head_tree, base, tree, problem):
-    outcome = logic.decide_push(head, head_tree, base, tree, problem)
+    outcome = decisions.decide_push(head, head_tree, base, tree, problem)
     should_accept = head is not None and base == head and problem is None and tree != head_tree
     assert (outcome.status == p.ACCEPTED) == should_accept
     if should_accept:
@@ -238,12 +238,12 @@ def test_push_accepted_iff_based_on_head(head, head_tree, base, tree, problem):
     elif tree == head_tree:
         assert outcome.status == p.UP_TO_DATE
     # deterministic: the same inputs give the same outcome on every replica
-    assert logic.decide_push(head, head_tree, base, tree, problem) == outcome
+    assert decisions.decide_push(head, head_tree, base, tree, problem) == outcome
 
 
 @given(head=st.one_of(st.none(), st.integers(min_value=1, max_value=6)), version=st.integers(min_value=0, max_value=7))
 def test_pull_decision_property(head, version):
-    decision = logic.decide_pull(head, version)
+    decision = decisions.decide_pull(head, version)
     assert decision.head == head
     if head is None:
         assert decision.status == p.NOT_FOUND

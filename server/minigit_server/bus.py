@@ -19,7 +19,7 @@ from kafka.structs import OffsetAndMetadata
 from minigit import protocol as p
 from minigit.config import KafkaSettings
 from minigit.errors import MinigitError
-from minigit.transport import kafka_options, unreachable
+from minigit.client.transport import kafka_options, unreachable
 from minigit_server.apply import LogRecord
 
 log = logging.getLogger("minigit.bus")

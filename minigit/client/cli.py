@@ -1,4 +1,4 @@
-"""minigit: thin Typer commands over minigit.operations; all printing lives here."""
+"""minigit: thin Typer commands over minigit.client.operations; all printing lives here."""
 
 from __future__ import annotations
 
@@ -11,12 +11,13 @@ from typing import Annotated
 import typer
 from rich.markup import escape
 
-from minigit import __version__, operations
-from minigit.changes import Changes
+from minigit import __version__
+from minigit.client import operations
+from minigit.client.changes import Changes
 from minigit.config import check_namespace, read_kafka_options
 from minigit.console import err, exit_on_error, out
 from minigit.errors import PushRejected
-from minigit.progress import ProgressObserver
+from minigit.client.progress import ProgressObserver
 
 EXIT_CODES = """\b
 Exit codes: 0 success; 1 the operation failed (no such repository, corrupt .minigit, bad

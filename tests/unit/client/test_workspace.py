@@ -1,4 +1,4 @@
-"""minigit.workspace and minigit.ignore, on temporary directories."""
+"""minigit.client.workspace and minigit.client.ignore, on temporary directories."""
 
 from __future__ import annotations
 
@@ -16,9 +16,9 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from minigit import protocol as p
-from minigit import workspace as ws
+from minigit.client import workspace as ws
 from minigit.errors import CorruptMetadata, MinigitError, NoRepository, UnsafePath, WorkdirBusy
-from minigit.ignore import load_ignore, parse_ignore
+from minigit.client.ignore import load_ignore, parse_ignore
 
 
 def fe(data: bytes) -> p.FileEntry:
@@ -238,7 +238,7 @@ def test_lock_is_exclusive_across_processes(tmp_path):
         """
         import sys
         from pathlib import Path
-        from minigit import workspace as ws
+        from minigit.client import workspace as ws
         with ws.lock_workdir(Path(sys.argv[1])):
             print("locked", flush=True)
             sys.stdin.read()
