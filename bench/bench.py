@@ -34,7 +34,7 @@ from rich.table import Table
 
 from minigit.client import operations
 from minigit import protocol as p
-from minigit.config import KafkaSettings
+from minigit.config import KafkaSettings, ServerFlags
 from minigit.errors import PushRejected
 from minigit.client.transport import Connection
 from minigit_server.bus import ensure_topics
@@ -87,7 +87,7 @@ class Replicas:
 
 
 def bench_latency(replicas: Replicas, root: Path, rounds: int) -> dict:
-    options = operations.ClientOptions("bench", replicas.bootstrap, replicas.namespace, timeout=60)
+    options = operations.ClientOptions("bench", ServerFlags(replicas.bootstrap, replicas.namespace), timeout=60)
     env = {**os.environ, "MINIGIT_USER": "bench"}
     writer, reader = root / "writer", root / "reader"
     writer.mkdir()
@@ -124,7 +124,7 @@ def bench_latency(replicas: Replicas, root: Path, rounds: int) -> dict:
 
 
 def bench_clone(replicas: Replicas, root: Path, files: int, total_mib: int) -> dict:
-    options = operations.ClientOptions("bench", replicas.bootstrap, replicas.namespace, timeout=120)
+    options = operations.ClientOptions("bench", ServerFlags(replicas.bootstrap, replicas.namespace), timeout=120)
     env = {**os.environ, "MINIGIT_USER": "bench", "MINIGIT_BOOTSTRAP": replicas.bootstrap, "MINIGIT_NAMESPACE": replicas.namespace}
     source = root / "big-source"
     source.mkdir()
@@ -149,7 +149,7 @@ def bench_clone(replicas: Replicas, root: Path, files: int, total_mib: int) -> d
 
 
 def bench_failover(replicas: Replicas, root: Path, trials: int) -> dict:
-    options = operations.ClientOptions("bench", replicas.bootstrap, replicas.namespace, timeout=60)
+    options = operations.ClientOptions("bench", ServerFlags(replicas.bootstrap, replicas.namespace), timeout=60)
     work = root / "failover"
     work.mkdir()
     (work / "f.txt").write_text("0\n")

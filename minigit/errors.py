@@ -67,12 +67,12 @@ class PushRejected(MinigitError):
 
     exit_code = ExitCode.REJECTED
 
-    def __init__(self, repo: str, base: int, head: int) -> None:
+    def __init__(self, repo: str, server: str, base: int, head: int) -> None:
         super().__init__(
             f"push rejected: the server is at version {head}, you are at version {base} (fetch first)",
             hint="run 'minigit pull' to integrate the remote changes, then push again",
         )
-        self.repo, self.base, self.head = repo, base, head
+        self.repo, self.server, self.base, self.head = repo, server, base, head
 
 
 class PullConflict(MinigitError):

@@ -1,13 +1,14 @@
 """minigit's wire format: every message on every topic, and the rules both sides check.
 
-Imported by the client and by the server alike, so the two cannot drift
-(dulwich's protocol.py does the same for git's wire format). Nothing here
-touches Kafka or the disk.
+Imported by the client and by the server alike, so the two cannot drift.
+Nothing here touches Kafka or the disk.
 
 Every record value is one UTF-8 JSON object with ``"v": PROTOCOL_VERSION`` and a
 ``"type"``. Bulk bytes (file contents and trees) never ride inside a control
-message: they travel as ``chunk`` records of at most CHUNK_SIZE raw bytes, so
-every record stays under Kafka's default 1 MiB limit whatever the file size.
+message: they travel as ``chunk`` records of at most codec.CHUNK_SIZE raw bytes,
+so every record stays under Kafka's default 1 MiB limit whatever the file size.
+Each message is a dataclass whose annotations are its schema: ``parse_message``
+checks every field, nested records included, before anything uses it.
 docs/protocol.md describes each message; keep it in step with this module.
 """
 
@@ -16,33 +17,21 @@ from __future__ import annotations
 import base64
 import binascii
 import dataclasses
-import hashlib
+import enum
 import json
 import re
 import types
 import typing
 import uuid
-import zlib
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
 from typing import Any, ClassVar
 
+from minigit import codec
+from minigit.codec import hash_bytes
 from minigit.errors import ProtocolError, UnsafePath
 
 PROTOCOL_VERSION = 1
-
-# Topic names are the seed's, behind an optional namespace prefix so that several
-# services (or test runs) can share one cluster.
-REQUESTS_TOPIC = "repo-requests"
-RESPONSES_TOPIC = "repo-responses"
-LOG_TOPIC = "repo-log"
-REPLICAS_TOPIC = "repo-replicas"
-REPLICA_GROUP = "minigit-replicas"
-
-# 512 KiB of raw bytes is about 700 KB once base64-encoded: under Kafka's default
-# message.max.bytes (1 MiB) with room for the JSON around it.
-CHUNK_SIZE = 512 * 1024
-MAX_RECORD_BYTES = 1_000_000  # what any record minigit writes must stay under (tests check chunks)
 
 MAX_NAME_LENGTH = 64
 MAX_PATH_LENGTH = 4096
@@ -54,10 +43,7 @@ MAX_INT = 2**63  # every integer field is 0 <= n < MAX_INT, so SQLite can store 
 _NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*$")
 _SHA_RE = re.compile(r"^[0-9a-f]{64}$")
 _ID_RE = re.compile(r"^[0-9a-f]{32}$")
-
-
-def topic_name(namespace: str, topic: str) -> str:
-    return f"{namespace}{topic}"
+_INT_KEY_RE = re.compile(r"^(0|[1-9][0-9]{0,18})$")
 
 
 def new_request_id() -> str:
@@ -121,7 +107,7 @@ def check_sha(value: str) -> str:
     return value
 
 
-# ---------------------------------------------------------------- trees and blobs
+# ---------------------------------------------------------------- trees
 
 
 @dataclass(frozen=True, slots=True)
@@ -131,11 +117,7 @@ class FileEntry:
 
 
 Manifest = dict[str, FileEntry]
-EMPTY_TREE_SHA = hashlib.sha256(b'{"files":{},"v":1}').hexdigest()
-
-
-def hash_bytes(data: bytes) -> str:
-    return hashlib.sha256(data).hexdigest()
+EMPTY_TREE_SHA = hash_bytes(b'{"files":{},"v":1}')
 
 
 def encode_tree(manifest: Mapping[str, FileEntry]) -> bytes:
@@ -195,39 +177,123 @@ def manifest_from_json(doc: Any) -> Manifest:
     return out
 
 
-def count_chunks(size: int) -> int:
-    """Every blob has at least one chunk, so an empty file is one empty chunk."""
-    return max(1, -(-size // CHUNK_SIZE))
+# ---------------------------------------------------------------- typed records
 
 
-def encode_chunk_data(raw: bytes) -> tuple[str, bytes]:
-    """Compress when it pays; already-compressed content is sent as it is."""
-    sample = raw[:16384]
-    if len(raw) > 4 * len(sample) and len(zlib.compress(sample, 1)) > 0.9 * len(sample):
-        return "raw", raw  # a sample did not shrink: skip a whole zlib pass over noise
-    packed = zlib.compress(raw, 1)
-    if len(packed) < len(raw):
-        return "zlib", packed
-    return "raw", raw
+def _is_int(value: Any) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
 
 
-def decode_chunk_data(encoding: str, data: bytes) -> bytes:
-    if encoding == "raw":
-        if len(data) > CHUNK_SIZE:
-            raise ProtocolError("chunk larger than CHUNK_SIZE")
-        return data
-    if encoding == "zlib":
+def _is_utf8(text: str) -> bool:
+    """JSON can spell lone surrogates (\\ud800) that no UTF-8 text holds."""
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        return False
+    return True
+
+
+def _type_name(annotation: Any) -> str:
+    expected = typing.get_origin(annotation) or annotation
+    return getattr(expected, "__name__", str(expected))
+
+
+def _decode(annotation: Any, value: Any, owner: str, path: str) -> Any:
+    """``value`` (from JSON) checked against ``annotation``, nested records built.
+    ``owner`` and ``path`` name the field for errors: "Reply: field 'entries[0].time_ms'"."""
+    origin = typing.get_origin(annotation)
+    if origin in (typing.Union, types.UnionType):
+        options = typing.get_args(annotation)
+        if value is None and type(None) in options:
+            return None
+        annotation = next(a for a in options if a is not type(None))
+        origin = typing.get_origin(annotation)
+    label = f"{owner}: field '{path}'"
+    wrong = ProtocolError(f"{label} must be {getattr(origin or annotation, '__name__', annotation)}")
+    if annotation is int:
+        if not _is_int(value):
+            raise wrong
+        if not 0 <= value < MAX_INT:
+            raise ProtocolError(f"{label} is out of range")
+        return value
+    if annotation is bool:
+        if not isinstance(value, bool):
+            raise wrong
+        return value
+    if annotation is str or (isinstance(annotation, type) and issubclass(annotation, enum.Enum)):
+        if not isinstance(value, str):
+            raise wrong
+        if not _is_utf8(value):
+            raise ProtocolError(f"{label} is not valid UTF-8 text")
+        if annotation is str:
+            return value
         try:
-            decoder = zlib.decompressobj()
-            raw = decoder.decompress(data, CHUNK_SIZE + 1)
-        except zlib.error as error:
-            raise ProtocolError(f"corrupt chunk: {error}") from None
-        if len(raw) > CHUNK_SIZE or decoder.unconsumed_tail:
-            raise ProtocolError("chunk larger than CHUNK_SIZE")
-        if not decoder.eof or decoder.unused_data:
-            raise ProtocolError("corrupt chunk: truncated or trailing data")
-        return raw
-    raise ProtocolError(f"unknown chunk encoding {encoding!r}")
+            return annotation(value)
+        except ValueError:
+            raise ProtocolError(f"{label} has an unknown value {value[:40]!r}") from None
+    if origin is list:
+        if not isinstance(value, list):
+            raise wrong
+        (item,) = typing.get_args(annotation)
+        return [_decode(item, v, owner, f"{path}[{i}]") for i, v in enumerate(value)]
+    if origin is dict:
+        if not isinstance(value, dict):
+            raise wrong
+        key_type, item = typing.get_args(annotation)
+        return {
+            _decode_key(key_type, k, owner, path): _decode(item, v, owner, f"{path}[{k!r}]") for k, v in value.items()
+        }
+    if isinstance(annotation, type) and issubclass(annotation, Record):
+        if not isinstance(value, dict):
+            raise wrong
+        return annotation.from_dict(value, owner, f"{path}.")
+    raise TypeError(f"no wire decoding for {annotation!r}")  # a schema bug, not bad input
+
+
+def _decode_key(key_type: type, key: str, owner: str, path: str) -> Any:
+    """JSON keys are strings; an ``int`` key travels as its decimal digits."""
+    if key_type is int:
+        if not _INT_KEY_RE.fullmatch(key):
+            raise ProtocolError(f"{owner}: field '{path}' has a key that is not a number: {key[:40]!r}")
+        return _decode(int, int(key), owner, f"{path} key")
+    return _decode(str, key, owner, f"{path} key")
+
+
+def _encode(value: Any) -> Any:
+    if isinstance(value, Record):
+        return value.to_dict()
+    if isinstance(value, list):
+        return [_encode(v) for v in value]
+    if isinstance(value, dict):
+        return {str(k): _encode(v) for k, v in value.items()}
+    return value
+
+
+@dataclass(kw_only=True)
+class Record:
+    """A JSON object with a fixed schema: its dataclass fields, typed."""
+
+    def to_dict(self) -> dict[str, Any]:
+        return {f.name: _encode(getattr(self, f.name)) for f in dataclasses.fields(self)}
+
+    @classmethod
+    def from_dict(cls, doc: dict[str, Any], owner: str | None = None, path: str = "") -> typing.Self:
+        """Check every field against its annotation, then the record's own rules.
+        Unknown fields are ignored (a newer writer may add some)."""
+        owner = owner or cls.__name__
+        hints = typing.get_type_hints(cls)
+        values = {}
+        for f in dataclasses.fields(cls):
+            if f.name in doc:
+                values[f.name] = _decode(hints[f.name], doc[f.name], owner, path + f.name)
+            elif f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING:
+                raise ProtocolError(f"{owner}: missing field '{path}{f.name}'")
+        record = cls(**values)
+        record.validate()
+        return record
+
+    def validate(self) -> None:
+        """Rules beyond types; raise ProtocolError (or UnsafePath)."""
 
 
 # ---------------------------------------------------------------- messages
@@ -237,44 +303,13 @@ _registry: dict[tuple[str, str | None], type[Message]] = {}
 
 def wire(cls: type[Message]) -> type[Message]:
     """Register a concrete message class, found by its type (and action)."""
-    _registry[(cls.type, cls.__dict__.get("action") if isinstance(cls.__dict__.get("action"), str) else None)] = cls
+    action = cls.__dict__.get("action")
+    _registry[(cls.type, action if isinstance(action, str) else None)] = cls
     return cls
 
 
-def _is_int(value: Any) -> bool:
-    return isinstance(value, int) and not isinstance(value, bool)
-
-
-def _check_field(cls_name: str, name: str, annotation: Any, value: Any) -> None:
-    origin = typing.get_origin(annotation)
-    if origin in (typing.Union, types.UnionType):
-        options = typing.get_args(annotation)
-        if value is None and type(None) in options:
-            return
-        annotation = next(a for a in options if a is not type(None))
-        origin = typing.get_origin(annotation)
-    expected = origin or annotation
-    ok = _is_int(value) if expected is int else isinstance(value, expected)
-    if not ok:
-        raise ProtocolError(f"{cls_name}: field '{name}' must be {getattr(expected, '__name__', expected)}")
-    if expected is int and not 0 <= value < MAX_INT:
-        raise ProtocolError(f"{cls_name}: field '{name}' is out of range")
-    if expected in (str, list, dict) and not _is_utf8(value):
-        raise ProtocolError(f"{cls_name}: field '{name}' is not valid UTF-8 text")
-
-
-def _is_utf8(value: Any) -> bool:
-    """JSON can spell lone surrogates (\\ud800) that no UTF-8 text holds."""
-    try:
-        text = value if isinstance(value, str) else json.dumps(value, ensure_ascii=False)
-        text.encode("utf-8")
-    except (UnicodeEncodeError, TypeError, ValueError):
-        return False
-    return True
-
-
 @dataclass(kw_only=True)
-class Message:
+class Message(Record):
     """Base of every record minigit writes. Subclasses set ``type`` (and ``action``)."""
 
     type: ClassVar[str]
@@ -284,29 +319,10 @@ class Message:
         doc: dict[str, Any] = {"v": PROTOCOL_VERSION, "type": self.type}
         if self.action is not None:
             doc["action"] = self.action
-        for f in dataclasses.fields(self):
-            doc[f.name] = getattr(self, f.name)
-        return doc
+        return {**doc, **super().to_dict()}
 
     def to_bytes(self) -> bytes:
         return json.dumps(self.to_dict(), separators=(",", ":"), ensure_ascii=False).encode()
-
-    @classmethod
-    def from_dict(cls, doc: dict[str, Any]) -> Message:
-        hints = typing.get_type_hints(cls)
-        values = {}
-        for f in dataclasses.fields(cls):
-            if f.name in doc:
-                _check_field(cls.__name__, f.name, hints[f.name], doc[f.name])
-                values[f.name] = doc[f.name]
-            elif f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING:
-                raise ProtocolError(f"{cls.__name__}: missing field '{f.name}'")
-        message = cls(**values)
-        message.validate()
-        return message
-
-    def validate(self) -> None:
-        """Rules beyond types; raise ProtocolError (or UnsafePath)."""
 
 
 def parse_message(value: bytes, *, allowed: tuple[type[Message], ...] = ()) -> Message:
@@ -343,13 +359,23 @@ def peek_reply_address(value: bytes) -> tuple[str, int] | None:
     return None
 
 
+def _check_request_id(value: str) -> None:
+    if not _ID_RE.fullmatch(value):
+        raise ProtocolError("request_id must be 32 lowercase hex digits")
+
+
+def _check_message_text(text: str) -> None:
+    if len(text) > MAX_MESSAGE_LENGTH:
+        raise ProtocolError(f"message longer than {MAX_MESSAGE_LENGTH} characters")
+
+
 @wire
 @dataclass(kw_only=True)
 class Chunk(Message):
     """One piece of a blob (a file's content or a tree), on any topic.
 
-    ``data`` is base64 of the encoded bytes; the chunk is piece ``index`` of
-    ``count`` of the blob whose raw content hashes to ``sha``.
+    ``data`` is base64 of the encoded piece; the chunk is piece ``index`` of
+    ``count`` of the blob whose raw content hashes to ``sha`` (see minigit.codec).
     """
 
     type: ClassVar[str] = "chunk"
@@ -368,48 +394,40 @@ class Chunk(Message):
         check_sha(self.sha)
         if not 0 <= self.index < self.count:
             raise ProtocolError("chunk index out of range")
-        if self.encoding not in ("raw", "zlib"):
+        if self.encoding not in codec.ENCODINGS:
             raise ProtocolError(f"unknown chunk encoding {self.encoding!r}")
 
-    def raw(self) -> bytes:
-        return decode_chunk_data(self.encoding, self.payload())
+    @classmethod
+    def of_piece(
+        cls, request_id: str, repo: str, sha: str, count: int, piece: codec.Piece, stream: str | None = None
+    ) -> Chunk:
+        return cls(
+            request_id=request_id,
+            repo=repo,
+            sha=sha,
+            index=piece.index,
+            count=count,
+            encoding=piece.encoding,
+            data=base64.b64encode(piece.payload).decode("ascii"),
+            stream=stream,
+        )
 
-    def payload(self) -> bytes:
+    def piece(self) -> codec.Piece:
         try:
-            return base64.b64decode(self.data, validate=True)
+            payload = base64.b64decode(self.data, validate=True)
         except (binascii.Error, ValueError):
             raise ProtocolError("chunk data is not base64") from None
+        return codec.Piece(self.index, self.encoding, payload)
+
+    def raw(self) -> bytes:
+        return codec.decode_piece(self.piece())
 
 
-def make_chunk(request_id: str, repo: str, sha: str, index: int, count: int, raw: bytes, stream: str | None = None) -> Chunk:
-    encoding, data = encode_chunk_data(raw)
-    return Chunk(
-        request_id=request_id,
-        repo=repo,
-        sha=sha,
-        index=index,
-        count=count,
-        encoding=encoding,
-        data=base64.b64encode(data).decode("ascii"),
-        stream=stream,
-    )
-
-
-def split_blob(request_id: str, repo: str, sha: str, content: bytes, stream: str | None = None) -> Iterator[Chunk]:
-    count = count_chunks(len(content))
-    for index in range(count):
-        raw = content[index * CHUNK_SIZE : (index + 1) * CHUNK_SIZE]
-        yield make_chunk(request_id, repo, sha, index, count, raw, stream)
-
-
-def _check_request_id(value: str) -> None:
-    if not _ID_RE.fullmatch(value):
-        raise ProtocolError("request_id must be 32 lowercase hex digits")
-
-
-def _check_message_text(text: str) -> None:
-    if len(text) > MAX_MESSAGE_LENGTH:
-        raise ProtocolError(f"message longer than {MAX_MESSAGE_LENGTH} characters")
+def blob_chunks(request_id: str, repo: str, blob: codec.BlobSource, stream: str | None = None) -> Iterator[Chunk]:
+    """The chunk records that carry ``blob``, in order."""
+    count = codec.count_chunks(blob.size)
+    for index, raw in enumerate(blob.read_pieces()):
+        yield Chunk.of_piece(request_id, repo, blob.sha, count, codec.encode_piece(index, raw), stream)
 
 
 # -- requests: client -> repo-requests (key = repository name)
@@ -460,12 +478,10 @@ class PullRequest(Request):
 
     action: ClassVar[str] = "pull"
     version: int = 0
-    lost: list = field(default_factory=list)
+    lost: list[str] = field(default_factory=list)
 
     def validate(self) -> None:
         super().validate()
-        if self.version < 0:
-            raise ProtocolError("version must be >= 0")
         if len(self.lost) > MAX_LOST:
             raise ProtocolError(f"lost lists more than {MAX_LOST} objects")
         for sha in self.lost:
@@ -512,17 +528,30 @@ class PingRequest(Request):
 
 # -- replies: replica -> repo-responses (partition chosen by the client)
 
-# Reply statuses. "ok" for reads; the others are outcomes of writes and errors.
-OK = "ok"
-UP_TO_DATE = "up-to-date"
-ACCEPTED = "accepted"
-REJECTED = "rejected"
-EXISTS = "exists"
-NOT_FOUND = "not-found"
-INVALID = "invalid"
-MISSING_OBJECTS = "missing-objects"
-ERROR = "error"
-WORKING = "working"  # not an answer: the request is being processed, keep waiting
+
+class Status(enum.StrEnum):
+    """A reply's status. ``ok`` for reads; the others are outcomes of writes and errors."""
+
+    OK = "ok"
+    UP_TO_DATE = "up-to-date"
+    ACCEPTED = "accepted"
+    REJECTED = "rejected"
+    EXISTS = "exists"
+    NOT_FOUND = "not-found"
+    INVALID = "invalid"
+    MISSING_OBJECTS = "missing-objects"
+    ERROR = "error"
+    WORKING = "working"  # not an answer: the request is being processed, keep waiting
+
+
+@dataclass(kw_only=True)
+class LogEntry(Record):
+    """One version, as a log reply lists it."""
+
+    version: int
+    author: str
+    time_ms: int
+    message: str
 
 
 @wire
@@ -541,14 +570,14 @@ class Reply(Message):
     action: str  # type: ignore[misc]  # the action of the request this answers
     stream: str
     replica: str
-    status: str
+    status: Status
     message: str = ""
     version: int | None = None
     head: int | None = None
     tree: str | None = None
     blob_count: int = 0
     blob_bytes: int = 0
-    entries: list = field(default_factory=list)
+    entries: list[LogEntry] = field(default_factory=list)
 
     def validate(self) -> None:
         _check_request_id(self.request_id)
@@ -601,6 +630,16 @@ REPLY_TYPES = (Chunk, Reply)
 # -- membership: replicas -> repo-replicas (compacted, key = replica id)
 
 
+@dataclass(kw_only=True)
+class RepoReport(Record):
+    """One repository as a replica holds it, for ``minigit-server verify``."""
+
+    head: int
+    digest: str
+    partition: int  # the log partition its records live in
+    changed_at: int  # log offset of the record that last changed it
+
+
 @wire
 @dataclass(kw_only=True)
 class Heartbeat(Message):
@@ -613,8 +652,8 @@ class Heartbeat(Message):
     pid: int
     started_ms: int
     sent_ms: int
-    serving: list  # request partitions this replica owns now
-    applied: dict  # log partition (as str) -> next offset to apply
-    log_end: dict  # log partition (as str) -> log end offset seen
-    repos: dict  # repo -> {"head": int, "digest": str, "partition": int, "changed_at": int}
+    serving: list[int]  # request partitions this replica owns now
+    applied: dict[int, int]  # log partition -> next offset to apply
+    log_end: dict[int, int]  # log partition -> log end offset seen
+    repos: dict[str, RepoReport]
     stopping: bool = False

@@ -14,10 +14,11 @@ from rich.markup import escape
 from minigit import __version__
 from minigit.client import operations
 from minigit.client.changes import Changes
-from minigit.config import check_namespace, read_kafka_options
+from minigit.client.operations import PullStatus, PushStatus
+from minigit.client.progress import ProgressObserver
+from minigit.config import DEFAULT_BOOTSTRAP, ServerFlags
 from minigit.console import err, exit_on_error, out
 from minigit.errors import PushRejected
-from minigit.client.progress import ProgressObserver
 
 EXIT_CODES = """\b
 Exit codes: 0 success; 1 the operation failed (no such repository, corrupt .minigit, bad
@@ -47,7 +48,7 @@ Bootstrap = Annotated[
         "--bootstrap",
         "-b",
         envvar="MINIGIT_BOOTSTRAP",
-        help="Kafka bootstrap servers \\[default: from .minigit, else localhost:9092].",
+        help=f"Kafka bootstrap servers \\[default: from .minigit, else {DEFAULT_BOOTSTRAP}].",
         show_default=False,
     ),
 ]
@@ -71,12 +72,12 @@ Quiet = Annotated[bool, typer.Option("--quiet", "-q", help="Print nothing but er
 Json = Annotated[bool, typer.Option("--json", help="Print the result as JSON (for scripts).")]
 
 
-def client_options(user: str | None, bootstrap: str | None, namespace: str | None, timeout: float, kafka_option: list[str]) -> operations.ClientOptions:
+def client_options(
+    user: str | None, bootstrap: str | None, namespace: str | None, timeout: float, kafka_option: list[str]
+) -> operations.ClientOptions:
     return operations.ClientOptions(
         user=user or default_user(),
-        bootstrap=bootstrap,
-        namespace=check_namespace(namespace) if namespace is not None else None,
-        kafka_options=read_kafka_options(kafka_option),
+        flags=ServerFlags.parse(bootstrap, namespace, kafka_option),
         timeout=timeout,
     )
 
@@ -183,9 +184,9 @@ def report_pull(result: operations.PullResult, quiet: bool, as_json: bool) -> No
         return
     if quiet:
         return
-    if result.status == "up-to-date":
+    if result.status == PullStatus.UP_TO_DATE:
         out.print("Already up to date.")
-    elif result.status == "cloned":
+    elif result.status == PullStatus.CLONED:
         out.print(
             f"Cloned [bold]{escape(result.repository)}[/] at version {result.new_version}: "
             f"{len(result.changes.added)} files, {human_bytes(result.bytes_received)}"
@@ -194,7 +195,7 @@ def report_pull(result: operations.PullResult, quiet: bool, as_json: bool) -> No
         out.print(f"Updating {escape(result.repository)}: version {result.old_version} -> {result.new_version}")
         print_changes(result.changes)
         out.print(f" {summarize(result.changes)}")
-    if result.kept_local and result.status != "cloned":
+    if result.kept_local and result.status != PullStatus.CLONED:
         err.print(f"Kept your local changes to: {escape(', '.join(result.kept_local))}")
 
 
@@ -217,14 +218,14 @@ def push(
                 result = operations.push_workdir(Path.cwd(), options, message, observer)
         except PushRejected as rejected:
             if not as_json:
-                err.print(f"To {escape(options.bootstrap or 'the server')} ({escape(rejected.repo)})")
+                err.print(f"To {escape(rejected.server)} ({escape(rejected.repo)})")
                 err.print(f" [red]! \\[rejected][/]        version {rejected.base} (fetch first)")
             raise
         if as_json:
             print_json(result.to_json())
         elif quiet:
             return
-        elif result.status == "up-to-date":
+        elif result.status == PushStatus.UP_TO_DATE:
             err.print("Everything up-to-date")
         else:
             out.print(f"To {escape(result.server)} ({escape(result.repository)})")
@@ -269,7 +270,7 @@ def log(
         options = client_options(user, bootstrap, namespace, timeout, kafka_option)
         name, entries = operations.read_log(Path.cwd(), options, max_count, repo)
         if as_json:
-            print_json({"repository": name, "versions": [vars(e) for e in entries]})
+            print_json({"repository": name, "versions": [e.to_dict() for e in entries]})
             return
         for entry in entries:
             when = time.strftime("%a %b %d %H:%M:%S %Y %z", time.localtime(entry.time_ms / 1000))

@@ -7,6 +7,7 @@ print. Layers go one way: cli -> operations -> workspace / transport.
 from __future__ import annotations
 
 import contextlib
+import enum
 import os
 import secrets
 import shutil
@@ -14,10 +15,14 @@ from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from minigit import codec
 from minigit import protocol as p
 from minigit.client import workspace as ws
 from minigit.client.changes import Changes, diff_manifests, plan_pull
-from minigit.config import DEFAULT_BOOTSTRAP, KafkaSettings
+from minigit.client.exchange import Connector, Link, Observer, Response
+from minigit.client.ignore import load_ignore
+from minigit.client.transport import Connection
+from minigit.config import KafkaSettings, ServerFlags
 from minigit.errors import (
     MinigitError,
     NoRepository,
@@ -27,8 +32,7 @@ from minigit.errors import (
     RepositoryNotFound,
     UsageError,
 )
-from minigit.client.ignore import load_ignore
-from minigit.client.transport import Connection, Observer, Response, Upload
+from minigit.protocol import Status
 
 # A client that lost more base objects than this locally asks for a full copy.
 MAX_LOST_OBJECTS = p.MAX_LOST
@@ -36,28 +40,38 @@ MAX_LOST_OBJECTS = p.MAX_LOST
 
 @dataclass(frozen=True)
 class ClientOptions:
-    """How to reach the service; None means "not given": use .minigit, then defaults."""
+    """What a command was told: who the user is, where the service is (resolved
+    against ``.minigit`` once per command), how long to wait, and how to connect."""
 
     user: str
-    bootstrap: str | None = None
-    namespace: str | None = None
-    kafka_options: dict = field(default_factory=dict)
+    flags: ServerFlags = field(default_factory=ServerFlags)
     timeout: float = 30.0
+    connector: Connector = Connection
 
     def settings(self, meta: ws.Metadata | None = None) -> KafkaSettings:
-        bootstrap = self.bootstrap or (meta.bootstrap if meta else None) or DEFAULT_BOOTSTRAP
-        namespace = self.namespace if self.namespace is not None else (meta.namespace if meta else "")
-        return KafkaSettings(bootstrap, namespace, self.kafka_options)
+        return self.flags.resolve((meta.bootstrap, meta.namespace) if meta else None)
 
-    def connect(self, meta: ws.Metadata | None = None) -> Connection:
-        return Connection(self.settings(meta), p.check_name("user", self.user), self.timeout)
+    def connect(self, settings: KafkaSettings) -> Link:
+        return self.connector(settings, p.check_name("user", self.user), self.timeout)
+
+
+class PullStatus(enum.StrEnum):
+    CLONED = "cloned"
+    UPDATED = "updated"
+    UP_TO_DATE = "up-to-date"
+
+
+class PushStatus(enum.StrEnum):
+    CREATED = "created"
+    ACCEPTED = "accepted"
+    UP_TO_DATE = "up-to-date"
 
 
 @dataclass(frozen=True)
 class PullResult:
     repository: str
     directory: str
-    status: str  # "cloned", "updated" or "up-to-date"
+    status: PullStatus
     old_version: int
     new_version: int
     changes: Changes
@@ -81,7 +95,7 @@ class PullResult:
 class PushResult:
     repository: str
     server: str
-    status: str  # "accepted", "created" or "up-to-date"
+    status: PushStatus
     old_version: int
     new_version: int
     changes: Changes
@@ -115,28 +129,18 @@ class StatusResult:
         }
 
 
-@dataclass(frozen=True)
-class LogEntry:
-    version: int
-    author: str
-    time_ms: int
-    message: str
-
-
 # ---------------------------------------------------------------- writes
 
 
-def collect_uploads(root: Path, manifest: p.Manifest, known: p.Manifest) -> tuple[bytes, list[Upload]]:
+def collect_uploads(root: Path, manifest: p.Manifest, known: p.Manifest) -> tuple[bytes, list[codec.BlobSource]]:
     """The tree of ``manifest`` and the blobs the server may lack: the tree, and
     every content that was not in the version the client is based on."""
     tree = p.encode_tree(manifest)
-    have = {entry.sha for entry in known.values()}
-    uploads, seen = [Upload.from_bytes(tree)], set(have)
+    uploads, seen = [codec.BlobSource.from_bytes(tree)], {entry.sha for entry in known.values()}
     for path, entry in sorted(manifest.items()):
         if entry.sha not in seen:
             seen.add(entry.sha)
-            source = root / path
-            uploads.append(Upload(entry.sha, entry.size, lambda source=source: ws.read_pieces(source)))
+            uploads.append(ws.file_source(root, path, entry))
     return tree, uploads
 
 
@@ -151,25 +155,18 @@ def init_repository(
     with ws.lock_workdir(directory):
         manifest = ws.scan_worktree(directory, load_ignore(directory))
         tree, uploads = collect_uploads(directory, manifest, {})
-        with options.connect() as connection:
+        settings = options.settings()
+        with options.connect(settings) as connection:
             request = connection.new_request(
                 p.InitRequest, repo=name, tree=p.hash_bytes(tree), message=message or "initial version"
             )
             reply = connection.call(request, uploads, observer).reply
-        if reply.status == p.EXISTS:
+        if reply.status == Status.EXISTS:
             raise RepositoryExists(name)
         expect_write_accepted(name, reply)
-        settings = options.settings()
         ws.write_metadata(directory, ws.Metadata(name, 1, settings.bootstrap, settings.namespace, manifest))
-        return PushResult(
-            name,
-            settings.bootstrap,
-            "created",
-            0,
-            1,
-            Changes(added=sorted(manifest)),
-            sum(u.size for u in uploads),
-        )
+        sent = sum(u.size for u in uploads)
+        return PushResult(name, settings.bootstrap, PushStatus.CREATED, 0, 1, Changes(added=sorted(manifest)), sent)
 
 
 def push_workdir(start: Path, options: ClientOptions, message: str = "", observer: Observer | None = None) -> PushResult:
@@ -180,20 +177,31 @@ def push_workdir(start: Path, options: ClientOptions, message: str = "", observe
         local = ws.scan_worktree(root, load_ignore(root))
         changes = diff_manifests(meta.manifest, local)
         settings = options.settings(meta)
+        unchanged = PushResult(
+            meta.repository, settings.bootstrap, PushStatus.UP_TO_DATE, meta.version, meta.version, changes, 0
+        )
         if changes.empty:
-            return PushResult(meta.repository, settings.bootstrap, "up-to-date", meta.version, meta.version, changes, 0)
+            return unchanged
         tree, uploads = collect_uploads(root, local, meta.manifest)
-        with options.connect(meta) as connection:
-            reply = send_push(connection, meta, p.hash_bytes(tree), message, uploads, observer)
-        if reply.status == p.UP_TO_DATE:
-            return PushResult(meta.repository, settings.bootstrap, "up-to-date", meta.version, meta.version, changes, 0)
+        with options.connect(settings) as connection:
+            reply = send_push(connection, settings, meta, p.hash_bytes(tree), message, uploads, observer)
+        if reply.status == Status.UP_TO_DATE:
+            return unchanged
         ws.write_metadata(root, ws.Metadata(meta.repository, reply.version, meta.bootstrap, meta.namespace, local))
         sent = sum(u.size for u in uploads)
-        return PushResult(meta.repository, settings.bootstrap, "accepted", meta.version, reply.version, changes, sent)
+        return PushResult(
+            meta.repository, settings.bootstrap, PushStatus.ACCEPTED, meta.version, reply.version, changes, sent
+        )
 
 
 def send_push(
-    connection: Connection, meta: ws.Metadata, tree: str, message: str, uploads: list[Upload], observer: Observer | None
+    connection: Link,
+    settings: KafkaSettings,
+    meta: ws.Metadata,
+    tree: str,
+    message: str,
+    uploads: list[codec.BlobSource],
+    observer: Observer | None,
 ) -> p.Reply:
     # An upload cut short (its replica died mid-way) is answered "missing objects":
     # send it once more, whole, under a new request id.
@@ -202,19 +210,19 @@ def send_push(
             p.PushRequest, repo=meta.repository, base=meta.version, tree=tree, message=message
         )
         reply = connection.call(request, uploads, observer).reply
-        if reply.status != p.MISSING_OBJECTS or attempt:
+        if reply.status != Status.MISSING_OBJECTS or attempt:
             break
-    if reply.status == p.REJECTED:
-        raise PushRejected(meta.repository, meta.version, reply.head)
-    if reply.status != p.UP_TO_DATE:
+    if reply.status == Status.REJECTED:
+        raise PushRejected(meta.repository, settings.bootstrap, meta.version, reply.head)
+    if reply.status != Status.UP_TO_DATE:
         expect_write_accepted(meta.repository, reply)
     return reply
 
 
 def expect_write_accepted(repo: str, reply: p.Reply) -> None:
-    if reply.status == p.NOT_FOUND:
+    if reply.status == Status.NOT_FOUND:
         raise RepositoryNotFound(repo)
-    if reply.status != p.ACCEPTED:
+    if reply.status != Status.ACCEPTED:
         raise MinigitError(f"the server refused the push: {reply.message or reply.status}")
 
 
@@ -222,18 +230,18 @@ def expect_write_accepted(repo: str, reply: p.Reply) -> None:
 
 
 def fetch_head(
-    connection: Connection, repo: str, version: int, lost: list[str], observer: Observer | None
+    connection: Link, repo: str, version: int, lost: list[str], observer: Observer | None
 ) -> tuple[Response, p.Manifest] | None:
     """Ask for the head; None if ``version`` is the head already."""
     request = connection.new_request(p.PullRequest, repo=repo, version=version, lost=lost)
     response = connection.call(request, observer=observer)
     reply = response.reply
-    if reply.status == p.UP_TO_DATE:
+    if reply.status == Status.UP_TO_DATE:
         response.close()
         return None
-    if reply.status == p.NOT_FOUND:
+    if reply.status == Status.NOT_FOUND:
         raise RepositoryNotFound(repo)
-    if reply.status != p.OK or reply.tree not in response.blobs:
+    if reply.status != Status.OK or reply.tree not in response.blobs:
         raise MinigitError(f"pull failed: {reply.message or reply.status}")
     return response, p.decode_tree(response.blobs[reply.tree].read())
 
@@ -323,12 +331,14 @@ def pull_workdir(start: Path, options: ClientOptions, observer: Observer | None 
         meta = ws.read_metadata(root)
         local = ws.scan_worktree(root, load_ignore(root))
         lost = lost_objects(meta.manifest, local)
-        with options.connect(meta) as connection:
+        with options.connect(options.settings(meta)) as connection:
             version = meta.version if len(lost) <= MAX_LOST_OBJECTS else 0
             fetched = fetch_head(connection, meta.repository, version, lost[:MAX_LOST_OBJECTS], observer)
         if fetched is None:
             kept = sorted(diff_manifests(meta.manifest, local).paths)
-            return PullResult(meta.repository, str(root), "up-to-date", meta.version, meta.version, Changes(), kept, 0)
+            return PullResult(
+                meta.repository, str(root), PullStatus.UP_TO_DATE, meta.version, meta.version, Changes(), kept, 0
+            )
         response, head = fetched
         try:
             plan = apply_pull(root, meta.manifest, local, head, response)
@@ -339,7 +349,7 @@ def pull_workdir(start: Path, options: ClientOptions, observer: Observer | None 
         return PullResult(
             meta.repository,
             str(root),
-            "updated",
+            PullStatus.UPDATED,
             meta.version,
             new_version,
             plan.upstream,
@@ -375,7 +385,8 @@ def clone_repository(
     existed = directory.exists()
     if existed and (not directory.is_dir() or any(directory.iterdir())):
         raise UsageError(f"destination path '{directory}' already exists and is not an empty directory")
-    with options.connect() as connection:
+    settings = options.settings()
+    with options.connect(settings) as connection:
         fetched = fetch_head(connection, name, 0, [], observer)
     if fetched is None:  # version 0 is never a head
         raise RepositoryNotFound(name)
@@ -384,7 +395,6 @@ def clone_repository(
         directory.mkdir(parents=True, exist_ok=True)
         with ws.lock_workdir(directory):
             apply_pull(directory, {}, {}, head, response)
-            settings = options.settings()
             meta = ws.Metadata(name, response.reply.version, settings.bootstrap, settings.namespace, head)
             ws.write_metadata(directory, meta)
     except BaseException:
@@ -395,7 +405,7 @@ def clone_repository(
     return PullResult(
         name,
         str(directory),
-        "cloned",
+        PullStatus.CLONED,
         0,
         response.reply.version,
         Changes(added=sorted(head)),
@@ -423,17 +433,19 @@ def read_status(start: Path) -> StatusResult:
     return StatusResult(meta.repository, meta.version, meta.bootstrap, diff_manifests(meta.manifest, local))
 
 
-def read_log(start: Path, options: ClientOptions, limit: int = 100, repo: str | None = None) -> tuple[str, list[LogEntry]]:
+def read_log(
+    start: Path, options: ClientOptions, limit: int = 100, repo: str | None = None
+) -> tuple[str, list[p.LogEntry]]:
     """The versions of the repository, newest first (asks the server)."""
     meta = None
     if repo is None:
         meta = ws.read_metadata(ws.require_root(start))
         repo = meta.repository
     p.check_name("repository", repo)
-    with options.connect(meta) as connection:
+    with options.connect(options.settings(meta)) as connection:
         reply = connection.call(connection.new_request(p.LogRequest, repo=repo, limit=limit)).reply
-    if reply.status == p.NOT_FOUND:
+    if reply.status == Status.NOT_FOUND:
         raise RepositoryNotFound(repo)
-    if reply.status != p.OK:
+    if reply.status != Status.OK:
         raise MinigitError(f"log failed: {reply.message or reply.status}")
-    return repo, [LogEntry(e["version"], e["author"], e["time_ms"], e["message"]) for e in reply.entries]
+    return repo, reply.entries

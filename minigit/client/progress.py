@@ -15,7 +15,7 @@ from rich.progress import (
     TransferSpeedColumn,
 )
 
-from minigit.client.transport import Observer
+from minigit.client.exchange import Observer
 
 # Below these a transfer is over before a bar could say anything.
 MIN_BAR_BYTES = 2 * 1024 * 1024

@@ -1,7 +1,7 @@
 """A working directory on disk: its ``.minigit`` file, its files, safe writes, its lock.
 
-Parsing ``.minigit`` is kept apart from reading it (wyag's habit), and every
-path is checked with the protocol's rules before anything touches the disk.
+Parsing ``.minigit`` is kept apart from reading it, and every path is checked
+with the protocol's rules before anything touches the disk.
 """
 
 from __future__ import annotations
@@ -19,6 +19,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import IO
 
+from minigit import codec
 from minigit import protocol as p
 from minigit.errors import CorruptMetadata, MinigitError, NoRepository, UnsafePath, WorkdirBusy
 
@@ -188,17 +189,14 @@ def scan_worktree(root: Path, ignored: Callable[[str, bool], bool] = lambda path
     return manifest
 
 
-def read_pieces(path: Path) -> Iterator[bytes]:
-    with open(path, "rb") as file:
-        first = True
-        while True:
-            piece = file.read(p.CHUNK_SIZE)
-            if not piece and not first:
-                return
-            yield piece
-            first = False
-            if len(piece) < p.CHUNK_SIZE:
-                return
+def file_source(root: Path, rel: str, entry: p.FileEntry) -> codec.BlobSource:
+    """A working file to upload, read piece by piece when it is sent."""
+
+    def read_pieces() -> Iterator[bytes]:
+        with open(root / rel, "rb") as file:
+            yield from codec.split_stream(file.read)
+
+    return codec.BlobSource(entry.sha, entry.size, read_pieces)
 
 
 # ---------------------------------------------------------------- writing files

@@ -5,15 +5,16 @@ records in; tests feed them in directly.
 
 from __future__ import annotations
 
-import hashlib
 import logging
 from collections.abc import Iterable
 from dataclasses import dataclass
 
+from minigit import codec
 from minigit import protocol as p
 from minigit.errors import MinigitError
+from minigit.protocol import Status
 from minigit_server import decisions
-from minigit_server.store import RepoState, Store, StoredChunk, VersionInfo
+from minigit_server.store import RepoState, Store, VersionInfo
 
 log = logging.getLogger("minigit.apply")
 
@@ -64,26 +65,25 @@ def apply_chunk(store: Store, chunk: p.Chunk) -> None:
     if store.blob_size(chunk.sha) is not None:
         return
     try:
-        payload = chunk.payload()
+        piece = chunk.piece()
     except MinigitError:
         return
-    store.put_chunk(chunk.sha, StoredChunk(chunk.index, chunk.encoding, payload))
+    store.put_chunk(chunk.sha, piece)
     if store.count_present_chunks(chunk.sha, chunk.count) == chunk.count:
         complete_blob(store, chunk.sha, chunk.count)
 
 
 def complete_blob(store: Store, sha: str, count: int) -> None:
     """All pieces are here: keep the blob only if its content hashes to its name."""
-    digest, size = hashlib.sha256(), 0
+    assembler = codec.Assembler(sha, count)
     try:
         for piece in store.iter_chunks(sha, count):
-            raw = p.decode_chunk_data(piece.encoding, piece.payload)
-            digest.update(raw)
-            size += len(raw)
+            assembler.add(piece)
+        whole = assembler.complete
     except MinigitError:
-        digest = None
-    if digest is not None and digest.hexdigest() == sha:
-        store.put_blob(sha, size, count)
+        whole = False
+    if whole:
+        store.put_blob(sha, assembler.size, count)
     else:
         # Bad pieces (or pieces of two different uploads that don't fit): drop
         # them all, so that a clean upload can complete the blob later.
@@ -99,7 +99,7 @@ def apply_create(store: Store, proposal: p.CreateProposal, record: LogRecord) ->
         return decisions.Outcome.from_json(known)
     repo = store.get_repo(proposal.repo)
     outcome = decisions.decide_create(repo.head if repo else None, check_tree(store, proposal.tree))
-    if outcome.status == p.ACCEPTED:
+    if outcome.status == Status.ACCEPTED:
         store.put_repo(RepoState(proposal.repo, 1, record.partition, record.offset))
         store.add_version(proposal.repo, version_of(proposal, 1))
     store.put_outcome(proposal.request_id, outcome.to_json())
@@ -119,7 +119,7 @@ def apply_push(store: Store, proposal: p.PushProposal, record: LogRecord) -> dec
         proposal.tree,
         problem,
     )
-    if outcome.status == p.ACCEPTED:
+    if outcome.status == Status.ACCEPTED:
         store.put_repo(RepoState(proposal.repo, outcome.version, repo.partition, record.offset))
         store.add_version(proposal.repo, version_of(proposal, outcome.version))
     store.put_outcome(proposal.request_id, outcome.to_json())

@@ -10,41 +10,21 @@ import time
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 
-from kafka import ConsumerRebalanceListener, KafkaAdminClient, KafkaConsumer, KafkaProducer, TopicPartition
+from kafka import ConsumerRebalanceListener, KafkaConsumer, TopicPartition
 from kafka.admin import NewTopic
 from kafka.errors import KafkaError, TopicAlreadyExistsError
 from kafka.partitioner.default import murmur2
 from kafka.structs import OffsetAndMetadata
 
 from minigit import protocol as p
-from minigit.config import KafkaSettings
+from minigit.config import KafkaSettings, Topics
 from minigit.errors import MinigitError
-from minigit.client.transport import kafka_options, unreachable
+from minigit.kafka_clients import open_admin, open_consumer, open_producer
 from minigit_server.apply import LogRecord
 
 log = logging.getLogger("minigit.bus")
 
 DAY_MS = 24 * 3600 * 1000
-# Failures of Kafka or of the machine, as opposed to a bad request.
-INFRASTRUCTURE_ERRORS = (KafkaError, OSError)
-# Large enough for one chunk record (about 700 KB) per partition fetch.
-FETCH_BYTES = 2 * 1024 * 1024
-
-
-@dataclass(frozen=True)
-class Topics:
-    requests: str
-    responses: str
-    log: str
-    replicas: str
-    group: str
-
-    @classmethod
-    def for_namespace(cls, namespace: str) -> Topics:
-        def name(base: str) -> str:
-            return p.topic_name(namespace, base)
-
-        return cls(name(p.REQUESTS_TOPIC), name(p.RESPONSES_TOPIC), name(p.LOG_TOPIC), name(p.REPLICAS_TOPIC), name(p.REPLICA_GROUP))
 
 
 def topic_specs(topics: Topics, partitions: int, replication_factor: int, min_insync: int | None) -> list[NewTopic]:
@@ -70,15 +50,11 @@ def ensure_topics(
 
     Never relies on broker auto-creation. Running it twice is harmless.
     """
-    topics = Topics.for_namespace(settings.namespace)
-    try:
-        admin = KafkaAdminClient(**kafka_options(settings))
-    except (KafkaError, OSError) as error:
-        raise unreachable(settings, error) from None
+    admin = open_admin(settings)
     try:
         existing = set(admin.list_topics())
         created = []
-        for spec in topic_specs(topics, partitions, replication_factor, min_insync):
+        for spec in topic_specs(settings.topics, partitions, replication_factor, min_insync):
             if spec.name in existing:
                 continue
             try:
@@ -119,25 +95,17 @@ class Bus:
 
     def __init__(self, settings: KafkaSettings, client_id: str, bootstrap_timeout_s: float | None = None) -> None:
         self.settings = settings
-        self.topics = Topics.for_namespace(settings.namespace)
-        self.client_id = client_id
-        self.extra = {"bootstrap_timeout_ms": int(bootstrap_timeout_s * 1000)} if bootstrap_timeout_s else {}
-        try:
-            self.producer = KafkaProducer(
-                acks="all", linger_ms=0, client_id=client_id, **kafka_options(settings), **self.extra
-            )
-        except (KafkaError, OSError) as error:
-            raise unreachable(settings, error) from None
+        self.topics = settings.topics
+        self.extra: dict[str, object] = {"client_id": client_id}
+        if bootstrap_timeout_s:
+            self.extra["bootstrap_timeout_ms"] = int(bootstrap_timeout_s * 1000)
+        self.producer = open_producer(settings, **self.extra)
         self._offsets_lock = threading.Lock()
         self._offsets_consumer = self._consumer()
         self._partition_counts: dict[str, int] = {}
 
     def _consumer(self, **extra: object) -> KafkaConsumer:
-        options = {"client_id": self.client_id, **kafka_options(self.settings), **self.extra, **extra}
-        try:
-            return KafkaConsumer(enable_auto_commit=False, max_partition_fetch_bytes=FETCH_BYTES, **options)
-        except (KafkaError, OSError) as error:
-            raise unreachable(self.settings, error) from None
+        return open_consumer(self.settings, **self.extra, **extra)
 
     def partition_count(self, topic: str, wait_s: float = 10.0) -> int:
         if topic in self._partition_counts:
@@ -201,6 +169,30 @@ class Bus:
             self.producer.close(timeout=10)
         finally:
             self._offsets_consumer.close()
+
+    def ask(self, request: p.Request, timeout_s: float) -> p.Reply | None:
+        """Send one request and wait for its answer on ``request.reply_partition``:
+        an operator's check (ping), so no uploads, no retries, no chunks."""
+        reply_tp = TopicPartition(self.topics.responses, request.reply_partition)
+        consumer = self._consumer(group_id=None)
+        try:
+            consumer.assign([reply_tp])
+            consumer.seek(reply_tp, consumer.end_offsets([reply_tp])[reply_tp])
+            sent = self.producer.send(self.topics.requests, key=request.repo.encode(), value=request.to_bytes())
+            sent.get(timeout=timeout_s)
+            deadline = time.monotonic() + timeout_s
+            while (left := deadline - time.monotonic()) > 0:
+                for records in consumer.poll(timeout_ms=int(min(left, 0.5) * 1000) + 1).values():
+                    for record in records:
+                        try:
+                            reply = p.parse_message(record.value, allowed=(p.Reply,))
+                        except MinigitError:
+                            continue
+                        if reply.request_id == request.request_id and reply.status != p.Status.WORKING:
+                            return reply
+            return None
+        finally:
+            consumer.close()
 
     # -- consuming
 

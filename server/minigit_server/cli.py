@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import random
 import time
 from pathlib import Path
 from typing import Annotated
@@ -11,10 +12,12 @@ import typer
 from rich.table import Table
 
 from minigit import protocol as p
-from minigit.config import KAFKA_ENV_PREFIX, KafkaSettings, check_namespace, read_kafka_options
+from minigit.config import DEFAULT_BOOTSTRAP, KafkaSettings, ServerFlags
 from minigit.console import err, exit_on_error, out
 from minigit.errors import ExitCode, MinigitError, ServerUnreachable
+from minigit_server import health
 from minigit_server.devkafka.cli import kafka_app
+from minigit_server.health import ReplicaState, Verdict
 
 app = typer.Typer(
     name="minigit-server",
@@ -51,13 +54,8 @@ DataDir = Annotated[
 ]
 
 
-def kafka_environment(settings: KafkaSettings) -> dict[str, str]:
-    return {f"{KAFKA_ENV_PREFIX}{name.upper()}": str(value).lower() if isinstance(value, bool) else str(value)
-            for name, value in settings.options.items()}  # fmt: skip
-
-
 def kafka_settings(bootstrap: str, namespace: str, kafka_option: list[str]) -> KafkaSettings:
-    return KafkaSettings(bootstrap, check_namespace(namespace), read_kafka_options(kafka_option))
+    return ServerFlags.parse(bootstrap, namespace, kafka_option).resolve()
 
 
 @app.command()
@@ -68,7 +66,7 @@ def start(
         typer.Option("--replica-id", help="Run only this one replica (to spread replicas over hosts)."),
     ] = None,
     data_dir: DataDir = default_data_dir(),
-    bootstrap: Bootstrap = "localhost:9092",
+    bootstrap: Bootstrap = DEFAULT_BOOTSTRAP,
     namespace: Namespace = "",
     partitions: Annotated[int, typer.Option(min=1, help="Partitions of each topic (created if missing).")] = 6,
     replication_factor: Annotated[int, typer.Option(min=1, help="Replication factor of created topics.")] = 1,
@@ -94,31 +92,49 @@ def start(
         ids = [str(n) for n in range(1, replicas + 1)]
         command = lambda rid: supervisor.replica_command(rid, passed)  # noqa: E731
         # Security settings (passwords) reach the replicas by environment, not on their command lines.
-        chief = supervisor.Supervisor(ids, command, data_dir / "server.log", kafka_environment(settings))
+        chief = supervisor.Supervisor(ids, command, data_dir / "server.log", settings.security_environment())
         raise typer.Exit(chief.run())
 
 
 @app.command()
 def ping(
     repo: Annotated[str, typer.Option("--repo", help="Ask the replica serving this repository's partition.")] = "ping",
-    bootstrap: Bootstrap = "localhost:9092",
+    bootstrap: Bootstrap = DEFAULT_BOOTSTRAP,
     namespace: Namespace = "",
     timeout: Annotated[float, typer.Option(help="Seconds to wait for an answer.")] = 30.0,
     kafka_option: KafkaOption = [],  # noqa: B006
 ) -> None:
     """Send one request through Kafka and print which replica answered, and how fast."""
-    from minigit.client.transport import Connection
+    from minigit.kafka_clients import INFRASTRUCTURE_ERRORS
+    from minigit_server.bus import Bus
 
     with exit_on_error():
         settings = kafka_settings(bootstrap, namespace, kafka_option)
         p.check_name("repository", repo)
         started = time.monotonic()
-        with Connection(settings, user="minigit-server", timeout=timeout) as connection:
+        bus = Bus(settings, client_id="minigit-server-ping", bootstrap_timeout_s=min(timeout, 10.0))
+        try:
+            request = p.PingRequest(
+                request_id=p.new_request_id(),
+                repo=repo,
+                user="minigit-server",
+                reply_partition=random.randrange(bus.partition_count(bus.topics.responses, wait_s=0)),
+                timeout_ms=int(timeout * 1000),
+            )
             connected = time.monotonic()
-            response = connection.call(connection.new_request(p.PingRequest, repo=repo))
+            reply = bus.ask(request, timeout)
+        except INFRASTRUCTURE_ERRORS as error:
+            raise settings.unreachable(error) from None
+        finally:
+            bus.close()
+        if reply is None:
+            raise ServerUnreachable(
+                f"no answer from the minigit service within {timeout:g}s",
+                hint="check that 'minigit-server start' is running, or raise --timeout",
+            )
         done = time.monotonic()
         out.print(
-            f"{response.reply.message} (round trip {1000 * (done - connected):.0f} ms, "
+            f"{reply.message} (round trip {1000 * (done - connected):.0f} ms, "
             f"connect {1000 * (connected - started):.0f} ms)"
         )
 
@@ -128,14 +144,14 @@ Json = Annotated[bool, typer.Option("--json", help="Print the result as JSON (fo
 
 def read_cluster(settings: KafkaSettings) -> tuple[list, dict[int, int]]:
     """The latest heartbeat of every replica, and the log end offsets now."""
-    from minigit.client.transport import unreachable
-    from minigit_server.bus import INFRASTRUCTURE_ERRORS, Bus
+    from minigit.kafka_clients import INFRASTRUCTURE_ERRORS
+    from minigit_server.bus import Bus
 
     bus = Bus(settings, client_id="minigit-server-status", bootstrap_timeout_s=10)
     try:
         return bus.read_heartbeats(), bus.log_end_offsets()
     except INFRASTRUCTURE_ERRORS as error:
-        raise unreachable(settings, error) from None
+        raise settings.unreachable(error) from None
     finally:
         bus.close()
 
@@ -146,14 +162,13 @@ def clock(ms: int) -> str:
 
 @app.command()
 def status(
-    bootstrap: Bootstrap = "localhost:9092",
+    bootstrap: Bootstrap = DEFAULT_BOOTSTRAP,
     namespace: Namespace = "",
     kafka_option: KafkaOption = [],  # noqa: B006
     as_json: Json = False,
 ) -> None:
     """Show the replicas (health, partitions served, applied offsets and lag) and
     each repository's head version on every replica."""
-    from minigit_server import health
     from minigit_server.replica import HEARTBEAT_INTERVAL_S
 
     with exit_on_error():
@@ -162,7 +177,7 @@ def status(
         now_ms = int(time.time() * 1000)
         rows = health.describe_replicas(beats, now_ms, log_end, HEARTBEAT_INTERVAL_S)
         repos = sorted({name for beat in beats for name in beat.repos})
-        heads = {name: {b.replica: b.repos.get(name, {}).get("head") for b in beats} for name in repos}
+        heads = {name: health.heads_of(beats, name) for name in repos}
         if as_json:
             out.print_json(data={"replicas": [r.to_json() for r in rows], "repositories": heads, "log_end": log_end})
             return
@@ -179,7 +194,7 @@ def replica_table(rows: list, now_ms: int) -> Table:
     table = Table(title="replicas", title_justify="left")
     for column in ("replica", "state", "host", "pid", "up since", "last heartbeat", "serves", "applied / lag"):
         table.add_column(column)
-    colours = {"up": "green", "stopped": "dim", "silent": "red"}
+    colours = {ReplicaState.UP: "green", ReplicaState.STOPPED: "dim", ReplicaState.SILENT: "red"}
     for row in rows:
         table.add_row(
             row.replica,
@@ -210,7 +225,7 @@ def repository_table(heads: dict, replicas: list[str]) -> Table:
 
 @app.command()
 def verify(
-    bootstrap: Bootstrap = "localhost:9092",
+    bootstrap: Bootstrap = DEFAULT_BOOTSTRAP,
     namespace: Namespace = "",
     max_lag: Annotated[int, typer.Option(min=0, help="Records a replica may be behind without failing.")] = 0,
     wait: Annotated[float, typer.Option(min=0, help="Seconds to let lagging replicas catch up first.")] = 10.0,
@@ -220,7 +235,6 @@ def verify(
     """Check that the replicas agree on every repository, comparing their state
     digests at the same log position. Exit code 0: all agree; 3: a replica
     disagrees or lags more than --max-lag records; 4: no replica answers."""
-    from minigit_server import health
     from minigit_server.replica import HEARTBEAT_INTERVAL_S
 
     with exit_on_error():
@@ -230,11 +244,11 @@ def verify(
             beats, _ = read_cluster(settings)
             live = health.live_beats(beats, int(time.time() * 1000), HEARTBEAT_INTERVAL_S)
             verdicts = health.verify_repositories(live) if live else []
-            settled = live and all(v.status != "behind" or max(v.behind.values()) <= max_lag for v in verdicts)
-            if settled or any(v.status == "disagree" for v in verdicts) or time.monotonic() >= deadline:
+            settled = live and all(v.status != Verdict.BEHIND or max(v.behind.values()) <= max_lag for v in verdicts)
+            if settled or any(v.status == Verdict.DISAGREE for v in verdicts) or time.monotonic() >= deadline:
                 break
             time.sleep(HEARTBEAT_INTERVAL_S / 2)
-        failed = [v for v in verdicts if v.status == "disagree" or (v.behind and max(v.behind.values()) > max_lag)]
+        failed = [v for v in verdicts if v.status == Verdict.DISAGREE or (v.behind and max(v.behind.values()) > max_lag)]
         if as_json:
             out.print_json(data={"replicas": sorted(b.replica for b in live), "repositories": [v.to_json() for v in verdicts]})
         if not live:
@@ -251,13 +265,13 @@ def verify(
 @app.command()
 def forget(
     replica_id: Annotated[str, typer.Argument(help="The id of a replica that was removed for good.")],
-    bootstrap: Bootstrap = "localhost:9092",
+    bootstrap: Bootstrap = DEFAULT_BOOTSTRAP,
     namespace: Namespace = "",
     kafka_option: KafkaOption = [],  # noqa: B006
 ) -> None:
     """Drop a removed replica from status and verify (its data is untouched)."""
-    from minigit.client.transport import unreachable
-    from minigit_server.bus import INFRASTRUCTURE_ERRORS, Bus
+    from minigit.kafka_clients import INFRASTRUCTURE_ERRORS
+    from minigit_server.bus import Bus
 
     with exit_on_error():
         p.check_name("replica", replica_id)
@@ -267,7 +281,7 @@ def forget(
             bus.partition_count(bus.topics.replicas, wait_s=0)
             bus.forget_replica(replica_id)
         except INFRASTRUCTURE_ERRORS as error:
-            raise unreachable(settings, error) from None
+            raise settings.unreachable(error) from None
         finally:
             bus.close()
         out.print(f"forgot replica {replica_id}")
@@ -277,16 +291,16 @@ def print_verdicts(verdicts: list, replicas: list[str]) -> None:
     out.print(f"Checked {len(verdicts)} repositories on replicas {', '.join(replicas)}")
     for verdict in verdicts:
         head = max((h for h in verdict.heads.values() if h is not None), default=None)
-        if verdict.status == "agree":
+        if verdict.status == Verdict.AGREE:
             line = f"[green]ok[/]        {verdict.repo} (version {head}): {len(verdict.heads)} replicas agree"
-        elif verdict.status == "disagree":
+        elif verdict.status == Verdict.DISAGREE:
             others = ", ".join(verdict.disagreeing)
             line = f"[red]DISAGREE[/]  {verdict.repo} (version {head}): replica {others} differs from the others"
         else:
             lagging = ", ".join(f"replica {r} by {n} records" for r, n in sorted(verdict.behind.items()))
             line = f"[yellow]behind[/]    {verdict.repo} (version {head}): {lagging}"
         out.print(line)
-    if all(v.status == "agree" for v in verdicts):
+    if all(v.status == Verdict.AGREE for v in verdicts):
         out.print("[bold green]All repositories are available![/]")
 
 

@@ -12,13 +12,14 @@ from dataclasses import asdict, dataclass
 
 from minigit import protocol as p
 from minigit.errors import MinigitError
+from minigit.protocol import Status
 
 
 @dataclass(frozen=True)
 class Outcome:
     """What a write did. Stored by request id, so a retry gets it back unchanged."""
 
-    status: str
+    status: Status
     head: int | None  # the repository's head after the decision (None: no repository)
     version: int | None = None  # the version this write created, when accepted
     message: str = ""
@@ -28,29 +29,29 @@ class Outcome:
 
     @classmethod
     def from_json(cls, doc: Mapping) -> Outcome:
-        return cls(**doc)
+        return cls(**{**doc, "status": Status(doc["status"])})
 
 
-def find_tree_problem(tree_bytes: bytes | None, has_blob: Callable[[str], bool]) -> tuple[str, str] | None:
+def find_tree_problem(tree_bytes: bytes | None, has_blob: Callable[[str], bool]) -> tuple[Status, str] | None:
     """Why a proposed tree cannot become a version: (status, message), or None."""
     if tree_bytes is None:
-        return p.MISSING_OBJECTS, "the tree was not uploaded completely"
+        return Status.MISSING_OBJECTS, "the tree was not uploaded completely"
     try:
         manifest = p.decode_tree(tree_bytes)
     except MinigitError as error:
-        return p.INVALID, error.message
+        return Status.INVALID, error.message
     missing = sorted({entry.sha for entry in manifest.values() if not has_blob(entry.sha)})
     if missing:
-        return p.MISSING_OBJECTS, f"{len(missing)} object(s) were not uploaded completely"
+        return Status.MISSING_OBJECTS, f"{len(missing)} object(s) were not uploaded completely"
     return None
 
 
-def decide_create(head: int | None, problem: tuple[str, str] | None) -> Outcome:
+def decide_create(head: int | None, problem: tuple[Status, str] | None) -> Outcome:
     if head is not None:
-        return Outcome(p.EXISTS, head, message="repository already exists")
+        return Outcome(Status.EXISTS, head, message="repository already exists")
     if problem:
         return Outcome(problem[0], None, message=problem[1])
-    return Outcome(p.ACCEPTED, 1, version=1, message="created at version 1")
+    return Outcome(Status.ACCEPTED, 1, version=1, message="created at version 1")
 
 
 def decide_push(
@@ -58,37 +59,37 @@ def decide_push(
     head_tree: str | None,
     base: int,
     tree: str,
-    problem: tuple[str, str] | None,
+    problem: tuple[Status, str] | None,
 ) -> Outcome:
     """The seed's rule made exact: accepted only if the push was based on the head."""
     if head is None:
-        return Outcome(p.NOT_FOUND, None, message="no such repository")
+        return Outcome(Status.NOT_FOUND, None, message="no such repository")
     if base != head:
-        return Outcome(p.REJECTED, head, message=f"version mismatch: head is {head}, push based on {base}")
+        return Outcome(Status.REJECTED, head, message=f"version mismatch: head is {head}, push based on {base}")
     if problem:
         return Outcome(problem[0], head, message=problem[1])
     if tree == head_tree:
-        return Outcome(p.UP_TO_DATE, head, message="nothing to push")
-    return Outcome(p.ACCEPTED, head + 1, version=head + 1, message=f"accepted as version {head + 1}")
+        return Outcome(Status.UP_TO_DATE, head, message="nothing to push")
+    return Outcome(Status.ACCEPTED, head + 1, version=head + 1, message=f"accepted as version {head + 1}")
 
 
 @dataclass(frozen=True)
 class PullDecision:
-    status: str  # OK (send the head), UP_TO_DATE, NOT_FOUND, INVALID
+    status: Status  # OK (send the head), UP_TO_DATE, NOT_FOUND, INVALID
     head: int | None
     message: str = ""
 
 
 def decide_pull(head: int | None, version: int) -> PullDecision:
     if head is None:
-        return PullDecision(p.NOT_FOUND, None, "no such repository")
+        return PullDecision(Status.NOT_FOUND, None, "no such repository")
     if version == head:
-        return PullDecision(p.UP_TO_DATE, head, "already up to date")
+        return PullDecision(Status.UP_TO_DATE, head, "already up to date")
     if version > head:
         return PullDecision(
-            p.INVALID, head, f"you are at version {version} but the server's head is {head}: clone again"
+            Status.INVALID, head, f"you are at version {version} but the server's head is {head}: clone again"
         )
-    return PullDecision(p.OK, head, f"head is version {head}")
+    return PullDecision(Status.OK, head, f"head is version {head}")
 
 
 def blobs_to_send(

@@ -20,7 +20,8 @@ from pathlib import Path
 from minigit import protocol as p
 from minigit.config import KafkaSettings
 from minigit_server.apply import apply_records
-from minigit_server.bus import INFRASTRUCTURE_ERRORS, Bus
+from minigit.kafka_clients import INFRASTRUCTURE_ERRORS
+from minigit_server.bus import Bus
 from minigit_server.service import AppliedOffsets, Handled, Service
 from minigit_server.store import SqliteStore, Store
 
@@ -48,18 +49,19 @@ def setup_logging(replica_id: str, log_file: Path) -> logging.Logger:
     return logging.getLogger("minigit.replica")
 
 
-def collect_repo_states(store: Store) -> tuple[dict[str, dict], dict[int, int]]:
+def collect_repo_states(store: Store) -> tuple[dict[str, p.RepoReport], dict[int, int]]:
     """Each repository's head and digest, with the log offsets they correspond to."""
     with store.snapshot():
-        return {
-            repo.name: {
-                "head": repo.head,
-                "digest": store.repo_digest(repo.name),
-                "partition": repo.partition,
-                "changed_at": repo.changed_at,
-            }
+        reports = {
+            repo.name: p.RepoReport(
+                head=repo.head,
+                digest=store.repo_digest(repo.name),
+                partition=repo.partition,
+                changed_at=repo.changed_at,
+            )
             for repo in store.list_repos()
-        }, store.applied_offsets()
+        }
+        return reports, store.applied_offsets()
 
 
 class Replica:
@@ -189,8 +191,8 @@ class Replica:
                 started_ms=self.started_ms,
                 sent_ms=int(time.time() * 1000),
                 serving=list(self.serving),
-                applied={str(k): v for k, v in sorted(applied.items())},
-                log_end={str(k): v for k, v in sorted(self.bus.log_end_offsets().items())},
+                applied=dict(sorted(applied.items())),
+                log_end=dict(sorted(self.bus.log_end_offsets().items())),
                 repos=repos,
                 stopping=stopping,
             )

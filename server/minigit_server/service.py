@@ -1,11 +1,11 @@
-"""Answering requests, outside the consume loop (faust's rule): parse, decide,
-reply. Writes go through the replication log and are answered only once this
-replica has applied them; reads wait for the log end seen on arrival.
+"""Answering requests, outside the consume loop: parse, decide, reply. Writes
+go through the replication log and are answered only once this replica has
+applied them; reads wait for the log end seen on arrival.
 """
 
 from __future__ import annotations
 
-import base64
+import enum
 import threading
 import time
 import uuid
@@ -15,6 +15,7 @@ from typing import Protocol
 
 from minigit import protocol as p
 from minigit.errors import MinigitError
+from minigit.protocol import Status
 from minigit_server import decisions
 from minigit_server.store import Store
 
@@ -58,6 +59,15 @@ class Wire(Protocol):
     def flush(self) -> None: ...
 
 
+class Unanswered(enum.StrEnum):
+    """Why a request got no answer (the client retries, or gives up)."""
+
+    MALFORMED = "malformed"  # unreadable; answered "invalid" when it says where to
+    EXPIRED = "expired"  # its client has given up already
+    STALLED = "stalled"  # the log was not applied in time
+    FAILED = "failed"  # handling it raised; see the replica's log
+
+
 @dataclass(frozen=True)
 class Handled:
     """What happened to one record, for the request log."""
@@ -65,8 +75,12 @@ class Handled:
     user: str
     action: str
     repo: str
-    status: str
+    status: Status | Unanswered
     detail: str = ""
+
+    @classmethod
+    def of(cls, request: p.Request, status: Status | Unanswered, detail: str = "") -> Handled:
+        return cls(request.user, request.action, request.repo, status, detail)
 
 
 class Service:
@@ -102,11 +116,10 @@ class Service:
         request = message
         if request.reply_partition >= self.wire.reply_partitions():
             detail = f"reply_partition {request.reply_partition} does not exist; not answered"
-            return Handled(request.user, request.action, request.repo, "malformed", detail)
+            return Handled.of(request, Unanswered.MALFORMED, detail)
         if timestamp_ms + request.timeout_ms < self.clock_ms():
-            return Handled(request.user, request.action, request.repo, "expired", "client gave up; not answered")
-        handler = getattr(self, f"handle_{request.action}")
-        return handler(partition, request)
+            return Handled.of(request, Unanswered.EXPIRED, "client gave up; not answered")
+        return HANDLERS[type(request)](self, partition, request)
 
     def reject_malformed(self, value: bytes, error: MinigitError) -> Handled:
         address = p.peek_reply_address(value)
@@ -114,12 +127,14 @@ class Service:
             address = None
         if address is not None:
             request_id, reply_partition = address
-            self.reply(reply_partition, request_id, "unknown", p.INVALID, f"bad request: {error.message}")
+            self.reply(reply_partition, request_id, "unknown", Status.INVALID, f"bad request: {error.message}")
             self.wire.flush()
         detail = error.message + ("" if address else " (no reply address)")
-        return Handled("?", "?", "?", "malformed", detail)
+        return Handled("?", "?", "?", Unanswered.MALFORMED, detail)
 
-    def reply(self, partition: int, request_id: str, action: str, status: str, message: str = "", **fields) -> p.Reply:
+    def reply(
+        self, partition: int, request_id: str, action: str, status: Status, message: str = "", **fields
+    ) -> p.Reply:
         reply = p.Reply(
             request_id=request_id,
             action=action,
@@ -132,7 +147,7 @@ class Service:
         self.wire.send_reply(partition, reply)
         return reply
 
-    def answer(self, request: p.Request, status: str, message: str = "", **fields) -> p.Reply:
+    def answer(self, request: p.Request, status: Status, message: str = "", **fields) -> p.Reply:
         return self.reply(request.reply_partition, request.request_id, request.action, status, message, **fields)
 
     def catch_up(self, partition: int) -> bool:
@@ -143,19 +158,19 @@ class Service:
     # -- reads
 
     def handle_ping(self, partition: int, request: p.PingRequest) -> Handled:
-        self.answer(request, p.OK, f"replica {self.replica_id} serves {request.repo} (log partition {partition})")
+        self.answer(request, Status.OK, f"replica {self.replica_id} serves {request.repo} (log partition {partition})")
         self.wire.flush()
-        return Handled(request.user, "ping", request.repo, p.OK)
+        return Handled.of(request, Status.OK)
 
     def handle_pull(self, partition: int, request: p.PullRequest) -> Handled:
         if not self.catch_up(partition):
-            return Handled(request.user, "pull", request.repo, "stalled", "log not applied in time; not answered")
+            return Handled.of(request, Unanswered.STALLED, "log not applied in time; not answered")
         repo = self.store.get_repo(request.repo)
         decision = decisions.decide_pull(repo.head if repo else None, request.version)
-        if decision.status != p.OK:
+        if decision.status != Status.OK:
             self.answer(request, decision.status, decision.message, head=decision.head, version=decision.head)
             self.wire.flush()
-            return Handled(request.user, "pull", request.repo, decision.status, f"v{request.version}")
+            return Handled.of(request, decision.status, f"v{request.version}")
         head = self.store.get_version(request.repo, repo.head)
         old = self.store.read_manifest(request.repo, request.version)
         new = self.store.read_manifest(request.repo, repo.head)
@@ -163,7 +178,7 @@ class Service:
         wanted += [(sha, size) for sha, size in decisions.blobs_to_send(old, new, request.lost) if sha != head.tree]
         reply = self.answer(
             request,
-            p.OK,
+            Status.OK,
             decision.message,
             version=repo.head,
             head=repo.head,
@@ -175,41 +190,32 @@ class Service:
             self.stream_blob(request, reply.stream, sha)
         self.wire.flush()
         sent = sum(size for _, size in wanted)
-        return Handled(request.user, "pull", request.repo, p.OK, f"v{request.version}->v{repo.head}, {len(wanted)} objects, {sent} bytes")
+        return Handled.of(request, Status.OK, f"v{request.version}->v{repo.head}, {len(wanted)} objects, {sent} bytes")
 
     def stream_blob(self, request: p.Request, stream: str, sha: str) -> None:
         count = self.store.blob_chunk_count(sha)
         for piece in self.store.iter_chunks(sha, count):
-            chunk = p.Chunk(
-                request_id=request.request_id,
-                repo=request.repo,
-                sha=sha,
-                index=piece.index,
-                count=count,
-                encoding=piece.encoding,
-                data=base64.b64encode(piece.payload).decode("ascii"),
-                stream=stream,
-            )
+            chunk = p.Chunk.of_piece(request.request_id, request.repo, sha, count, piece, stream)
             self.wire.send_reply(request.reply_partition, chunk)
 
     def handle_log(self, partition: int, request: p.LogRequest) -> Handled:
         if not self.catch_up(partition):
-            return Handled(request.user, "log", request.repo, "stalled", "log not applied in time; not answered")
+            return Handled.of(request, Unanswered.STALLED, "log not applied in time; not answered")
         repo = self.store.get_repo(request.repo)
         if repo is None:
-            self.answer(request, p.NOT_FOUND, "no such repository")
+            self.answer(request, Status.NOT_FOUND, "no such repository")
             self.wire.flush()
-            return Handled(request.user, "log", request.repo, p.NOT_FOUND)
+            return Handled.of(request, Status.NOT_FOUND)
         entries, size = [], 0
         for info in reversed(self.store.list_versions(request.repo)):
-            entry = {"version": info.version, "author": info.author, "time_ms": info.time_ms, "message": info.message}
+            entry = p.LogEntry(version=info.version, author=info.author, time_ms=info.time_ms, message=info.message)
             size += len(info.message.encode()) + 100
             if len(entries) >= request.limit or size > MAX_LOG_REPLY_BYTES:
                 break
             entries.append(entry)
-        self.answer(request, p.OK, head=repo.head, version=repo.head, entries=entries)
+        self.answer(request, Status.OK, head=repo.head, version=repo.head, entries=entries)
         self.wire.flush()
-        return Handled(request.user, "log", request.repo, p.OK, f"{len(entries)} entries")
+        return Handled.of(request, Status.OK, f"{len(entries)} entries")
 
     # -- writes
 
@@ -237,10 +243,10 @@ class Service:
         and answer with the outcome that every replica reached."""
         outcome = self.store.get_outcome(request.request_id)
         if outcome is None:
-            self.answer(request, p.WORKING)
+            self.answer(request, Status.WORKING)
             offset = self.wire.append_log(partition, request.repo.encode(), proposal.to_bytes(), wait=True)
             if not self.applied.wait_for(partition, offset + 1, APPLY_WAIT_S):
-                return Handled(request.user, request.action, request.repo, "stalled", "not applied in time; not answered")
+                return Handled.of(request, Unanswered.STALLED, "not applied in time; not answered")
             outcome = self.store.get_outcome(request.request_id)
             detail = ""
         else:
@@ -250,5 +256,14 @@ class Service:
         self.wire.flush()
         version = f"v{result.version}" if result.version else f"head v{result.head}"
         base = f"base v{request.base}, " if isinstance(request, p.PushRequest) else ""
-        return Handled(request.user, request.action, request.repo, result.status, f"{base}{version}{detail}")
+        return Handled.of(request, result.status, f"{base}{version}{detail}")
 
+
+# Which method answers which request: every request class has one.
+HANDLERS: dict[type[p.Request], Callable[[Service, int, p.Request], Handled]] = {
+    p.PingRequest: Service.handle_ping,
+    p.PullRequest: Service.handle_pull,
+    p.LogRequest: Service.handle_log,
+    p.InitRequest: Service.handle_init,
+    p.PushRequest: Service.handle_push,
+}

@@ -20,7 +20,9 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
+from minigit import codec
 from minigit import protocol as p
+from minigit.codec import Piece
 
 
 @dataclass(frozen=True)
@@ -39,13 +41,6 @@ class VersionInfo:
     message: str
     time_ms: int
     request_id: str
-
-
-@dataclass(frozen=True)
-class StoredChunk:
-    index: int
-    encoding: str
-    payload: bytes
 
 
 class Store(abc.ABC):
@@ -69,11 +64,11 @@ class Store(abc.ABC):
         """The raw size of a complete, verified blob; None if absent."""
 
     @abc.abstractmethod
-    def put_chunk(self, sha: str, chunk: StoredChunk) -> None:
+    def put_chunk(self, sha: str, chunk: Piece) -> None:
         """Keep the first copy of a chunk; later copies of the same piece are ignored."""
 
     @abc.abstractmethod
-    def iter_chunks(self, sha: str, count: int) -> Iterator[StoredChunk]:
+    def iter_chunks(self, sha: str, count: int) -> Iterator[Piece]:
         """Chunks 0..count-1 present for ``sha``, in order (complete or not)."""
 
     @abc.abstractmethod
@@ -119,10 +114,11 @@ class Store(abc.ABC):
         return sum(1 for _ in self.iter_chunks(sha, count))
 
     def read_blob(self, sha: str) -> bytes | None:
+        """A whole blob, checked against its name; None if absent."""
         count = self.blob_chunk_count(sha)
         if count is None:
             return None
-        return b"".join(p.decode_chunk_data(c.encoding, c.payload) for c in self.iter_chunks(sha, count))
+        return codec.assemble(sha, count, self.iter_chunks(sha, count))
 
     def read_manifest(self, repo: str, version: int) -> p.Manifest:
         if version == 0:
@@ -151,7 +147,7 @@ class MemoryStore(Store):
 
     def __init__(self) -> None:
         self.offsets: dict[int, int] = {}
-        self.chunks: dict[str, dict[int, StoredChunk]] = {}
+        self.chunks: dict[str, dict[int, Piece]] = {}
         self.blobs: dict[str, tuple[int, int]] = {}
         self.repos: dict[str, RepoState] = {}
         self.versions: dict[str, dict[int, VersionInfo]] = {}
@@ -183,10 +179,10 @@ class MemoryStore(Store):
         found = self.blobs.get(sha)
         return found[1] if found else None
 
-    def put_chunk(self, sha: str, chunk: StoredChunk) -> None:
+    def put_chunk(self, sha: str, chunk: Piece) -> None:
         self.chunks.setdefault(sha, {}).setdefault(chunk.index, chunk)
 
-    def iter_chunks(self, sha: str, count: int) -> Iterator[StoredChunk]:
+    def iter_chunks(self, sha: str, count: int) -> Iterator[Piece]:
         pieces = self.chunks.get(sha, {})
         yield from (pieces[i] for i in sorted(pieces) if i < count)
 
@@ -308,7 +304,7 @@ class SqliteStore(Store):
         row = self._db().execute("SELECT count FROM blobs WHERE sha = ?", (sha,)).fetchone()
         return row[0] if row else None
 
-    def put_chunk(self, sha: str, chunk: StoredChunk) -> None:
+    def put_chunk(self, sha: str, chunk: Piece) -> None:
         self._db().execute(
             "INSERT OR IGNORE INTO chunks VALUES (?, ?, ?, ?)", (sha, chunk.index, chunk.encoding, chunk.payload)
         )
@@ -316,14 +312,14 @@ class SqliteStore(Store):
     def count_present_chunks(self, sha: str, count: int) -> int:
         return self._db().execute("SELECT COUNT(*) FROM chunks WHERE sha = ? AND idx < ?", (sha, count)).fetchone()[0]
 
-    def iter_chunks(self, sha: str, count: int) -> Iterator[StoredChunk]:
+    def iter_chunks(self, sha: str, count: int) -> Iterator[Piece]:
         # One row at a time: a 100 MiB blob is never in memory at once.
         for index in range(count):
             row = self._db().execute(
                 "SELECT encoding, payload FROM chunks WHERE sha = ? AND idx = ?", (sha, index)
             ).fetchone()
             if row:
-                yield StoredChunk(index, row[0], bytes(row[1]))
+                yield Piece(index, row[0], bytes(row[1]))
 
     def delete_chunks(self, sha: str) -> None:
         self._db().execute("DELETE FROM chunks WHERE sha = ?", (sha,))

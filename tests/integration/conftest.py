@@ -1,5 +1,5 @@
 """A replicated service per test: real replica processes on the session's broker,
-isolated by a unique topic namespace (faust's habit: unique topics per test)."""
+isolated by a unique topic namespace (unique topics per test)."""
 
 from __future__ import annotations
 
@@ -16,7 +16,7 @@ import pytest
 
 from minigit.client import operations
 from minigit import protocol as p
-from minigit.config import KafkaSettings
+from minigit.config import KafkaSettings, ServerFlags
 from minigit.client.transport import Connection
 from minigit_server.bus import Bus, ensure_topics
 from minigit_server.replica import store_path
@@ -79,7 +79,7 @@ class Service:
         self.bus.close()
 
     def options(self, user: str = "tester", timeout: float = 30.0) -> operations.ClientOptions:
-        return operations.ClientOptions(user=user, bootstrap=self.bootstrap, namespace=self.namespace, timeout=timeout)
+        return operations.ClientOptions(user, ServerFlags(self.bootstrap, self.namespace), timeout)
 
     def ping(self, repo: str, timeout: float = 60.0) -> p.Reply:
         with Connection(self.settings, "tester", timeout) as connection:

@@ -19,7 +19,8 @@ from minigit.client import operations
 from minigit import protocol as p
 from minigit.client import workspace as ws
 from minigit.errors import UnsafePath
-from minigit.client.transport import Connection, Upload
+from minigit.client.transport import Connection
+from minigit.codec import BlobSource
 
 pytestmark = pytest.mark.integration
 MINIGIT = str(Path(sys.executable).with_name("minigit"))
@@ -42,7 +43,7 @@ def read_replies(consumer: KafkaConsumer, wanted: set[str], timeout: float = 30.
         for records in consumer.poll(timeout_ms=200).values():
             for record in records:
                 doc = json.loads(record.value)
-                if doc.get("request_id") in wanted and doc.get("status") != p.WORKING:
+                if doc.get("request_id") in wanted and doc.get("status") != p.Status.WORKING:
                     found[doc["request_id"]] = doc
     return found
 
@@ -77,7 +78,7 @@ def test_malformed_requests_get_error_replies_and_the_replica_keeps_serving(serv
     replies = read_replies(consumer, {rid for rid, _ in addressed.values()})
     for what, (rid, _) in addressed.items():
         assert rid in replies, f"no error reply for {what}"
-        assert replies[rid]["status"] == p.INVALID
+        assert replies[rid]["status"] == p.Status.INVALID
         assert replies[rid]["message"].startswith("bad request:")
     assert "unknown message type" in replies[addressed["unknown action"][0]]["message"]
     assert "missing field 'repo'" in replies[addressed["missing fields"][0]]["message"]
@@ -102,8 +103,8 @@ def test_server_refuses_unsafe_paths_on_push(service, tmp_path: Path) -> None:
         for bad in UNSAFE_PATHS:
             tree = json.dumps({"v": 1, "files": {bad: {"sha": p.hash_bytes(blob), "size": len(blob)}}}).encode()
             request = connection.new_request(p.PushRequest, repo="safe", base=1, tree=p.hash_bytes(tree))
-            reply = connection.call(request, [Upload.from_bytes(tree), Upload.from_bytes(blob)]).reply
-            assert reply.status == p.INVALID and "unsafe path" in reply.message, bad
+            reply = connection.call(request, [BlobSource.from_bytes(tree), BlobSource.from_bytes(blob)]).reply
+            assert reply.status == p.Status.INVALID and "unsafe path" in reply.message, bad
             assert reply.head == 1  # nothing changed
     states = service.wait_converged(["1", "2", "3"])
     assert {repos["safe"][0] for _, repos in states.values()} == {1}
@@ -130,12 +131,12 @@ def test_client_refuses_unsafe_paths_on_pull(bare_service, tmp_path: Path) -> No
                         continue
                     stream = uuid.uuid4().hex
                     reply = p.Reply(
-                        request_id=request.request_id, action="pull", stream=stream, replica="rogue", status=p.OK,
+                        request_id=request.request_id, action="pull", stream=stream, replica="rogue", status=p.Status.OK,
                         version=1, head=1, tree=p.hash_bytes(tree), blob_count=2, blob_bytes=len(tree) + len(evil),
                     )  # fmt: skip
                     service.bus.send_reply(request.reply_partition, reply)
                     for data in (tree, evil):
-                        for chunk in p.split_blob(request.request_id, request.repo, p.hash_bytes(data), data, stream):
+                        for chunk in p.blob_chunks(request.request_id, request.repo, BlobSource.from_bytes(data), stream):
                             service.bus.send_reply(request.reply_partition, chunk)
                     service.bus.flush()
         consumer.close()

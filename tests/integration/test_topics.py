@@ -7,7 +7,8 @@ from kafka import KafkaAdminClient
 from kafka.admin import ConfigResource, ConfigResourceType
 
 from minigit.config import KafkaSettings
-from minigit_server.bus import Bus, Topics, ensure_topics
+from minigit.config import Topics
+from minigit_server.bus import Bus, ensure_topics
 
 pytestmark = pytest.mark.integration
 

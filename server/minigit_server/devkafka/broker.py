@@ -15,7 +15,7 @@ Maven (``resources/kafka-pom.xml``) into a cache outside it, or uses
 ``$KAFKA_HOME/libs`` when that points at a Kafka distribution.
 
 Core module: it never prints. Failures are ``MinigitError``s (``BrokerError``)
-whose message is ready for the user; the CLI (``cli_kafka``) shows them.
+whose message is ready for the user; the CLI (``devkafka.cli``) shows them.
 Linux first (``/proc``); macOS works through ``ps``.
 """
 
@@ -42,6 +42,7 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
+from minigit.config import KafkaSettings
 from minigit.errors import MinigitError, UsageError
 
 KAFKA_VERSION = "4.1.1"
@@ -595,13 +596,13 @@ def _quiet_kafka_logging() -> Iterator[None]:
 
 def _broker_answers(bootstrap: str, timeout: float) -> bool:
     """Whether the broker answers a metadata request and lists itself as a live broker."""
-    from kafka import KafkaAdminClient  # imported late: `--help` stays fast
+    from minigit.kafka_clients import open_admin  # imported late: `--help` stays fast
 
     timeout_ms = max(int(timeout * 1000), 500)
     with _quiet_kafka_logging():
         try:
-            admin = KafkaAdminClient(
-                bootstrap_servers=bootstrap,
+            admin = open_admin(
+                KafkaSettings(bootstrap),
                 client_id="minigit-kafka-start",
                 bootstrap_timeout_ms=timeout_ms,
                 request_timeout_ms=timeout_ms,

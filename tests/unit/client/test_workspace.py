@@ -15,6 +15,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from minigit import codec
 from minigit import protocol as p
 from minigit.client import workspace as ws
 from minigit.errors import CorruptMetadata, MinigitError, NoRepository, UnsafePath, WorkdirBusy
@@ -397,17 +398,14 @@ def test_scan_hashes_large_files(tmp_path):
 # ---------------------------------------------------------------- reading pieces
 
 
-@pytest.mark.parametrize("size", [0, 1, p.CHUNK_SIZE - 1, p.CHUNK_SIZE, p.CHUNK_SIZE + 1, 2 * p.CHUNK_SIZE])
-def test_read_pieces(tmp_path, size):
+@pytest.mark.parametrize("size", [0, 1, codec.CHUNK_SIZE - 1, codec.CHUNK_SIZE, codec.CHUNK_SIZE + 1, 2 * codec.CHUNK_SIZE])
+def test_file_source_reads_the_codec_pieces(tmp_path, size):
     data = os.urandom(size)
-    path = write(tmp_path, "f", data)
-    pieces = list(ws.read_pieces(path))
-    assert len(pieces) == p.count_chunks(size)
-    assert b"".join(pieces) == data
-    assert all(len(piece) == p.CHUNK_SIZE for piece in pieces[:-1])
-    # the same split as the protocol's
-    sha = p.hash_bytes(data)
-    assert [c.raw() for c in p.split_blob("0" * 32, "r", sha, data)] == pieces
+    write(tmp_path, "d/f", data)
+    source = ws.file_source(tmp_path, "d/f", ws.hash_file(tmp_path / "d/f"))
+    assert (source.sha, source.size) == (codec.hash_bytes(data), size)
+    # the same split as for bytes, and again on a retry
+    assert list(source.read_pieces()) == list(codec.split_bytes(data)) == list(source.read_pieces())
 
 
 # ---------------------------------------------------------------- writing safely

@@ -18,6 +18,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from minigit import codec
 from minigit import protocol as p
 from minigit_server import decisions
 from minigit_server.apply import LogRecord, apply_record, apply_records
@@ -47,7 +48,8 @@ class Log:
         return record
 
     def chunks(self, content: bytes, sha: str | None = None, repo: str = REPO) -> list[p.Chunk]:
-        return list(p.split_blob(self.rid(), repo, sha or p.hash_bytes(content), content))
+        blob = codec.BlobSource(sha or p.hash_bytes(content), len(content), lambda: codec.split_bytes(content))
+        return list(p.blob_chunks(self.rid(), repo, blob))
 
     def blob(self, content: bytes, repo: str = REPO) -> str:
         for chunk in self.chunks(content, repo=repo):
@@ -144,13 +146,13 @@ def test_create_then_pushes(store):
     again = log.create(t3)
     apply_records(store, log.records)
 
-    assert outcome(store, created) == decisions.Outcome(p.ACCEPTED, 1, 1, "created at version 1")
-    assert outcome(store, accepted) == decisions.Outcome(p.ACCEPTED, 2, 2, "accepted as version 2")
-    assert outcome(store, stale) == decisions.Outcome(p.REJECTED, 2, None, "version mismatch: head is 2, push based on 1")
-    assert outcome(store, same) == decisions.Outcome(p.UP_TO_DATE, 2, None, "nothing to push")
-    assert outcome(store, ahead).status == p.REJECTED
-    assert outcome(store, missing_repo) == decisions.Outcome(p.NOT_FOUND, None, None, "no such repository")
-    assert outcome(store, again) == decisions.Outcome(p.EXISTS, 2, None, "repository already exists")
+    assert outcome(store, created) == decisions.Outcome(p.Status.ACCEPTED, 1, 1, "created at version 1")
+    assert outcome(store, accepted) == decisions.Outcome(p.Status.ACCEPTED, 2, 2, "accepted as version 2")
+    assert outcome(store, stale) == decisions.Outcome(p.Status.REJECTED, 2, None, "version mismatch: head is 2, push based on 1")
+    assert outcome(store, same) == decisions.Outcome(p.Status.UP_TO_DATE, 2, None, "nothing to push")
+    assert outcome(store, ahead).status == p.Status.REJECTED
+    assert outcome(store, missing_repo) == decisions.Outcome(p.Status.NOT_FOUND, None, None, "no such repository")
+    assert outcome(store, again) == decisions.Outcome(p.Status.EXISTS, 2, None, "repository already exists")
 
     repo = store.get_repo(REPO)
     assert repo.head == 2 and repo.partition == 0
@@ -180,8 +182,8 @@ def test_create_with_an_empty_tree_and_empty_file(store):
     t2 = log.tree({"empty.txt": b""})
     rid2 = log.push(1, t2)
     apply_records(store, log.records)
-    assert outcome(store, rid).status == p.ACCEPTED
-    assert outcome(store, rid2).status == p.ACCEPTED
+    assert outcome(store, rid).status == p.Status.ACCEPTED
+    assert outcome(store, rid2).status == p.Status.ACCEPTED
     assert store.blob_size(p.hash_bytes(b"")) == 0
     assert store.read_blob(p.hash_bytes(b"")) == b""
 
@@ -200,7 +202,7 @@ def test_apply_record_returns_the_message(store):
 
 
 def test_chunks_out_of_order_and_duplicated(store):
-    content = os.urandom(2 * p.CHUNK_SIZE + 5)
+    content = os.urandom(2 * codec.CHUNK_SIZE + 5)
     sha = p.hash_bytes(content)
     log = Log()
     chunks = log.chunks(content)
@@ -220,7 +222,7 @@ def test_chunks_out_of_order_and_duplicated(store):
 
 
 def test_compressible_multi_chunk_blob(store):
-    content = b"abc" * p.CHUNK_SIZE
+    content = b"abc" * codec.CHUNK_SIZE
     log = Log()
     sha = log.blob(content)
     apply_records(store, log.records)
@@ -229,10 +231,10 @@ def test_compressible_multi_chunk_blob(store):
 
 
 def test_blob_with_wrong_hash_is_dropped_then_completed_by_a_clean_upload(store):
-    good = os.urandom(p.CHUNK_SIZE + 10)
+    good = os.urandom(codec.CHUNK_SIZE + 10)
     sha = p.hash_bytes(good)
     log = Log()
-    for chunk in log.chunks(os.urandom(p.CHUNK_SIZE + 10), sha=sha):  # lies about its sha
+    for chunk in log.chunks(os.urandom(codec.CHUNK_SIZE + 10), sha=sha):  # lies about its sha
         log.add(chunk.to_bytes())
     apply_records(store, log.records)
     assert store.blob_size(sha) is None
@@ -240,12 +242,12 @@ def test_blob_with_wrong_hash_is_dropped_then_completed_by_a_clean_upload(store)
     t = log.tree({"f": good}, upload_blobs=False)
     failed = log.create(t, rid=log.rid())
     apply_records(store, log.records)
-    assert outcome(store, failed).status == p.MISSING_OBJECTS
+    assert outcome(store, failed).status == p.Status.MISSING_OBJECTS
     log.blob(good)
     t_rid = log.create(t)
     apply_records(store, log.records)
     assert store.read_blob(sha) == good
-    assert outcome(store, t_rid).status == p.ACCEPTED
+    assert outcome(store, t_rid).status == p.Status.ACCEPTED
 
 
 def test_corrupt_chunk_payload_drops_the_blob(store):
@@ -259,7 +261,7 @@ def test_corrupt_chunk_payload_drops_the_blob(store):
     log.add(bad.to_bytes())
     bomb = p.Chunk(
         request_id=log.rid(), repo=REPO, sha=sha, index=0, count=1, encoding="zlib",
-        data=base64.b64encode(zlib.compress(bytes(p.CHUNK_SIZE + 1))).decode(),
+        data=base64.b64encode(zlib.compress(bytes(codec.CHUNK_SIZE + 1))).decode(),
     )
     log.add(bomb.to_bytes())
     not_b64 = bad.to_dict() | {"data": "!!!"}
@@ -295,8 +297,8 @@ def test_push_referencing_a_missing_blob(store):
     no_tree = log.push(1, p.hash_bytes(b"no such tree"))
     apply_records(store, log.records)
     # "a" was uploaded with version 1: two objects are missing
-    assert outcome(store, rid) == decisions.Outcome(p.MISSING_OBJECTS, 1, None, "2 object(s) were not uploaded completely")
-    assert outcome(store, no_tree) == decisions.Outcome(p.MISSING_OBJECTS, 1, None, "the tree was not uploaded completely")
+    assert outcome(store, rid) == decisions.Outcome(p.Status.MISSING_OBJECTS, 1, None, "2 object(s) were not uploaded completely")
+    assert outcome(store, no_tree) == decisions.Outcome(p.Status.MISSING_OBJECTS, 1, None, "the tree was not uploaded completely")
     assert store.get_repo(REPO).head == 1
     assert len(store.list_versions(REPO)) == 1
 
@@ -306,7 +308,7 @@ def test_create_referencing_a_missing_blob_creates_nothing(store):
     t = log.tree({"a": b"1"}, upload_blobs=False)
     rid = log.create(t)
     apply_records(store, log.records)
-    assert outcome(store, rid) == decisions.Outcome(p.MISSING_OBJECTS, None, None, "1 object(s) were not uploaded completely")
+    assert outcome(store, rid) == decisions.Outcome(p.Status.MISSING_OBJECTS, None, None, "1 object(s) were not uploaded completely")
     assert store.get_repo(REPO) is None
     assert store.list_versions(REPO) == []
 
@@ -324,10 +326,10 @@ def test_tree_with_unsafe_path_is_invalid(store, path):
     log.create(log.tree({"ok": b"x"}))
     bad_push = log.push(1, evil)
     apply_records(store, log.records)
-    assert outcome(store, bad_create).status == p.INVALID
+    assert outcome(store, bad_create).status == p.Status.INVALID
     assert outcome(store, bad_create).head is None
     assert store.get_repo("other") is None
-    assert outcome(store, bad_push).status == p.INVALID
+    assert outcome(store, bad_push).status == p.Status.INVALID
     assert outcome(store, bad_push).head == 1
     assert store.get_repo(REPO).head == 1
 
@@ -340,7 +342,7 @@ def test_tree_with_file_directory_clash_is_invalid(store):
     )
     rid = log.create(evil)
     apply_records(store, log.records)
-    assert outcome(store, rid).status == p.INVALID
+    assert outcome(store, rid).status == p.Status.INVALID
 
 
 # ---------------------------------------------------------------- retries
@@ -355,8 +357,8 @@ def test_retried_proposal_gets_the_original_outcome(store):
     log.push(1, t2, rid=push)  # retry: would now be rejected (head is 2)
     log.create(t1, rid=create)  # retry: would now be "exists"
     apply_records(store, log.records)
-    assert outcome(store, push) == decisions.Outcome(p.ACCEPTED, 2, 2, "accepted as version 2")
-    assert outcome(store, create).status == p.ACCEPTED
+    assert outcome(store, push) == decisions.Outcome(p.Status.ACCEPTED, 2, 2, "accepted as version 2")
+    assert outcome(store, create).status == p.Status.ACCEPTED
     assert [v.version for v in store.list_versions(REPO)] == [1, 2]
 
 
@@ -368,7 +370,7 @@ def test_retry_of_a_rejected_push_stays_rejected(store):
     log.push(1, log.tree({"a": b"3"}))  # head becomes 2
     log.push(2, t2, rid=early)  # retry: base == head now, but the original outcome stands
     apply_records(store, log.records)
-    assert outcome(store, early).status == p.REJECTED
+    assert outcome(store, early).status == p.Status.REJECTED
     assert outcome(store, early).head == 1
     assert store.get_repo(REPO).head == 2
     assert [v.version for v in store.list_versions(REPO)] == [1, 2]
@@ -418,8 +420,8 @@ def test_malformed_records_are_skipped_deterministically(pair):
     assert len(done) == len(log.records)
     for store in pair:
         assert store.applied_offsets() == {0: len(log.records)}
-        assert outcome(store, rid).status == p.ACCEPTED
-        assert outcome(store, rid2).status == p.ACCEPTED
+        assert outcome(store, rid).status == p.Status.ACCEPTED
+        assert outcome(store, rid2).status == p.Status.ACCEPTED
 
 
 @pytest.mark.parametrize("value", [b'{"v": 1, "type": ["chunk"]}', b'{"v": 1, "type": "propose", "action": {}}'])
@@ -472,12 +474,12 @@ def test_records_below_the_stored_offset_are_skipped(store):
     # redelivery of everything: only the new records are applied
     done = apply_records(store, log.records)
     assert [r.offset for r, _ in done] == list(range(first, len(log.records)))
-    assert outcome(store, push).status == p.ACCEPTED
+    assert outcome(store, push).status == p.Status.ACCEPTED
     assert store.get_repo(REPO).head == 2
     # and once more: nothing at all
     assert apply_records(store, log.records) == []
     assert store.get_repo(REPO).head == 2
-    assert outcome(store, rid).status == p.ACCEPTED
+    assert outcome(store, rid).status == p.Status.ACCEPTED
 
 
 def test_duplicate_within_one_batch_is_applied_once(store):
@@ -499,8 +501,8 @@ def test_offsets_are_per_partition(store):
     apply_records(store, log0.records)
     apply_records(store, log1.records)  # same offsets, other partition: not skipped
     assert store.applied_offsets() == {0: len(log0.records), 1: len(log1.records)}
-    assert outcome(store, r0).status == p.ACCEPTED
-    assert outcome(store, r1).status == p.ACCEPTED
+    assert outcome(store, r0).status == p.Status.ACCEPTED
+    assert outcome(store, r1).status == p.Status.ACCEPTED
     assert store.get_repo("one").partition == 1
     assert [r.name for r in store.list_repos()] == ["one", "zero"]
 
@@ -531,7 +533,7 @@ def test_failure_mid_batch_persists_nothing(store, monkeypatch):
     assert store.get_outcome(create) is None
     # the redelivered batch applies cleanly
     apply_records(store, log.records)
-    assert outcome(store, create).status == p.ACCEPTED
+    assert outcome(store, create).status == p.Status.ACCEPTED
     assert store.applied_offsets() == {0: len(log.records)}
 
 
@@ -703,17 +705,17 @@ def test_interleaved_pushes_give_identical_stores(actions, cuts_a, cuts_b):
             continue
         seen.add(rid)
         if base != head:
-            expected[rid] = (p.REJECTED, None)
+            expected[rid] = (p.Status.REJECTED, None)
         elif tree == head_tree:
-            expected[rid] = (p.UP_TO_DATE, None)
+            expected[rid] = (p.Status.UP_TO_DATE, None)
         else:
             head, head_tree = head + 1, tree
-            expected[rid] = (p.ACCEPTED, head)
+            expected[rid] = (p.Status.ACCEPTED, head)
     accepted_bases = []
     for rid, (status, version) in expected.items():
         got = outcome(mem, rid)
         assert (got.status, got.version) == (status, version)
-        if status == p.ACCEPTED:
+        if status == p.Status.ACCEPTED:
             accepted_bases.append(version - 1)
     assert len(accepted_bases) == len(set(accepted_bases))  # at most one accepted push per base
     versions = mem.list_versions(REPO)

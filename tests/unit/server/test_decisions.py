@@ -14,7 +14,7 @@ from minigit_server.decisions import Outcome, PullDecision
 
 T1 = "1" * 64
 T2 = "2" * 64
-PROBLEM = (p.MISSING_OBJECTS, "1 object(s) were not uploaded completely")
+PROBLEM = (p.Status.MISSING_OBJECTS, "1 object(s) were not uploaded completely")
 
 
 def fe(seed: str, size: int = 1) -> p.FileEntry:
@@ -25,59 +25,59 @@ def fe(seed: str, size: int = 1) -> p.FileEntry:
 
 
 def test_push_no_such_repository():
-    assert decisions.decide_push(None, None, 1, T1, None) == Outcome(p.NOT_FOUND, None, None, "no such repository")
+    assert decisions.decide_push(None, None, 1, T1, None) == Outcome(p.Status.NOT_FOUND, None, None, "no such repository")
 
 
 def test_push_no_such_repository_wins_over_everything():
-    assert decisions.decide_push(None, None, 5, T1, PROBLEM).status == p.NOT_FOUND
+    assert decisions.decide_push(None, None, 5, T1, PROBLEM).status == p.Status.NOT_FOUND
 
 
 @pytest.mark.parametrize("head, base", [(3, 2), (3, 1), (3, 4), (1, 2), (10, 9)])
 def test_push_version_mismatch(head, base):
     outcome = decisions.decide_push(head, T1, base, T2, None)
-    assert outcome == Outcome(p.REJECTED, head, None, f"version mismatch: head is {head}, push based on {base}")
+    assert outcome == Outcome(p.Status.REJECTED, head, None, f"version mismatch: head is {head}, push based on {base}")
 
 
 def test_push_version_mismatch_wins_over_a_problem_and_over_same_tree():
-    assert decisions.decide_push(3, T1, 2, T2, PROBLEM).status == p.REJECTED
-    assert decisions.decide_push(3, T1, 2, T1, None).status == p.REJECTED
+    assert decisions.decide_push(3, T1, 2, T2, PROBLEM).status == p.Status.REJECTED
+    assert decisions.decide_push(3, T1, 2, T1, None).status == p.Status.REJECTED
 
 
 @pytest.mark.parametrize("head", [1, 2, 41])
 def test_push_accepted(head):
     outcome = decisions.decide_push(head, T1, head, T2, None)
-    assert outcome == Outcome(p.ACCEPTED, head + 1, head + 1, f"accepted as version {head + 1}")
+    assert outcome == Outcome(p.Status.ACCEPTED, head + 1, head + 1, f"accepted as version {head + 1}")
 
 
 def test_push_nothing_to_push():
-    assert decisions.decide_push(4, T1, 4, T1, None) == Outcome(p.UP_TO_DATE, 4, None, "nothing to push")
+    assert decisions.decide_push(4, T1, 4, T1, None) == Outcome(p.Status.UP_TO_DATE, 4, None, "nothing to push")
 
 
 @pytest.mark.parametrize(
-    "problem", [PROBLEM, (p.INVALID, "invalid tree: bad"), (p.MISSING_OBJECTS, "the tree was not uploaded completely")]
+    "problem", [PROBLEM, (p.Status.INVALID, "invalid tree: bad"), (p.Status.MISSING_OBJECTS, "the tree was not uploaded completely")]
 )
 def test_push_with_a_tree_problem(problem):
     assert decisions.decide_push(2, T1, 2, T2, problem) == Outcome(problem[0], 2, None, problem[1])
 
 
 def test_push_when_head_tree_unknown_is_accepted():
-    assert decisions.decide_push(1, None, 1, T1, None).status == p.ACCEPTED
+    assert decisions.decide_push(1, None, 1, T1, None).status == p.Status.ACCEPTED
 
 
 # ---------------------------------------------------------------- create
 
 
 def test_create_new_repository():
-    assert decisions.decide_create(None, None) == Outcome(p.ACCEPTED, 1, 1, "created at version 1")
+    assert decisions.decide_create(None, None) == Outcome(p.Status.ACCEPTED, 1, 1, "created at version 1")
 
 
 @pytest.mark.parametrize("head", [1, 7])
 def test_create_existing_repository(head):
-    assert decisions.decide_create(head, None) == Outcome(p.EXISTS, head, None, "repository already exists")
-    assert decisions.decide_create(head, PROBLEM) == Outcome(p.EXISTS, head, None, "repository already exists")
+    assert decisions.decide_create(head, None) == Outcome(p.Status.EXISTS, head, None, "repository already exists")
+    assert decisions.decide_create(head, PROBLEM) == Outcome(p.Status.EXISTS, head, None, "repository already exists")
 
 
-@pytest.mark.parametrize("problem", [PROBLEM, (p.INVALID, "invalid tree")])
+@pytest.mark.parametrize("problem", [PROBLEM, (p.Status.INVALID, "invalid tree")])
 def test_create_with_a_tree_problem(problem):
     assert decisions.decide_create(None, problem) == Outcome(problem[0], None, None, problem[1])
 
@@ -86,29 +86,29 @@ def test_create_with_a_tree_problem(problem):
 
 
 def test_pull_no_such_repository():
-    assert decisions.decide_pull(None, 0) == PullDecision(p.NOT_FOUND, None, "no such repository")
-    assert decisions.decide_pull(None, 3) == PullDecision(p.NOT_FOUND, None, "no such repository")
+    assert decisions.decide_pull(None, 0) == PullDecision(p.Status.NOT_FOUND, None, "no such repository")
+    assert decisions.decide_pull(None, 3) == PullDecision(p.Status.NOT_FOUND, None, "no such repository")
 
 
 @pytest.mark.parametrize("head", [1, 5])
 def test_clone_existing_repository(head):
-    assert decisions.decide_pull(head, 0) == PullDecision(p.OK, head, f"head is version {head}")
+    assert decisions.decide_pull(head, 0) == PullDecision(p.Status.OK, head, f"head is version {head}")
 
 
 @pytest.mark.parametrize("head, version", [(1, 1), (5, 5)])
 def test_pull_already_up_to_date(head, version):
-    assert decisions.decide_pull(head, version) == PullDecision(p.UP_TO_DATE, head, "already up to date")
+    assert decisions.decide_pull(head, version) == PullDecision(p.Status.UP_TO_DATE, head, "already up to date")
 
 
 @pytest.mark.parametrize("head, version", [(2, 1), (5, 3)])
 def test_pull_behind_is_updated(head, version):
-    assert decisions.decide_pull(head, version) == PullDecision(p.OK, head, f"head is version {head}")
+    assert decisions.decide_pull(head, version) == PullDecision(p.Status.OK, head, f"head is version {head}")
 
 
 @pytest.mark.parametrize("head, version", [(1, 2), (5, 9)])
 def test_pull_ahead_of_server_is_invalid(head, version):
     decision = decisions.decide_pull(head, version)
-    assert decision.status == p.INVALID and decision.head == head
+    assert decision.status == p.Status.INVALID and decision.head == head
     assert f"you are at version {version}" in decision.message and "clone again" in decision.message
 
 
@@ -120,7 +120,7 @@ def has_only(*shas):
 
 
 def test_find_tree_problem_tree_missing():
-    assert decisions.find_tree_problem(None, has_only()) == (p.MISSING_OBJECTS, "the tree was not uploaded completely")
+    assert decisions.find_tree_problem(None, has_only()) == (p.Status.MISSING_OBJECTS, "the tree was not uploaded completely")
 
 
 def test_find_tree_problem_none_when_complete():
@@ -133,7 +133,7 @@ def test_find_tree_problem_none_when_complete():
 def test_find_tree_problem_counts_distinct_missing_blobs():
     a, b, c = fe("a"), fe("b"), fe("c")
     tree = p.encode_tree({"x": a, "y": b, "z": b, "w": c})
-    assert decisions.find_tree_problem(tree, has_only(a.sha)) == (p.MISSING_OBJECTS, "2 object(s) were not uploaded completely")
+    assert decisions.find_tree_problem(tree, has_only(a.sha)) == (p.Status.MISSING_OBJECTS, "2 object(s) were not uploaded completely")
 
 
 @pytest.mark.parametrize(
@@ -150,12 +150,12 @@ def test_find_tree_problem_counts_distinct_missing_blobs():
 )
 def test_find_tree_problem_invalid(tree):
     status, message = decisions.find_tree_problem(tree, lambda sha: True)
-    assert status == p.INVALID
+    assert status == p.Status.INVALID
     assert message
 
 
 def test_outcome_json_round_trip():
-    for outcome in (Outcome(p.ACCEPTED, 3, 3, "m"), Outcome(p.NOT_FOUND, None), Outcome(p.REJECTED, 2, None, "x")):
+    for outcome in (Outcome(p.Status.ACCEPTED, 3, 3, "m"), Outcome(p.Status.NOT_FOUND, None), Outcome(p.Status.REJECTED, 2, None, "x")):
         assert Outcome.from_json(json.loads(json.dumps(outcome.to_json()))) == outcome
 
 
@@ -209,7 +209,7 @@ def test_blobs_to_send_property(old, new, lost):
 
 trees = st.sampled_from([T1, T2, "3" * 64])
 problems = st.one_of(
-    st.none(), st.just(PROBLEM), st.just((p.INVALID, "invalid tree: x")), st.just((p.MISSING_OBJECTS, "tree"))
+    st.none(), st.just(PROBLEM), st.just((p.Status.INVALID, "invalid tree: x")), st.just((p.Status.MISSING_OBJECTS, "tree"))
 )
 
 
@@ -223,20 +223,20 @@ problems = st.one_of(
 def test_push_accepted_iff_based_on_head(head, head_tree, base, tree, problem):
     outcome = decisions.decide_push(head, head_tree, base, tree, problem)
     should_accept = head is not None and base == head and problem is None and tree != head_tree
-    assert (outcome.status == p.ACCEPTED) == should_accept
+    assert (outcome.status == p.Status.ACCEPTED) == should_accept
     if should_accept:
         assert outcome.version == head + 1 == outcome.head
     else:
         assert outcome.version is None
         assert outcome.head == head
     if head is None:
-        assert outcome.status == p.NOT_FOUND
+        assert outcome.status == p.Status.NOT_FOUND
     elif base != head:
-        assert outcome.status == p.REJECTED
+        assert outcome.status == p.Status.REJECTED
     elif problem is not None:
         assert outcome.status == problem[0]
     elif tree == head_tree:
-        assert outcome.status == p.UP_TO_DATE
+        assert outcome.status == p.Status.UP_TO_DATE
     # deterministic: the same inputs give the same outcome on every replica
     assert decisions.decide_push(head, head_tree, base, tree, problem) == outcome
 
@@ -246,10 +246,10 @@ def test_pull_decision_property(head, version):
     decision = decisions.decide_pull(head, version)
     assert decision.head == head
     if head is None:
-        assert decision.status == p.NOT_FOUND
+        assert decision.status == p.Status.NOT_FOUND
     elif version == head:
-        assert decision.status == p.UP_TO_DATE
+        assert decision.status == p.Status.UP_TO_DATE
     elif version < head:
-        assert decision.status == p.OK
+        assert decision.status == p.Status.OK
     else:
-        assert decision.status == p.INVALID
+        assert decision.status == p.Status.INVALID

@@ -1,4 +1,4 @@
-"""server/health.py: who is alive, who is behind, who disagrees (no Kafka)."""
+"""minigit_server.health: who is alive, who is behind, who disagrees (no Kafka)."""
 
 from __future__ import annotations
 
@@ -15,9 +15,9 @@ def beat(replica: str, applied: dict[int, int], repos: dict[str, tuple], sent_ms
         started_ms=0,
         sent_ms=sent_ms,
         serving=[],
-        applied={str(k): v for k, v in applied.items()},
+        applied=applied,
         log_end={},
-        repos={n: {"head": h, "digest": d, "partition": 0, "changed_at": c} for n, (h, d, c) in repos.items()},
+        repos={n: p.RepoReport(head=h, digest=d, partition=0, changed_at=c) for n, (h, d, c) in repos.items()},
         stopping=stopping,
     )
 

@@ -1,4 +1,4 @@
-"""server/service.py: request handling, with the log and replies in memory.
+"""minigit_server.service: request handling, with the log and replies in memory.
 
 The fake wire applies each appended record at once, as a caught-up replica
 would; the real Kafka path is covered by the integration tests.
@@ -11,6 +11,7 @@ import uuid
 
 import pytest
 
+from minigit import codec
 from minigit import protocol as p
 from minigit_server.apply import LogRecord, apply_records
 from minigit_server.service import AppliedOffsets, Service
@@ -64,14 +65,14 @@ def send(service: Service, message: p.Message):
 
 
 def upload(service: Service, request_id: str, repo: str, data: bytes) -> str:
-    sha = p.hash_bytes(data)
-    for chunk in p.split_blob(request_id, repo, sha, data):
+    blob = codec.BlobSource.from_bytes(data)
+    for chunk in p.blob_chunks(request_id, repo, blob):
         assert send(service, chunk) is None  # chunks go straight to the log, unanswered
-    return sha
+    return blob.sha
 
 
 def answers(service: Service, request_id: str) -> list[p.Message]:
-    return [m for _, m in service.wire.replies if m.request_id == request_id and getattr(m, "status", "") != p.WORKING]
+    return [m for _, m in service.wire.replies if m.request_id == request_id and getattr(m, "status", "") != p.Status.WORKING]
 
 
 def create(service: Service, repo: str, files: dict[str, bytes]) -> None:
@@ -79,7 +80,7 @@ def create(service: Service, repo: str, files: dict[str, bytes]) -> None:
     manifest = {path: p.FileEntry(upload(service, request_id, repo, data), len(data)) for path, data in files.items()}
     tree = upload(service, request_id, repo, p.encode_tree(manifest))
     send(service, p.InitRequest(request_id=request_id, repo=repo, user="u", reply_partition=1, tree=tree))
-    assert answers(service, request_id)[-1].status == p.ACCEPTED
+    assert answers(service, request_id)[-1].status == p.Status.ACCEPTED
 
 
 def push(service: Service, repo: str, base: int, files: dict[str, bytes], request_id: str | None = None) -> p.Reply:
@@ -96,7 +97,7 @@ def test_malformed_request_with_an_address_gets_an_error_reply(service: Service)
     handled = service.handle(NOW_MS, value)
     assert handled.status == "malformed"
     [(partition, reply)] = service.wire.replies
-    assert (partition, reply.request_id, reply.status) == (3, request_id, p.INVALID)
+    assert (partition, reply.request_id, reply.status) == (3, request_id, p.Status.INVALID)
     assert reply.message.startswith("bad request: unknown message type")
 
 
@@ -116,7 +117,7 @@ def test_ping_names_the_replica(service: Service) -> None:
     request_id = rid()
     send(service, p.PingRequest(request_id=request_id, repo="ab", user="u", reply_partition=4))
     [reply] = answers(service, request_id)
-    assert (reply.status, reply.replica) == (p.OK, "7") and "log partition 2" in reply.message
+    assert (reply.status, reply.replica) == (p.Status.OK, "7") and "log partition 2" in reply.message
 
 
 def test_a_reply_partition_that_does_not_exist_is_not_answered(service: Service) -> None:
@@ -132,7 +133,7 @@ def test_push_is_answered_with_the_applied_outcome_and_a_retry_with_the_same(ser
     create(service, "r", {"a.txt": b"a"})
     request_id = rid()
     first = push(service, "r", 1, {"a.txt": b"b"}, request_id)
-    assert (first.status, first.version, first.head) == (p.ACCEPTED, 2, 2)
+    assert (first.status, first.version, first.head) == (p.Status.ACCEPTED, 2, 2)
     log_length = len(service.wire.log[1])
     again = p.PushRequest(request_id=request_id, repo="r", user="u", reply_partition=2, base=1, tree="0" * 64)
     handled = send(service, again)
@@ -140,7 +141,7 @@ def test_push_is_answered_with_the_applied_outcome_and_a_retry_with_the_same(ser
     assert answers(service, request_id)[-1].version == 2
     assert len(service.wire.log[1]) == log_length  # no second proposal
     stale = push(service, "r", 1, {"a.txt": b"c"})
-    assert (stale.status, stale.head) == (p.REJECTED, 2)
+    assert (stale.status, stale.head) == (p.Status.REJECTED, 2)
 
 
 def test_pull_streams_the_tree_and_only_what_changed(service: Service) -> None:
@@ -149,7 +150,7 @@ def test_pull_streams_the_tree_and_only_what_changed(service: Service) -> None:
     request_id = rid()
     send(service, p.PullRequest(request_id=request_id, repo="r", user="u", reply_partition=5, version=1))
     reply, *chunks = answers(service, request_id)
-    assert (reply.status, reply.version, reply.blob_count) == (p.OK, 2, 2)
+    assert (reply.status, reply.version, reply.blob_count) == (p.Status.OK, 2, 2)
     assert [c.sha for c in chunks] == [reply.tree, p.hash_bytes(b"new")]  # the tree first
     assert all(c.stream == reply.stream for c in chunks)
     assert p.decode_tree(chunks[0].raw()).keys() == {"keep.txt", "new.txt"}
@@ -162,7 +163,7 @@ def test_pull_streams_the_tree_and_only_what_changed(service: Service) -> None:
 
 
 @pytest.mark.parametrize(
-    "version, status", [(2, p.UP_TO_DATE), (5, p.INVALID)]
+    "version, status", [(2, p.Status.UP_TO_DATE), (5, p.Status.INVALID)]
 )
 def test_pull_at_or_past_the_head(service: Service, version: int, status: str) -> None:
     create(service, "r", {"a": b"a"})
@@ -176,7 +177,7 @@ def test_pull_and_log_of_a_missing_repository(service: Service) -> None:
     for cls in (p.PullRequest, p.LogRequest):
         request_id = rid()
         send(service, cls(request_id=request_id, repo="nope", user="u", reply_partition=0))
-        assert [m.status for m in answers(service, request_id)] == [p.NOT_FOUND]
+        assert [m.status for m in answers(service, request_id)] == [p.Status.NOT_FOUND]
 
 
 def test_log_is_newest_first_and_limited(service: Service) -> None:
@@ -186,4 +187,4 @@ def test_log_is_newest_first_and_limited(service: Service) -> None:
     request_id = rid()
     send(service, p.LogRequest(request_id=request_id, repo="r", user="u", reply_partition=0, limit=3))
     [reply] = answers(service, request_id)
-    assert [e["version"] for e in reply.entries] == [5, 4, 3] and reply.head == 5
+    assert [e.version for e in reply.entries] == [5, 4, 3] and reply.head == 5
