@@ -347,14 +347,25 @@ def parse_message(value: bytes, *, allowed: tuple[type[Message], ...] = ()) -> M
     return cls.from_dict(doc)
 
 
-def peek_reply_address(value: bytes) -> tuple[str, int] | None:
-    """Where to send an error reply for a request that failed validation, if it says."""
+def _peek(value: bytes) -> dict[str, Any]:
+    """The top-level object of a record that failed validation, or {}."""
     try:
         doc = json.loads(value.decode("utf-8"))
-        rid, partition = doc["request_id"], doc["reply_partition"]
-    except (UnicodeDecodeError, ValueError, KeyError, TypeError):
-        return None
-    if isinstance(rid, str) and _ID_RE.fullmatch(rid) and _is_int(partition) and 0 <= partition < MAX_INT:
+    except (UnicodeDecodeError, ValueError):
+        return {}
+    return doc if isinstance(doc, dict) else {}
+
+
+def peek_request_id(value: bytes) -> str | None:
+    """The request a record that failed validation says it belongs to, if any."""
+    rid = _peek(value).get("request_id")
+    return rid if isinstance(rid, str) and _ID_RE.fullmatch(rid) else None
+
+
+def peek_reply_address(value: bytes) -> tuple[str, int] | None:
+    """Where to send an error reply for a request that failed validation, if it says."""
+    rid, partition = peek_request_id(value), _peek(value).get("reply_partition")
+    if rid is not None and _is_int(partition) and 0 <= partition < MAX_INT:
         return rid, partition
     return None
 

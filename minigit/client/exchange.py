@@ -139,10 +139,15 @@ class ReplyCollector:
         self.answer: _Answer | None = None
 
     def feed(self, value: bytes) -> bool:
-        """Take one record; return whether it was part of this request's answer."""
+        """Take one record; return whether it was part of this request's answer.
+        Raise ProtocolError if it is a malformed answer to this request: waiting
+        longer would not mend it."""
         try:
             message = p.parse_message(value, allowed=p.REPLY_TYPES)
-        except MinigitError:
+        except MinigitError as error:
+            if p.peek_request_id(value) == self.request_id:
+                self.abandon()
+                raise ProtocolError(f"the service sent a malformed answer: {error.message}") from None
             return False  # someone else's garbage is not our answer
         if message.request_id != self.request_id:
             return False
