@@ -32,11 +32,11 @@ from pathlib import Path
 from rich.console import Console
 from rich.table import Table
 
-from minigit.client import operations
 from minigit import protocol as p
+from minigit.client import operations
+from minigit.client.transport import Connection
 from minigit.config import KafkaSettings, ServerFlags
 from minigit.errors import PushRejected
-from minigit.client.transport import Connection
 from minigit_server.bus import ensure_topics
 
 BIN = Path(sys.executable).parent
@@ -70,10 +70,21 @@ class Replicas:
 
     def start(self, replica_id: str) -> None:
         self.processes[replica_id] = subprocess.Popen(
-            [str(BIN / "minigit-server"), "start", "--replica-id", replica_id, "--data-dir", str(self.data_dir),
-             "--bootstrap", self.bootstrap, "--namespace", self.namespace],
-            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-        )  # fmt: skip
+            [
+                str(BIN / "minigit-server"),
+                "start",
+                "--replica-id",
+                replica_id,
+                "--data-dir",
+                str(self.data_dir),
+                "--bootstrap",
+                self.bootstrap,
+                "--namespace",
+                self.namespace,
+            ],
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+        )
 
     def serving(self, repo: str) -> str:
         with Connection(self.settings, "bench", 60) as connection:
@@ -100,11 +111,18 @@ def bench_latency(replicas: Replicas, root: Path, rounds: int) -> dict:
     git = ["git", "-c", "user.name=bench", "-c", "user.email=bench@localhost"]
     subprocess.run(["git", "init", "-q", "--bare", "-b", "main", str(git_bare)], check=True)
     shutil.copytree(writer, git_writer, ignore=shutil.ignore_patterns(".minigit*"))
-    for command in (["init", "-q", "-b", "main"], ["add", "-A"], ["commit", "-qm", "v1"], ["push", "-q", str(git_bare), "main"]):
+    for command in (
+        ["init", "-q", "-b", "main"],
+        ["add", "-A"],
+        ["commit", "-qm", "v1"],
+        ["push", "-q", str(git_bare), "main"],
+    ):
         subprocess.run([*git, *command], cwd=git_writer, check=True)
     subprocess.run(["git", "clone", "-q", str(git_bare), str(git_reader)], check=True, capture_output=True)
 
-    samples: dict[str, list[float]] = {k: [] for k in ("cli_push", "cli_pull", "api_push", "api_pull", "git_push", "git_pull")}
+    samples: dict[str, list[float]] = {
+        k: [] for k in ("cli_push", "cli_pull", "api_push", "api_pull", "git_push", "git_pull")
+    }
     for n in range(rounds):
         (writer / "file000.txt").write_text(f"round {n} cli\n")
         samples["cli_push"].append(timed([str(BIN / "minigit"), "push", "-q", "-m", f"cli {n}"], writer, env))
@@ -125,7 +143,12 @@ def bench_latency(replicas: Replicas, root: Path, rounds: int) -> dict:
 
 def bench_clone(replicas: Replicas, root: Path, files: int, total_mib: int) -> dict:
     options = operations.ClientOptions("bench", ServerFlags(replicas.bootstrap, replicas.namespace), timeout=120)
-    env = {**os.environ, "MINIGIT_USER": "bench", "MINIGIT_BOOTSTRAP": replicas.bootstrap, "MINIGIT_NAMESPACE": replicas.namespace}
+    env = {
+        **os.environ,
+        "MINIGIT_USER": "bench",
+        "MINIGIT_BOOTSTRAP": replicas.bootstrap,
+        "MINIGIT_NAMESPACE": replicas.namespace,
+    }
     source = root / "big-source"
     source.mkdir()
     size = total_mib * 1024 * 1024 // files
@@ -145,7 +168,13 @@ def bench_clone(replicas: Replicas, root: Path, files: int, total_mib: int) -> d
         subprocess.run([*git, *command], cwd=work, check=True)
     subprocess.run(["git", "clone", "-q", "--bare", str(work), str(bare)], check=True)
     git_s = timed(["git", "clone", "-q", "--no-local", str(bare), str(root / "big-git-clone")], root)
-    return {"files": files, "mib": total_mib, "minigit_init_s": init_s, "minigit_clone_s": minigit_s, "git_clone_no_local_s": git_s}
+    return {
+        "files": files,
+        "mib": total_mib,
+        "minigit_init_s": init_s,
+        "minigit_clone_s": minigit_s,
+        "git_clone_no_local_s": git_s,
+    }
 
 
 def bench_failover(replicas: Replicas, root: Path, trials: int) -> dict:
@@ -192,9 +221,19 @@ def main() -> None:
         if bootstrap is None:
             port = free_port()
             subprocess.run(
-                [str(BIN / "minigit-server"), "kafka", "start", "--port", str(port), "--controller-port", str(free_port()),
-                 "--data-dir", str(kafka_dir)], check=True,
-            )  # fmt: skip
+                [
+                    str(BIN / "minigit-server"),
+                    "kafka",
+                    "start",
+                    "--port",
+                    str(port),
+                    "--controller-port",
+                    str(free_port()),
+                    "--data-dir",
+                    str(kafka_dir),
+                ],
+                check=True,
+            )
             bootstrap = f"127.0.0.1:{port}"
         replicas = Replicas(bootstrap, f"bench{int(time.time())}-", root / "server")
         for replica_id in ("1", "2", "3"):
@@ -210,7 +249,9 @@ def main() -> None:
         replicas.stop()
     finally:
         if args.bootstrap is None:
-            subprocess.run([str(BIN / "minigit-server"), "kafka", "stop", "--data-dir", str(kafka_dir)], capture_output=True)
+            subprocess.run(
+                [str(BIN / "minigit-server"), "kafka", "stop", "--data-dir", str(kafka_dir)], capture_output=True
+            )
         shutil.rmtree(root, ignore_errors=True)
     report(results)
     out_dir = Path(__file__).parent / "results"
@@ -223,9 +264,13 @@ def report(results: dict) -> None:
     for column in ("operation", "median ms", "p95 ms", "n"):
         table.add_column(column, justify="right" if column != "operation" else "left")
     labels = {
-        "cli_push": "minigit push (CLI)", "api_push": "minigit push (in-process)", "git_push": "git push (bare repo)",
-        "cli_pull": "minigit pull (CLI)", "api_pull": "minigit pull (in-process)", "git_pull": "git pull (bare repo)",
-    }  # fmt: skip
+        "cli_push": "minigit push (CLI)",
+        "api_push": "minigit push (in-process)",
+        "git_push": "git push (bare repo)",
+        "cli_pull": "minigit pull (CLI)",
+        "api_pull": "minigit pull (in-process)",
+        "git_pull": "git pull (bare repo)",
+    }
     for key, label in labels.items():
         row = results["latency"][key]
         table.add_row(label, f"{row['median_ms']:.0f}", f"{row['p95_ms']:.0f}", str(row["n"]))
@@ -234,11 +279,14 @@ def report(results: dict) -> None:
         c = results["clone"]
         Console().print(
             f"clone {c['files']} files / {c['mib']} MiB: minigit clone {c['minigit_clone_s']:.1f} s, "
-            f"git clone --no-local {c['git_clone_no_local_s']:.1f} s (minigit init/push of it: {c['minigit_init_s']:.1f} s)"
+            f"git clone --no-local {c['git_clone_no_local_s']:.1f} s "
+            f"(minigit init/push of it: {c['minigit_init_s']:.1f} s)"
         )
     f = results["failover"]
     gaps = ", ".join(f"{s:.1f}" for s in f["seconds"])
-    Console().print(f"SIGKILL of the serving replica -> next accepted push: median {f['median_s']:.1f} s (runs: {gaps} s)")
+    Console().print(
+        f"SIGKILL of the serving replica -> next accepted push: median {f['median_s']:.1f} s (runs: {gaps} s)"
+    )
 
 
 if __name__ == "__main__":

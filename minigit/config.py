@@ -117,14 +117,14 @@ class ServerFlags:
         cls,
         bootstrap: str | None,
         namespace: str | None,
-        kafka_option_flags: Iterable[str] = (),
+        kafka_option_flags: Iterable[str] | None = (),
         environ: Mapping[str, str] | None = None,
     ) -> ServerFlags:
         """Check the raw values of the --bootstrap, --namespace and --kafka-option flags."""
         return cls(
             bootstrap=bootstrap or None,
             namespace=check_namespace(namespace) if namespace is not None else None,
-            options=read_kafka_options(kafka_option_flags, environ),
+            options=read_kafka_options(kafka_option_flags or (), environ),
         )
 
     def resolve(self, saved: tuple[str, str] | None = None) -> KafkaSettings:

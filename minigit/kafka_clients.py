@@ -32,7 +32,9 @@ def open_producer(settings: KafkaSettings, **extra: Any) -> KafkaProducer:
 
 def open_consumer(settings: KafkaSettings, **extra: Any) -> KafkaConsumer:
     """A consumer that commits only when told to, and fetches a whole chunk at once."""
-    return _open(settings, KafkaConsumer, {"enable_auto_commit": False, "max_partition_fetch_bytes": FETCH_BYTES, **extra})
+    return _open(
+        settings, KafkaConsumer, {"enable_auto_commit": False, "max_partition_fetch_bytes": FETCH_BYTES, **extra}
+    )
 
 
 def open_admin(settings: KafkaSettings, **extra: Any) -> KafkaAdminClient:

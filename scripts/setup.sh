@@ -1,9 +1,13 @@
 #!/usr/bin/env bash
 # Installs what the demo and the tests need, idempotently: a virtual environment
 # in .venv with minigit (and its test extra), and the Apache Kafka jars (Maven
-# Central, cached in ~/.cache/minigit). Needs Python >= 3.11, Java 17+ and Maven.
+# Central, cached in ~/.cache/minigit). Needs Python >= 3.11; the jars need
+# Java 17+ and Maven, and are skipped with --no-kafka (enough for unit tests).
 set -euo pipefail
 cd "$(dirname "$0")/.."
+
+fetch_kafka=yes
+[ "${1:-}" = "--no-kafka" ] && fetch_kafka=no
 
 python=${PYTHON:-python3}
 if ! "$python" -c 'import sys; sys.exit(sys.version_info < (3, 11))' 2>/dev/null; then
@@ -21,4 +25,6 @@ if [ ! -f "$stamp" ] || [ pyproject.toml -nt "$stamp" ]; then
     .venv/bin/python -m pip install --quiet --disable-pip-version-check -e '.[test]'
     touch "$stamp"
 fi
-.venv/bin/minigit-server kafka fetch >&2
+if [ "$fetch_kafka" = yes ]; then
+    .venv/bin/minigit-server kafka fetch >&2
+fi

@@ -79,7 +79,7 @@ def kafka_broker(tmp_path_factory: pytest.TempPathFactory):
 
 @pytest.fixture(scope="session")
 def kafka_bootstrap(kafka_broker: KafkaBroker) -> str:
-    """"127.0.0.1:PORT" of a running Kafka broker."""
+    """ "127.0.0.1:PORT" of a running Kafka broker."""
     return kafka_broker.bootstrap
 
 

@@ -88,7 +88,9 @@ def plan_pull(base: Manifest, local: Manifest, head: Manifest) -> PullPlan:
     )
 
 
-def find_path_collisions(local: Mapping[str, FileEntry], write: Mapping[str, FileEntry], delete: list[str]) -> list[str]:
+def find_path_collisions(
+    local: Mapping[str, FileEntry], write: Mapping[str, FileEntry], delete: list[str]
+) -> list[str]:
     """Local files that would have to be both a file and a directory after the pull
     (upstream adds ``a/b`` where a local ``a`` stays, or the other way round)."""
     final = (set(local) - set(delete)) | set(write)

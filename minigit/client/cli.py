@@ -61,11 +61,10 @@ Timeout = Annotated[
     typer.Option("--timeout", envvar="MINIGIT_TIMEOUT", min=0.1, help="Seconds to wait for the server without news."),
 ]
 KafkaOption = Annotated[
-    list[str],
+    list[str] | None,
     typer.Option(
         "--kafka-option",
-        help="kafka-python security setting NAME=VALUE, e.g. security_protocol=SASL_SSL "
-        "(also MINIGIT_KAFKA_<NAME>).",
+        help="kafka-python security setting NAME=VALUE, e.g. security_protocol=SASL_SSL (also MINIGIT_KAFKA_<NAME>).",
     ),
 ]
 Quiet = Annotated[bool, typer.Option("--quiet", "-q", help="Print nothing but errors.")]
@@ -73,7 +72,7 @@ Json = Annotated[bool, typer.Option("--json", help="Print the result as JSON (fo
 
 
 def client_options(
-    user: str | None, bootstrap: str | None, namespace: str | None, timeout: float, kafka_option: list[str]
+    user: str | None, bootstrap: str | None, namespace: str | None, timeout: float, kafka_option: list[str] | None
 ) -> operations.ClientOptions:
     return operations.ClientOptions(
         user=user or default_user(),
@@ -87,13 +86,21 @@ def print_json(doc: object) -> None:
 
 
 def print_changes(changes: Changes, indent: str = " ") -> None:
-    for code, colour, paths in (("A", "green", changes.added), ("M", "yellow", changes.modified), ("D", "red", changes.deleted)):
+    for code, colour, paths in (
+        ("A", "green", changes.added),
+        ("M", "yellow", changes.modified),
+        ("D", "red", changes.deleted),
+    ):
         for path in paths:
             out.print(f"{indent}[{colour}]{code}[/] {escape(path)}")
 
 
 def summarize(changes: Changes) -> str:
-    parts = [f"{len(v)} {k}" for k, v in (("added", changes.added), ("modified", changes.modified), ("deleted", changes.deleted)) if v]
+    parts = [
+        f"{len(v)} {k}"
+        for k, v in (("added", changes.added), ("modified", changes.modified), ("deleted", changes.deleted))
+        if v
+    ]
     total = len(changes.added) + len(changes.modified) + len(changes.deleted)
     return f"{total} file{'s' if total != 1 else ''} changed" + (f": {', '.join(parts)}" if parts else "")
 
@@ -115,7 +122,7 @@ def init(
     bootstrap: Bootstrap = None,
     namespace: Namespace = None,
     timeout: Timeout = 30.0,
-    kafka_option: KafkaOption = [],  # noqa: B006 - Typer reads the default
+    kafka_option: KafkaOption = None,
     quiet: Quiet = False,
     as_json: Json = False,
 ) -> None:
@@ -136,12 +143,14 @@ def init(
 @app.command()
 def clone(
     name: Annotated[str, typer.Argument(help="Repository to clone.")],
-    directory: Annotated[Path | None, typer.Argument(help="Where to put it \\[default: NAME].", show_default=False)] = None,
+    directory: Annotated[
+        Path | None, typer.Argument(help="Where to put it \\[default: NAME].", show_default=False)
+    ] = None,
     user: User = None,
     bootstrap: Bootstrap = None,
     namespace: Namespace = None,
     timeout: Timeout = 30.0,
-    kafka_option: KafkaOption = [],  # noqa: B006
+    kafka_option: KafkaOption = None,
     quiet: Quiet = False,
     as_json: Json = False,
 ) -> None:
@@ -166,7 +175,7 @@ def pull(
     bootstrap: Bootstrap = None,
     namespace: Namespace = None,
     timeout: Timeout = 30.0,
-    kafka_option: KafkaOption = [],  # noqa: B006
+    kafka_option: KafkaOption = None,
     quiet: Quiet = False,
     as_json: Json = False,
 ) -> None:
@@ -206,7 +215,7 @@ def push(
     bootstrap: Bootstrap = None,
     namespace: Namespace = None,
     timeout: Timeout = 30.0,
-    kafka_option: KafkaOption = [],  # noqa: B006
+    kafka_option: KafkaOption = None,
     quiet: Quiet = False,
     as_json: Json = False,
 ) -> None:
@@ -240,7 +249,9 @@ def status(as_json: Json = False) -> None:
         if as_json:
             print_json(result.to_json())
             return
-        out.print(f"On repository [bold]{escape(result.repository)}[/], version {result.version} ({escape(result.server)})")
+        out.print(
+            f"On repository [bold]{escape(result.repository)}[/], version {result.version} ({escape(result.server)})"
+        )
         if result.changes.empty:
             out.print("nothing to push, working directory clean")
             return
@@ -262,7 +273,7 @@ def log(
     bootstrap: Bootstrap = None,
     namespace: Namespace = None,
     timeout: Timeout = 30.0,
-    kafka_option: KafkaOption = [],  # noqa: B006
+    kafka_option: KafkaOption = None,
     as_json: Json = False,
 ) -> None:
     """Show the versions of the repository, newest first."""

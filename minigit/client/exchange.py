@@ -100,7 +100,7 @@ class _Answer:
             return
         if chunk.index == 0:
             self.discard_current()
-            file = tempfile.SpooledTemporaryFile(SPOOL_BYTES)
+            file = tempfile.SpooledTemporaryFile(SPOOL_BYTES)  # noqa: SIM115 - the Response closes it
             self.current = (codec.Assembler(chunk.sha, chunk.count, file.write), file)
         if self.current is None or self.current[0].sha != chunk.sha:
             raise ProtocolError(f"chunk {chunk.index} of {chunk.sha[:12]} arrived out of order")

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import contextlib
 import enum
+import functools
 import os
 import secrets
 import shutil
@@ -169,7 +170,9 @@ def init_repository(
         return PushResult(name, settings.bootstrap, PushStatus.CREATED, 0, 1, Changes(added=sorted(manifest)), sent)
 
 
-def push_workdir(start: Path, options: ClientOptions, message: str = "", observer: Observer | None = None) -> PushResult:
+def push_workdir(
+    start: Path, options: ClientOptions, message: str = "", observer: Observer | None = None
+) -> PushResult:
     """Send the local changes as the next version, if the server is still at ours."""
     root = ws.require_root(start)
     with ws.lock_workdir(root):
@@ -267,7 +270,7 @@ def apply_pull(root: Path, base: p.Manifest, local: p.Manifest, head: p.Manifest
             if blob is not None:
                 fill: Callable = blob.copy_to
             elif entry.sha in sources:
-                fill = lambda out, src=sources[entry.sha], sha=entry.sha: ws.copy_local_blob(root, src, sha, out)  # noqa: E731
+                fill = functools.partial(ws.copy_local_blob, root, sources[entry.sha], entry.sha)
             else:
                 raise MinigitError(f"the server did not send the content of {path}", hint="run the command again")
             target = staging / str(number)
@@ -302,9 +305,8 @@ def find_untracked_in_the_way(
             # a directory where the file goes: fine if the pull empties it
             for below in target.rglob("*"):
                 rel = below.relative_to(root).as_posix()
-                if not below.is_dir() or below.is_symlink():
-                    if rel not in deleted:
-                        blocked.add(rel)
+                if (not below.is_dir() or below.is_symlink()) and rel not in deleted:
+                    blocked.add(rel)
         parts = path.split("/")[:-1]
         for depth in range(1, len(parts) + 1):
             prefix = "/".join(parts[:depth])
@@ -363,8 +365,8 @@ def check_repo_name(name: str) -> str:
 
 
 def pull_here(start: Path, name: str | None, options: ClientOptions, observer: Observer | None = None) -> PullResult:
-    """``minigit pull [NAME]``: pull in a working directory; outside one, the seed's
-    first pull, which clones NAME into the current (empty) directory."""
+    """``minigit pull [NAME]``: pull in a working directory; outside one, a first
+    pull, which clones NAME into the current (empty) directory."""
     root = ws.find_root(start)
     if root is None:
         if name is None:

@@ -18,7 +18,7 @@ from kafka.structs import OffsetAndMetadata
 
 from minigit import protocol as p
 from minigit.config import KafkaSettings, Topics
-from minigit.errors import MinigitError
+from minigit.errors import MinigitError, ProtocolError
 from minigit.kafka_clients import open_admin, open_consumer, open_producer
 from minigit_server.apply import LogRecord
 
@@ -30,7 +30,9 @@ DAY_MS = 24 * 3600 * 1000
 def topic_specs(topics: Topics, partitions: int, replication_factor: int, min_insync: int | None) -> list[NewTopic]:
     durable = {"min.insync.replicas": str(min_insync)} if min_insync else {}
     return [
-        NewTopic(topics.requests, partitions, replication_factor, topic_configs={"retention.ms": str(DAY_MS), **durable}),
+        NewTopic(
+            topics.requests, partitions, replication_factor, topic_configs={"retention.ms": str(DAY_MS), **durable}
+        ),
         NewTopic(topics.responses, partitions, replication_factor, topic_configs={"retention.ms": str(DAY_MS // 24)}),
         # The log is the source of truth (a replica rebuilds from it): keep it forever.
         NewTopic(
@@ -186,7 +188,9 @@ class Bus:
                     for record in records:
                         try:
                             reply = p.parse_message(record.value, allowed=(p.Reply,))
-                        except MinigitError:
+                        except MinigitError as error:
+                            if p.peek_request_id(record.value) == request.request_id:
+                                raise ProtocolError(f"the service sent a malformed answer: {error.message}") from None
                             continue
                         if reply.request_id == request.request_id and reply.status != p.Status.WORKING:
                             return reply

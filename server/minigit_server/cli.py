@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import os
 import random
 import time
@@ -41,7 +42,7 @@ Namespace = Annotated[
     typer.Option("--namespace", envvar="MINIGIT_NAMESPACE", help="Prefix of every topic and group name."),
 ]
 KafkaOption = Annotated[
-    list[str],
+    list[str] | None,
     typer.Option(
         "--kafka-option",
         help="kafka-python security setting NAME=VALUE (e.g. security_protocol=SASL_SSL); "
@@ -49,12 +50,17 @@ KafkaOption = Annotated[
     ),
 ]
 DataDir = Annotated[
-    Path,
-    typer.Option("--data-dir", envvar="MINIGIT_DATA_DIR", help="Where replicas keep their stores and logs."),
+    Path | None,
+    typer.Option(
+        "--data-dir",
+        envvar="MINIGIT_DATA_DIR",
+        help="Where replicas keep their stores and logs.",
+        show_default="$XDG_STATE_HOME/minigit/server or ~/.local/state/minigit/server",
+    ),
 ]
 
 
-def kafka_settings(bootstrap: str, namespace: str, kafka_option: list[str]) -> KafkaSettings:
+def kafka_settings(bootstrap: str, namespace: str, kafka_option: list[str] | None) -> KafkaSettings:
     return ServerFlags.parse(bootstrap, namespace, kafka_option).resolve()
 
 
@@ -65,7 +71,7 @@ def start(
         str | None,
         typer.Option("--replica-id", help="Run only this one replica (to spread replicas over hosts)."),
     ] = None,
-    data_dir: DataDir = default_data_dir(),
+    data_dir: DataDir = None,
     bootstrap: Bootstrap = DEFAULT_BOOTSTRAP,
     namespace: Namespace = "",
     partitions: Annotated[int, typer.Option(min=1, help="Partitions of each topic (created if missing).")] = 6,
@@ -73,11 +79,12 @@ def start(
     min_insync_replicas: Annotated[
         int | None, typer.Option(min=1, help="min.insync.replicas of the request and log topics.")
     ] = None,
-    kafka_option: KafkaOption = [],  # noqa: B006 - Typer reads the default
+    kafka_option: KafkaOption = None,
 ) -> None:
     """Start the replicated service in the foreground (Ctrl-C or SIGTERM stops every replica)."""
     from minigit_server import bus, supervisor
 
+    data_dir = data_dir or default_data_dir()
     with exit_on_error():
         settings = kafka_settings(bootstrap, namespace, kafka_option)
         created = bus.ensure_topics(settings, partitions, replication_factor, min_insync_replicas)
@@ -90,7 +97,7 @@ def start(
         passed = ["--data-dir", str(data_dir), "--bootstrap", bootstrap, "--namespace", namespace]
         err.print(f"starting {replicas} replicas on {bootstrap}; data and logs in {data_dir}")
         ids = [str(n) for n in range(1, replicas + 1)]
-        command = lambda rid: supervisor.replica_command(rid, passed)  # noqa: E731
+        command = functools.partial(supervisor.replica_command, options=passed)
         # Security settings (passwords) reach the replicas by environment, not on their command lines.
         chief = supervisor.Supervisor(ids, command, data_dir / "server.log", settings.security_environment())
         raise typer.Exit(chief.run())
@@ -102,7 +109,7 @@ def ping(
     bootstrap: Bootstrap = DEFAULT_BOOTSTRAP,
     namespace: Namespace = "",
     timeout: Annotated[float, typer.Option(help="Seconds to wait for an answer.")] = 30.0,
-    kafka_option: KafkaOption = [],  # noqa: B006
+    kafka_option: KafkaOption = None,
 ) -> None:
     """Send one request through Kafka and print which replica answered, and how fast."""
     from minigit.kafka_clients import INFRASTRUCTURE_ERRORS
@@ -164,7 +171,7 @@ def clock(ms: int) -> str:
 def status(
     bootstrap: Bootstrap = DEFAULT_BOOTSTRAP,
     namespace: Namespace = "",
-    kafka_option: KafkaOption = [],  # noqa: B006
+    kafka_option: KafkaOption = None,
     as_json: Json = False,
 ) -> None:
     """Show the replicas (health, partitions served, applied offsets and lag) and
@@ -229,7 +236,7 @@ def verify(
     namespace: Namespace = "",
     max_lag: Annotated[int, typer.Option(min=0, help="Records a replica may be behind without failing.")] = 0,
     wait: Annotated[float, typer.Option(min=0, help="Seconds to let lagging replicas catch up first.")] = 10.0,
-    kafka_option: KafkaOption = [],  # noqa: B006
+    kafka_option: KafkaOption = None,
     as_json: Json = False,
 ) -> None:
     """Check that the replicas agree on every repository, comparing their state
@@ -248,9 +255,13 @@ def verify(
             if settled or any(v.status == Verdict.DISAGREE for v in verdicts) or time.monotonic() >= deadline:
                 break
             time.sleep(HEARTBEAT_INTERVAL_S / 2)
-        failed = [v for v in verdicts if v.status == Verdict.DISAGREE or (v.behind and max(v.behind.values()) > max_lag)]
+        failed = [
+            v for v in verdicts if v.status == Verdict.DISAGREE or (v.behind and max(v.behind.values()) > max_lag)
+        ]
         if as_json:
-            out.print_json(data={"replicas": sorted(b.replica for b in live), "repositories": [v.to_json() for v in verdicts]})
+            out.print_json(
+                data={"replicas": sorted(b.replica for b in live), "repositories": [v.to_json() for v in verdicts]}
+            )
         if not live:
             raise ServerUnreachable(
                 "no replica answers: no heartbeat in the last few seconds",
@@ -267,7 +278,7 @@ def forget(
     replica_id: Annotated[str, typer.Argument(help="The id of a replica that was removed for good.")],
     bootstrap: Bootstrap = DEFAULT_BOOTSTRAP,
     namespace: Namespace = "",
-    kafka_option: KafkaOption = [],  # noqa: B006
+    kafka_option: KafkaOption = None,
 ) -> None:
     """Drop a removed replica from status and verify (its data is untouched)."""
     from minigit.kafka_clients import INFRASTRUCTURE_ERRORS

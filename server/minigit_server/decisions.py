@@ -61,7 +61,7 @@ def decide_push(
     tree: str,
     problem: tuple[Status, str] | None,
 ) -> Outcome:
-    """The seed's rule made exact: accepted only if the push was based on the head."""
+    """Accepted only if the push was based on the head ("fetch first" otherwise)."""
     if head is None:
         return Outcome(Status.NOT_FOUND, None, message="no such repository")
     if base != head:

@@ -47,7 +47,9 @@ class ReplicaRow:
         return asdict(self)
 
 
-def describe_replicas(beats: list[p.Heartbeat], now_ms: int, log_end: dict[int, int], interval_s: float) -> list[ReplicaRow]:
+def describe_replicas(
+    beats: list[p.Heartbeat], now_ms: int, log_end: dict[int, int], interval_s: float
+) -> list[ReplicaRow]:
     rows = []
     for beat in beats:
         silent = now_ms - beat.sent_ms > SILENT_AFTER_INTERVALS * interval_s * 1000
@@ -55,7 +57,15 @@ def describe_replicas(beats: list[p.Heartbeat], now_ms: int, log_end: dict[int, 
         lag = {part: max(0, end - beat.applied.get(part, 0)) for part, end in sorted(log_end.items())}
         rows.append(
             ReplicaRow(
-                beat.replica, beat.host, beat.pid, state, beat.started_ms, beat.sent_ms, sorted(beat.serving), dict(beat.applied), lag
+                beat.replica,
+                beat.host,
+                beat.pid,
+                state,
+                beat.started_ms,
+                beat.sent_ms,
+                sorted(beat.serving),
+                dict(beat.applied),
+                lag,
             )
         )
     return rows

@@ -19,8 +19,8 @@ from pathlib import Path
 
 from minigit import protocol as p
 from minigit.config import KafkaSettings
-from minigit_server.apply import apply_records
 from minigit.kafka_clients import INFRASTRUCTURE_ERRORS
+from minigit_server.apply import apply_records
 from minigit_server.bus import Bus
 from minigit_server.service import AppliedOffsets, Handled, Service
 from minigit_server.store import SqliteStore, Store
@@ -111,7 +111,7 @@ class Replica:
         def run() -> None:
             try:
                 loop()
-            except BaseException as error:  # noqa: BLE001 - any loop's death stops the replica
+            except BaseException as error:
                 if not self.stop.is_set():
                     self.log.exception("%s loop failed; stopping", loop.__name__)
                     self.failure = error
@@ -146,7 +146,7 @@ class Replica:
                         handled = self.service.handle(record.timestamp_ms, record.value)
                     except INFRASTRUCTURE_ERRORS:
                         raise  # Kafka or the disk is failing: let the supervisor restart us
-                    except Exception:  # noqa: BLE001 - one bad request must not stop every replica in turn
+                    except Exception:
                         self.log.exception("request at %d@%d failed; skipped", record.partition, record.offset)
                         handled = Handled("?", "?", "?", "failed", "see the traceback above")
                     if handled is None:

@@ -49,7 +49,7 @@ class AppliedOffsets:
 
 
 class Wire(Protocol):
-    """What the handlers need from Kafka (server.bus.Bus provides it)."""
+    """What the handlers need from Kafka (minigit_server.bus.Bus provides it)."""
 
     def append_log(self, partition: int, key: bytes, value: bytes, wait: bool) -> int | None: ...
     def send_reply(self, partition: int, message: p.Message) -> None: ...

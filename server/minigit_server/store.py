@@ -105,7 +105,7 @@ class Store(abc.ABC):
     @abc.abstractmethod
     def put_outcome(self, request_id: str, outcome: dict) -> None: ...
 
-    def close(self) -> None:
+    def close(self) -> None:  # noqa: B027 - optional: only a store with connections has something to close
         pass
 
     # -- derived reads, the same for every store
@@ -315,9 +315,11 @@ class SqliteStore(Store):
     def iter_chunks(self, sha: str, count: int) -> Iterator[Piece]:
         # One row at a time: a 100 MiB blob is never in memory at once.
         for index in range(count):
-            row = self._db().execute(
-                "SELECT encoding, payload FROM chunks WHERE sha = ? AND idx = ?", (sha, index)
-            ).fetchone()
+            row = (
+                self._db()
+                .execute("SELECT encoding, payload FROM chunks WHERE sha = ? AND idx = ?", (sha, index))
+                .fetchone()
+            )
             if row:
                 yield Piece(index, row[0], bytes(row[1]))
 
@@ -328,7 +330,9 @@ class SqliteStore(Store):
         self._db().execute("INSERT OR IGNORE INTO blobs VALUES (?, ?, ?)", (sha, size, count))
 
     def get_repo(self, name: str) -> RepoState | None:
-        row = self._db().execute("SELECT name, head, partition, changed_at FROM repos WHERE name = ?", (name,)).fetchone()
+        row = (
+            self._db().execute("SELECT name, head, partition, changed_at FROM repos WHERE name = ?", (name,)).fetchone()
+        )
         return RepoState(*row) if row else None
 
     def list_repos(self) -> list[RepoState]:
@@ -347,10 +351,15 @@ class SqliteStore(Store):
         )
 
     def get_version(self, repo: str, version: int) -> VersionInfo | None:
-        row = self._db().execute(
-            "SELECT version, tree, author, message, time_ms, request_id FROM versions WHERE repo = ? AND version = ?",
-            (repo, version),
-        ).fetchone()
+        row = (
+            self._db()
+            .execute(
+                "SELECT version, tree, author, message, time_ms, request_id FROM versions"
+                " WHERE repo = ? AND version = ?",
+                (repo, version),
+            )
+            .fetchone()
+        )
         return VersionInfo(*row) if row else None
 
     def list_versions(self, repo: str) -> list[VersionInfo]:
@@ -366,4 +375,3 @@ class SqliteStore(Store):
 
     def put_outcome(self, request_id: str, outcome: dict) -> None:
         self._db().execute("INSERT OR IGNORE INTO outcomes VALUES (?, ?)", (request_id, json.dumps(outcome)))
-

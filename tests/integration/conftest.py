@@ -14,10 +14,10 @@ from pathlib import Path
 
 import pytest
 
-from minigit.client import operations
 from minigit import protocol as p
-from minigit.config import KafkaSettings, ServerFlags
+from minigit.client import operations
 from minigit.client.transport import Connection
+from minigit.config import KafkaSettings, ServerFlags
 from minigit_server.bus import Bus, ensure_topics
 from minigit_server.replica import store_path
 from minigit_server.store import SqliteStore
@@ -50,9 +50,17 @@ class Service:
 
     def command(self, replica_id: str) -> list[str]:
         return [
-            MINIGIT_SERVER, "start", "--replica-id", replica_id, "--data-dir", str(self.data_dir),
-            "--bootstrap", self.bootstrap, "--namespace", self.namespace,
-        ]  # fmt: skip
+            MINIGIT_SERVER,
+            "start",
+            "--replica-id",
+            replica_id,
+            "--data-dir",
+            str(self.data_dir),
+            "--bootstrap",
+            self.bootstrap,
+            "--namespace",
+            self.namespace,
+        ]
 
     def start(self, *replica_ids: str) -> None:
         for replica_id in replica_ids:

@@ -15,12 +15,12 @@ from pathlib import Path
 import pytest
 from kafka import KafkaConsumer, KafkaProducer, TopicPartition
 
-from minigit.client import operations
 from minigit import protocol as p
+from minigit.client import operations
 from minigit.client import workspace as ws
-from minigit.errors import UnsafePath
 from minigit.client.transport import Connection
 from minigit.codec import BlobSource
+from minigit.errors import UnsafePath
 
 pytestmark = pytest.mark.integration
 MINIGIT = str(Path(sys.executable).with_name("minigit"))
@@ -120,9 +120,11 @@ def test_client_refuses_unsafe_paths_on_pull(bare_service, tmp_path: Path) -> No
 
     def rogue() -> None:
         consumer = KafkaConsumer(
-            service.bus.topics.requests, bootstrap_servers=service.bootstrap, group_id=f"{service.namespace}rogue",
+            service.bus.topics.requests,
+            bootstrap_servers=service.bootstrap,
+            group_id=f"{service.namespace}rogue",
             auto_offset_reset="earliest",
-        )  # fmt: skip
+        )
         while not stop.is_set():
             for records in consumer.poll(timeout_ms=200).values():
                 for record in records:
@@ -131,12 +133,22 @@ def test_client_refuses_unsafe_paths_on_pull(bare_service, tmp_path: Path) -> No
                         continue
                     stream = uuid.uuid4().hex
                     reply = p.Reply(
-                        request_id=request.request_id, action="pull", stream=stream, replica="rogue", status=p.Status.OK,
-                        version=1, head=1, tree=p.hash_bytes(tree), blob_count=2, blob_bytes=len(tree) + len(evil),
-                    )  # fmt: skip
+                        request_id=request.request_id,
+                        action="pull",
+                        stream=stream,
+                        replica="rogue",
+                        status=p.Status.OK,
+                        version=1,
+                        head=1,
+                        tree=p.hash_bytes(tree),
+                        blob_count=2,
+                        blob_bytes=len(tree) + len(evil),
+                    )
                     service.bus.send_reply(request.reply_partition, reply)
                     for data in (tree, evil):
-                        for chunk in p.blob_chunks(request.request_id, request.repo, BlobSource.from_bytes(data), stream):
+                        for chunk in p.blob_chunks(
+                            request.request_id, request.repo, BlobSource.from_bytes(data), stream
+                        ):
                             service.bus.send_reply(request.reply_partition, chunk)
                     service.bus.flush()
         consumer.close()
@@ -197,8 +209,11 @@ def test_unreachable_kafka_is_one_line_and_exit_code_4(tmp_path: Path, free_port
     started = time.monotonic()
     done = subprocess.run(
         [MINIGIT, "clone", "x", "--bootstrap", f"127.0.0.1:{port}", "--timeout", "3"],
-        cwd=tmp_path, capture_output=True, text=True, timeout=60,
-    )  # fmt: skip
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
     assert done.returncode == 4
     assert "cannot reach Kafka" in done.stderr and "Traceback" not in done.stderr
     assert time.monotonic() - started < 20

@@ -139,9 +139,15 @@ def test_start_on_a_taken_port_is_a_one_line_error(taken, tmp_path, free_ports, 
         listener.bind(("127.0.0.1", busy))
         listener.listen()
         result = minigit_server(
-            "kafka", "start", "--port", str(port), "--controller-port", str(controller_port),
-            "--data-dir", str(tmp_path / "kafka"),
-        )  # fmt: skip
+            "kafka",
+            "start",
+            "--port",
+            str(port),
+            "--controller-port",
+            str(controller_port),
+            "--data-dir",
+            str(tmp_path / "kafka"),
+        )
     assert_one_line_error(result, str(busy), "already in use")
     assert taken in result.stderr  # the hint names the option to change
     assert java_processes_mentioning(str(tmp_path)) == []

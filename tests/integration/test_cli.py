@@ -20,25 +20,39 @@ BIN = Path(sys.executable).parent
 @pytest.mark.parametrize(
     "command",
     [
-        ["minigit"], ["minigit", "init"], ["minigit", "clone"], ["minigit", "pull"], ["minigit", "push"],
-        ["minigit", "status"], ["minigit", "log"], ["minigit-server"], ["minigit-server", "start"],
-        ["minigit-server", "ping"], ["minigit-server", "status"], ["minigit-server", "verify"],
-        ["minigit-server", "kafka"], ["minigit-server", "kafka", "start"],
+        ["minigit"],
+        ["minigit", "init"],
+        ["minigit", "clone"],
+        ["minigit", "pull"],
+        ["minigit", "push"],
+        ["minigit", "status"],
+        ["minigit", "log"],
+        ["minigit-server"],
+        ["minigit-server", "start"],
+        ["minigit-server", "ping"],
+        ["minigit-server", "status"],
+        ["minigit-server", "verify"],
+        ["minigit-server", "kafka"],
+        ["minigit-server", "kafka", "start"],
     ],
-)  # fmt: skip
+)
 def test_every_command_has_help(command: list[str]) -> None:
     done = subprocess.run([str(BIN / command[0]), *command[1:], "--help"], capture_output=True, text=True)
     assert done.returncode == 0 and "Usage:" in done.stdout
 
 
 def test_minigit_help_documents_exit_codes_and_offers_completion() -> None:
-    done = subprocess.run([str(BIN / "minigit"), "--help"], capture_output=True, text=True, env={**os.environ, "COLUMNS": "200"})
+    done = subprocess.run(
+        [str(BIN / "minigit"), "--help"], capture_output=True, text=True, env={**os.environ, "COLUMNS": "200"}
+    )
     assert "Exit codes" in done.stdout and "push rejected" in done.stdout
     assert "--install-completion" in done.stdout
 
 
 def test_usage_error_is_exit_code_2(tmp_path: Path) -> None:
-    done = subprocess.run([str(BIN / "minigit"), "push", "--no-such-flag"], capture_output=True, text=True, cwd=tmp_path)
+    done = subprocess.run(
+        [str(BIN / "minigit"), "push", "--no-such-flag"], capture_output=True, text=True, cwd=tmp_path
+    )
     assert done.returncode == 2
 
 
@@ -92,12 +106,29 @@ def test_output_habits_and_config_precedence(service, tmp_path: Path) -> None:
     assert text_log.startswith("version 2\nAuthor: carol\n") and "    two files" in text_log
 
 
-def test_supervisor_restarts_a_dead_replica_and_stops_them_all(kafka_bootstrap: str, namespace: str, tmp_path: Path) -> None:
+def test_supervisor_restarts_a_dead_replica_and_stops_them_all(
+    kafka_bootstrap: str, namespace: str, tmp_path: Path
+) -> None:
     server = subprocess.Popen(
-        [str(BIN / "minigit-server"), "start", "--replicas", "2", "--partitions", "2", "--bootstrap", kafka_bootstrap,
-         "--namespace", namespace, "--data-dir", str(tmp_path / "data")],
-        stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, start_new_session=True,
-    )  # fmt: skip
+        [
+            str(BIN / "minigit-server"),
+            "start",
+            "--replicas",
+            "2",
+            "--partitions",
+            "2",
+            "--bootstrap",
+            kafka_bootstrap,
+            "--namespace",
+            namespace,
+            "--data-dir",
+            str(tmp_path / "data"),
+        ],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+        start_new_session=True,
+    )
     try:
         ping = [str(BIN / "minigit-server"), "ping", "--bootstrap", kafka_bootstrap, "--namespace", namespace]
         deadline = time.monotonic() + 60

@@ -15,8 +15,8 @@ from pathlib import Path
 
 import pytest
 
-from minigit.client import operations
 from minigit import protocol as p
+from minigit.client import operations
 from minigit.errors import PushRejected
 from minigit_server.replica import store_path
 
@@ -52,7 +52,9 @@ def create_repo(service, root: Path, name: str) -> None:
     operations.init_repository(origin, name, service.options())
 
 
-def push_until_accepted(service, workdir: Path, client: str, message: str, ledger: Ledger, timeout: float = 30.0) -> None:
+def push_until_accepted(
+    service, workdir: Path, client: str, message: str, ledger: Ledger, timeout: float = 30.0
+) -> None:
     options = service.options(user=client, timeout=timeout)
     while True:
         try:

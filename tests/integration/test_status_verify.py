@@ -23,8 +23,11 @@ SERVER = str(Path(sys.executable).with_name("minigit-server"))
 def server_cli(service, *args: str) -> subprocess.CompletedProcess:
     return subprocess.run(
         [SERVER, *args, "--bootstrap", service.bootstrap, "--namespace", service.namespace],
-        capture_output=True, text=True, timeout=120, env={**service.env(), "COLUMNS": "200"},
-    )  # fmt: skip
+        capture_output=True,
+        text=True,
+        timeout=120,
+        env={**service.env(), "COLUMNS": "200"},
+    )
 
 
 def make_repos(service, tmp_path: Path) -> None:

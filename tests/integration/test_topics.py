@@ -6,8 +6,7 @@ import pytest
 from kafka import KafkaAdminClient
 from kafka.admin import ConfigResource, ConfigResourceType
 
-from minigit.config import KafkaSettings
-from minigit.config import Topics
+from minigit.config import KafkaSettings, Topics
 from minigit_server.bus import Bus, ensure_topics
 
 pytestmark = pytest.mark.integration
@@ -43,7 +42,15 @@ def test_topic_creation_twice_is_harmless(kafka_bootstrap: str, namespace: str) 
 def test_start_creates_topics_with_the_given_partitions(minigit_server, kafka_bootstrap: str, namespace: str) -> None:
     # --replica-id with a bad id fails after the topics are made: a quick way to run only the creation.
     done = minigit_server(
-        "start", "--replica-id", "bad id!", "--partitions", "2", "--bootstrap", kafka_bootstrap, "--namespace", namespace
+        "start",
+        "--replica-id",
+        "bad id!",
+        "--partitions",
+        "2",
+        "--bootstrap",
+        kafka_bootstrap,
+        "--namespace",
+        namespace,
     )
     assert done.returncode == 1 and "invalid replica name" in done.stderr
     assert "created topics" in done.stderr

@@ -219,7 +219,9 @@ def find_java() -> JavaRuntime:
     else:
         found = shutil.which("java")
         if not found:
-            raise BrokerError("Java 17 or newer is needed to run Apache Kafka, but 'java' is not on PATH", hint=install_hint)
+            raise BrokerError(
+                "Java 17 or newer is needed to run Apache Kafka, but 'java' is not on PATH", hint=install_hint
+            )
         java_path = found
     try:
         proc = subprocess.run([java_path, "-version"], capture_output=True, text=True, timeout=60)
@@ -229,9 +231,7 @@ def find_java() -> JavaRuntime:
     match = re.search(r'version "(\d+)(?:\.(\d+))?[^"]*"', output)
     if proc.returncode != 0 or not match:
         first = output.strip().splitlines()[:1]
-        raise BrokerError(
-            f"'{java_path} -version' failed" + (f": {first[0]}" if first else ""), hint=install_hint
-        )
+        raise BrokerError(f"'{java_path} -version' failed" + (f": {first[0]}" if first else ""), hint=install_hint)
     major = int(match.group(1))
     if major == 1 and match.group(2):  # "1.8.0_412" is Java 8
         major = int(match.group(2))
@@ -250,7 +250,8 @@ def _find_maven() -> str:
             "Maven ('mvn') is needed once to download the Apache Kafka jars, but it is not on PATH",
             hint=(
                 "install Maven (Debian/Ubuntu: 'sudo apt install maven', macOS: 'brew install maven'), "
-                f"or set KAFKA_HOME to an unpacked Apache Kafka {KAFKA_VERSION.split('.')[0]}.x download; {_DOCKER_HINT}"
+                f"or set KAFKA_HOME to an unpacked Apache Kafka {KAFKA_VERSION.split('.')[0]}.x download; "
+                f"{_DOCKER_HINT}"
             ),
         )
     return mvn
@@ -277,7 +278,8 @@ def _jars_version(libs: Path) -> str | None:
 
 _ANSI = re.compile(r"\x1b\[[0-9;]*m")
 _MAVEN_BOILERPLATE = re.compile(
-    r"^\[ERROR\] *$|To see the full stack trace|Re-run Maven using|For more information about the errors|^\[ERROR\] \[Help \d+\]"
+    r"^\[ERROR\] *$|To see the full stack trace|Re-run Maven using|For more information about the errors"
+    r"|^\[ERROR\] \[Help \d+\]"
 )
 
 
@@ -324,16 +326,25 @@ def ensure_kafka_jars(version: str = KAFKA_VERSION, progress: Progress | None = 
             pom.write_bytes(importlib.resources.files(__package__).joinpath("resources", "kafka-pom.xml").read_bytes())
             target = work / "libs"
             command = [
-                mvn, "-q", "-B", "-f", str(pom), "dependency:copy-dependencies",
-                f"-DoutputDirectory={target}", "-DincludeScope=runtime", f"-Dkafka.version={version}",
+                mvn,
+                "-q",
+                "-B",
+                "-f",
+                str(pom),
+                "dependency:copy-dependencies",
+                f"-DoutputDirectory={target}",
+                "-DincludeScope=runtime",
+                f"-Dkafka.version={version}",
                 "-Dstyle.color=never",
-            ]  # fmt: skip
+            ]
             try:
                 proc = subprocess.run(
                     command, cwd=work, stdin=subprocess.DEVNULL, capture_output=True, text=True, timeout=MAVEN_TIMEOUT
                 )
             except subprocess.TimeoutExpired as error:
-                raise BrokerError(f"Maven did not finish downloading the Kafka jars within {MAVEN_TIMEOUT:.0f} s") from error
+                raise BrokerError(
+                    f"Maven did not finish downloading the Kafka jars within {MAVEN_TIMEOUT:.0f} s"
+                ) from error
             if proc.returncode != 0 or not _jars_complete(target, version):
                 tail = _last_lines(_maven_messages(proc.stdout + proc.stderr), 8)
                 raise BrokerError(
@@ -383,9 +394,12 @@ def render_server_properties(port: int, controller_port: int, kraft_dir: Path) -
         # message.max.bytes stays at Kafka's default (1 MiB): minigit must work with default limits
     }
     header = "# Written by 'minigit-server kafka start' at every start: edits here are overwritten.\n"
-    # properties-file escaping for the one free-form value (a path)
-    escape = lambda value: value.replace("\\", "\\\\")  # noqa: E731
-    return header + "".join(f"{key}={escape(value)}\n" for key, value in settings.items())
+    return header + "".join(f"{key}={escape_property(value)}\n" for key, value in settings.items())
+
+
+def escape_property(value: str) -> str:
+    """Properties-file escaping for the one free-form value (a path)."""
+    return value.replace("\\", "\\\\")
 
 
 def _write_configs(paths: BrokerPaths, port: int, controller_port: int) -> None:
@@ -683,11 +697,22 @@ def _format_storage(java: str, libs: Path, paths: BrokerPaths, cluster_id: str, 
     if paths.kraft_dir.exists():  # left by an interrupted first start
         shutil.rmtree(paths.kraft_dir)
     command = _java_command(
-        java, libs, paths, heap, "kafka.tools.StorageTool", "format", "--standalone",
-        "-t", cluster_id, "-c", str(paths.server_properties),
-    )  # fmt: skip
+        java,
+        libs,
+        paths,
+        heap,
+        "kafka.tools.StorageTool",
+        "format",
+        "--standalone",
+        "-t",
+        cluster_id,
+        "-c",
+        str(paths.server_properties),
+    )
     try:
-        proc = subprocess.run(command, cwd=paths.data_dir, stdin=subprocess.DEVNULL, capture_output=True, text=True, timeout=120)
+        proc = subprocess.run(
+            command, cwd=paths.data_dir, stdin=subprocess.DEVNULL, capture_output=True, text=True, timeout=120
+        )
     except subprocess.TimeoutExpired as error:
         raise BrokerError("formatting the Kafka storage took more than 120 s") from error
     if proc.returncode != 0:
@@ -725,18 +750,22 @@ def start_broker(
         running = _find_broker_pid(paths)
         if running is not None:
             return BrokerInfo(
-                paths.data_dir, True, running,
+                paths.data_dir,
+                True,
+                running,
                 port=state.get("port") if state else None,
                 controller_port=state.get("controller_port") if state else None,
                 kafka_version=state.get("kafka_version") if state else None,
-                already_running=True, elapsed=time.monotonic() - began,
-            )  # fmt: skip
+                already_running=True,
+                elapsed=time.monotonic() - began,
+            )
         paths.pid_file.unlink(missing_ok=True)  # stale
 
         formatted = bool(state and state.get("formatted"))
         if formatted and controller_port is not None and controller_port != state["controller_port"]:
             raise UsageError(
-                f"{paths.data_dir} was formatted with controller port {state['controller_port']}, not {controller_port}",
+                f"{paths.data_dir} was formatted with controller port {state['controller_port']}, "
+                f"not {controller_port}",
                 hint=f"use --controller-port {state['controller_port']} (or leave it out), or another --data-dir",
             )
         if formatted:
@@ -783,9 +812,14 @@ def start_broker(
             paths.pid_file.unlink(missing_ok=True)
             raise
         return BrokerInfo(
-            paths.data_dir, True, pid, port=port, controller_port=controller_port,
-            kafka_version=state.get("kafka_version"), elapsed=time.monotonic() - began,
-        )  # fmt: skip
+            paths.data_dir,
+            True,
+            pid,
+            port=port,
+            controller_port=controller_port,
+            kafka_version=state.get("kafka_version"),
+            elapsed=time.monotonic() - began,
+        )
 
 
 def _launch(java: str, libs: Path, paths: BrokerPaths, heap: str) -> int:
@@ -838,9 +872,7 @@ def _wait_until_ready(pid: int, paths: BrokerPaths, port: int, timeout: float, o
 
 
 @_file_errors_as_broker_errors
-def stop_broker(
-    data_dir: str | os.PathLike[str] | None = None, *, timeout: float = DEFAULT_STOP_TIMEOUT
-) -> StopResult:
+def stop_broker(data_dir: str | os.PathLike[str] | None = None, *, timeout: float = DEFAULT_STOP_TIMEOUT) -> StopResult:
     """Stop this data dir's broker: SIGTERM, up to ``timeout`` s, then SIGKILL. Not running is fine."""
     began = time.monotonic()
     paths = BrokerPaths.of(data_dir)

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Annotated, Optional
+from typing import Annotated
 
 import typer
 from rich.markup import escape
@@ -21,7 +21,7 @@ kafka_app = typer.Typer(
 )
 
 DataDir = Annotated[
-    Optional[Path],
+    Path | None,
     typer.Option(
         "--data-dir",
         envvar="MINIGIT_KAFKA_DIR",
@@ -53,14 +53,21 @@ def start(
         int, typer.Option(envvar="MINIGIT_KAFKA_PORT", min=1, max=65535, help="Port of the broker on 127.0.0.1.")
     ] = broker.DEFAULT_PORT,
     controller_port: Annotated[
-        Optional[int],
+        int | None,
         typer.Option(
-            min=1, max=65535, help="Port of the KRaft controller; fixed once the data dir is formatted.", show_default="port + 1"
+            min=1,
+            max=65535,
+            help="Port of the KRaft controller; fixed once the data dir is formatted.",
+            show_default="port + 1",
         ),
     ] = None,
     data_dir: DataDir = None,
-    timeout: Annotated[float, typer.Option(help="Seconds to wait for the broker to answer.")] = broker.DEFAULT_START_TIMEOUT,
-    heap: Annotated[str, typer.Option(envvar="MINIGIT_KAFKA_HEAP", help="Maximum Java heap (-Xmx).")] = broker.DEFAULT_HEAP,
+    timeout: Annotated[
+        float, typer.Option(help="Seconds to wait for the broker to answer.")
+    ] = broker.DEFAULT_START_TIMEOUT,
+    heap: Annotated[
+        str, typer.Option(envvar="MINIGIT_KAFKA_HEAP", help="Maximum Java heap (-Xmx).")
+    ] = broker.DEFAULT_HEAP,
 ) -> None:
     """Start Kafka in the background; return once it answers clients.
 

@@ -6,7 +6,14 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from minigit import protocol as p
-from minigit.client.changes import Changes, diff_manifests, find_path_collisions, parent_directories, plan_pull, same_content
+from minigit.client.changes import (
+    Changes,
+    diff_manifests,
+    find_path_collisions,
+    parent_directories,
+    plan_pull,
+    same_content,
+)
 
 
 def fe(seed: str, size: int | None = None) -> p.FileEntry:

@@ -18,8 +18,8 @@ from hypothesis import strategies as st
 from minigit import codec
 from minigit import protocol as p
 from minigit.client import workspace as ws
-from minigit.errors import CorruptMetadata, MinigitError, NoRepository, UnsafePath, WorkdirBusy
 from minigit.client.ignore import load_ignore, parse_ignore
+from minigit.errors import CorruptMetadata, MinigitError, NoRepository, UnsafePath, WorkdirBusy
 
 
 def fe(data: bytes) -> p.FileEntry:
@@ -191,9 +191,8 @@ def test_find_root_ignores_a_minigit_directory(tmp_path):
 
 def test_lock_is_exclusive_within_a_process(tmp_path):
     with ws.lock_workdir(tmp_path):
-        with pytest.raises(WorkdirBusy) as info:
-            with ws.lock_workdir(tmp_path):
-                pass
+        with pytest.raises(WorkdirBusy) as info, ws.lock_workdir(tmp_path):
+            pass
         assert info.value.exit_code == 5
         assert str(tmp_path) in info.value.message
     # released after
@@ -250,9 +249,8 @@ def test_lock_is_exclusive_across_processes(tmp_path):
     )
     try:
         assert child.stdout.readline().strip() == "locked"
-        with pytest.raises(WorkdirBusy):
-            with ws.lock_workdir(tmp_path):
-                pass
+        with pytest.raises(WorkdirBusy), ws.lock_workdir(tmp_path):
+            pass
     finally:
         child.stdin.close()
         child.wait(30)
@@ -262,9 +260,8 @@ def test_lock_is_exclusive_across_processes(tmp_path):
 
 
 def test_lock_released_when_the_body_raises(tmp_path):
-    with pytest.raises(RuntimeError):
-        with ws.lock_workdir(tmp_path):
-            raise RuntimeError("boom")
+    with pytest.raises(RuntimeError), ws.lock_workdir(tmp_path):
+        raise RuntimeError("boom")
     with ws.lock_workdir(tmp_path):
         pass
 
@@ -313,9 +310,7 @@ def test_scan_worktree(tree):
 
 
 def test_ignore_patterns(tree):
-    (tree / ".minigitignore").write_text(
-        "# comment\n*.log\n!keep.log\nbuild/\n/rootonly.txt\nsub/deeper\n\n"
-    )
+    (tree / ".minigitignore").write_text("# comment\n*.log\n!keep.log\nbuild/\n/rootonly.txt\nsub/deeper\n\n")
     write(tree, "x.log")
     write(tree, "keep.log")
     write(tree, "sub/y.log")
@@ -398,7 +393,9 @@ def test_scan_hashes_large_files(tmp_path):
 # ---------------------------------------------------------------- reading pieces
 
 
-@pytest.mark.parametrize("size", [0, 1, codec.CHUNK_SIZE - 1, codec.CHUNK_SIZE, codec.CHUNK_SIZE + 1, 2 * codec.CHUNK_SIZE])
+@pytest.mark.parametrize(
+    "size", [0, 1, codec.CHUNK_SIZE - 1, codec.CHUNK_SIZE, codec.CHUNK_SIZE + 1, 2 * codec.CHUNK_SIZE]
+)
 def test_file_source_reads_the_codec_pieces(tmp_path, size):
     data = os.urandom(size)
     write(tmp_path, "d/f", data)
@@ -477,7 +474,7 @@ def test_copy_local_blob(tmp_path):
 
 def test_copy_local_blob_detects_a_changed_file(tmp_path):
     write(tmp_path, "f.txt", b"new content")
-    with pytest.raises(MinigitError, match="f.txt changed while minigit was reading it"):
+    with pytest.raises(MinigitError, match=r"f\.txt changed while minigit was reading it"):
         ws.copy_local_blob(tmp_path, "f.txt", p.hash_bytes(b"old content"), io.BytesIO())
 
 
@@ -494,8 +491,13 @@ def test_is_internal():
 
 
 @settings(max_examples=20, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
-@given(st.dictionaries(st.lists(st.sampled_from(["a", "b", "ü", "c d"]), min_size=1, max_size=3).map("/".join),
-                       st.binary(max_size=50), max_size=6))
+@given(
+    st.dictionaries(
+        st.lists(st.sampled_from(["a", "b", "ü", "c d"]), min_size=1, max_size=3).map("/".join),
+        st.binary(max_size=50),
+        max_size=6,
+    )
+)
 def test_scan_matches_written_files(tmp_path_factory, files):
     if p.find_file_directory_clash(files):
         return

@@ -28,7 +28,7 @@ def environment(service: dict) -> dict[str, str]:
 
 
 def listeners(value: str) -> dict[str, tuple[str, int]]:
-    """"NAME://host:port,..." -> {NAME: (host, port)}."""
+    """ "NAME://host:port,..." -> {NAME: (host, port)}."""
     parsed = {}
     for item in value.split(","):
         match = re.fullmatch(r"([A-Z_]+)://([^:]*):(\d+)", item.strip())
@@ -115,7 +115,9 @@ def test_kafka_ports_and_healthcheck(compose):
 def test_minigit_server_builds_from_the_dockerfile_and_runs_the_server(compose):
     service = compose["services"]["minigit-server"]
     build = service["build"]
-    context, dockerfile = (build, "Dockerfile") if isinstance(build, str) else (build["context"], build.get("dockerfile", "Dockerfile"))
+    context, dockerfile = (
+        (build, "Dockerfile") if isinstance(build, str) else (build["context"], build.get("dockerfile", "Dockerfile"))
+    )
     assert (ROOT / context / dockerfile).resolve() == ROOT / "Dockerfile"
     args = command(service)
     assert args[:2] == ["minigit-server", "start"]

@@ -7,6 +7,7 @@ cross-checks apply one log to both and compare everything they hold.
 from __future__ import annotations
 
 import base64
+import itertools
 import json
 import os
 import sqlite3
@@ -77,8 +78,14 @@ class Log:
     def push(self, base: int, tree: str, repo: str = REPO, rid: str | None = None, **extra) -> str:
         rid = rid or self.rid()
         values = dict(
-            request_id=rid, repo=repo, user="bob", tree=tree, message=f"push on {base}", time_ms=2000 + self.counter,
-            proposer="r1", base=base,
+            request_id=rid,
+            repo=repo,
+            user="bob",
+            tree=tree,
+            message=f"push on {base}",
+            time_ms=2000 + self.counter,
+            proposer="r1",
+            base=base,
         )
         values.update(extra)
         self.add(p.PushProposal(**values).to_bytes())
@@ -148,7 +155,9 @@ def test_create_then_pushes(store):
 
     assert outcome(store, created) == decisions.Outcome(p.Status.ACCEPTED, 1, 1, "created at version 1")
     assert outcome(store, accepted) == decisions.Outcome(p.Status.ACCEPTED, 2, 2, "accepted as version 2")
-    assert outcome(store, stale) == decisions.Outcome(p.Status.REJECTED, 2, None, "version mismatch: head is 2, push based on 1")
+    assert outcome(store, stale) == decisions.Outcome(
+        p.Status.REJECTED, 2, None, "version mismatch: head is 2, push based on 1"
+    )
     assert outcome(store, same) == decisions.Outcome(p.Status.UP_TO_DATE, 2, None, "nothing to push")
     assert outcome(store, ahead).status == p.Status.REJECTED
     assert outcome(store, missing_repo) == decisions.Outcome(p.Status.NOT_FOUND, None, None, "no such repository")
@@ -255,12 +264,22 @@ def test_corrupt_chunk_payload_drops_the_blob(store):
     sha = p.hash_bytes(content)
     log = Log()
     bad = p.Chunk(
-        request_id=log.rid(), repo=REPO, sha=sha, index=0, count=1, encoding="zlib",
+        request_id=log.rid(),
+        repo=REPO,
+        sha=sha,
+        index=0,
+        count=1,
+        encoding="zlib",
         data=base64.b64encode(b"not zlib at all").decode(),
     )
     log.add(bad.to_bytes())
     bomb = p.Chunk(
-        request_id=log.rid(), repo=REPO, sha=sha, index=0, count=1, encoding="zlib",
+        request_id=log.rid(),
+        repo=REPO,
+        sha=sha,
+        index=0,
+        count=1,
+        encoding="zlib",
         data=base64.b64encode(zlib.compress(bytes(codec.CHUNK_SIZE + 1))).decode(),
     )
     log.add(bomb.to_bytes())
@@ -297,8 +316,12 @@ def test_push_referencing_a_missing_blob(store):
     no_tree = log.push(1, p.hash_bytes(b"no such tree"))
     apply_records(store, log.records)
     # "a" was uploaded with version 1: two objects are missing
-    assert outcome(store, rid) == decisions.Outcome(p.Status.MISSING_OBJECTS, 1, None, "2 object(s) were not uploaded completely")
-    assert outcome(store, no_tree) == decisions.Outcome(p.Status.MISSING_OBJECTS, 1, None, "the tree was not uploaded completely")
+    assert outcome(store, rid) == decisions.Outcome(
+        p.Status.MISSING_OBJECTS, 1, None, "2 object(s) were not uploaded completely"
+    )
+    assert outcome(store, no_tree) == decisions.Outcome(
+        p.Status.MISSING_OBJECTS, 1, None, "the tree was not uploaded completely"
+    )
     assert store.get_repo(REPO).head == 1
     assert len(store.list_versions(REPO)) == 1
 
@@ -308,7 +331,9 @@ def test_create_referencing_a_missing_blob_creates_nothing(store):
     t = log.tree({"a": b"1"}, upload_blobs=False)
     rid = log.create(t)
     apply_records(store, log.records)
-    assert outcome(store, rid) == decisions.Outcome(p.Status.MISSING_OBJECTS, None, None, "1 object(s) were not uploaded completely")
+    assert outcome(store, rid) == decisions.Outcome(
+        p.Status.MISSING_OBJECTS, None, None, "1 object(s) were not uploaded completely"
+    )
     assert store.get_repo(REPO) is None
     assert store.list_versions(REPO) == []
 
@@ -380,9 +405,7 @@ def test_retry_of_a_rejected_push_stays_rejected(store):
 
 
 def _sample_request() -> bytes:
-    return p.PushRequest(
-        request_id="a" * 32, repo=REPO, user="u", reply_partition=0, base=1, tree="b" * 64
-    ).to_bytes()
+    return p.PushRequest(request_id="a" * 32, repo=REPO, user="u", reply_partition=0, base=1, tree="b" * 64).to_bytes()
 
 
 MALFORMED = [
@@ -396,12 +419,49 @@ MALFORMED = [
     b'{"v": 1, "type": "propose", "action": "delete"}',
     b'{"v": 1, "type": "propose", "action": "push"}',
     _sample_request(),  # a request has no business in the log
-    json.dumps({"v": 1, "type": "propose", "action": "push", "request_id": "a" * 32, "repo": "../x", "user": "u",
-                "tree": "b" * 64, "message": "", "time_ms": 1, "proposer": "r", "base": 1}).encode(),
-    json.dumps({"v": 1, "type": "propose", "action": "push", "request_id": "a" * 32, "repo": REPO, "user": "u",
-                "tree": "b" * 64, "message": "", "time_ms": 1, "proposer": "r", "base": True}).encode(),
-    json.dumps({"v": 1, "type": "chunk", "request_id": "a" * 32, "repo": REPO, "sha": "b" * 64, "index": 1,
-                "count": 1, "encoding": "raw", "data": ""}).encode(),
+    json.dumps(
+        {
+            "v": 1,
+            "type": "propose",
+            "action": "push",
+            "request_id": "a" * 32,
+            "repo": "../x",
+            "user": "u",
+            "tree": "b" * 64,
+            "message": "",
+            "time_ms": 1,
+            "proposer": "r",
+            "base": 1,
+        }
+    ).encode(),
+    json.dumps(
+        {
+            "v": 1,
+            "type": "propose",
+            "action": "push",
+            "request_id": "a" * 32,
+            "repo": REPO,
+            "user": "u",
+            "tree": "b" * 64,
+            "message": "",
+            "time_ms": 1,
+            "proposer": "r",
+            "base": True,
+        }
+    ).encode(),
+    json.dumps(
+        {
+            "v": 1,
+            "type": "chunk",
+            "request_id": "a" * 32,
+            "repo": REPO,
+            "sha": "b" * 64,
+            "index": 1,
+            "count": 1,
+            "encoding": "raw",
+            "data": "",
+        }
+    ).encode(),
 ]
 
 
@@ -440,8 +500,11 @@ def test_huge_integers_are_handled_alike(pair, what):
     if what == "time_ms":
         log.create(t, time_ms=10**20)
     else:
-        log.add(p.Chunk(request_id=log.rid(), repo=REPO, sha="c" * 64, index=10**19, count=10**20,
-                        encoding="raw", data="").to_bytes())
+        log.add(
+            p.Chunk(
+                request_id=log.rid(), repo=REPO, sha="c" * 64, index=10**19, count=10**20, encoding="raw", data=""
+            ).to_bytes()
+        )
         log.create(t)
     apply_both(pair, log.records)
 
@@ -449,8 +512,9 @@ def test_huge_integers_are_handled_alike(pair, what):
 def test_lone_surrogate_in_a_proposal_message(pair):
     log = Log()
     t = log.tree({"a": b"1"})
-    doc = p.CreateProposal(request_id=log.rid(), repo=REPO, user="u", tree=t, message="x", time_ms=1,
-                           proposer="r").to_dict()
+    doc = p.CreateProposal(
+        request_id=log.rid(), repo=REPO, user="u", tree=t, message="x", time_ms=1, proposer="r"
+    ).to_dict()
     raw = json.dumps(doc).replace('"message": "x"', '"message": "\\ud800"').encode()
     assert b"\\ud800" in raw
     log.add(raw)
@@ -610,8 +674,10 @@ def test_repo_digest_equal_across_stores(pair):
     assert c.repo_digest(REPO) == a.repo_digest(REPO)
 
 
-@pytest.mark.parametrize("column, value", [("message", "tampered"), ("author", "mallory"), ("time_ms", 1),
-                                           ("tree", "f" * 64), ("request_id", "e" * 32)])
+@pytest.mark.parametrize(
+    "column, value",
+    [("message", "tampered"), ("author", "mallory"), ("time_ms", 1), ("tree", "f" * 64), ("request_id", "e" * 32)],
+)
 def test_repo_digest_differs_when_a_version_row_differs(pair, column, value):
     log, rids = _scenario_log()
     apply_both(pair, log.records, rids=rids)
@@ -723,4 +789,4 @@ def test_interleaved_pushes_give_identical_stores(actions, cuts_a, cuts_b):
     assert mem.get_repo(REPO).head == head
     assert versions[-1].tree == head_tree
     # consecutive versions never share a tree (an unchanged tree is "nothing to push")
-    assert all(a.tree != b.tree for a, b in zip(versions, versions[1:]))
+    assert all(a.tree != b.tree for a, b in itertools.pairwise(versions))

@@ -25,7 +25,9 @@ def fe(seed: str, size: int = 1) -> p.FileEntry:
 
 
 def test_push_no_such_repository():
-    assert decisions.decide_push(None, None, 1, T1, None) == Outcome(p.Status.NOT_FOUND, None, None, "no such repository")
+    assert decisions.decide_push(None, None, 1, T1, None) == Outcome(
+        p.Status.NOT_FOUND, None, None, "no such repository"
+    )
 
 
 def test_push_no_such_repository_wins_over_everything():
@@ -54,7 +56,12 @@ def test_push_nothing_to_push():
 
 
 @pytest.mark.parametrize(
-    "problem", [PROBLEM, (p.Status.INVALID, "invalid tree: bad"), (p.Status.MISSING_OBJECTS, "the tree was not uploaded completely")]
+    "problem",
+    [
+        PROBLEM,
+        (p.Status.INVALID, "invalid tree: bad"),
+        (p.Status.MISSING_OBJECTS, "the tree was not uploaded completely"),
+    ],
 )
 def test_push_with_a_tree_problem(problem):
     assert decisions.decide_push(2, T1, 2, T2, problem) == Outcome(problem[0], 2, None, problem[1])
@@ -120,7 +127,10 @@ def has_only(*shas):
 
 
 def test_find_tree_problem_tree_missing():
-    assert decisions.find_tree_problem(None, has_only()) == (p.Status.MISSING_OBJECTS, "the tree was not uploaded completely")
+    assert decisions.find_tree_problem(None, has_only()) == (
+        p.Status.MISSING_OBJECTS,
+        "the tree was not uploaded completely",
+    )
 
 
 def test_find_tree_problem_none_when_complete():
@@ -133,7 +143,10 @@ def test_find_tree_problem_none_when_complete():
 def test_find_tree_problem_counts_distinct_missing_blobs():
     a, b, c = fe("a"), fe("b"), fe("c")
     tree = p.encode_tree({"x": a, "y": b, "z": b, "w": c})
-    assert decisions.find_tree_problem(tree, has_only(a.sha)) == (p.Status.MISSING_OBJECTS, "2 object(s) were not uploaded completely")
+    assert decisions.find_tree_problem(tree, has_only(a.sha)) == (
+        p.Status.MISSING_OBJECTS,
+        "2 object(s) were not uploaded completely",
+    )
 
 
 @pytest.mark.parametrize(
@@ -145,7 +158,9 @@ def test_find_tree_problem_counts_distinct_missing_blobs():
         json.dumps({"v": 1, "files": {"/abs": {"sha": "a" * 64, "size": 1}}}).encode(),
         json.dumps({"v": 1, "files": {"a/.minigit": {"sha": "a" * 64, "size": 1}}}).encode(),
         json.dumps({"v": 1, "files": {"a": {"sha": "a" * 64, "size": -1}}}).encode(),
-        json.dumps({"v": 1, "files": {"a": {"sha": "a" * 64, "size": 1}, "a/b": {"sha": "a" * 64, "size": 1}}}).encode(),
+        json.dumps(
+            {"v": 1, "files": {"a": {"sha": "a" * 64, "size": 1}, "a/b": {"sha": "a" * 64, "size": 1}}}
+        ).encode(),
     ],
 )
 def test_find_tree_problem_invalid(tree):
@@ -155,7 +170,11 @@ def test_find_tree_problem_invalid(tree):
 
 
 def test_outcome_json_round_trip():
-    for outcome in (Outcome(p.Status.ACCEPTED, 3, 3, "m"), Outcome(p.Status.NOT_FOUND, None), Outcome(p.Status.REJECTED, 2, None, "x")):
+    for outcome in (
+        Outcome(p.Status.ACCEPTED, 3, 3, "m"),
+        Outcome(p.Status.NOT_FOUND, None),
+        Outcome(p.Status.REJECTED, 2, None, "x"),
+    ):
         assert Outcome.from_json(json.loads(json.dumps(outcome.to_json()))) == outcome
 
 
@@ -209,7 +228,10 @@ def test_blobs_to_send_property(old, new, lost):
 
 trees = st.sampled_from([T1, T2, "3" * 64])
 problems = st.one_of(
-    st.none(), st.just(PROBLEM), st.just((p.Status.INVALID, "invalid tree: x")), st.just((p.Status.MISSING_OBJECTS, "tree"))
+    st.none(),
+    st.just(PROBLEM),
+    st.just((p.Status.INVALID, "invalid tree: x")),
+    st.just((p.Status.MISSING_OBJECTS, "tree")),
 )
 
 

@@ -67,7 +67,11 @@ def test_later_records_of_other_repositories_do_not_matter() -> None:
 
 
 def test_a_replica_missing_a_repository_it_should_have_disagrees() -> None:
-    beats = [beat("1", {0: 10}, {"demo": (1, "d1", 3)}), beat("2", {0: 10}, {}), beat("3", {0: 10}, {"demo": (1, "d1", 3)})]
+    beats = [
+        beat("1", {0: 10}, {"demo": (1, "d1", 3)}),
+        beat("2", {0: 10}, {}),
+        beat("3", {0: 10}, {"demo": (1, "d1", 3)}),
+    ]
     [verdict] = health.verify_repositories(beats)
     assert (verdict.status, verdict.disagreeing, verdict.heads["2"]) == ("disagree", ["2"], None)
 

@@ -72,7 +72,11 @@ def upload(service: Service, request_id: str, repo: str, data: bytes) -> str:
 
 
 def answers(service: Service, request_id: str) -> list[p.Message]:
-    return [m for _, m in service.wire.replies if m.request_id == request_id and getattr(m, "status", "") != p.Status.WORKING]
+    return [
+        m
+        for _, m in service.wire.replies
+        if m.request_id == request_id and getattr(m, "status", "") != p.Status.WORKING
+    ]
 
 
 def create(service: Service, repo: str, files: dict[str, bytes]) -> None:
@@ -93,7 +97,9 @@ def push(service: Service, repo: str, base: int, files: dict[str, bytes], reques
 
 def test_malformed_request_with_an_address_gets_an_error_reply(service: Service) -> None:
     request_id = rid()
-    value = json.dumps({"v": 1, "type": "request", "action": "zap", "request_id": request_id, "reply_partition": 3}).encode()
+    value = json.dumps(
+        {"v": 1, "type": "request", "action": "zap", "request_id": request_id, "reply_partition": 3}
+    ).encode()
     handled = service.handle(NOW_MS, value)
     assert handled.status == "malformed"
     [(partition, reply)] = service.wire.replies
@@ -157,14 +163,17 @@ def test_pull_streams_the_tree_and_only_what_changed(service: Service) -> None:
 
     # A client that lost keep.txt's content (edited it locally) gets it again.
     request_id = rid()
-    send(service, p.PullRequest(request_id=request_id, repo="r", user="u", reply_partition=5, version=1, lost=[p.hash_bytes(b"same")]))
+    send(
+        service,
+        p.PullRequest(
+            request_id=request_id, repo="r", user="u", reply_partition=5, version=1, lost=[p.hash_bytes(b"same")]
+        ),
+    )
     reply, *chunks = answers(service, request_id)
     assert reply.blob_count == 3 and p.hash_bytes(b"same") in {c.sha for c in chunks}
 
 
-@pytest.mark.parametrize(
-    "version, status", [(2, p.Status.UP_TO_DATE), (5, p.Status.INVALID)]
-)
+@pytest.mark.parametrize("version, status", [(2, p.Status.UP_TO_DATE), (5, p.Status.INVALID)])
 def test_pull_at_or_past_the_head(service: Service, version: int, status: str) -> None:
     create(service, "r", {"a": b"a"})
     push(service, "r", 1, {"a": b"b"})
@@ -188,3 +197,11 @@ def test_log_is_newest_first_and_limited(service: Service) -> None:
     send(service, p.LogRequest(request_id=request_id, repo="r", user="u", reply_partition=0, limit=3))
     [reply] = answers(service, request_id)
     assert [e.version for e in reply.entries] == [5, 4, 3] and reply.head == 5
+
+
+def test_every_request_type_has_a_handler():
+    from minigit_server.service import HANDLERS
+
+    requests = {cls for cls in p._registry.values() if issubclass(cls, p.Request)}
+    assert set(HANDLERS) == requests
+    assert all(HANDLERS[cls].__name__ == f"handle_{cls.action}" for cls in requests)

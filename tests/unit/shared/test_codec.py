@@ -57,7 +57,16 @@ def _round_trip_blob(content: bytes, through_wire: bool = True) -> list[p.Chunk]
 
 @pytest.mark.parametrize(
     "size",
-    [0, 1, 100, codec.CHUNK_SIZE - 1, codec.CHUNK_SIZE, codec.CHUNK_SIZE + 1, 2 * codec.CHUNK_SIZE, 2 * codec.CHUNK_SIZE + 7],
+    [
+        0,
+        1,
+        100,
+        codec.CHUNK_SIZE - 1,
+        codec.CHUNK_SIZE,
+        codec.CHUNK_SIZE + 1,
+        2 * codec.CHUNK_SIZE,
+        2 * codec.CHUNK_SIZE + 7,
+    ],
 )
 @pytest.mark.parametrize("kind", ["random", "zeros", "text"])
 def test_blob_chunks_round_trip(size, kind):
@@ -154,7 +163,16 @@ def test_chunk_with_bad_base64(data):
 
 
 @pytest.mark.parametrize(
-    "size", [0, 1, codec.CHUNK_SIZE - 1, codec.CHUNK_SIZE, codec.CHUNK_SIZE + 1, 2 * codec.CHUNK_SIZE, 2 * codec.CHUNK_SIZE + 9]
+    "size",
+    [
+        0,
+        1,
+        codec.CHUNK_SIZE - 1,
+        codec.CHUNK_SIZE,
+        codec.CHUNK_SIZE + 1,
+        2 * codec.CHUNK_SIZE,
+        2 * codec.CHUNK_SIZE + 9,
+    ],
 )
 def test_split_stream_cuts_chunk_size_pieces_and_an_empty_blob_is_one_empty_piece(size):
     data = os.urandom(size)

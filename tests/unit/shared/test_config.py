@@ -1,18 +1,22 @@
-"""minigit.config: Kafka security options from the environment and flags, namespaces."""
+"""minigit.config: security options, namespaces, topic names, and which setting wins."""
 
 from __future__ import annotations
 
 import pytest
+from hypothesis import given
+from hypothesis import strategies as st
 
 from minigit.config import (
     DEFAULT_BOOTSTRAP,
     SECURITY_OPTIONS,
     KafkaSettings,
+    ServerFlags,
+    Topics,
     check_namespace,
     parse_bool,
     read_kafka_options,
 )
-from minigit.errors import ExitCode, UsageError
+from minigit.errors import ExitCode, ServerUnreachable, UsageError
 
 
 def test_nothing_set():
@@ -65,8 +69,19 @@ def test_flags_win_over_environment():
     assert read_kafka_options(["client_id=a", "client_id=b"], env)["client_id"] == "b"
 
 
-@pytest.mark.parametrize("text, value", [("1", True), ("true", True), ("YES", True), (" on ", True),
-                                         ("0", False), ("False", False), ("no", False), ("OFF", False)])
+@pytest.mark.parametrize(
+    "text, value",
+    [
+        ("1", True),
+        ("true", True),
+        ("YES", True),
+        (" on ", True),
+        ("0", False),
+        ("False", False),
+        ("no", False),
+        ("OFF", False),
+    ],
+)
 def test_booleans(text, value):
     assert read_kafka_options([f"ssl_check_hostname={text}"], {}) == {"ssl_check_hostname": value}
     assert read_kafka_options([], {"MINIGIT_KAFKA_SSL_CHECK_HOSTNAME": text}) == {"ssl_check_hostname": value}
@@ -127,3 +142,72 @@ def test_kafka_settings_servers():
     assert KafkaSettings().servers == ["localhost:9092"]
     assert KafkaSettings(bootstrap=" a:1, b:2 ,,").servers == ["a:1", "b:2"]
     assert KafkaSettings().namespace == "" and dict(KafkaSettings().options) == {}
+
+
+def test_topic_names_carry_the_namespace():
+    assert Topics.for_namespace("") == Topics(
+        "repo-requests", "repo-responses", "repo-log", "repo-replicas", "minigit-replicas"
+    )
+    topics = KafkaSettings(namespace="test.").topics
+    assert (topics.requests, topics.log, topics.group) == (
+        "test.repo-requests",
+        "test.repo-log",
+        "test.minigit-replicas",
+    )
+
+
+def test_kafka_options_and_unreachable():
+    settings = KafkaSettings("a:1,b:2", options={"security_protocol": "SSL"})
+    assert settings.kafka_options() == {"bootstrap_servers": ["a:1", "b:2"], "security_protocol": "SSL"}
+    error = settings.unreachable(OSError("refused"))
+    assert isinstance(error, ServerUnreachable) and error.exit_code == ExitCode.UNREACHABLE
+    assert error.message == "cannot reach Kafka at a:1,b:2: OSError"
+
+
+def test_security_environment_round_trips_through_read_kafka_options():
+    options = {"security_protocol": "SASL_SSL", "sasl_plain_password": "p=w", "ssl_check_hostname": False}
+    environment = KafkaSettings(options=options).security_environment()
+    assert environment["MINIGIT_KAFKA_SSL_CHECK_HOSTNAME"] == "false"
+    assert read_kafka_options([], environment) == options
+
+
+# ---------------------------------------------------------------- precedence
+
+SAVED = ("saved:9092", "saved.")
+
+
+def test_defaults_when_nothing_is_said():
+    assert ServerFlags().resolve() == KafkaSettings(DEFAULT_BOOTSTRAP, "", {})
+
+
+def test_dot_minigit_beats_the_defaults():
+    assert ServerFlags().resolve(SAVED) == KafkaSettings("saved:9092", "saved.")
+
+
+def test_flags_beat_dot_minigit():
+    flags = ServerFlags("flag:1", "flag.", {"security_protocol": "SSL"})
+    assert flags.resolve(SAVED) == KafkaSettings("flag:1", "flag.", {"security_protocol": "SSL"})
+
+
+def test_an_empty_namespace_flag_is_said_and_wins():
+    assert ServerFlags(namespace="").resolve(SAVED) == KafkaSettings("saved:9092", "")
+
+
+@given(
+    st.one_of(st.none(), st.sampled_from(["f:1", "g:2"])),
+    st.one_of(st.none(), st.sampled_from(["", "f."])),
+    st.one_of(st.none(), st.tuples(st.sampled_from(["s:1", "t:2"]), st.sampled_from(["", "s."]))),
+)
+def test_precedence_is_flag_then_saved_then_default(bootstrap, namespace, saved):
+    settings = ServerFlags(bootstrap, namespace).resolve(saved)
+    assert settings.bootstrap == bootstrap or (saved and saved[0]) or DEFAULT_BOOTSTRAP
+    expected_namespace = namespace if namespace is not None else saved[1] if saved else ""
+    assert settings.namespace == expected_namespace
+
+
+def test_parse_checks_the_raw_flags(monkeypatch):
+    monkeypatch.setenv("MINIGIT_KAFKA_SECURITY_PROTOCOL", "SSL")
+    flags = ServerFlags.parse("", None, ["client_id=me"])
+    assert flags == ServerFlags(None, None, {"security_protocol": "SSL", "client_id": "me"})
+    with pytest.raises(UsageError, match="invalid namespace"):
+        ServerFlags.parse(None, "bad namespace")

@@ -2,16 +2,13 @@
 
 from __future__ import annotations
 
-import base64
 import dataclasses
 import enum
 import json
-import os
 import typing
-import zlib
 
 import pytest
-from hypothesis import HealthCheck, given, settings
+from hypothesis import given
 from hypothesis import strategies as st
 
 from minigit import protocol as p
@@ -149,7 +146,7 @@ def test_unknown_fields_are_ignored():
         b"not json",
         b'{"v": 1, "type": "chunk"',
         b"\xff\xfe\x00",
-        "{\"v\": 1}".encode("utf-16"),
+        '{"v": 1}'.encode("utf-16"),
     ],
 )
 def test_parse_rejects_malformed_json(raw):
@@ -207,7 +204,7 @@ def test_parse_rejects_unknown_type_or_action(type_, action):
         del doc["action"]
     else:
         doc["action"] = action
-    with pytest.raises(ProtocolError, match="unknown message type|must be strings"):
+    with pytest.raises(ProtocolError, match=r"unknown message type|must be strings"):
         p.parse_message(encode(doc))
 
 
@@ -287,7 +284,9 @@ def test_parse_rejects_wrong_types(cls, name, value):
     doc = sample_doc(cls)
     doc[name] = value
     # 'action' is part of the message's identity, checked before the fields
-    match = "'type' and 'action' must be strings|field 'action' must be" if name == "action" else f"field '{name}' must be"
+    match = (
+        "'type' and 'action' must be strings|field 'action' must be" if name == "action" else f"field '{name}' must be"
+    )
     with pytest.raises(ProtocolError, match=match):
         p.parse_message(encode(doc))
 
@@ -399,7 +398,9 @@ def test_parse_applies_validation_rules(raw, match):
 
 
 def test_validation_boundaries_accepted():
-    assert p.parse_message(_with(p.PushRequest, message="m" * p.MAX_MESSAGE_LENGTH)).message == "m" * p.MAX_MESSAGE_LENGTH
+    assert (
+        p.parse_message(_with(p.PushRequest, message="m" * p.MAX_MESSAGE_LENGTH)).message == "m" * p.MAX_MESSAGE_LENGTH
+    )
     assert p.parse_message(_with(p.PullRequest, lost=[SHA] * p.MAX_LOST)).lost == [SHA] * p.MAX_LOST
     assert p.parse_message(_with(p.LogRequest, limit=1000)).limit == 1000
     assert p.parse_message(_with(p.LogRequest, limit=1)).limit == 1
@@ -644,8 +645,11 @@ def test_generated_paths_are_accepted(path):
     assert p.check_path(path) == path
 
 
-@given(st.lists(path_parts, min_size=0, max_size=3), st.lists(path_parts, min_size=0, max_size=3),
-       st.sampled_from(["..", ".", "", ".minigit", ".MINIGIT.LOCK", "a\\b", "a\x00", "\udc80"]))
+@given(
+    st.lists(path_parts, min_size=0, max_size=3),
+    st.lists(path_parts, min_size=0, max_size=3),
+    st.sampled_from(["..", ".", "", ".minigit", ".MINIGIT.LOCK", "a\\b", "a\x00", "\udc80"]),
+)
 def test_a_bad_part_anywhere_is_rejected(before, after, bad):
     path = "/".join([*before, bad, *after])
     with pytest.raises(UnsafePath):
@@ -758,8 +762,15 @@ def test_decode_tree_rejects(data):
 
 @pytest.mark.parametrize(
     "path, reason",
-    [("../x", "'..' part"), ("/etc/passwd", "absolute"), ("a\\b", "backslash"), ("a/.minigit", "reserved"),
-     ("", "empty path"), ("a//b", "empty part"), ("a\x00", "NUL")],
+    [
+        ("../x", "'..' part"),
+        ("/etc/passwd", "absolute"),
+        ("a\\b", "backslash"),
+        ("a/.minigit", "reserved"),
+        ("", "empty path"),
+        ("a//b", "empty part"),
+        ("a\x00", "NUL"),
+    ],
 )
 def test_decode_tree_rejects_unsafe_paths(path, reason):
     # (an unsafe path surfaces as UnsafePath, not as ProtocolError("invalid tree"): both are MinigitErrors)
@@ -804,3 +815,56 @@ def test_manifest_to_json_is_sorted():
     out = p.manifest_to_json({"b": entry("1", 1), "a": entry("2", 2)})
     assert list(out) == ["a", "b"]
     assert out["a"] == [entry("2").sha, 2]
+
+
+# ---------------------------------------------------------------- nested records
+
+
+def test_a_log_entry_missing_a_field_is_a_protocol_error():
+    doc = sample_doc(p.Reply)
+    del doc["entries"][0]["time_ms"]
+    with pytest.raises(ProtocolError, match=r"Reply: missing field 'entries\[0\]\.time_ms'"):
+        p.parse_message(encode(doc))
+
+
+@pytest.mark.parametrize(
+    "field_name, value, match",
+    [
+        (
+            "entries",
+            [{"version": "5", "author": "a", "time_ms": 1, "message": ""}],
+            r"'entries\[0\]\.version' must be int",
+        ),
+        ("entries", ["not an object"], r"'entries\[0\]' must be LogEntry"),
+        ("serving", [0, "1"], r"'serving\[1\]' must be int"),
+        ("applied", {"zero": 1}, "key that is not a number"),
+        ("applied", {"01": 1}, "key that is not a number"),
+        ("applied", {"-1": 1}, "key that is not a number"),
+        ("log_end", {"0": -5}, "out of range"),
+        ("repos", {"r": {"head": 1, "digest": "d", "partition": 0}}, r"missing field 'repos\['r'\]\.changed_at'"),
+        ("repos", {"r": {"head": True, "digest": "d", "partition": 0, "changed_at": 1}}, "must be int"),
+        ("repos", {"\ud800": {"head": 1, "digest": "d", "partition": 0, "changed_at": 1}}, "not valid UTF-8"),
+    ],
+)
+def test_nested_fields_are_checked(field_name, value, match):
+    cls = p.Reply if field_name == "entries" else p.Heartbeat
+    doc = sample_doc(cls) | {field_name: value}
+    with pytest.raises(ProtocolError, match=match):
+        p.parse_message(json.dumps(doc).encode())
+
+
+def test_an_unknown_status_is_a_protocol_error():
+    with pytest.raises(ProtocolError, match="'status' has an unknown value 'maybe'"):
+        p.parse_message(_with(p.Reply, status="maybe"))
+
+
+def test_partition_keys_travel_as_strings_and_come_back_as_ints():
+    beat = samples()[p.Heartbeat]
+    assert json.loads(beat.to_bytes())["applied"] == {"0": 10}
+    assert p.parse_message(beat.to_bytes()).applied == {0: 10}
+
+
+def test_peek_request_id():
+    assert p.peek_request_id(encode({"request_id": RID, "v": 99})) == RID
+    assert p.peek_request_id(encode({"request_id": "nope"})) is None
+    assert p.peek_request_id(b"\xff") is None
