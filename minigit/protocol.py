@@ -128,7 +128,7 @@ def encode_tree(manifest: Mapping[str, FileEntry]) -> bytes:
 
 def decode_tree(data: bytes) -> Manifest:
     try:
-        doc = json.loads(data.decode("utf-8"))
+        doc = load_json(data)
         files = doc["files"]
         if doc.get("v") != 1 or not isinstance(files, dict):
             raise ValueError("unknown tree format")
@@ -325,12 +325,18 @@ class Message(Record):
         return json.dumps(self.to_dict(), separators=(",", ":"), ensure_ascii=False).encode()
 
 
+def load_json(value: bytes) -> Any:
+    """A record's JSON, or ProtocolError. Nesting deeper than the decoder's recursion
+    limit (a few bytes of '[' can be) is malformed too, not a crash."""
+    try:
+        return json.loads(value.decode("utf-8"))
+    except (UnicodeDecodeError, ValueError, RecursionError):
+        raise ProtocolError("malformed message: not UTF-8 JSON") from None
+
+
 def parse_message(value: bytes, *, allowed: tuple[type[Message], ...] = ()) -> Message:
     """Decode and validate one record value; raise ProtocolError on anything else."""
-    try:
-        doc = json.loads(value.decode("utf-8"))
-    except (UnicodeDecodeError, ValueError):
-        raise ProtocolError("malformed message: not UTF-8 JSON") from None
+    doc = load_json(value)
     if not isinstance(doc, dict):
         raise ProtocolError("malformed message: not a JSON object")
     version = doc.get("v")
@@ -350,8 +356,8 @@ def parse_message(value: bytes, *, allowed: tuple[type[Message], ...] = ()) -> M
 def _peek(value: bytes) -> dict[str, Any]:
     """The top-level object of a record that failed validation, or {}."""
     try:
-        doc = json.loads(value.decode("utf-8"))
-    except (UnicodeDecodeError, ValueError):
+        doc = load_json(value)
+    except ProtocolError:
         return {}
     return doc if isinstance(doc, dict) else {}
 

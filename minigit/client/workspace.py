@@ -73,7 +73,7 @@ def parse_metadata(text: str, where: str = METADATA_NAME) -> Metadata:
             namespace=namespace,
             manifest=check_no_clash(p.manifest_from_json(doc["manifest"])),
         )
-    except (ValueError, KeyError, TypeError, MinigitError) as error:
+    except (ValueError, KeyError, TypeError, RecursionError, MinigitError) as error:
         reason = error.message if isinstance(error, MinigitError) else str(error) or type(error).__name__
         raise CorruptMetadata(where, reason) from None
 

@@ -97,6 +97,7 @@ def _doc(**changes) -> str:
         "null",
         "5",
         '"text"',
+        "[" * 100_000,  # deeper than the JSON decoder's recursion limit
         _doc(format=2),
         _doc(format="1"),
         _doc(format=KeyError),

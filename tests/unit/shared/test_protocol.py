@@ -868,3 +868,18 @@ def test_peek_request_id():
     assert p.peek_request_id(encode({"request_id": RID, "v": 99})) == RID
     assert p.peek_request_id(encode({"request_id": "nope"})) is None
     assert p.peek_request_id(b"\xff") is None
+
+
+@pytest.mark.parametrize(
+    "raw",
+    [b"[" * 100_000, b'{"v":1,"type":"chunk","x":' + b"[" * 100_000 + b"]" * 100_000 + b"}", b'{"a":' * 50_000],
+)
+def test_deeply_nested_json_is_a_protocol_error(raw):
+    with pytest.raises(ProtocolError, match="not UTF-8 JSON"):
+        p.parse_message(raw)
+    assert p.peek_request_id(raw) is None and p.peek_reply_address(raw) is None
+
+
+def test_a_nesting_bomb_tree_is_an_invalid_tree():
+    with pytest.raises(ProtocolError, match="invalid tree"):
+        p.decode_tree(b"[" * 100_000)
