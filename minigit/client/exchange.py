@@ -80,6 +80,20 @@ class Link(Protocol):
 Connector = Callable[[KafkaSettings, str, float], Link]
 
 
+def make_request(cls: type[p.Request], user: str, reply_partition: int, timeout: float, **fields: Any) -> p.Request:
+    """A new request, checked as the server will check it, so that one it would
+    refuse fails here, before any upload."""
+    request = cls(
+        request_id=p.new_request_id(),
+        user=user,
+        reply_partition=reply_partition,
+        timeout_ms=int(timeout * 1000),
+        **fields,
+    )
+    request.validate()
+    return request
+
+
 class _Answer:
     """One answer being received: the reply, then its blobs' chunks in order."""
 

@@ -157,14 +157,12 @@ def init_repository(
         manifest = ws.scan_worktree(directory, load_ignore(directory))
         tree, uploads = collect_uploads(directory, manifest, {})
         settings = options.settings()
+        fields = {"repo": name, "tree": p.hash_bytes(tree), "message": message or "initial version"}
         with options.connect(settings) as connection:
-            request = connection.new_request(
-                p.InitRequest, repo=name, tree=p.hash_bytes(tree), message=message or "initial version"
-            )
-            reply = connection.call(request, uploads, observer).reply
+            reply = send_write(connection, p.InitRequest, fields, uploads, observer)
         if reply.status == Status.EXISTS:
             raise RepositoryExists(name)
-        expect_write_accepted(name, reply)
+        expect_write_accepted(name, "init", reply)
         ws.write_metadata(directory, ws.Metadata(name, 1, settings.bootstrap, settings.namespace, manifest))
         sent = sum(u.size for u in uploads)
         return PushResult(name, settings.bootstrap, PushStatus.CREATED, 0, 1, Changes(added=sorted(manifest)), sent)
@@ -186,10 +184,14 @@ def push_workdir(
         if changes.empty:
             return unchanged
         tree, uploads = collect_uploads(root, local, meta.manifest)
+        fields = {"repo": meta.repository, "base": meta.version, "tree": p.hash_bytes(tree), "message": message}
         with options.connect(settings) as connection:
-            reply = send_push(connection, settings, meta, p.hash_bytes(tree), message, uploads, observer)
+            reply = send_write(connection, p.PushRequest, fields, uploads, observer)
+        if reply.status == Status.REJECTED:
+            raise PushRejected(meta.repository, settings.bootstrap, meta.version, reply.head)
         if reply.status == Status.UP_TO_DATE:
             return unchanged
+        expect_write_accepted(meta.repository, "push", reply)
         ws.write_metadata(root, ws.Metadata(meta.repository, reply.version, meta.bootstrap, meta.namespace, local))
         sent = sum(u.size for u in uploads)
         return PushResult(
@@ -197,36 +199,27 @@ def push_workdir(
         )
 
 
-def send_push(
+def send_write(
     connection: Link,
-    settings: KafkaSettings,
-    meta: ws.Metadata,
-    tree: str,
-    message: str,
+    kind: type[p.InitRequest | p.PushRequest],
+    fields: dict[str, object],
     uploads: list[codec.BlobSource],
     observer: Observer | None,
 ) -> p.Reply:
-    # An upload cut short (its replica died mid-way) is answered "missing objects":
-    # send it once more, whole, under a new request id.
-    for attempt in range(2):
-        request = connection.new_request(
-            p.PushRequest, repo=meta.repository, base=meta.version, tree=tree, message=message
-        )
-        reply = connection.call(request, uploads, observer).reply
-        if reply.status != Status.MISSING_OBJECTS or attempt:
-            break
-    if reply.status == Status.REJECTED:
-        raise PushRejected(meta.repository, settings.bootstrap, meta.version, reply.head)
-    if reply.status != Status.UP_TO_DATE:
-        expect_write_accepted(meta.repository, reply)
+    """Send a write with its uploads. An upload cut short (its replica died
+    mid-way) is answered "missing objects": send it once more, whole, under a
+    new request id."""
+    reply = connection.call(connection.new_request(kind, **fields), uploads, observer).reply
+    if reply.status == Status.MISSING_OBJECTS:
+        reply = connection.call(connection.new_request(kind, **fields), uploads, observer).reply
     return reply
 
 
-def expect_write_accepted(repo: str, reply: p.Reply) -> None:
+def expect_write_accepted(repo: str, action: str, reply: p.Reply) -> None:
     if reply.status == Status.NOT_FOUND:
         raise RepositoryNotFound(repo)
     if reply.status != Status.ACCEPTED:
-        raise MinigitError(f"the server refused the push: {reply.message or reply.status}")
+        raise MinigitError(f"the server refused the {action}: {reply.message or reply.status}")
 
 
 # ---------------------------------------------------------------- reads

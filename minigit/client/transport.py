@@ -20,7 +20,7 @@ from kafka import TopicPartition
 
 from minigit import codec
 from minigit import protocol as p
-from minigit.client.exchange import Observer, ReplyCollector, Response
+from minigit.client.exchange import Observer, ReplyCollector, Response, make_request
 from minigit.config import KafkaSettings
 from minigit.errors import MinigitError, ServerUnreachable
 from minigit.kafka_clients import INFRASTRUCTURE_ERRORS, open_consumer, open_producer
@@ -77,13 +77,7 @@ class Connection:
         self.close()
 
     def new_request(self, cls: type[p.Request], **fields: Any) -> p.Request:
-        return cls(
-            request_id=p.new_request_id(),
-            user=self.user,
-            reply_partition=self.reply_partition,
-            timeout_ms=int(self.timeout * 1000),
-            **fields,
-        )
+        return make_request(cls, self.user, self.reply_partition, self.timeout, **fields)
 
     def call(
         self, request: p.Request, uploads: Sequence[codec.BlobSource] = (), observer: Observer | None = None

@@ -9,6 +9,7 @@ import enum
 import threading
 import time
 import uuid
+import zlib
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Protocol
@@ -17,6 +18,7 @@ from minigit import protocol as p
 from minigit.errors import MinigitError
 from minigit.protocol import Status
 from minigit_server import decisions
+from minigit_server.apply import LogRecord, apply_records
 from minigit_server.store import Store
 
 # Bounds a log reply to one record.
@@ -57,6 +59,40 @@ class Wire(Protocol):
     def log_partition(self, repo: str) -> int: ...
     def reply_partitions(self) -> int: ...
     def flush(self) -> None: ...
+
+
+class MemoryWire:
+    """The Wire in memory, for tests and in-process use: a log whose every append
+    is applied to ``store`` at once (a replica that is always caught up), and the
+    replies kept in the order they were sent, with their partition."""
+
+    def __init__(self, store: Store, applied: AppliedOffsets, log_partitions: int = 3, reply_partitions: int = 8):
+        self.store, self.applied = store, applied
+        self.log_partitions, self.reply_partition_count = log_partitions, reply_partitions
+        self.log: dict[int, list[bytes]] = {}
+        self.replies: list[tuple[int, p.Message]] = []
+
+    def append_log(self, partition: int, key: bytes, value: bytes, wait: bool) -> int:
+        records = self.log.setdefault(partition, [])
+        records.append(value)
+        apply_records(self.store, [LogRecord(partition, len(records) - 1, value)])
+        self.applied.advance({partition: len(records)})
+        return len(records) - 1
+
+    def send_reply(self, partition: int, message: p.Message) -> None:
+        self.replies.append((partition, message))
+
+    def log_end_offsets(self, partitions: list[int] | None = None) -> dict[int, int]:
+        return {n: len(self.log.get(n, [])) for n in partitions or self.log}
+
+    def log_partition(self, repo: str) -> int:
+        return zlib.crc32(repo.encode()) % self.log_partitions  # any fixed function of the name
+
+    def reply_partitions(self) -> int:
+        return self.reply_partition_count
+
+    def flush(self) -> None:
+        pass
 
 
 class Unanswered(enum.StrEnum):

@@ -1,6 +1,6 @@
 """minigit_server.service: request handling, with the log and replies in memory.
 
-The fake wire applies each appended record at once, as a caught-up replica
+The memory wire applies each appended record at once, as a caught-up replica
 would; the real Kafka path is covered by the integration tests.
 """
 
@@ -13,47 +13,17 @@ import pytest
 
 from minigit import codec
 from minigit import protocol as p
-from minigit_server.apply import LogRecord, apply_records
-from minigit_server.service import AppliedOffsets, Service
+from minigit_server.service import AppliedOffsets, MemoryWire, Service
 from minigit_server.store import MemoryStore
 
 NOW_MS = 1_800_000_000_000
-
-
-class FakeWire:
-    def __init__(self, store: MemoryStore, applied: AppliedOffsets) -> None:
-        self.store, self.applied = store, applied
-        self.log: dict[int, list[bytes]] = {}
-        self.replies: list[tuple[int, p.Message]] = []
-
-    def append_log(self, partition: int, key: bytes, value: bytes, wait: bool) -> int:
-        records = self.log.setdefault(partition, [])
-        records.append(value)
-        apply_records(self.store, [LogRecord(partition, len(records) - 1, value)])
-        self.applied.advance({partition: len(records)})
-        return len(records) - 1
-
-    def send_reply(self, partition: int, message: p.Message) -> None:
-        self.replies.append((partition, message))
-
-    def log_end_offsets(self, partitions=None) -> dict[int, int]:
-        return {n: len(self.log.get(n, [])) for n in partitions or self.log}
-
-    def log_partition(self, repo: str) -> int:
-        return len(repo) % 3  # any fixed function of the name
-
-    def reply_partitions(self) -> int:
-        return 8
-
-    def flush(self) -> None:
-        pass
 
 
 @pytest.fixture
 def service() -> Service:
     store = MemoryStore()
     applied = AppliedOffsets({})
-    return Service("7", store, FakeWire(store, applied), applied, clock_ms=lambda: NOW_MS)
+    return Service("7", store, MemoryWire(store, applied), applied, clock_ms=lambda: NOW_MS)
 
 
 def rid() -> str:
@@ -123,7 +93,8 @@ def test_ping_names_the_replica(service: Service) -> None:
     request_id = rid()
     send(service, p.PingRequest(request_id=request_id, repo="ab", user="u", reply_partition=4))
     [reply] = answers(service, request_id)
-    assert (reply.status, reply.replica) == (p.Status.OK, "7") and "log partition 2" in reply.message
+    partition = service.wire.log_partition("ab")
+    assert (reply.status, reply.replica) == (p.Status.OK, "7") and f"log partition {partition}" in reply.message
 
 
 def test_a_reply_partition_that_does_not_exist_is_not_answered(service: Service) -> None:

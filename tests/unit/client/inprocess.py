@@ -1,0 +1,332 @@
+"""A minigit service in the test process, reached through the client's ``Link``.
+
+``InProcessServer`` holds a real ``Service`` over a ``MemoryStore`` and the
+service's ``MemoryWire`` (each appended log record applied at once, as by a
+caught-up replica). An ``InProcessConnection`` does what ``transport.Connection`` does, minus Kafka:
+it encodes the uploads and the request to their wire bytes, hands them to
+``Service.handle``, and feeds the records that landed on its reply partition,
+in order, into a real ``ReplyCollector``.
+
+Between the server and the collector a test may tamper with the records of
+the next attempts (``server.tamper(...)``, with the hooks below: drop, corrupt,
+swap, inject, failover, edit_reply, chain), and with the uploads of the next attempts
+(``server.tamper_uploads(...)``).
+"""
+
+from __future__ import annotations
+
+import base64
+import dataclasses
+import json
+import uuid
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+from minigit import codec
+from minigit import protocol as p
+from minigit.client.exchange import Observer, ReplyCollector, Response, make_request
+from minigit.config import KafkaSettings
+from minigit.errors import MinigitError, ServerUnreachable
+from minigit_server.service import AppliedOffsets, Handled, MemoryWire, Service
+from minigit_server.store import MemoryStore
+
+NOW_MS = 1_800_000_000_000
+REPLY_PARTITIONS = 4
+LOG_PARTITIONS = 3
+
+# A hook sees one attempt's request and its records, and returns the records to deliver.
+Tamper = Callable[[p.Request, list[bytes]], list[bytes]]
+
+
+@dataclass
+class Attempt:
+    """One sending of one request, as its connection saw it."""
+
+    connection: InProcessConnection
+    request: p.Request
+    uploaded: list[bytes]  # chunk record values that reached the service
+    handled: Handled | None
+    replies: list[bytes]  # what the service wrote on the reply partition
+    delivered: list[bytes]  # what reached the collector, after tampering
+    response: Response | None = None
+
+
+class InProcessServer:
+    """A real Service over a MemoryStore. ``attempts`` is how many times a
+    connection sends a request that got no complete answer (the transport keeps
+    sending it until its timeout). ``bootstrap``/``namespace``, when given, are
+    the only address it answers at; elsewhere connecting is ServerUnreachable."""
+
+    def __init__(
+        self, attempts: int = 1, bootstrap: str | None = None, namespace: str | None = None, replica: str = "1"
+    ) -> None:
+        self.store = MemoryStore()
+        self.applied = AppliedOffsets({})
+        self.wire = MemoryWire(self.store, self.applied, LOG_PARTITIONS, REPLY_PARTITIONS)
+        self.now_ms = NOW_MS
+        self.service = Service(replica, self.store, self.wire, self.applied, clock_ms=lambda: self.now_ms)
+        self.attempts = attempts
+        self.bootstrap, self.namespace = bootstrap, namespace
+        self.connections: list[InProcessConnection] = []
+        self.log: list[Attempt] = []
+        self._reply_hooks: list[Tamper] = []
+        self._upload_hooks: list[Tamper] = []
+
+    def connector(self, settings: KafkaSettings, user: str, timeout: float) -> InProcessConnection:
+        """A ``Connector``: pass it as ``ClientOptions(..., connector=server.connector)``."""
+        wrong_place = (self.bootstrap is not None and settings.bootstrap != self.bootstrap) or (
+            self.namespace is not None and settings.namespace != self.namespace
+        )
+        if wrong_place:
+            raise settings.unreachable(ConnectionRefusedError())
+        connection = InProcessConnection(self, settings, user, timeout, len(self.connections) % REPLY_PARTITIONS)
+        self.connections.append(connection)
+        return connection
+
+    def tamper(self, *hooks: Tamper) -> None:
+        """Pass the reply records of each of the next attempts through one hook."""
+        self._reply_hooks.extend(hooks)
+
+    def tamper_uploads(self, *hooks: Tamper) -> None:
+        """Pass the upload chunk records of each of the next attempts through one hook."""
+        self._upload_hooks.extend(hooks)
+
+    @property
+    def requests(self) -> list[p.Request]:
+        return [attempt.request for attempt in self.log]
+
+    def head(self, repo: str) -> int | None:
+        state = self.store.get_repo(repo)
+        return state.head if state else None
+
+    def exchange(self, connection: InProcessConnection, request: p.Request, uploads: list[bytes]) -> Attempt:
+        """One attempt: the uploads, then the request, each at the next second."""
+        if self._upload_hooks:
+            uploads = self._upload_hooks.pop(0)(request, list(uploads))
+        start = len(self.wire.replies)
+        for value in uploads:
+            self.now_ms += 1
+            self.service.handle(self.now_ms, value)
+        self.now_ms += 1000
+        handled = self.service.handle(self.now_ms, request.to_bytes())
+        # as a consumer of the request's reply partition reads them: record values, in order
+        replies = [m.to_bytes() for n, m in self.wire.replies[start:] if n == request.reply_partition]
+        delivered = self._reply_hooks.pop(0)(request, list(replies)) if self._reply_hooks else list(replies)
+        attempt = Attempt(connection, request, uploads, handled, replies, delivered)
+        self.log.append(attempt)
+        return attempt
+
+
+class InProcessConnection:
+    """What ``transport.Connection`` does, with the service in the same process."""
+
+    def __init__(
+        self, server: InProcessServer, settings: KafkaSettings, user: str, timeout: float, reply_partition: int
+    ) -> None:
+        self.server, self.settings, self.user, self.timeout = server, settings, user, timeout
+        self.reply_partition = reply_partition
+        self.closed = False
+
+    def __enter__(self) -> InProcessConnection:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def close(self) -> None:
+        self.closed = True
+
+    def new_request(self, cls: type[p.Request], **fields: Any) -> p.Request:
+        return make_request(cls, self.user, self.reply_partition, self.timeout, **fields)
+
+    def call(
+        self, request: p.Request, uploads: Sequence[codec.BlobSource] = (), observer: Observer | None = None
+    ) -> Response:
+        if self.closed:
+            raise AssertionError("call on a closed connection")
+        observer = observer or Observer()
+        for number in range(self.server.attempts):
+            values = self._encode_uploads(request, uploads, observer if number == 0 else Observer())
+            attempt = self.server.exchange(self, request, values)
+            observer.waiting()
+            collector = ReplyCollector(request.request_id, observer)
+            for value in attempt.delivered:
+                collector.feed(value)  # a ProtocolError goes to the caller, as from the transport
+                if (response := collector.response) is not None:
+                    attempt.response = response
+                    return response
+            collector.abandon()
+        raise ServerUnreachable(
+            f"no answer from the minigit service within {self.timeout:g}s",
+            hint="check that 'minigit-server start' is running, or raise --timeout",
+        )
+
+    @staticmethod
+    def _encode_uploads(request: p.Request, uploads: Sequence[codec.BlobSource], observer: Observer) -> list[bytes]:
+        if uploads:
+            observer.uploading(sum(u.size for u in uploads), len(uploads))
+        values = []
+        for upload in uploads:
+            for chunk in p.blob_chunks(request.request_id, request.repo, upload):
+                values.append(chunk.to_bytes())
+                observer.uploaded(codec.piece_size(upload.size, chunk.index))
+            observer.uploaded_object()
+        return values
+
+
+# ---------------------------------------------------------------- observing
+
+
+@dataclass
+class RecordingObserver(Observer):
+    """Every hook call, in order, as (name, *arguments)."""
+
+    events: list[tuple] = field(default_factory=list)
+
+    def uploading(self, total_bytes: int, blobs: int) -> None:
+        self.events.append(("uploading", total_bytes, blobs))
+
+    def uploaded(self, nbytes: int) -> None:
+        self.events.append(("uploaded", nbytes))
+
+    def uploaded_object(self) -> None:
+        self.events.append(("uploaded_object",))
+
+    def waiting(self) -> None:
+        self.events.append(("waiting",))
+
+    def downloading(self, total_bytes: int, blobs: int) -> None:
+        self.events.append(("downloading", total_bytes, blobs))
+
+    def downloaded(self, nbytes: int) -> None:
+        self.events.append(("downloaded", nbytes))
+
+    def downloaded_object(self) -> None:
+        self.events.append(("downloaded_object",))
+
+    def named(self, name: str) -> list[tuple]:
+        return [event for event in self.events if event[0] == name]
+
+    def total(self, name: str) -> int:
+        return sum(event[1] for event in self.named(name))
+
+
+# ---------------------------------------------------------------- tampering hooks
+
+
+def parse(value: bytes) -> p.Message:
+    return p.parse_message(value, allowed=p.REPLY_TYPES)
+
+
+def is_answer(value: bytes) -> bool:
+    try:
+        message = parse(value)
+    except MinigitError:
+        return False
+    return isinstance(message, p.Reply) and message.status != p.Status.WORKING
+
+
+def answer_index(records: list[bytes]) -> int:
+    """Where the (last) answer starts: its reply, not a "working" one."""
+    found = [i for i, value in enumerate(records) if is_answer(value)]
+    if not found:
+        raise AssertionError("no answer among the reply records")
+    return found[-1]
+
+
+def drop(*indices: int) -> Tamper:
+    """Lose the records at ``indices`` (negative ones count from the end); no index: lose them all."""
+
+    def hook(request: p.Request, records: list[bytes]) -> list[bytes]:
+        if not indices:
+            return []
+        gone = {i % len(records) for i in indices}
+        return [value for i, value in enumerate(records) if i not in gone]
+
+    return hook
+
+
+def corrupt(index: int) -> Tamper:
+    """Change the content of the chunk at ``index``, keeping it a well-formed record:
+    its blob no longer matches its hash."""
+
+    def hook(request: p.Request, records: list[bytes]) -> list[bytes]:
+        at = index % len(records)
+        chunk = parse(records[at])
+        assert isinstance(chunk, p.Chunk), "corrupt() needs a chunk"
+        raw = chunk.raw()
+        raw = bytes([raw[0] ^ 1]) + raw[1:] if raw else b"?"
+        piece = codec.encode_piece(chunk.index, raw)
+        changed = dataclasses.replace(
+            chunk, encoding=piece.encoding, data=base64.b64encode(piece.payload).decode("ascii")
+        )
+        return [*records[:at], changed.to_bytes(), *records[at + 1 :]]
+
+    return hook
+
+
+def swap(i: int, j: int) -> Tamper:
+    def hook(request: p.Request, records: list[bytes]) -> list[bytes]:
+        records = list(records)
+        records[i], records[j] = records[j], records[i]
+        return records
+
+    return hook
+
+
+def inject(index: int, *values: bytes) -> Tamper:
+    """Insert ``values`` before the record at ``index`` (``len`` appends)."""
+
+    def hook(request: p.Request, records: list[bytes]) -> list[bytes]:
+        at = index if index >= 0 else len(records) + 1 + index
+        return [*records[:at], *values, *records[at:]]
+
+    return hook
+
+
+def restream(value: bytes, stream: str, replica: str | None = None) -> bytes:
+    message = parse(value)
+    changes: dict[str, Any] = {"stream": stream}
+    if replica is not None and isinstance(message, p.Reply):
+        changes["replica"] = replica
+    return dataclasses.replace(message, **changes).to_bytes()
+
+
+def failover(cut: int = 1, late: bool = False) -> Tamper:
+    """The answering replica dies after sending ``cut`` records of its answer (the
+    reply counts); another answers the same request in full under a new stream.
+    With ``late``, the dead replica's unsent records still arrive, after the new reply."""
+
+    def hook(request: p.Request, records: list[bytes]) -> list[bytes]:
+        start = answer_index(records)
+        answer = records[start:]
+        stream = uuid.uuid4().hex
+        second = [restream(value, stream, replica="2") for value in answer]
+        leftovers = answer[cut:] if late else []
+        return [*records[: start + cut], second[0], *leftovers, *second[1:]]
+
+    return hook
+
+
+def edit_reply(change: Callable[[dict], object]) -> Tamper:
+    """Rewrite the answer's reply as JSON (``change`` edits the dict in place), valid or not."""
+
+    def hook(request: p.Request, records: list[bytes]) -> list[bytes]:
+        start = answer_index(records)
+        doc = json.loads(records[start])
+        change(doc)
+        return [*records[:start], json.dumps(doc).encode(), *records[start + 1 :]]
+
+    return hook
+
+
+def chain(*hooks: Tamper) -> Tamper:
+    """Several hooks on one attempt, in order."""
+
+    def hook(request: p.Request, records: list[bytes]) -> list[bytes]:
+        for each in hooks:
+            records = each(request, records)
+        return records
+
+    return hook

@@ -1,0 +1,582 @@
+"""minigit.client.operations against an in-process service (tests/unit/client/inprocess.py).
+
+Real Service, MemoryStore, protocol, codec and ReplyCollector; no Kafka. Every
+request and answer goes through the wire format, so what the client sends and
+reads here is what it sends and reads through Kafka.
+"""
+
+from __future__ import annotations
+
+import json
+import random
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import pytest
+from inprocess import InProcessServer, RecordingObserver, corrupt, drop, edit_reply, failover, swap
+
+from minigit import codec
+from minigit import protocol as p
+from minigit.client import operations as op
+from minigit.client import workspace as ws
+from minigit.config import DEFAULT_BOOTSTRAP, KafkaSettings, ServerFlags
+from minigit.errors import (
+    ExitCode,
+    MinigitError,
+    NoRepository,
+    ProtocolError,
+    PullConflict,
+    PushRejected,
+    RepositoryExists,
+    RepositoryNotFound,
+    ServerUnreachable,
+    UsageError,
+)
+
+BIG = random.Random(7).randbytes(2 * codec.CHUNK_SIZE + 321)  # three chunks that zlib cannot shrink
+
+
+@pytest.fixture
+def server() -> InProcessServer:
+    return InProcessServer()
+
+
+def options(server: InProcessServer, user: str = "alice", flags: ServerFlags | None = None) -> op.ClientOptions:
+    return op.ClientOptions(user, flags or ServerFlags(), 30.0, connector=server.connector)
+
+
+def write(root: Path, rel: str, data: bytes | str) -> None:
+    path = root / rel
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_bytes(data.encode() if isinstance(data, str) else data)
+
+
+def files(root: Path) -> dict[str, bytes]:
+    """The user's files under ``root`` (minigit's own left out)."""
+    return {rel: (root / rel).read_bytes() for rel in ws.list_files(root)}
+
+
+def create(server: InProcessServer, root: Path, content: dict[str, bytes | str], name: str = "lab") -> op.PushResult:
+    root.mkdir(parents=True, exist_ok=True)
+    for rel, data in content.items():
+        write(root, rel, data)
+    return op.init_repository(root, name, options(server, "origin"), "version 1")
+
+
+def history(server: InProcessServer, repo: str = "lab") -> list[int]:
+    return [info.version for info in server.store.list_versions(repo)]
+
+
+# ---------------------------------------------------------------- the seed's scenario
+
+
+def test_seed_scenario(server: InProcessServer, tmp_path: Path) -> None:
+    origin, a, b, c = (tmp_path / name for name in ("origin", "a", "b", "c"))
+    a.mkdir()
+    create(server, origin, {"README.md": "the lab report\n", "src/server.py": "server\n", "src/client.py": "client\n"})
+    op.clone_repository("lab", b, options(server, "bryan"))
+    write(origin, "src/server.py", "server v2\n")
+    assert op.push_workdir(origin, options(server, "origin"), "version 2").new_version == 2
+    op.clone_repository("lab", c, options(server, "willy"))
+    write(b, "src/client.py", "client edited by B\n")
+    write(c, "NOTES.md", "C's notes\n")
+    b_metadata = (b / ws.METADATA_NAME).read_bytes()
+
+    with pytest.raises(NoRepository) as no_repo:
+        op.push_workdir(a, options(server, "esteban"), "A")
+    assert no_repo.value.exit_code == ExitCode.ERROR
+    with pytest.raises(PushRejected) as rejected:
+        op.push_workdir(b, options(server, "bryan"), "B")
+    error = rejected.value
+    assert (error.repo, error.server, error.base, error.head) == ("lab", DEFAULT_BOOTSTRAP, 1, 2)
+    assert error.exit_code == ExitCode.REJECTED and "fetch first" in error.message
+    assert (b / ws.METADATA_NAME).read_bytes() == b_metadata and history(server) == [1, 2]
+    accepted = op.push_workdir(c, options(server, "willy"), "C")
+    assert (accepted.status, accepted.old_version, accepted.new_version) == (op.PushStatus.ACCEPTED, 2, 3)
+    assert accepted.changes.added == ["NOTES.md"] and history(server) == [1, 2, 3]
+
+    cloned = op.pull_here(a, "lab", options(server, "esteban"))
+    updated = op.pull_here(b, None, options(server, "bryan"))
+    current = op.pull_here(c, None, options(server, "willy"))
+    assert (cloned.status, cloned.new_version) == (op.PullStatus.CLONED, 3)
+    assert (updated.status, updated.old_version, updated.new_version) == (op.PullStatus.UPDATED, 1, 3)
+    assert updated.changes.to_json() == {"added": ["NOTES.md"], "modified": ["src/server.py"], "deleted": []}
+    assert updated.kept_local == ["src/client.py"]
+    assert (current.status, current.old_version, current.new_version) == (op.PullStatus.UP_TO_DATE, 3, 3)
+    for directory in (a, b, c):
+        assert files(directory)["NOTES.md"] == b"C's notes\n"
+        assert files(directory)["src/server.py"] == b"server v2\n"
+        assert ws.read_metadata(directory).version == 3
+    assert files(a)["src/client.py"] == b"client\n"
+    assert files(b)["src/client.py"] == b"client edited by B\n"
+    again = op.push_workdir(b, options(server, "bryan"), "B again")
+    assert (again.status, again.new_version, server.head("lab")) == (op.PushStatus.ACCEPTED, 4, 4)
+
+
+# ---------------------------------------------------------------- init
+
+
+def test_init_creates_version_1(server: InProcessServer, tmp_path: Path) -> None:
+    result = create(server, tmp_path / "w", {"a.txt": "a", "big.bin": BIG, "empty": b""})
+    assert (result.status, result.old_version, result.new_version) == (op.PushStatus.CREATED, 0, 1)
+    assert result.changes.added == ["a.txt", "big.bin", "empty"]
+    tree = p.encode_tree(ws.scan_worktree(tmp_path / "w"))
+    assert result.bytes_sent == len(tree) + 1 + len(BIG)
+    meta = ws.read_metadata(tmp_path / "w")
+    assert (meta.repository, meta.version, meta.bootstrap, meta.namespace) == ("lab", 1, DEFAULT_BOOTSTRAP, "")
+    assert server.store.read_blob(p.hash_bytes(BIG)) == BIG
+    assert server.store.get_version("lab", 1).author == "origin"
+
+
+def test_init_of_an_existing_name_is_refused(server: InProcessServer, tmp_path: Path) -> None:
+    create(server, tmp_path / "one", {"a": "1"})
+    with pytest.raises(RepositoryExists):
+        create(server, tmp_path / "two", {"a": "2"})
+    assert not (tmp_path / "two" / ws.METADATA_NAME).exists() and history(server) == [1]
+
+
+def test_init_in_a_working_directory_is_refused_before_connecting(server: InProcessServer, tmp_path: Path) -> None:
+    create(server, tmp_path, {"a": "1"})
+    with pytest.raises(UsageError, match="already a minigit working directory"):
+        op.init_repository(tmp_path, "other", options(server))
+    assert len(server.connections) == 1
+
+
+def test_init_sends_an_upload_cut_short_once_more_as_push_does(server: InProcessServer, tmp_path: Path) -> None:
+    server.tamper_uploads(lambda request, values: values[:-1])
+    result = create(server, tmp_path, {"a.txt": "a"})
+    assert (result.new_version, server.head("lab")) == (1, 1)
+    first, second = server.log
+    assert json.loads(first.replies[-1])["status"] == p.Status.MISSING_OBJECTS
+    assert second.request.request_id != first.request.request_id and len(second.uploaded) == len(first.uploaded) + 1
+
+
+def test_init_with_uploads_cut_short_twice_fails_and_writes_nothing(server: InProcessServer, tmp_path: Path) -> None:
+    server.tamper_uploads(*[lambda request, values: values[:-1]] * 2)
+    with pytest.raises(MinigitError, match=r"the server refused the init: .*not uploaded completely") as failed:
+        create(server, tmp_path, {"a.txt": "a"})
+    assert failed.value.exit_code == ExitCode.ERROR
+    assert not (tmp_path / ws.METADATA_NAME).exists() and server.head("lab") is None
+    assert create(server, tmp_path, {}).new_version == 1
+
+
+def test_a_request_the_server_would_refuse_fails_before_anything_is_sent(
+    server: InProcessServer, tmp_path: Path
+) -> None:
+    create(server, tmp_path, {"a.txt": "a"})
+    write(tmp_path, "b.txt", BIG)
+    sent = len(server.log)
+    with pytest.raises(ProtocolError, match="message longer than"):
+        op.push_workdir(tmp_path, options(server), "m" * (p.MAX_MESSAGE_LENGTH + 1))
+    assert len(server.log) == sent and server.head("lab") == 1
+
+
+# ---------------------------------------------------------------- pull
+
+
+def test_pull_at_the_head_is_up_to_date(server: InProcessServer, tmp_path: Path) -> None:
+    create(server, tmp_path, {"a.txt": "a", "b.txt": "b"})
+    write(tmp_path, "a.txt", "edited")
+    before = (tmp_path / ws.METADATA_NAME).read_bytes()
+    result = op.pull_workdir(tmp_path, options(server))
+    assert (result.status, result.old_version, result.new_version) == (op.PullStatus.UP_TO_DATE, 1, 1)
+    assert (result.kept_local, result.bytes_received, result.changes.empty) == (["a.txt"], 0, True)
+    assert (tmp_path / ws.METADATA_NAME).read_bytes() == before and files(tmp_path)["a.txt"] == b"edited"
+
+
+def test_pull_applies_upstream_and_keeps_local_edits(server: InProcessServer, tmp_path: Path) -> None:
+    origin, mine = tmp_path / "origin", tmp_path / "mine"
+    create(server, origin, {"up.txt": "1", "gone.txt": "g", "edit.txt": "e", "drop.txt": "d"})
+    op.clone_repository("lab", mine, options(server))
+    write(origin, "up.txt", "2")
+    (origin / "gone.txt").unlink()
+    write(origin, "sub/new.txt", "new")
+    op.push_workdir(origin, options(server, "origin"))
+    write(mine, "edit.txt", "my edit")
+    (mine / "drop.txt").unlink()
+    write(mine, "extra.txt", "untracked")
+
+    result = op.pull_workdir(mine, options(server))
+    assert (result.status, result.old_version, result.new_version) == (op.PullStatus.UPDATED, 1, 2)
+    assert result.changes.to_json() == {"added": ["sub/new.txt"], "modified": ["up.txt"], "deleted": ["gone.txt"]}
+    assert result.kept_local == ["drop.txt", "edit.txt", "extra.txt"]
+    # The tree, what changed upstream, and the contents the client said it lost (edit.txt's, drop.txt's).
+    assert result.bytes_received == len(p.encode_tree(ws.scan_worktree(origin))) + len("2" + "new" + "e" + "d")
+    assert files(mine) == {"up.txt": b"2", "sub/new.txt": b"new", "edit.txt": b"my edit", "extra.txt": b"untracked"}
+    assert ws.read_metadata(mine).manifest == ws.scan_worktree(origin)
+
+
+def test_pull_is_refused_on_a_conflict_and_the_users_bytes_survive(server: InProcessServer, tmp_path: Path) -> None:
+    origin, mine = tmp_path / "origin", tmp_path / "mine"
+    create(server, origin, {"a.txt": "base"})
+    op.clone_repository("lab", mine, options(server))
+    write(origin, "a.txt", "theirs")
+    write(origin, "new.txt", "new")
+    op.push_workdir(origin, options(server, "origin"))
+    write(mine, "a.txt", b"mine \x00\xff")
+    before = (mine / ws.METADATA_NAME).read_bytes()
+    with pytest.raises(PullConflict) as conflict:
+        op.pull_workdir(mine, options(server))
+    assert conflict.value.paths == ["a.txt"] and conflict.value.exit_code == ExitCode.REJECTED
+    assert files(mine) == {"a.txt": b"mine \x00\xff"}
+    assert (mine / ws.METADATA_NAME).read_bytes() == before
+    assert {e.name for e in mine.iterdir()} == {ws.METADATA_NAME, ws.LOCK_NAME, "a.txt"}  # no staging left
+
+
+def test_pull_gets_back_content_the_client_lost(server: InProcessServer, tmp_path: Path) -> None:
+    origin, mine = tmp_path / "origin", tmp_path / "mine"
+    create(server, origin, {"a.txt": "shared"})
+    op.clone_repository("lab", mine, options(server))
+    write(origin, "copy.txt", "shared")  # upstream adds a file with a.txt's old content
+    op.push_workdir(origin, options(server, "origin"))
+    write(mine, "a.txt", "mine")  # the client no longer holds that content
+    result = op.pull_workdir(mine, options(server))
+    [pull] = [a.request for a in server.log if isinstance(a.request, p.PullRequest)][-1:]
+    assert pull.lost == [p.hash_bytes(b"shared")] and pull.version == 1
+    assert files(mine) == {"a.txt": b"mine", "copy.txt": b"shared"} and result.kept_local == ["a.txt"]
+
+
+def test_pull_here_outside_a_working_directory(server: InProcessServer, tmp_path: Path) -> None:
+    create(server, tmp_path / "origin", {"a": "1"})
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    with pytest.raises(NoRepository):
+        op.pull_here(empty, None, options(server))
+    assert op.pull_here(empty, "lab", options(server)).status == op.PullStatus.CLONED
+    with pytest.raises(UsageError, match="holds 'lab', not 'other'"):
+        op.pull_here(empty, "other", options(server))
+    assert files(empty) == {"a": b"1"}
+
+
+def test_pull_answer_arriving_out_of_order_is_not_applied(server: InProcessServer, tmp_path: Path) -> None:
+    origin, mine = tmp_path / "origin", tmp_path / "mine"
+    create(server, origin, {"a": "1"})
+    op.clone_repository("lab", mine, options(server))
+    write(origin, "big.bin", BIG)
+    op.push_workdir(origin, options(server, "origin"))
+    before = (mine / ws.METADATA_NAME).read_bytes()
+    server.tamper(swap(-1, -2))  # the last two chunks of big.bin
+    with pytest.raises(ServerUnreachable) as silent:
+        op.pull_workdir(mine, options(server))
+    assert silent.value.exit_code == ExitCode.UNREACHABLE
+    assert files(mine) == {"a": b"1"} and (mine / ws.METADATA_NAME).read_bytes() == before
+    assert op.pull_workdir(mine, options(server)).new_version == 2
+    assert files(mine)["big.bin"] == BIG
+
+
+def test_pull_with_a_malformed_answer_is_a_protocol_error(server: InProcessServer, tmp_path: Path) -> None:
+    origin, mine = tmp_path / "origin", tmp_path / "mine"
+    create(server, origin, {"a": "1"})
+    op.clone_repository("lab", mine, options(server))
+    write(origin, "a", "2")
+    op.push_workdir(origin, options(server, "origin"))
+    server.tamper(edit_reply(lambda doc: doc.update(status="bogus")))
+    with pytest.raises(ProtocolError, match=r"malformed answer.*unknown value 'bogus'") as bad:
+        op.pull_workdir(mine, options(server))
+    assert bad.value.exit_code == ExitCode.ERROR
+    assert files(mine) == {"a": b"1"} and ws.read_metadata(mine).version == 1
+
+
+# ---------------------------------------------------------------- clone
+
+
+def test_clone_copies_the_head(server: InProcessServer, tmp_path: Path) -> None:
+    create(server, tmp_path / "origin", {"a.txt": "a", "d/e/big.bin": BIG, "empty": b""})
+    observer = RecordingObserver()
+    result = op.clone_repository("lab", tmp_path / "new" / "copy", options(server), observer)
+    copy = tmp_path / "new" / "copy"
+    assert (result.status, result.old_version, result.new_version) == (op.PullStatus.CLONED, 0, 1)
+    assert (result.directory, result.changes.added) == (str(copy), ["a.txt", "d/e/big.bin", "empty"])
+    assert files(copy) == {"a.txt": b"a", "d/e/big.bin": BIG, "empty": b""}
+    tree_size = len(p.encode_tree(ws.scan_worktree(copy)))
+    assert result.bytes_received == tree_size + 1 + len(BIG)
+    assert observer.named("downloading") == [("downloading", result.bytes_received, 4)]
+    assert observer.total("downloaded") == result.bytes_received and len(observer.named("downloaded_object")) == 4
+    assert ws.read_metadata(copy).manifest == ws.scan_worktree(tmp_path / "origin")
+
+
+def test_clone_into_a_non_empty_directory_is_refused(server: InProcessServer, tmp_path: Path) -> None:
+    create(server, tmp_path / "origin", {"a": "1"})
+    target = tmp_path / "full"
+    write(target, "mine.txt", "keep")
+    with pytest.raises(UsageError, match="not an empty directory"):
+        op.clone_repository("lab", target, options(server))
+    assert files(target) == {"mine.txt": b"keep"} and len(server.connections) == 1
+    write(tmp_path, "a-file", "x")
+    with pytest.raises(UsageError):
+        op.clone_repository("lab", tmp_path / "a-file", options(server))
+
+
+def test_clone_of_a_missing_repository_leaves_nothing(server: InProcessServer, tmp_path: Path) -> None:
+    with pytest.raises(RepositoryNotFound) as missing:
+        op.clone_repository("nope", tmp_path / "new", options(server))
+    assert missing.value.name == "nope" and missing.value.exit_code == ExitCode.ERROR
+    assert not (tmp_path / "new").exists()
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(RepositoryNotFound):
+        op.clone_repository("nope", tmp_path / "empty", options(server))
+    assert list((tmp_path / "empty").iterdir()) == []
+
+
+@pytest.mark.parametrize("existed", [False, True])
+def test_clone_that_fails_part_way_leaves_nothing(server: InProcessServer, tmp_path: Path, existed: bool) -> None:
+    create(server, tmp_path / "origin", {"a.txt": "a", "b.txt": "b"})
+    target = tmp_path / "copy"
+    if existed:
+        target.mkdir()
+    # An answer that promises only the tree: the files' content never comes.
+    server.tamper(edit_reply(lambda doc: doc.update(blob_count=1)))
+    with pytest.raises(MinigitError, match="did not send the content"):
+        op.clone_repository("lab", target, options(server))
+    assert target.exists() == existed
+    assert not existed or list(target.iterdir()) == []
+
+
+def test_clone_survives_a_failover(server: InProcessServer, tmp_path: Path) -> None:
+    create(server, tmp_path / "origin", {"a.txt": "a", "big.bin": BIG})
+    server.tamper(failover(cut=3, late=True))  # cut off after the reply and two chunks; the rest arrives late
+    result = op.clone_repository("lab", tmp_path / "copy", options(server))
+    assert files(tmp_path / "copy") == {"a.txt": b"a", "big.bin": BIG} and result.new_version == 1
+    [pull] = [attempt for attempt in server.log if isinstance(attempt.request, p.PullRequest)]
+    assert pull.response.reply.replica == "2" and len(pull.delivered) == 2 * len(pull.replies)
+
+
+def test_a_corrupt_answer_is_dropped_and_the_retry_answered(tmp_path: Path) -> None:
+    server = InProcessServer(attempts=2)
+    create(server, tmp_path / "origin", {"a.txt": "a"})
+    server.tamper(corrupt(-1))
+    op.clone_repository("lab", tmp_path / "copy", options(server))
+    assert files(tmp_path / "copy") == {"a.txt": b"a"}
+    first, second = server.log[-2:]
+    assert first.request == second.request and first.response is None and second.response is not None
+
+
+# ---------------------------------------------------------------- push
+
+
+def test_push_of_no_changes_sends_nothing(server: InProcessServer, tmp_path: Path) -> None:
+    create(server, tmp_path, {"a.txt": "a"})
+    sent = (len(server.connections), len(server.log))
+    result = op.push_workdir(tmp_path, options(server), "nothing")
+    assert (result.status, result.old_version, result.new_version) == (op.PushStatus.UP_TO_DATE, 1, 1)
+    assert (result.bytes_sent, result.changes.empty) == (0, True)
+    assert (len(server.connections), len(server.log)) == sent and history(server) == [1]
+
+
+def test_push_sends_only_new_content(server: InProcessServer, tmp_path: Path) -> None:
+    create(server, tmp_path, {"a.txt": "a", "b.txt": "b"})
+    write(tmp_path, "a.txt", "changed")
+    write(tmp_path, "c.txt", "b")  # content the server has already
+    observer = RecordingObserver()
+    result = op.push_workdir(tmp_path, options(server, "bob"), "second", observer)
+    assert (result.status, result.old_version, result.new_version) == (op.PushStatus.ACCEPTED, 1, 2)
+    assert result.changes.to_json() == {"added": ["c.txt"], "modified": ["a.txt"], "deleted": []}
+    tree = p.encode_tree(ws.scan_worktree(tmp_path))
+    assert result.bytes_sent == len(tree) + len("changed")
+    assert observer.named("uploading") == [("uploading", result.bytes_sent, 2)]
+    [push] = server.log[-1:]
+    assert len(push.uploaded) == 2 and push.request.base == 1 and push.request.message == "second"
+    info = server.store.get_version("lab", 2)
+    assert (info.author, info.message, info.tree) == ("bob", "second", p.hash_bytes(tree))
+    assert ws.read_metadata(tmp_path).version == 2
+
+
+def test_push_with_an_upload_cut_short_is_sent_again_whole(server: InProcessServer, tmp_path: Path) -> None:
+    create(server, tmp_path, {"a.txt": "a"})
+    write(tmp_path, "b.txt", "b")
+    server.tamper_uploads(lambda request, values: values[:-1])
+    result = op.push_workdir(tmp_path, options(server))
+    first, second = server.log[-2:]
+    assert json.loads(first.replies[-1])["status"] == p.Status.MISSING_OBJECTS
+    assert first.request.request_id != second.request.request_id and first.connection is second.connection
+    assert (result.status, result.new_version, history(server)) == (op.PushStatus.ACCEPTED, 2, [1, 2])
+
+
+def test_a_push_answer_lost_then_sent_again_is_applied_once(tmp_path: Path) -> None:
+    server = InProcessServer(attempts=2)
+    create(server, tmp_path, {"a.txt": "a"})
+    write(tmp_path, "a.txt", "b")
+    server.tamper(drop())
+    result = op.push_workdir(tmp_path, options(server))
+    assert (result.status, result.new_version, history(server)) == (op.PushStatus.ACCEPTED, 2, [1, 2])
+    first, second = server.log[-2:]
+    assert first.request == second.request and "retry: original outcome" in second.handled.detail
+
+
+def test_no_answer_is_unreachable_and_writes_nothing(server: InProcessServer, tmp_path: Path) -> None:
+    create(server, tmp_path, {"a.txt": "a"})
+    write(tmp_path, "a.txt", "b")
+    before = (tmp_path / ws.METADATA_NAME).read_bytes()
+    server.tamper(drop())
+    with pytest.raises(ServerUnreachable, match="no answer from the minigit service within 30s") as silent:
+        op.push_workdir(tmp_path, options(server))
+    assert silent.value.exit_code == ExitCode.UNREACHABLE
+    assert (tmp_path / ws.METADATA_NAME).read_bytes() == before
+
+
+# ---------------------------------------------------------------- log
+
+
+def test_log_lists_versions_newest_first(server: InProcessServer, tmp_path: Path) -> None:
+    root = tmp_path / "w"
+    create(server, root, {"a.txt": "0"})
+    for n, user in ((1, "bob"), (2, "carol")):
+        write(root, "a.txt", str(n))
+        op.push_workdir(root, options(server, user), f"change {n}")
+    name, entries = op.read_log(root, options(server))
+    assert name == "lab" and all(isinstance(entry, p.LogEntry) for entry in entries)
+    assert [(e.version, e.author, e.message) for e in entries] == [
+        (3, "carol", "change 2"),
+        (2, "bob", "change 1"),
+        (1, "origin", "version 1"),
+    ]
+    assert entries[0].time_ms > entries[1].time_ms > entries[2].time_ms
+    assert [e.version for e in op.read_log(root, options(server), limit=2)[1]] == [3, 2]
+    assert op.read_log(tmp_path, options(server), repo="lab") == ("lab", entries)  # outside a working directory
+
+
+def test_log_of_a_missing_repository(server: InProcessServer, tmp_path: Path) -> None:
+    with pytest.raises(RepositoryNotFound, match="'nope' does not exist"):
+        op.read_log(tmp_path, options(server), repo="nope")
+    with pytest.raises(NoRepository):
+        op.read_log(tmp_path, options(server))
+
+
+def test_log_entry_without_time_is_a_protocol_error(server: InProcessServer, tmp_path: Path) -> None:
+    create(server, tmp_path, {"a.txt": "0"})
+    server.tamper(edit_reply(lambda doc: doc["entries"][0].pop("time_ms")))
+    with pytest.raises(ProtocolError, match=r"entries\[0\]\.time_ms") as bad:
+        op.read_log(tmp_path, options(server))
+    assert bad.value.exit_code == ExitCode.ERROR
+
+
+# ---------------------------------------------------------------- where the service is
+
+
+@dataclass(frozen=True)
+class CountingFlags(ServerFlags):
+    """ServerFlags that remember every resolution."""
+
+    resolved: list[KafkaSettings] = field(default_factory=list, compare=False)
+
+    def resolve(self, saved: tuple[str, str] | None = None) -> KafkaSettings:
+        settings = super().resolve(saved)
+        self.resolved.append(settings)
+        return settings
+
+
+def saved_workdir(server: InProcessServer, root: Path) -> Path:
+    """A working directory whose .minigit says saved:1 / ns."""
+    root.mkdir()
+    write(root, "a.txt", "a")
+    op.init_repository(root, "lab", options(server, flags=ServerFlags("saved:1", "ns.")))
+    return root
+
+
+@pytest.mark.parametrize(
+    "flags, expected",
+    [
+        (ServerFlags(), ("saved:1", "ns.")),
+        (ServerFlags(bootstrap="flag:2"), ("flag:2", "ns.")),
+        (ServerFlags(namespace=""), ("saved:1", "")),
+        (ServerFlags("flag:2", "other."), ("flag:2", "other.")),
+    ],
+)
+def test_flags_win_over_minigit_which_wins_over_the_default(
+    server: InProcessServer, tmp_path: Path, flags: ServerFlags, expected: tuple[str, str]
+) -> None:
+    root = saved_workdir(server, tmp_path / "w")
+    write(root, "a.txt", "b")
+    pushed = op.push_workdir(root, options(server, flags=flags))
+    op.pull_workdir(root, options(server, flags=flags))
+    op.read_log(root, options(server, flags=flags))
+    assert pushed.server == expected[0]
+    assert [(c.settings.bootstrap, c.settings.namespace) for c in server.connections[1:]] == [expected] * 3
+    assert (ws.read_metadata(root).bootstrap, ws.read_metadata(root).namespace) == ("saved:1", "ns.")
+
+
+def test_without_flags_or_minigit_the_default_address(server: InProcessServer, tmp_path: Path) -> None:
+    create(server, tmp_path / "origin", {"a": "1"})
+    op.clone_repository("lab", tmp_path / "copy", options(server))
+    op.read_log(tmp_path, options(server), repo="lab")
+    assert {(c.settings.bootstrap, c.settings.namespace) for c in server.connections} == {(DEFAULT_BOOTSTRAP, "")}
+    meta = ws.read_metadata(tmp_path / "copy")
+    assert (meta.bootstrap, meta.namespace) == (DEFAULT_BOOTSTRAP, "")
+
+
+@pytest.mark.parametrize("flags", [ServerFlags(), ServerFlags(bootstrap="flag:2")])
+def test_rejected_and_accepted_pushes_name_the_same_server(
+    server: InProcessServer, tmp_path: Path, flags: ServerFlags
+) -> None:
+    origin = saved_workdir(server, tmp_path / "origin")
+    op.clone_repository("lab", tmp_path / "b", options(server, flags=ServerFlags("saved:1", "ns.")))
+    write(origin, "a.txt", "origin's")
+    op.push_workdir(origin, options(server, "origin"))
+    write(tmp_path / "b", "b.txt", "b's")
+    with pytest.raises(PushRejected) as rejected:
+        op.push_workdir(tmp_path / "b", options(server, "bob", flags))
+    op.pull_workdir(tmp_path / "b", options(server, "bob", flags))
+    accepted = op.push_workdir(tmp_path / "b", options(server, "bob", flags))
+    expected = flags.bootstrap or "saved:1"
+    assert rejected.value.server == accepted.server == expected
+    assert server.connections[-3].settings.bootstrap == expected
+
+
+def test_a_server_elsewhere_is_unreachable(tmp_path: Path) -> None:
+    server = InProcessServer(bootstrap="here:1", namespace="")
+    with pytest.raises(ServerUnreachable, match="cannot reach Kafka at localhost:9092"):
+        create(server, tmp_path, {"a": "1"})
+    assert not (tmp_path / ws.METADATA_NAME).exists()
+    result = op.init_repository(tmp_path, "lab", options(server, flags=ServerFlags("here:1")))
+    assert result.server == "here:1"
+
+
+def test_each_command_resolves_once_and_opens_one_connection(server: InProcessServer, tmp_path: Path) -> None:
+    origin, copy = tmp_path / "origin", tmp_path / "copy"
+    origin.mkdir()
+    write(origin, "a.txt", "a")
+    flags = CountingFlags(namespace="ns.")
+    opts = op.ClientOptions("alice", flags, 30.0, connector=server.connector)
+
+    def edit_and_push() -> None:
+        write(origin, "a.txt", str(len(server.log)))
+        op.push_workdir(origin, opts)
+
+    def cut_upload_and_push() -> None:
+        server.tamper_uploads(lambda request, values: values[:-1])
+        edit_and_push()
+
+    commands = {
+        "init": lambda: op.init_repository(origin, "lab", opts),
+        "clone": lambda: op.clone_repository("lab", copy, opts),
+        "push": edit_and_push,
+        "push sent twice": cut_upload_and_push,
+        "pull": lambda: op.pull_workdir(copy, opts),
+        "pull at the head": lambda: op.pull_workdir(copy, opts),
+        "log": lambda: op.read_log(copy, opts),
+    }
+    for name, command in commands.items():
+        connections, resolutions, attempts = len(server.connections), len(flags.resolved), len(server.log)
+        command()
+        assert len(server.connections) == connections + 1, name
+        assert len(flags.resolved) == resolutions + 1, name
+        [connection] = server.connections[connections:]
+        assert connection.closed, name
+        assert {a.connection for a in server.log[attempts:]} == {connection}, name
+        assert len(server.log) - attempts == (2 if name == "push sent twice" else 1), name
+    assert history(server) == [1, 2, 3]
+
+
+def test_an_invalid_user_name_fails_before_connecting(server: InProcessServer, tmp_path: Path) -> None:
+    with pytest.raises(ProtocolError, match="invalid user name"):
+        op.clone_repository("lab", tmp_path / "copy", options(server, "no spaces"))
+    assert server.connections == [] and not (tmp_path / "copy").exists()
+
+
+def test_requests_carry_the_user_and_the_timeout(server: InProcessServer, tmp_path: Path) -> None:
+    root = tmp_path / "w"
+    root.mkdir()
+    op.init_repository(root, "lab", op.ClientOptions("zoe", ServerFlags(), 2.5, connector=server.connector))
+    [attempt] = server.log
+    assert (attempt.request.user, attempt.request.timeout_ms, attempt.connection.timeout) == ("zoe", 2500, 2.5)
+    assert attempt.request.reply_partition == attempt.connection.reply_partition
