@@ -1,0 +1,1 @@
+"""The minigit client: the `minigit` commands and everything only they use."""
