@@ -325,16 +325,19 @@ class Message(Record):
         return json.dumps(self.to_dict(), separators=(",", ":"), ensure_ascii=False).encode()
 
 
-def load_json(value: bytes) -> Any:
-    """A record's JSON, or ProtocolError. Nesting deeper than the decoder's recursion
-    limit (a few bytes of '[' can be) is malformed too, not a crash."""
+def load_json(value: bytes | None) -> Any:
+    """A record's JSON, or ProtocolError. A record with no value (a tombstone, which
+    anyone may write to any topic) and nesting deeper than the decoder's recursion
+    limit (a few bytes of '[' can be) are malformed too, not a crash."""
+    if value is None:
+        raise ProtocolError("malformed message: the record has no value")
     try:
         return json.loads(value.decode("utf-8"))
     except (UnicodeDecodeError, ValueError, RecursionError):
         raise ProtocolError("malformed message: not UTF-8 JSON") from None
 
 
-def parse_message(value: bytes, *, allowed: tuple[type[Message], ...] = ()) -> Message:
+def parse_message(value: bytes | None, *, allowed: tuple[type[Message], ...] = ()) -> Message:
     """Decode and validate one record value; raise ProtocolError on anything else."""
     doc = load_json(value)
     if not isinstance(doc, dict):
@@ -353,7 +356,7 @@ def parse_message(value: bytes, *, allowed: tuple[type[Message], ...] = ()) -> M
     return cls.from_dict(doc)
 
 
-def _peek(value: bytes) -> dict[str, Any]:
+def _peek(value: bytes | None) -> dict[str, Any]:
     """The top-level object of a record that failed validation, or {}."""
     try:
         doc = load_json(value)
@@ -362,13 +365,13 @@ def _peek(value: bytes) -> dict[str, Any]:
     return doc if isinstance(doc, dict) else {}
 
 
-def peek_request_id(value: bytes) -> str | None:
+def peek_request_id(value: bytes | None) -> str | None:
     """The request a record that failed validation says it belongs to, if any."""
     rid = _peek(value).get("request_id")
     return rid if isinstance(rid, str) and _ID_RE.fullmatch(rid) else None
 
 
-def peek_reply_address(value: bytes) -> tuple[str, int] | None:
+def peek_reply_address(value: bytes | None) -> tuple[str, int] | None:
     """Where to send an error reply for a request that failed validation, if it says."""
     rid, partition = peek_request_id(value), _peek(value).get("reply_partition")
     if rid is not None and _is_int(partition) and 0 <= partition < MAX_INT:

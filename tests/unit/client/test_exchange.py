@@ -62,7 +62,16 @@ def contents(collector: ReplyCollector) -> dict[str, bytes]:
     return {sha: blob.read() for sha, blob in response.blobs.items()}
 
 
-GARBAGE = [b"", b"{not json", b"[]", b"\xff\xfe", b'{"v": 2, "type": "reply"}', b'{"v": 1, "type": "zap"}']
+GARBAGE = [
+    None,
+    b"",
+    b"{not json",
+    b"[]",
+    b"\xff\xfe",
+    b'{"v": 2, "type": "reply"}',
+    b'{"v": 1, "type": "zap"}',
+    b"[" * 100_000,
+]
 
 
 # ---------------------------------------------------------------- what is an answer

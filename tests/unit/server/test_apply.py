@@ -409,6 +409,7 @@ def _sample_request() -> bytes:
 
 
 MALFORMED = [
+    None,  # a tombstone: a record with no value
     b"[" * 100_000,  # a nesting bomb: deeper than the JSON decoder's recursion limit
     b"",
     b"\xff\xfe",

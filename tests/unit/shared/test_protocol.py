@@ -883,3 +883,10 @@ def test_deeply_nested_json_is_a_protocol_error(raw):
 def test_a_nesting_bomb_tree_is_an_invalid_tree():
     with pytest.raises(ProtocolError, match="invalid tree"):
         p.decode_tree(b"[" * 100_000)
+
+
+def test_a_record_without_a_value_is_a_protocol_error():
+    """A tombstone (null value) can land on any topic: it is malformed, not a crash."""
+    with pytest.raises(ProtocolError, match="no value"):
+        p.parse_message(None)
+    assert p.peek_request_id(None) is None and p.peek_reply_address(None) is None
