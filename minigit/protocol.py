@@ -677,3 +677,8 @@ class Heartbeat(Message):
     log_end: dict[int, int]  # log partition -> log end offset seen
     repos: dict[str, RepoReport]
     stopping: bool = False
+
+    def validate(self) -> None:
+        check_name("replica", self.replica)
+        for name in self.repos:
+            check_name("repository", name)

@@ -890,3 +890,12 @@ def test_a_record_without_a_value_is_a_protocol_error():
     with pytest.raises(ProtocolError, match="no value"):
         p.parse_message(None)
     assert p.peek_request_id(None) is None and p.peek_reply_address(None) is None
+
+
+@pytest.mark.parametrize("changes", [{"replica": "[/x]"}, {"replica": ""}, {"repos": {"[bold]r": {}}}])
+def test_a_heartbeat_names_its_replica_and_repositories_by_the_name_rules(changes):
+    doc = sample_doc(p.Heartbeat)
+    if "repos" in changes:
+        changes = {"repos": {"[bold]r": doc["repos"]["repo"]}}
+    with pytest.raises(ProtocolError, match="name"):
+        p.parse_message(encode(doc | changes))
