@@ -107,6 +107,28 @@ def check_sha(value: str) -> str:
     return value
 
 
+def murmur2(data: bytes) -> int:
+    """Kafka's default partitioner hash (the Java client's Utils.murmur2), unsigned."""
+    m, mask = 0x5BD1E995, 0xFFFFFFFF
+    h = (0x9747B28C ^ len(data)) & mask
+    whole = len(data) - len(data) % 4
+    for i in range(0, whole, 4):
+        k = (int.from_bytes(data[i : i + 4], "little") * m) & mask
+        k = ((k ^ (k >> 24)) * m) & mask
+        h = ((h * m) & mask) ^ k
+    if whole < len(data):
+        h = ((h ^ int.from_bytes(data[whole:], "little")) * m) & mask
+    h = ((h ^ (h >> 13)) * m) & mask
+    return h ^ (h >> 15)
+
+
+def log_partition(repo: str, partitions: int) -> int:
+    """The partition of repo-log that holds a repository's records (and of
+    repo-requests that carries its requests): Kafka's default partitioner of
+    the name, so a record keyed by the name lands there whoever writes it."""
+    return (murmur2(repo.encode()) & 0x7FFFFFFF) % partitions
+
+
 # ---------------------------------------------------------------- trees
 
 

@@ -26,11 +26,15 @@ class LogRecord:
     value: bytes
 
 
-def apply_records(store: Store, records: Iterable[LogRecord]) -> list[tuple[LogRecord, p.Message | None]]:
+def apply_records(
+    store: Store, records: Iterable[LogRecord], partitions: int
+) -> list[tuple[LogRecord, p.Message | None]]:
     """Apply a batch in one transaction; the offsets move with the state they made.
 
-    Records at or below the stored offset of their partition were applied
-    before (a redelivery after a restart) and are skipped.
+    ``partitions`` is the log's partition count: a record whose repository
+    belongs to another partition is skipped. Records at or below the stored
+    offset of their partition were applied before (a redelivery after a
+    restart) and are skipped too.
     """
     done: list[tuple[LogRecord, p.Message | None]] = []
     with store.transaction():
@@ -38,22 +42,33 @@ def apply_records(store: Store, records: Iterable[LogRecord]) -> list[tuple[LogR
         for record in records:
             if record.offset < offsets.get(record.partition, 0):
                 continue
-            done.append((record, apply_record(store, record)))
+            done.append((record, apply_record(store, record, partitions)))
             offsets[record.partition] = record.offset + 1
             store.set_applied(record.partition, record.offset + 1)
     return done
 
 
-def apply_record(store: Store, record: LogRecord) -> p.Message | None:
-    """Apply one record. A record that does not parse is skipped the same way on
-    every replica (it changes nothing), so it cannot make replicas diverge."""
+def apply_record(store: Store, record: LogRecord, partitions: int) -> p.Message | None:
+    """Apply one record. A record that does not parse, or that sits outside its
+    repository's partition, is skipped the same way on every replica (it changes
+    nothing), so it cannot make replicas diverge: Kafka orders a partition, not
+    the log, so only a repository's own partition may decide its history."""
     try:
         message = p.parse_message(record.value, allowed=p.LOG_RECORD_TYPES)
     except MinigitError as error:
         log.warning("skipped log record %s@%s: %s", record.partition, record.offset, error.message)
         return None
+    if (home := p.log_partition(message.repo, partitions)) != record.partition:
+        log.warning(
+            "skipped log record %s@%s: repository %s belongs to partition %s",
+            record.partition,
+            record.offset,
+            message.repo,
+            home,
+        )
+        return None
     if isinstance(message, p.Chunk):
-        apply_chunk(store, message)
+        apply_chunk(store, record.partition, message)
     elif isinstance(message, p.CreateProposal):
         apply_create(store, message, record)
     elif isinstance(message, p.PushProposal):
@@ -61,57 +76,59 @@ def apply_record(store: Store, record: LogRecord) -> p.Message | None:
     return message
 
 
-def apply_chunk(store: Store, chunk: p.Chunk) -> None:
-    if store.blob_size(chunk.sha) is not None:
+def apply_chunk(store: Store, partition: int, chunk: p.Chunk) -> None:
+    if store.blob_size(partition, chunk.sha) is not None:
         return
     try:
         piece = chunk.piece()
     except MinigitError:
         return
-    store.put_chunk(chunk.sha, piece)
-    if store.count_present_chunks(chunk.sha, chunk.count) == chunk.count:
-        complete_blob(store, chunk.sha, chunk.count)
+    store.put_chunk(partition, chunk.sha, piece)
+    if store.count_present_chunks(partition, chunk.sha, chunk.count) == chunk.count:
+        complete_blob(store, partition, chunk.sha, chunk.count)
 
 
-def complete_blob(store: Store, sha: str, count: int) -> None:
+def complete_blob(store: Store, partition: int, sha: str, count: int) -> None:
     """All pieces are here: keep the blob only if its content hashes to its name."""
     assembler = codec.Assembler(sha, count)
     try:
-        for piece in store.iter_chunks(sha, count):
+        for piece in store.iter_chunks(partition, sha, count):
             assembler.add(piece)
         whole = assembler.complete
     except MinigitError:
         whole = False
     if whole:
-        store.put_blob(sha, assembler.size, count)
+        store.put_blob(partition, sha, assembler.size, count)
     else:
         # Bad pieces (or pieces of two different uploads that don't fit): drop
         # them all, so that a clean upload can complete the blob later.
-        store.delete_chunks(sha)
+        store.delete_chunks(partition, sha)
 
 
-def check_tree(store: Store, tree: str) -> tuple[str, str] | None:
-    return decisions.find_tree_problem(store.read_blob(tree), lambda sha: store.blob_size(sha) is not None)
+def check_tree(store: Store, partition: int, tree: str) -> tuple[Status, str] | None:
+    return decisions.find_tree_problem(
+        store.read_blob(partition, tree), lambda sha: store.blob_size(partition, sha) is not None
+    )
 
 
 def apply_create(store: Store, proposal: p.CreateProposal, record: LogRecord) -> decisions.Outcome:
-    if (known := store.get_outcome(proposal.request_id)) is not None:
+    if (known := store.get_outcome(record.partition, proposal.request_id)) is not None:
         return decisions.Outcome.from_json(known)
     repo = store.get_repo(proposal.repo)
-    outcome = decisions.decide_create(repo.head if repo else None, check_tree(store, proposal.tree))
+    outcome = decisions.decide_create(repo.head if repo else None, check_tree(store, record.partition, proposal.tree))
     if outcome.status == Status.ACCEPTED:
         store.put_repo(RepoState(proposal.repo, 1, record.partition, record.offset))
         store.add_version(proposal.repo, version_of(proposal, 1))
-    store.put_outcome(proposal.request_id, outcome.to_json())
+    store.put_outcome(record.partition, proposal.request_id, outcome.to_json())
     return outcome
 
 
 def apply_push(store: Store, proposal: p.PushProposal, record: LogRecord) -> decisions.Outcome:
-    if (known := store.get_outcome(proposal.request_id)) is not None:
+    if (known := store.get_outcome(record.partition, proposal.request_id)) is not None:
         return decisions.Outcome.from_json(known)
     repo = store.get_repo(proposal.repo)
     head_info = store.get_version(repo.name, repo.head) if repo else None
-    problem = check_tree(store, proposal.tree) if repo and proposal.base == repo.head else None
+    problem = check_tree(store, record.partition, proposal.tree) if repo and proposal.base == repo.head else None
     outcome = decisions.decide_push(
         repo.head if repo else None,
         head_info.tree if head_info else None,
@@ -122,7 +139,7 @@ def apply_push(store: Store, proposal: p.PushProposal, record: LogRecord) -> dec
     if outcome.status == Status.ACCEPTED:
         store.put_repo(RepoState(proposal.repo, outcome.version, repo.partition, record.offset))
         store.add_version(proposal.repo, version_of(proposal, outcome.version))
-    store.put_outcome(proposal.request_id, outcome.to_json())
+    store.put_outcome(record.partition, proposal.request_id, outcome.to_json())
     return outcome
 
 

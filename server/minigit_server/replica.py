@@ -23,7 +23,7 @@ from minigit.kafka_clients import INFRASTRUCTURE_ERRORS
 from minigit_server.apply import apply_records
 from minigit_server.bus import Bus
 from minigit_server.service import AppliedOffsets, Handled, Service
-from minigit_server.store import SqliteStore, Store
+from minigit_server.store import SqliteStore, Store, StoreUnusable
 
 HEARTBEAT_INTERVAL_S = 2.0
 
@@ -49,6 +49,21 @@ def setup_logging(replica_id: str, log_file: Path) -> logging.Logger:
     return logging.getLogger("minigit.replica")
 
 
+def open_store(path: Path, log: logging.Logger) -> SqliteStore:
+    """The replica's store; one it cannot use (another schema version, a damaged
+    file) is moved aside, and a new one is rebuilt from the log."""
+    try:
+        return SqliteStore(path)
+    except StoreUnusable as error:
+        aside = path.with_name(f"{path.name}.unusable-{time.strftime('%Y%m%d-%H%M%S')}")
+        for suffix in ("", "-wal", "-shm"):
+            source = path.with_name(path.name + suffix)
+            if source.exists():
+                source.rename(aside.with_name(aside.name + suffix))
+        log.error("store %s is unusable (%s): moved to %s; rebuilding from the log", path, error.reason, aside)
+        return SqliteStore(path)
+
+
 def collect_repo_states(store: Store) -> tuple[dict[str, p.RepoReport], dict[int, int]]:
     """Each repository's head and digest, with the log offsets they correspond to."""
     with store.snapshot():
@@ -69,7 +84,7 @@ class Replica:
         self.replica_id = replica_id
         self.settings = settings
         self.log = logging.getLogger("minigit.replica")
-        self.store = SqliteStore(store_path(data_dir, replica_id))
+        self.store = open_store(store_path(data_dir, replica_id), self.log)
         self.bus = Bus(settings, client_id=f"minigit-replica-{replica_id}")
         self.applied = AppliedOffsets(self.store.applied_offsets())
         self.service = Service(replica_id, self.store, self.bus, self.applied)
@@ -122,13 +137,14 @@ class Replica:
     # -- loops
 
     def apply_loop(self) -> None:
+        partitions = self.bus.partition_count(self.bus.topics.log)
         reader = self.bus.open_log_reader(self.store.applied_offsets())
         try:
             while not self.stop.is_set():
                 records = reader.poll(0.2)
                 if not records:
                     continue
-                apply_records(self.store, records)
+                apply_records(self.store, records, partitions)
                 ends: dict[int, int] = {}
                 for record in records:
                     ends[record.partition] = max(ends.get(record.partition, 0), record.offset + 1)

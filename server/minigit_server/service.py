@@ -9,7 +9,6 @@ import enum
 import threading
 import time
 import uuid
-import zlib
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Protocol
@@ -75,7 +74,7 @@ class MemoryWire:
     def append_log(self, partition: int, key: bytes, value: bytes, wait: bool) -> int:
         records = self.log.setdefault(partition, [])
         records.append(value)
-        apply_records(self.store, [LogRecord(partition, len(records) - 1, value)])
+        apply_records(self.store, [LogRecord(partition, len(records) - 1, value)], self.log_partitions)
         self.applied.advance({partition: len(records)})
         return len(records) - 1
 
@@ -86,7 +85,7 @@ class MemoryWire:
         return {n: len(self.log.get(n, [])) for n in partitions or self.log}
 
     def log_partition(self, repo: str) -> int:
-        return zlib.crc32(repo.encode()) % self.log_partitions  # any fixed function of the name
+        return p.log_partition(repo, self.log_partitions)
 
     def reply_partitions(self) -> int:
         return self.reply_partition_count
@@ -210,7 +209,7 @@ class Service:
         head = self.store.get_version(request.repo, repo.head)
         old = self.store.read_manifest(request.repo, request.version)
         new = self.store.read_manifest(request.repo, repo.head)
-        wanted = [(head.tree, self.store.blob_size(head.tree))]
+        wanted = [(head.tree, self.store.blob_size(partition, head.tree))]
         wanted += [(sha, size) for sha, size in decisions.blobs_to_send(old, new, request.lost) if sha != head.tree]
         reply = self.answer(
             request,
@@ -223,14 +222,14 @@ class Service:
             blob_bytes=sum(size for _, size in wanted),
         )
         for sha, _ in wanted:
-            self.stream_blob(request, reply.stream, sha)
+            self.stream_blob(partition, request, reply.stream, sha)
         self.wire.flush()
         sent = sum(size for _, size in wanted)
         return Handled.of(request, Status.OK, f"v{request.version}->v{repo.head}, {len(wanted)} objects, {sent} bytes")
 
-    def stream_blob(self, request: p.Request, stream: str, sha: str) -> None:
-        count = self.store.blob_chunk_count(sha)
-        for piece in self.store.iter_chunks(sha, count):
+    def stream_blob(self, partition: int, request: p.Request, stream: str, sha: str) -> None:
+        count = self.store.blob_chunk_count(partition, sha)
+        for piece in self.store.iter_chunks(partition, sha, count):
             chunk = p.Chunk.of_piece(request.request_id, request.repo, sha, count, piece, stream)
             self.wire.send_reply(request.reply_partition, chunk)
 
@@ -277,13 +276,13 @@ class Service:
     def propose(self, partition: int, request: p.Request, proposal: p.Proposal) -> Handled:
         """Append the write to the log, wait until this replica has applied it,
         and answer with the outcome that every replica reached."""
-        outcome = self.store.get_outcome(request.request_id)
+        outcome = self.store.get_outcome(partition, request.request_id)
         if outcome is None:
             self.answer(request, Status.WORKING)
             offset = self.wire.append_log(partition, request.repo.encode(), proposal.to_bytes(), wait=True)
             if not self.applied.wait_for(partition, offset + 1, APPLY_WAIT_S):
                 return Handled.of(request, Unanswered.STALLED, "not applied in time; not answered")
-            outcome = self.store.get_outcome(request.request_id)
+            outcome = self.store.get_outcome(partition, request.request_id)
             detail = ""
         else:
             detail = " (retry: original outcome)"

@@ -5,6 +5,11 @@ blob's raw bytes), complete blobs, repositories and their versions, write
 outcomes by request id, and the next log offset to apply per partition. The
 applier writes the offsets in the same transaction as the state they produced,
 so a replica killed at any instant resumes without loss or double apply.
+
+Each log partition is its own state machine: chunks, blobs and outcomes are
+kept per partition, and a repository lives in one partition only. Kafka orders
+records within a partition, not across them, so nothing one partition applies
+may depend on how far another has got.
 """
 
 from __future__ import annotations
@@ -60,25 +65,25 @@ class Store(abc.ABC):
     def set_applied(self, partition: int, next_offset: int) -> None: ...
 
     @abc.abstractmethod
-    def blob_size(self, sha: str) -> int | None:
+    def blob_size(self, partition: int, sha: str) -> int | None:
         """The raw size of a complete, verified blob; None if absent."""
 
     @abc.abstractmethod
-    def put_chunk(self, sha: str, chunk: Piece) -> None:
+    def put_chunk(self, partition: int, sha: str, chunk: Piece) -> None:
         """Keep the first copy of a chunk; later copies of the same piece are ignored."""
 
     @abc.abstractmethod
-    def iter_chunks(self, sha: str, count: int) -> Iterator[Piece]:
+    def iter_chunks(self, partition: int, sha: str, count: int) -> Iterator[Piece]:
         """Chunks 0..count-1 present for ``sha``, in order (complete or not)."""
 
     @abc.abstractmethod
-    def delete_chunks(self, sha: str) -> None: ...
+    def delete_chunks(self, partition: int, sha: str) -> None: ...
 
     @abc.abstractmethod
-    def put_blob(self, sha: str, size: int, count: int) -> None: ...
+    def put_blob(self, partition: int, sha: str, size: int, count: int) -> None: ...
 
     @abc.abstractmethod
-    def blob_chunk_count(self, sha: str) -> int | None: ...
+    def blob_chunk_count(self, partition: int, sha: str) -> int | None: ...
 
     @abc.abstractmethod
     def get_repo(self, name: str) -> RepoState | None: ...
@@ -100,31 +105,31 @@ class Store(abc.ABC):
         """All versions, oldest first."""
 
     @abc.abstractmethod
-    def get_outcome(self, request_id: str) -> dict | None: ...
+    def get_outcome(self, partition: int, request_id: str) -> dict | None: ...
 
     @abc.abstractmethod
-    def put_outcome(self, request_id: str, outcome: dict) -> None: ...
+    def put_outcome(self, partition: int, request_id: str, outcome: dict) -> None: ...
 
     def close(self) -> None:  # noqa: B027 - optional: only a store with connections has something to close
         pass
 
     # -- derived reads, the same for every store
 
-    def count_present_chunks(self, sha: str, count: int) -> int:
-        return sum(1 for _ in self.iter_chunks(sha, count))
+    def count_present_chunks(self, partition: int, sha: str, count: int) -> int:
+        return sum(1 for _ in self.iter_chunks(partition, sha, count))
 
-    def read_blob(self, sha: str) -> bytes | None:
+    def read_blob(self, partition: int, sha: str) -> bytes | None:
         """A whole blob, checked against its name; None if absent."""
-        count = self.blob_chunk_count(sha)
+        count = self.blob_chunk_count(partition, sha)
         if count is None:
             return None
-        return codec.assemble(sha, count, self.iter_chunks(sha, count))
+        return codec.assemble(sha, count, self.iter_chunks(partition, sha, count))
 
     def read_manifest(self, repo: str, version: int) -> p.Manifest:
         if version == 0:
             return {}
-        info = self.get_version(repo, version)
-        tree = self.read_blob(info.tree) if info else None
+        state, info = self.get_repo(repo), self.get_version(repo, version)
+        tree = self.read_blob(state.partition, info.tree) if state and info else None
         if tree is None:
             raise LookupError(f"{repo} version {version} has no tree in this store")
         return p.decode_tree(tree)
@@ -138,7 +143,7 @@ class Store(abc.ABC):
         for v in self.list_versions(name):
             row = [v.version, v.tree, v.author, v.message, v.time_ms, v.request_id]
             digest.update(json.dumps(row, ensure_ascii=False).encode() + b"\n")
-            digest.update(f"tree-present={self.blob_size(v.tree) is not None}\n".encode())
+            digest.update(f"tree-present={self.blob_size(repo.partition, v.tree) is not None}\n".encode())
         return digest.hexdigest()
 
 
@@ -147,11 +152,11 @@ class MemoryStore(Store):
 
     def __init__(self) -> None:
         self.offsets: dict[int, int] = {}
-        self.chunks: dict[str, dict[int, Piece]] = {}
-        self.blobs: dict[str, tuple[int, int]] = {}
+        self.chunks: dict[tuple[int, str], dict[int, Piece]] = {}
+        self.blobs: dict[tuple[int, str], tuple[int, int]] = {}
         self.repos: dict[str, RepoState] = {}
         self.versions: dict[str, dict[int, VersionInfo]] = {}
-        self.outcomes: dict[str, dict] = {}
+        self.outcomes: dict[tuple[int, str], dict] = {}
 
     @contextlib.contextmanager
     def transaction(self) -> Iterator[None]:
@@ -171,26 +176,26 @@ class MemoryStore(Store):
     def set_applied(self, partition: int, next_offset: int) -> None:
         self.offsets[partition] = next_offset
 
-    def blob_size(self, sha: str) -> int | None:
-        found = self.blobs.get(sha)
+    def blob_size(self, partition: int, sha: str) -> int | None:
+        found = self.blobs.get((partition, sha))
         return found[0] if found else None
 
-    def blob_chunk_count(self, sha: str) -> int | None:
-        found = self.blobs.get(sha)
+    def blob_chunk_count(self, partition: int, sha: str) -> int | None:
+        found = self.blobs.get((partition, sha))
         return found[1] if found else None
 
-    def put_chunk(self, sha: str, chunk: Piece) -> None:
-        self.chunks.setdefault(sha, {}).setdefault(chunk.index, chunk)
+    def put_chunk(self, partition: int, sha: str, chunk: Piece) -> None:
+        self.chunks.setdefault((partition, sha), {}).setdefault(chunk.index, chunk)
 
-    def iter_chunks(self, sha: str, count: int) -> Iterator[Piece]:
-        pieces = self.chunks.get(sha, {})
+    def iter_chunks(self, partition: int, sha: str, count: int) -> Iterator[Piece]:
+        pieces = self.chunks.get((partition, sha), {})
         yield from (pieces[i] for i in sorted(pieces) if i < count)
 
-    def delete_chunks(self, sha: str) -> None:
-        self.chunks.pop(sha, None)
+    def delete_chunks(self, partition: int, sha: str) -> None:
+        self.chunks.pop((partition, sha), None)
 
-    def put_blob(self, sha: str, size: int, count: int) -> None:
-        self.blobs[sha] = (size, count)
+    def put_blob(self, partition: int, sha: str, size: int, count: int) -> None:
+        self.blobs[(partition, sha)] = (size, count)
 
     def get_repo(self, name: str) -> RepoState | None:
         return self.repos.get(name)
@@ -211,27 +216,41 @@ class MemoryStore(Store):
         found = self.versions.get(repo, {})
         return [found[v] for v in sorted(found)]
 
-    def get_outcome(self, request_id: str) -> dict | None:
-        return self.outcomes.get(request_id)
+    def get_outcome(self, partition: int, request_id: str) -> dict | None:
+        return self.outcomes.get((partition, request_id))
 
-    def put_outcome(self, request_id: str, outcome: dict) -> None:
-        self.outcomes.setdefault(request_id, outcome)
+    def put_outcome(self, partition: int, request_id: str, outcome: dict) -> None:
+        self.outcomes.setdefault((partition, request_id), outcome)
 
 
+# Version 2 keeps chunks, blobs and outcomes per log partition (version 1 shared them).
+SCHEMA_VERSION = 2
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS applied (partition INTEGER PRIMARY KEY, next_offset INTEGER NOT NULL);
 CREATE TABLE IF NOT EXISTS chunks (
-    sha TEXT NOT NULL, idx INTEGER NOT NULL, encoding TEXT NOT NULL, payload BLOB NOT NULL,
-    PRIMARY KEY (sha, idx));
-CREATE TABLE IF NOT EXISTS blobs (sha TEXT PRIMARY KEY, size INTEGER NOT NULL, count INTEGER NOT NULL);
+    partition INTEGER NOT NULL, sha TEXT NOT NULL, idx INTEGER NOT NULL, encoding TEXT NOT NULL,
+    payload BLOB NOT NULL, PRIMARY KEY (partition, sha, idx));
+CREATE TABLE IF NOT EXISTS blobs (
+    partition INTEGER NOT NULL, sha TEXT NOT NULL, size INTEGER NOT NULL, count INTEGER NOT NULL,
+    PRIMARY KEY (partition, sha));
 CREATE TABLE IF NOT EXISTS repos (
     name TEXT PRIMARY KEY, head INTEGER NOT NULL, partition INTEGER NOT NULL, changed_at INTEGER NOT NULL);
 CREATE TABLE IF NOT EXISTS versions (
     repo TEXT NOT NULL, version INTEGER NOT NULL, tree TEXT NOT NULL, author TEXT NOT NULL,
     message TEXT NOT NULL, time_ms INTEGER NOT NULL, request_id TEXT NOT NULL,
     PRIMARY KEY (repo, version));
-CREATE TABLE IF NOT EXISTS outcomes (request_id TEXT PRIMARY KEY, outcome TEXT NOT NULL);
+CREATE TABLE IF NOT EXISTS outcomes (
+    partition INTEGER NOT NULL, request_id TEXT NOT NULL, outcome TEXT NOT NULL, PRIMARY KEY (partition, request_id));
 """
+
+
+class StoreUnusable(Exception):
+    """A store file this replica cannot use: another schema version, or not an
+    SQLite database (truncated, overwritten). The log can rebuild it."""
+
+    def __init__(self, path: Path, reason: str) -> None:
+        super().__init__(f"{path}: {reason}")
+        self.path, self.reason = path, reason
 
 
 class SqliteStore(Store):
@@ -244,8 +263,22 @@ class SqliteStore(Store):
         self._local = threading.local()
         self._connections: list[sqlite3.Connection] = []
         self._lock = threading.Lock()
-        with self._db() as db:
-            db.executescript(_SCHEMA)
+        try:
+            self._open_schema()
+        except sqlite3.DatabaseError as error:
+            self.close()
+            raise StoreUnusable(self.path, str(error)) from None
+        except StoreUnusable:
+            self.close()
+            raise
+
+    def _open_schema(self) -> None:
+        db = self._db()
+        version = db.execute("PRAGMA user_version").fetchone()[0]
+        if version == 0 and not db.execute("SELECT 1 FROM sqlite_master WHERE type = 'table'").fetchone():
+            db.executescript(f"BEGIN; {_SCHEMA} PRAGMA user_version = {SCHEMA_VERSION}; COMMIT;")
+        elif version != SCHEMA_VERSION:
+            raise StoreUnusable(self.path, f"schema version {version}, this replica needs {SCHEMA_VERSION}")
 
     def _db(self) -> sqlite3.Connection:
         db = getattr(self._local, "db", None)
@@ -296,38 +329,37 @@ class SqliteStore(Store):
             (partition, next_offset),
         )
 
-    def blob_size(self, sha: str) -> int | None:
-        row = self._db().execute("SELECT size FROM blobs WHERE sha = ?", (sha,)).fetchone()
+    def blob_size(self, partition: int, sha: str) -> int | None:
+        row = self._db().execute("SELECT size FROM blobs WHERE partition = ? AND sha = ?", (partition, sha)).fetchone()
         return row[0] if row else None
 
-    def blob_chunk_count(self, sha: str) -> int | None:
-        row = self._db().execute("SELECT count FROM blobs WHERE sha = ?", (sha,)).fetchone()
+    def blob_chunk_count(self, partition: int, sha: str) -> int | None:
+        row = self._db().execute("SELECT count FROM blobs WHERE partition = ? AND sha = ?", (partition, sha)).fetchone()
         return row[0] if row else None
 
-    def put_chunk(self, sha: str, chunk: Piece) -> None:
+    def put_chunk(self, partition: int, sha: str, chunk: Piece) -> None:
         self._db().execute(
-            "INSERT OR IGNORE INTO chunks VALUES (?, ?, ?, ?)", (sha, chunk.index, chunk.encoding, chunk.payload)
+            "INSERT OR IGNORE INTO chunks VALUES (?, ?, ?, ?, ?)",
+            (partition, sha, chunk.index, chunk.encoding, chunk.payload),
         )
 
-    def count_present_chunks(self, sha: str, count: int) -> int:
-        return self._db().execute("SELECT COUNT(*) FROM chunks WHERE sha = ? AND idx < ?", (sha, count)).fetchone()[0]
+    def count_present_chunks(self, partition: int, sha: str, count: int) -> int:
+        query = "SELECT COUNT(*) FROM chunks WHERE partition = ? AND sha = ? AND idx < ?"
+        return self._db().execute(query, (partition, sha, count)).fetchone()[0]
 
-    def iter_chunks(self, sha: str, count: int) -> Iterator[Piece]:
+    def iter_chunks(self, partition: int, sha: str, count: int) -> Iterator[Piece]:
         # One row at a time: a 100 MiB blob is never in memory at once.
+        query = "SELECT encoding, payload FROM chunks WHERE partition = ? AND sha = ? AND idx = ?"
         for index in range(count):
-            row = (
-                self._db()
-                .execute("SELECT encoding, payload FROM chunks WHERE sha = ? AND idx = ?", (sha, index))
-                .fetchone()
-            )
+            row = self._db().execute(query, (partition, sha, index)).fetchone()
             if row:
                 yield Piece(index, row[0], bytes(row[1]))
 
-    def delete_chunks(self, sha: str) -> None:
-        self._db().execute("DELETE FROM chunks WHERE sha = ?", (sha,))
+    def delete_chunks(self, partition: int, sha: str) -> None:
+        self._db().execute("DELETE FROM chunks WHERE partition = ? AND sha = ?", (partition, sha))
 
-    def put_blob(self, sha: str, size: int, count: int) -> None:
-        self._db().execute("INSERT OR IGNORE INTO blobs VALUES (?, ?, ?)", (sha, size, count))
+    def put_blob(self, partition: int, sha: str, size: int, count: int) -> None:
+        self._db().execute("INSERT OR IGNORE INTO blobs VALUES (?, ?, ?, ?)", (partition, sha, size, count))
 
     def get_repo(self, name: str) -> RepoState | None:
         row = (
@@ -369,9 +401,12 @@ class SqliteStore(Store):
         )
         return [VersionInfo(*row) for row in rows]
 
-    def get_outcome(self, request_id: str) -> dict | None:
-        row = self._db().execute("SELECT outcome FROM outcomes WHERE request_id = ?", (request_id,)).fetchone()
+    def get_outcome(self, partition: int, request_id: str) -> dict | None:
+        query = "SELECT outcome FROM outcomes WHERE partition = ? AND request_id = ?"
+        row = self._db().execute(query, (partition, request_id)).fetchone()
         return json.loads(row[0]) if row else None
 
-    def put_outcome(self, request_id: str, outcome: dict) -> None:
-        self._db().execute("INSERT OR IGNORE INTO outcomes VALUES (?, ?)", (request_id, json.dumps(outcome)))
+    def put_outcome(self, partition: int, request_id: str, outcome: dict) -> None:
+        self._db().execute(
+            "INSERT OR IGNORE INTO outcomes VALUES (?, ?, ?)", (partition, request_id, json.dumps(outcome))
+        )

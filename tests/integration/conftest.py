@@ -20,7 +20,7 @@ from minigit.client.transport import Connection
 from minigit.config import KafkaSettings, ServerFlags
 from minigit_server.bus import Bus, ensure_topics
 from minigit_server.replica import store_path
-from minigit_server.store import SqliteStore
+from minigit_server.store import SqliteStore, StoreUnusable
 
 MINIGIT = str(Path(sys.executable).with_name("minigit"))
 MINIGIT_SERVER = str(Path(sys.executable).with_name("minigit-server"))
@@ -130,7 +130,10 @@ class Service:
 
         def converged():
             ends = {k: v for k, v in self.bus.log_end_offsets().items() if v}
-            states = self.states(replica_ids)
+            try:
+                states = self.states(replica_ids)
+            except StoreUnusable:
+                return None  # a replica has not moved its damaged store aside yet
             if all({k: v for k, v in s[0].items() if v} == ends for s in states.values()):
                 return states
             return None

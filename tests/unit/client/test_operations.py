@@ -124,7 +124,7 @@ def test_init_creates_version_1(server: InProcessServer, tmp_path: Path) -> None
     assert result.bytes_sent == len(tree) + 1 + len(BIG)
     meta = ws.read_metadata(tmp_path / "w")
     assert (meta.repository, meta.version, meta.bootstrap, meta.namespace) == ("lab", 1, DEFAULT_BOOTSTRAP, "")
-    assert server.store.read_blob(p.hash_bytes(BIG)) == BIG
+    assert server.store.read_blob(server.wire.log_partition("lab"), p.hash_bytes(BIG)) == BIG
     assert server.store.get_version("lab", 1).author == "origin"
 
 

@@ -26,6 +26,9 @@ from minigit_server.apply import LogRecord, apply_record, apply_records
 from minigit_server.store import MemoryStore, SqliteStore, Store, VersionInfo
 
 REPO = "repo"
+# One log partition: every repository belongs to partition 0 (the tests of
+# partition rules say otherwise where they need to).
+PARTITIONS = 1
 
 
 # ---------------------------------------------------------------- building a log
@@ -111,7 +114,7 @@ def pair(tmp_path):
 
 
 def outcome(store: Store, rid: str) -> decisions.Outcome | None:
-    found = store.get_outcome(rid)
+    found = store.get_outcome(0, rid)
     return decisions.Outcome.from_json(found) if found is not None else None
 
 
@@ -122,15 +125,15 @@ def state(store: Store, rids=(), shas=()) -> dict:
         "repos": store.list_repos(),
         "versions": {r.name: store.list_versions(r.name) for r in store.list_repos()},
         "digests": {r.name: store.repo_digest(r.name) for r in store.list_repos()},
-        "outcomes": {rid: store.get_outcome(rid) for rid in rids},
-        "blobs": {sha: (store.blob_size(sha), store.blob_chunk_count(sha)) for sha in shas},
+        "outcomes": {rid: store.get_outcome(0, rid) for rid in rids},
+        "blobs": {sha: (store.blob_size(0, sha), store.blob_chunk_count(0, sha)) for sha in shas},
     }
 
 
 def apply_both(pair, records, rids=(), shas=()):
     a, b = pair
-    done_a = apply_records(a, records)
-    done_b = apply_records(b, records)
+    done_a = apply_records(a, records, PARTITIONS)
+    done_b = apply_records(b, records, PARTITIONS)
     assert [(r, m) for r, m in done_a] == [(r, m) for r, m in done_b]
     assert state(a, rids, shas) == state(b, rids, shas)
     return done_a
@@ -151,7 +154,7 @@ def test_create_then_pushes(store):
     ahead = log.push(5, t3)
     missing_repo = log.push(1, t3, repo="nope")
     again = log.create(t3)
-    apply_records(store, log.records)
+    apply_records(store, log.records, PARTITIONS)
 
     assert outcome(store, created) == decisions.Outcome(p.Status.ACCEPTED, 1, 1, "created at version 1")
     assert outcome(store, accepted) == decisions.Outcome(p.Status.ACCEPTED, 2, 2, "accepted as version 2")
@@ -179,7 +182,7 @@ def test_create_then_pushes(store):
     assert store.read_manifest(REPO, 0) == {}
     with pytest.raises(LookupError):
         store.read_manifest(REPO, 3)
-    assert store.read_blob(p.hash_bytes(b"two")) == b"two"
+    assert store.read_blob(0, p.hash_bytes(b"two")) == b"two"
     assert store.applied_offsets() == {0: len(log.records)}
 
 
@@ -190,11 +193,11 @@ def test_create_with_an_empty_tree_and_empty_file(store):
     rid = log.create(empty)
     t2 = log.tree({"empty.txt": b""})
     rid2 = log.push(1, t2)
-    apply_records(store, log.records)
+    apply_records(store, log.records, PARTITIONS)
     assert outcome(store, rid).status == p.Status.ACCEPTED
     assert outcome(store, rid2).status == p.Status.ACCEPTED
-    assert store.blob_size(p.hash_bytes(b"")) == 0
-    assert store.read_blob(p.hash_bytes(b"")) == b""
+    assert store.blob_size(0, p.hash_bytes(b"")) == 0
+    assert store.read_blob(0, p.hash_bytes(b"")) == b""
 
 
 def test_apply_record_returns_the_message(store):
@@ -202,7 +205,7 @@ def test_apply_record_returns_the_message(store):
     t = log.tree({})
     log.create(t)
     with store.transaction():
-        messages = [apply_record(store, r) for r in log.records]
+        messages = [apply_record(store, r, PARTITIONS) for r in log.records]
     assert isinstance(messages[0], p.Chunk)
     assert isinstance(messages[-1], p.CreateProposal)
 
@@ -218,25 +221,25 @@ def test_chunks_out_of_order_and_duplicated(store):
     assert len(chunks) == 3
     for index in (2, 0, 2, 0):
         log.add(chunks[index].to_bytes())
-    apply_records(store, log.records)
-    assert store.blob_size(sha) is None
-    assert store.count_present_chunks(sha, 3) == 2
+    apply_records(store, log.records, PARTITIONS)
+    assert store.blob_size(0, sha) is None
+    assert store.count_present_chunks(0, sha, 3) == 2
     log.add(chunks[1].to_bytes())
     log.add(chunks[1].to_bytes())
     log.add(chunks[0].to_bytes())
-    apply_records(store, log.records)
-    assert store.blob_size(sha) == len(content)
-    assert store.blob_chunk_count(sha) == 3
-    assert store.read_blob(sha) == content
+    apply_records(store, log.records, PARTITIONS)
+    assert store.blob_size(0, sha) == len(content)
+    assert store.blob_chunk_count(0, sha) == 3
+    assert store.read_blob(0, sha) == content
 
 
 def test_compressible_multi_chunk_blob(store):
     content = b"abc" * codec.CHUNK_SIZE
     log = Log()
     sha = log.blob(content)
-    apply_records(store, log.records)
-    assert store.read_blob(sha) == content
-    assert store.blob_size(sha) == len(content)
+    apply_records(store, log.records, PARTITIONS)
+    assert store.read_blob(0, sha) == content
+    assert store.blob_size(0, sha) == len(content)
 
 
 def test_blob_with_wrong_hash_is_dropped_then_completed_by_a_clean_upload(store):
@@ -245,17 +248,17 @@ def test_blob_with_wrong_hash_is_dropped_then_completed_by_a_clean_upload(store)
     log = Log()
     for chunk in log.chunks(os.urandom(codec.CHUNK_SIZE + 10), sha=sha):  # lies about its sha
         log.add(chunk.to_bytes())
-    apply_records(store, log.records)
-    assert store.blob_size(sha) is None
-    assert store.count_present_chunks(sha, 2) == 0  # the bad pieces are gone
+    apply_records(store, log.records, PARTITIONS)
+    assert store.blob_size(0, sha) is None
+    assert store.count_present_chunks(0, sha, 2) == 0  # the bad pieces are gone
     t = log.tree({"f": good}, upload_blobs=False)
     failed = log.create(t, rid=log.rid())
-    apply_records(store, log.records)
+    apply_records(store, log.records, PARTITIONS)
     assert outcome(store, failed).status == p.Status.MISSING_OBJECTS
     log.blob(good)
     t_rid = log.create(t)
-    apply_records(store, log.records)
-    assert store.read_blob(sha) == good
+    apply_records(store, log.records, PARTITIONS)
+    assert store.read_blob(0, sha) == good
     assert outcome(store, t_rid).status == p.Status.ACCEPTED
 
 
@@ -285,23 +288,23 @@ def test_corrupt_chunk_payload_drops_the_blob(store):
     log.add(bomb.to_bytes())
     not_b64 = bad.to_dict() | {"data": "!!!"}
     log.add(json.dumps(not_b64).encode())
-    apply_records(store, log.records)
-    assert store.blob_size(sha) is None
-    assert store.count_present_chunks(sha, 1) == 0
+    apply_records(store, log.records, PARTITIONS)
+    assert store.blob_size(0, sha) is None
+    assert store.count_present_chunks(0, sha, 1) == 0
     log.blob(content)
-    apply_records(store, log.records)
-    assert store.read_blob(sha) == content
+    apply_records(store, log.records, PARTITIONS)
+    assert store.read_blob(0, sha) == content
 
 
 def test_chunks_of_a_complete_blob_are_ignored(store):
     content = b"data"
     log = Log()
     sha = log.blob(content)
-    apply_records(store, log.records)
+    apply_records(store, log.records, PARTITIONS)
     liar = log.chunks(b"other", sha=sha)[0]
     log.add(liar.to_bytes())
-    apply_records(store, log.records)
-    assert store.read_blob(sha) == content
+    apply_records(store, log.records, PARTITIONS)
+    assert store.read_blob(0, sha) == content
 
 
 # ---------------------------------------------------------------- tree problems
@@ -314,7 +317,7 @@ def test_push_referencing_a_missing_blob(store):
     t2 = log.tree({"a": b"1", "b": b"never uploaded", "c": b"neither"}, upload_blobs=False)
     rid = log.push(1, t2)
     no_tree = log.push(1, p.hash_bytes(b"no such tree"))
-    apply_records(store, log.records)
+    apply_records(store, log.records, PARTITIONS)
     # "a" was uploaded with version 1: two objects are missing
     assert outcome(store, rid) == decisions.Outcome(
         p.Status.MISSING_OBJECTS, 1, None, "2 object(s) were not uploaded completely"
@@ -330,7 +333,7 @@ def test_create_referencing_a_missing_blob_creates_nothing(store):
     log = Log()
     t = log.tree({"a": b"1"}, upload_blobs=False)
     rid = log.create(t)
-    apply_records(store, log.records)
+    apply_records(store, log.records, PARTITIONS)
     assert outcome(store, rid) == decisions.Outcome(
         p.Status.MISSING_OBJECTS, None, None, "1 object(s) were not uploaded completely"
     )
@@ -350,7 +353,7 @@ def test_tree_with_unsafe_path_is_invalid(store, path):
     bad_create = log.create(evil, repo="other")
     log.create(log.tree({"ok": b"x"}))
     bad_push = log.push(1, evil)
-    apply_records(store, log.records)
+    apply_records(store, log.records, PARTITIONS)
     assert outcome(store, bad_create).status == p.Status.INVALID
     assert outcome(store, bad_create).head is None
     assert store.get_repo("other") is None
@@ -366,7 +369,7 @@ def test_tree_with_file_directory_clash_is_invalid(store):
         json.dumps({"v": 1, "files": {"a": {"sha": blob, "size": 1}, "a/b": {"sha": blob, "size": 1}}}).encode()
     )
     rid = log.create(evil)
-    apply_records(store, log.records)
+    apply_records(store, log.records, PARTITIONS)
     assert outcome(store, rid).status == p.Status.INVALID
 
 
@@ -381,7 +384,7 @@ def test_retried_proposal_gets_the_original_outcome(store):
     push = log.push(1, t2)
     log.push(1, t2, rid=push)  # retry: would now be rejected (head is 2)
     log.create(t1, rid=create)  # retry: would now be "exists"
-    apply_records(store, log.records)
+    apply_records(store, log.records, PARTITIONS)
     assert outcome(store, push) == decisions.Outcome(p.Status.ACCEPTED, 2, 2, "accepted as version 2")
     assert outcome(store, create).status == p.Status.ACCEPTED
     assert [v.version for v in store.list_versions(REPO)] == [1, 2]
@@ -394,7 +397,7 @@ def test_retry_of_a_rejected_push_stays_rejected(store):
     early = log.push(2, t2)  # head is 1: rejected
     log.push(1, log.tree({"a": b"3"}))  # head becomes 2
     log.push(2, t2, rid=early)  # retry: base == head now, but the original outcome stands
-    apply_records(store, log.records)
+    apply_records(store, log.records, PARTITIONS)
     assert outcome(store, early).status == p.Status.REJECTED
     assert outcome(store, early).head == 1
     assert store.get_repo(REPO).head == 2
@@ -490,7 +493,7 @@ def test_malformed_records_are_skipped_deterministically(pair):
 def test_record_with_unhashable_type_is_skipped(store, value):
     log = Log()
     log.add(value)
-    done = apply_records(store, log.records)
+    done = apply_records(store, log.records, PARTITIONS)
     assert done == [(log.records[0], None)]
     assert store.applied_offsets() == {0: 1}
 
@@ -533,17 +536,17 @@ def test_records_below_the_stored_offset_are_skipped(store):
     t1 = log.tree({"a": b"1"})
     rid = log.create(t1)
     first = len(log.records)
-    apply_records(store, log.records)
+    apply_records(store, log.records, PARTITIONS)
     assert store.applied_offsets() == {0: first}
     t2 = log.tree({"a": b"2"})
     push = log.push(1, t2)
     # redelivery of everything: only the new records are applied
-    done = apply_records(store, log.records)
+    done = apply_records(store, log.records, PARTITIONS)
     assert [r.offset for r, _ in done] == list(range(first, len(log.records)))
     assert outcome(store, push).status == p.Status.ACCEPTED
     assert store.get_repo(REPO).head == 2
     # and once more: nothing at all
-    assert apply_records(store, log.records) == []
+    assert apply_records(store, log.records, PARTITIONS) == []
     assert store.get_repo(REPO).head == 2
     assert outcome(store, rid).status == p.Status.ACCEPTED
 
@@ -553,24 +556,113 @@ def test_duplicate_within_one_batch_is_applied_once(store):
     t = log.tree({"a": b"1"})
     log.create(t)
     records = log.records + log.records[:2]
-    done = apply_records(store, records)
+    done = apply_records(store, records, PARTITIONS)
     assert len(done) == len(log.records)
     assert store.applied_offsets() == {0: len(log.records)}
 
 
+def repo_in(partition: int, partitions: int, prefix: str = "r") -> str:
+    """A repository name whose records belong to ``partition``."""
+    return next(f"{prefix}{i}" for i in range(1000) if p.log_partition(f"{prefix}{i}", partitions) == partition)
+
+
 def test_offsets_are_per_partition(store):
     log0, log1 = Log(0), Log(1)
-    t0 = log0.tree({"a": b"0"})
-    r0 = log0.create(t0, repo="zero")
-    t1 = log1.tree({"a": b"1"}, repo="one")
-    r1 = log1.create(t1, repo="one")
-    apply_records(store, log0.records)
-    apply_records(store, log1.records)  # same offsets, other partition: not skipped
+    zero, one = repo_in(0, 2), repo_in(1, 2)
+    t0 = log0.tree({"a": b"0"}, repo=zero)
+    r0 = log0.create(t0, repo=zero)
+    t1 = log1.tree({"a": b"1"}, repo=one)
+    r1 = log1.create(t1, repo=one)
+    apply_records(store, log0.records, 2)
+    apply_records(store, log1.records, 2)  # same offsets, other partition: not skipped
     assert store.applied_offsets() == {0: len(log0.records), 1: len(log1.records)}
-    assert outcome(store, r0).status == p.Status.ACCEPTED
-    assert outcome(store, r1).status == p.Status.ACCEPTED
-    assert store.get_repo("one").partition == 1
-    assert [r.name for r in store.list_repos()] == ["one", "zero"]
+    assert decisions.Outcome.from_json(store.get_outcome(0, r0)).status == p.Status.ACCEPTED
+    assert decisions.Outcome.from_json(store.get_outcome(1, r1)).status == p.Status.ACCEPTED
+    assert store.get_repo(one).partition == 1
+    assert [r.name for r in store.list_repos()] == sorted([zero, one])
+
+
+def test_log_partition_is_kafkas_default_partitioner():
+    from kafka.partitioner.default import murmur2
+
+    for name in ["a", "repo", "LaboratorioDistribuidos", "x" * 64, "é", *(f"r{i}" for i in range(200))]:
+        for partitions in (1, 3, 6, 50):
+            assert p.log_partition(name, partitions) == (murmur2(name.encode()) & 0x7FFFFFFF) % partitions
+
+
+def test_records_outside_their_repositorys_partition_change_nothing(pair):
+    """Two proposals for one repository, one written into another partition: only
+    the one in the repository's own partition counts, on every replica."""
+    home, away = Log(0), Log(1)
+    repo = repo_in(0, 2)
+    t1 = home.tree({"a": b"1"}, repo=repo)
+    created = home.create(t1, repo=repo)
+    stray_tree = away.tree({"a": b"stray"}, repo=repo)  # chunks in the wrong partition
+    stray_push = away.push(1, stray_tree, repo=repo)
+    stray_create = away.create(stray_tree, repo=repo_in(0, 2, prefix="s"))
+    for store in pair:
+        done = apply_records(store, away.records, 2) + apply_records(store, home.records, 2)
+        assert all(message is None for record, message in done if record.partition == 1)
+        assert store.get_repo(repo).head == 1 and store.get_repo(repo).partition == 0
+        assert store.get_outcome(1, stray_push) is None and store.get_outcome(1, stray_create) is None
+        assert store.blob_size(1, stray_tree) is None and store.blob_size(0, stray_tree) is None
+        assert decisions.Outcome.from_json(store.get_outcome(0, created)).status == p.Status.ACCEPTED
+        assert store.applied_offsets() == {0: len(home.records), 1: len(away.records)}
+    assert pair[0].repo_digest(repo) == pair[1].repo_digest(repo)
+
+
+def test_a_blob_uploaded_in_another_partition_does_not_count(store):
+    """Content seen in another partition is not there for this one: otherwise the
+    outcome would depend on how far each partition had been applied."""
+    first, second = Log(0), Log(1)
+    a, b = repo_in(0, 2), repo_in(1, 2)
+    shared = b"the same content in two repositories"
+    first.create(first.tree({"f": shared}, repo=a), repo=a)
+    tree_b = second.tree({"f": shared}, repo=b, upload_blobs=False)  # its own upload was cut short
+    cut_short = second.create(tree_b, repo=b)
+    apply_records(store, first.records, 2)
+    apply_records(store, second.records, 2)
+    assert decisions.Outcome.from_json(store.get_outcome(1, cut_short)).status == p.Status.MISSING_OBJECTS
+    assert store.get_repo(b) is None
+
+
+def test_a_request_id_is_remembered_in_its_own_partition_only(store):
+    first, second = Log(0), Log(1)
+    a, b = repo_in(0, 2), repo_in(1, 2)
+    rid = first.rid()
+    first.create(first.tree({}, repo=a), repo=a, rid=rid)
+    again = second.create(second.tree({}, repo=b), repo=b, rid=rid)
+    apply_records(store, first.records, 2)
+    apply_records(store, second.records, 2)
+    assert again == rid and store.get_repo(b).head == 1
+
+
+@settings(max_examples=40, suppress_health_check=[HealthCheck.too_slow, HealthCheck.function_scoped_fixture])
+@given(st.lists(st.integers(0, 2), min_size=12, max_size=12))
+def test_partitions_apply_alike_in_any_interleaving(order):
+    """The same partition logs, applied in any interleaving across partitions,
+    give the same store: nothing a partition decides depends on another."""
+    logs = [Log(n) for n in range(3)]
+    names = [repo_in(n, 3) for n in range(3)]
+    shared = b"shared content"
+    for n, log in enumerate(logs):
+        t = log.tree({"s": shared, "own": bytes([n])}, repo=names[n], upload_blobs=n == 0)
+        log.create(t, repo=names[n])
+        log.push(1, log.tree({"s": shared}, repo=names[n], upload_blobs=False), repo=names[n])
+    reference, shuffled = MemoryStore(), MemoryStore()
+    for log in logs:
+        apply_records(reference, log.records, 3)
+    cursors = [0, 0, 0]
+    for n in order:
+        batch = logs[n].records[cursors[n] : cursors[n] + 2]
+        cursors[n] += len(batch)
+        apply_records(shuffled, batch, 3)
+    for n, log in enumerate(logs):
+        apply_records(shuffled, log.records[cursors[n] :], 3)
+    assert {name: shuffled.repo_digest(name) for name in names} == {
+        name: reference.repo_digest(name) for name in names
+    }
+    assert shuffled.outcomes == reference.outcomes and shuffled.blobs == reference.blobs
 
 
 def test_failure_mid_batch_persists_nothing(store, monkeypatch):
@@ -586,7 +678,7 @@ def test_failure_mid_batch_persists_nothing(store, monkeypatch):
 
     monkeypatch.setattr(store, "add_version", boom)
     with pytest.raises(RuntimeError, match="disk on fire"):
-        apply_records(store, log.records)
+        apply_records(store, log.records, PARTITIONS)
     assert calls
     monkeypatch.undo()
     if isinstance(store, SqliteStore):
@@ -594,11 +686,11 @@ def test_failure_mid_batch_persists_nothing(store, monkeypatch):
         store = SqliteStore(store.path)  # what a restarted replica sees
     assert state(store, [create], [t1]) == before
     assert store.applied_offsets() == {}
-    assert store.blob_size(t1) is None
-    assert store.count_present_chunks(t1, 1) == 0
-    assert store.get_outcome(create) is None
+    assert store.blob_size(0, t1) is None
+    assert store.count_present_chunks(0, t1, 1) == 0
+    assert store.get_outcome(0, create) is None
     # the redelivered batch applies cleanly
-    apply_records(store, log.records)
+    apply_records(store, log.records, PARTITIONS)
     assert outcome(store, create).status == p.Status.ACCEPTED
     assert store.applied_offsets() == {0: len(log.records)}
 
@@ -608,7 +700,7 @@ def test_failure_in_a_later_batch_keeps_earlier_batches(store, monkeypatch):
     t1 = log.tree({"a": b"1"})
     log.create(t1)
     first = len(log.records)
-    apply_records(store, log.records)
+    apply_records(store, log.records, PARTITIONS)
     push = log.push(1, log.tree({"a": b"2"}))
     original = store.set_applied
     calls = {"n": 0}
@@ -621,12 +713,12 @@ def test_failure_in_a_later_batch_keeps_earlier_batches(store, monkeypatch):
 
     monkeypatch.setattr(store, "set_applied", flaky)
     with pytest.raises(sqlite3.OperationalError):
-        apply_records(store, log.records)
+        apply_records(store, log.records, PARTITIONS)
     monkeypatch.undo()
     assert store.applied_offsets() == {0: first}
-    assert store.get_outcome(push) is None
+    assert store.get_outcome(0, push) is None
     assert store.get_repo(REPO).head == 1
-    apply_records(store, log.records)
+    apply_records(store, log.records, PARTITIONS)
     assert store.get_repo(REPO).head == 2
 
 
@@ -637,12 +729,12 @@ def test_sqlite_store_survives_a_restart(tmp_path):
     half = len(log.records)
     log.push(1, log.tree({"a": b"2", "b": b"3"}))
     s = SqliteStore(tmp_path / "r.db")
-    apply_records(s, log.records[:half])
+    apply_records(s, log.records[:half], PARTITIONS)
     s.close()
     s = SqliteStore(tmp_path / "r.db")
-    apply_records(s, log.records)  # the whole log redelivered
+    apply_records(s, log.records, PARTITIONS)  # the whole log redelivered
     mem = MemoryStore()
-    apply_records(mem, log.records)
+    apply_records(mem, log.records, PARTITIONS)
     assert state(s) == state(mem)
     assert s.get_repo(REPO).head == 2
     s.close()
@@ -672,7 +764,7 @@ def test_repo_digest_equal_across_stores(pair):
     # batch boundaries do not matter
     c = MemoryStore()
     for record in log.records:
-        apply_records(c, [record])
+        apply_records(c, [record], PARTITIONS)
     assert c.repo_digest(REPO) == a.repo_digest(REPO)
 
 
@@ -701,7 +793,7 @@ def test_repo_digest_differs_when_head_or_tree_blob_differs(pair):
     mem, sql = pair
     digest = mem.repo_digest(REPO)
     head_tree = mem.get_version(REPO, mem.get_repo(REPO).head).tree
-    del mem.blobs[head_tree]
+    del mem.blobs[(0, head_tree)]
     assert mem.repo_digest(REPO) != digest
     with sql.transaction():
         sql._db().execute("UPDATE repos SET head = 2 WHERE name = ?", (REPO,))
@@ -757,9 +849,9 @@ def test_interleaved_pushes_give_identical_stores(actions, cuts_a, cuts_b):
         mem, sql = MemoryStore(), SqliteStore(Path(tmp) / "s.db")
         try:
             for batch in batches(cuts_a):
-                apply_records(mem, batch)
+                apply_records(mem, batch, PARTITIONS)
             for batch in batches(cuts_b):
-                apply_records(sql, batch)
+                apply_records(sql, batch, PARTITIONS)
             rids = [rid for rid, _, _ in pushes]
             assert state(mem, rids) == state(sql, rids)
             assert mem.repo_digest(REPO) == sql.repo_digest(REPO)

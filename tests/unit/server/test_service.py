@@ -111,12 +111,12 @@ def test_push_is_answered_with_the_applied_outcome_and_a_retry_with_the_same(ser
     request_id = rid()
     first = push(service, "r", 1, {"a.txt": b"b"}, request_id)
     assert (first.status, first.version, first.head) == (p.Status.ACCEPTED, 2, 2)
-    log_length = len(service.wire.log[1])
+    log_length = len(service.wire.log[service.wire.log_partition("r")])
     again = p.PushRequest(request_id=request_id, repo="r", user="u", reply_partition=2, base=1, tree="0" * 64)
     handled = send(service, again)
     assert "retry: original outcome" in handled.detail
     assert answers(service, request_id)[-1].version == 2
-    assert len(service.wire.log[1]) == log_length  # no second proposal
+    assert len(service.wire.log[service.wire.log_partition("r")]) == log_length  # no second proposal
     stale = push(service, "r", 1, {"a.txt": b"c"})
     assert (stale.status, stale.head) == (p.Status.REJECTED, 2)
 
