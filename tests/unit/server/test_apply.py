@@ -659,9 +659,7 @@ def test_partitions_apply_alike_in_any_interleaving(order):
         apply_records(shuffled, batch, 3)
     for n, log in enumerate(logs):
         apply_records(shuffled, log.records[cursors[n] :], 3)
-    assert {name: shuffled.repo_digest(name) for name in names} == {
-        name: reference.repo_digest(name) for name in names
-    }
+    assert {name: shuffled.repo_digest(name) for name in names} == {name: reference.repo_digest(name) for name in names}
     assert shuffled.outcomes == reference.outcomes and shuffled.blobs == reference.blobs
 
 
@@ -884,3 +882,36 @@ def test_interleaved_pushes_give_identical_stores(actions, cuts_a, cuts_b):
     assert versions[-1].tree == head_tree
     # consecutive versions never share a tree (an unchanged tree is "nothing to push")
     assert all(a.tree != b.tree for a, b in itertools.pairwise(versions))
+
+
+# ---------------------------------------------------------------- stores this version cannot use
+
+
+def test_a_store_of_another_schema_or_not_a_database_is_unusable(tmp_path):
+    from minigit_server.store import SCHEMA_VERSION, StoreUnusable
+
+    fresh = SqliteStore(tmp_path / "fresh.sqlite")
+    fresh.close()
+    SqliteStore(tmp_path / "fresh.sqlite").close()  # its own schema: reopens
+    (tmp_path / "garbage.sqlite").write_bytes(b"not a database" * 500)
+    with pytest.raises(StoreUnusable, match="not a database"):
+        SqliteStore(tmp_path / "garbage.sqlite")
+    with sqlite3.connect(tmp_path / "first.sqlite") as db:
+        db.execute("CREATE TABLE blobs (sha TEXT PRIMARY KEY, size INTEGER NOT NULL, count INTEGER NOT NULL)")
+    with pytest.raises(StoreUnusable, match=f"schema version 0, this replica needs {SCHEMA_VERSION}"):
+        SqliteStore(tmp_path / "first.sqlite")
+
+
+def test_an_unusable_store_is_moved_aside_and_a_new_one_opened(tmp_path):
+    import logging
+
+    from minigit_server.replica import open_store
+
+    path = tmp_path / "replica-1" / "store.sqlite"
+    path.parent.mkdir()
+    path.write_bytes(b"\0" * 8192)
+    store = open_store(path, logging.getLogger("test"))
+    assert store.applied_offsets() == {} and store.list_repos() == []
+    store.close()
+    [aside] = path.parent.glob("store.sqlite.unusable-*")
+    assert aside.read_bytes() == b"\0" * 8192
