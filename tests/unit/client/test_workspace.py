@@ -66,7 +66,10 @@ path_parts = st.text(
 
 
 @given(
-    st.dictionaries(st.lists(path_parts, min_size=1, max_size=3).map("/".join), sha_entries, max_size=6),
+    # a manifest where a path is both a file and a directory is corrupt: not one to round-trip
+    st.dictionaries(st.lists(path_parts, min_size=1, max_size=3).map("/".join), sha_entries, max_size=6).filter(
+        lambda manifest: not p.find_file_directory_clash(manifest)
+    ),
     st.integers(1, 10**9),
     st.text(max_size=20),
 )
