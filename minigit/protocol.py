@@ -38,6 +38,11 @@ MAX_PATH_LENGTH = 4096
 MAX_PATH_PART_LENGTH = 255
 MAX_MESSAGE_LENGTH = 10_000
 MAX_LOST = 5000
+# Every replica decides with these, so they are part of the protocol, not settings:
+# a tree is refused before it is decoded when its bytes or its entries exceed them.
+MAX_TREE_BYTES = 16 * 1024 * 1024
+MAX_TREE_ENTRIES = 100_000
+MAX_BLOB_BYTES = 4 * 1024**3  # a chunk's count may not promise more than this
 MAX_INT = 2**63  # every integer field is 0 <= n < MAX_INT, so SQLite can store it
 
 _NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*$")
@@ -148,12 +153,23 @@ def encode_tree(manifest: Mapping[str, FileEntry]) -> bytes:
     return json.dumps({"v": 1, "files": files}, sort_keys=True, separators=(",", ":")).encode()
 
 
+def check_tree_size(size: int, entries: int | None = None) -> None:
+    """Refuse a tree too large to decode, from its size (and its entry count, which
+    its bytes tell without decoding them), before any work is done on it."""
+    if size > MAX_TREE_BYTES:
+        raise ProtocolError(f"tree too large: {size} bytes, at most {MAX_TREE_BYTES} are accepted")
+    if entries is not None and entries > MAX_TREE_ENTRIES:
+        raise ProtocolError(f"tree too large: {entries} files, at most {MAX_TREE_ENTRIES} are accepted")
+
+
 def decode_tree(data: bytes) -> Manifest:
+    # Each entry of a canonical tree spells "sha": once (in a path it would be
+    # escaped), so this counts the entries before decoding; the count is checked
+    # again after, for trees spelled otherwise.
+    check_tree_size(len(data), data.count(b'"sha":'))
+    files = _tree_files(data)
+    check_tree_size(len(data), len(files))
     try:
-        doc = load_json(data)
-        files = doc["files"]
-        if doc.get("v") != 1 or not isinstance(files, dict):
-            raise ValueError("unknown tree format")
         manifest: Manifest = {}
         for path, entry in files.items():
             check_path(path)
@@ -163,9 +179,19 @@ def decode_tree(data: bytes) -> Manifest:
             manifest[path] = FileEntry(check_sha(entry["sha"]), size)
         if clash := find_file_directory_clash(manifest):
             raise ValueError(f"{clash!r} is both a file and a directory")
-    except (ValueError, KeyError, TypeError, UnicodeDecodeError, ProtocolError) as error:
+    except (ValueError, KeyError, TypeError, ProtocolError) as error:
         raise ProtocolError(f"invalid tree: {error}") from None
     return manifest
+
+
+def _tree_files(data: bytes) -> dict[str, Any]:
+    try:
+        doc = load_json(data)
+        if not isinstance(doc, dict) or doc.get("v") != 1 or not isinstance(doc.get("files"), dict):
+            raise ValueError("unknown tree format")
+    except (ValueError, ProtocolError) as error:
+        raise ProtocolError(f"invalid tree: {error}") from None
+    return doc["files"]
 
 
 def find_file_directory_clash(paths: Mapping[str, object]) -> str | None:
@@ -436,6 +462,8 @@ class Chunk(Message):
         check_sha(self.sha)
         if not 0 <= self.index < self.count:
             raise ProtocolError("chunk index out of range")
+        if self.count > codec.count_chunks(MAX_BLOB_BYTES):
+            raise ProtocolError(f"chunk count too large: a blob holds at most {MAX_BLOB_BYTES} bytes")
         if self.encoding not in codec.ENCODINGS:
             raise ProtocolError(f"unknown chunk encoding {self.encoding!r}")
 

@@ -107,7 +107,9 @@ def complete_blob(store: Store, partition: int, sha: str, count: int) -> None:
 
 def check_tree(store: Store, partition: int, tree: str) -> tuple[Status, str] | None:
     return decisions.find_tree_problem(
-        store.read_blob(partition, tree), lambda sha: store.blob_size(partition, sha) is not None
+        store.blob_size(partition, tree),
+        lambda: store.read_blob(partition, tree),
+        lambda sha: store.blob_size(partition, sha) is not None,
     )
 
 

@@ -32,12 +32,16 @@ class Outcome:
         return cls(**{**doc, "status": Status(doc["status"])})
 
 
-def find_tree_problem(tree_bytes: bytes | None, has_blob: Callable[[str], bool]) -> tuple[Status, str] | None:
-    """Why a proposed tree cannot become a version: (status, message), or None."""
-    if tree_bytes is None:
+def find_tree_problem(
+    tree_size: int | None, read_tree: Callable[[], bytes], has_blob: Callable[[str], bool]
+) -> tuple[Status, str] | None:
+    """Why a proposed tree cannot become a version: (status, message), or None.
+    A tree too large is refused from its size, before it is read or decoded."""
+    if tree_size is None:
         return Status.MISSING_OBJECTS, "the tree was not uploaded completely"
     try:
-        manifest = p.decode_tree(tree_bytes)
+        p.check_tree_size(tree_size)
+        manifest = p.decode_tree(read_tree())
     except MinigitError as error:
         return Status.INVALID, error.message
     missing = sorted({entry.sha for entry in manifest.values() if not has_blob(entry.sha)})

@@ -5,6 +5,7 @@ applied them; reads wait for the log end seen on arrival.
 
 from __future__ import annotations
 
+import collections
 import enum
 import threading
 import time
@@ -22,6 +23,8 @@ from minigit_server.store import Store
 
 # Bounds a log reply to one record.
 MAX_LOG_REPLY_BYTES = 800_000
+# What one push may upload (compressed), unless `minigit-server start --max-push-bytes` says otherwise.
+DEFAULT_MAX_PUSH_BYTES = 1024**3
 APPLY_WAIT_S = 120.0
 
 
@@ -94,6 +97,32 @@ class MemoryWire:
         pass
 
 
+class UploadMeter:
+    """Bytes uploaded per request (as stored: compressed, each chunk counted once
+    however often a retry sends it), against the server's push size limit. It
+    keeps the requests in flight only, and forgets the oldest beyond a bound."""
+
+    def __init__(self, limit: int, tracked: int = 1000) -> None:
+        self.limit, self.tracked = limit, tracked
+        self._seen: collections.OrderedDict[str, tuple[int, set[tuple[str, int]]]] = collections.OrderedDict()
+
+    def admit(self, chunk: p.Chunk) -> bool:
+        """Count the chunk; False once its request is over the limit."""
+        total, seen = self._seen.pop(chunk.request_id, (0, set()))
+        if (chunk.sha, chunk.index) not in seen:
+            seen.add((chunk.sha, chunk.index))
+            total += len(chunk.data) * 3 // 4 - chunk.data[-2:].count("=")  # the payload's size
+        self._seen[chunk.request_id] = (total, seen)
+        while len(self._seen) > self.tracked:
+            self._seen.popitem(last=False)
+        return total <= self.limit
+
+    def settle(self, request_id: str) -> int | None:
+        """Forget a request that arrived; the bytes it uploaded if over the limit."""
+        total, _ = self._seen.pop(request_id, (0, set()))
+        return total if total > self.limit else None
+
+
 class Unanswered(enum.StrEnum):
     """Why a request got no answer (the client retries, or gives up)."""
 
@@ -126,12 +155,14 @@ class Service:
         wire: Wire,
         applied: AppliedOffsets,
         clock_ms: Callable[[], int] = lambda: int(time.time() * 1000),
+        max_push_bytes: int = DEFAULT_MAX_PUSH_BYTES,
     ) -> None:
         self.replica_id = replica_id
         self.store = store
         self.wire = wire
         self.applied = applied
         self.clock_ms = clock_ms
+        self.uploads = UploadMeter(max_push_bytes)
 
     # -- dispatch
 
@@ -145,8 +176,10 @@ class Service:
         partition = self.wire.log_partition(message.repo)
         if isinstance(message, p.Chunk):
             # Straight into the log: blob pieces are stored by every replica as
-            # they are applied; the request that follows refers to them.
-            self.wire.append_log(partition, message.repo.encode(), value, wait=False)
+            # they are applied; the request that follows refers to them. Past the
+            # push size limit they are dropped, and the request is refused.
+            if self.uploads.admit(message):
+                self.wire.append_log(partition, message.repo.encode(), value, wait=False)
             return None
         request = message
         if request.reply_partition >= self.wire.reply_partitions():
@@ -276,6 +309,15 @@ class Service:
     def propose(self, partition: int, request: p.Request, proposal: p.Proposal) -> Handled:
         """Append the write to the log, wait until this replica has applied it,
         and answer with the outcome that every replica reached."""
+        if (uploaded := self.uploads.settle(request.request_id)) is not None:
+            limit = self.uploads.limit
+            message = (
+                f"{request.action} too large: {uploaded} bytes uploaded (compressed), "
+                f"this server accepts at most {limit} per {request.action}"
+            )
+            self.answer(request, Status.INVALID, message)
+            self.wire.flush()
+            return Handled.of(request, Status.INVALID, "too large; not proposed")
         outcome = self.store.get_outcome(partition, request.request_id)
         if outcome is None:
             self.answer(request, Status.WORKING)

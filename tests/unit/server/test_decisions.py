@@ -126,8 +126,12 @@ def has_only(*shas):
     return lambda sha: sha in shas
 
 
+def problem(tree: bytes | None, has_blob) -> tuple | None:
+    return decisions.find_tree_problem(None if tree is None else len(tree), lambda: tree, has_blob)
+
+
 def test_find_tree_problem_tree_missing():
-    assert decisions.find_tree_problem(None, has_only()) == (
+    assert problem(None, has_only()) == (
         p.Status.MISSING_OBJECTS,
         "the tree was not uploaded completely",
     )
@@ -136,14 +140,14 @@ def test_find_tree_problem_tree_missing():
 def test_find_tree_problem_none_when_complete():
     a, b = fe("a"), fe("b")
     tree = p.encode_tree({"x": a, "d/y": b, "z": a})
-    assert decisions.find_tree_problem(tree, has_only(a.sha, b.sha)) is None
-    assert decisions.find_tree_problem(p.encode_tree({}), has_only()) is None
+    assert problem(tree, has_only(a.sha, b.sha)) is None
+    assert problem(p.encode_tree({}), has_only()) is None
 
 
 def test_find_tree_problem_counts_distinct_missing_blobs():
     a, b, c = fe("a"), fe("b"), fe("c")
     tree = p.encode_tree({"x": a, "y": b, "z": b, "w": c})
-    assert decisions.find_tree_problem(tree, has_only(a.sha)) == (
+    assert problem(tree, has_only(a.sha)) == (
         p.Status.MISSING_OBJECTS,
         "2 object(s) were not uploaded completely",
     )
@@ -164,9 +168,34 @@ def test_find_tree_problem_counts_distinct_missing_blobs():
     ],
 )
 def test_find_tree_problem_invalid(tree):
-    status, message = decisions.find_tree_problem(tree, lambda sha: True)
+    status, message = problem(tree, lambda sha: True)
     assert status == p.Status.INVALID
     assert message
+
+
+def test_a_tree_too_large_is_refused_from_its_size_without_reading_it():
+    def never_read() -> bytes:
+        raise AssertionError("read a tree that its size already refused")
+
+    status, message = decisions.find_tree_problem(p.MAX_TREE_BYTES + 1, never_read, lambda sha: True)
+    assert status == p.Status.INVALID and message.startswith("tree too large")
+
+
+@pytest.mark.parametrize("spacing", [(",", ":"), (", ", " : ")])
+def test_a_tree_with_too_many_files_is_refused(spacing):
+    entry = {"sha": "a" * 64, "size": 1}
+    files = {f"f{n}": entry for n in range(p.MAX_TREE_ENTRIES + 1)}
+    tree = json.dumps({"v": 1, "files": files}, separators=spacing).encode()
+    status, message = problem(tree, lambda sha: True)
+    assert (status, message) == (
+        p.Status.INVALID,
+        f"tree too large: {p.MAX_TREE_ENTRIES + 1} files, at most {p.MAX_TREE_ENTRIES} are accepted",
+    )
+
+
+def test_a_tree_at_the_limits_is_accepted():
+    files = {f"f{n}": fe("x") for n in range(p.MAX_TREE_ENTRIES)}
+    assert len(p.decode_tree(p.encode_tree(files))) == p.MAX_TREE_ENTRIES
 
 
 def test_outcome_json_round_trip():

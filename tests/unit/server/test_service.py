@@ -6,7 +6,9 @@ would; the real Kafka path is covered by the integration tests.
 
 from __future__ import annotations
 
+import dataclasses
 import json
+import os
 import uuid
 
 import pytest
@@ -176,3 +178,48 @@ def test_every_request_type_has_a_handler():
     requests = {cls for cls in p._registry.values() if issubclass(cls, p.Request)}
     assert set(HANDLERS) == requests
     assert all(HANDLERS[cls].__name__ == f"handle_{cls.action}" for cls in requests)
+
+
+def limited(max_push_bytes: int) -> Service:
+    store = MemoryStore()
+    applied = AppliedOffsets({})
+    wire = MemoryWire(store, applied)
+    return Service("7", store, wire, applied, clock_ms=lambda: NOW_MS, max_push_bytes=max_push_bytes)
+
+
+def test_a_push_over_the_size_limit_is_refused_and_its_excess_never_reaches_the_log() -> None:
+    service = limited(max_push_bytes=3 * codec.CHUNK_SIZE)
+    create(service, "r", {"a.txt": b"a"})
+    partition = service.wire.log_partition("r")
+    log_before = len(service.wire.log[partition])
+    big = os.urandom(5 * codec.CHUNK_SIZE)  # random: stored as it is
+    reply = push(service, "r", 1, {"big.bin": big})
+    assert reply.status == p.Status.INVALID and reply.message.startswith("push too large: ")
+    assert f"at most {3 * codec.CHUNK_SIZE} per push" in reply.message
+    appended = service.wire.log[partition][log_before:]
+    assert len(appended) == 3  # the chunks up to the limit; no proposal
+    assert service.store.get_repo("r").head == 1
+    # the service goes on: a small push is accepted
+    assert push(service, "r", 1, {"a.txt": b"b"}).status == p.Status.ACCEPTED
+
+
+def test_chunks_sent_again_by_a_retry_are_counted_once() -> None:
+    service = limited(max_push_bytes=2 * codec.CHUNK_SIZE)
+    create(service, "r", {"a.txt": b"a"})
+    request_id = rid()
+    data = os.urandom(codec.CHUNK_SIZE + 1)
+    for _attempt in range(3):
+        upload(service, request_id, "r", data)
+    assert push(service, "r", 1, {"f.bin": data}, request_id).status == p.Status.ACCEPTED
+
+
+def test_the_upload_meter_forgets_the_oldest_requests_beyond_its_bound() -> None:
+    from minigit_server.service import UploadMeter
+
+    meter = UploadMeter(limit=10, tracked=2)
+    chunk = p.Chunk(request_id="0" * 32, repo="r", sha="a" * 64, index=0, count=1, encoding="raw", data="A" * 40)
+    assert not meter.admit(chunk)  # 30 bytes: over
+    for n in (1, 2):
+        meter.admit(dataclasses.replace(chunk, request_id=f"{n:032x}", data=""))
+    assert meter.settle("0" * 32) is None  # forgotten, so not refused: its chunks never reached the log anyway
+    assert meter.settle(f"{2:032x}") is None and len(meter._seen) == 1
