@@ -10,17 +10,23 @@ resulting ``KafkaSettings`` on.
 
 from __future__ import annotations
 
+import ipaddress
 import os
 import re
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 
-from minigit.errors import ServerUnreachable, UsageError
+from minigit.errors import CorruptMetadata, ServerUnreachable, UsageError
 
 DEFAULT_BOOTSTRAP = "localhost:9092"
 KAFKA_ENV_PREFIX = "MINIGIT_KAFKA_"
 
-# kafka-python settings a real cluster may need (SASL/SSL), passed through as given.
+# The bounds of the client's --timeout (seconds), and of minigit-server ping's.
+MIN_TIMEOUT_S = 0.1
+MAX_TIMEOUT_S = 3600.0
+
+# kafka-python settings a real cluster may need (SASL/SSL), passed through as given
+# (booleans parsed, and the values of OPTION_CHOICES checked).
 # Set them as MINIGIT_KAFKA_<NAME> (e.g. MINIGIT_KAFKA_SECURITY_PROTOCOL=SASL_SSL)
 # or --kafka-option name=value.
 SECURITY_OPTIONS: dict[str, type] = {
@@ -38,6 +44,13 @@ SECURITY_OPTIONS: dict[str, type] = {
     "ssl_ciphers": str,
     "ssl_check_hostname": bool,
     "client_id": str,
+}
+
+# Options that take one of a few values. kafka-python itself does not check them:
+# it connects in plaintext, without a word, when security_protocol is misspelt.
+OPTION_CHOICES: dict[str, tuple[str, ...]] = {
+    "security_protocol": ("PLAINTEXT", "SSL", "SASL_PLAINTEXT", "SASL_SSL"),
+    "sasl_mechanism": ("PLAIN", "GSSAPI", "OAUTHBEARER", "SCRAM-SHA-256", "SCRAM-SHA-512"),
 }
 
 # A consumer's fetch from one partition must hold a whole chunk record
@@ -120,20 +133,92 @@ class ServerFlags:
         kafka_option_flags: Iterable[str] | None = (),
         environ: Mapping[str, str] | None = None,
     ) -> ServerFlags:
-        """Check the raw values of the --bootstrap, --namespace and --kafka-option flags."""
+        """Check the raw values of the --bootstrap, --namespace and --kafka-option
+        flags (a usage error names the bad one). An empty --bootstrap is not said."""
         return cls(
-            bootstrap=bootstrap or None,
+            bootstrap=check_bootstrap(bootstrap) if bootstrap else None,
             namespace=check_namespace(namespace) if namespace is not None else None,
             options=read_kafka_options(kafka_option_flags or (), environ),
         )
 
-    def resolve(self, saved: tuple[str, str] | None = None) -> KafkaSettings:
+    def resolve(self, saved: tuple[str, str] | None = None, where: str = ".minigit") -> KafkaSettings:
         """Flags (and MINIGIT_*) win, then ``saved`` (bootstrap, namespace) from
-        ``.minigit``, then the defaults."""
+        ``.minigit`` (the file ``where``), then the defaults. A saved value that
+        is used and malformed (the file was edited by hand) is CorruptMetadata."""
         saved_bootstrap, saved_namespace = saved if saved else (None, None)
-        bootstrap = self.bootstrap or saved_bootstrap or DEFAULT_BOOTSTRAP
-        namespace = next(n for n in (self.namespace, saved_namespace, "") if n is not None)
+        if self.bootstrap:
+            bootstrap = self.bootstrap
+        elif saved_bootstrap:
+            try:
+                bootstrap = ",".join(split_bootstrap(saved_bootstrap))
+            except ValueError as error:
+                raise corrupt_setting(where, f"bad bootstrap {saved_bootstrap!r}: {error}", "--bootstrap") from None
+        else:
+            bootstrap = DEFAULT_BOOTSTRAP
+        if self.namespace is not None:
+            namespace = self.namespace
+        elif saved_namespace is not None:
+            if not _NAMESPACE_RE.fullmatch(saved_namespace):
+                raise corrupt_setting(where, f"bad namespace {saved_namespace!r}", "--namespace")
+            namespace = saved_namespace
+        else:
+            namespace = ""
         return KafkaSettings(bootstrap, namespace, dict(self.options))
+
+
+def corrupt_setting(where: str, reason: str, flag: str) -> CorruptMetadata:
+    error = CorruptMetadata(where, reason)
+    error.hint = f"nothing was changed; give the right value with {flag}, or clone the repository again"
+    return error
+
+
+BOOTSTRAP_FORMAT = "HOST:PORT[,HOST:PORT...], an IPv6 address in brackets as in [::1]:9092"
+_HOST_RE = re.compile(r"[A-Za-z0-9_][A-Za-z0-9._-]{0,252}")
+_PORT_RE = re.compile(r"[0-9]{1,5}")
+
+
+def split_bootstrap(text: str) -> list[str]:
+    """The HOST:PORT entries of a bootstrap list (blanks around entries, and empty
+    entries, are dropped, as Kafka's own clients do); ValueError says what is wrong."""
+    servers = [entry.strip() for entry in text.split(",") if entry.strip()]
+    if not servers:
+        raise ValueError("no HOST:PORT in it")
+    for entry in servers:
+        if entry.startswith("["):
+            address, bracket, rest = entry[1:].partition("]")
+            if not bracket:
+                raise ValueError(f"{entry!r} has no ']' after its IPv6 address")
+            if not _is_ipv6(address):
+                raise ValueError(f"{address!r} in {entry!r} is not an IPv6 address")
+            separator, port = rest[:1], rest[1:]
+        else:
+            host, separator, port = entry.rpartition(":")
+            if ":" in host and (_is_ipv6(host) or _is_ipv6(entry)):
+                raise ValueError(f"{entry!r}: write an IPv6 address in brackets, as in [::1]:9092")
+            if separator and not _HOST_RE.fullmatch(host):
+                raise ValueError(f"{host!r} in {entry!r} is not a host name or an IP address")
+        if separator != ":" or not port:
+            raise ValueError(f"{entry!r} has no port")
+        if not _PORT_RE.fullmatch(port) or not 1 <= int(port) <= 65535:
+            raise ValueError(f"the port of {entry!r} is not a number from 1 to 65535")
+    return servers
+
+
+def _is_ipv6(text: str) -> bool:
+    try:
+        ipaddress.IPv6Address(text)
+    except ValueError:
+        return False
+    return True
+
+
+def check_bootstrap(text: str) -> str:
+    """A --bootstrap (or MINIGIT_BOOTSTRAP) value, checked and written as
+    ``host:port,host:port``; a usage error otherwise."""
+    try:
+        return ",".join(split_bootstrap(text))
+    except ValueError as error:
+        raise UsageError(f"bad --bootstrap {text!r}: {error}; expected {BOOTSTRAP_FORMAT}") from None
 
 
 def parse_bool(name: str, text: str) -> bool:
@@ -143,6 +228,15 @@ def parse_bool(name: str, text: str) -> bool:
     if lowered in ("0", "false", "no", "off"):
         return False
     raise UsageError(f"{name} must be true or false, not {text!r}")
+
+
+def parse_choice(name: str, text: str) -> str:
+    """One of the values ``name`` takes (OPTION_CHOICES), in any case, spelt as kafka-python wants it."""
+    choices = OPTION_CHOICES[name]
+    for choice in choices:
+        if text.strip().upper() == choice:
+            return choice
+    raise UsageError(f"{name} must be one of {', '.join(choices)}, not {text!r}")
 
 
 def read_kafka_options(flags: Iterable[str] = (), environ: Mapping[str, str] | None = None) -> dict[str, object]:
@@ -161,7 +255,15 @@ def read_kafka_options(flags: Iterable[str] = (), environ: Mapping[str, str] | N
             known = ", ".join(sorted(SECURITY_OPTIONS))
             raise UsageError(f"bad --kafka-option {flag!r}: expected NAME=VALUE with NAME one of {known}")
         raw[name] = value
-    return {name: parse_bool(name, value) if SECURITY_OPTIONS[name] is bool else value for name, value in raw.items()}
+    return {name: parse_option(name, value) for name, value in raw.items()}
+
+
+def parse_option(name: str, text: str) -> object:
+    if SECURITY_OPTIONS[name] is bool:
+        return parse_bool(name, text)
+    if name in OPTION_CHOICES:
+        return parse_choice(name, text)
+    return text
 
 
 _NAMESPACE_RE = re.compile(r"[A-Za-z0-9._-]{0,100}")

@@ -16,8 +16,8 @@ from minigit.client import operations
 from minigit.client.changes import Changes
 from minigit.client.operations import PullStatus, PushStatus
 from minigit.client.progress import ProgressObserver
-from minigit.config import DEFAULT_BOOTSTRAP, ServerFlags
-from minigit.console import err, exit_on_error, out
+from minigit.config import DEFAULT_BOOTSTRAP, MAX_TIMEOUT_S, MIN_TIMEOUT_S, ServerFlags
+from minigit.console import err, exit_on_error, out, quoted_path, shown
 from minigit.errors import PushRejected
 
 EXIT_CODES = """\b
@@ -48,7 +48,8 @@ Bootstrap = Annotated[
         "--bootstrap",
         "-b",
         envvar="MINIGIT_BOOTSTRAP",
-        help=f"Kafka bootstrap servers \\[default: from .minigit, else {DEFAULT_BOOTSTRAP}].",
+        help=f"Kafka bootstrap servers, HOST:PORT[,HOST:PORT...] (IPv6 as \\[::1]:9092) "
+        f"\\[default: from .minigit, else {DEFAULT_BOOTSTRAP}].",
         show_default=False,
     ),
 ]
@@ -58,7 +59,15 @@ Namespace = Annotated[
 ]
 Timeout = Annotated[
     float,
-    typer.Option("--timeout", envvar="MINIGIT_TIMEOUT", min=0.1, help="Seconds to wait for the server without news."),
+    typer.Option(
+        "--timeout",
+        envvar="MINIGIT_TIMEOUT",
+        min=MIN_TIMEOUT_S,
+        max=MAX_TIMEOUT_S,
+        help="Give up after this many seconds without news of the answer (the service's notice that it is working, "
+        "or a valid part of the answer that gets further than before; broken answers do not count). "
+        "The request is sent again after each max(5, TIMEOUT/3) seconds without news.",
+    ),
 ]
 KafkaOption = Annotated[
     list[str] | None,
@@ -92,7 +101,7 @@ def print_changes(changes: Changes, indent: str = " ") -> None:
         ("D", "red", changes.deleted),
     ):
         for path in paths:
-            out.print(f"{indent}[{colour}]{code}[/] {escape(path)}")
+            out.print(f"{indent}[{colour}]{code}[/] {escape(quoted_path(path))}")
 
 
 def summarize(changes: Changes) -> str:
@@ -205,7 +214,7 @@ def report_pull(result: operations.PullResult, quiet: bool, as_json: bool) -> No
         print_changes(result.changes)
         out.print(f" {summarize(result.changes)}")
     if result.kept_local and result.status != PullStatus.CLONED:
-        err.print(f"Kept your local changes to: {escape(', '.join(result.kept_local))}")
+        err.print(f"Kept your local changes to: {escape(', '.join(map(quoted_path, result.kept_local)))}")
 
 
 @app.command()
@@ -262,7 +271,7 @@ def status(as_json: Json = False) -> None:
             ("deleted: ", "red", result.changes.deleted),
         ):
             for path in paths:
-                out.print(f"\t[{colour}]{label} {escape(path)}[/]")
+                out.print(f"\t[{colour}]{label} {escape(quoted_path(path))}[/]")
 
 
 @app.command()
@@ -286,9 +295,10 @@ def log(
         for entry in entries:
             when = time.strftime("%a %b %d %H:%M:%S %Y %z", time.localtime(entry.time_ms / 1000))
             out.print(f"[yellow]version {entry.version}[/]")
-            out.print(f"Author: {escape(entry.author)}")
+            out.print(f"Author: {escape(shown(entry.author))}")
             out.print(f"Date:   {when}\n")
-            for line in (entry.message or "(no message)").splitlines() or [""]:
+            # control characters of other users' messages shown as C escapes (\033), never sent to the terminal
+            for line in shown(entry.message or "(no message)").rstrip("\n").split("\n"):
                 out.print(f"    {escape(line)}")
             out.print()
 

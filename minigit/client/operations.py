@@ -12,7 +12,7 @@ import functools
 import os
 import secrets
 import shutil
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -27,6 +27,7 @@ from minigit.config import KafkaSettings, ServerFlags
 from minigit.errors import (
     MinigitError,
     NoRepository,
+    ProtocolError,
     PullConflict,
     PushRejected,
     RepositoryExists,
@@ -49,8 +50,12 @@ class ClientOptions:
     timeout: float = 30.0
     connector: Connector = Connection
 
-    def settings(self, meta: ws.Metadata | None = None) -> KafkaSettings:
-        return self.flags.resolve((meta.bootstrap, meta.namespace) if meta else None)
+    def settings(self, meta: ws.Metadata | None = None, root: Path | None = None) -> KafkaSettings:
+        """Where the service is; ``meta`` is the ``.minigit`` of the working directory ``root``."""
+        if meta is None:
+            return self.flags.resolve()
+        where = str(root / ws.METADATA_NAME) if root else ws.METADATA_NAME
+        return self.flags.resolve((meta.bootstrap, meta.namespace), where)
 
     def connect(self, settings: KafkaSettings) -> Link:
         return self.connector(settings, p.check_name("user", self.user), self.timeout)
@@ -130,6 +135,49 @@ class StatusResult:
         }
 
 
+# ---------------------------------------------------------------- answers
+
+
+def ask(
+    connection: Link, request: p.Request, uploads: Sequence[codec.BlobSource] = (), observer: Observer | None = None
+) -> Response:
+    """Send ``request`` and return its answer, checked (``check_answer``)."""
+    response = connection.call(request, uploads, observer)
+    try:
+        check_answer(request, response)
+    except ProtocolError:
+        response.close()
+        raise
+    return response
+
+
+def check_answer(request: p.Request, response: Response) -> None:
+    """What the commands rely on in an answer, by action and status, beyond the
+    wire schema (which the ReplyCollector checked). An answer that breaks it is
+    malformed (ProtocolError, exit 1), and the command writes nothing.
+
+    * pull ``ok``: ``version`` >= 1 and above the version asked from, and its
+      ``tree``, among the blobs that came with it;
+    * push ``accepted``: ``version`` = ``base`` + 1; init ``accepted``: ``version`` 1;
+    * push ``rejected``: the server's ``head``.
+    """
+    reply = response.reply
+    problem = None
+    if isinstance(request, p.PullRequest) and reply.status == Status.OK:
+        if reply.version is None or reply.version < 1 or reply.version <= request.version:
+            problem = f"pull from version {request.version} answered ok at version {reply.version}"
+        elif reply.tree is None or reply.tree not in response.blobs:
+            problem = f"pull answered ok at version {reply.version} without its tree"
+    elif isinstance(request, p.InitRequest | p.PushRequest) and reply.status == Status.ACCEPTED:
+        expected = request.base + 1 if isinstance(request, p.PushRequest) else 1
+        if reply.version != expected:
+            problem = f"{request.action} accepted as version {reply.version}, not {expected}"
+    elif isinstance(request, p.PushRequest) and reply.status == Status.REJECTED and reply.head is None:
+        problem = "push rejected without the server's head"
+    if problem is not None:
+        raise ProtocolError(f"the service sent a malformed answer: {problem}")
+
+
 # ---------------------------------------------------------------- writes
 
 
@@ -177,7 +225,7 @@ def push_workdir(
         meta = ws.read_metadata(root)
         local = ws.scan_worktree(root, load_ignore(root))
         changes = diff_manifests(meta.manifest, local)
-        settings = options.settings(meta)
+        settings = options.settings(meta, root)
         unchanged = PushResult(
             meta.repository, settings.bootstrap, PushStatus.UP_TO_DATE, meta.version, meta.version, changes, 0
         )
@@ -209,9 +257,9 @@ def send_write(
     """Send a write with its uploads. An upload cut short (its replica died
     mid-way) is answered "missing objects": send it once more, whole, under a
     new request id."""
-    reply = connection.call(connection.new_request(kind, **fields), uploads, observer).reply
+    reply = ask(connection, connection.new_request(kind, **fields), uploads, observer).reply
     if reply.status == Status.MISSING_OBJECTS:
-        reply = connection.call(connection.new_request(kind, **fields), uploads, observer).reply
+        reply = ask(connection, connection.new_request(kind, **fields), uploads, observer).reply
     return reply
 
 
@@ -230,16 +278,20 @@ def fetch_head(
 ) -> tuple[Response, p.Manifest] | None:
     """Ask for the head; None if ``version`` is the head already."""
     request = connection.new_request(p.PullRequest, repo=repo, version=version, lost=lost)
-    response = connection.call(request, observer=observer)
+    response = ask(connection, request, observer=observer)
     reply = response.reply
-    if reply.status == Status.UP_TO_DATE:
+    if reply.status != Status.OK:
         response.close()
-        return None
-    if reply.status == Status.NOT_FOUND:
-        raise RepositoryNotFound(repo)
-    if reply.status != Status.OK or reply.tree not in response.blobs:
+        if reply.status == Status.UP_TO_DATE:
+            return None
+        if reply.status == Status.NOT_FOUND:
+            raise RepositoryNotFound(repo)
         raise MinigitError(f"pull failed: {reply.message or reply.status}")
-    return response, p.decode_tree(response.blobs[reply.tree].read())
+    try:
+        return response, p.decode_tree(response.blobs[reply.tree].read())
+    except BaseException:
+        response.close()
+        raise
 
 
 def lost_objects(base: p.Manifest, local: p.Manifest) -> list[str]:
@@ -326,7 +378,7 @@ def pull_workdir(start: Path, options: ClientOptions, observer: Observer | None 
         meta = ws.read_metadata(root)
         local = ws.scan_worktree(root, load_ignore(root))
         lost = lost_objects(meta.manifest, local)
-        with options.connect(options.settings(meta)) as connection:
+        with options.connect(options.settings(meta, root)) as connection:
             version = meta.version if len(lost) <= MAX_LOST_OBJECTS else 0
             fetched = fetch_head(connection, meta.repository, version, lost[:MAX_LOST_OBJECTS], observer)
         if fetched is None:
@@ -432,13 +484,14 @@ def read_log(
     start: Path, options: ClientOptions, limit: int = 100, repo: str | None = None
 ) -> tuple[str, list[p.LogEntry]]:
     """The versions of the repository, newest first (asks the server)."""
-    meta = None
+    meta = root = None
     if repo is None:
-        meta = ws.read_metadata(ws.require_root(start))
+        root = ws.require_root(start)
+        meta = ws.read_metadata(root)
         repo = meta.repository
     p.check_name("repository", repo)
-    with options.connect(options.settings(meta)) as connection:
-        reply = connection.call(connection.new_request(p.LogRequest, repo=repo, limit=limit)).reply
+    with options.connect(options.settings(meta, root)) as connection:
+        reply = ask(connection, connection.new_request(p.LogRequest, repo=repo, limit=limit)).reply
     if reply.status == Status.NOT_FOUND:
         raise RepositoryNotFound(repo)
     if reply.status != Status.OK:

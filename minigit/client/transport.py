@@ -2,17 +2,17 @@
 
 The client never joins a consumer group (a join costs seconds): it assigns
 itself one random partition of repo-responses, seeks to its end, then sends
-the request carrying a request id and that partition. A ``ReplyCollector``
-keeps only records that carry its request id. If no answer comes within an
-attempt window it sends the same request again with the same id: the server's
-outcome table makes the retry harmless.
+the request carrying a request id and that partition. ``exchange.await_answer``
+keeps only records that carry its request id; if no news of the answer comes
+within an attempt window it sends the same request again with the same id (the
+server's outcome table makes the retry harmless), and it gives up after
+``timeout`` seconds without news.
 """
 
 from __future__ import annotations
 
-import logging
+import math
 import random
-import time
 from collections.abc import Sequence
 from typing import Any
 
@@ -20,12 +20,10 @@ from kafka import TopicPartition
 
 from minigit import codec
 from minigit import protocol as p
-from minigit.client.exchange import Observer, ReplyCollector, Response, make_request
+from minigit.client.exchange import Observer, Response, await_answer, make_request
 from minigit.config import KafkaSettings
 from minigit.errors import MinigitError, ServerUnreachable
 from minigit.kafka_clients import INFRASTRUCTURE_ERRORS, open_consumer, open_producer
-
-log = logging.getLogger("minigit.transport")
 
 
 class Connection:
@@ -82,27 +80,16 @@ class Connection:
     def call(
         self, request: p.Request, uploads: Sequence[codec.BlobSource] = (), observer: Observer | None = None
     ) -> Response:
-        """Send ``request`` (after its uploads) and wait for its answer. When the
-        service stays silent for an attempt window, send the same request again
-        (same id); give up after ``timeout`` seconds without any sign of it."""
+        """Send ``request`` (after its uploads) and wait for its answer
+        (``exchange.await_answer``): sent again, same id, after each attempt
+        window without news; given up after ``timeout`` seconds without news."""
         observer = observer or Observer()
-        window = max(5.0, self.timeout / 3)
-        self._last_heard = time.monotonic()
-        first = True
+
+        def send(again: bool) -> None:
+            self._send(request, uploads, Observer() if again else observer)
+
         try:
-            while True:
-                self._send(request, uploads, observer if first else Observer())
-                first = False
-                observer.waiting()
-                response = self._receive(request.request_id, window, observer)
-                if response is not None:
-                    return response
-                if time.monotonic() - self._last_heard >= self.timeout:
-                    raise ServerUnreachable(
-                        f"no answer from the minigit service within {self.timeout:g}s",
-                        hint="check that 'minigit-server start' is running, or raise --timeout",
-                    )
-                log.info("no answer yet to %s; sending it again", request.request_id)
+            return await_answer(request.request_id, send, self._poll, self.timeout, observer)
         except INFRASTRUCTURE_ERRORS as error:
             raise self.settings.unreachable(error) from None
 
@@ -118,17 +105,7 @@ class Connection:
         # Same key, same partition, idempotent producer: the request lands after its chunks.
         self.producer.send(self.topics.requests, key=key, value=request.to_bytes()).get(timeout=self.timeout)
 
-    def _receive(self, request_id: str, window: float, observer: Observer) -> Response | None:
-        """Wait for the answer until ``window`` seconds pass without news of it."""
-        collector = ReplyCollector(request_id, observer)
-        heard = time.monotonic()
-        while (left := heard + window - time.monotonic()) > 0:
-            batches = self.consumer.poll(timeout_ms=int(min(left, 0.5) * 1000) + 1)
-            for records in batches.values():
-                for record in records:
-                    if collector.feed(record.value):
-                        heard = self._last_heard = time.monotonic()
-                    if (response := collector.response) is not None:
-                        return response
-        collector.abandon()  # an answer cut off (its replica died): take the next one
-        return None
+    def _poll(self, seconds: float) -> list[bytes]:
+        """The values of the records that arrive on the reply partition within ``seconds``."""
+        batches = self.consumer.poll(timeout_ms=max(1, math.ceil(seconds * 1000)))
+        return [record.value for records in batches.values() for record in records]

@@ -13,12 +13,11 @@ from dataclasses import dataclass
 from kafka import ConsumerRebalanceListener, KafkaConsumer, TopicPartition
 from kafka.admin import NewTopic
 from kafka.errors import KafkaError, TopicAlreadyExistsError
-from kafka.partitioner.default import murmur2
 from kafka.structs import OffsetAndMetadata
 
 from minigit import protocol as p
 from minigit.config import KafkaSettings, Topics
-from minigit.errors import MinigitError, ProtocolError
+from minigit.errors import MinigitError, ProtocolError, ServerUnreachable
 from minigit.kafka_clients import open_admin, open_consumer, open_producer
 from minigit_server.apply import LogRecord
 
@@ -110,6 +109,8 @@ class Bus:
         return open_consumer(self.settings, **self.extra, **extra)
 
     def partition_count(self, topic: str, wait_s: float = 10.0) -> int:
+        """The partitions of one of the service's topics. A missing topic is what the
+        client reports too: the service is not there (ServerUnreachable, exit 4)."""
         if topic in self._partition_counts:
             return self._partition_counts[topic]
         deadline = time.monotonic() + wait_s  # a topic just created may not be in metadata yet
@@ -120,16 +121,18 @@ class Bus:
                 break
             time.sleep(0.2)
         if not found:
-            raise MinigitError(f"topic {topic} does not exist", hint="run 'minigit-server start' to create it")
+            raise ServerUnreachable(
+                f"the minigit topics do not exist on {self.settings.bootstrap} (no topic {topic})",
+                hint="start the service with 'minigit-server start' (it creates them)",
+            )
         # Partition counts never change (adding partitions would move repositories).
         self._partition_counts[topic] = len(found)
         return len(found)
 
     def log_partition(self, repo: str) -> int:
-        """The log partition of a repository: the Java client's default partitioner
-        (murmur2 of the key), computed here so that every write of a repository
-        lands in one partition whichever partitioner its client used."""
-        return (murmur2(repo.encode()) & 0x7FFFFFFF) % self.partition_count(self.topics.log)
+        """The log partition of a repository, computed here (not by the producer's
+        partitioner), so that every write of a repository lands in its partition."""
+        return p.log_partition(repo, self.partition_count(self.topics.log))
 
     def reply_partitions(self) -> int:
         return self.partition_count(self.topics.responses)
@@ -226,7 +229,13 @@ class Bus:
         return LogReader(consumer)
 
     def read_heartbeats(self, settle_s: float = 1.0) -> list[p.Heartbeat]:
-        """The latest heartbeat of every replica that ever reported (a compacted topic)."""
+        """The latest heartbeat of every replica that ever reported (a compacted topic).
+
+        Everything is filed by record key, as compaction and tombstones do: the last
+        record of a key decides, and one that is not a heartbeat of the replica its
+        key names (a tombstone, a malformed value, another replica's name) leaves
+        that key with none, whether or not compaction has run yet.
+        """
         self.partition_count(self.topics.replicas, wait_s=0)  # a clear error if the service never ran here
         consumer = self._consumer(group_id=None)
         try:
@@ -234,22 +243,28 @@ class Bus:
             consumer.assign([tp])
             consumer.seek_to_beginning(tp)
             end = consumer.end_offsets([tp])[tp]
-            latest: dict[str, p.Heartbeat] = {}
+            latest: dict[bytes | None, p.Heartbeat] = {}
             deadline = time.monotonic() + max(settle_s, 5.0)
             while consumer.position(tp) < end and time.monotonic() < deadline:
                 for records in consumer.poll(timeout_ms=200).values():
                     for record in records:
-                        if record.value is None:  # a tombstone: that replica was removed
-                            latest.pop((record.key or b"").decode(errors="replace"), None)
-                            continue
-                        try:
-                            beat = p.parse_message(record.value, allowed=(p.Heartbeat,))
-                        except MinigitError:
-                            continue
-                        latest[beat.replica] = beat
-            return [latest[k] for k in sorted(latest)]
+                        latest.pop(record.key, None)
+                        if (beat := _heartbeat_of(record.key, record.value)) is not None:
+                            latest[record.key] = beat
+            return sorted(latest.values(), key=lambda beat: beat.replica)
         finally:
             consumer.close()
+
+
+def _heartbeat_of(key: bytes | None, value: bytes | None) -> p.Heartbeat | None:
+    """The heartbeat a repo-replicas record holds, if it is one of the replica its key names."""
+    if value is None:  # a tombstone: that replica was removed
+        return None
+    try:
+        beat = p.parse_message(value, allowed=(p.Heartbeat,))
+    except MinigitError:
+        return None
+    return beat if key == beat.replica.encode() else None
 
 
 class RequestConsumer:

@@ -10,15 +10,17 @@ from pathlib import Path
 from typing import Annotated
 
 import typer
+from rich.markup import escape
 from rich.table import Table
 
 from minigit import protocol as p
-from minigit.config import DEFAULT_BOOTSTRAP, KafkaSettings, ServerFlags
+from minigit.config import DEFAULT_BOOTSTRAP, MAX_TIMEOUT_S, MIN_TIMEOUT_S, KafkaSettings, ServerFlags
 from minigit.console import err, exit_on_error, out
 from minigit.errors import ExitCode, MinigitError, ServerUnreachable
 from minigit_server import health
 from minigit_server.devkafka.cli import kafka_app
 from minigit_server.health import ReplicaState, Verdict
+from minigit_server.service import DEFAULT_MAX_PUSH_BYTES
 
 app = typer.Typer(
     name="minigit-server",
@@ -60,6 +62,12 @@ DataDir = Annotated[
 ]
 
 
+def plain(value: str) -> str:
+    """A value from the wire (heartbeats, replies) or the command line, printed as
+    it is: rich never reads it as markup."""
+    return escape(value)
+
+
 def kafka_settings(bootstrap: str, namespace: str, kafka_option: list[str] | None) -> KafkaSettings:
     return ServerFlags.parse(bootstrap, namespace, kafka_option).resolve()
 
@@ -79,6 +87,14 @@ def start(
     min_insync_replicas: Annotated[
         int | None, typer.Option(min=1, help="min.insync.replicas of the request and log topics.")
     ] = None,
+    max_push_bytes: Annotated[
+        int,
+        typer.Option(
+            envvar="MINIGIT_MAX_PUSH_BYTES",
+            min=1,
+            help="Most bytes (as uploaded, compressed) one push or init may send; more is refused as too large.",
+        ),
+    ] = DEFAULT_MAX_PUSH_BYTES,
     kafka_option: KafkaOption = None,
 ) -> None:
     """Start the replicated service in the foreground (Ctrl-C or SIGTERM stops every replica)."""
@@ -86,16 +102,18 @@ def start(
 
     data_dir = data_dir or default_data_dir()
     with exit_on_error():
+        if replica_id is not None:
+            p.check_name("replica", replica_id)  # before anything is created on the cluster
         settings = kafka_settings(bootstrap, namespace, kafka_option)
         created = bus.ensure_topics(settings, partitions, replication_factor, min_insync_replicas)
         if created:
-            err.print(f"created topics: {', '.join(created)}")
+            err.print(f"created topics: {plain(', '.join(created))}")
         if replica_id is not None:
-            p.check_name("replica", replica_id)
-            supervisor.run_replica(replica_id, settings, data_dir)
+            supervisor.run_replica(replica_id, settings, data_dir, max_push_bytes)
             return
         passed = ["--data-dir", str(data_dir), "--bootstrap", bootstrap, "--namespace", namespace]
-        err.print(f"starting {replicas} replicas on {bootstrap}; data and logs in {data_dir}")
+        passed += ["--max-push-bytes", str(max_push_bytes)]
+        err.print(f"starting {replicas} replicas on {plain(bootstrap)}; data and logs in {plain(str(data_dir))}")
         ids = [str(n) for n in range(1, replicas + 1)]
         command = functools.partial(supervisor.replica_command, options=passed)
         # Security settings (passwords) reach the replicas by environment, not on their command lines.
@@ -108,7 +126,9 @@ def ping(
     repo: Annotated[str, typer.Option("--repo", help="Ask the replica serving this repository's partition.")] = "ping",
     bootstrap: Bootstrap = DEFAULT_BOOTSTRAP,
     namespace: Namespace = "",
-    timeout: Annotated[float, typer.Option(help="Seconds to wait for an answer.")] = 30.0,
+    timeout: Annotated[
+        float, typer.Option(min=MIN_TIMEOUT_S, max=MAX_TIMEOUT_S, help="Seconds to wait for an answer.")
+    ] = 30.0,
     kafka_option: KafkaOption = None,
 ) -> None:
     """Send one request through Kafka and print which replica answered, and how fast."""
@@ -140,8 +160,14 @@ def ping(
                 hint="check that 'minigit-server start' is running, or raise --timeout",
             )
         done = time.monotonic()
+        if reply.status != p.Status.OK:
+            detail = f": {reply.message}" if reply.message else ""
+            raise MinigitError(
+                f"replica {reply.replica} answered {reply.status}{detail}",
+                hint=f"the replica's log says why: <data-dir>/replica-{reply.replica}/replica.log",
+            )
         out.print(
-            f"{reply.message} (round trip {1000 * (done - connected):.0f} ms, "
+            f"{plain(reply.message)} (round trip {1000 * (done - connected):.0f} ms, "
             f"connect {1000 * (connected - started):.0f} ms)"
         )
 
@@ -197,19 +223,25 @@ def status(
         out.print(repository_table(heads, [r.replica for r in rows]))
 
 
+def age(now_ms: int, then_ms: int) -> str:
+    seconds = (now_ms - then_ms) / 1000
+    return f"{seconds:.1f}s ago" if seconds >= 0 else f"{-seconds:.1f}s in the future"
+
+
 def replica_table(rows: list, now_ms: int) -> Table:
+    """Every value from a heartbeat is escaped: the wire is not markup."""
     table = Table(title="replicas", title_justify="left")
     for column in ("replica", "state", "host", "pid", "up since", "last heartbeat", "serves", "applied / lag"):
         table.add_column(column)
     colours = {ReplicaState.UP: "green", ReplicaState.STOPPED: "dim", ReplicaState.SILENT: "red"}
     for row in rows:
         table.add_row(
-            row.replica,
+            plain(row.replica),
             f"[{colours[row.state]}]{row.state}[/]",
-            row.host,
+            plain(row.host),
             str(row.pid),
             clock(row.started_ms),
-            f"{(now_ms - row.last_heartbeat_ms) / 1000:.1f}s ago",
+            age(now_ms, row.last_heartbeat_ms),
             ",".join(map(str, row.serving)) or "-",
             " ".join(f"{part}:{row.applied.get(part, 0)}/{lag}" for part, lag in row.lag.items()),
         )
@@ -220,13 +252,13 @@ def repository_table(heads: dict, replicas: list[str]) -> Table:
     table = Table(title="repositories (head version on each replica)", title_justify="left")
     table.add_column("repository")
     for replica in replicas:
-        table.add_column(f"replica {replica}", justify="right")
+        table.add_column(f"replica {plain(replica)}", justify="right")
     for name, by_replica in heads.items():
         values = {v for v in by_replica.values()}
         cells = [str(by_replica.get(r)) if by_replica.get(r) is not None else "-" for r in replicas]
         if len(values) > 1:
             cells = [f"[yellow]{c}[/]" for c in cells]
-        table.add_row(name, *cells)
+        table.add_row(plain(name), *cells)
     return table
 
 
@@ -295,21 +327,23 @@ def forget(
             raise settings.unreachable(error) from None
         finally:
             bus.close()
-        out.print(f"forgot replica {replica_id}")
+        out.print(f"forgot replica {plain(replica_id)}")
 
 
 def print_verdicts(verdicts: list, replicas: list[str]) -> None:
-    out.print(f"Checked {len(verdicts)} repositories on replicas {', '.join(replicas)}")
+    """Replica and repository names come from heartbeats: escaped, never markup."""
+    out.print(f"Checked {len(verdicts)} repositories on replicas {plain(', '.join(replicas))}")
     for verdict in verdicts:
         head = max((h for h in verdict.heads.values() if h is not None), default=None)
+        repo = plain(verdict.repo)
         if verdict.status == Verdict.AGREE:
-            line = f"[green]ok[/]        {verdict.repo} (version {head}): {len(verdict.heads)} replicas agree"
+            line = f"[green]ok[/]        {repo} (version {head}): {len(verdict.heads)} replicas agree"
         elif verdict.status == Verdict.DISAGREE:
-            others = ", ".join(verdict.disagreeing)
-            line = f"[red]DISAGREE[/]  {verdict.repo} (version {head}): replica {others} differs from the others"
+            others = plain(", ".join(verdict.disagreeing))
+            line = f"[red]DISAGREE[/]  {repo} (version {head}): replica {others} differs from the others"
         else:
-            lagging = ", ".join(f"replica {r} by {n} records" for r, n in sorted(verdict.behind.items()))
-            line = f"[yellow]behind[/]    {verdict.repo} (version {head}): {lagging}"
+            lagging = plain(", ".join(f"replica {r} by {n} records" for r, n in sorted(verdict.behind.items())))
+            line = f"[yellow]behind[/]    {repo} (version {head}): {lagging}"
         out.print(line)
     if all(v.status == Verdict.AGREE for v in verdicts):
         out.print("[bold green]All repositories are available![/]")

@@ -51,8 +51,11 @@ def describe_replicas(
     beats: list[p.Heartbeat], now_ms: int, log_end: dict[int, int], interval_s: float
 ) -> list[ReplicaRow]:
     rows = []
+    limit_ms = SILENT_AFTER_INTERVALS * interval_s * 1000
     for beat in beats:
-        silent = now_ms - beat.sent_ms > SILENT_AFTER_INTERVALS * interval_s * 1000
+        # A heartbeat from the future (a clock far ahead, or a forged record) would
+        # otherwise count as fresh forever: beyond the same margin it proves nothing.
+        silent = abs(now_ms - beat.sent_ms) > limit_ms
         state = ReplicaState.STOPPED if beat.stopping else ReplicaState.SILENT if silent else ReplicaState.UP
         lag = {part: max(0, end - beat.applied.get(part, 0)) for part, end in sorted(log_end.items())}
         rows.append(
@@ -97,30 +100,54 @@ def verify_repositories(beats: list[p.Heartbeat]) -> list[RepoVerdict]:
     Two replicas that both applied the record that last changed a repository
     must hold identical state for it: a different digest is a disagreement. A
     replica that has not applied that record yet is behind, by the number of log
-    records between its position and the most advanced replica's.
+    records between its position and the most advanced replica's (or that record,
+    when no replica has applied it). A replica that files the repository under
+    another log partition than the majority of its holders disagrees.
     """
     names = sorted({name for beat in beats for name in beat.repos})
-    verdicts = []
-    for name in names:
-        holders = [beat for beat in beats if name in beat.repos]
-        partition = holders[0].repos[name].partition
-        position = {beat.replica: beat.applied.get(partition, 0) for beat in beats}
-        # The most recent change of this repository that any replica has seen.
-        last_change = max(beat.repos[name].changed_at for beat in holders)
-        caught_up = [beat for beat in beats if position[beat.replica] > last_change]
-        furthest = max(position.values())
-        behind = {b.replica: furthest - position[b.replica] for b in beats if position[b.replica] <= last_change}
-        digests = {beat.replica: beat.repos[name].digest if name in beat.repos else None for beat in caught_up}
-        majority, _ = Counter(digests.values()).most_common(1)[0]
-        counts = Counter(digests.values())
-        if len(counts) > 1 and list(counts.values()).count(counts[majority]) > 1:
-            disagreeing = sorted(digests)  # a tie: no majority to trust
-        else:
-            disagreeing = sorted(r for r, d in digests.items() if d != majority)
-        status = Verdict.DISAGREE if disagreeing else Verdict.BEHIND if behind else Verdict.AGREE
-        heads = heads_of(beats, name)
-        verdicts.append(RepoVerdict(name, partition, status, heads, behind, disagreeing))
-    return verdicts
+    return [_verify_repository(beats, name) for name in names]
+
+
+def _verify_repository(beats: list[p.Heartbeat], name: str) -> RepoVerdict:
+    holders = [beat for beat in beats if name in beat.repos]
+    heads = heads_of(beats, name)
+    partition, misplaced = _majority_partition(holders, name)
+    if misplaced is None:  # a tie: no partition to trust, so no position to compare at
+        return RepoVerdict(name, partition, Verdict.DISAGREE, heads, {}, sorted(b.replica for b in holders))
+    compared = [beat for beat in beats if beat.replica not in misplaced]
+    position = {beat.replica: beat.applied.get(partition, 0) for beat in compared}
+    # The most recent change of this repository that a replica filing it there has seen.
+    last_change = max(beat.repos[name].changed_at for beat in compared if name in beat.repos)
+    # Caught up means past that record; if nobody is, everybody is behind it.
+    target = max(max(position.values()), last_change + 1)
+    caught_up = [beat for beat in compared if position[beat.replica] > last_change]
+    behind = {r: target - at for r, at in position.items() if at <= last_change}
+    digests = {beat.replica: beat.repos[name].digest if name in beat.repos else None for beat in caught_up}
+    disagreeing = set(misplaced) | set(_minority(digests))
+    status = Verdict.DISAGREE if disagreeing else Verdict.BEHIND if behind else Verdict.AGREE
+    return RepoVerdict(name, partition, status, heads, behind, sorted(disagreeing))
+
+
+def _majority_partition(holders: list[p.Heartbeat], name: str) -> tuple[int, list[str] | None]:
+    """The log partition most holders file ``name`` under, and the replicas that
+    file it elsewhere (None when two partitions tie for the most holders)."""
+    votes = Counter(beat.repos[name].partition for beat in holders)
+    ranked = sorted(votes.items(), key=lambda item: (-item[1], item[0]))
+    partition, count = ranked[0]
+    if len(ranked) > 1 and ranked[1][1] == count:
+        return partition, None
+    return partition, [beat.replica for beat in holders if beat.repos[name].partition != partition]
+
+
+def _minority(digests: dict[str, str | None]) -> list[str]:
+    """Replicas whose digest differs from the majority's (all of them on a tie)."""
+    counts = Counter(digests.values())
+    if len(counts) <= 1:
+        return []
+    (majority, top), (_, second) = counts.most_common(2)
+    if top == second:
+        return list(digests)  # a tie: no majority to trust
+    return [replica for replica, digest in digests.items() if digest != majority]
 
 
 def heads_of(beats: list[p.Heartbeat], name: str) -> dict[str, int | None]:

@@ -22,7 +22,7 @@ from minigit.config import KafkaSettings
 from minigit.kafka_clients import INFRASTRUCTURE_ERRORS
 from minigit_server.apply import apply_records
 from minigit_server.bus import Bus
-from minigit_server.service import AppliedOffsets, Handled, Service
+from minigit_server.service import DEFAULT_MAX_PUSH_BYTES, AppliedOffsets, Handled, Service
 from minigit_server.store import SqliteStore, Store, StoreUnusable
 
 HEARTBEAT_INTERVAL_S = 2.0
@@ -80,14 +80,16 @@ def collect_repo_states(store: Store) -> tuple[dict[str, p.RepoReport], dict[int
 
 
 class Replica:
-    def __init__(self, replica_id: str, settings: KafkaSettings, data_dir: Path) -> None:
+    def __init__(
+        self, replica_id: str, settings: KafkaSettings, data_dir: Path, max_push_bytes: int = DEFAULT_MAX_PUSH_BYTES
+    ) -> None:
         self.replica_id = replica_id
         self.settings = settings
         self.log = logging.getLogger("minigit.replica")
         self.store = open_store(store_path(data_dir, replica_id), self.log)
         self.bus = Bus(settings, client_id=f"minigit-replica-{replica_id}")
         self.applied = AppliedOffsets(self.store.applied_offsets())
-        self.service = Service(replica_id, self.store, self.bus, self.applied)
+        self.service = Service(replica_id, self.store, self.bus, self.applied, max_push_bytes=max_push_bytes)
         self.stop = threading.Event()
         self.failure: BaseException | None = None
         self.serving: list[int] = []

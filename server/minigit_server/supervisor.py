@@ -33,10 +33,10 @@ def stop_on_signals(stop: threading.Event) -> None:
     signal.signal(signal.SIGINT, handle)
 
 
-def run_replica(replica_id: str, settings: KafkaSettings, data_dir: Path) -> None:
+def run_replica(replica_id: str, settings: KafkaSettings, data_dir: Path, max_push_bytes: int) -> None:
     """One replica in the foreground, until SIGTERM/SIGINT."""
     log = setup_logging(replica_id, replica_log_path(data_dir, replica_id))
-    replica = Replica(replica_id, settings, data_dir)
+    replica = Replica(replica_id, settings, data_dir, max_push_bytes)
     stop_on_signals(replica.stop)
     log.info("started (pid %d), store %s", os.getpid(), replica.store.path)
     replica.run()

@@ -85,7 +85,7 @@ def test_output_habits_and_config_precedence(service, tmp_path: Path) -> None:
     # environment is used (and fails) unless a flag overrides it.
     wrong = {**bare_env, "MINIGIT_BOOTSTRAP": "127.0.0.1:1", "MINIGIT_TIMEOUT": "2"}
     assert minigit("pull", env=wrong).returncode == 4
-    assert minigit("pull", "--bootstrap", service.bootstrap, env=wrong).returncode == 0
+    assert minigit("pull", "--bootstrap", service.bootstrap, "--timeout", "30", env=wrong).returncode == 0
 
     (work / "a.txt").write_text("changed\n")
     (work / "new.txt").write_text("new\n")

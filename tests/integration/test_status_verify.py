@@ -4,6 +4,7 @@ whose store was damaged on purpose."""
 from __future__ import annotations
 
 import json
+import os
 import signal
 import sqlite3
 import subprocess
@@ -13,6 +14,7 @@ from pathlib import Path
 
 import pytest
 
+from minigit import protocol as p
 from minigit.client import operations
 from minigit_server.replica import HEARTBEAT_INTERVAL_S, store_path
 
@@ -40,26 +42,41 @@ def make_repos(service, tmp_path: Path) -> None:
         operations.push_workdir(work, service.options(), "second")
     service.wait_converged(["1", "2", "3"])
     final = {"alpha": {"1": 2, "2": 2, "3": 2}, "beta": {"1": 2, "2": 2, "3": 2}}
-    wait_for(lambda: json.loads(server_cli(service, "status", "--json").stdout)["repositories"] == final)
+    wait_for(lambda: status_report(service)["repositories"] == final)
 
 
-def wait_for(condition, timeout: float = 10 * HEARTBEAT_INTERVAL_S) -> None:
+def status_report(service) -> dict:
+    done = server_cli(service, "status", "--json")
+    assert done.returncode == 0, done.stderr
+    return json.loads(done.stdout)
+
+
+def wait_for(condition, timeout: float = 10 * HEARTBEAT_INTERVAL_S):
     deadline = time.monotonic() + timeout
-    while not condition():
+    while not (value := condition()):
         assert time.monotonic() < deadline, "timed out"
         time.sleep(HEARTBEAT_INTERVAL_S / 4)
+    return value
+
+
+def served_partitions(report: dict) -> list[int]:
+    return sorted(part for row in report["replicas"] for part in row["serving"])
 
 
 def test_status_shows_replicas_partitions_and_heads(service, tmp_path: Path) -> None:
     make_repos(service, tmp_path)
-    done = server_cli(service, "status", "--json")
-    assert done.returncode == 0, done.stderr
-    report = json.loads(done.stdout)
+
+    # Replicas join the group one by one: once the rebalances are over (and the
+    # heartbeats, up to one interval old, say so), every request partition has
+    # exactly one owner.
+    def settled() -> dict | None:
+        report = status_report(service)
+        return report if served_partitions(report) == [0, 1, 2] else None
+
+    report = wait_for(settled)
     replicas = {row["replica"]: row for row in report["replicas"]}
     assert set(replicas) == {"1", "2", "3"}
     assert all(row["state"] == "up" for row in replicas.values())
-    served = sorted(part for row in replicas.values() for part in row["serving"])
-    assert served == [0, 1, 2]  # every request partition has exactly one owner
     assert all(set(row["lag"].values()) == {0} for row in replicas.values())
     assert report["repositories"] == {"alpha": {"1": 2, "2": 2, "3": 2}, "beta": {"1": 2, "2": 2, "3": 2}}
 
@@ -89,8 +106,7 @@ def test_verify_agrees_then_catches_a_damaged_replica(service, tmp_path: Path) -
 
 
 def replica_states(service) -> dict[str, str]:
-    report = json.loads(server_cli(service, "status", "--json").stdout)
-    return {row["replica"]: row["state"] for row in report["replicas"]}
+    return {row["replica"]: row["state"] for row in status_report(service)["replicas"]}
 
 
 def test_verify_fails_when_no_replica_answers_and_forget_drops_a_replica(service) -> None:
@@ -103,3 +119,72 @@ def test_verify_fails_when_no_replica_answers_and_forget_drops_a_replica(service
     assert replica_states(service) == {"1": "stopped", "2": "stopped", "3": "stopped"}
     assert server_cli(service, "forget", "2").returncode == 0
     assert replica_states(service) == {"1": "stopped", "3": "stopped"}
+
+
+def run_cli(program: str, bootstrap: str, namespace: str, *args: str, cwd: Path | None = None):
+    return subprocess.run(
+        [str(Path(sys.executable).with_name(program)), *args, "--bootstrap", bootstrap, "--namespace", namespace],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        cwd=cwd,
+        env={**os.environ, "COLUMNS": "200"},
+    )
+
+
+def test_missing_topics_are_unreachable_on_both_sides(kafka_bootstrap: str, namespace: str, tmp_path: Path) -> None:
+    # A namespace where the service never ran: the client and every server command say the same, exit 4.
+    client = run_cli("minigit", kafka_bootstrap, namespace, "clone", "x", cwd=tmp_path)
+    said = f"the minigit topics do not exist on {kafka_bootstrap}"
+    assert client.returncode == 4 and said in client.stderr
+    for command in (["ping"], ["status"], ["status", "--json"], ["verify", "--wait", "0"], ["forget", "2"]):
+        done = run_cli("minigit-server", kafka_bootstrap, namespace, *command)
+        assert done.returncode == 4, (command, done.stderr)
+        assert said in done.stderr and "minigit-server start" in done.stderr, (command, done.stderr)
+        assert "Traceback" not in done.stderr
+    # Nothing asked for them to be created, and nothing did.
+    assert run_cli("minigit-server", kafka_bootstrap, namespace, "status").returncode == 4
+
+
+def test_status_and_verify_read_hostile_heartbeats_as_data(bare_service) -> None:
+    """The tester's attack records on repo-replicas, through the real broker and CLI."""
+    replicas_topic = bare_service.bus.topics.replicas
+
+    def send(key: bytes, replica: str, host: str, sent_ms: int) -> None:
+        beat = p.Heartbeat(
+            replica=replica,
+            host=host,
+            pid=1,
+            started_ms=sent_ms,
+            sent_ms=sent_ms,
+            serving=[0],
+            applied={0: 10},
+            log_end={0: 10},
+            repos={"demo": p.RepoReport(head=2, digest="d", partition=0, changed_at=5)},
+        )
+        bare_service.bus.producer.send(replicas_topic, key=key, value=beat.to_bytes())
+
+    def beats(host: str = "[/]") -> None:
+        now_ms = int(time.time() * 1000)
+        send(b"1", "1", host, now_ms)  # a live replica with a host name that looks like markup
+        send(b"2", "3", "forged", now_ms)  # a heartbeat for replica 3 under replica 2's key
+        send(b"4", "4", "ahead", now_ms + 3_600_000)  # from an hour in the future
+        bare_service.bus.flush()
+
+    beats()
+    done = server_cli(bare_service, "status", "--json")
+    assert done.returncode == 0, done.stderr
+    states = {row["replica"]: row["state"] for row in json.loads(done.stdout)["replicas"]}
+    assert states == {"1": "up", "4": "silent"}
+
+    for host in ("[/]", "[/x]", "[bold]h"):
+        beats(host)
+        done = server_cli(bare_service, "status")
+        assert done.returncode == 0 and "Traceback" not in done.stderr, done.stderr
+        assert host in done.stdout and "forged" not in done.stdout
+
+    beats()
+    done = server_cli(bare_service, "verify", "--wait", "0")
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert "Checked 1 repositories on replicas 1\n" in done.stdout
+    assert "ok        demo (version 2): 1 replicas agree" in done.stdout

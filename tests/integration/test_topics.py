@@ -2,6 +2,11 @@
 
 from __future__ import annotations
 
+import signal
+import subprocess
+import sys
+from pathlib import Path
+
 import pytest
 from kafka import KafkaAdminClient
 from kafka.admin import ConfigResource, ConfigResourceType
@@ -10,6 +15,7 @@ from minigit.config import KafkaSettings, Topics
 from minigit_server.bus import Bus, ensure_topics
 
 pytestmark = pytest.mark.integration
+MINIGIT_SERVER = str(Path(sys.executable).with_name("minigit-server"))
 
 
 def test_topic_creation_twice_is_harmless(kafka_bootstrap: str, namespace: str) -> None:
@@ -39,23 +45,17 @@ def test_topic_creation_twice_is_harmless(kafka_bootstrap: str, namespace: str) 
     assert described[topics.replicas]["cleanup.policy"] == "compact"
 
 
-def test_start_creates_topics_with_the_given_partitions(minigit_server, kafka_bootstrap: str, namespace: str) -> None:
-    # --replica-id with a bad id fails after the topics are made: a quick way to run only the creation.
-    done = minigit_server(
-        "start",
-        "--replica-id",
-        "bad id!",
-        "--partitions",
-        "2",
-        "--bootstrap",
-        kafka_bootstrap,
-        "--namespace",
-        namespace,
+def test_start_creates_topics_with_the_given_partitions(kafka_bootstrap: str, namespace: str, tmp_path) -> None:
+    command = [MINIGIT_SERVER, "start", "--replica-id", "1", "--partitions", "2", "--data-dir", str(tmp_path)]
+    replica = subprocess.Popen(
+        [*command, "--bootstrap", kafka_bootstrap, "--namespace", namespace], stderr=subprocess.PIPE, text=True
     )
-    assert done.returncode == 1 and "invalid replica name" in done.stderr
-    assert "created topics" in done.stderr
     bus = Bus(KafkaSettings(kafka_bootstrap, namespace), client_id="topics-test")
     try:
-        assert bus.partition_count(Topics.for_namespace(namespace).log) == 2
+        # partition_count waits for a topic that is about to appear
+        assert bus.partition_count(Topics.for_namespace(namespace).log, wait_s=60) == 2
     finally:
         bus.close()
+        replica.send_signal(signal.SIGTERM)
+        _, stderr = replica.communicate(timeout=60)
+    assert "created topics" in stderr

@@ -3,9 +3,12 @@
 ``InProcessServer`` holds a real ``Service`` over a ``MemoryStore`` and the
 service's ``MemoryWire`` (each appended log record applied at once, as by a
 caught-up replica). An ``InProcessConnection`` does what ``transport.Connection`` does, minus Kafka:
-it encodes the uploads and the request to their wire bytes, hands them to
-``Service.handle``, and feeds the records that landed on its reply partition,
-in order, into a real ``ReplyCollector``.
+it runs the same ``exchange.await_answer`` loop (sending again after each attempt
+window, giving up after its timeout without news, with a real ``ReplyCollector``)
+on a simulated clock (``server.clock``, in seconds: waiting for records that will
+not come moves it on at once). Each sending encodes the uploads and the request
+to their wire bytes and hands them to ``Service.handle``; the records that
+landed on its reply partition are what the next poll returns, in order.
 
 Between the server and the collector a test may tamper with the records of
 the next attempts (``server.tamper(...)``, with the hooks below: drop, corrupt,
@@ -25,9 +28,9 @@ from typing import Any
 
 from minigit import codec
 from minigit import protocol as p
-from minigit.client.exchange import Observer, ReplyCollector, Response, make_request
+from minigit.client.exchange import Observer, Response, await_answer, make_request
 from minigit.config import KafkaSettings
-from minigit.errors import MinigitError, ServerUnreachable
+from minigit.errors import MinigitError
 from minigit_server.service import AppliedOffsets, Handled, MemoryWire, Service
 from minigit_server.store import MemoryStore
 
@@ -53,10 +56,12 @@ class Attempt:
 
 
 class InProcessServer:
-    """A real Service over a MemoryStore. ``attempts`` is how many times a
-    connection sends a request that got no complete answer (the transport keeps
-    sending it until its timeout). ``bootstrap``/``namespace``, when given, are
-    the only address it answers at; elsewhere connecting is ServerUnreachable."""
+    """A real Service over a MemoryStore. ``attempts`` is how many sendings of
+    one request reach the service (the connection keeps sending it, after each
+    attempt window without news, until its timeout; later sendings are lost).
+    ``bootstrap``/``namespace``, when given, are the only address it answers at;
+    elsewhere connecting is ServerUnreachable. ``clock`` is the clients'
+    simulated monotonic clock, in seconds."""
 
     def __init__(
         self, attempts: int = 1, bootstrap: str | None = None, namespace: str | None = None, replica: str = "1"
@@ -65,6 +70,7 @@ class InProcessServer:
         self.applied = AppliedOffsets({})
         self.wire = MemoryWire(self.store, self.applied, LOG_PARTITIONS, REPLY_PARTITIONS)
         self.now_ms = NOW_MS
+        self.clock = 0.0
         self.service = Service(replica, self.store, self.wire, self.applied, clock_ms=lambda: self.now_ms)
         self.attempts = attempts
         self.bootstrap, self.namespace = bootstrap, namespace
@@ -146,21 +152,27 @@ class InProcessConnection:
         if self.closed:
             raise AssertionError("call on a closed connection")
         observer = observer or Observer()
-        for number in range(self.server.attempts):
-            values = self._encode_uploads(request, uploads, observer if number == 0 else Observer())
-            attempt = self.server.exchange(self, request, values)
-            observer.waiting()
-            collector = ReplyCollector(request.request_id, observer)
-            for value in attempt.delivered:
-                collector.feed(value)  # a ProtocolError goes to the caller, as from the transport
-                if (response := collector.response) is not None:
-                    attempt.response = response
-                    return response
-            collector.abandon()
-        raise ServerUnreachable(
-            f"no answer from the minigit service within {self.timeout:g}s",
-            hint="check that 'minigit-server start' is running, or raise --timeout",
-        )
+        attempts: list[Attempt] = []
+        pending: list[bytes] = []
+
+        def send(again: bool) -> None:
+            if len(attempts) >= self.server.attempts:
+                return  # lost on the way
+            values = self._encode_uploads(request, uploads, Observer() if again else observer)
+            attempts.append(self.server.exchange(self, request, values))
+            pending.extend(attempts[-1].delivered)
+
+        def poll(seconds: float) -> list[bytes]:
+            if not pending:
+                self.server.clock += seconds
+            records = list(pending)
+            pending.clear()
+            return records
+
+        # a ProtocolError goes to the caller, as from the transport
+        response = await_answer(request.request_id, send, poll, self.timeout, observer, lambda: self.server.clock)
+        attempts[-1].response = response
+        return response
 
     @staticmethod
     def _encode_uploads(request: p.Request, uploads: Sequence[codec.BlobSource], observer: Observer) -> list[bytes]:

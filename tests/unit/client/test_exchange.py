@@ -18,8 +18,8 @@ from inprocess import RecordingObserver
 
 from minigit import codec
 from minigit import protocol as p
-from minigit.client.exchange import ReplyCollector
-from minigit.errors import ExitCode, ProtocolError
+from minigit.client.exchange import ReplyCollector, await_answer
+from minigit.errors import ExitCode, ProtocolError, ServerUnreachable
 
 BIG = random.Random(11).randbytes(2 * codec.CHUNK_SIZE + 77)  # three chunks
 
@@ -154,7 +154,7 @@ def test_chunks_of_another_stream_are_ignored() -> None:
     _, records = answer(request_id, [b"real"])
     stray = chunks(request_id, b"stray", uuid.uuid4().hex) + chunks(request_id, b"stray", None)
     collector = ReplyCollector(request_id, RecordingObserver())
-    assert feed_all(collector, [records[0], *stray]) == [True, True, True]
+    assert feed_all(collector, [records[0], *stray]) == [True, False, False]  # not news of this answer
     assert collector.response is None and collector.answer.done == {}
     collector.feed(records[1])
     assert contents(collector) == {p.hash_bytes(b"real"): b"real"}
@@ -187,7 +187,7 @@ def test_content_that_does_not_match_its_hash_drops_the_answer() -> None:
     head = reply(request_id, [b"good"])
     forged = p.Chunk.of_piece(request_id, "repo", p.hash_bytes(b"good"), 1, codec.encode_piece(0, b"evil"), head.stream)
     collector = ReplyCollector(request_id, RecordingObserver())
-    assert feed_all(collector, [head.to_bytes(), forged.to_bytes()]) == [True, True]  # no exception
+    assert feed_all(collector, [head.to_bytes(), forged.to_bytes()]) == [True, False]  # no exception, no news
     assert collector.answer is None and collector.response is None
     _, again = answer(request_id, [b"good"])
     feed_all(collector, again)
@@ -340,3 +340,163 @@ def test_after_a_failover_at_any_point_the_newest_answer_wins(blobs: list[bytes]
     collector.feed(records[-1])
     assert collector.response.reply == second
     assert contents(collector) == {p.hash_bytes(blob): blob for blob in blobs}
+
+
+# ---------------------------------------------------------------- news: what restarts the silence timer
+
+
+class Clock:
+    """A clock that moves only when told to."""
+
+    def __init__(self) -> None:
+        self.now = 0.0
+
+    def __call__(self) -> float:
+        return self.now
+
+    def at(self, when: float) -> Clock:
+        self.now = when
+        return self
+
+
+def test_valid_progress_is_news_and_says_when() -> None:
+    request_id, clock = rid(), Clock()
+    collector = ReplyCollector(request_id, RecordingObserver(), clock)
+    _, records = answer(request_id, [b"tree", BIG])
+    working = reply(request_id, status=p.Status.WORKING).to_bytes()
+    assert collector.last_news == 0.0 and collector.reached == 0
+    assert collector.feed(working) is True
+    assert clock.at(1) and collector.feed(working) is False  # a second "working" says nothing new
+    for when, value in enumerate(records[:-1], start=2):
+        assert clock.at(when) and collector.feed(value) is True
+        assert collector.last_news == when
+    assert collector.reached == 2 + 1 + 2  # the reply, the tree's piece, two of BIG's three
+
+
+def test_a_broken_answer_was_never_news() -> None:
+    request_id, clock = rid(), Clock()
+    collector = ReplyCollector(request_id, RecordingObserver(), clock)
+    collector.feed(reply(request_id, status=p.Status.WORKING).to_bytes())
+    head = reply(request_id, [b"tree", b"good"])
+    forged = p.Chunk.of_piece(request_id, "repo", p.hash_bytes(b"good"), 1, codec.encode_piece(0, b"evil"), head.stream)
+    assert clock.at(5) and collector.feed(head.to_bytes()) is True
+    assert clock.at(6) and collector.feed(chunks(request_id, b"tree", head.stream)[0]) is True
+    assert (collector.reached, collector.last_news) == (3, 6)  # the reply, and the tree's only piece
+    assert clock.at(7) and collector.feed(forged.to_bytes()) is False
+    assert (collector.reached, collector.last_news) == (1, 0.0)  # back to the "working" notice
+    assert collector.broken == [f"object {p.hash_bytes(b'good')[:12]} does not match its content hash"]
+    assert collector.feed(chunks(request_id, b"late", head.stream)[0]) is False  # the rest of it neither
+
+
+def test_an_answer_started_again_is_news_only_past_where_the_last_one_got() -> None:
+    request_id, clock = rid(), Clock()
+    collector = ReplyCollector(request_id, RecordingObserver(), clock)
+    _, first = answer(request_id, [b"tree", BIG])
+    second, again = answer(request_id, [b"tree", BIG])
+    feed_all(collector, first[:4])  # the reply, the tree, two of BIG's pieces: then it stops
+    assert clock.at(10) and feed_all(collector, again) == [False, False, False, False, True]
+    assert collector.last_news == 10 and collector.response.reply == second
+
+
+def test_an_answer_that_never_finishes_is_not_news_when_sent_again() -> None:
+    request_id = rid()
+    collector = ReplyCollector(request_id, RecordingObserver(), Clock())
+    for attempt in range(3):
+        head = reply(request_id, [b"tree"], blob_count=2**62)
+        records = [head.to_bytes(), *chunks(request_id, b"tree", head.stream)]
+        assert feed_all(collector, records) == ([True, True] if attempt == 0 else [False, False])
+    assert collector.response is None
+
+
+def test_a_blob_started_over_in_the_same_answer_is_not_news() -> None:
+    request_id = rid()
+    _, records = answer(request_id, [BIG])
+    collector = ReplyCollector(request_id, RecordingObserver(), Clock())
+    assert feed_all(collector, [*records[:3], records[1], records[2], records[3]]) == [True] * 3 + [False] * 2 + [True]
+    assert contents(collector) == {p.hash_bytes(BIG): BIG}
+
+
+# ---------------------------------------------------------------- await_answer: when to send again, when to give up
+
+
+class Service:
+    """What ``await_answer`` sends to and polls from, over a ``Clock``: each
+    sending gets the records ``script(number)`` returns, ``(delay, value)`` pairs."""
+
+    def __init__(self, script, clock: Clock, send_takes: float = 0.0) -> None:
+        self.script, self.clock, self.send_takes = script, clock, send_takes
+        self.sent: list[tuple[float, bool]] = []
+        self.scheduled: list[tuple[float, bytes]] = []
+
+    def send(self, again: bool) -> None:
+        self.clock.now += self.send_takes
+        self.sent.append((self.clock.now, again))
+        self.scheduled += [(self.clock.now + delay, value) for delay, value in self.script(len(self.sent))]
+
+    def poll(self, seconds: float) -> list[bytes]:
+        assert seconds > 0 and self.clock.now < 1000, "waiting forever"
+        upcoming = min((at for at, _ in self.scheduled), default=float("inf"))
+        self.clock.now = min(self.clock.now + seconds, max(upcoming, self.clock.now))
+        ready = [value for at, value in self.scheduled if at <= self.clock.now]
+        self.scheduled = [(at, value) for at, value in self.scheduled if at > self.clock.now]
+        return ready
+
+
+def wait(service: Service, request_id: str, timeout: float) -> p.Reply:
+    response = await_answer(request_id, service.send, service.poll, timeout, RecordingObserver(), service.clock)
+    return response.reply
+
+
+@pytest.mark.parametrize("timeout, sends", [(1, [0]), (5, [0]), (11, [0, 5, 10]), (30, [0, 10, 20]), (60, [0, 20, 40])])
+def test_silence_gives_up_at_the_timeout_and_sends_again_each_window(timeout: float, sends: list[float]) -> None:
+    clock = Clock()
+    service = Service(lambda number: [], clock)
+    with pytest.raises(ServerUnreachable, match=f"^no answer from the minigit service within {timeout:g}s$"):
+        wait(service, rid(), timeout)
+    assert clock.now == pytest.approx(timeout)
+    assert service.sent == [(at, at > 0) for at in sends]
+
+
+def test_time_spent_sending_is_not_silence() -> None:
+    clock = Clock()
+    request_id = rid()
+    done = reply(request_id, status=p.Status.UP_TO_DATE).to_bytes()
+    service = Service(lambda number: [(4.0, done)], clock, send_takes=100.0)  # a long upload, then an answer
+    assert wait(service, request_id, 8).status == p.Status.UP_TO_DATE
+    assert clock.now == pytest.approx(104) and len(service.sent) == 1
+
+
+def test_news_restarts_the_wait_and_an_answer_after_it_is_taken() -> None:
+    clock = Clock()
+    request_id = rid()
+    working = reply(request_id, status=p.Status.WORKING, action="push").to_bytes()
+    done = reply(request_id, status=p.Status.ACCEPTED, action="push", version=2, head=2).to_bytes()
+    service = Service(lambda number: [(4.0, working), (11.0, done)] if number == 1 else [], clock)
+    assert wait(service, request_id, 8).status == p.Status.ACCEPTED
+    assert clock.now == pytest.approx(11) and [again for _, again in service.sent] == [False, True]  # resent at 9
+
+
+def test_a_broken_answer_each_time_ends_in_a_timeout_that_says_so() -> None:
+    clock = Clock()
+    request_id = rid()
+
+    def broken(number: int) -> list[tuple[float, bytes]]:
+        head = reply(request_id, [b"tree"])
+        piece = codec.encode_piece(0, b"evil")
+        bad = p.Chunk.of_piece(request_id, "repo", p.hash_bytes(b"tree"), 1, piece, head.stream).to_bytes()
+        return [(1.0, head.to_bytes()), (2.0, bad)]
+
+    service = Service(broken, clock)
+    with pytest.raises(ServerUnreachable) as error:
+        wait(service, request_id, 8)
+    assert clock.now == pytest.approx(8) and len(service.sent) == 2
+    assert error.value.message.startswith("no answer from the minigit service within 8s (2 broken answers dropped")
+
+
+def test_a_malformed_record_ends_the_wait_at_once() -> None:
+    clock = Clock()
+    request_id = rid()
+    service = Service(lambda number: [(1.0, malformed(request_id)[0])], clock)
+    with pytest.raises(ProtocolError, match="malformed answer"):
+        wait(service, request_id, 30)
+    assert clock.now == pytest.approx(1)

@@ -21,6 +21,7 @@ from minigit.client import operations as op
 from minigit.client import workspace as ws
 from minigit.config import DEFAULT_BOOTSTRAP, KafkaSettings, ServerFlags
 from minigit.errors import (
+    CorruptMetadata,
     ExitCode,
     MinigitError,
     NoRepository,
@@ -277,6 +278,45 @@ def test_pull_with_a_malformed_answer_is_a_protocol_error(server: InProcessServe
     assert files(mine) == {"a": b"1"} and ws.read_metadata(mine).version == 1
 
 
+@pytest.mark.parametrize(
+    "change, problem",
+    [
+        ({"version": None}, "pull from version 1 answered ok at version None"),
+        ({"version": 0}, "pull from version 1 answered ok at version 0"),
+        ({"version": 1}, "pull from version 1 answered ok at version 1"),  # not ahead of the client
+        ({"tree": None}, "pull answered ok at version 2 without its tree"),
+        ({"tree": "0" * 64}, "pull answered ok at version 2 without its tree"),
+    ],
+)
+def test_pull_ok_without_a_usable_version_or_tree_is_malformed_and_writes_nothing(
+    server: InProcessServer, tmp_path: Path, change: dict, problem: str
+) -> None:
+    origin, mine = tmp_path / "origin", tmp_path / "mine"
+    create(server, origin, {"a": "1"})
+    op.clone_repository("lab", mine, options(server))
+    write(origin, "a", "2")
+    op.push_workdir(origin, options(server, "origin"))
+    before = (mine / ws.METADATA_NAME).read_bytes()
+    server.tamper(edit_reply(lambda doc: doc.update(change)))
+    with pytest.raises(ProtocolError) as bad:
+        op.pull_workdir(mine, options(server))
+    assert bad.value.message == f"the service sent a malformed answer: {problem}"
+    assert bad.value.exit_code == ExitCode.ERROR
+    assert files(mine) == {"a": b"1"} and (mine / ws.METADATA_NAME).read_bytes() == before
+    assert ws.read_metadata(mine).version == 1
+
+
+@pytest.mark.parametrize("version", [None, 0])
+def test_clone_answered_ok_without_a_version_is_malformed_and_leaves_nothing(
+    server: InProcessServer, tmp_path: Path, version: int | None
+) -> None:
+    create(server, tmp_path / "origin", {"a": "1"})
+    server.tamper(edit_reply(lambda doc: doc.update(version=version)))
+    with pytest.raises(ProtocolError, match=f"^the service sent a malformed answer: .* at version {version}$"):
+        op.clone_repository("lab", tmp_path / "copy", options(server))
+    assert not (tmp_path / "copy").exists()
+
+
 # ---------------------------------------------------------------- clone
 
 
@@ -414,6 +454,50 @@ def test_no_answer_is_unreachable_and_writes_nothing(server: InProcessServer, tm
     assert (tmp_path / ws.METADATA_NAME).read_bytes() == before
 
 
+@pytest.mark.parametrize(
+    "change, problem",
+    [
+        ({"version": None}, "push accepted as version None, not 2"),
+        ({"version": 1}, "push accepted as version 1, not 2"),
+        ({"version": 3}, "push accepted as version 3, not 2"),
+        ({"status": "rejected", "head": None}, "push rejected without the server's head"),
+    ],
+)
+def test_push_answers_without_the_version_the_client_relies_on_are_malformed(
+    server: InProcessServer, tmp_path: Path, change: dict, problem: str
+) -> None:
+    create(server, tmp_path, {"a.txt": "a"})
+    write(tmp_path, "a.txt", "b")
+    before = (tmp_path / ws.METADATA_NAME).read_bytes()
+    server.tamper(edit_reply(lambda doc: doc.update(change)))
+    with pytest.raises(ProtocolError) as bad:
+        op.push_workdir(tmp_path, options(server))
+    assert bad.value.message == f"the service sent a malformed answer: {problem}"
+    assert (tmp_path / ws.METADATA_NAME).read_bytes() == before
+    assert ws.read_metadata(tmp_path).version == 1  # every later command can still read it
+
+
+@pytest.mark.parametrize("version", [None, 0, 2])
+def test_init_accepted_at_another_version_than_1_is_malformed(
+    server: InProcessServer, tmp_path: Path, version: int | None
+) -> None:
+    server.tamper(edit_reply(lambda doc: doc.update(version=version)))
+    with pytest.raises(ProtocolError, match=f"malformed answer: init accepted as version {version}, not 1$"):
+        create(server, tmp_path, {"a.txt": "a"})
+    assert not (tmp_path / ws.METADATA_NAME).exists()
+
+
+def test_broken_answers_to_every_sending_end_in_a_timeout(tmp_path: Path) -> None:
+    server = InProcessServer(attempts=1000)
+    create(server, tmp_path / "origin", {"a.txt": "a"})
+    server.tamper(*[corrupt(-1)] * 1000)
+    started = server.clock
+    with pytest.raises(ServerUnreachable, match=r"within 30s \(3 broken answers dropped"):
+        op.clone_repository("lab", tmp_path / "copy", options(server))
+    assert server.clock - started == pytest.approx(30)  # sent at 0, 10 and 20 s
+    assert not (tmp_path / "copy").exists()
+
+
 # ---------------------------------------------------------------- log
 
 
@@ -459,8 +543,8 @@ class CountingFlags(ServerFlags):
 
     resolved: list[KafkaSettings] = field(default_factory=list, compare=False)
 
-    def resolve(self, saved: tuple[str, str] | None = None) -> KafkaSettings:
-        settings = super().resolve(saved)
+    def resolve(self, saved: tuple[str, str] | None = None, where: str = ".minigit") -> KafkaSettings:
+        settings = super().resolve(saved, where)
         self.resolved.append(settings)
         return settings
 
@@ -529,6 +613,29 @@ def test_a_server_elsewhere_is_unreachable(tmp_path: Path) -> None:
     assert not (tmp_path / ws.METADATA_NAME).exists()
     result = op.init_repository(tmp_path, "lab", options(server, flags=ServerFlags("here:1")))
     assert result.server == "here:1"
+
+
+@pytest.mark.parametrize("bootstrap", [",,,", "[::1", "host"])
+def test_a_malformed_bootstrap_in_dot_minigit_is_corrupt_metadata(
+    server: InProcessServer, tmp_path: Path, bootstrap: str
+) -> None:
+    create(server, tmp_path, {"a.txt": "a"})
+    doc = json.loads((tmp_path / ws.METADATA_NAME).read_text())
+    doc["server"]["bootstrap"] = bootstrap
+    (tmp_path / ws.METADATA_NAME).write_text(json.dumps(doc))
+    write(tmp_path, "a.txt", "b")
+    for command in (
+        lambda flags: op.push_workdir(tmp_path, options(server, flags=flags)),
+        lambda flags: op.pull_workdir(tmp_path, options(server, flags=flags)),
+        lambda flags: op.read_log(tmp_path, options(server, flags=flags)),
+    ):
+        with pytest.raises(CorruptMetadata) as corrupt_file:
+            command(ServerFlags())
+        message = corrupt_file.value.message
+        assert message.startswith(f"{tmp_path / ws.METADATA_NAME} is corrupt: bad bootstrap {bootstrap!r}: ")
+        assert corrupt_file.value.exit_code == ExitCode.ERROR
+    assert len(server.connections) == 1  # only the init's
+    assert op.push_workdir(tmp_path, options(server, flags=ServerFlags("flag:1"))).new_version == 2
 
 
 def test_each_command_resolves_once_and_opens_one_connection(server: InProcessServer, tmp_path: Path) -> None:

@@ -86,3 +86,69 @@ def test_replica_states_and_lag() -> None:
     assert (rows["1"].state, rows["2"].state, rows["3"].state) == ("up", "silent", "stopped")
     assert rows["1"].lag == {0: 2, 1: 0} and rows["2"].lag == {0: 2, 1: 4}
     assert [b.replica for b in health.live_beats(beats, 11_000, 2.0)] == ["1"]
+
+
+def test_a_change_no_replica_has_applied_makes_every_replica_behind_not_a_crash() -> None:
+    # A heartbeat claims a change at offset 40 (its own applied offset says otherwise): nobody is past it.
+    beats = [
+        beat("1", {0: 10}, {"demo": (3, "d3", 40)}),
+        beat("2", {0: 10}, {"demo": (3, "d3", 9)}),
+        beat("3", {0: 8}, {"demo": (2, "d2", 5)}),
+    ]
+    [verdict] = health.verify_repositories(beats)
+    assert (verdict.status, verdict.disagreeing) == ("behind", [])
+    assert verdict.behind == {"1": 31, "2": 31, "3": 33}  # records up to and including offset 40
+
+
+def placed(replica: str, partition: int, applied: dict[int, int], digest: str = "d3") -> p.Heartbeat:
+    report = p.RepoReport(head=3, digest=digest, partition=partition, changed_at=9)
+    return p.Heartbeat(
+        replica=replica,
+        host="h",
+        pid=1,
+        started_ms=0,
+        sent_ms=10_000,
+        serving=[],
+        applied=applied,
+        log_end={},
+        repos={"demo": report},
+    )
+
+
+def test_a_replica_filing_a_repository_in_another_partition_disagrees() -> None:
+    # The first holder is the odd one out: the majority's partition is the one to compare in.
+    beats = [placed("1", 1, {0: 10, 1: 10}), placed("2", 0, {0: 10, 1: 10}), placed("3", 0, {0: 10, 1: 10})]
+    [verdict] = health.verify_repositories(beats)
+    assert (verdict.status, verdict.partition, verdict.disagreeing) == ("disagree", 0, ["1"])
+    assert verdict.behind == {}
+
+
+def test_a_misplaced_replica_is_not_compared_at_the_majority_partition() -> None:
+    # Replica 1 is far along partition 0 but files demo in partition 1: it neither
+    # makes the others behind nor hides their digest disagreement.
+    beats = [
+        placed("1", 1, {0: 90, 1: 10}),
+        placed("2", 0, {0: 10, 1: 0}),
+        placed("3", 0, {0: 10, 1: 0}),
+        placed("4", 0, {0: 10, 1: 0}, digest="XX"),
+    ]
+    [verdict] = health.verify_repositories(beats)
+    assert (verdict.status, verdict.partition, verdict.disagreeing, verdict.behind) == ("disagree", 0, ["1", "4"], {})
+
+
+def test_a_tie_between_partitions_blames_every_holder() -> None:
+    beats = [placed("1", 1, {0: 10, 1: 10}), placed("2", 0, {0: 10, 1: 10})]
+    [verdict] = health.verify_repositories(beats)
+    assert (verdict.status, verdict.disagreeing) == ("disagree", ["1", "2"])
+
+
+def test_a_heartbeat_from_the_future_is_not_up() -> None:
+    now = 100_000
+    beats = [
+        beat("1", {}, {}, sent_ms=now + 1_000),  # a clock slightly ahead: within the margin
+        beat("2", {}, {}, sent_ms=now + 7_000),  # more than 3 intervals of 2 s ahead
+        beat("3", {}, {}, sent_ms=2**62),  # forged: would otherwise be "up" forever
+    ]
+    rows = {r.replica: r.state for r in health.describe_replicas(beats, now, {}, interval_s=2.0)}
+    assert rows == {"1": "up", "2": "silent", "3": "silent"}
+    assert [b.replica for b in health.live_beats(beats, now, 2.0)] == ["1"]

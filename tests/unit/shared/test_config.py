@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import re
+
 import pytest
 from hypothesis import given
 from hypothesis import strategies as st
@@ -12,11 +14,13 @@ from minigit.config import (
     KafkaSettings,
     ServerFlags,
     Topics,
+    check_bootstrap,
     check_namespace,
     parse_bool,
     read_kafka_options,
+    split_bootstrap,
 )
-from minigit.errors import ExitCode, ServerUnreachable, UsageError
+from minigit.errors import CorruptMetadata, ExitCode, ServerUnreachable, UsageError
 
 
 def test_nothing_set():
@@ -211,3 +215,126 @@ def test_parse_checks_the_raw_flags(monkeypatch):
     assert flags == ServerFlags(None, None, {"security_protocol": "SSL", "client_id": "me"})
     with pytest.raises(UsageError, match="invalid namespace"):
         ServerFlags.parse(None, "bad namespace")
+
+
+# ---------------------------------------------------------------- bootstrap servers
+
+
+@pytest.mark.parametrize(
+    "text, expected",
+    [
+        ("localhost:9092", "localhost:9092"),
+        ("127.0.0.1:1,kafka-2.example.com:65535", "127.0.0.1:1,kafka-2.example.com:65535"),
+        (" a:1 , b_2:2 ,", "a:1,b_2:2"),  # blanks and empty entries are dropped, as Kafka's clients do
+        ("[::1]:9092", "[::1]:9092"),
+        ("[fe80::1%eth0]:9092,h:1", "[fe80::1%eth0]:9092,h:1"),
+    ],
+)
+def test_bootstrap_flags_that_are_accepted(text, expected):
+    assert check_bootstrap(text) == expected
+    assert ServerFlags.parse(text, None, [], {}).bootstrap == expected
+
+
+@pytest.mark.parametrize(
+    "text, reason",
+    [
+        (",,,", "no HOST:PORT in it"),
+        (" , ", "no HOST:PORT in it"),
+        ("[::1", "'[::1' has no ']'"),
+        ("[::1]", "'[::1]' has no port"),
+        ("[::1]9092", "has no port"),
+        ("[nope]:1", "'nope' in '[nope]:1' is not an IPv6 address"),
+        ("::1:9092", "write an IPv6 address in brackets"),
+        ("localhost", "'localhost' has no port"),
+        ("a:1,b", "'b' has no port"),
+        ("h:", "'h:' has no port"),
+        ("h:0", "the port of 'h:0' is not a number from 1 to 65535"),
+        ("h:65536", "not a number from 1 to 65535"),
+        ("h:-1", "not a number from 1 to 65535"),
+        ("h:\uff19\uff10", "not a number from 1 to 65535"),  # fullwidth digits are not a port
+        ("h:x", "not a number from 1 to 65535"),
+        (":9092", "'' in ':9092' is not a host name"),
+        ("PLAINTEXT://h:1", "is not a host name or an IP address"),
+        ("a b:1", "is not a host name"),
+        ("-h:1", "is not a host name"),
+    ],
+)
+def test_bad_bootstrap_flags_are_usage_errors(text, reason):
+    with pytest.raises(UsageError) as info:
+        ServerFlags.parse(text, None, [], {})
+    assert info.value.exit_code == ExitCode.USAGE
+    assert info.value.message.startswith(f"bad --bootstrap {text!r}: ")
+    assert reason in info.value.message and "expected HOST:PORT[,HOST:PORT...]" in info.value.message
+    with pytest.raises(ValueError, match=re.escape(reason)):
+        split_bootstrap(text)
+
+
+def test_an_empty_bootstrap_flag_is_not_said():
+    assert ServerFlags.parse("", None, [], {}).bootstrap is None
+
+
+@pytest.mark.parametrize("saved", [",,,", "[::1", "h:99999", "no-port"])
+def test_a_bad_bootstrap_in_dot_minigit_is_corrupt_metadata(saved):
+    with pytest.raises(CorruptMetadata) as info:
+        ServerFlags().resolve((saved, ""), "/w/.minigit")
+    assert info.value.exit_code == ExitCode.ERROR
+    assert info.value.message.startswith(f"/w/.minigit is corrupt: bad bootstrap {saved!r}: ")
+    assert "--bootstrap" in info.value.hint
+    # a flag that says where the service is wins, and the saved value is not used
+    assert ServerFlags("flag:1").resolve((saved, "")).bootstrap == "flag:1"
+
+
+def test_a_bad_namespace_in_dot_minigit_is_corrupt_metadata():
+    with pytest.raises(CorruptMetadata, match=r"\.minigit is corrupt: bad namespace 'a b'"):
+        ServerFlags().resolve(("h:1", "a b"))
+    assert ServerFlags(namespace="ok.").resolve(("h:1", "a b")).namespace == "ok."
+
+
+def test_a_saved_bootstrap_is_written_the_canonical_way():
+    assert ServerFlags().resolve((" a:1, b:2 ,", "")).bootstrap == "a:1,b:2"
+
+
+# ---------------------------------------------------------------- options with a few values
+
+
+@pytest.mark.parametrize(
+    "name, values",
+    [
+        ("security_protocol", ["PLAINTEXT", "SSL", "SASL_PLAINTEXT", "SASL_SSL"]),
+        ("sasl_mechanism", ["PLAIN", "GSSAPI", "OAUTHBEARER", "SCRAM-SHA-256", "SCRAM-SHA-512"]),
+    ],
+)
+def test_the_values_kafka_python_knows_are_accepted(name, values):
+    for value in values:
+        assert read_kafka_options([f"{name}={value}"], {}) == {name: value}
+        assert read_kafka_options([], {f"MINIGIT_KAFKA_{name.upper()}": value}) == {name: value}
+        assert read_kafka_options([f"{name}= {value.lower()} "], {}) == {name: value}  # spelt as kafka-python wants
+
+
+@pytest.mark.parametrize(
+    "name, value",
+    [
+        ("security_protocol", "SASL-SSL"),
+        ("security_protocol", "BOGUS"),
+        ("security_protocol", ""),
+        ("security_protocol", "SASL_SS"),
+        ("security_protocol", "TLS"),
+        ("sasl_mechanism", "SCRAM-SHA-1"),
+        ("sasl_mechanism", "SCRAM_SHA_256"),
+        ("sasl_mechanism", "plain text"),
+    ],
+)
+def test_a_misspelt_security_setting_is_a_usage_error_not_plaintext(name, value):
+    for flags, env in (([f"{name}={value}"], {}), ([], {f"MINIGIT_KAFKA_{name.upper()}": value})):
+        with pytest.raises(UsageError) as info:
+            read_kafka_options(flags, env)
+        assert info.value.exit_code == ExitCode.USAGE
+        assert info.value.message.startswith(f"{name} must be one of ")
+        assert info.value.message.endswith(f", not {value!r}")
+        with pytest.raises(UsageError):
+            ServerFlags.parse(None, None, flags, env)
+
+
+def test_a_flag_that_fixes_a_misspelt_variable_wins():
+    env = {"MINIGIT_KAFKA_SECURITY_PROTOCOL": "SASL-SSL"}
+    assert read_kafka_options(["security_protocol=SASL_SSL"], env) == {"security_protocol": "SASL_SSL"}

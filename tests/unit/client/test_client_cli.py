@@ -1,0 +1,198 @@
+"""minigit.client.cli: flags are checked before anything connects, and what other
+users and the server wrote is shown, never obeyed, by the terminal.
+
+The commands run in process (typer's CliRunner) against the in-process service
+(tests/unit/client/inprocess.py) instead of Kafka.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+from pathlib import Path
+
+import pytest
+import typer
+from inprocess import InProcessServer, edit_reply
+from typer.testing import CliRunner
+
+from minigit.client import cli
+from minigit.client import operations as op
+from minigit.client import workspace as ws
+from minigit.config import ServerFlags
+from minigit.console import exit_on_error, quoted_path, shown
+from minigit.errors import ExitCode, MinigitError
+
+HOSTILE_MESSAGE = "hi\x1b]0;PWNED\x07\x1b[31mRED\x1b[2J\r\x9b1m\x7f\tend\nsecond line"
+HOSTILE_PATHS = ["evil\x1b[31m.txt", "new\nline.txt", 'say "hi".txt', "tab\there"]
+
+
+@pytest.fixture
+def server(monkeypatch: pytest.MonkeyPatch) -> InProcessServer:
+    """Every command of the CLI talks to this in-process service."""
+    server = InProcessServer()
+    real = cli.client_options
+
+    def client_options(*args: object) -> op.ClientOptions:
+        return dataclasses.replace(real(*args), connector=server.connector)
+
+    monkeypatch.setattr(cli, "client_options", client_options)
+    return server
+
+
+def minigit(*args: str, cwd: Path | None = None, env: dict[str, str] | None = None) -> object:
+    runner = CliRunner()
+    if cwd is None:
+        return runner.invoke(cli.app, list(args), env=env)
+    with pytest.MonkeyPatch.context() as patch:
+        patch.chdir(cwd)
+        return runner.invoke(cli.app, list(args), env=env)
+
+
+def workdir(server: InProcessServer, root: Path, content: dict[str, str]) -> Path:
+    root.mkdir(parents=True)
+    for rel, data in content.items():
+        (root / rel).write_text(data)
+    op.init_repository(root, "lab", op.ClientOptions("origin", ServerFlags(), connector=server.connector), "v1")
+    return root
+
+
+def assert_harmless(text: str) -> None:
+    """No control character from the hostile texts reached the terminal."""
+    for raw in ("\x1b]0;", "\x07", "\x1b[31m", "\x1b[2J", "\r", "\x9b", "\x7f", "evil\x1b"):
+        assert raw not in text
+
+
+# ---------------------------------------------------------------- flags
+
+
+@pytest.mark.parametrize("bootstrap", [",,,", "[::1", "::1:9092", "h:0", "h:70000", "host"])
+def test_a_bad_bootstrap_is_a_usage_error_naming_it(tmp_path: Path, bootstrap: str) -> None:
+    for args, env in (
+        (["clone", "lab", "-b", bootstrap], None),
+        (["clone", "lab"], {"MINIGIT_BOOTSTRAP": bootstrap}),
+        (["log", "--repo", "lab", "--bootstrap", bootstrap], None),
+    ):
+        result = minigit(*args, cwd=tmp_path, env=env)
+        assert result.exit_code == ExitCode.USAGE, result.output
+        assert f"error: bad --bootstrap {bootstrap!r}: " in result.output and "Traceback" not in result.output
+        assert result.exception is None or isinstance(result.exception, SystemExit)
+    assert list(tmp_path.iterdir()) == []
+
+
+@pytest.mark.parametrize(
+    "setting",
+    ["security_protocol=SASL-SSL", "security_protocol=BOGUS", "sasl_mechanism=SCRAM-SHA-1", "sasl_mechanism=PLAN"],
+)
+def test_a_misspelt_security_setting_is_a_usage_error(tmp_path: Path, setting: str) -> None:
+    name, value = setting.split("=")
+    for args, env in (
+        (["clone", "lab", "--kafka-option", setting], None),
+        (["clone", "lab"], {f"MINIGIT_KAFKA_{name.upper()}": value}),
+    ):
+        result = minigit(*args, cwd=tmp_path, env=env)
+        assert result.exit_code == ExitCode.USAGE, result.output
+        assert f"error: {name} must be one of " in result.output and f"not {value!r}" in result.output
+    assert list(tmp_path.iterdir()) == []
+
+
+@pytest.mark.parametrize("timeout", ["inf", "-inf", "nan", "3600.5", "1e9", "0.05", "0"])
+def test_timeouts_outside_0_1_to_3600_seconds_are_usage_errors(
+    server: InProcessServer, tmp_path: Path, timeout: str
+) -> None:
+    workdir(server, tmp_path / "origin", {"a.txt": "a"})
+    for args, env in ((["clone", "lab", "--timeout", timeout], None), (["clone", "lab"], {"MINIGIT_TIMEOUT": timeout})):
+        result = minigit(*args, cwd=tmp_path / "origin", env=env)
+        assert result.exit_code == ExitCode.USAGE, result.output
+        assert "--timeout" in result.output and "Traceback" not in result.output
+    assert len(server.log) == 1  # the init's: nothing was sent
+
+
+@pytest.mark.parametrize("timeout", ["0.1", "3600"])
+def test_the_bounds_of_the_timeout_are_allowed(server: InProcessServer, tmp_path: Path, timeout: str) -> None:
+    workdir(server, tmp_path / "origin", {"a.txt": "a"})
+    result = minigit("clone", "lab", "--timeout", timeout, cwd=tmp_path)
+    assert result.exit_code == 0, result.output
+    assert server.log[-1].request.timeout_ms == int(float(timeout) * 1000)
+
+
+# ---------------------------------------------------------------- text from others
+
+
+def test_shown_and_quoted_path_write_control_characters_as_c_escapes() -> None:
+    assert shown(HOSTILE_MESSAGE) == ("hi\\033]0;PWNED\\a\\033[31mRED\\033[2J\\r\\302\\2331m\\177\tend\nsecond line")
+    assert shown("a\tb\nc", keep="") == "a\\tb\\nc"
+    assert shown("café ünïcode [bold]") == "café ünïcode [bold]"
+    assert [quoted_path(path) for path in HOSTILE_PATHS] == [
+        '"evil\\033[31m.txt"',
+        '"new\\nline.txt"',
+        '"say \\"hi\\".txt"',
+        '"tab\\there"',
+    ]
+    assert quoted_path("plain/dir/file name.txt") == "plain/dir/file name.txt"
+
+
+def test_log_shows_escape_sequences_in_messages_instead_of_sending_them(
+    server: InProcessServer, tmp_path: Path
+) -> None:
+    root = workdir(server, tmp_path / "w", {"a.txt": "a"})
+    (root / "a.txt").write_text("b")
+    pushed = minigit("push", "-m", HOSTILE_MESSAGE, "-u", "mallory", cwd=root)
+    assert pushed.exit_code == 0, pushed.output
+
+    shown_log = minigit("log", cwd=root)
+    assert shown_log.exit_code == 0, shown_log.output
+    assert_harmless(shown_log.stdout)
+    assert "Author: mallory" in shown_log.stdout
+    # a tab is kept (rich expands it), a line break starts an indented line
+    assert "    hi\\033]0;PWNED\\a\\033[31mRED\\033[2J\\r\\302\\2331m\\177  end\n    second line\n" in shown_log.stdout
+
+    as_json = minigit("log", "--json", cwd=root)
+    assert json.loads(as_json.stdout)["versions"][0]["message"] == HOSTILE_MESSAGE  # scripts get the raw text
+
+
+def test_pull_and_status_show_paths_with_control_characters_quoted_like_git(
+    server: InProcessServer, tmp_path: Path
+) -> None:
+    origin = workdir(server, tmp_path / "origin", {"a.txt": "a"})
+    mine = tmp_path / "mine"
+    assert minigit("clone", "lab", str(mine), cwd=tmp_path).exit_code == 0
+    for path in HOSTILE_PATHS:
+        (origin / path).write_text(path)
+    assert minigit("push", "-m", "paths", cwd=origin).exit_code == 0
+    (mine / "a.txt").write_text("mine")  # kept
+    (mine / "mine\x1b[2J.txt").write_text("local")
+
+    pulled = minigit("pull", cwd=mine)
+    assert pulled.exit_code == 0, pulled.output
+    assert_harmless(pulled.output)
+    for path in HOSTILE_PATHS:
+        assert f" A {quoted_path(path)}\n" in pulled.stdout
+        assert (mine / path).read_text() == path  # the files themselves are as named
+    assert 'Kept your local changes to: a.txt, "mine\\033[2J.txt"' in pulled.output
+
+    status = minigit("status", cwd=mine)
+    assert_harmless(status.stdout)
+    assert '"mine\\033[2J.txt"' in status.stdout
+
+    as_json = minigit("status", "--json", cwd=mine)
+    assert json.loads(as_json.stdout)["changes"]["added"] == ["mine\x1b[2J.txt"]
+
+
+def test_messages_from_the_server_in_errors_are_shown_escaped(server: InProcessServer, tmp_path: Path) -> None:
+    root = workdir(server, tmp_path / "w", {"a.txt": "a"})
+    (root / "a.txt").write_text("b")
+    server.tamper(edit_reply(lambda doc: doc.update(status="invalid", message="no\x1b]0;PWNED\x07 [bold]way")))
+    refused = minigit("push", cwd=root)
+    assert refused.exit_code == ExitCode.ERROR
+    assert "error: the server refused the push: no\\033]0;PWNED\\a [bold]way" in refused.output
+    assert_harmless(refused.output)
+    assert ws.read_metadata(root).version == 1
+
+
+def test_print_error_keeps_line_breaks_and_tabs(capsys: pytest.CaptureFixture[str]) -> None:
+    with pytest.raises(typer.Exit) as ended, exit_on_error():
+        raise MinigitError("files:\n\tone\x1b[2J", hint="do \x07this")
+    assert ended.value.exit_code == ExitCode.ERROR
+    printed = capsys.readouterr().err  # rich expands the tab
+    assert printed == "error: files:\n        one\\033[2J\nhint: do \\athis\n"

@@ -1,0 +1,203 @@
+"""minigit.client.transport: how long Connection.call waits, and when it sends again.
+
+No broker: the connection's producer and consumer are fakes over a simulated
+clock (``time.monotonic`` is replaced), and a scripted service answers each
+request it receives. Waiting for records that will not come moves the clock on
+at once, so these tests take no time whatever the timeouts.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import time
+import uuid
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+import pytest
+
+from minigit import codec
+from minigit import protocol as p
+from minigit.client.transport import Connection
+from minigit.config import KafkaSettings
+from minigit.errors import ExitCode, ServerUnreachable
+
+# A simulated command still waiting after this long is waiting forever.
+FOREVER = 1000.0
+
+# What the service does with one request: (seconds after it arrived, record value) pairs.
+Script = Callable[[p.Request, int], list[tuple[float, bytes]]]
+
+
+@dataclass
+class Record:
+    value: bytes
+
+
+@dataclass
+class World:
+    """The simulated clock, and the records scheduled on the reply partition."""
+
+    script: Script
+    now: float = 0.0
+    requests: list[tuple[float, p.Request]] = field(default_factory=list)
+    scheduled: list[tuple[float, bytes]] = field(default_factory=list)
+
+    def monotonic(self) -> float:
+        return self.now
+
+    def receive(self, value: bytes) -> None:
+        message = p.parse_message(value)
+        if isinstance(message, p.Request):
+            self.requests.append((self.now, message))
+            self.scheduled += [(self.now + delay, record) for delay, record in self.script(message, len(self.requests))]
+
+    def due(self) -> list[bytes]:
+        ready = [value for at, value in self.scheduled if at <= self.now]
+        self.scheduled = [(at, value) for at, value in self.scheduled if at > self.now]
+        return ready
+
+
+class FakeFuture:
+    def get(self, timeout: float | None = None) -> None:
+        return None
+
+
+@dataclass
+class FakeProducer:
+    world: World
+
+    def send(self, topic: str, key: bytes | None = None, value: bytes = b"") -> FakeFuture:
+        self.world.receive(value)
+        return FakeFuture()
+
+
+@dataclass
+class FakeConsumer:
+    world: World
+
+    def poll(self, timeout_ms: int = 0) -> dict[str, list[Record]]:
+        world = self.world
+        if not (ready := world.due()):
+            upcoming = min((at for at, _ in world.scheduled), default=float("inf"))
+            world.now = min(world.now + timeout_ms / 1000, upcoming)
+            ready = world.due()
+        if world.now > FOREVER:
+            raise AssertionError(f"still waiting after {FOREVER:g} simulated seconds")
+        return {"tp": [Record(value) for value in ready]} if ready else {}
+
+
+@pytest.fixture
+def connect(monkeypatch: pytest.MonkeyPatch) -> Callable[[Script, float], tuple[Connection, World]]:
+    def make(script: Script, timeout: float) -> tuple[Connection, World]:
+        world = World(script)
+        monkeypatch.setattr(time, "monotonic", world.monotonic)
+        connection = object.__new__(Connection)  # without Kafka: what _open would have set
+        connection.settings = KafkaSettings()
+        connection.user, connection.timeout = "alice", timeout
+        connection.topics = connection.settings.topics
+        connection.producer, connection.consumer = FakeProducer(world), FakeConsumer(world)
+        connection.reply_partition = 0
+        return connection, world
+
+    return make
+
+
+def clone_request(connection: Connection) -> p.Request:
+    return connection.new_request(p.PullRequest, repo="lab", version=0)
+
+
+# ---------------------------------------------------------------- scripted services
+
+TREE = b'{"files":{"a.txt":{"sha":"' + p.hash_bytes(b"a").encode() + b'","size":1}},"v":1}'
+
+
+def pull_reply(request: p.Request, blobs: list[bytes], **fields: object) -> p.Reply:
+    values: dict[str, object] = dict(
+        request_id=request.request_id,
+        action="pull",
+        stream=uuid.uuid4().hex,
+        replica="1",
+        status=p.Status.OK,
+        version=1,
+        head=1,
+        tree=p.hash_bytes(TREE),
+        blob_count=len(blobs),
+        blob_bytes=sum(map(len, blobs)),
+    )
+    return p.Reply(**{**values, **fields})
+
+
+def chunks(request: p.Request, data: bytes, stream: str) -> list[bytes]:
+    blob = codec.BlobSource.from_bytes(data)
+    return [chunk.to_bytes() for chunk in p.blob_chunks(request.request_id, request.repo, blob, stream)]
+
+
+def forged(request: p.Request, sha_of: bytes, data: bytes, stream: str) -> bytes:
+    """A chunk that claims to be ``sha_of`` but holds ``data``."""
+    piece = codec.encode_piece(0, data)
+    return p.Chunk.of_piece(request.request_id, request.repo, p.hash_bytes(sha_of), 1, piece, stream).to_bytes()
+
+
+def silent(request: p.Request, number: int) -> list[tuple[float, bytes]]:
+    return []
+
+
+def broken_every_time(request: p.Request, number: int) -> list[tuple[float, bytes]]:
+    """A whole answer, at once, whose file does not match its hash."""
+    reply = pull_reply(request, [TREE, b"a"])
+    records = [reply.to_bytes(), *chunks(request, TREE, reply.stream), forged(request, b"a", b"evil", reply.stream)]
+    return [(0.1, value) for value in records]
+
+
+def never_finished(request: p.Request, number: int) -> list[tuple[float, bytes]]:
+    """An answer that promises more blobs than it ever sends."""
+    reply = pull_reply(request, [TREE, b"a"], blob_count=2**62)
+    return [(0.1, reply.to_bytes()), *((0.1, value) for value in chunks(request, TREE, reply.stream))]
+
+
+def slow_but_steady(request: p.Request, number: int) -> list[tuple[float, bytes]]:
+    """The first sending only: a valid answer of 12 pieces, one every 3 seconds."""
+    if number > 1:
+        return []
+    big = bytes(range(256)) * (11 * codec.CHUNK_SIZE // 256) + b"tail"
+    tree = json.dumps({"v": 1, "files": {"big": {"sha": p.hash_bytes(big), "size": len(big)}}}).encode()
+    reply = pull_reply(request, [tree, big], tree=p.hash_bytes(tree))
+    records = [reply.to_bytes(), *chunks(request, tree, reply.stream), *chunks(request, big, reply.stream)]
+    return [(3.0 * n, value) for n, value in enumerate(records, start=1)]
+
+
+# ---------------------------------------------------------------- the tests
+
+
+@pytest.mark.parametrize("timeout", [1.0, 8.0, 11.0, 30.0])
+def test_with_no_answer_at_all_the_command_gives_up_at_its_timeout(connect, timeout: float) -> None:
+    connection, world = connect(silent, timeout)
+    request = clone_request(connection)
+    with pytest.raises(ServerUnreachable, match=f"no answer from the minigit service within {timeout:g}s") as error:
+        connection.call(request)
+    assert error.value.exit_code == ExitCode.UNREACHABLE
+    assert timeout <= world.now <= timeout + 1  # not a whole attempt window later (was 5.4 s for 1, 15.4 s for 11)
+    # sent again, same request, after each attempt window of max(5, timeout / 3) seconds without news
+    window = max(5.0, timeout / 3)
+    assert [at for at, _ in world.requests] == pytest.approx([n * window for n in range(math.ceil(timeout / window))])
+    assert all(sent == request for _, sent in world.requests)
+
+
+@pytest.mark.parametrize("script", [broken_every_time, never_finished])
+def test_broken_answers_sent_again_and_again_do_not_hold_the_command(connect, script: Script) -> None:
+    connection, world = connect(script, 8.0)
+    with pytest.raises(ServerUnreachable, match="no answer from the minigit service within 8s") as error:
+        connection.call(clone_request(connection))
+    assert world.now <= 8 + 1  # used to wait forever: every broken answer counted as news
+    assert len(world.requests) == 2  # sent at 0 and after the first window of 5 s
+    if script is broken_every_time:
+        assert "broken answers dropped, the last because object" in error.value.message
+
+
+def test_a_slow_answer_that_keeps_coming_is_waited_for(connect) -> None:
+    connection, world = connect(slow_but_steady, 8.0)
+    response = connection.call(clone_request(connection))
+    assert response.reply.status == p.Status.OK and len(response.blobs) == 2
+    assert world.now == pytest.approx(3.0 * 14) and len(world.requests) == 1  # 42 s, never 8 s without news

@@ -1,0 +1,144 @@
+"""minigit_server.bus, over a fake Kafka: how heartbeats are filed, and what a
+missing topic means. The real broker is in the integration tests."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import pytest
+
+from minigit import protocol as p
+from minigit.config import KafkaSettings
+from minigit.errors import ExitCode, ServerUnreachable
+from minigit_server import bus as bus_module
+from minigit_server.bus import Bus
+
+
+@dataclass
+class Record:
+    key: bytes | None
+    value: bytes | None
+
+
+class FakeKafka:
+    """Topics as lists of records, read by consumers that assign themselves partition 0."""
+
+    def __init__(self) -> None:
+        self.topics: dict[str, list[Record]] = {}
+
+    def consumer(self, settings, **extra) -> FakeConsumer:
+        return FakeConsumer(self)
+
+    def producer(self, settings, **extra) -> FakeProducer:
+        return FakeProducer()
+
+
+class FakeProducer:
+    def close(self, timeout: float | None = None) -> None:
+        pass
+
+
+class FakeConsumer:
+    def __init__(self, kafka: FakeKafka) -> None:
+        self.kafka = kafka
+        self.positions: dict = {}
+
+    def partitions_for_topic(self, topic: str) -> set[int]:
+        return {0} if topic in self.kafka.topics else set()
+
+    def assign(self, tps) -> None:
+        self.positions = dict.fromkeys(tps, 0)
+
+    def seek_to_beginning(self, tp) -> None:
+        self.positions[tp] = 0
+
+    def end_offsets(self, tps) -> dict:
+        return {tp: len(self.kafka.topics[tp.topic]) for tp in tps}
+
+    def position(self, tp) -> int:
+        return self.positions[tp]
+
+    def poll(self, timeout_ms: int = 0) -> dict:
+        batches = {}
+        for tp, at in self.positions.items():
+            records = self.kafka.topics[tp.topic][at : at + 2]  # a few at a time, as Kafka may
+            self.positions[tp] = at + len(records)
+            if records:
+                batches[tp] = records
+        return batches
+
+    def close(self) -> None:
+        pass
+
+
+@pytest.fixture
+def kafka(monkeypatch) -> FakeKafka:
+    fake = FakeKafka()
+    monkeypatch.setattr(bus_module, "open_consumer", fake.consumer)
+    monkeypatch.setattr(bus_module, "open_producer", fake.producer)
+    return fake
+
+
+SETTINGS = KafkaSettings("broker:9092", "ns-")
+
+
+def heartbeat(replica: str, host: str = "h") -> bytes:
+    return p.Heartbeat(
+        replica=replica,
+        host=host,
+        pid=1,
+        started_ms=0,
+        sent_ms=0,
+        serving=[],
+        applied={},
+        log_end={},
+        repos={},
+    ).to_bytes()
+
+
+def read(kafka: FakeKafka, *records: tuple[bytes | None, bytes | None]) -> dict[str, str]:
+    kafka.topics[SETTINGS.topics.replicas] = [Record(k, v) for k, v in records]
+    bus = Bus(SETTINGS, client_id="test")
+    try:
+        return {beat.replica: beat.host for beat in bus.read_heartbeats()}
+    finally:
+        bus.close()
+
+
+def test_the_latest_heartbeat_of_each_replica(kafka: FakeKafka) -> None:
+    found = read(kafka, (b"2", heartbeat("2", "old")), (b"1", heartbeat("1")), (b"2", heartbeat("2", "new")))
+    assert found == {"1": "h", "2": "new"}
+
+
+def test_a_tombstone_removes_its_key(kafka: FakeKafka) -> None:
+    assert read(kafka, (b"1", heartbeat("1")), (b"2", heartbeat("2")), (b"2", None)) == {"1": "h"}
+
+
+def test_a_heartbeat_under_another_key_is_ignored(kafka: FakeKafka) -> None:
+    # Filed under its replica field, it would outlive the tombstone of its key,
+    # and stand for replica 1 although replica 1 never sent it.
+    assert read(kafka, (b"x", heartbeat("1", "forged")), (b"x", None)) == {}
+    assert read(kafka, (b"1", heartbeat("1")), (b"2", heartbeat("1", "forged"))) == {"1": "h"}
+    assert read(kafka, (None, heartbeat("1", "forged"))) == {}
+
+
+def test_the_last_record_of_a_key_decides_as_compaction_would(kafka: FakeKafka) -> None:
+    # Compaction keeps only the last record of key 2: before it runs, the answer is the same.
+    assert read(kafka, (b"2", heartbeat("2")), (b"2", heartbeat("1", "forged"))) == {}
+    assert read(kafka, (b"2", heartbeat("2")), (b"2", b"not json")) == {}
+
+
+def test_a_missing_topic_is_what_the_client_says_exit_4(kafka: FakeKafka) -> None:
+    bus = Bus(SETTINGS, client_id="test")
+    try:
+        with pytest.raises(ServerUnreachable) as raised:
+            bus.read_heartbeats()
+        error = raised.value
+        assert error.exit_code == ExitCode.UNREACHABLE
+        assert error.message.startswith("the minigit topics do not exist on broker:9092")
+        assert "ns-repo-replicas" in error.message
+        assert error.hint == "start the service with 'minigit-server start' (it creates them)"
+        with pytest.raises(ServerUnreachable):
+            bus.partition_count(SETTINGS.topics.responses, wait_s=0)
+    finally:
+        bus.close()

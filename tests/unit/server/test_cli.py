@@ -1,0 +1,215 @@
+"""minigit_server.cli: the minigit-server commands, with Kafka replaced by fakes.
+
+What comes from the wire (heartbeats, replies) is text, never rich markup; ping
+succeeds only on an ``ok`` answer; flags are checked before anything touches Kafka.
+The real Kafka path is covered by tests/integration/test_status_verify.py.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from typing import ClassVar
+
+import pytest
+from typer.testing import CliRunner
+
+from minigit import protocol as p
+from minigit.console import err, out
+from minigit.errors import ServerUnreachable
+from minigit_server import bus, cli, health
+from minigit_server.replica import HEARTBEAT_INTERVAL_S
+
+HOSTILE = ["[/]", "[/x]", "[bold]loud", "[link=http://x]y"]
+
+
+@pytest.fixture(autouse=True)
+def wide(monkeypatch) -> None:
+    """Room for a whole table row, so that no value is wrapped."""
+    for console in (out, err):
+        monkeypatch.setattr(console, "_width", 250)
+
+
+@pytest.fixture
+def runner() -> CliRunner:
+    return CliRunner()
+
+
+def heartbeat(replica: str, host: str = "h", repos: dict[str, p.RepoReport] | None = None, **fields) -> p.Heartbeat:
+    now_ms = wall_ms()
+    values = {
+        "replica": replica,
+        "host": host,
+        "pid": 1,
+        "started_ms": now_ms,
+        "sent_ms": now_ms,
+        "serving": [0],
+        "applied": {0: 10},
+        "log_end": {0: 10},
+        "repos": repos if repos is not None else {},
+        **fields,
+    }
+    return p.Heartbeat(**values)
+
+
+def wall_ms() -> int:
+    return int(time.time() * 1000)
+
+
+def report(head: int = 3, digest: str = "d", changed_at: int = 9) -> p.RepoReport:
+    return p.RepoReport(head=head, digest=digest, partition=0, changed_at=changed_at)
+
+
+# -- 1. values from heartbeats are text, not markup
+
+
+@pytest.mark.parametrize("host", HOSTILE)
+def test_replica_table_prints_a_hostile_host_as_text(host: str) -> None:
+    rows = health.describe_replicas([heartbeat("1", host=host)], wall_ms(), {0: 10}, HEARTBEAT_INTERVAL_S)
+    with out.capture() as captured:
+        out.print(cli.replica_table(rows, wall_ms()))
+    assert host in captured.get()
+
+
+def test_repository_table_and_verdicts_print_names_as_text(monkeypatch) -> None:
+    # The name rules keep such names out of parsed heartbeats; the printing must not depend on it.
+    heads = {"[/]": {"[/x]": 2, "2": 3}}
+    verdicts = [
+        health.RepoVerdict("[/]", 0, health.Verdict.DISAGREE, {"[/x]": 2, "2": 3}, {}, ["[/x]"]),
+        health.RepoVerdict("[bold]b", 0, health.Verdict.BEHIND, {"[/x]": 2, "2": 3}, {"[/x]": 4}, []),
+        health.RepoVerdict("[/c]", 0, health.Verdict.AGREE, {"[/x]": 3, "2": 3}),
+    ]
+    with out.capture() as captured:
+        out.print(cli.repository_table(heads, ["[/x]", "2"]))
+        cli.print_verdicts(verdicts, ["[/x]", "2"])
+    text = captured.get()
+    assert "replica [/x]" in text and "[/]" in text
+    assert "DISAGREE  [/] (version 3): replica [/x] differs" in text
+    assert "behind    [bold]b (version 3): replica [/x] by 4 records" in text
+    assert "ok        [/c] (version 3)" in text
+
+
+def test_status_and_verify_print_a_hostile_host(runner: CliRunner, monkeypatch) -> None:
+    beats = [heartbeat(r, host="[/]", repos={"demo": report()}) for r in ("1", "2")]
+    monkeypatch.setattr(cli, "read_cluster", lambda settings: (beats, {0: 10}))
+    done = runner.invoke(cli.app, ["status"])
+    assert done.exit_code == 0, done.output
+    assert "[/]" in done.output and "demo" in done.output
+    done = runner.invoke(cli.app, ["verify", "--wait", "0"])
+    assert done.exit_code == 0, done.output
+    assert "ok        demo (version 3): 2 replicas agree" in done.output
+
+
+def test_status_says_when_a_heartbeat_comes_from_the_future(runner: CliRunner, monkeypatch) -> None:
+    beats = [heartbeat("1", sent_ms=wall_ms() + 3_600_000)]
+    monkeypatch.setattr(cli, "read_cluster", lambda settings: (beats, {0: 10}))
+    done = runner.invoke(cli.app, ["status"])
+    assert done.exit_code == 0, done.output
+    assert "silent" in done.output and "in the future" in done.output
+
+
+# -- ping, with a fake Bus
+
+
+class FakeBus:
+    """What ping needs of minigit_server.bus.Bus; ``reply`` is what the service answers."""
+
+    reply: ClassVar[p.Reply | None] = None
+    missing: ClassVar[bool] = False
+    opened: ClassVar[list[FakeBus]] = []
+
+    def __init__(self, settings, client_id: str, bootstrap_timeout_s: float | None = None) -> None:
+        self.settings = settings
+        self.topics = settings.topics
+        self.asked: list[tuple[p.Request, float]] = []
+        type(self).opened.append(self)
+
+    def partition_count(self, topic: str, wait_s: float = 10.0) -> int:
+        if self.missing:
+            raise ServerUnreachable(f"the minigit topics do not exist on {self.settings.bootstrap} (no topic {topic})")
+        return 3
+
+    def ask(self, request: p.Request, timeout_s: float) -> p.Reply | None:
+        self.asked.append((request, timeout_s))
+        if self.reply is None:
+            return None
+        return p.Reply(**{**vars(self.reply), "request_id": request.request_id})
+
+    def close(self) -> None:
+        pass
+
+
+@pytest.fixture
+def fake_bus(monkeypatch) -> type[FakeBus]:
+    class Fake(FakeBus):
+        opened: ClassVar[list[FakeBus]] = []  # this test's buses only
+
+    monkeypatch.setattr(bus, "Bus", Fake)
+    return Fake
+
+
+def answer(status: p.Status, message: str) -> p.Reply:
+    return p.Reply(request_id="0" * 32, action="ping", stream="s", replica="2", status=status, message=message)
+
+
+def test_ping_prints_the_answer_as_text(runner: CliRunner, fake_bus) -> None:
+    fake_bus.reply = answer(p.Status.OK, "replica 2 serves [/x] [bold]")
+    done = runner.invoke(cli.app, ["ping"])
+    assert done.exit_code == 0, done.output
+    assert done.output.startswith("replica 2 serves [/x] [bold] (round trip ")
+
+
+@pytest.mark.parametrize("status", [s for s in p.Status if s not in (p.Status.OK, p.Status.WORKING)])
+def test_ping_fails_on_any_answer_but_ok(runner: CliRunner, fake_bus, status: p.Status) -> None:
+    fake_bus.reply = answer(status, "bad request: [/x]")
+    done = runner.invoke(cli.app, ["ping"])
+    assert done.exit_code == 1, done.output
+    assert f"error: replica 2 answered {status}: bad request: [/x]" in done.output
+    assert "Traceback" not in done.output
+
+
+def test_ping_without_an_answer_is_unreachable(runner: CliRunner, fake_bus) -> None:
+    fake_bus.reply = None
+    done = runner.invoke(cli.app, ["ping", "--timeout", "0.1"])
+    assert done.exit_code == 4 and "no answer from the minigit service within 0.1s" in done.output
+
+
+def test_ping_without_the_topics_is_unreachable(runner: CliRunner, fake_bus) -> None:
+    fake_bus.missing = True
+    done = runner.invoke(cli.app, ["ping", "--namespace", "nosuch-"])
+    assert done.exit_code == 4 and "the minigit topics do not exist" in done.output
+
+
+# -- 5. ping --timeout has the client's bounds
+
+
+@pytest.mark.parametrize("value", ["0", "-1", "0.09", "nan", "inf", "-inf", "3600.5", "1e400"])
+def test_ping_refuses_a_timeout_out_of_bounds(runner: CliRunner, fake_bus, value: str) -> None:
+    done = runner.invoke(cli.app, ["ping", "--timeout", value])
+    assert done.exit_code == 2, done.output
+    assert "--timeout" in done.output and "Traceback" not in done.output
+    assert fake_bus.opened == []  # refused before any connection
+
+
+@pytest.mark.parametrize("value", ["0.1", "3600"])
+def test_ping_takes_a_timeout_within_bounds(runner: CliRunner, fake_bus, value: str) -> None:
+    fake_bus.reply = answer(p.Status.OK, "replica 2 serves ping")
+    done = runner.invoke(cli.app, ["ping", "--timeout", value])
+    assert done.exit_code == 0, done.output
+    [opened] = fake_bus.opened
+    [(request, timeout)] = opened.asked
+    assert timeout == float(value) and request.timeout_ms == int(float(value) * 1000)
+    assert math.isfinite(timeout)
+
+
+# -- 8. start checks the replica id before creating anything
+
+
+@pytest.mark.parametrize("replica_id", ["../../x", "bad id!", "[/]", ""])
+def test_start_refuses_a_bad_replica_id_before_creating_topics(runner: CliRunner, monkeypatch, replica_id) -> None:
+    created = []
+    monkeypatch.setattr(bus, "ensure_topics", lambda *args, **kwargs: created.append(args) or [])
+    done = runner.invoke(cli.app, ["start", "--replica-id", replica_id, "--namespace", "nosuch-"])
+    assert done.exit_code == 1, done.output
+    assert "replica name" in done.output
+    assert created == []
