@@ -15,7 +15,7 @@ from rich.table import Table
 
 from minigit import protocol as p
 from minigit.config import DEFAULT_BOOTSTRAP, MAX_TIMEOUT_S, MIN_TIMEOUT_S, KafkaSettings, ServerFlags
-from minigit.console import err, exit_on_error, out
+from minigit.console import err, exit_on_error, out, shown
 from minigit.errors import ExitCode, MinigitError, ServerUnreachable
 from minigit_server import health
 from minigit_server.devkafka.cli import kafka_app
@@ -64,8 +64,8 @@ DataDir = Annotated[
 
 def plain(value: str) -> str:
     """A value from the wire (heartbeats, replies) or the command line, printed as
-    it is: rich never reads it as markup."""
-    return escape(value)
+    text: rich never reads it as markup, and control characters show escaped."""
+    return escape(shown(value))
 
 
 def kafka_settings(bootstrap: str, namespace: str, kafka_option: list[str] | None) -> KafkaSettings:

@@ -213,3 +213,9 @@ def test_start_refuses_a_bad_replica_id_before_creating_topics(runner: CliRunner
     assert done.exit_code == 1, done.output
     assert "replica name" in done.output
     assert created == []
+
+
+def test_plain_shows_control_characters_escaped_and_markup_as_text():
+    from minigit_server.cli import plain
+
+    assert plain("host\x1b]0;PWNED\x07[bold]x") == "host\\033]0;PWNED\\a\\[bold]x"
