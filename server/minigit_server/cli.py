@@ -201,7 +201,8 @@ def status(
     as_json: Json = False,
 ) -> None:
     """Show the replicas (health, partitions served, applied offsets and lag) and
-    each repository's head version on every replica."""
+    each repository's head version on every replica. Exit code 0: a replica is up;
+    4: none is (so that status works as a health check)."""
     from minigit_server.replica import HEARTBEAT_INTERVAL_S
 
     with exit_on_error():
@@ -213,14 +214,16 @@ def status(
         heads = {name: health.heads_of(beats, name) for name in repos}
         if as_json:
             out.print_json(data={"replicas": [r.to_json() for r in rows], "repositories": heads, "log_end": log_end})
-            return
+        elif rows:
+            out.print(replica_table(rows, now_ms))
+            out.print(repository_table(heads, [r.replica for r in rows]))
         if not rows:
-            raise MinigitError(
-                f"no replica has reported on {bootstrap} (namespace {namespace!r})",
+            raise ServerUnreachable(
+                f"no replica has reported on {plain(bootstrap)} (namespace {namespace!r})",
                 hint="start the service with 'minigit-server start'",
             )
-        out.print(replica_table(rows, now_ms))
-        out.print(repository_table(heads, [r.replica for r in rows]))
+        if not any(row.state == ReplicaState.UP for row in rows):
+            raise ServerUnreachable("no replica is up", hint="start the service with 'minigit-server start'")
 
 
 def age(now_ms: int, then_ms: int) -> str:
@@ -267,13 +270,20 @@ def verify(
     bootstrap: Bootstrap = DEFAULT_BOOTSTRAP,
     namespace: Namespace = "",
     max_lag: Annotated[int, typer.Option(min=0, help="Records a replica may be behind without failing.")] = 0,
-    wait: Annotated[float, typer.Option(min=0, help="Seconds to let lagging replicas catch up first.")] = 10.0,
+    wait: Annotated[
+        float, typer.Option(min=0, help="Seconds to let lagging or restarting replicas catch up first.")
+    ] = 10.0,
+    expect: Annotated[
+        int, typer.Option(min=0, help="Replicas that must be up (besides every replica that ever reported).")
+    ] = 0,
     kafka_option: KafkaOption = None,
     as_json: Json = False,
 ) -> None:
     """Check that the replicas agree on every repository, comparing their state
-    digests at the same log position. Exit code 0: all agree; 3: a replica
-    disagrees or lags more than --max-lag records; 4: no replica answers."""
+    digests at the same log position, and that every replica that ever reported
+    is up (forget a removed one with 'minigit-server forget ID'). Exit code 0: all
+    agree; 3: a replica disagrees, lags more than --max-lag records, is down, or
+    fewer than --expect are up; 4: no replica answers."""
     from minigit_server.replica import HEARTBEAT_INTERVAL_S
 
     with exit_on_error():
@@ -281,9 +291,16 @@ def verify(
         deadline = time.monotonic() + wait
         while True:
             beats, _ = read_cluster(settings)
-            live = health.live_beats(beats, int(time.time() * 1000), HEARTBEAT_INTERVAL_S)
+            now_ms = int(time.time() * 1000)
+            live = health.live_beats(beats, now_ms, HEARTBEAT_INTERVAL_S)
+            down = [
+                row
+                for row in health.describe_replicas(beats, now_ms, {}, HEARTBEAT_INTERVAL_S)
+                if row.state != ReplicaState.UP
+            ]
             verdicts = health.verify_repositories(live) if live else []
             settled = live and all(v.status != Verdict.BEHIND or max(v.behind.values()) <= max_lag for v in verdicts)
+            settled = settled and not down and len(live) >= expect
             if settled or any(v.status == Verdict.DISAGREE for v in verdicts) or time.monotonic() >= deadline:
                 break
             time.sleep(HEARTBEAT_INTERVAL_S / 2)
@@ -292,7 +309,14 @@ def verify(
         ]
         if as_json:
             out.print_json(
-                data={"replicas": sorted(b.replica for b in live), "repositories": [v.to_json() for v in verdicts]}
+                data={
+                    "replicas": sorted(b.replica for b in live),
+                    "down": [
+                        {"replica": r.replica, "state": r.state, "last_heartbeat_ms": r.last_heartbeat_ms} for r in down
+                    ],
+                    "expected": expect,
+                    "repositories": [v.to_json() for v in verdicts],
+                }
             )
         if not live:
             raise ServerUnreachable(
@@ -301,7 +325,8 @@ def verify(
             )
         if not as_json:
             print_verdicts(verdicts, sorted(b.replica for b in live))
-        if failed:
+            print_missing(down, len(live), expect, now_ms)
+        if failed or down or len(live) < expect:
             raise typer.Exit(int(ExitCode.REJECTED))
 
 
@@ -328,6 +353,17 @@ def forget(
         finally:
             bus.close()
         out.print(f"forgot replica {plain(replica_id)}")
+
+
+def print_missing(down: list, live: int, expect: int, now_ms: int) -> None:
+    for row in down:
+        last = age(now_ms, row.last_heartbeat_ms)
+        out.print(
+            f"[red]DOWN[/]      replica {plain(row.replica)}: {row.state}, last heartbeat {last}"
+            f" (if it was removed for good: minigit-server forget {plain(row.replica)})"
+        )
+    if live < expect:
+        out.print(f"[red]MISSING[/]   {expect - live} of the {expect} replicas expected are not up")
 
 
 def print_verdicts(verdicts: list, replicas: list[str]) -> None:

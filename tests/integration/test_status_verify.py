@@ -46,8 +46,9 @@ def make_repos(service, tmp_path: Path) -> None:
 
 
 def status_report(service) -> dict:
+    """What ``status --json`` says; exit code 4 (no replica up yet) prints it too."""
     done = server_cli(service, "status", "--json")
-    assert done.returncode == 0, done.stderr
+    assert done.returncode in (0, 4), done.stderr
     return json.loads(done.stdout)
 
 
@@ -111,10 +112,18 @@ def replica_states(service) -> dict[str, str]:
 
 def test_verify_fails_when_no_replica_answers_and_forget_drops_a_replica(service) -> None:
     wait_for(lambda: replica_states(service) == {"1": "up", "2": "up", "3": "up"})
-    for replica in ("1", "2", "3"):
-        service.kill(replica, signal.SIGTERM)  # each says it is stopping in its last heartbeat
+    assert server_cli(service, "verify", "--wait", "0", "--expect", "3").returncode == 0
+    service.kill("3", signal.SIGTERM)  # it says it is stopping in its last heartbeat
+    wait_for(lambda: replica_states(service)["3"] == "stopped")
+    done = server_cli(service, "verify", "--wait", "0")
+    assert done.returncode == 3 and "DOWN      replica 3: stopped" in done.stdout, done.stdout
+    assert server_cli(service, "status").returncode == 0  # two are up
+    for replica in ("1", "2"):
+        service.kill(replica, signal.SIGTERM)
     done = server_cli(service, "verify", "--wait", "0")
     assert done.returncode == 4 and "no replica answers" in done.stderr
+    done = server_cli(service, "status")
+    assert done.returncode == 4 and "no replica is up" in done.stderr
 
     assert replica_states(service) == {"1": "stopped", "2": "stopped", "3": "stopped"}
     assert server_cli(service, "forget", "2").returncode == 0
@@ -185,6 +194,10 @@ def test_status_and_verify_read_hostile_heartbeats_as_data(bare_service) -> None
 
     beats()
     done = server_cli(bare_service, "verify", "--wait", "0")
-    assert done.returncode == 0, done.stdout + done.stderr
+    assert done.returncode == 3, done.stdout + done.stderr  # replica 4 is not up: verify says so
     assert "Checked 1 repositories on replicas 1\n" in done.stdout
     assert "ok        demo (version 2): 1 replicas agree" in done.stdout
+    assert "DOWN      replica 4: silent" in done.stdout
+    bare_service.bus.forget_replica("4")
+    done = server_cli(bare_service, "verify", "--wait", "0")
+    assert done.returncode == 0, done.stdout + done.stderr

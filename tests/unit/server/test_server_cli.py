@@ -104,7 +104,7 @@ def test_status_says_when_a_heartbeat_comes_from_the_future(runner: CliRunner, m
     beats = [heartbeat("1", sent_ms=wall_ms() + 3_600_000)]
     monkeypatch.setattr(cli, "read_cluster", lambda settings: (beats, {0: 10}))
     done = runner.invoke(cli.app, ["status"])
-    assert done.exit_code == 0, done.output
+    assert done.exit_code == 4, done.output  # its only replica is not up
     assert "silent" in done.output and "in the future" in done.output
 
 
@@ -219,3 +219,37 @@ def test_plain_shows_control_characters_escaped_and_markup_as_text():
     from minigit_server.cli import plain
 
     assert plain("host\x1b]0;PWNED\x07[bold]x") == "host\\033]0;PWNED\\a\\[bold]x"
+
+
+# -- status and verify as health checks
+
+
+def test_status_fails_when_no_replica_is_up(runner: CliRunner, monkeypatch) -> None:
+    beats = [heartbeat("1", stopping=True), heartbeat("2", sent_ms=wall_ms() - 60_000)]
+    monkeypatch.setattr(cli, "read_cluster", lambda settings: (beats, {0: 10}))
+    done = runner.invoke(cli.app, ["status"])
+    assert done.exit_code == 4 and "no replica is up" in done.output
+    assert "stopped" in done.output and "silent" in done.output  # the table is still shown
+    beats.append(heartbeat("3"))
+    assert runner.invoke(cli.app, ["status"]).exit_code == 0
+
+
+def test_verify_fails_when_a_known_replica_is_down(runner: CliRunner, monkeypatch) -> None:
+    beats = [heartbeat(r, repos={"demo": report()}) for r in ("1", "2")]
+    beats.append(heartbeat("3", repos={"demo": report()}, stopping=True))
+    monkeypatch.setattr(cli, "read_cluster", lambda settings: (beats, {0: 10}))
+    done = runner.invoke(cli.app, ["verify", "--wait", "0"])
+    assert done.exit_code == 3, done.output
+    assert "DOWN      replica 3: stopped" in done.output and "minigit-server forget 3" in done.output
+    beats.pop()  # forgotten
+    assert runner.invoke(cli.app, ["verify", "--wait", "0"]).exit_code == 0
+
+
+def test_verify_expect_counts_the_replicas_up(runner: CliRunner, monkeypatch) -> None:
+    beats = [heartbeat(r, repos={"demo": report()}) for r in ("1", "2")]
+    monkeypatch.setattr(cli, "read_cluster", lambda settings: (beats, {0: 10}))
+    done = runner.invoke(cli.app, ["verify", "--wait", "0", "--expect", "3"])
+    assert done.exit_code == 3 and "1 of the 3 replicas expected are not up" in done.output
+    assert runner.invoke(cli.app, ["verify", "--wait", "0", "--expect", "2"]).exit_code == 0
+    done = runner.invoke(cli.app, ["verify", "--wait", "0", "--expect", "3", "--json"])
+    assert done.exit_code == 3 and '"expected": 3' in done.output
