@@ -241,11 +241,6 @@ def _is_utf8(text: str) -> bool:
     return True
 
 
-def _type_name(annotation: Any) -> str:
-    expected = typing.get_origin(annotation) or annotation
-    return getattr(expected, "__name__", str(expected))
-
-
 def _decode(annotation: Any, value: Any, owner: str, path: str) -> Any:
     """``value`` (from JSON) checked against ``annotation``, nested records built.
     ``owner`` and ``path`` name the field for errors: "Reply: field 'entries[0].time_ms'"."""

@@ -22,7 +22,7 @@ from minigit.config import KafkaSettings
 from minigit.kafka_clients import INFRASTRUCTURE_ERRORS
 from minigit_server.apply import apply_records
 from minigit_server.bus import Bus
-from minigit_server.service import DEFAULT_MAX_PUSH_BYTES, AppliedOffsets, Handled, Service
+from minigit_server.service import DEFAULT_MAX_PUSH_BYTES, AppliedOffsets, Handled, Service, Unanswered
 from minigit_server.store import SqliteStore, Store, StoreUnusable
 
 HEARTBEAT_INTERVAL_S = 2.0
@@ -166,7 +166,7 @@ class Replica:
                         raise  # Kafka or the disk is failing: let the supervisor restart us
                     except Exception:
                         self.log.exception("request at %d@%d failed; skipped", record.partition, record.offset)
-                        handled = Handled("?", "?", "?", "failed", "see the traceback above")
+                        handled = Handled("?", "?", "?", Unanswered.FAILED, "see the traceback above")
                     if handled is None:
                         continue  # a chunk: the request it belongs to commits it
                     self.log_request(handled, record.partition, time.monotonic() - started)
