@@ -159,39 +159,50 @@ def check_tree_size(size: int, entries: int | None = None) -> None:
     if size > MAX_TREE_BYTES:
         raise ProtocolError(f"tree too large: {size} bytes, at most {MAX_TREE_BYTES} are accepted")
     if entries is not None and entries > MAX_TREE_ENTRIES:
-        raise ProtocolError(f"tree too large: {entries} files, at most {MAX_TREE_ENTRIES} are accepted")
+        raise ProtocolError(f"tree too large: more than {MAX_TREE_ENTRIES} files")
+
+
+_TREE_HEAD, _TREE_TAIL = b'{"files":{', b'},"v":1}'
+# One entry of a canonical tree: a path as json.dumps writes it (ASCII, escaped),
+# then its object with the keys in order and no spaces.
+_TREE_ENTRY = re.compile(
+    rb'("(?:[\x20\x21\x23-\x5b\x5d-\x7e]|\\["\\bfnrt]|\\u[0-9a-f]{4})*")'
+    rb':\{"sha":"([0-9a-f]{64})","size":(0|[1-9][0-9]{0,18})\}'
+)
 
 
 def decode_tree(data: bytes) -> Manifest:
-    # Each entry of a canonical tree spells "sha": once (in a path it would be
-    # escaped), so this counts the entries before decoding; the count is checked
-    # again after, for trees spelled otherwise.
-    check_tree_size(len(data), data.count(b'"sha":'))
-    files = _tree_files(data)
-    check_tree_size(len(data), len(files))
-    try:
-        manifest: Manifest = {}
-        for path, entry in files.items():
-            check_path(path)
-            size = entry["size"]
-            if not isinstance(size, int) or isinstance(size, bool) or size < 0:
-                raise ValueError(f"bad size for {path!r}")
-            manifest[path] = FileEntry(check_sha(entry["sha"]), size)
-        if clash := find_file_directory_clash(manifest):
-            raise ValueError(f"{clash!r} is both a file and a directory")
-    except (ValueError, KeyError, TypeError, ProtocolError) as error:
-        raise ProtocolError(f"invalid tree: {error}") from None
+    """A manifest from a tree's bytes, which must be exactly what ``encode_tree``
+    writes: so one manifest has one tree id, and the tree is read entry by entry,
+    its cost bounded by MAX_TREE_ENTRIES before any entry is decoded."""
+    check_tree_size(len(data))
+    end = len(data) - len(_TREE_TAIL)
+    if not data.startswith(_TREE_HEAD) or not data.endswith(_TREE_TAIL) or end < len(_TREE_HEAD):
+        raise ProtocolError("invalid tree: not a minigit tree")
+    manifest: Manifest = {}
+    pos, previous = len(_TREE_HEAD), None
+    while pos < end:
+        if manifest:
+            if data[pos : pos + 1] != b",":
+                raise ProtocolError(f"invalid tree: not in canonical form at byte {pos}")
+            pos += 1
+        entry = _TREE_ENTRY.match(data, pos, end)
+        if entry is None:
+            raise ProtocolError(f"invalid tree: not in canonical form at byte {pos}")
+        if len(manifest) == MAX_TREE_ENTRIES:
+            check_tree_size(len(data), MAX_TREE_ENTRIES + 1)
+        quoted = entry[1].decode("ascii")
+        path, size = json.loads(quoted), int(entry[3])
+        if json.dumps(path) != quoted or (previous is not None and path <= previous):
+            raise ProtocolError(f"invalid tree: not in canonical form at byte {pos}")
+        check_path(path)  # an unsafe path is UnsafePath, as everywhere
+        if size >= MAX_INT:
+            raise ProtocolError(f"invalid tree: size of {path!r} is out of range")
+        manifest[path] = FileEntry(entry[2].decode("ascii"), size)
+        pos, previous = entry.end(), path
+    if clash := find_file_directory_clash(manifest):
+        raise ProtocolError(f"invalid tree: {clash!r} is both a file and a directory")
     return manifest
-
-
-def _tree_files(data: bytes) -> dict[str, Any]:
-    try:
-        doc = load_json(data)
-        if not isinstance(doc, dict) or doc.get("v") != 1 or not isinstance(doc.get("files"), dict):
-            raise ValueError("unknown tree format")
-    except (ValueError, ProtocolError) as error:
-        raise ProtocolError(f"invalid tree: {error}") from None
-    return doc["files"]
 
 
 def find_file_directory_clash(paths: Mapping[str, object]) -> str | None:
@@ -648,6 +659,11 @@ class Reply(Message):
         _check_request_id(self.request_id)
         if self.tree is not None:
             check_sha(self.tree)
+        # an answer carries a tree and the blobs it lists, never more
+        if self.blob_count > MAX_TREE_ENTRIES + 1:
+            raise ProtocolError(f"blob_count {self.blob_count} is more than a version can hold")
+        if self.blob_bytes > MAX_TREE_BYTES + MAX_TREE_ENTRIES * MAX_BLOB_BYTES:
+            raise ProtocolError(f"blob_bytes {self.blob_bytes} is more than a version can hold")
 
 
 # -- the replication log: owners -> repo-log (key = repository name)

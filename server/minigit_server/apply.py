@@ -109,26 +109,28 @@ def check_tree(store: Store, partition: int, tree: str) -> tuple[Status, str] | 
     return decisions.find_tree_problem(
         store.blob_size(partition, tree),
         lambda: store.read_blob(partition, tree),
-        lambda sha: store.blob_size(partition, sha) is not None,
+        lambda sha: store.blob_size(partition, sha),
     )
 
 
 def apply_create(store: Store, proposal: p.CreateProposal, record: LogRecord) -> decisions.Outcome:
-    if (known := store.get_outcome(record.partition, proposal.request_id)) is not None:
-        return decisions.Outcome.from_json(known)
     repo = store.get_repo(proposal.repo)
+    key = decisions.request_key(proposal)
+    if (known := store.get_outcome(record.partition, proposal.request_id)) is not None:
+        return decisions.outcome_of(known, key, repo.head if repo else None)
     outcome = decisions.decide_create(repo.head if repo else None, check_tree(store, record.partition, proposal.tree))
     if outcome.status == Status.ACCEPTED:
         store.put_repo(RepoState(proposal.repo, 1, record.partition, record.offset))
         store.add_version(proposal.repo, version_of(proposal, 1))
-    store.put_outcome(record.partition, proposal.request_id, outcome.to_json())
+    store.put_outcome(record.partition, proposal.request_id, {**outcome.to_json(), "request": key})
     return outcome
 
 
 def apply_push(store: Store, proposal: p.PushProposal, record: LogRecord) -> decisions.Outcome:
-    if (known := store.get_outcome(record.partition, proposal.request_id)) is not None:
-        return decisions.Outcome.from_json(known)
     repo = store.get_repo(proposal.repo)
+    key = decisions.request_key(proposal)
+    if (known := store.get_outcome(record.partition, proposal.request_id)) is not None:
+        return decisions.outcome_of(known, key, repo.head if repo else None)
     head_info = store.get_version(repo.name, repo.head) if repo else None
     problem = check_tree(store, record.partition, proposal.tree) if repo and proposal.base == repo.head else None
     outcome = decisions.decide_push(
@@ -141,7 +143,7 @@ def apply_push(store: Store, proposal: p.PushProposal, record: LogRecord) -> dec
     if outcome.status == Status.ACCEPTED:
         store.put_repo(RepoState(proposal.repo, outcome.version, repo.partition, record.offset))
         store.add_version(proposal.repo, version_of(proposal, outcome.version))
-    store.put_outcome(record.partition, proposal.request_id, outcome.to_json())
+    store.put_outcome(record.partition, proposal.request_id, {**outcome.to_json(), "request": key})
     return outcome
 
 

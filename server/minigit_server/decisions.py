@@ -7,6 +7,8 @@ whole consistency argument; keep these functions deterministic.
 
 from __future__ import annotations
 
+import hashlib
+import json
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import asdict, dataclass
 
@@ -23,6 +25,7 @@ class Outcome:
     head: int | None  # the repository's head after the decision (None: no repository)
     version: int | None = None  # the version this write created, when accepted
     message: str = ""
+    request: str = ""  # the request_key of the proposal decided (stored, not sent)
 
     def to_json(self) -> dict:
         return asdict(self)
@@ -32,11 +35,30 @@ class Outcome:
         return cls(**{**doc, "status": Status(doc["status"])})
 
 
+def request_key(proposal: p.Proposal) -> str:
+    """What makes two proposals one request (a retry), whoever proposed it and when:
+    a request id met again with other contents is another request."""
+    base = proposal.base if isinstance(proposal, p.PushProposal) else None
+    fields = [proposal.action, proposal.repo, proposal.user, proposal.tree, proposal.message, base]
+    return hashlib.sha256(json.dumps(fields, ensure_ascii=False).encode()).hexdigest()
+
+
+def outcome_of(known: Mapping, key: str, head: int | None) -> Outcome:
+    """The stored outcome of a request id, for a proposal whose request_key is
+    ``key``: its own outcome if it is a retry, else a refusal that stores nothing."""
+    outcome = Outcome.from_json(known)
+    if outcome.request == key:
+        return outcome
+    return Outcome(Status.INVALID, head, message="request id already used by another request")
+
+
 def find_tree_problem(
-    tree_size: int | None, read_tree: Callable[[], bytes], has_blob: Callable[[str], bool]
+    tree_size: int | None, read_tree: Callable[[], bytes], blob_size: Callable[[str], int | None]
 ) -> tuple[Status, str] | None:
     """Why a proposed tree cannot become a version: (status, message), or None.
-    A tree too large is refused from its size, before it is read or decoded."""
+    A tree too large is refused from its size, before it is read or decoded; a
+    file whose size is not its content's size is refused, so that what the
+    server later sends about a version is true."""
     if tree_size is None:
         return Status.MISSING_OBJECTS, "the tree was not uploaded completely"
     try:
@@ -44,9 +66,13 @@ def find_tree_problem(
         manifest = p.decode_tree(read_tree())
     except MinigitError as error:
         return Status.INVALID, error.message
-    missing = sorted({entry.sha for entry in manifest.values() if not has_blob(entry.sha)})
+    sizes = {sha: blob_size(sha) for sha in {entry.sha for entry in manifest.values()}}
+    missing = sorted(sha for sha, size in sizes.items() if size is None)
     if missing:
         return Status.MISSING_OBJECTS, f"{len(missing)} object(s) were not uploaded completely"
+    for path, entry in sorted(manifest.items()):
+        if entry.size != sizes[entry.sha]:
+            return Status.INVALID, f"invalid tree: {path!r} says {entry.size} bytes, its content has {sizes[entry.sha]}"
     return None
 
 

@@ -12,6 +12,7 @@ from __future__ import annotations
 import logging
 import os
 import socket
+import sqlite3
 import threading
 import time
 from collections.abc import Callable
@@ -19,6 +20,7 @@ from pathlib import Path
 
 from minigit import protocol as p
 from minigit.config import KafkaSettings
+from minigit.errors import MinigitError
 from minigit.kafka_clients import INFRASTRUCTURE_ERRORS
 from minigit_server.apply import apply_records
 from minigit_server.bus import Bus
@@ -54,6 +56,10 @@ def open_store(path: Path, log: logging.Logger) -> SqliteStore:
     file) is moved aside, and a new one is rebuilt from the log."""
     try:
         return SqliteStore(path)
+    except sqlite3.OperationalError as error:
+        raise MinigitError(
+            f"cannot open the store {path}: {error}", hint="check the data directory's permissions and free space"
+        ) from None
     except StoreUnusable as error:
         aside = path.with_name(f"{path.name}.unusable-{time.strftime('%Y%m%d-%H%M%S')}")
         for suffix in ("", "-wal", "-shm"):
@@ -162,8 +168,10 @@ class Replica:
                     started = time.monotonic()
                     try:
                         handled = self.service.handle(record.timestamp_ms, record.value)
-                    except INFRASTRUCTURE_ERRORS:
-                        raise  # Kafka or the disk is failing: let the supervisor restart us
+                    except (*INFRASTRUCTURE_ERRORS, sqlite3.DatabaseError):
+                        # Kafka, the disk or the store is failing: not this request's fault.
+                        # Stop, uncommitted; the supervisor restarts us and the store is checked.
+                        raise
                     except Exception:
                         self.log.exception("request at %d@%d failed; skipped", record.partition, record.offset)
                         handled = Handled("?", "?", "?", Unanswered.FAILED, "see the traceback above")

@@ -25,6 +25,8 @@ from minigit_server.store import Store
 MAX_LOG_REPLY_BYTES = 800_000
 # What one push may upload (compressed), unless `minigit-server start --max-push-bytes` says otherwise.
 DEFAULT_MAX_PUSH_BYTES = 1024**3
+# What the push limit counts for a chunk record at least, however small its payload.
+RECORD_CHARGE = 1024
 APPLY_WAIT_S = 120.0
 
 
@@ -111,7 +113,8 @@ class UploadMeter:
         total, seen = self._seen.pop(chunk.request_id, (0, set()))
         if (chunk.sha, chunk.index) not in seen:
             seen.add((chunk.sha, chunk.index))
-            total += len(chunk.data) * 3 // 4 - chunk.data[-2:].count("=")  # the payload's size
+            payload = len(chunk.data) * 3 // 4 - chunk.data[-2:].count("=")
+            total += max(payload, RECORD_CHARGE)  # an empty chunk is a record too
         self._seen[chunk.request_id] = (total, seen)
         while len(self._seen) > self.tracked:
             self._seen.popitem(last=False)
@@ -318,17 +321,19 @@ class Service:
             self.answer(request, Status.INVALID, message)
             self.wire.flush()
             return Handled.of(request, Status.INVALID, "too large; not proposed")
-        outcome = self.store.get_outcome(partition, request.request_id)
-        if outcome is None:
+        stored = self.store.get_outcome(partition, request.request_id)
+        if stored is None:
             self.answer(request, Status.WORKING)
             offset = self.wire.append_log(partition, request.repo.encode(), proposal.to_bytes(), wait=True)
             if not self.applied.wait_for(partition, offset + 1, APPLY_WAIT_S):
                 return Handled.of(request, Unanswered.STALLED, "not applied in time; not answered")
-            outcome = self.store.get_outcome(partition, request.request_id)
+            stored = self.store.get_outcome(partition, request.request_id)
             detail = ""
         else:
             detail = " (retry: original outcome)"
-        result = decisions.Outcome.from_json(outcome)
+        # Another request may have taken this id first: answer for this one only.
+        repo = self.store.get_repo(request.repo)
+        result = decisions.outcome_of(stored, decisions.request_key(proposal), repo.head if repo else None)
         self.answer(request, result.status, result.message, version=result.version, head=result.head)
         self.wire.flush()
         version = f"v{result.version}" if result.version else f"head v{result.head}"

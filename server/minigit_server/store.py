@@ -267,7 +267,11 @@ class SqliteStore(Store):
             self._open_schema()
         except sqlite3.DatabaseError as error:
             self.close()
-            raise StoreUnusable(self.path, str(error)) from None
+            # Only damage makes a store unusable; a store that cannot be opened or
+            # written (permissions, a full disk, a lock) is a failure to report.
+            if getattr(error, "sqlite_errorcode", None) in (sqlite3.SQLITE_NOTADB, sqlite3.SQLITE_CORRUPT):
+                raise StoreUnusable(self.path, str(error)) from None
+            raise
         except StoreUnusable:
             self.close()
             raise
@@ -279,6 +283,10 @@ class SqliteStore(Store):
             db.executescript(f"BEGIN; {_SCHEMA} PRAGMA user_version = {SCHEMA_VERSION}; COMMIT;")
         elif version != SCHEMA_VERSION:
             raise StoreUnusable(self.path, f"schema version {version}, this replica needs {SCHEMA_VERSION}")
+        # A damaged page anywhere (reads it all: seconds for a large store, at start only).
+        problems = [row[0] for row in db.execute("PRAGMA quick_check(3)")]
+        if problems != ["ok"]:
+            raise StoreUnusable(self.path, f"damaged: {'; '.join(problems)}")
 
     def _db(self) -> sqlite3.Connection:
         db = getattr(self._local, "db", None)

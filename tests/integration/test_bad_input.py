@@ -101,7 +101,7 @@ def test_server_refuses_unsafe_paths_on_push(service, tmp_path: Path) -> None:
     blob = b"payload"
     with Connection(service.settings, "mallory") as connection:
         for bad in UNSAFE_PATHS:
-            tree = json.dumps({"v": 1, "files": {bad: {"sha": p.hash_bytes(blob), "size": len(blob)}}}).encode()
+            tree = p.encode_tree({bad: p.FileEntry(p.hash_bytes(blob), len(blob))})
             request = connection.new_request(p.PushRequest, repo="safe", base=1, tree=p.hash_bytes(tree))
             reply = connection.call(request, [BlobSource.from_bytes(tree), BlobSource.from_bytes(blob)]).reply
             assert reply.status == p.Status.INVALID and "unsafe path" in reply.message, bad
@@ -115,7 +115,7 @@ def test_client_refuses_unsafe_paths_on_pull(bare_service, tmp_path: Path) -> No
     working directory: the client refuses it and writes nothing anywhere."""
     service = bare_service
     evil = b"owned\n"
-    tree = json.dumps({"v": 1, "files": {"../escape.txt": {"sha": p.hash_bytes(evil), "size": len(evil)}}}).encode()
+    tree = p.encode_tree({"../escape.txt": p.FileEntry(p.hash_bytes(evil), len(evil))})
     stop = threading.Event()
 
     def rogue() -> None:

@@ -7,6 +7,7 @@ cross-checks apply one log to both and compare everything they hold.
 from __future__ import annotations
 
 import base64
+import dataclasses
 import itertools
 import json
 import os
@@ -114,8 +115,9 @@ def pair(tmp_path):
 
 
 def outcome(store: Store, rid: str) -> decisions.Outcome | None:
+    """The stored outcome, without the key of the request it decided."""
     found = store.get_outcome(0, rid)
-    return decisions.Outcome.from_json(found) if found is not None else None
+    return dataclasses.replace(decisions.Outcome.from_json(found), request="") if found is not None else None
 
 
 def state(store: Store, rids=(), shas=()) -> dict:
@@ -342,7 +344,7 @@ def test_create_referencing_a_missing_blob_creates_nothing(store):
 
 
 def _evil_tree(path: str, sha: str) -> bytes:
-    return json.dumps({"v": 1, "files": {path: {"sha": sha, "size": 1}}}).encode()
+    return p.encode_tree({path: p.FileEntry(sha, 1)})
 
 
 @pytest.mark.parametrize("path", ["../x", "/etc/passwd", "a/.minigit", "a\\b", "a//b"])
@@ -365,9 +367,7 @@ def test_tree_with_unsafe_path_is_invalid(store, path):
 def test_tree_with_file_directory_clash_is_invalid(store):
     log = Log()
     blob = log.blob(b"x")
-    evil = log.raw_tree(
-        json.dumps({"v": 1, "files": {"a": {"sha": blob, "size": 1}, "a/b": {"sha": blob, "size": 1}}}).encode()
-    )
+    evil = log.raw_tree(p.encode_tree({"a": p.FileEntry(blob, 1), "a/b": p.FileEntry(blob, 1)}))
     rid = log.create(evil)
     apply_records(store, log.records, PARTITIONS)
     assert outcome(store, rid).status == p.Status.INVALID
@@ -388,6 +388,26 @@ def test_retried_proposal_gets_the_original_outcome(store):
     assert outcome(store, push) == decisions.Outcome(p.Status.ACCEPTED, 2, 2, "accepted as version 2")
     assert outcome(store, create).status == p.Status.ACCEPTED
     assert [v.version for v in store.list_versions(REPO)] == [1, 2]
+
+
+def test_a_request_id_reused_with_other_contents_is_another_request(store):
+    """The same id in the same partition for another repository (or other contents)
+    is refused, stores nothing, and leaves the first request's outcome as it was."""
+    log = Log()
+    log.create(log.tree({"a": b"1"}))
+    log.create(log.tree({"a": b"1"}, repo="other"), repo="other")
+    push = log.push(1, log.tree({"a": b"2"}))
+    stolen = log.push(1, log.tree({"a": b"3"}, repo="other"), repo="other", rid=push)
+    done = dict(apply_records(store, log.records, PARTITIONS))
+    assert stolen == push and outcome(store, push) == decisions.Outcome(
+        p.Status.ACCEPTED, 2, 2, "accepted as version 2"
+    )
+    assert store.get_repo("other").head == 1
+    stolen_record = log.records[-1]
+    assert isinstance(done[stolen_record], p.PushProposal)
+    assert decisions.outcome_of(store.get_outcome(0, push), "another key", 1).message == (
+        "request id already used by another request"
+    )
 
 
 def test_retry_of_a_rejected_push_stays_rejected(store):
@@ -915,3 +935,40 @@ def test_an_unusable_store_is_moved_aside_and_a_new_one_opened(tmp_path):
     store.close()
     [aside] = path.parent.glob("store.sqlite.unusable-*")
     assert aside.read_bytes() == b"\0" * 8192
+
+
+def test_a_store_with_a_damaged_page_is_unusable(tmp_path):
+    from minigit_server.store import StoreUnusable
+
+    store = SqliteStore(tmp_path / "s.sqlite")
+    log = Log()
+    log.create(log.tree({f"f{n}": os.urandom(3000) for n in range(40)}))
+    apply_records(store, log.records, PARTITIONS)
+    store.close()
+    with open(tmp_path / "s.sqlite", "r+b") as file:  # page 5 overwritten: the header is intact
+        file.seek(4 * 4096)
+        file.write(b"\xab" * 4096)
+    with pytest.raises(StoreUnusable):
+        SqliteStore(tmp_path / "s.sqlite")
+
+
+def test_a_store_that_cannot_be_opened_is_an_error_not_damage(tmp_path):
+    """Permissions, a full disk or a directory in the way: nothing to rebuild, a failure to report."""
+    from minigit_server.store import StoreUnusable
+
+    (tmp_path / "s.sqlite").mkdir()
+    with pytest.raises(sqlite3.OperationalError, match="unable to open") as raised:
+        SqliteStore(tmp_path / "s.sqlite")
+    assert not isinstance(raised.value, StoreUnusable)
+
+
+def test_a_replica_reports_a_store_it_cannot_open_and_moves_nothing(tmp_path):
+    import logging
+
+    from minigit.errors import MinigitError
+    from minigit_server.replica import open_store
+
+    (tmp_path / "store.sqlite").mkdir()
+    with pytest.raises(MinigitError, match="cannot open the store"):
+        open_store(tmp_path / "store.sqlite", logging.getLogger("test"))
+    assert [path.name for path in tmp_path.iterdir()] == ["store.sqlite"]

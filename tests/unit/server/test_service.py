@@ -114,13 +114,28 @@ def test_push_is_answered_with_the_applied_outcome_and_a_retry_with_the_same(ser
     first = push(service, "r", 1, {"a.txt": b"b"}, request_id)
     assert (first.status, first.version, first.head) == (p.Status.ACCEPTED, 2, 2)
     log_length = len(service.wire.log[service.wire.log_partition("r")])
-    again = p.PushRequest(request_id=request_id, repo="r", user="u", reply_partition=2, base=1, tree="0" * 64)
+    tree = p.hash_bytes(p.encode_tree({"a.txt": p.FileEntry(p.hash_bytes(b"b"), 1)}))
+    again = p.PushRequest(request_id=request_id, repo="r", user="u", reply_partition=2, base=1, tree=tree)
     handled = send(service, again)
     assert "retry: original outcome" in handled.detail
     assert answers(service, request_id)[-1].version == 2
     assert len(service.wire.log[service.wire.log_partition("r")]) == log_length  # no second proposal
     stale = push(service, "r", 1, {"a.txt": b"c"})
     assert (stale.status, stale.head) == (p.Status.REJECTED, 2)
+
+
+def test_a_request_id_taken_by_another_request_is_refused_not_answered_for_it(service: Service) -> None:
+    """Request ids are visible on repo-requests before their request arrives: a
+    request with a stolen id must not get the other request's answer."""
+    other = "u"  # in the same log partition as "r"
+    assert service.wire.log_partition(other) == service.wire.log_partition("r")
+    create(service, "r", {"a.txt": b"a"})
+    create(service, other, {"a.txt": b"a"})
+    request_id = rid()
+    assert push(service, "r", 1, {"a.txt": b"b"}, request_id).status == p.Status.ACCEPTED
+    stolen = push(service, other, 1, {"a.txt": b"b"}, request_id)  # same id, another repository
+    assert (stolen.status, stolen.message) == (p.Status.INVALID, "request id already used by another request")
+    assert service.store.get_repo(other).head == 1 and service.store.get_repo("r").head == 2
 
 
 def test_pull_streams_the_tree_and_only_what_changed(service: Service) -> None:
@@ -216,10 +231,24 @@ def test_chunks_sent_again_by_a_retry_are_counted_once() -> None:
 def test_the_upload_meter_forgets_the_oldest_requests_beyond_its_bound() -> None:
     from minigit_server.service import UploadMeter
 
-    meter = UploadMeter(limit=10, tracked=2)
-    chunk = p.Chunk(request_id="0" * 32, repo="r", sha="a" * 64, index=0, count=1, encoding="raw", data="A" * 40)
-    assert not meter.admit(chunk)  # 30 bytes: over
+    meter = UploadMeter(limit=2000, tracked=2)
+    chunk = p.Chunk(request_id="0" * 32, repo="r", sha="a" * 64, index=0, count=1, encoding="raw", data="A" * 4000)
+    assert not meter.admit(chunk)  # 3000 bytes: over
     for n in (1, 2):
-        meter.admit(dataclasses.replace(chunk, request_id=f"{n:032x}", data=""))
+        assert meter.admit(dataclasses.replace(chunk, request_id=f"{n:032x}", data=""))  # counted as one record
     assert meter.settle("0" * 32) is None  # forgotten, so not refused: its chunks never reached the log anyway
     assert meter.settle(f"{2:032x}") is None and len(meter._seen) == 1
+
+
+def test_empty_chunks_count_against_the_push_limit_as_records() -> None:
+    from minigit_server.service import RECORD_CHARGE
+
+    service = limited(max_push_bytes=10 * RECORD_CHARGE)
+    request_id, partition = rid(), service.wire.log_partition("r")
+    for index in range(50):  # 50 records of nothing: a flood of the log, not a push
+        chunk = p.Chunk(request_id=request_id, repo="r", sha="a" * 64, index=index, count=50, encoding="raw", data="")
+        send(service, chunk)
+    assert len(service.wire.log.get(partition, [])) == 10
+    push_request = p.PushRequest(request_id=request_id, repo="r", user="u", reply_partition=2, base=1, tree="b" * 64)
+    send(service, push_request)
+    assert answers(service, request_id)[-1].message.startswith("push too large")

@@ -715,7 +715,8 @@ def test_tree_round_trip_property(manifest):
 
 
 def _tree(files, v=1) -> bytes:
-    return json.dumps({"v": v, "files": files}).encode()
+    """Canonically spelled, whatever it holds: so that a test of a rule tests that rule."""
+    return json.dumps({"v": v, "files": files}, sort_keys=True, separators=(",", ":")).encode()
 
 
 GOOD_FILE = {"sha": SHA, "size": 1}
@@ -899,3 +900,53 @@ def test_a_heartbeat_names_its_replica_and_repositories_by_the_name_rules(change
         changes = {"repos": {"[bold]r": doc["repos"]["repo"]}}
     with pytest.raises(ProtocolError, match="name"):
         p.parse_message(encode(doc | changes))
+
+
+# ---------------------------------------------------------------- trees are read only in their canonical form
+
+
+@pytest.mark.parametrize(
+    "spelling",
+    [
+        {},  # json.dumps' default spaces
+        {"separators": (",", ":")},  # keys in insertion order
+        {"separators": (",", ":"), "sort_keys": True, "ensure_ascii": False},
+    ],
+)
+def test_a_tree_spelled_otherwise_is_invalid(spelling):
+    files = {"b": GOOD_FILE, "é": GOOD_FILE}
+    data = json.dumps({"v": 1, "files": files}, **spelling).encode()
+    assert json.loads(data) == json.loads(p.encode_tree({k: p.FileEntry(SHA, 1) for k in files}))
+    with pytest.raises(ProtocolError, match="invalid tree"):
+        p.decode_tree(data)
+
+
+@pytest.mark.parametrize(
+    "body",
+    [
+        b'"a":{"sha":"S","size":1},"a":{"sha":"S","size":1}',  # a path twice
+        b'"b":{"sha":"S","size":1},"a":{"sha":"S","size":1}',  # out of order
+        b'"\\u0061":{"sha":"S","size":1}',  # an escape json.dumps would not write
+        b'"a":{"sha":"S","size":01}',
+        b'"a":{"sha":"S","size":1},',
+        b'"a":{"size":1,"sha":"S"}',
+        b'"a":{"sha":"S","size":1,"x":1}',
+    ],
+)
+def test_a_tree_that_is_not_canonical_is_invalid(body):
+    data = b'{"files":{' + body.replace(b"S", SHA.encode()) + b'},"v":1}'
+    with pytest.raises(ProtocolError, match="invalid tree"):
+        p.decode_tree(data)
+
+
+def test_a_tree_of_objects_that_are_not_entries_is_refused_before_decoding_any():
+    """16 MiB of '{},' compresses to a few KB and decoded to hundreds of MB."""
+    data = b'{"files":{"a":[' + b"{}," * (p.MAX_TREE_BYTES // 4) + b'{}]},"v":1}'
+    with pytest.raises(ProtocolError, match="not in canonical form at byte 10"):
+        p.decode_tree(data)
+
+
+def test_a_tree_with_one_file_too_many_is_refused_while_it_is_read():
+    manifest = {f"f{n:06d}": p.FileEntry(SHA, 1) for n in range(p.MAX_TREE_ENTRIES + 1)}
+    with pytest.raises(ProtocolError, match=f"tree too large: more than {p.MAX_TREE_ENTRIES} files"):
+        p.decode_tree(p.encode_tree(manifest))
