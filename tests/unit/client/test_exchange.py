@@ -9,6 +9,7 @@ from __future__ import annotations
 import io
 import json
 import random
+import tempfile
 import uuid
 
 import pytest
@@ -18,8 +19,9 @@ from inprocess import RecordingObserver
 
 from minigit import codec
 from minigit import protocol as p
-from minigit.client.exchange import ReplyCollector, await_answer
-from minigit.errors import ExitCode, ProtocolError, ServerUnreachable
+from minigit.client import exchange
+from minigit.client.exchange import ReceivedBlob, ReplyCollector, await_answer
+from minigit.errors import ExitCode, ProtocolError, ServerUnreachable, UnsafePath
 
 BIG = random.Random(11).randbytes(2 * codec.CHUNK_SIZE + 77)  # three chunks
 
@@ -46,10 +48,23 @@ def chunks(request_id: str, data: bytes, stream: str | None) -> list[bytes]:
     return [chunk.to_bytes() for chunk in p.blob_chunks(request_id, "repo", blob, stream)]
 
 
-def answer(request_id: str, blobs: list[bytes], **fields) -> tuple[p.Reply, list[bytes]]:
-    """A reply and the records of its whole answer, in order."""
-    head = reply(request_id, blobs, **fields)
-    return head, [head.to_bytes()] + [value for data in blobs for value in chunks(request_id, data, head.stream)]
+def manifest_of(files: list[bytes]) -> p.Manifest:
+    return {f"f{number}": p.FileEntry(p.hash_bytes(data), len(data)) for number, data in enumerate(files)}
+
+
+def tree_of(files: list[bytes]) -> bytes:
+    """The tree of a version that holds ``files``."""
+    return p.encode_tree(manifest_of(files))
+
+
+def answer(request_id: str, files: list[bytes], **fields) -> tuple[p.Reply, list[bytes]]:
+    """A pull answer and its records, in order: the reply, the tree that lists
+    ``files``, then ``files``, as the server sends them."""
+    tree = tree_of(files)
+    head = reply(request_id, [tree, *files], **{"tree": p.hash_bytes(tree), **fields})
+    return head, [head.to_bytes()] + [
+        value for data in (tree, *files) for value in chunks(request_id, data, head.stream)
+    ]
 
 
 def feed_all(collector: ReplyCollector, records: list[bytes]) -> list[bool]:
@@ -57,9 +72,10 @@ def feed_all(collector: ReplyCollector, records: list[bytes]) -> list[bool]:
 
 
 def contents(collector: ReplyCollector) -> dict[str, bytes]:
+    """The files of the complete answer, by sha (its tree left out)."""
     response = collector.response
     assert response is not None
-    return {sha: blob.read() for sha, blob in response.blobs.items()}
+    return {sha: blob.read() for sha, blob in response.blobs.items() if sha != response.reply.tree}
 
 
 GARBAGE = [
@@ -84,8 +100,8 @@ def test_other_requests_records_and_garbage_are_ignored() -> None:
     assert feed_all(collector, GARBAGE + theirs) == [False] * (len(GARBAGE) + len(theirs))
     assert collector.response is None and collector.observer.events == []
     head, records = answer(mine, [])
-    assert feed_all(collector, records) == [True]
-    assert collector.response.reply == head
+    assert feed_all(collector, records) == [True, True]  # the reply, and its (empty) tree
+    assert collector.response.reply == head and collector.response.manifest == {}
 
 
 def test_a_working_reply_is_not_an_answer() -> None:
@@ -129,8 +145,8 @@ def test_chunks_before_their_reply_are_ignored() -> None:
 
 def test_chunks_are_assembled_and_verified() -> None:
     request_id = rid()
-    blobs = [b'{"files":{}}', BIG, b"", b"small"]
-    head, records = answer(request_id, blobs)
+    files = [BIG, b"", b"small"]
+    head, records = answer(request_id, files)
     assert len(records) == 1 + 1 + 3 + 1 + 1
     collector = ReplyCollector(request_id, RecordingObserver())
     for value in records[:-1]:
@@ -139,7 +155,9 @@ def test_chunks_are_assembled_and_verified() -> None:
     collector.feed(records[-1])
     response = collector.response
     assert response.reply == head
-    assert contents(collector) == {p.hash_bytes(data): data for data in blobs}
+    assert contents(collector) == {p.hash_bytes(data): data for data in files}
+    assert response.blobs[head.tree].read() == tree_of(files)
+    assert response.manifest == manifest_of(files)  # the tree, decoded once, as it came
     big = response.blobs[p.hash_bytes(BIG)]
     assert (big.sha, big.size) == (p.hash_bytes(BIG), len(BIG))
     out = io.BytesIO()
@@ -156,7 +174,7 @@ def test_chunks_of_another_stream_are_ignored() -> None:
     collector = ReplyCollector(request_id, RecordingObserver())
     assert feed_all(collector, [records[0], *stray]) == [True, False, False]  # not news of this answer
     assert collector.response is None and collector.answer.done == {}
-    collector.feed(records[1])
+    feed_all(collector, records[1:])
     assert contents(collector) == {p.hash_bytes(b"real"): b"real"}
 
 
@@ -164,30 +182,30 @@ def test_a_chunk_of_a_finished_blob_sent_again_is_ignored() -> None:
     request_id = rid()
     _, records = answer(request_id, [b"first", b"second"])
     collector = ReplyCollector(request_id, RecordingObserver())
-    feed_all(collector, [records[0], records[1], records[1], records[2]])
+    feed_all(collector, [records[0], records[1], records[2], records[2], records[1], records[3]])
     assert contents(collector) == {p.hash_bytes(b"first"): b"first", p.hash_bytes(b"second"): b"second"}
 
 
 def test_a_newer_reply_supersedes_an_answer_in_progress() -> None:
     request_id = rid()
-    _, old = answer(request_id, [b"tree", BIG], replica="1")
-    second, new = answer(request_id, [b"tree", BIG], replica="2")
+    _, old = answer(request_id, [BIG], replica="1")
+    second, new = answer(request_id, [BIG], replica="2")
     collector = ReplyCollector(request_id, RecordingObserver())
     feed_all(collector, old[:4])  # the reply, the tree, two of BIG's three chunks: then replica 1 dies
-    cut_off = collector.answer.done[p.hash_bytes(b"tree")]
+    cut_off = collector.answer.done[second.tree]
     feed_all(collector, [new[0], *old[4:]])  # the late chunk of the old stream is ignored
     assert cut_off.file.closed and collector.response is None
     feed_all(collector, new[1:])
     assert collector.response.reply == second and collector.response.reply.replica == "2"
-    assert contents(collector) == {p.hash_bytes(b"tree"): b"tree", p.hash_bytes(BIG): BIG}
+    assert contents(collector) == {p.hash_bytes(BIG): BIG}
 
 
 def test_content_that_does_not_match_its_hash_drops_the_answer() -> None:
     request_id = rid()
-    head = reply(request_id, [b"good"])
+    head, records = answer(request_id, [b"good"])
     forged = p.Chunk.of_piece(request_id, "repo", p.hash_bytes(b"good"), 1, codec.encode_piece(0, b"evil"), head.stream)
     collector = ReplyCollector(request_id, RecordingObserver())
-    assert feed_all(collector, [head.to_bytes(), forged.to_bytes()]) == [True, False]  # no exception, no news
+    assert feed_all(collector, [*records[:2], forged.to_bytes()]) == [True, True, False]  # no exception, no news
     assert collector.answer is None and collector.response is None
     _, again = answer(request_id, [b"good"])
     feed_all(collector, again)
@@ -199,8 +217,8 @@ def test_a_chunk_out_of_order_drops_the_answer(order: list[int]) -> None:
     request_id = rid()
     _, records = answer(request_id, [BIG])
     collector = ReplyCollector(request_id, RecordingObserver())
-    collector.feed(records[0])
-    feed_all(collector, [records[1 + i] for i in order])
+    feed_all(collector, records[:2])  # the reply, the tree
+    feed_all(collector, [records[2 + i] for i in order])
     assert collector.answer is None and collector.response is None
 
 
@@ -212,6 +230,157 @@ def test_chunk_data_that_is_not_base64_drops_the_answer() -> None:
     collector = ReplyCollector(request_id, RecordingObserver())
     feed_all(collector, [records[0], json.dumps(doc).encode()])
     assert collector.answer is None and collector.response is None
+
+
+# ---------------------------------------------------------------- the blobs an answer may carry
+
+
+def broken_by(collector: ReplyCollector, records: list[bytes]) -> list[bool]:
+    """Feed ``records``; the answer must have broken, leaving nothing behind."""
+    fed = feed_all(collector, records)
+    assert collector.answer is None and collector.response is None
+    return fed
+
+
+def test_a_first_blob_that_is_not_the_tree_breaks_the_answer() -> None:
+    request_id, clock = rid(), Clock()
+    head, records = answer(request_id, [b"file"])
+    collector = ReplyCollector(request_id, RecordingObserver(), clock)
+    assert clock.at(1) and broken_by(collector, [records[0], records[2], records[1]]) == [True, False, False]
+    assert (collector.reached, collector.last_news) == (0, 0.0)  # the reply was never news
+    assert collector.broken == [f"object {p.hash_bytes(b'file')[:12]} came before the answer's tree {head.tree[:12]}"]
+
+
+def test_a_blob_the_tree_does_not_list_breaks_the_answer() -> None:
+    request_id, clock = rid(), Clock()
+    head, records = answer(request_id, [b"listed"], blob_count=3)
+    unlisted = chunks(request_id, b"not in the tree", head.stream)
+    collector = ReplyCollector(request_id, RecordingObserver(), clock)
+    assert clock.at(1) and feed_all(collector, records) == [True, True, True]
+    assert clock.at(2) and broken_by(collector, unlisted) == [False]
+    assert (collector.reached, collector.last_news) == (0, 0.0)
+    assert collector.broken == [f"object {p.hash_bytes(b'not in the tree')[:12]} is not in the answer's tree"]
+
+
+def test_the_blobs_of_an_answer_without_a_tree_break_it() -> None:
+    request_id = rid()
+    head = reply(request_id, [b"file"])  # no tree
+    collector = ReplyCollector(request_id, RecordingObserver())
+    assert broken_by(collector, [head.to_bytes(), *chunks(request_id, b"file", head.stream)]) == [True, False]
+    assert collector.broken == [f"object {p.hash_bytes(b'file')[:12]} came with an answer that has no tree"]
+
+
+@pytest.mark.parametrize(
+    "tree, problem",
+    [
+        (b"tree", "invalid tree: not a minigit tree"),
+        (b'{"files": {}, "v": 1}', "invalid tree: not a minigit tree"),  # valid JSON, not canonical
+        (tree_of([b"one", b"two"]).replace(b'"f1"', b'"f0"'), "invalid tree: not in canonical form"),
+    ],
+)
+def test_a_tree_that_does_not_decode_stops_the_command(tree: bytes, problem: str) -> None:
+    """Complete and matching its id, it is the tree the service meant: no retry mends it."""
+    request_id = rid()
+    head = reply(request_id, [tree, b"file"], tree=p.hash_bytes(tree))
+    collector = ReplyCollector(request_id, RecordingObserver())
+    collector.feed(head.to_bytes())
+    with pytest.raises(ProtocolError) as stopped:
+        feed_all(collector, chunks(request_id, tree, head.stream))
+    prefix = f"the service sent a malformed answer: its tree {head.tree[:12]} does not decode: {problem}"
+    assert stopped.value.message.startswith(prefix) and stopped.value.exit_code == ExitCode.ERROR
+    assert collector.answer is None and collector.response is None
+
+
+def test_a_tree_with_an_unsafe_path_stops_the_command_as_an_unsafe_path() -> None:
+    request_id = rid()
+    tree = p.encode_tree({"../escape.txt": p.FileEntry(p.hash_bytes(b"x"), 1)})
+    head = reply(request_id, [tree, b"x"], tree=p.hash_bytes(tree))
+    collector = ReplyCollector(request_id, RecordingObserver())
+    collector.feed(head.to_bytes())
+    with pytest.raises(UnsafePath, match=r"^unsafe path '\.\./escape\.txt': '\.\.' part$"):
+        feed_all(collector, chunks(request_id, tree, head.stream))
+    assert collector.answer is None and collector.response is None
+
+
+def test_a_tree_larger_than_a_tree_may_be_breaks_the_answer_at_its_first_piece() -> None:
+    request_id = rid()
+    tree = tree_of([])
+    head = reply(request_id, [tree], tree=p.hash_bytes(tree))
+    count = exchange.MAX_TREE_CHUNKS + 1
+    first = p.Chunk.of_piece(request_id, "repo", head.tree, count, codec.encode_piece(0, b"{"), head.stream)
+    collector = ReplyCollector(request_id, RecordingObserver())
+    assert broken_by(collector, [head.to_bytes(), first.to_bytes()]) == [True, False]
+    assert collector.broken == [f"the tree {head.tree[:12]} is too large: {count} pieces"]
+
+
+def test_the_tree_is_decoded_once_and_kept_with_the_answer(monkeypatch: pytest.MonkeyPatch) -> None:
+    request_id = rid()
+    decoded: list[bytes] = []
+    real = p.decode_tree
+    monkeypatch.setattr(p, "decode_tree", lambda data: decoded.append(data) or real(data))
+    files = [b"one", b"two"]
+    _, records = answer(request_id, files)
+    collector = ReplyCollector(request_id, RecordingObserver())
+    feed_all(collector, [records[0], records[1], records[1], *records[2:]])  # the tree's piece sent twice
+    assert decoded == [tree_of(files)] and collector.response.manifest == manifest_of(files)
+
+
+def test_a_trickle_of_blobs_the_answer_does_not_call_for_cannot_hold_the_command() -> None:
+    """A service that promises many blobs and never sends its tree, then sends a
+    new small blob every 2 s: none of it is news, the command gives up in time."""
+    clock = Clock()
+    request_id = rid()
+
+    def trickle(number: int) -> list[tuple[float, bytes]]:
+        head, records = answer(request_id, [b"a"], blob_count=p.MAX_TREE_ENTRIES + 1)
+        junk = [chunks(request_id, b"junk %d" % n, head.stream)[0] for n in range(400)]
+        if number == 1:  # the tree comes, then blobs it does not list
+            return [(0.5, records[0]), (1.0, records[1]), *((2.0 * n, value) for n, value in enumerate(junk, 1))]
+        return [(0.5, records[0]), *((2.0 * n, value) for n, value in enumerate(junk, 1))]  # no tree at all
+
+    service = Service(trickle, clock)
+    with pytest.raises(ServerUnreachable, match=r"^no answer from the minigit service within 8s \(2 broken answers"):
+        wait(service, request_id, 8)
+    assert clock.now == pytest.approx(8) and len(service.sent) == 2
+
+
+# ---------------------------------------------------------------- memory
+
+
+def in_memory(blob: ReceivedBlob) -> bool:
+    file = blob.file
+    return isinstance(file, tempfile.SpooledTemporaryFile) and not file._rolled
+
+
+def test_an_answer_holds_at_most_spool_bytes_in_memory_the_rest_on_disk() -> None:
+    request_id = rid()
+    files = [random.Random(n).randbytes(3 * 1024 * 1024 + n) for n in range(5)]  # 15 MiB, each under SPOOL_BYTES
+    head, records = answer(request_id, files)
+    assert head.blob_bytes > exchange.SPOOL_BYTES
+    collector = ReplyCollector(request_id, RecordingObserver())
+    feed_all(collector, records)
+    blobs = collector.response.blobs.values()
+    held = sum(blob.size for blob in blobs if in_memory(blob))
+    assert 0 < held <= exchange.SPOOL_BYTES
+    assert sum(blob.size for blob in blobs if not in_memory(blob)) >= head.blob_bytes - exchange.SPOOL_BYTES
+    assert contents(collector) == {p.hash_bytes(data): data for data in files}
+    collector.response.close()
+
+
+@settings(max_examples=60, deadline=None)
+@given(sizes=st.lists(st.integers(0, 300), min_size=1, max_size=8), budget=st.integers(1, 600))
+def test_whatever_the_sizes_memory_stays_within_the_budget(sizes: list[int], budget: int) -> None:
+    request_id = rid()
+    files = [bytes([number]) * (size + 1) for number, size in enumerate(sizes)]  # all different
+    _, records = answer(request_id, files)
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(exchange, "SPOOL_BYTES", budget)
+        collector = ReplyCollector(request_id, RecordingObserver())
+        feed_all(collector, records)
+    response = collector.response
+    assert sum(blob.size for blob in response.blobs.values() if in_memory(blob)) <= budget
+    assert contents(collector) == {p.hash_bytes(data): data for data in files}
+    response.close()
 
 
 # ---------------------------------------------------------------- malformed records
@@ -270,13 +439,14 @@ def test_a_malformed_record_for_another_request_is_ignored() -> None:
 
 def test_observer_sees_the_download_totals() -> None:
     request_id = rid()
-    blobs = [b"tree", BIG, b""]
-    head, records = answer(request_id, blobs)
+    files = [BIG, b""]
+    head, records = answer(request_id, files)
     observer = RecordingObserver()
     feed_all(ReplyCollector(request_id, observer), records)
-    total = len(b"tree") + len(BIG)
+    tree = len(tree_of(files))
+    total = tree + len(BIG)
     assert observer.named("downloading") == [("downloading", total, 3)] and head.blob_bytes == total
-    assert [event[1] for event in observer.named("downloaded")] == [4, codec.CHUNK_SIZE, codec.CHUNK_SIZE, 77, 0]
+    assert [event[1] for event in observer.named("downloaded")] == [tree, codec.CHUNK_SIZE, codec.CHUNK_SIZE, 77, 0]
     assert observer.total("downloaded") == total
     assert len(observer.named("downloaded_object")) == 3
     assert observer.events[0][0] == "downloading" and observer.events[-1] == ("downloaded_object",)
@@ -284,11 +454,11 @@ def test_observer_sees_the_download_totals() -> None:
 
 def test_observer_starts_again_after_a_failover() -> None:
     request_id = rid()
-    _, old = answer(request_id, [b"tree", b"file"])
-    _, new = answer(request_id, [b"tree", b"file"])
+    _, old = answer(request_id, [b"file"])
+    _, new = answer(request_id, [b"file"])
     observer = RecordingObserver()
     feed_all(ReplyCollector(request_id, observer), old[:2] + new)
-    assert observer.named("downloading") == [("downloading", 8, 2)] * 2
+    assert observer.named("downloading") == [("downloading", len(tree_of([b"file"])) + 4, 2)] * 2
     assert len(observer.named("downloaded_object")) == 1 + 2
 
 
@@ -321,7 +491,7 @@ def test_other_records_interleaved_anywhere_change_nothing(
 
 
 @settings(max_examples=150, deadline=None)
-@given(blobs=blob_lists.filter(bool), data=st.data())
+@given(blobs=blob_lists, data=st.data())
 def test_after_a_failover_at_any_point_the_newest_answer_wins(blobs: list[bytes], data: st.DataObject) -> None:
     request_id = rid()
     _, old = answer(request_id, blobs, replica="1")
@@ -362,7 +532,7 @@ class Clock:
 def test_valid_progress_is_news_and_says_when() -> None:
     request_id, clock = rid(), Clock()
     collector = ReplyCollector(request_id, RecordingObserver(), clock)
-    _, records = answer(request_id, [b"tree", BIG])
+    _, records = answer(request_id, [BIG])
     working = reply(request_id, status=p.Status.WORKING).to_bytes()
     assert collector.last_news == 0.0 and collector.reached == 0
     assert collector.feed(working) is True
@@ -377,10 +547,10 @@ def test_a_broken_answer_was_never_news() -> None:
     request_id, clock = rid(), Clock()
     collector = ReplyCollector(request_id, RecordingObserver(), clock)
     collector.feed(reply(request_id, status=p.Status.WORKING).to_bytes())
-    head = reply(request_id, [b"tree", b"good"])
+    head, records = answer(request_id, [b"good"])
     forged = p.Chunk.of_piece(request_id, "repo", p.hash_bytes(b"good"), 1, codec.encode_piece(0, b"evil"), head.stream)
-    assert clock.at(5) and collector.feed(head.to_bytes()) is True
-    assert clock.at(6) and collector.feed(chunks(request_id, b"tree", head.stream)[0]) is True
+    assert clock.at(5) and collector.feed(records[0]) is True
+    assert clock.at(6) and collector.feed(records[1]) is True
     assert (collector.reached, collector.last_news) == (3, 6)  # the reply, and the tree's only piece
     assert clock.at(7) and collector.feed(forged.to_bytes()) is False
     assert (collector.reached, collector.last_news) == (1, 0.0)  # back to the "working" notice
@@ -391,8 +561,8 @@ def test_a_broken_answer_was_never_news() -> None:
 def test_an_answer_started_again_is_news_only_past_where_the_last_one_got() -> None:
     request_id, clock = rid(), Clock()
     collector = ReplyCollector(request_id, RecordingObserver(), clock)
-    _, first = answer(request_id, [b"tree", BIG])
-    second, again = answer(request_id, [b"tree", BIG])
+    _, first = answer(request_id, [BIG])
+    second, again = answer(request_id, [BIG])
     feed_all(collector, first[:4])  # the reply, the tree, two of BIG's pieces: then it stops
     assert clock.at(10) and feed_all(collector, again) == [False, False, False, False, True]
     assert collector.last_news == 10 and collector.response.reply == second
@@ -402,8 +572,7 @@ def test_an_answer_that_never_finishes_is_not_news_when_sent_again() -> None:
     request_id = rid()
     collector = ReplyCollector(request_id, RecordingObserver(), Clock())
     for attempt in range(3):
-        head = reply(request_id, [b"tree"], blob_count=2**62)
-        records = [head.to_bytes(), *chunks(request_id, b"tree", head.stream)]
+        _, records = answer(request_id, [], blob_count=p.MAX_TREE_ENTRIES + 1)
         assert feed_all(collector, records) == ([True, True] if attempt == 0 else [False, False])
     assert collector.response is None
 
@@ -412,7 +581,8 @@ def test_a_blob_started_over_in_the_same_answer_is_not_news() -> None:
     request_id = rid()
     _, records = answer(request_id, [BIG])
     collector = ReplyCollector(request_id, RecordingObserver(), Clock())
-    assert feed_all(collector, [*records[:3], records[1], records[2], records[3]]) == [True] * 3 + [False] * 2 + [True]
+    again = [records[2], records[3], records[4]]  # BIG's first two pieces again, then its third
+    assert feed_all(collector, [*records[:4], *again]) == [True] * 4 + [False] * 2 + [True]
     assert contents(collector) == {p.hash_bytes(BIG): BIG}
 
 
@@ -481,7 +651,7 @@ def test_a_broken_answer_each_time_ends_in_a_timeout_that_says_so() -> None:
     request_id = rid()
 
     def broken(number: int) -> list[tuple[float, bytes]]:
-        head = reply(request_id, [b"tree"])
+        head = reply(request_id, [b"tree"], tree=p.hash_bytes(b"tree"))
         piece = codec.encode_piece(0, b"evil")
         bad = p.Chunk.of_piece(request_id, "repo", p.hash_bytes(b"tree"), 1, piece, head.stream).to_bytes()
         return [(1.0, head.to_bytes()), (2.0, bad)]

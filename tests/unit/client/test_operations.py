@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import random
+import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -284,8 +285,8 @@ def test_pull_with_a_malformed_answer_is_a_protocol_error(server: InProcessServe
         ({"version": None}, "pull from version 1 answered ok at version None"),
         ({"version": 0}, "pull from version 1 answered ok at version 0"),
         ({"version": 1}, "pull from version 1 answered ok at version 1"),  # not ahead of the client
-        ({"tree": None}, "pull answered ok at version 2 without its tree"),
-        ({"tree": "0" * 64}, "pull answered ok at version 2 without its tree"),
+        ({"tree": None, "blob_count": 0, "blob_bytes": 0}, "pull answered ok at version 2 without its tree"),
+        ({"blob_count": 0, "blob_bytes": 0}, "pull answered ok at version 2 without its tree"),
     ],
 )
 def test_pull_ok_without_a_usable_version_or_tree_is_malformed_and_writes_nothing(
@@ -304,6 +305,46 @@ def test_pull_ok_without_a_usable_version_or_tree_is_malformed_and_writes_nothin
     assert bad.value.exit_code == ExitCode.ERROR
     assert files(mine) == {"a": b"1"} and (mine / ws.METADATA_NAME).read_bytes() == before
     assert ws.read_metadata(mine).version == 1
+
+
+@pytest.mark.parametrize(
+    "change, reason",
+    [
+        ({"tree": None}, "came with an answer that has no tree"),
+        ({"tree": "0" * 64}, "came before the answer's tree 000000000000"),
+    ],
+)
+def test_pull_ok_whose_blobs_are_not_its_tree_and_what_it_lists_is_dropped_and_writes_nothing(
+    server: InProcessServer, tmp_path: Path, change: dict, reason: str
+) -> None:
+    origin, mine = tmp_path / "origin", tmp_path / "mine"
+    create(server, origin, {"a": "1"})
+    op.clone_repository("lab", mine, options(server))
+    write(origin, "a", "2")
+    op.push_workdir(origin, options(server, "origin"))
+    before = (mine / ws.METADATA_NAME).read_bytes()
+    server.tamper(edit_reply(lambda doc: doc.update(change)))
+    with pytest.raises(ServerUnreachable) as dropped:
+        op.pull_workdir(mine, options(server))
+    assert "(1 broken answer dropped, the last because object " in dropped.value.message
+    assert dropped.value.message.endswith(f"{reason})")
+    assert files(mine) == {"a": b"1"} and (mine / ws.METADATA_NAME).read_bytes() == before
+
+
+def test_the_client_decodes_the_head_tree_once(
+    server: InProcessServer, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    create(server, tmp_path / "origin", {"a.txt": "a", "d/b.txt": "b"})
+    real, by_client = p.decode_tree, []
+
+    def decode_tree(data: bytes) -> p.Manifest:
+        if sys._getframe(1).f_globals["__name__"].startswith("minigit.client"):
+            by_client.append(data)
+        return real(data)
+
+    monkeypatch.setattr(p, "decode_tree", decode_tree)
+    op.clone_repository("lab", tmp_path / "copy", options(server))
+    assert by_client == [p.encode_tree(ws.scan_worktree(tmp_path / "origin"))]
 
 
 @pytest.mark.parametrize("version", [None, 0])

@@ -8,7 +8,6 @@ at once, so these tests take no time whatever the timeouts.
 
 from __future__ import annotations
 
-import json
 import math
 import time
 import uuid
@@ -153,7 +152,7 @@ def broken_every_time(request: p.Request, number: int) -> list[tuple[float, byte
 
 def never_finished(request: p.Request, number: int) -> list[tuple[float, bytes]]:
     """An answer that promises more blobs than it ever sends."""
-    reply = pull_reply(request, [TREE, b"a"], blob_count=2**62)
+    reply = pull_reply(request, [TREE, b"a"], blob_count=p.MAX_TREE_ENTRIES + 1)
     return [(0.1, reply.to_bytes()), *((0.1, value) for value in chunks(request, TREE, reply.stream))]
 
 
@@ -162,10 +161,19 @@ def slow_but_steady(request: p.Request, number: int) -> list[tuple[float, bytes]
     if number > 1:
         return []
     big = bytes(range(256)) * (11 * codec.CHUNK_SIZE // 256) + b"tail"
-    tree = json.dumps({"v": 1, "files": {"big": {"sha": p.hash_bytes(big), "size": len(big)}}}).encode()
+    tree = p.encode_tree({"big": p.FileEntry(p.hash_bytes(big), len(big))})
     reply = pull_reply(request, [tree, big], tree=p.hash_bytes(tree))
     records = [reply.to_bytes(), *chunks(request, tree, reply.stream), *chunks(request, big, reply.stream)]
     return [(3.0 * n, value) for n, value in enumerate(records, start=1)]
+
+
+def trickle(request: p.Request, number: int) -> list[tuple[float, bytes]]:
+    """An answer that promises many blobs, sends its tree, then a new small blob the
+    tree does not list every 2 s; sent again, it does not even send its tree."""
+    reply = pull_reply(request, [TREE, b"a"], blob_count=p.MAX_TREE_ENTRIES + 1)
+    junk = [value for n in range(200) for value in chunks(request, b"junk %d" % n, reply.stream)]
+    tree = chunks(request, TREE, reply.stream) if number == 1 else []
+    return [(0.1, reply.to_bytes()), *((0.2, value) for value in tree), *((2.0 * n, v) for n, v in enumerate(junk, 1))]
 
 
 # ---------------------------------------------------------------- the tests
@@ -185,7 +193,7 @@ def test_with_no_answer_at_all_the_command_gives_up_at_its_timeout(connect, time
     assert all(sent == request for _, sent in world.requests)
 
 
-@pytest.mark.parametrize("script", [broken_every_time, never_finished])
+@pytest.mark.parametrize("script", [broken_every_time, never_finished, trickle])
 def test_broken_answers_sent_again_and_again_do_not_hold_the_command(connect, script: Script) -> None:
     connection, world = connect(script, 8.0)
     with pytest.raises(ServerUnreachable, match="no answer from the minigit service within 8s") as error:
@@ -194,6 +202,9 @@ def test_broken_answers_sent_again_and_again_do_not_hold_the_command(connect, sc
     assert len(world.requests) == 2  # sent at 0 and after the first window of 5 s
     if script is broken_every_time:
         assert "broken answers dropped, the last because object" in error.value.message
+    if script is trickle:
+        assert "(2 broken answers dropped, the last because object " in error.value.message
+        assert error.value.message.endswith("came before the answer's tree " + p.hash_bytes(TREE)[:12] + ")")
 
 
 def test_a_slow_answer_that_keeps_coming_is_waited_for(connect) -> None:
