@@ -5,6 +5,7 @@ from __future__ import annotations
 import signal
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -47,15 +48,19 @@ def test_topic_creation_twice_is_harmless(kafka_bootstrap: str, namespace: str) 
 
 def test_start_creates_topics_with_the_given_partitions(kafka_bootstrap: str, namespace: str, tmp_path) -> None:
     command = [MINIGIT_SERVER, "start", "--replica-id", "1", "--partitions", "2", "--data-dir", str(tmp_path)]
-    replica = subprocess.Popen(
-        [*command, "--bootstrap", kafka_bootstrap, "--namespace", namespace], stderr=subprocess.PIPE, text=True
-    )
+    output = tmp_path / "start.err"
+    with open(output, "wb") as stderr:
+        replica = subprocess.Popen([*command, "--bootstrap", kafka_bootstrap, "--namespace", namespace], stderr=stderr)
+    try:
+        deadline = time.monotonic() + 60
+        while "created topics" not in output.read_text():
+            assert replica.poll() is None and time.monotonic() < deadline, output.read_text()
+            time.sleep(0.1)
+    finally:
+        replica.send_signal(signal.SIGTERM)
+        replica.wait(timeout=60)
     bus = Bus(KafkaSettings(kafka_bootstrap, namespace), client_id="topics-test")
     try:
-        # partition_count waits for a topic that is about to appear
-        assert bus.partition_count(Topics.for_namespace(namespace).log, wait_s=60) == 2
+        assert bus.partition_count(Topics.for_namespace(namespace).log, wait_s=10) == 2
     finally:
         bus.close()
-        replica.send_signal(signal.SIGTERM)
-        _, stderr = replica.communicate(timeout=60)
-    assert "created topics" in stderr
