@@ -279,6 +279,16 @@ def test_pull_with_a_malformed_answer_is_a_protocol_error(server: InProcessServe
     assert files(mine) == {"a": b"1"} and ws.read_metadata(mine).version == 1
 
 
+def one_version_behind(server: InProcessServer, tmp_path: Path) -> tuple[Path, bytes]:
+    """A clone at version 1 of a repository now at version 2, and its .minigit."""
+    origin, mine = tmp_path / "origin", tmp_path / "mine"
+    create(server, origin, {"a": "1"})
+    op.clone_repository("lab", mine, options(server))
+    write(origin, "a", "2")
+    op.push_workdir(origin, options(server, "origin"))
+    return mine, (mine / ws.METADATA_NAME).read_bytes()
+
+
 @pytest.mark.parametrize(
     "change, problem",
     [
@@ -292,12 +302,7 @@ def test_pull_with_a_malformed_answer_is_a_protocol_error(server: InProcessServe
 def test_pull_ok_without_a_usable_version_or_tree_is_malformed_and_writes_nothing(
     server: InProcessServer, tmp_path: Path, change: dict, problem: str
 ) -> None:
-    origin, mine = tmp_path / "origin", tmp_path / "mine"
-    create(server, origin, {"a": "1"})
-    op.clone_repository("lab", mine, options(server))
-    write(origin, "a", "2")
-    op.push_workdir(origin, options(server, "origin"))
-    before = (mine / ws.METADATA_NAME).read_bytes()
+    mine, before = one_version_behind(server, tmp_path)
     server.tamper(edit_reply(lambda doc: doc.update(change)))
     with pytest.raises(ProtocolError) as bad:
         op.pull_workdir(mine, options(server))
@@ -317,12 +322,7 @@ def test_pull_ok_without_a_usable_version_or_tree_is_malformed_and_writes_nothin
 def test_pull_ok_whose_blobs_are_not_its_tree_and_what_it_lists_is_dropped_and_writes_nothing(
     server: InProcessServer, tmp_path: Path, change: dict, reason: str
 ) -> None:
-    origin, mine = tmp_path / "origin", tmp_path / "mine"
-    create(server, origin, {"a": "1"})
-    op.clone_repository("lab", mine, options(server))
-    write(origin, "a", "2")
-    op.push_workdir(origin, options(server, "origin"))
-    before = (mine / ws.METADATA_NAME).read_bytes()
+    mine, before = one_version_behind(server, tmp_path)
     server.tamper(edit_reply(lambda doc: doc.update(change)))
     with pytest.raises(ServerUnreachable) as dropped:
         op.pull_workdir(mine, options(server))
