@@ -248,6 +248,7 @@ class ReplyCollector:
         self.answer: _Answer | None = None
         self.reached = 0
         self.last_news = clock()
+        self.last_alive = self.last_news  # the last valid reply or piece of this request, news or not
         self.broken: list[str] = []  # why each dropped answer broke
 
     def feed(self, value: bytes) -> bool:
@@ -265,6 +266,7 @@ class ReplyCollector:
         if message.request_id != self.request_id:
             return False
         if isinstance(message, p.Reply):
+            self.last_alive = self.clock()
             if message.status == p.Status.WORKING:
                 return self._advance(WORKING_STEP)
             self.abandon()
@@ -283,6 +285,7 @@ class ReplyCollector:
             self.reached, self.last_news = self.answer.before
             self.abandon()
             return False
+        self.last_alive = self.clock()
         return self._advance(self.answer.steps)
 
     def _advance(self, steps: int) -> bool:
@@ -309,8 +312,44 @@ class ReplyCollector:
 
 
 def attempt_window(timeout: float) -> float:
-    """Seconds without news after which a request is sent again (same id)."""
+    """The longest silence after which a request is sent again (same id)."""
     return max(5.0, timeout / 3)
+
+
+# The first silence after which a request is sent again, to another replica: a
+# live replica says "working", or answers, within milliseconds; one that died
+# keeps its partitions until the consumer group notices (seconds).
+HEDGE_AFTER_S = 1.0
+# The pace at which a replica takes in an upload it was sent: the first hedge
+# of a request with uploads waits this much longer per byte uploaded.
+UPLOAD_INTAKE_BYTES_PER_S = 32 * 1024 * 1024
+
+
+def resend_delay(attempt: int, timeout: float, upload_bytes: int = 0, answering: bool = False) -> float:
+    """Seconds of silence after which attempt number ``attempt`` (1, 2, ...) is
+    sent. While no answer has begun: the hedge first, then doubling, up to the
+    attempt window. While an answer is coming (``answering``), its replica is
+    alive: only a whole attempt window of silence sends the request again."""
+    window = attempt_window(timeout)
+    if answering:
+        return window
+    hedge = HEDGE_AFTER_S + upload_bytes / UPLOAD_INTAKE_BYTES_PER_S
+    return min(hedge * 2 ** (attempt - 1), max(hedge, window))
+
+
+def resend_due(
+    collector: ReplyCollector, attempt: int, sent: float, broken: int, timeout: float, upload_bytes: int
+) -> float:
+    """When attempt number ``attempt`` is due, the last having been sent at
+    ``sent`` when ``broken`` answers had broken. An answer coming (its reply
+    received) is waited for until a window without news; a request no replica
+    has begun to answer is hedged after a short silence; so is one whose answer
+    broke since it was last sent (it came from a replica that serves damage)."""
+    if len(collector.broken) > broken:
+        return sent + resend_delay(attempt, timeout, upload_bytes)
+    if collector.answer is not None:
+        return max(sent, collector.last_news) + resend_delay(attempt, timeout, upload_bytes, answering=True)
+    return max(sent, collector.last_alive) + resend_delay(attempt, timeout, upload_bytes)
 
 
 class _WaitingClock:
@@ -335,42 +374,47 @@ class _WaitingClock:
 
 def await_answer(
     request_id: str,
-    send: Callable[[bool], None],
+    send: Callable[[int], None],
     poll: Callable[[float], Iterable[bytes]],
     timeout: float,
     observer: Observer,
     clock: Callable[[], float] | None = None,
+    upload_bytes: int = 0,
 ) -> Response:
     """Send a request and wait for its answer.
 
-    ``send(again)`` sends the request (its uploads, then the request itself);
-    ``poll(seconds)`` returns the records of the reply partition that arrive
-    within at most ``seconds``. Every attempt window (``attempt_window``) without
-    news the request is sent again, same id: the server's outcome table makes
-    that harmless. After ``timeout`` seconds without news (ReplyCollector) the
-    command gives up with ServerUnreachable, within a poll of that moment.
+    ``send(attempt)`` sends the request (its uploads, then the request itself):
+    attempt 0 first, then 1, 2, ... each to the next partition of the requests
+    topic, so to another replica (hedging: the server's outcome table makes a
+    request sent twice harmless, whichever replicas answer it). ``poll(seconds)``
+    returns the records of the reply partition that arrive within at most
+    ``seconds``. A request is sent again after a silence of ``resend_delay``
+    (about a second while no answer has begun; see ``resend_due``). After ``timeout``
+    seconds without news (ReplyCollector) the command gives up with
+    ServerUnreachable, within a poll of that moment.
     """
     waited = _WaitingClock(clock or time.monotonic)
     collector = ReplyCollector(request_id, observer, waited)
-    window = attempt_window(timeout)
+    attempt = 0
     try:
         with waited.paused():
-            send(False)
+            send(attempt)
         observer.waiting()
-        sent = waited()
+        sent, broken = waited(), 0
         while True:
             now = waited()
             if now - collector.last_news >= timeout:
                 raise no_answer(timeout, collector.broken)
-            quiet_since = max(sent, collector.last_news)
-            if now - quiet_since >= window:
-                log.info("no news of %s for %.1fs; sending it again", request_id, now - quiet_since)
+            due = resend_due(collector, attempt + 1, sent, broken, timeout, upload_bytes)
+            if now >= due:
+                attempt += 1
+                log.info("no answer to %s after %.1fs; sending it again (attempt %d)", request_id, now - sent, attempt)
                 with waited.paused():
-                    send(True)
+                    send(attempt)
                 observer.waiting()
-                sent = waited()
+                sent, broken = waited(), len(collector.broken)
                 continue
-            for value in poll(min(collector.last_news + timeout, quiet_since + window) - now):
+            for value in poll(max(0.001, min(collector.last_news + timeout, due) - now)):
                 collector.feed(value)
                 if (response := collector.response) is not None:
                     return response

@@ -3,10 +3,11 @@
 The client never joins a consumer group (a join costs seconds): it assigns
 itself one random partition of repo-responses, seeks to its end, then sends
 the request carrying a request id and that partition. ``exchange.await_answer``
-keeps only records that carry its request id; if no news of the answer comes
-within an attempt window it sends the same request again with the same id (the
-server's outcome table makes the retry harmless), and it gives up after
-``timeout`` seconds without news.
+keeps only records that carry its request id; after a short silence it sends
+the same request again, same id, to the next partition of repo-requests, which
+another replica serves (hedging: a replica that died keeps its partitions for
+seconds, until the consumer group notices), and it gives up after ``timeout``
+seconds without news.
 """
 
 from __future__ import annotations
@@ -50,7 +51,8 @@ class Connection:
         self.producer = open_producer(self.settings, bootstrap_timeout_ms=bootstrap_timeout_ms)
         self.consumer = open_consumer(self.settings, group_id=None, bootstrap_timeout_ms=bootstrap_timeout_ms)
         partitions = self.consumer.partitions_for_topic(self.topics.responses)
-        if not partitions or not self.producer.partitions_for(self.topics.requests):
+        self.request_partitions = len(self.producer.partitions_for(self.topics.requests) or ())
+        if not partitions or not self.request_partitions:
             raise ServerUnreachable(
                 f"the minigit topics do not exist on {self.settings.bootstrap}",
                 hint="start the service with 'minigit-server start' (it creates them)",
@@ -81,29 +83,38 @@ class Connection:
         self, request: p.Request, uploads: Sequence[codec.BlobSource] = (), observer: Observer | None = None
     ) -> Response:
         """Send ``request`` (after its uploads) and wait for its answer
-        (``exchange.await_answer``): sent again, same id, after each attempt
-        window without news; given up after ``timeout`` seconds without news."""
+        (``exchange.await_answer``): sent again, same id, to the next request
+        partition after each silence; given up after ``timeout`` seconds
+        without news."""
         observer = observer or Observer()
 
-        def send(again: bool) -> None:
-            self._send(request, uploads, Observer() if again else observer)
+        def send(attempt: int) -> None:
+            self._send(request, uploads, Observer() if attempt else observer, attempt)
 
+        upload_bytes = sum(u.size for u in uploads)
         try:
-            return await_answer(request.request_id, send, self._poll, self.timeout, observer)
+            return await_answer(request.request_id, send, self._poll, self.timeout, observer, upload_bytes=upload_bytes)
         except INFRASTRUCTURE_ERRORS as error:
             raise self.settings.unreachable(error) from None
 
-    def _send(self, request: p.Request, uploads: Sequence[codec.BlobSource], observer: Observer) -> None:
+    def request_partition(self, repo: str, attempt: int) -> int:
+        """Where attempt ``attempt`` of a request goes: the repository's own
+        partition first (the key's partition), then each next one in turn."""
+        return (p.log_partition(repo, self.request_partitions) + attempt) % self.request_partitions
+
+    def _send(self, request: p.Request, uploads: Sequence[codec.BlobSource], observer: Observer, attempt: int) -> None:
         key = request.repo.encode()
+        partition = self.request_partition(request.repo, attempt)
         if uploads:
             observer.uploading(sum(u.size for u in uploads), len(uploads))
         for upload in uploads:
             for chunk in p.blob_chunks(request.request_id, request.repo, upload):
-                self.producer.send(self.topics.requests, key=key, value=chunk.to_bytes())
+                self.producer.send(self.topics.requests, key=key, value=chunk.to_bytes(), partition=partition)
                 observer.uploaded(codec.piece_size(upload.size, chunk.index))
             observer.uploaded_object()
-        # Same key, same partition, idempotent producer: the request lands after its chunks.
-        self.producer.send(self.topics.requests, key=key, value=request.to_bytes()).get(timeout=self.timeout)
+        # Same partition, idempotent producer: the request lands after its chunks.
+        sent = self.producer.send(self.topics.requests, key=key, value=request.to_bytes(), partition=partition)
+        sent.get(timeout=self.timeout)
 
     def _poll(self, seconds: float) -> list[bytes]:
         """The values of the records that arrive on the reply partition within ``seconds``."""

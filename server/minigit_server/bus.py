@@ -12,6 +12,7 @@ from dataclasses import dataclass
 
 from kafka import ConsumerRebalanceListener, KafkaConsumer, TopicPartition
 from kafka.admin import NewTopic
+from kafka.coordinator.assignors.roundrobin import RoundRobinPartitionAssignor
 from kafka.errors import KafkaError, TopicAlreadyExistsError
 from kafka.structs import OffsetAndMetadata
 
@@ -212,6 +213,10 @@ class Bus:
             session_timeout_ms=6000,
             heartbeat_interval_ms=1500,
             max_poll_records=50,
+            # Partition n+1 is served by another replica than partition n (when
+            # there are two or more): a client that hedges a request to the next
+            # partition reaches another replica (transport.Connection).
+            partition_assignment_strategy=[RoundRobinPartitionAssignor],
         )
         consumer.subscribe([self.topics.requests], listener=_Listener(on_assignment))
         return RequestConsumer(consumer, self.topics.requests)

@@ -155,10 +155,10 @@ class InProcessConnection:
         attempts: list[Attempt] = []
         pending: list[bytes] = []
 
-        def send(again: bool) -> None:
+        def send(attempt: int) -> None:
             if len(attempts) >= self.server.attempts:
                 return  # lost on the way
-            values = self._encode_uploads(request, uploads, Observer() if again else observer)
+            values = self._encode_uploads(request, uploads, Observer() if attempt else observer)
             attempts.append(self.server.exchange(self, request, values))
             pending.extend(attempts[-1].delivered)
 
@@ -170,7 +170,10 @@ class InProcessConnection:
             return records
 
         # a ProtocolError goes to the caller, as from the transport
-        response = await_answer(request.request_id, send, poll, self.timeout, observer, lambda: self.server.clock)
+        upload_bytes = sum(u.size for u in uploads)
+        response = await_answer(
+            request.request_id, send, poll, self.timeout, observer, lambda: self.server.clock, upload_bytes
+        )
         attempts[-1].response = response
         return response
 

@@ -8,7 +8,6 @@ at once, so these tests take no time whatever the timeouts.
 
 from __future__ import annotations
 
-import math
 import time
 import uuid
 from collections.abc import Callable
@@ -21,6 +20,8 @@ from minigit import protocol as p
 from minigit.client.transport import Connection
 from minigit.config import KafkaSettings
 from minigit.errors import ExitCode, ServerUnreachable
+
+REQUEST_PARTITIONS = 6
 
 # A simulated command still waiting after this long is waiting forever.
 FOREVER = 1000.0
@@ -41,15 +42,17 @@ class World:
     script: Script
     now: float = 0.0
     requests: list[tuple[float, p.Request]] = field(default_factory=list)
+    partitions: list[int] = field(default_factory=list)  # of repo-requests, each request's
     scheduled: list[tuple[float, bytes]] = field(default_factory=list)
 
     def monotonic(self) -> float:
         return self.now
 
-    def receive(self, value: bytes) -> None:
+    def receive(self, value: bytes, partition: int) -> None:
         message = p.parse_message(value)
         if isinstance(message, p.Request):
             self.requests.append((self.now, message))
+            self.partitions.append(partition)
             self.scheduled += [(self.now + delay, record) for delay, record in self.script(message, len(self.requests))]
 
     def due(self) -> list[bytes]:
@@ -67,8 +70,8 @@ class FakeFuture:
 class FakeProducer:
     world: World
 
-    def send(self, topic: str, key: bytes | None = None, value: bytes = b"") -> FakeFuture:
-        self.world.receive(value)
+    def send(self, topic: str, key: bytes | None = None, value: bytes = b"", partition: int = -1) -> FakeFuture:
+        self.world.receive(value, partition)
         return FakeFuture()
 
 
@@ -97,7 +100,7 @@ def connect(monkeypatch: pytest.MonkeyPatch) -> Callable[[Script, float], tuple[
         connection.user, connection.timeout = "alice", timeout
         connection.topics = connection.settings.topics
         connection.producer, connection.consumer = FakeProducer(world), FakeConsumer(world)
-        connection.reply_partition = 0
+        connection.reply_partition, connection.request_partitions = 0, REQUEST_PARTITIONS
         return connection, world
 
     return make
@@ -157,14 +160,14 @@ def never_finished(request: p.Request, number: int) -> list[tuple[float, bytes]]
 
 
 def slow_but_steady(request: p.Request, number: int) -> list[tuple[float, bytes]]:
-    """The first sending only: a valid answer of 12 pieces, one every 3 seconds."""
+    """The first sending only: a valid answer at once, then 12 pieces, one every 3 seconds."""
     if number > 1:
         return []
     big = bytes(range(256)) * (11 * codec.CHUNK_SIZE // 256) + b"tail"
     tree = p.encode_tree({"big": p.FileEntry(p.hash_bytes(big), len(big))})
     reply = pull_reply(request, [tree, big], tree=p.hash_bytes(tree))
     records = [reply.to_bytes(), *chunks(request, tree, reply.stream), *chunks(request, big, reply.stream)]
-    return [(3.0 * n, value) for n, value in enumerate(records, start=1)]
+    return [(0.1, records[0]), *((3.0 * n, value) for n, value in enumerate(records[1:], start=1))]
 
 
 def trickle(request: p.Request, number: int) -> list[tuple[float, bytes]]:
@@ -179,18 +182,49 @@ def trickle(request: p.Request, number: int) -> list[tuple[float, bytes]]:
 # ---------------------------------------------------------------- the tests
 
 
-@pytest.mark.parametrize("timeout", [1.0, 8.0, 11.0, 30.0])
-def test_with_no_answer_at_all_the_command_gives_up_at_its_timeout(connect, timeout: float) -> None:
+@pytest.mark.parametrize(
+    "timeout, sends", [(1.0, [0]), (8.0, [0, 1, 3, 7]), (11.0, [0, 1, 3, 7]), (30.0, [0, 1, 3, 7, 15, 25])]
+)
+def test_with_no_answer_at_all_the_command_gives_up_at_its_timeout(connect, timeout: float, sends: list) -> None:
     connection, world = connect(silent, timeout)
     request = clone_request(connection)
     with pytest.raises(ServerUnreachable, match=f"no answer from the minigit service within {timeout:g}s") as error:
         connection.call(request)
     assert error.value.exit_code == ExitCode.UNREACHABLE
     assert timeout <= world.now <= timeout + 1  # not a whole attempt window later (was 5.4 s for 1, 15.4 s for 11)
-    # sent again, same request, after each attempt window of max(5, timeout / 3) seconds without news
-    window = max(5.0, timeout / 3)
-    assert [at for at, _ in world.requests] == pytest.approx([n * window for n in range(math.ceil(timeout / window))])
+    # sent again, same request, after 1 s, then 2, 4, ... up to the window of max(5, timeout / 3)
+    assert [at for at, _ in world.requests] == pytest.approx(sends)
     assert all(sent == request for _, sent in world.requests)
+
+
+def test_each_sending_goes_to_the_next_partition_so_to_another_replica(connect) -> None:
+    """The repository's own partition first (its key's), then each next one: the
+    service's consumer group assigns partitions round robin, so partition n + 1
+    is another replica's than partition n."""
+    connection, world = connect(silent, 30.0)
+    with pytest.raises(ServerUnreachable):
+        connection.call(clone_request(connection))
+    home = p.log_partition("lab", REQUEST_PARTITIONS)
+    assert world.partitions == [(home + n) % REQUEST_PARTITIONS for n in range(6)]
+
+
+def test_a_hedged_push_sends_its_uploads_with_it(connect) -> None:
+    """The other replica needs the pieces too: they go to the partition of the attempt, before it."""
+    received: list[tuple[int, str]] = []
+    connection, world = connect(silent, 4.0)
+    original = world.receive
+
+    def receive(value: bytes, partition: int) -> None:
+        received.append((partition, type(p.parse_message(value)).__name__))
+        original(value, partition)
+
+    world.receive = receive
+    request = connection.new_request(p.PushRequest, repo="lab", base=1, tree=p.hash_bytes(b"t"), message="m")
+    with pytest.raises(ServerUnreachable):
+        connection.call(request, [codec.BlobSource.from_bytes(b"t")])
+    home = p.log_partition("lab", REQUEST_PARTITIONS)
+    expected = [(home + n) % REQUEST_PARTITIONS for n in range(3)]  # sent at 0, 1 and 3 s
+    assert received == [(n, kind) for n in expected for kind in ("Chunk", "PushRequest")]
 
 
 @pytest.mark.parametrize("script", [broken_every_time, never_finished, trickle])
@@ -199,11 +233,11 @@ def test_broken_answers_sent_again_and_again_do_not_hold_the_command(connect, sc
     with pytest.raises(ServerUnreachable, match="no answer from the minigit service within 8s") as error:
         connection.call(clone_request(connection))
     assert world.now <= 8 + 1  # used to wait forever: every broken answer counted as news
-    assert len(world.requests) == 2  # sent at 0 and after the first window of 5 s
+    assert 2 <= len(world.requests) <= 4  # hedged, at most at 0, 1, 3 and 7 s
     if script is broken_every_time:
         assert "broken answers dropped, the last because object" in error.value.message
     if script is trickle:
-        assert "(2 broken answers dropped, the last because object " in error.value.message
+        assert "broken answers dropped, the last because object " in error.value.message
         assert error.value.message.endswith("came before the answer's tree " + p.hash_bytes(TREE)[:12] + ")")
 
 
@@ -211,4 +245,4 @@ def test_a_slow_answer_that_keeps_coming_is_waited_for(connect) -> None:
     connection, world = connect(slow_but_steady, 8.0)
     response = connection.call(clone_request(connection))
     assert response.reply.status == p.Status.OK and len(response.blobs) == 2
-    assert world.now == pytest.approx(3.0 * 14) and len(world.requests) == 1  # 42 s, never 8 s without news
+    assert world.now == pytest.approx(3.0 * 13) and len(world.requests) == 1  # 39 s, never 8 s without news
