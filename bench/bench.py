@@ -1,6 +1,6 @@
 """Benchmarks of minigit against git on the same machine, in the same run.
 
-    .venv/bin/python bench/bench.py [--bootstrap HOST:PORT] [--rounds 30] [--skip-clone]
+    .venv/bin/python bench/bench.py [--bootstrap HOST:PORT] [--rounds 30] [--skip-clone] [--only failover]
 
 Starts a local Kafka (unless --bootstrap is given) and three replica processes,
 then measures, printing figures (not pass/fail):
@@ -9,7 +9,9 @@ then measures, printing figures (not pass/fail):
   as a user runs it, the same operation in-process (no interpreter start-up),
   and `git push` / `git pull` against a local bare repository;
 * clone of 1,000 files / 100 MiB: `minigit clone` next to `git clone --no-local`;
-* time from SIGKILL of the replica serving a repository to the next accepted push.
+* time from SIGKILL of the replica serving a repository to the next accepted push,
+  with the client's hedging (a request unanswered for a second goes to another
+  replica) and without it (the consumer group's rebalance alone).
 
 Results are also written to bench/results/<timestamp>.json.
 """
@@ -33,7 +35,7 @@ from rich.console import Console
 from rich.table import Table
 
 from minigit import protocol as p
-from minigit.client import operations
+from minigit.client import exchange, operations
 from minigit.client.transport import Connection
 from minigit.config import KafkaSettings, ServerFlags
 from minigit.errors import PushRejected
@@ -177,29 +179,39 @@ def bench_clone(replicas: Replicas, root: Path, files: int, total_mib: int) -> d
     }
 
 
-def bench_failover(replicas: Replicas, root: Path, trials: int) -> dict:
+def bench_failover(replicas: Replicas, root: Path, trials: int, hedge: bool) -> dict:
+    """Seconds from SIGKILL of the replica serving a repository to the next
+    accepted push; without ``hedge`` the client never sends a request to
+    another partition, so only the consumer group's rebalance brings an answer."""
     options = operations.ClientOptions("bench", ServerFlags(replicas.bootstrap, replicas.namespace), timeout=60)
-    work = root / "failover"
+    name = f"failover-{'hedged' if hedge else 'rebalance'}"
+    work = root / name
     work.mkdir()
     (work / "f.txt").write_text("0\n")
-    operations.init_repository(work, "failover", options)
+    operations.init_repository(work, name, options)
+    hedge_after = exchange.HEDGE_AFTER_S
     gaps = []
-    for trial in range(trials):
-        owner = replicas.serving("failover")
-        (work / "f.txt").write_text(f"before {trial}\n")
-        operations.push_workdir(work, options)
-        replicas.processes.pop(owner).send_signal(signal.SIGKILL)
-        killed = time.perf_counter()
-        (work / "f.txt").write_text(f"after {trial}\n")
-        while True:
-            try:
-                operations.push_workdir(work, options)
-                break
-            except PushRejected:
-                operations.pull_workdir(work, options)
-        gaps.append(time.perf_counter() - killed)
-        replicas.start(owner)
-        time.sleep(5)  # let it rejoin before the next trial
+    try:
+        if not hedge:
+            exchange.HEDGE_AFTER_S = 3600.0  # never within the command's timeout
+        for trial in range(trials):
+            owner = replicas.serving(name)
+            (work / "f.txt").write_text(f"before {trial}\n")
+            operations.push_workdir(work, options)
+            replicas.processes.pop(owner).send_signal(signal.SIGKILL)
+            killed = time.perf_counter()
+            (work / "f.txt").write_text(f"after {trial}\n")
+            while True:
+                try:
+                    operations.push_workdir(work, options)
+                    break
+                except PushRejected:
+                    operations.pull_workdir(work, options)
+            gaps.append(time.perf_counter() - killed)
+            replicas.start(owner)
+            time.sleep(8)  # let it rejoin the group before the next trial
+    finally:
+        exchange.HEDGE_AFTER_S = hedge_after
     return {"trials": trials, "seconds": gaps, "median_s": statistics.median(gaps), "max_s": max(gaps)}
 
 
@@ -211,6 +223,7 @@ def main() -> None:
     parser.add_argument("--mib", type=int, default=100)
     parser.add_argument("--failover-trials", type=int, default=3)
     parser.add_argument("--skip-clone", action="store_true")
+    parser.add_argument("--only", choices=["failover"], help="run only this benchmark")
     args = parser.parse_args()
 
     root = Path(tempfile.mkdtemp(prefix="minigit-bench-"))
@@ -239,13 +252,16 @@ def main() -> None:
         for replica_id in ("1", "2", "3"):
             replicas.start(replica_id)
         replicas.serving("warmup")
-        console.print("[bold]latency[/] (one-file change, 100-file repository)")
-        results["latency"] = bench_latency(replicas, root, args.rounds)
-        if not args.skip_clone:
+        if args.only is None:
+            console.print("[bold]latency[/] (one-file change, 100-file repository)")
+            results["latency"] = bench_latency(replicas, root, args.rounds)
+        if not args.skip_clone and args.only is None:
             console.print(f"[bold]clone[/] ({args.files} files, {args.mib} MiB)")
             results["clone"] = bench_clone(replicas, root, args.files, args.mib)
         console.print("[bold]failover[/] (SIGKILL of the serving replica -> next accepted push)")
-        results["failover"] = bench_failover(replicas, root, args.failover_trials)
+        results["failover"] = bench_failover(replicas, root, args.failover_trials, hedge=True)
+        console.print("[bold]failover, rebalance only[/] (the same, the client never hedging)")
+        results["failover_rebalance_only"] = bench_failover(replicas, root, args.failover_trials, hedge=False)
         replicas.stop()
     finally:
         if args.bootstrap is None:
@@ -271,10 +287,11 @@ def report(results: dict) -> None:
         "api_pull": "minigit pull (in-process)",
         "git_pull": "git pull (bare repo)",
     }
-    for key, label in labels.items():
-        row = results["latency"][key]
-        table.add_row(label, f"{row['median_ms']:.0f}", f"{row['p95_ms']:.0f}", str(row["n"]))
-    Console().print(table)
+    if "latency" in results:
+        for key, label in labels.items():
+            row = results["latency"][key]
+            table.add_row(label, f"{row['median_ms']:.0f}", f"{row['p95_ms']:.0f}", str(row["n"]))
+        Console().print(table)
     if "clone" in results:
         c = results["clone"]
         Console().print(
@@ -282,11 +299,13 @@ def report(results: dict) -> None:
             f"git clone --no-local {c['git_clone_no_local_s']:.1f} s "
             f"(minigit init/push of it: {c['minigit_init_s']:.1f} s)"
         )
-    f = results["failover"]
-    gaps = ", ".join(f"{s:.1f}" for s in f["seconds"])
-    Console().print(
-        f"SIGKILL of the serving replica -> next accepted push: median {f['median_s']:.1f} s (runs: {gaps} s)"
-    )
+    for key, how in (("failover", "hedged"), ("failover_rebalance_only", "rebalance only")):
+        f = results[key]
+        gaps = ", ".join(f"{s:.1f}" for s in f["seconds"])
+        Console().print(
+            f"SIGKILL of the serving replica -> next accepted push ({how}): "
+            f"median {f['median_s']:.1f} s, max {f['max_s']:.1f} s (runs: {gaps} s)"
+        )
 
 
 if __name__ == "__main__":
