@@ -39,7 +39,7 @@ from minigit.client import exchange, operations
 from minigit.client.transport import Connection
 from minigit.config import KafkaSettings, ServerFlags
 from minigit.errors import PushRejected
-from minigit_server.bus import ensure_topics
+from minigit_server.bus import Bus, ensure_topics
 
 BIN = Path(sys.executable).parent
 console = Console(stderr=True)
@@ -87,6 +87,24 @@ class Replicas:
             stdout=subprocess.DEVNULL,
             stderr=subprocess.DEVNULL,
         )
+
+    def wait_settled(self, since_ms: int, timeout: float = 90.0) -> None:
+        """Wait until every running replica has reported, after ``since_ms``, that it
+        serves request partitions: the consumer group has settled."""
+        bus = Bus(self.settings, client_id="bench")
+        try:
+            deadline = time.monotonic() + timeout
+            while time.monotonic() < deadline:
+                beats = {beat.replica: beat for beat in bus.read_heartbeats(settle_s=0.2)}
+                serving = [beats.get(r) for r in self.processes]
+                if all(b is not None and b.sent_ms > since_ms and b.serving and not b.stopping for b in serving):
+                    partitions = sorted(n for b in serving for n in b.serving)
+                    if partitions == sorted(set(partitions)):  # no partition claimed twice (mid-rebalance)
+                        return
+                time.sleep(0.5)
+            raise RuntimeError(f"the replicas did not all serve within {timeout:g}s")
+        finally:
+            bus.close()
 
     def serving(self, repo: str) -> str:
         with Connection(self.settings, "bench", 60) as connection:
@@ -208,8 +226,9 @@ def bench_failover(replicas: Replicas, root: Path, trials: int, hedge: bool) -> 
                 except PushRejected:
                     operations.pull_workdir(work, options)
             gaps.append(time.perf_counter() - killed)
+            restarted_ms = int(time.time() * 1000)
             replicas.start(owner)
-            time.sleep(8)  # let it rejoin the group before the next trial
+            replicas.wait_settled(restarted_ms)  # every replica serving again before the next trial
     finally:
         exchange.HEDGE_AFTER_S = hedge_after
     return {"trials": trials, "seconds": gaps, "median_s": statistics.median(gaps), "max_s": max(gaps)}
@@ -249,8 +268,10 @@ def main() -> None:
             )
             bootstrap = f"127.0.0.1:{port}"
         replicas = Replicas(bootstrap, f"bench{int(time.time())}-", root / "server")
+        started_ms = int(time.time() * 1000)
         for replica_id in ("1", "2", "3"):
             replicas.start(replica_id)
+        replicas.wait_settled(started_ms)
         replicas.serving("warmup")
         if args.only is None:
             console.print("[bold]latency[/] (one-file change, 100-file repository)")

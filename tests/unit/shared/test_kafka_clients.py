@@ -1,0 +1,36 @@
+"""minigit.kafka_clients: every client is built with the same options (no broker)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+
+from minigit import kafka_clients
+from minigit.config import KafkaSettings
+
+
+class Recorded:
+    """Stands in for a kafka-python client class: keeps the options it was built with."""
+
+    def __init__(self, **options: Any) -> None:
+        self.options = options
+
+
+@pytest.mark.parametrize("open_client", [kafka_clients.open_producer, kafka_clients.open_consumer])
+def test_clients_reconnect_within_a_second_of_the_broker_coming_back(monkeypatch, open_client) -> None:
+    for name in ("KafkaProducer", "KafkaConsumer", "KafkaAdminClient"):
+        monkeypatch.setattr(kafka_clients, name, Recorded)
+    client = open_client(KafkaSettings("127.0.0.1:1"))
+    # kafka-python's defaults: backoff doubling up to 30 s, requests timing out after 30 s
+    assert client.options["reconnect_backoff_max_ms"] == 1000
+    assert client.options["request_timeout_ms"] == 10_000
+
+
+def test_the_admin_client_too_and_the_users_settings_win(monkeypatch) -> None:
+    monkeypatch.setattr(kafka_clients, "KafkaAdminClient", Recorded)
+    settings = KafkaSettings("127.0.0.1:1")
+    monkeypatch.setattr(KafkaSettings, "kafka_options", lambda self: {"request_timeout_ms": 45_000})
+    client = kafka_clients.open_admin(settings, request_timeout_ms=20_000)
+    assert client.options["reconnect_backoff_max_ms"] == 1000
+    assert client.options["request_timeout_ms"] == 45_000  # the user's, over ours and the caller's
