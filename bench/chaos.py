@@ -929,6 +929,19 @@ def report(result: RunResult, out: Callable[[str], None] = print) -> None:
     out("RESULT: " + ("no violation found" if findings.ok else "VIOLATIONS FOUND") + f"; history {result.history_path}")
 
 
+def source_commit() -> str:
+    """The commit this run's code came from, "+dirty" if the checkout had changes."""
+    here = Path(__file__).resolve().parent
+    try:
+        head = subprocess.run(["git", "rev-parse", "HEAD"], cwd=here, capture_output=True, text=True).stdout.strip()
+        dirty = subprocess.run(
+            ["git", "status", "--porcelain", "--untracked-files=no"], cwd=here, capture_output=True, text=True
+        ).stdout.strip()
+    except OSError:
+        return "unknown"
+    return head + ("+dirty" if dirty else "")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--ops", type=int, default=Config.ops, help="operations to run (at least)")
@@ -999,6 +1012,7 @@ def main() -> None:
                 "kafka-python": importlib.metadata.version("kafka-python"),
             },
             "date": time.strftime("%Y-%m-%d %H:%M:%S"),
+            "commit": source_commit(),
             "config": asdict(config),
             "summary": result.summary,
             "findings": {name: getattr(result.findings, name) for name in chaos_check.Findings.FAILURES},
