@@ -38,7 +38,7 @@ from minigit import protocol as p
 from minigit.client import exchange, operations
 from minigit.client.transport import Connection
 from minigit.config import KafkaSettings, ServerFlags
-from minigit.errors import PushRejected
+from minigit.errors import PushRejected, ServerUnreachable
 from minigit_server.bus import Bus, ensure_topics
 
 BIN = Path(sys.executable).parent
@@ -95,7 +95,10 @@ class Replicas:
         try:
             deadline = time.monotonic() + timeout
             while time.monotonic() < deadline:
-                beats = {beat.replica: beat for beat in bus.read_heartbeats(settle_s=0.2)}
+                try:
+                    beats = {beat.replica: beat for beat in bus.read_heartbeats(settle_s=0.2)}
+                except ServerUnreachable:  # the topics just created are not in the metadata yet
+                    beats = {}
                 serving = [beats.get(r) for r in self.processes]
                 if all(b is not None and b.sent_ms > since_ms and b.serving and not b.stopping for b in serving):
                     partitions = sorted(n for b in serving for n in b.serving)
