@@ -111,6 +111,17 @@ class CorruptMetadata(MinigitError):
         )
 
 
+class CloneUnfinished(MinigitError):
+    """A clone into an existing directory stopped before it installed every file."""
+
+    def __init__(self, repo: str, path: str) -> None:
+        super().__init__(
+            f"the clone of '{repo}' into {path} did not finish",
+            hint="run 'minigit pull' there to finish it",
+        )
+        self.repo, self.path = repo, path
+
+
 class UnsafePath(MinigitError):
     def __init__(self, path: str, reason: str) -> None:
         super().__init__(f"unsafe path {path!r}: {reason}")

@@ -7,6 +7,7 @@ print. Layers go one way: cli -> operations -> workspace / transport.
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import enum
 import functools
 import os
@@ -26,6 +27,8 @@ from minigit.client.transport import Connection
 from minigit.config import KafkaSettings, ServerFlags
 from minigit.console import shown
 from minigit.errors import (
+    CloneUnfinished,
+    CorruptMetadata,
     MinigitError,
     NoRepository,
     ProtocolError,
@@ -232,6 +235,7 @@ def push_workdir(
     root = ws.require_root(start)
     with ws.lock_workdir(root):
         meta = ws.read_metadata(root)
+        require_finished(root, meta)
         local = ws.scan_worktree(root, load_ignore(root))
         changes = diff_manifests(meta.manifest, local)
         settings = options.settings(meta, root)
@@ -312,10 +316,11 @@ def apply_pull(root: Path, base: p.Manifest, local: p.Manifest, head: p.Manifest
     if blocked := find_untracked_in_the_way(root, plan.write, plan.delete, local):
         raise PullConflict(blocked)
     sources = {entry.sha: path for path, entry in local.items()}
+    deleted = frozenset(plan.delete)
     with staging_area(root) as staging:
         staged = []
         for number, (path, entry) in enumerate(sorted(plan.write.items())):
-            ws.safe_target(root, path)
+            ws.safe_target(root, path, removed=deleted)
             blob = response.blobs.get(entry.sha)
             if blob is not None:
                 fill: Callable = blob.copy_to
@@ -377,12 +382,14 @@ def staging_area(root: Path) -> Iterator[Path]:
 
 
 def pull_workdir(start: Path, options: ClientOptions, observer: Observer | None = None) -> PullResult:
-    """Bring the working directory to the head, keeping local edits that don't clash."""
+    """Bring the working directory to the head, keeping local edits that don't clash.
+    An unfinished clone (``.minigit`` at version 0) is finished."""
     root = ws.require_root(start)
     with ws.lock_workdir(root):
         meta = ws.read_metadata(root)
         local = ws.scan_worktree(root, load_ignore(root))
-        lost = lost_objects(meta.manifest, local)
+        base = installed_part(meta, local) if meta.unfinished else meta.manifest
+        lost = lost_objects(base, local)
         with options.connect(options.settings(meta, root)) as connection:
             version = meta.version if len(lost) <= MAX_LOST_OBJECTS else 0
             fetched = fetch_head(connection, meta.repository, version, lost[:MAX_LOST_OBJECTS], observer)
@@ -393,7 +400,7 @@ def pull_workdir(start: Path, options: ClientOptions, observer: Observer | None 
             )
         response, head = fetched
         try:
-            plan = apply_pull(root, meta.manifest, local, head, response)
+            plan = apply_pull(root, base, local, head, response)
         finally:
             response.close()
         new_version = response.reply.version
@@ -401,13 +408,25 @@ def pull_workdir(start: Path, options: ClientOptions, observer: Observer | None 
         return PullResult(
             meta.repository,
             str(root),
-            PullStatus.UPDATED,
+            PullStatus.CLONED if meta.unfinished else PullStatus.UPDATED,
             meta.version,
             new_version,
-            plan.upstream,
+            Changes(added=sorted(head)) if meta.unfinished else plan.upstream,
             plan.kept_local,
             sum(b.size for b in response.blobs.values()),
         )
+
+
+def installed_part(meta: ws.Metadata, local: p.Manifest) -> p.Manifest:
+    """The files an unfinished clone installed: those of the version it was
+    installing that are there with their content. Files are installed whole
+    (renamed into place), so anything else there is not the clone's."""
+    return {path: entry for path, entry in meta.manifest.items() if local.get(path) == entry}
+
+
+def require_finished(root: Path, meta: ws.Metadata) -> None:
+    if meta.unfinished:
+        raise CloneUnfinished(meta.repository, str(root))
 
 
 def check_repo_name(name: str) -> str:
@@ -431,27 +450,28 @@ def clone_repository(
     name: str, directory: Path, options: ClientOptions, observer: Observer | None = None
 ) -> PullResult:
     """Copy the head of ``name`` into ``directory`` (new, or empty). On any error
-    nothing is left behind."""
+    nothing is left behind. Killed at any instant, it leaves no ``directory`` or a
+    complete clone (a new directory), or a ``.minigit`` marked unfinished that
+    ``pull`` (or this same clone) finishes (an existing directory)."""
     p.check_name("repository", name)
     directory = directory.absolute()
     existed = directory.exists()
-    if existed and (not directory.is_dir() or any(directory.iterdir())):
-        raise UsageError(f"destination path '{directory}' already exists and is not an empty directory")
+    if existed and is_unfinished_clone_of(directory, name):
+        return pull_workdir(directory, options, observer)
+    if existed and (not directory.is_dir() or not ws.is_vacant(directory)):
+        raise not_empty(directory)
     settings = options.settings()
     with options.connect(settings) as connection:
         fetched = fetch_head(connection, name, 0, [], observer)
     if fetched is None:  # version 0 is never a head
         raise RepositoryNotFound(name)
     response, head = fetched
+    meta = ws.Metadata(name, response.reply.version, settings.bootstrap, settings.namespace, head)
     try:
-        directory.mkdir(parents=True, exist_ok=True)
-        with ws.lock_workdir(directory):
-            apply_pull(directory, {}, {}, head, response)
-            meta = ws.Metadata(name, response.reply.version, settings.bootstrap, settings.namespace, head)
-            ws.write_metadata(directory, meta)
-    except BaseException:
-        clear_directory(directory, remove=not existed)
-        raise
+        if existed:
+            clone_in_place(directory, meta, response)
+        else:
+            clone_beside(directory, meta, response)
     finally:
         response.close()
     return PullResult(
@@ -459,17 +479,53 @@ def clone_repository(
         str(directory),
         PullStatus.CLONED,
         0,
-        response.reply.version,
+        meta.version,
         Changes(added=sorted(head)),
         [],
         sum(b.size for b in response.blobs.values()),
     )
 
 
-def clear_directory(directory: Path, remove: bool) -> None:
-    if remove:
-        shutil.rmtree(directory, ignore_errors=True)
-        return
+def is_unfinished_clone_of(directory: Path, name: str) -> bool:
+    try:
+        meta = ws.read_metadata(directory)
+    except (NoRepository, CorruptMetadata, OSError):
+        return False
+    return meta.unfinished and meta.repository == name
+
+
+def not_empty(directory: Path) -> UsageError:
+    return UsageError(f"destination path '{directory}' already exists and is not an empty directory")
+
+
+def clone_beside(directory: Path, meta: ws.Metadata, response: Response) -> None:
+    """Build the clone in a staging directory beside ``directory`` and rename it
+    there: until the rename there is no ``directory``, after it a complete one."""
+    directory.parent.mkdir(parents=True, exist_ok=True)
+    with ws.clone_staging(directory.parent) as staging:
+        apply_pull(staging, {}, {}, meta.manifest, response)
+        ws.write_metadata(staging, meta)
+        ws.install_clone(staging, directory)
+
+
+def clone_in_place(directory: Path, meta: ws.Metadata, response: Response) -> None:
+    """Fill an existing empty directory (the user's own: it may be the current
+    directory, or one whose parent is not writable). ``.minigit`` comes first,
+    marked unfinished, so that a clone killed half-way is a working directory
+    the next ``pull`` finishes; it is marked finished last."""
+    with ws.lock_workdir(directory):
+        if not ws.is_vacant(directory):
+            raise not_empty(directory)
+        try:
+            ws.write_metadata(directory, dataclasses.replace(meta, version=ws.UNFINISHED_VERSION))
+            apply_pull(directory, {}, {}, meta.manifest, response)
+            ws.write_metadata(directory, meta)
+        except BaseException:
+            clear_directory(directory)  # it held nothing of the user's (checked under the lock)
+            raise
+
+
+def clear_directory(directory: Path) -> None:
     for child in directory.iterdir():
         if child.is_dir() and not child.is_symlink():
             shutil.rmtree(child, ignore_errors=True)
@@ -480,7 +536,9 @@ def clear_directory(directory: Path, remove: bool) -> None:
 def read_status(start: Path) -> StatusResult:
     """Local changes against the local version; does not ask the server (like git)."""
     root = ws.require_root(start)
+    ws.tidy_if_idle(root)
     meta = ws.read_metadata(root)
+    require_finished(root, meta)
     local = ws.scan_worktree(root, load_ignore(root))
     return StatusResult(meta.repository, meta.version, meta.bootstrap, diff_manifests(meta.manifest, local))
 

@@ -2,6 +2,12 @@
 
 Parsing ``.minigit`` is kept apart from reading it, and every path is checked
 with the protocol's rules before anything touches the disk.
+
+A command killed at any instant leaves nothing the next one cannot use: every
+temporary file of a working directory is made under its lock and removed by the
+next holder of the lock; a clone into a new directory is built in a staging
+directory beside it (alive while its creator holds an ``flock`` on it) and renamed
+into place whole.
 """
 
 from __future__ import annotations
@@ -13,19 +19,24 @@ import hashlib
 import json
 import os
 import secrets
+import shutil
 import stat
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Collection, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import IO
 
 from minigit import codec
 from minigit import protocol as p
-from minigit.errors import CorruptMetadata, MinigitError, NoRepository, UnsafePath, WorkdirBusy
+from minigit.errors import CorruptMetadata, MinigitError, NoRepository, UnsafePath, UsageError, WorkdirBusy
 
 METADATA_NAME = ".minigit"
 LOCK_NAME = ".minigit.lock"
 TEMP_MARK = ".minigit-tmp-"
+CLONE_STAGING_MARK = ".minigit-clone-"
+# The version in the .minigit of a clone into an existing directory that has not
+# finished installing its files; its manifest is the version being installed.
+UNFINISHED_VERSION = 0
 METADATA_FORMAT = 1
 READ_BLOCK = 1024 * 1024
 
@@ -40,6 +51,10 @@ class Metadata:
     bootstrap: str
     namespace: str
     manifest: p.Manifest
+
+    @property
+    def unfinished(self) -> bool:
+        return self.version == UNFINISHED_VERSION
 
 
 def format_metadata(meta: Metadata) -> str:
@@ -61,8 +76,8 @@ def parse_metadata(text: str, where: str = METADATA_NAME) -> Metadata:
         if doc.get("format") != METADATA_FORMAT:
             raise ValueError(f"unknown format {doc.get('format')!r}")
         version, server = doc["version"], doc["server"]
-        if not isinstance(version, int) or isinstance(version, bool) or version < 1:
-            raise ValueError("version must be a positive integer")
+        if not isinstance(version, int) or isinstance(version, bool) or version < UNFINISHED_VERSION:
+            raise ValueError("version must be a non-negative integer")
         bootstrap, namespace = server["bootstrap"], server["namespace"]
         if not isinstance(bootstrap, str) or not bootstrap or not isinstance(namespace, str):
             raise ValueError("bad server address")
@@ -120,7 +135,9 @@ def write_metadata(root: Path, meta: Metadata) -> None:
 @contextlib.contextmanager
 def lock_workdir(root: Path) -> Iterator[None]:
     """One minigit command at a time per working directory. The OS drops the lock
-    when the process dies, so a crash never leaves a stale lock behind."""
+    when the process dies, so a crash never leaves a stale lock behind. Temporary
+    files are only made under the lock, so the ones found on taking it were left
+    by a command that died: they are removed."""
     fd = os.open(root / LOCK_NAME, os.O_RDWR | os.O_CREAT, 0o644)
     try:
         try:
@@ -129,9 +146,108 @@ def lock_workdir(root: Path) -> Iterator[None]:
             if error.errno in (errno.EWOULDBLOCK, errno.EAGAIN, errno.EACCES):
                 raise WorkdirBusy(str(root)) from None
             raise
+        remove_leftovers(root)
         yield
     finally:
         os.close(fd)
+
+
+def tidy_if_idle(root: Path) -> None:
+    """Remove what dead commands left in ``root``, unless a command is running
+    there or the lock cannot be taken (a directory the user may only read)."""
+    with contextlib.suppress(WorkdirBusy, OSError), lock_workdir(root):
+        pass
+
+
+def is_leftover(name: str) -> bool:
+    """A temporary file or folder of a minigit command (``.minigit-tmp-*``,
+    ``.minigit.minigit-tmp-*``): only ever made under the working directory's lock."""
+    return name.startswith(TEMP_MARK) or name.startswith(METADATA_NAME + TEMP_MARK)
+
+
+def remove_leftovers(root: Path) -> None:
+    """Call with the lock held: no one else may be using them."""
+    with os.scandir(root) as entries:
+        for entry in entries:
+            if is_leftover(entry.name):
+                remove_tree(Path(entry.path))
+
+
+def remove_tree(path: Path) -> None:
+    if path.is_dir() and not path.is_symlink():
+        shutil.rmtree(path, ignore_errors=True)
+    else:
+        with contextlib.suppress(FileNotFoundError):
+            path.unlink()
+
+
+def is_vacant(directory: Path) -> bool:
+    """Empty, or holding only what minigit commands leave (the lock, temporary files)."""
+    with os.scandir(directory) as entries:
+        return all(entry.name == LOCK_NAME or is_leftover(entry.name) for entry in entries)
+
+
+# ---------------------------------------------------------------- staging a clone
+
+
+@contextlib.contextmanager
+def clone_staging(parent: Path) -> Iterator[Path]:
+    """A new hidden directory in ``parent`` to build a clone in, held alive by an
+    ``flock`` on it until the block ends; removed then, unless it was renamed away.
+    Dead ones (nobody holds their lock) are removed first."""
+    remove_dead_clone_stagings(parent)
+    while True:
+        staging = parent / f"{CLONE_STAGING_MARK}{secrets.token_hex(6)}"
+        staging.mkdir()
+        fd = os.open(staging, os.O_RDONLY | os.O_DIRECTORY)
+        # A cleaner may have judged it dead between mkdir and flock: wait for its
+        # removal (it holds the lock meanwhile), then make another.
+        fcntl.flock(fd, fcntl.LOCK_EX)
+        try:
+            same = os.path.samestat(os.fstat(fd), os.stat(staging))
+        except FileNotFoundError:
+            same = False
+        if same:
+            break
+        os.close(fd)
+    try:
+        yield staging
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
+        os.close(fd)
+
+
+def remove_dead_clone_stagings(parent: Path) -> None:
+    """Remove the clone staging directories in ``parent`` whose clone died."""
+    try:
+        entries = [Path(entry.path) for entry in os.scandir(parent) if entry.name.startswith(CLONE_STAGING_MARK)]
+    except OSError:
+        return
+    for staging in entries:
+        try:
+            fd = os.open(staging, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW)
+        except OSError:
+            continue  # gone, or not a directory: not one of ours
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError:
+            os.close(fd)
+            continue  # its clone is running
+        try:
+            shutil.rmtree(staging, ignore_errors=True)
+        finally:
+            os.close(fd)
+
+
+def install_clone(staging: Path, directory: Path) -> None:
+    """Rename a finished staging directory to ``directory``, which must not exist
+    (or be an empty directory, which the rename replaces)."""
+    try:
+        os.rename(staging, directory)
+    except OSError as error:
+        if error.errno in (errno.ENOTEMPTY, errno.EEXIST, errno.ENOTDIR, errno.EISDIR):
+            raise UsageError(f"destination path '{directory}' already exists and is not an empty directory") from None
+        raise
 
 
 # ---------------------------------------------------------------- reading files
@@ -202,13 +318,17 @@ def file_source(root: Path, rel: str, entry: p.FileEntry) -> codec.BlobSource:
 # ---------------------------------------------------------------- writing files
 
 
-def safe_target(root: Path, rel: str) -> Path:
+def safe_target(root: Path, rel: str, removed: Collection[str] = frozenset()) -> Path:
     """The absolute path for ``rel``, refusing anything that would leave ``root``:
-    a path the protocol forbids, or a parent directory that is a symlink."""
+    a path the protocol forbids, or a parent directory that is a symlink. A parent
+    that is one of the files in ``removed`` (deleted before ``rel`` is written) is
+    no obstacle: what is below it is made new."""
     p.check_path(rel)
     current = root
     for part in rel.split("/")[:-1]:
         current = current / part
+        if current.relative_to(root).as_posix() in removed:
+            break
         try:
             mode = os.lstat(current).st_mode
         except FileNotFoundError:

@@ -728,3 +728,18 @@ def test_requests_carry_the_user_and_the_timeout(server: InProcessServer, tmp_pa
     [attempt] = server.log
     assert (attempt.request.user, attempt.request.timeout_ms, attempt.connection.timeout) == ("zoe", 2500, 2.5)
     assert attempt.request.reply_partition == attempt.connection.reply_partition
+
+
+def test_pull_where_upstream_turned_a_file_into_a_directory_and_back(server: InProcessServer, tmp_path: Path) -> None:
+    origin, mine = tmp_path / "origin", tmp_path / "mine"
+    create(server, origin, {"f": "file", "d/x.txt": "x"})
+    op.clone_repository("lab", mine, options(server))
+    (origin / "f").unlink()
+    write(origin, "f/inner.txt", "now a directory")
+    (origin / "d" / "x.txt").unlink()
+    (origin / "d").rmdir()
+    write(origin, "d", "now a file")
+    op.push_workdir(origin, options(server, "origin"))
+    result = op.pull_workdir(mine, options(server))
+    assert result.changes.to_json() == {"added": ["d", "f/inner.txt"], "modified": [], "deleted": ["d/x.txt", "f"]}
+    assert files(mine) == {"d": b"now a file", "f/inner.txt": b"now a directory"}

@@ -19,7 +19,7 @@ from minigit import codec
 from minigit import protocol as p
 from minigit.client import workspace as ws
 from minigit.client.ignore import load_ignore, parse_ignore
-from minigit.errors import CorruptMetadata, MinigitError, NoRepository, UnsafePath, WorkdirBusy
+from minigit.errors import CorruptMetadata, MinigitError, NoRepository, UnsafePath, UsageError, WorkdirBusy
 
 
 def fe(data: bytes) -> p.FileEntry:
@@ -70,12 +70,17 @@ path_parts = st.text(
     st.dictionaries(st.lists(path_parts, min_size=1, max_size=3).map("/".join), sha_entries, max_size=6).filter(
         lambda manifest: not p.find_file_directory_clash(manifest)
     ),
-    st.integers(1, 10**9),
+    st.integers(ws.UNFINISHED_VERSION, 10**9),
     st.text(max_size=20),
 )
 def test_metadata_round_trip_property(manifest, version, namespace):
     m = meta(manifest=manifest, version=version, namespace=namespace)
     assert ws.parse_metadata(ws.format_metadata(m)) == m
+
+
+def test_version_0_is_an_unfinished_clone():
+    assert ws.parse_metadata(_doc(version=0)).unfinished
+    assert not ws.parse_metadata(_doc(version=1)).unfinished
 
 
 def _doc(**changes) -> str:
@@ -104,7 +109,6 @@ def _doc(**changes) -> str:
         _doc(format=2),
         _doc(format="1"),
         _doc(format=KeyError),
-        _doc(version=0),
         _doc(version=-1),
         _doc(version="3"),
         _doc(version=3.0),
@@ -268,6 +272,79 @@ def test_lock_released_when_the_body_raises(tmp_path):
         raise RuntimeError("boom")
     with ws.lock_workdir(tmp_path):
         pass
+
+
+def test_taking_the_lock_removes_what_dead_commands_left_and_nothing_else(tmp_path):
+    write(tmp_path, ".minigit-tmp-1a2b/0", b"staged")
+    write(tmp_path, ".minigit.minigit-tmp-3c4d", b"{}")
+    write(tmp_path, ".minigit-clone-5e6f/a.txt", b"a clone's, not this directory's")
+    write(tmp_path, "sub/.minigit-tmp-7a8b", b"a user's file, below the top")
+    write(tmp_path, "notes.minigit-tmp-1.txt", b"a user's file")
+    with ws.lock_workdir(tmp_path):
+        left = sorted(path.name for path in tmp_path.iterdir())
+    assert left == [".minigit-clone-5e6f", ".minigit.lock", "notes.minigit-tmp-1.txt", "sub"]
+    assert (tmp_path / "sub" / ".minigit-tmp-7a8b").exists()
+
+
+def test_is_vacant(tmp_path):
+    assert ws.is_vacant(tmp_path)
+    write(tmp_path, ".minigit.lock", b"")
+    write(tmp_path, ".minigit-tmp-1a2b/0", b"staged")
+    assert ws.is_vacant(tmp_path)
+    for name in (".minigit", ".minigitignore", ".minigit-clone-1a2b", "a"):
+        write(tmp_path, name, b"")
+        assert not ws.is_vacant(tmp_path)
+        (tmp_path / name).unlink()
+
+
+def test_only_clone_stagings_nobody_holds_are_removed(tmp_path):
+    dead = tmp_path / ".minigit-clone-dead"
+    write(dead, "a.txt", b"a")
+    write(tmp_path, ".minigit-clone-a-file", b"not a directory: not ours")
+    with ws.clone_staging(tmp_path) as live:  # removes the dead one on the way
+        write(live, "a.txt", b"a")
+        assert live.name.startswith(ws.CLONE_STAGING_MARK) and not dead.exists()
+        write(dead, "a.txt", b"a")
+        ws.remove_dead_clone_stagings(tmp_path)
+        assert (live / "a.txt").exists() and not dead.exists()
+    assert sorted(path.name for path in tmp_path.iterdir()) == [".minigit-clone-a-file"]
+
+
+def test_a_clone_staging_held_by_another_process_is_kept(tmp_path):
+    script = textwrap.dedent(
+        """
+        import sys
+        from pathlib import Path
+        from minigit.client import workspace as ws
+        with ws.clone_staging(Path(sys.argv[1])) as staging:
+            print(staging.name, flush=True)
+            sys.stdin.read()
+        """
+    )
+    child = subprocess.Popen(
+        [sys.executable, "-c", script, str(tmp_path)], stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True
+    )
+    try:
+        name = child.stdout.readline().strip()
+        ws.remove_dead_clone_stagings(tmp_path)
+        assert (tmp_path / name).is_dir()
+    finally:
+        child.kill()  # SIGKILL: its staging directory stays, and is dead now
+        child.wait(30)
+    assert (tmp_path / name).is_dir()
+    ws.remove_dead_clone_stagings(tmp_path)
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_install_clone_refuses_a_directory_that_is_not_empty(tmp_path):
+    staging, target = tmp_path / "staging", tmp_path / "target"
+    write(staging, "a.txt", b"a")
+    write(target, "mine.txt", b"mine")
+    with pytest.raises(UsageError, match="already exists and is not an empty directory"):
+        ws.install_clone(staging, target)
+    (target / "mine.txt").unlink()
+    ws.install_clone(staging, target)  # an empty directory is replaced
+    assert (target / "a.txt").read_bytes() == b"a" and not staging.exists()
 
 
 # ---------------------------------------------------------------- listing and scanning
