@@ -721,11 +721,79 @@ class RepoReport(Record):
     changed_at: int  # log offset of the record that last changed it
 
 
+# A heartbeat lists at most this many damaged objects (it counts them all).
+MAX_DAMAGE_LISTED = 50
+MAX_PROBLEM_LENGTH = 200
+
+
+@dataclass(kw_only=True)
+class DamagedObject(Record):
+    """A stored blob that failed its hash check on one replica."""
+
+    partition: int
+    sha: str
+    problem: str
+    repaired: bool
+
+    def validate(self) -> None:
+        check_sha(self.sha)
+        if len(self.problem) > MAX_PROBLEM_LENGTH:
+            raise ProtocolError(f"problem longer than {MAX_PROBLEM_LENGTH} characters")
+
+
+def _check_damage_list(owner: str, listed: list[DamagedObject], count: int) -> None:
+    if len(listed) > MAX_DAMAGE_LISTED:
+        raise ProtocolError(f"{owner} lists more than {MAX_DAMAGE_LISTED} damaged objects")
+    if count < len(listed):
+        raise ProtocolError(f"{owner} counts fewer damaged objects than it lists")
+
+
+@dataclass(kw_only=True)
+class ScrubReport(Record):
+    """One finished pass over every stored blob: each one read and hashed.
+
+    ``request`` is the scrub request it answered ("" for a background pass);
+    ``damaged`` lists what failed its hash in this pass, repaired from the log or not.
+    """
+
+    request: str
+    started_ms: int
+    finished_ms: int
+    objects: int
+    bytes: int
+    damaged: list[DamagedObject] = field(default_factory=list)
+    damaged_count: int = 0
+
+    def validate(self) -> None:
+        if self.request:
+            _check_request_id(self.request)
+        _check_damage_list("ScrubReport", self.damaged, self.damaged_count)
+
+
+@wire
+@dataclass(kw_only=True)
+class ScrubRequest(Message):
+    """``minigit-server verify --deep`` asks every replica to read and hash every
+    stored blob now. On repo-replicas under the key SCRUB_REQUEST_KEY (no replica
+    id can be spelled so); a replica answers in its heartbeats' ``scrub``."""
+
+    type: ClassVar[str] = "scrub-request"
+    request: str  # 32 hex digits, named again by the ScrubReport that answers it
+    requested_ms: int
+
+    def validate(self) -> None:
+        _check_request_id(self.request)
+
+
+SCRUB_REQUEST_KEY = b"*scrub"
+
+
 @wire
 @dataclass(kw_only=True)
 class Heartbeat(Message):
     """A replica's periodic report: who it is, what it serves, how far it applied,
-    and a digest of each repository's state (for ``minigit-server verify``)."""
+    a digest of each repository's state (for ``minigit-server verify``), the objects
+    it holds quarantined, and its last full scrub (for ``verify --deep``)."""
 
     type: ClassVar[str] = "heartbeat"
     replica: str
@@ -738,8 +806,12 @@ class Heartbeat(Message):
     log_end: dict[int, int]  # log partition -> log end offset seen
     repos: dict[str, RepoReport]
     stopping: bool = False
+    quarantined: list[DamagedObject] = field(default_factory=list)  # damaged now, not repaired
+    quarantined_count: int = 0
+    scrub: ScrubReport | None = None  # the last finished scrub
 
     def validate(self) -> None:
         check_name("replica", self.replica)
         for name in self.repos:
             check_name("repository", name)
+        _check_damage_list("Heartbeat", self.quarantined, self.quarantined_count)

@@ -7,7 +7,7 @@ from __future__ import annotations
 import logging
 import threading
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 
 from kafka import ConsumerRebalanceListener, KafkaConsumer, TopicPartition
@@ -138,6 +138,9 @@ class Bus:
     def reply_partitions(self) -> int:
         return self.partition_count(self.topics.responses)
 
+    def log_partition_count(self) -> int:
+        return self.partition_count(self.topics.log)
+
     def log_end_offsets(self, partitions: Iterable[int] | None = None) -> dict[int, int]:
         if partitions is None:
             partitions = range(self.partition_count(self.topics.log))
@@ -161,6 +164,11 @@ class Bus:
 
     def publish_heartbeat(self, beat: p.Heartbeat) -> None:
         self.producer.send(self.topics.replicas, key=beat.replica.encode(), value=beat.to_bytes())
+
+    def request_scrub(self, request: p.ScrubRequest) -> None:
+        """Ask every replica to read and hash its whole store now (verify --deep)."""
+        self.producer.send(self.topics.replicas, key=p.SCRUB_REQUEST_KEY, value=request.to_bytes())
+        self.flush()
 
     def forget_replica(self, replica_id: str) -> None:
         """A tombstone: compaction drops the replica's reports; status and verify forget it."""
@@ -232,6 +240,36 @@ class Bus:
             else:
                 consumer.seek_to_beginning(tp)
         return LogReader(consumer)
+
+    def scan_log(self, partition: int, end_offset: int, timeout_s: float) -> Iterator[LogRecord]:
+        """Records of one log partition from its beginning up to ``end_offset`` (a
+        repair reads a blob's chunks again); TimeoutError if that takes too long."""
+        if end_offset <= 0:
+            return
+        tp = TopicPartition(self.topics.log, partition)
+        consumer = self._consumer(group_id=None, auto_offset_reset="earliest")
+        try:
+            consumer.assign([tp])
+            consumer.seek_to_beginning(tp)
+            deadline = time.monotonic() + timeout_s
+            while consumer.position(tp) < end_offset:
+                if time.monotonic() > deadline:
+                    raise TimeoutError(f"reading {self.topics.log} partition {partition} took over {timeout_s:g}s")
+                for records in consumer.poll(timeout_ms=500, max_records=100).values():
+                    for r in records:
+                        if r.offset >= end_offset:
+                            return
+                        yield LogRecord(r.partition, r.offset, r.value)
+        finally:
+            consumer.close()
+
+    def open_scrub_requests(self) -> ScrubRequestReader:
+        """Follow repo-replicas for scrub requests, from its beginning (compacted: small)."""
+        consumer = self._consumer(group_id=None, auto_offset_reset="earliest")
+        tp = TopicPartition(self.topics.replicas, 0)
+        consumer.assign([tp])
+        consumer.seek_to_beginning(tp)
+        return ScrubRequestReader(consumer)
 
     def read_heartbeats(self, settle_s: float = 1.0) -> list[p.Heartbeat]:
         """The latest heartbeat of every replica that ever reported (a compacted topic).
@@ -308,6 +346,28 @@ class LogReader:
         for records in batches.values():
             out.extend(LogRecord(r.partition, r.offset, r.value) for r in records)
         return out
+
+    def close(self) -> None:
+        self.consumer.close()
+
+
+class ScrubRequestReader:
+    def __init__(self, consumer: KafkaConsumer) -> None:
+        self.consumer = consumer
+
+    def poll(self, timeout_s: float) -> p.ScrubRequest | None:
+        """The latest scrub request among the records that arrived; None if none did.
+        Heartbeats share the topic: only the scrub key is parsed."""
+        latest = None
+        for records in self.consumer.poll(timeout_ms=int(timeout_s * 1000)).values():
+            for record in records:
+                if record.key != p.SCRUB_REQUEST_KEY or record.value is None:
+                    continue
+                try:
+                    latest = p.parse_message(record.value, allowed=(p.ScrubRequest,))
+                except MinigitError as error:
+                    log.warning("skipped a malformed scrub request: %s", error.message)
+        return latest
 
     def close(self) -> None:
         self.consumer.close()

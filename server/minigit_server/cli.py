@@ -117,7 +117,13 @@ def start(
         ids = [str(n) for n in range(1, replicas + 1)]
         command = functools.partial(supervisor.replica_command, options=passed)
         # Security settings (passwords) reach the replicas by environment, not on their command lines.
-        chief = supervisor.Supervisor(ids, command, data_dir / "server.log", settings.security_environment())
+        chief = supervisor.Supervisor(
+            ids,
+            command,
+            data_dir / "server.log",
+            settings.security_environment(),
+            replica_log=functools.partial(supervisor.replica_log_path, data_dir),
+        )
         raise typer.Exit(chief.run())
 
 
@@ -271,24 +277,40 @@ def verify(
     namespace: Namespace = "",
     max_lag: Annotated[int, typer.Option(min=0, help="Records a replica may be behind without failing.")] = 0,
     wait: Annotated[
-        float, typer.Option(min=0, help="Seconds to let lagging or restarting replicas catch up first.")
-    ] = 10.0,
+        float | None,
+        typer.Option(
+            min=0,
+            help="Seconds to let lagging or restarting replicas catch up first (with --deep: to read their stores).",
+            show_default="10, or 600 with --deep",
+        ),
+    ] = None,
     expect: Annotated[
         int, typer.Option(min=0, help="Replicas that must be up (besides every replica that ever reported).")
     ] = 0,
+    deep: Annotated[
+        bool,
+        typer.Option(
+            "--deep",
+            help="Also have every replica read and hash every stored object now; fail on any damage found.",
+        ),
+    ] = False,
     kafka_option: KafkaOption = None,
     as_json: Json = False,
 ) -> None:
     """Check that the replicas agree on every repository, comparing their state
     digests at the same log position, and that every replica that ever reported
-    is up (forget a removed one with 'minigit-server forget ID'). Exit code 0: all
-    agree; 3: a replica disagrees, lags more than --max-lag records, is down, or
-    fewer than --expect are up; 4: no replica answers."""
+    is up (forget a removed one with 'minigit-server forget ID'). With --deep, every
+    replica up also reads and hashes every stored object after this command starts.
+    Exit code 0: all agree; 3: a replica disagrees, lags more than --max-lag
+    records, is down, fewer than --expect are up, or (--deep) holds damaged objects
+    or did not finish reading in time; 4: no replica answers."""
     from minigit_server.replica import HEARTBEAT_INTERVAL_S
 
     with exit_on_error():
         settings = kafka_settings(bootstrap, namespace, kafka_option)
+        wait = wait if wait is not None else DEEP_WAIT_S if deep else 10.0
         deadline = time.monotonic() + wait
+        scrub = ask_for_scrub(settings) if deep else None
         while True:
             beats, _ = read_cluster(settings)
             now_ms = int(time.time() * 1000)
@@ -299,25 +321,29 @@ def verify(
                 if row.state != ReplicaState.UP
             ]
             verdicts = health.verify_repositories(live) if live else []
+            scrubs = health.deep_check(live, scrub) if scrub else []
             settled = live and all(v.status != Verdict.BEHIND or max(v.behind.values()) <= max_lag for v in verdicts)
             settled = settled and not down and len(live) >= expect
+            settled = settled and all(r.state != health.DeepState.PENDING for r in scrubs)
             if settled or any(v.status == Verdict.DISAGREE for v in verdicts) or time.monotonic() >= deadline:
                 break
             time.sleep(HEARTBEAT_INTERVAL_S / 2)
         failed = [
             v for v in verdicts if v.status == Verdict.DISAGREE or (v.behind and max(v.behind.values()) > max_lag)
         ]
+        damaged = [r for r in scrubs if r.state != health.DeepState.CLEAN]
         if as_json:
-            out.print_json(
-                data={
-                    "replicas": sorted(b.replica for b in live),
-                    "down": [
-                        {"replica": r.replica, "state": r.state, "last_heartbeat_ms": r.last_heartbeat_ms} for r in down
-                    ],
-                    "expected": expect,
-                    "repositories": [v.to_json() for v in verdicts],
-                }
-            )
+            report = {
+                "replicas": sorted(b.replica for b in live),
+                "down": [
+                    {"replica": r.replica, "state": r.state, "last_heartbeat_ms": r.last_heartbeat_ms} for r in down
+                ],
+                "expected": expect,
+                "repositories": [v.to_json() for v in verdicts],
+            }
+            if deep:
+                report["deep"] = [r.to_json() for r in scrubs]
+            out.print_json(data=report)
         if not live:
             raise ServerUnreachable(
                 "no replica answers: no heartbeat in the last few seconds",
@@ -325,9 +351,52 @@ def verify(
             )
         if not as_json:
             print_verdicts(verdicts, sorted(b.replica for b in live))
+            print_deep(scrubs, wait)
             print_missing(down, len(live), expect, now_ms)
-        if failed or down or len(live) < expect:
+        if failed or down or len(live) < expect or damaged:
             raise typer.Exit(int(ExitCode.REJECTED))
+
+
+# verify --deep waits this long by default for every replica to read its whole store.
+DEEP_WAIT_S = 600.0
+
+
+def ask_for_scrub(settings: KafkaSettings) -> str:
+    """Ask every replica to scrub now; the request id its answer will carry."""
+    from minigit.kafka_clients import INFRASTRUCTURE_ERRORS
+    from minigit_server.bus import Bus
+
+    request = p.ScrubRequest(request=p.new_request_id(), requested_ms=int(time.time() * 1000))
+    bus = Bus(settings, client_id="minigit-server-verify", bootstrap_timeout_s=10)
+    try:
+        bus.partition_count(bus.topics.replicas, wait_s=0)  # a clear error if the service never ran here
+        bus.request_scrub(request)
+    except INFRASTRUCTURE_ERRORS as error:
+        raise settings.unreachable(error) from None
+    finally:
+        bus.close()
+    return request.request
+
+
+def print_deep(results: list, wait: float) -> None:
+    """One line per replica; one more per damaged object (its sha names it)."""
+    for result in results:
+        replica = plain(result.replica)
+        if result.state == health.DeepState.CLEAN:
+            out.print(
+                f"[green]ok[/]        replica {replica}: read {result.objects} objects "
+                f"({result.bytes} bytes stored), every one matches its hash"
+            )
+        elif result.state == health.DeepState.PENDING:
+            out.print(f"[red]UNCHECKED[/] replica {replica}: did not finish reading its store within {wait:g}s")
+        else:
+            out.print(f"[red]DAMAGED[/]   replica {replica}: {result.damaged_count} objects failed their hash check")
+            for found in result.damaged:
+                fate = "repaired from the log" if found["repaired"] else "quarantined, not repaired"
+                out.print(
+                    f"          object {plain(found['sha'])} (log partition {found['partition']}): "
+                    f"{plain(found['problem'])}; {fate}"
+                )
 
 
 @app.command()

@@ -153,3 +153,46 @@ def _minority(digests: dict[str, str | None]) -> list[str]:
 def heads_of(beats: list[p.Heartbeat], name: str) -> dict[str, int | None]:
     """Each replica's head of repository ``name`` (None: not there yet)."""
     return {beat.replica: beat.repos[name].head if name in beat.repos else None for beat in beats}
+
+
+class DeepState(enum.StrEnum):
+    """One replica's answer to a deep check (``verify --deep``)."""
+
+    CLEAN = "clean"  # read and hashed every stored object after the request: all match
+    DAMAGED = "damaged"  # some failed their hash in that pass, or are quarantined now
+    PENDING = "pending"  # has not finished a pass for this request
+
+
+@dataclass(frozen=True)
+class DeepResult:
+    replica: str
+    state: DeepState
+    objects: int = 0
+    bytes: int = 0
+    damaged: list[dict] = field(default_factory=list)  # partition, sha, problem, repaired
+    damaged_count: int = 0
+
+    def to_json(self) -> dict:
+        return asdict(self)
+
+
+def deep_check(beats: list[p.Heartbeat], request: str) -> list[DeepResult]:
+    """Each replica's result for scrub request ``request``. Only a pass that answers
+    that request counts (it began after the request was made): an older clean
+    pass proves nothing about bytes damaged since."""
+    results = []
+    for beat in beats:
+        scrub = beat.scrub
+        if scrub is None or scrub.request != request:
+            results.append(DeepResult(beat.replica, DeepState.PENDING))
+            continue
+        found = {(d.partition, d.sha): d for d in scrub.damaged}
+        # Quarantined earlier and still not repaired; a pass meets those again, unless
+        # their row is gone too (then only the quarantine remembers them).
+        extra = [d for d in beat.quarantined if (d.partition, d.sha) not in found]
+        found.update({(d.partition, d.sha): d for d in extra})
+        count = scrub.damaged_count + len(extra)
+        damaged = [found[key].to_dict() for key in sorted(found)]
+        state = DeepState.DAMAGED if count else DeepState.CLEAN
+        results.append(DeepResult(beat.replica, state, scrub.objects, scrub.bytes, damaged, count))
+    return results

@@ -3,8 +3,11 @@
 * apply: tails every partition of repo-log and applies each record, in order;
 * serve: a member of the consumer group on repo-requests, answering requests
   for the partitions Kafka assigned to it (load balancing and failover);
-* heartbeat: publishes who it is, what it serves, how far it applied, and a
-  digest per repository to repo-replicas.
+* heartbeat: publishes who it is, what it serves, how far it applied, a
+  digest per repository, what it holds quarantined and its last scrub to
+  repo-replicas;
+* scrub: reads and hashes every stored blob, slowly in the background and at
+  once when ``verify --deep`` asks, repairing damage from the log.
 """
 
 from __future__ import annotations
@@ -24,10 +27,34 @@ from minigit.errors import MinigitError
 from minigit.kafka_clients import INFRASTRUCTURE_ERRORS
 from minigit_server.apply import apply_records
 from minigit_server.bus import Bus
-from minigit_server.service import DEFAULT_MAX_PUSH_BYTES, AppliedOffsets, Handled, Service, Unanswered
+from minigit_server.service import DEFAULT_MAX_PUSH_BYTES, AppliedOffsets, Handled, Pace, Service, Unanswered
 from minigit_server.store import SqliteStore, Store, StoreUnusable
 
 HEARTBEAT_INTERVAL_S = 2.0
+# The background scrub: MiB/s it reads at (MINIGIT_SCRUB_RATE; 0 turns it off), and
+# the pause between its passes. A scrub that verify --deep asks for runs at full speed.
+DEFAULT_SCRUB_RATE_MIB_S = 4.0
+SCRUB_PAUSE_S = 600.0
+SCRUB_RETRY_S = 60.0
+# A scrub request older than this is not acted on (a replica starting long after a verify).
+SCRUB_REQUEST_TTL_MS = 3600 * 1000
+
+
+def scrub_rate_from_env(environ: dict[str, str] = os.environ) -> float:
+    """Bytes per second of the background scrub, from MINIGIT_SCRUB_RATE (MiB/s)."""
+    text = environ.get("MINIGIT_SCRUB_RATE", "").strip()
+    if not text:
+        return DEFAULT_SCRUB_RATE_MIB_S * 1024 * 1024
+    try:
+        rate = float(text)
+    except ValueError:
+        rate = -1.0
+    if not 0 <= rate < float("inf"):
+        raise MinigitError(
+            f"MINIGIT_SCRUB_RATE must be a number of MiB/s, 0 or more (got {text!r})",
+            hint="0 turns the background scrub off; verify --deep still scrubs on demand",
+        )
+    return rate * 1024 * 1024
 
 
 def store_path(data_dir: Path, replica_id: str) -> Path:
@@ -100,6 +127,8 @@ class Replica:
         self.failure: BaseException | None = None
         self.serving: list[int] = []
         self.started_ms = int(time.time() * 1000)
+        self.scrub_rate = scrub_rate_from_env()
+        self.last_scrub: p.ScrubReport | None = None
         self._check_partition_counts()
 
     def _check_partition_counts(self) -> None:
@@ -115,6 +144,7 @@ class Replica:
         threads = [
             threading.Thread(target=self._guard(self.apply_loop), name="apply", daemon=True),
             threading.Thread(target=self._guard(self.heartbeat_loop), name="heartbeat", daemon=True),
+            threading.Thread(target=self._guard(self.scrub_loop), name="scrub", daemon=True),
         ]
         for thread in threads:
             thread.start()
@@ -188,6 +218,64 @@ class Replica:
         while not self.stop.wait(HEARTBEAT_INTERVAL_S):
             self.publish_heartbeat()
 
+    def scrub_loop(self) -> None:
+        """Background passes at ``scrub_rate``; a fresh scrub request interrupts one
+        and is answered by a full-speed pass that starts after it arrived."""
+        requests = self.bus.open_scrub_requests()
+        pending: p.ScrubRequest | None = None
+        answered: str | None = None
+        next_background = time.monotonic() + SCRUB_PAUSE_S
+        checked_at = 0.0
+
+        def take_request(timeout_s: float) -> None:
+            nonlocal pending, checked_at
+            checked_at = time.monotonic()
+            found = requests.poll(timeout_s)
+            fresh = found and int(time.time() * 1000) - found.requested_ms < SCRUB_REQUEST_TTL_MS
+            if fresh and found.request != answered:
+                pending = found
+
+        def interrupted() -> bool:
+            if time.monotonic() - checked_at > 1.0:
+                take_request(0)
+            return self.stop.is_set() or pending is not None
+
+        try:
+            while not self.stop.is_set():
+                try:
+                    take_request(1.0)
+                    if pending is not None:
+                        request, pending = pending, None
+                        self.log.info("scrub requested (%s): reading every stored object", request.request)
+                        if self.run_scrub(request.request, Pace(None), lambda: self.stop.is_set()):
+                            answered = request.request
+                    elif self.scrub_rate and time.monotonic() >= next_background:
+                        self.run_scrub("", Pace(self.scrub_rate), interrupted)
+                        next_background = time.monotonic() + SCRUB_PAUSE_S
+                except sqlite3.DatabaseError:
+                    raise  # the store itself is failing: stop, as the serve loop does
+                except Exception:  # Kafka, say: the scrub waits, serving goes on
+                    self.log.exception("scrub failed; trying again in %.0f s", SCRUB_RETRY_S)
+                    self.stop.wait(SCRUB_RETRY_S)
+        finally:
+            requests.close()
+
+    def run_scrub(self, request: str, pace: Pace, should_stop: Callable[[], bool]) -> bool:
+        """One pass; False if it was stopped before the end."""
+        tally = self.service.integrity.scrub(pace, should_stop)
+        if tally is None:
+            return False
+        self.last_scrub = tally.report(request, int(time.time() * 1000))
+        log = self.log.error if tally.damaged_count else self.log.info
+        log(
+            "scrub%s done: %d objects, %d bytes read, %d damaged",
+            f" {request}" if request else "",
+            tally.objects,
+            tally.bytes,
+            tally.damaged_count,
+        )
+        return True
+
     # -- helpers
 
     def on_assignment(self, partitions: list[int]) -> None:
@@ -210,6 +298,7 @@ class Replica:
     def publish_heartbeat(self, stopping: bool = False) -> None:
         try:
             repos, applied = collect_repo_states(self.store)
+            quarantined, quarantined_count = self.service.integrity.quarantined()
             beat = p.Heartbeat(
                 replica=self.replica_id,
                 host=socket.gethostname(),
@@ -221,6 +310,9 @@ class Replica:
                 log_end=dict(sorted(self.bus.log_end_offsets().items())),
                 repos=repos,
                 stopping=stopping,
+                quarantined=quarantined,
+                quarantined_count=quarantined_count,
+                scrub=self.last_scrub,
             )
             self.bus.publish_heartbeat(beat)
             if stopping:

@@ -7,19 +7,22 @@ from __future__ import annotations
 
 import collections
 import enum
+import logging
 import threading
 import time
 import uuid
-from collections.abc import Callable
-from dataclasses import dataclass
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
 from typing import Protocol
 
 from minigit import protocol as p
 from minigit.errors import MinigitError
 from minigit.protocol import Status
 from minigit_server import decisions
-from minigit_server.apply import LogRecord, apply_records
-from minigit_server.store import Store
+from minigit_server.apply import LogRecord, apply_record, apply_records
+from minigit_server.store import DamageRecord, Store
+
+log = logging.getLogger("minigit.service")
 
 # Bounds a log reply to one record.
 MAX_LOG_REPLY_BYTES = 800_000
@@ -28,6 +31,8 @@ DEFAULT_MAX_PUSH_BYTES = 1024**3
 # What the push limit counts for a chunk record at least, however small its payload.
 RECORD_CHARGE = 1024
 APPLY_WAIT_S = 120.0
+# How long a repair may read the log for one object before it gives up.
+REPAIR_WAIT_S = 300.0
 
 
 class AppliedOffsets:
@@ -62,7 +67,10 @@ class Wire(Protocol):
     def log_end_offsets(self, partitions: list[int] | None = None) -> dict[int, int]: ...
     def log_partition(self, repo: str) -> int: ...
     def reply_partitions(self) -> int: ...
+    def log_partition_count(self) -> int: ...
     def flush(self) -> None: ...
+    def scan_log(self, partition: int, end_offset: int, timeout_s: float) -> Iterator[LogRecord]:
+        """Records of one log partition from its first offset up to ``end_offset``."""
 
 
 class MemoryWire:
@@ -95,8 +103,15 @@ class MemoryWire:
     def reply_partitions(self) -> int:
         return self.reply_partition_count
 
+    def log_partition_count(self) -> int:
+        return self.log_partitions
+
     def flush(self) -> None:
         pass
+
+    def scan_log(self, partition: int, end_offset: int, timeout_s: float) -> Iterator[LogRecord]:
+        for offset, value in enumerate(self.log.get(partition, [])[:end_offset]):
+            yield LogRecord(partition, offset, value)
 
 
 class UploadMeter:
@@ -132,7 +147,152 @@ class Unanswered(enum.StrEnum):
     MALFORMED = "malformed"  # unreadable; answered "invalid" when it says where to
     EXPIRED = "expired"  # its client has given up already
     STALLED = "stalled"  # the log was not applied in time
+    DAMAGED = "damaged"  # an object it needs failed its hash and could not be repaired
     FAILED = "failed"  # handling it raised; see the replica's log
+
+
+@dataclass
+class ScrubTally:
+    """What one scrub pass has read so far."""
+
+    started_ms: int
+    objects: int = 0
+    bytes: int = 0
+    damaged: list[p.DamagedObject] = field(default_factory=list)
+    damaged_count: int = 0
+
+    def report(self, request: str, finished_ms: int) -> p.ScrubReport:
+        return p.ScrubReport(
+            request=request,
+            started_ms=self.started_ms,
+            finished_ms=finished_ms,
+            objects=self.objects,
+            bytes=self.bytes,
+            damaged=self.damaged[: p.MAX_DAMAGE_LISTED],
+            damaged_count=self.damaged_count,
+        )
+
+
+class Integrity:
+    """A replica serves only bytes that match their hash. A stored blob that does
+    not is quarantined (the ``damaged`` table), logged at ERROR, and rebuilt from
+    the log: its chunk records are replayed through the applier into an empty
+    scratch store, so a repair writes exactly what applying the log wrote, and
+    nothing else. Shared by the serve thread and the scrub thread."""
+
+    SCRUB_PAGE = 200
+
+    def __init__(self, store: Store, wire: Wire, applied: AppliedOffsets, clock_ms: Callable[[], int]) -> None:
+        self.store, self.wire, self.applied, self.clock_ms = store, wire, applied, clock_ms
+
+    def ensure_sound(self, partition: int, sha: str, why: str) -> bool:
+        """True once the stored blob matches its name, repaired if need be."""
+        problem = self.store.check_blob(partition, sha)
+        return problem is None or self.quarantine_and_repair(partition, sha, problem, why)
+
+    def quarantine_and_repair(self, partition: int, sha: str, problem: str, why: str) -> bool:
+        problem = problem[: p.MAX_PROBLEM_LENGTH]
+        self.store.mark_damaged(DamageRecord(partition, sha, problem, self.clock_ms()))
+        log.error(
+            "DAMAGED object %s (log partition %d) found while %s: %s; quarantined, repairing from the log",
+            sha,
+            partition,
+            why,
+            problem,
+        )
+        try:
+            repaired = self.repair(partition, sha)
+        except Exception:  # Kafka or a bug: the object stays quarantined, never served
+            log.exception("repair of object %s failed", sha)
+            repaired = False
+        if not repaired:
+            log.error(
+                "object %s (log partition %d) could not be repaired: stays quarantined and is not served",
+                sha,
+                partition,
+            )
+            return False
+        self.store.mark_repaired(partition, sha, self.clock_ms())
+        log.error("REPAIRED object %s (log partition %d) from the log; it matches its hash again", sha, partition)
+        return True
+
+    def repair(self, partition: int, sha: str) -> bool:
+        """Rebuild one blob from its chunk records in the log, as applying them did."""
+        end = self.applied.snapshot().get(partition, 0)  # the blob was complete by then
+        token = sha.encode()
+        with self.store.scratch() as scratch:
+            for record in self.wire.scan_log(partition, end, REPAIR_WAIT_S):
+                if token not in record.value:  # most records carry other blobs: skip them unparsed
+                    continue
+                try:
+                    message = p.parse_message(record.value, allowed=(p.Chunk,))
+                except MinigitError:
+                    continue
+                if message.sha == sha:
+                    apply_record(scratch, record, self.wire.log_partition_count())
+                    if scratch.blob_size(partition, sha) is not None:
+                        break
+            size, count = scratch.blob_size(partition, sha), scratch.blob_chunk_count(partition, sha)
+            if size is None or count is None:
+                return False
+            self.store.restore_blob(partition, sha, size, count, scratch.iter_chunks(partition, sha, count))
+        return self.store.check_blob(partition, sha) is None
+
+    def scrub(self, pace: Callable[[int], object], should_stop: Callable[[], bool]) -> ScrubTally | None:
+        """Read and hash every stored blob, repairing what is damaged; None if stopped
+        before the end. ``pace`` gets the bytes of each piece as it is read."""
+        tally, after = ScrubTally(self.clock_ms()), None
+        while page := self.store.list_blobs(after, self.SCRUB_PAGE):
+            for partition, sha in page:
+                if should_stop():
+                    return None
+
+                def counted(size: int) -> None:
+                    tally.bytes += size
+                    pace(size)
+
+                problem = self.store.check_blob(partition, sha, counted)
+                tally.objects += 1
+                if problem is not None:
+                    repaired = self.quarantine_and_repair(partition, sha, problem, "scrubbing")
+                    tally.damaged_count += 1
+                    if len(tally.damaged) < p.MAX_DAMAGE_LISTED:
+                        found = p.DamagedObject(
+                            partition=partition, sha=sha, problem=problem[: p.MAX_PROBLEM_LENGTH], repaired=repaired
+                        )
+                        tally.damaged.append(found)
+            after = page[-1]
+        return tally
+
+    def quarantined(self) -> tuple[list[p.DamagedObject], int]:
+        """The objects quarantined now (bounded list, full count)."""
+        found = self.store.list_damage(quarantined_only=True)
+        listed = [
+            p.DamagedObject(partition=d.partition, sha=d.sha, problem=d.problem, repaired=False)
+            for d in found[: p.MAX_DAMAGE_LISTED]
+        ]
+        return listed, len(found)
+
+
+class Pace:
+    """Holds a reader to ``bytes_per_s`` (None: as fast as it can)."""
+
+    def __init__(
+        self,
+        bytes_per_s: float | None,
+        clock: Callable[[], float] = time.monotonic,
+        sleep: Callable[[float], object] = time.sleep,
+    ) -> None:
+        self.bytes_per_s, self.clock, self.sleep = bytes_per_s, clock, sleep
+        self.started, self.total = clock(), 0
+
+    def __call__(self, size: int) -> None:
+        if not self.bytes_per_s:
+            return
+        self.total += size
+        ahead = self.total / self.bytes_per_s - (self.clock() - self.started)
+        if ahead > 0:
+            self.sleep(ahead)
 
 
 @dataclass(frozen=True)
@@ -166,6 +326,7 @@ class Service:
         self.applied = applied
         self.clock_ms = clock_ms
         self.uploads = UploadMeter(max_push_bytes)
+        self.integrity = Integrity(store, wire, applied, clock_ms)
 
     # -- dispatch
 
@@ -243,10 +404,20 @@ class Service:
             self.wire.flush()
             return Handled.of(request, decision.status, f"v{request.version}")
         head = self.store.get_version(request.repo, repo.head)
+        base = self.store.get_version(request.repo, request.version) if request.version else None
+        # Every object is checked against its hash before a byte is sent (read twice:
+        # the store is local), so a damaged one is repaired first or not sent at all.
+        why = f"serving {request.action} of {request.repo}"
+        for tree in {head.tree} | ({base.tree} if base else set()):
+            if not self.integrity.ensure_sound(partition, tree, why):
+                return Handled.of(request, Unanswered.DAMAGED, f"object {tree[:12]} damaged; not answered")
         old = self.store.read_manifest(request.repo, request.version)
         new = self.store.read_manifest(request.repo, repo.head)
         wanted = [(head.tree, self.store.blob_size(partition, head.tree))]
         wanted += [(sha, size) for sha, size in decisions.blobs_to_send(old, new, request.lost) if sha != head.tree]
+        for sha, _ in wanted[1:]:
+            if not self.integrity.ensure_sound(partition, sha, why):
+                return Handled.of(request, Unanswered.DAMAGED, f"object {sha[:12]} damaged; not answered")
         reply = self.answer(
             request,
             Status.OK,

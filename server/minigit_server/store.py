@@ -17,17 +17,20 @@ from __future__ import annotations
 import abc
 import contextlib
 import copy
+import dataclasses
 import hashlib
 import json
 import sqlite3
+import tempfile
 import threading
-from collections.abc import Iterator
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
 from minigit import codec
 from minigit import protocol as p
 from minigit.codec import Piece
+from minigit.errors import MinigitError
 
 
 @dataclass(frozen=True)
@@ -36,6 +39,17 @@ class RepoState:
     head: int
     partition: int  # the log partition its records live in
     changed_at: int  # log offset of the record that last changed it
+
+
+@dataclass(frozen=True)
+class DamageRecord:
+    """A stored blob that failed its hash check; ``repaired_ms`` is None while it is quarantined."""
+
+    partition: int
+    sha: str
+    problem: str
+    found_ms: int
+    repaired_ms: int | None = None
 
 
 @dataclass(frozen=True)
@@ -86,6 +100,28 @@ class Store(abc.ABC):
     def blob_chunk_count(self, partition: int, sha: str) -> int | None: ...
 
     @abc.abstractmethod
+    def list_blobs(self, after: tuple[int, str] | None, limit: int) -> list[tuple[int, str]]:
+        """Up to ``limit`` complete blobs as (partition, sha), in order, after ``after``."""
+
+    @abc.abstractmethod
+    def restore_blob(self, partition: int, sha: str, size: int, count: int, pieces: Iterable[Piece]) -> None:
+        """Replace a blob's pieces and row with ``pieces`` (a repair, in one transaction)."""
+
+    @abc.abstractmethod
+    def scratch(self) -> contextlib.AbstractContextManager[Store]:
+        """An empty store of the same kind, thrown away afterwards (to rebuild one blob in)."""
+
+    @abc.abstractmethod
+    def mark_damaged(self, record: DamageRecord) -> None:
+        """Quarantine a blob (again, if it was repaired before)."""
+
+    @abc.abstractmethod
+    def mark_repaired(self, partition: int, sha: str, repaired_ms: int) -> None: ...
+
+    @abc.abstractmethod
+    def list_damage(self, quarantined_only: bool = True) -> list[DamageRecord]: ...
+
+    @abc.abstractmethod
     def get_repo(self, name: str) -> RepoState | None: ...
 
     @abc.abstractmethod
@@ -125,6 +161,28 @@ class Store(abc.ABC):
             return None
         return codec.assemble(sha, count, self.iter_chunks(partition, sha, count))
 
+    def check_blob(self, partition: int, sha: str, on_read: Callable[[int], object] = lambda n: None) -> str | None:
+        """What is wrong with a stored blob (None: every piece is there and the whole
+        hashes to its name). Reads one piece at a time; ``on_read`` gets each piece's
+        stored size (to pace a scrub)."""
+        count, size = self.blob_chunk_count(partition, sha), self.blob_size(partition, sha)
+        if count is None or size is None:
+            return "not in the store"
+        assembler = codec.Assembler(sha, count)
+        try:
+            for piece in self.iter_chunks(partition, sha, count):
+                on_read(len(piece.payload))
+                if piece.index != assembler.next_index:
+                    return f"chunk {assembler.next_index} of {count} is missing"
+                assembler.add(piece)
+        except MinigitError as error:
+            return error.message
+        if not assembler.complete:
+            return f"chunk {assembler.next_index} of {count} is missing"
+        if assembler.size != size:
+            return f"holds {assembler.size} bytes, its row says {size}"
+        return None
+
     def read_manifest(self, repo: str, version: int) -> p.Manifest:
         if version == 0:
             return {}
@@ -157,6 +215,7 @@ class MemoryStore(Store):
         self.repos: dict[str, RepoState] = {}
         self.versions: dict[str, dict[int, VersionInfo]] = {}
         self.outcomes: dict[tuple[int, str], dict] = {}
+        self.damage: dict[tuple[int, str], DamageRecord] = {}
 
     @contextlib.contextmanager
     def transaction(self) -> Iterator[None]:
@@ -196,6 +255,29 @@ class MemoryStore(Store):
 
     def put_blob(self, partition: int, sha: str, size: int, count: int) -> None:
         self.blobs[(partition, sha)] = (size, count)
+
+    def list_blobs(self, after: tuple[int, str] | None, limit: int) -> list[tuple[int, str]]:
+        return [key for key in sorted(self.blobs) if after is None or key > after][:limit]
+
+    def restore_blob(self, partition: int, sha: str, size: int, count: int, pieces: Iterable[Piece]) -> None:
+        with self.transaction():
+            self.chunks[(partition, sha)] = {piece.index: piece for piece in pieces}
+            self.blobs[(partition, sha)] = (size, count)
+
+    @contextlib.contextmanager
+    def scratch(self) -> Iterator[Store]:
+        yield MemoryStore()
+
+    def mark_damaged(self, record: DamageRecord) -> None:
+        self.damage[(record.partition, record.sha)] = record
+
+    def mark_repaired(self, partition: int, sha: str, repaired_ms: int) -> None:
+        if (found := self.damage.get((partition, sha))) is not None:
+            self.damage[(partition, sha)] = dataclasses.replace(found, repaired_ms=repaired_ms)
+
+    def list_damage(self, quarantined_only: bool = True) -> list[DamageRecord]:
+        found = [self.damage[key] for key in sorted(self.damage)]
+        return [d for d in found if d.repaired_ms is None] if quarantined_only else found
 
     def get_repo(self, name: str) -> RepoState | None:
         return self.repos.get(name)
@@ -242,6 +324,13 @@ CREATE TABLE IF NOT EXISTS versions (
 CREATE TABLE IF NOT EXISTS outcomes (
     partition INTEGER NOT NULL, request_id TEXT NOT NULL, outcome TEXT NOT NULL, PRIMARY KEY (partition, request_id));
 """
+# This replica's own findings, not state made by the log (no digest covers it): added
+# to a schema-2 store on open, so that a store need not be rebuilt to get it.
+_DAMAGE_TABLE = """
+CREATE TABLE IF NOT EXISTS damaged (
+    partition INTEGER NOT NULL, sha TEXT NOT NULL, problem TEXT NOT NULL, found_ms INTEGER NOT NULL,
+    repaired_ms INTEGER, PRIMARY KEY (partition, sha));
+"""
 
 
 class StoreUnusable(Exception):
@@ -283,6 +372,7 @@ class SqliteStore(Store):
             db.executescript(f"BEGIN; {_SCHEMA} PRAGMA user_version = {SCHEMA_VERSION}; COMMIT;")
         elif version != SCHEMA_VERSION:
             raise StoreUnusable(self.path, f"schema version {version}, this replica needs {SCHEMA_VERSION}")
+        db.execute(_DAMAGE_TABLE)
         # A damaged page anywhere (reads it all: seconds for a large store, at start only).
         problems = [row[0] for row in db.execute("PRAGMA quick_check(3)")]
         if problems != ["ok"]:
@@ -368,6 +458,44 @@ class SqliteStore(Store):
 
     def put_blob(self, partition: int, sha: str, size: int, count: int) -> None:
         self._db().execute("INSERT OR IGNORE INTO blobs VALUES (?, ?, ?, ?)", (partition, sha, size, count))
+
+    def list_blobs(self, after: tuple[int, str] | None, limit: int) -> list[tuple[int, str]]:
+        after = after or (-1, "")
+        query = "SELECT partition, sha FROM blobs WHERE (partition, sha) > (?, ?) ORDER BY partition, sha LIMIT ?"
+        return [(row[0], row[1]) for row in self._db().execute(query, (*after, limit))]
+
+    def restore_blob(self, partition: int, sha: str, size: int, count: int, pieces: Iterable[Piece]) -> None:
+        db = self._db()
+        with self.transaction():
+            self.delete_chunks(partition, sha)
+            for piece in pieces:
+                self.put_chunk(partition, sha, piece)
+            db.execute("INSERT OR REPLACE INTO blobs VALUES (?, ?, ?, ?)", (partition, sha, size, count))
+
+    @contextlib.contextmanager
+    def scratch(self) -> Iterator[Store]:
+        # On disk beside the store: a blob of gigabytes is rebuilt without being held in memory.
+        with tempfile.TemporaryDirectory(prefix="repair-", dir=self.path.parent) as folder:
+            store = SqliteStore(Path(folder) / "scratch.sqlite")
+            try:
+                yield store
+            finally:
+                store.close()
+
+    def mark_damaged(self, record: DamageRecord) -> None:
+        self._db().execute(
+            "INSERT OR REPLACE INTO damaged VALUES (?, ?, ?, ?, NULL)",
+            (record.partition, record.sha, record.problem, record.found_ms),
+        )
+
+    def mark_repaired(self, partition: int, sha: str, repaired_ms: int) -> None:
+        query = "UPDATE damaged SET repaired_ms = ? WHERE partition = ? AND sha = ?"
+        self._db().execute(query, (repaired_ms, partition, sha))
+
+    def list_damage(self, quarantined_only: bool = True) -> list[DamageRecord]:
+        where = " WHERE repaired_ms IS NULL" if quarantined_only else ""
+        query = f"SELECT partition, sha, problem, found_ms, repaired_ms FROM damaged{where} ORDER BY partition, sha"
+        return [DamageRecord(*row) for row in self._db().execute(query)]
 
     def get_repo(self, name: str) -> RepoState | None:
         row = (

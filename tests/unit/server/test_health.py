@@ -2,7 +2,12 @@
 
 from __future__ import annotations
 
+import dataclasses
+
+import pytest
+
 from minigit import protocol as p
+from minigit.errors import ProtocolError
 from minigit_server import health
 
 
@@ -152,3 +157,56 @@ def test_a_heartbeat_from_the_future_is_not_up() -> None:
     rows = {r.replica: r.state for r in health.describe_replicas(beats, now, {}, interval_s=2.0)}
     assert rows == {"1": "up", "2": "silent", "3": "silent"}
     assert [b.replica for b in health.live_beats(beats, now, 2.0)] == ["1"]
+
+
+REQUEST, OLDER = "1" * 32, "2" * 32
+
+
+def scrubbed(replica: str, request: str, damaged: list[p.DamagedObject] = (), quarantined=()) -> p.Heartbeat:
+    report = p.ScrubReport(
+        request=request,
+        started_ms=1,
+        finished_ms=2,
+        objects=7,
+        bytes=900,
+        damaged=list(damaged),
+        damaged_count=len(damaged),
+    )
+    found = list(quarantined)
+    return dataclasses.replace(beat(replica, {}, {}), scrub=report, quarantined=found, quarantined_count=len(found))
+
+
+def damaged(sha: str, repaired: bool) -> p.DamagedObject:
+    return p.DamagedObject(partition=1, sha=sha * 64, problem="does not match its content hash", repaired=repaired)
+
+
+def test_deep_check_passes_only_on_a_clean_pass_that_answers_this_request() -> None:
+    results = health.deep_check(
+        [scrubbed("1", REQUEST), scrubbed("2", OLDER), beat("3", {}, {})],
+        REQUEST,
+    )
+    states = {r.replica: r.state for r in results}
+    assert states == {"1": health.DeepState.CLEAN, "2": health.DeepState.PENDING, "3": health.DeepState.PENDING}
+    assert (results[0].objects, results[0].bytes) == (7, 900)
+
+
+def test_deep_check_names_damage_found_repaired_or_not_and_what_stays_quarantined() -> None:
+    found = [damaged("a", repaired=True), damaged("b", repaired=False)]
+    quarantined = [damaged("b", repaired=False), damaged("c", repaired=False)]  # c: no row left to scrub
+    [result] = health.deep_check([scrubbed("2", REQUEST, found, quarantined)], REQUEST)
+    assert result.state == health.DeepState.DAMAGED and result.damaged_count == 3
+    assert [(d["sha"][0], d["repaired"]) for d in result.damaged] == [("a", True), ("b", False), ("c", False)]
+    # Damage repaired while serving, and not found again by the pass: the pass is clean.
+    [clean] = health.deep_check([scrubbed("2", REQUEST)], REQUEST)
+    assert clean.state == health.DeepState.CLEAN and clean.damaged == []
+
+
+def test_a_heartbeat_bounds_its_damage_lists() -> None:
+    many = [damaged("a", False)] * (p.MAX_DAMAGE_LISTED + 1)
+    doc = beat("1", {}, {}).to_dict()
+    with pytest.raises(ProtocolError, match="lists more than"):
+        p.Heartbeat.from_dict({**doc, "quarantined": [d.to_dict() for d in many], "quarantined_count": 99})
+    with pytest.raises(ProtocolError, match="counts fewer"):
+        p.Heartbeat.from_dict({**doc, "quarantined": [damaged("a", False).to_dict()], "quarantined_count": 0})
+    with pytest.raises(ProtocolError, match="problem longer"):
+        p.DamagedObject(partition=0, sha="a" * 64, problem="x" * 201, repaired=False).validate()

@@ -69,7 +69,19 @@ def samples() -> dict[type[p.Message], p.Message]:
             log_end={0: 12},
             repos={"repo": p.RepoReport(head=3, digest="d", partition=0, changed_at=9)},
             stopping=True,
+            quarantined=[p.DamagedObject(partition=0, sha=SHA, problem="does not match", repaired=False)],
+            quarantined_count=3,
+            scrub=p.ScrubReport(
+                request=RID,
+                started_ms=5,
+                finished_ms=9,
+                objects=4,
+                bytes=100,
+                damaged=[p.DamagedObject(partition=1, sha=SHA2, problem="chunk 1 of 2 is missing", repaired=True)],
+                damaged_count=1,
+            ),
         ),
+        p.ScrubRequest: p.ScrubRequest(request=RID, requested_ms=1_700_000_000_000),
     }
 
 
@@ -252,6 +264,8 @@ def _wrong_values(annotation) -> list:
     expected = origin or annotation
     if isinstance(expected, type) and issubclass(expected, enum.Enum):
         expected = str
+    if isinstance(expected, type) and issubclass(expected, p.Record):
+        expected = dict  # a nested record is a JSON object
     wrong = {
         str: [5, 1.5, True, [], {}],
         int: ["5", 1.5, True, False, [], {}],
