@@ -37,6 +37,7 @@ from minigit.errors import (
     RepositoryExists,
     RepositoryNotFound,
     UsageError,
+    WorkdirBusy,
 )
 from minigit.protocol import Status
 
@@ -536,8 +537,10 @@ def clear_directory(directory: Path) -> None:
 def read_status(start: Path) -> StatusResult:
     """Local changes against the local version; does not ask the server (like git)."""
     root = ws.require_root(start)
-    ws.tidy_if_idle(root)
+    busy = ws.tidy_unless_busy(root)
     meta = ws.read_metadata(root)
+    if meta.unfinished and busy:
+        raise WorkdirBusy(str(root))  # the clone is still running
     require_finished(root, meta)
     local = ws.scan_worktree(root, load_ignore(root))
     return StatusResult(meta.repository, meta.version, meta.bootstrap, diff_manifests(meta.manifest, local))

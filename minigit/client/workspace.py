@@ -152,11 +152,16 @@ def lock_workdir(root: Path) -> Iterator[None]:
         os.close(fd)
 
 
-def tidy_if_idle(root: Path) -> None:
+def tidy_unless_busy(root: Path) -> bool:
     """Remove what dead commands left in ``root``, unless a command is running
-    there or the lock cannot be taken (a directory the user may only read)."""
-    with contextlib.suppress(WorkdirBusy, OSError), lock_workdir(root):
-        pass
+    there (then True) or the lock cannot be taken (a directory the user may only read)."""
+    try:
+        with lock_workdir(root):
+            return False
+    except WorkdirBusy:
+        return True
+    except OSError:
+        return False
 
 
 def is_leftover(name: str) -> bool:

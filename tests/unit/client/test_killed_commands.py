@@ -12,6 +12,7 @@ staging folder left once that next command is done.
 
 from __future__ import annotations
 
+import dataclasses
 import faulthandler
 import os
 import shutil
@@ -27,7 +28,7 @@ from test_operations import create, files, options, write
 
 from minigit.client import operations as op
 from minigit.client import workspace as ws
-from minigit.errors import CloneUnfinished, NoRepository
+from minigit.errors import CloneUnfinished, NoRepository, WorkdirBusy
 
 DISK_CHANGES = {"os.rename", "os.remove", "os.rmdir", "os.mkdir", "shutil.rmtree"}
 WRITE_FLAGS = os.O_WRONLY | os.O_RDWR | os.O_CREAT | os.O_TRUNC
@@ -260,3 +261,15 @@ def test_status_removes_what_dead_commands_left_but_not_while_a_command_runs(
         write(tmp_path, f"{ws.TEMP_MARK}live/0", "staged")
         assert op.read_status(tmp_path).changes.empty
         assert leftovers(tmp_path) == [f"{ws.TEMP_MARK}live"]
+
+
+def test_status_of_a_clone_that_is_still_running_says_so(server: InProcessServer, tmp_path: Path) -> None:
+    create(server, tmp_path / "origin", {"a.txt": "a"})
+    here = tmp_path / "here"
+    op.clone_repository("lab", here, options(server))
+    meta = ws.read_metadata(here)
+    ws.write_metadata(here, dataclasses.replace(meta, version=ws.UNFINISHED_VERSION))
+    with ws.lock_workdir(here), pytest.raises(WorkdirBusy):
+        op.read_status(here)
+    with pytest.raises(CloneUnfinished):
+        op.read_status(here)
