@@ -39,13 +39,22 @@ def wait_until(condition, timeout: float, interval: float = 0.2, message: str = 
 class Service:
     """Replica processes started with the real command, one per replica id."""
 
-    def __init__(self, bootstrap: str, namespace: str, data_dir: Path, partitions: int = PARTITIONS) -> None:
+    def __init__(
+        self,
+        bootstrap: str,
+        namespace: str,
+        data_dir: Path,
+        partitions: int = PARTITIONS,
+        replication_factor: int = 1,
+        min_insync_replicas: int | None = None,
+    ) -> None:
         self.bootstrap = bootstrap
         self.namespace = namespace
         self.data_dir = data_dir
         self.settings = KafkaSettings(bootstrap, namespace)
         self.processes: dict[str, subprocess.Popen] = {}
-        ensure_topics(self.settings, partitions, 1)
+        # created here, before any replica: a replica's own `start` finds them and keeps their settings
+        ensure_topics(self.settings, partitions, replication_factor, min_insync_replicas)
         self.bus = Bus(self.settings, client_id="test-harness")
 
     def command(self, replica_id: str) -> list[str]:

@@ -131,6 +131,42 @@ def test_a_second_broker_starts_answers_and_stops_without_leftovers(kafka_broker
     assert stop_again.returncode == 0 and "not running" in stop_again.stdout
 
 
+def test_a_broker_listening_on_another_address_advertises_that_address(
+    kafka_broker, tmp_path, free_ports, minigit_server
+):
+    """--listen as a classroom uses it, on a loopback address that stands for the teacher's network address."""
+    address = "127.0.0.2"
+    with socket.socket() as probe:
+        try:
+            probe.bind((address, 0))
+        except OSError:
+            pytest.skip(f"{address} is not a loopback address here (Linux routes all of 127/8 to lo)")
+    port, controller_port = free_ports(2)
+    data_dir = tmp_path / "classroom-kafka"
+    ports = ("--port", str(port), "--controller-port", str(controller_port))
+    start = minigit_server("kafka", "start", *ports, "--listen", address, "--data-dir", str(data_dir))
+    try:
+        assert start.returncode == 0, start.stderr
+        assert f"bootstrap  {address}:{port}\n" in start.stdout
+        with KafkaAdminClient(bootstrap_servers=f"{address}:{port}") as admin:
+            assert [(b["host"], b["port"]) for b in admin.describe_cluster()["brokers"]] == [(address, port)]
+        with pytest.raises(OSError):  # bound to that address only
+            socket.create_connection(("127.0.0.1", port), timeout=1).close()
+        status = minigit_server("kafka", "status", "--data-dir", str(data_dir))
+        assert status.returncode == 0 and f"bootstrap  {address}:{port}" in status.stdout
+    finally:
+        stop = minigit_server("kafka", "stop", "--data-dir", str(data_dir))
+    assert stop.returncode == 0, stop.stderr
+
+
+def test_listening_on_every_interface_needs_an_advertised_address(tmp_path, free_ports, minigit_server):
+    (port,) = free_ports(1)
+    result = minigit_server("kafka", "start", "--port", str(port), "--listen", "0.0.0.0", "--data-dir", str(tmp_path))
+    assert_one_line_error(result, "0.0.0.0")
+    assert "--advertise" in result.stderr
+    assert java_processes_mentioning(str(tmp_path)) == []
+
+
 @pytest.mark.parametrize("taken", ["--port", "--controller-port"])
 def test_start_on_a_taken_port_is_a_one_line_error(taken, tmp_path, free_ports, minigit_server):
     port, controller_port = free_ports(2)
@@ -175,8 +211,14 @@ def test_help_of_kafka_start(minigit_server):
     text = _help(minigit_server, "kafka", "start")
     for word in ("--port", "--controller-port", "--data-dir", "--timeout", "MINIGIT_KAFKA_PORT", "MINIGIT_KAFKA_DIR"):
         assert word in text
+    for word in ("--nodes", "--listen", "--advertise", "MINIGIT_KAFKA_NODES", "MINIGIT_KAFKA_LISTEN"):
+        assert word in text
+
+
+def test_help_of_kafka_stop_offers_one_node(minigit_server):
+    assert "--node" in _help(minigit_server, "kafka", "stop")
 
 
 def test_help_of_kafka_status_documents_its_exit_status(minigit_server):
     text = _help(minigit_server, "kafka", "status")
-    assert "0 if it runs, 1 if it does not" in text
+    assert "0 if it runs (every node of a cluster), 1 if it does not" in text

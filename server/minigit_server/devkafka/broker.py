@@ -1,14 +1,24 @@
-"""A local single-node Apache Kafka without Docker: jars from Maven Central, one JVM.
+"""A local Apache Kafka without Docker: jars from Maven Central, one JVM per node.
 
-The broker is one combined KRaft broker+controller node listening on 127.0.0.1.
-Everything it owns lives in a *data dir* (default ``~/.local/state/minigit/kafka``)::
+Each node is a combined KRaft broker+controller. One node (the default) is a
+development broker; ``nodes=3`` is a small cluster on one machine (static quorum
+of three controllers, replication factor 3, ``min.insync.replicas=2``) for
+failover tests. Node n listens on broker port ``port + n - 1`` and controller
+port ``controller_port + n - 1``. Controllers listen on 127.0.0.1 only; the
+brokers' client listener binds ``listen`` (127.0.0.1 unless told otherwise) and
+is advertised as ``advertise``. Everything lives in a *data dir* (default
+``~/.local/state/minigit/kafka``)::
 
-    <data dir>/broker.json            what minigit remembers: ports, cluster id, formatted?
-    <data dir>/kafka.pid              pid of the running JVM
-    <data dir>/config/                server.properties and log4j2.properties (rewritten each start)
-    <data dir>/kraft/                 Kafka's log.dirs (formatted once, reused by restarts)
-    <data dir>/logs/server.log        Kafka's log
-    <data dir>/logs/console.log       the JVM's own stdout/stderr (crashes, bad options)
+    <data dir>/broker.json            what minigit remembers: nodes, ports, addresses, cluster id, formatted?
+    <data dir>/.lock                  held while a command starts or stops nodes
+    <node dir>/kafka.pid              pid of the node's running JVM
+    <node dir>/config/                server.properties and log4j2.properties (rewritten each start)
+    <node dir>/kraft/                 Kafka's log.dirs (formatted once, reused by restarts)
+    <node dir>/logs/server.log        Kafka's log
+    <node dir>/logs/console.log       the JVM's own stdout/stderr (crashes, bad options)
+
+where ``<node dir>`` is the data dir itself for one node (the layout of earlier
+versions) and ``<data dir>/node-<n>`` in a cluster.
 
 The jars are not in the repository: ``ensure_kafka_jars`` fetches them once with
 Maven (``resources/kafka-pom.xml``) into a cache outside it, or uses
@@ -27,6 +37,7 @@ import errno
 import fcntl
 import functools
 import importlib.resources
+import ipaddress
 import json
 import logging
 import os
@@ -50,6 +61,7 @@ SCALA_VERSION = "2.13"
 MIN_JAVA_VERSION = 17
 HOST = "127.0.0.1"
 DEFAULT_PORT = 9092
+MAX_NODES = 9  # each node is a JVM on this one machine
 DEFAULT_HEAP = "512m"
 DEFAULT_START_TIMEOUT = 60.0  # seconds until the broker must answer
 DEFAULT_STOP_TIMEOUT = 30.0  # seconds between SIGTERM and SIGKILL
@@ -105,8 +117,53 @@ def kafka_cache_dir(version: str = KAFKA_VERSION) -> Path:
 
 
 @dataclass(frozen=True)
+class NodePaths:
+    """The files of one node (one JVM): the data dir itself for a single node, ``node-<n>/`` in a cluster."""
+
+    root: Path
+    node_id: int
+
+    @property
+    def pid_file(self) -> Path:
+        return self.root / "kafka.pid"
+
+    @property
+    def config_dir(self) -> Path:
+        return self.root / "config"
+
+    @property
+    def server_properties(self) -> Path:
+        return self.config_dir / "server.properties"
+
+    @property
+    def log4j_config(self) -> Path:
+        return self.config_dir / "log4j2.properties"
+
+    @property
+    def kraft_dir(self) -> Path:
+        return self.root / "kraft"
+
+    @property
+    def quorum_state(self) -> Path:
+        """Kafka's record of the controller leader as this node last saw it (JSON)."""
+        return self.kraft_dir / "__cluster_metadata-0" / "quorum-state"
+
+    @property
+    def logs_dir(self) -> Path:
+        return self.root / "logs"
+
+    @property
+    def log_file(self) -> Path:
+        return self.logs_dir / "server.log"
+
+    @property
+    def console_file(self) -> Path:
+        return self.logs_dir / "console.log"
+
+
+@dataclass(frozen=True)
 class BrokerPaths:
-    """The files of one local broker, all under its data dir (an absolute path)."""
+    """The data dir of one local Kafka (an absolute path) and the files it holds for all its nodes."""
 
     data_dir: Path
 
@@ -120,75 +177,163 @@ class BrokerPaths:
         return self.data_dir / "broker.json"
 
     @property
-    def pid_file(self) -> Path:
-        return self.data_dir / "kafka.pid"
-
-    @property
     def lock_file(self) -> Path:
         return self.data_dir / ".lock"
 
-    @property
-    def config_dir(self) -> Path:
-        return self.data_dir / "config"
+    def node(self, node_id: int, nodes: int) -> NodePaths:
+        # one node keeps the layout of the single-node versions, so their data dirs still start
+        return NodePaths(self.data_dir if nodes == 1 else self.data_dir / f"node-{node_id}", node_id)
+
+
+@dataclass(frozen=True)
+class ClusterLayout:
+    """Where the nodes of one local Kafka listen.
+
+    Node n (1-based) has broker port ``port + n - 1`` and controller port
+    ``controller_port + n - 1``. Controllers bind 127.0.0.1; the brokers bind
+    ``listen`` and tell clients to connect to ``advertise``.
+    """
+
+    nodes: int = 1
+    port: int = DEFAULT_PORT
+    controller_port: int = DEFAULT_PORT + 1
+    listen: str = HOST
+    advertise: str = HOST
 
     @property
-    def server_properties(self) -> Path:
-        return self.config_dir / "server.properties"
+    def node_ids(self) -> range:
+        return range(1, self.nodes + 1)
+
+    def broker_port(self, node_id: int) -> int:
+        return self.port + node_id - 1
+
+    def node_controller_port(self, node_id: int) -> int:
+        return self.controller_port + node_id - 1
 
     @property
-    def log4j_config(self) -> Path:
-        return self.config_dir / "log4j2.properties"
+    def bootstrap(self) -> str:
+        """What clients pass as bootstrap servers: every broker, as advertised."""
+        return ",".join(host_port(self.advertise, self.broker_port(n)) for n in self.node_ids)
 
     @property
-    def kraft_dir(self) -> Path:
-        return self.data_dir / "kraft"
+    def probe_host(self) -> str:
+        """Where this machine reaches the brokers' listener (a wildcard listen includes loopback)."""
+        return {"0.0.0.0": HOST, "::": "::1"}.get(self.listen, self.listen)
 
     @property
-    def logs_dir(self) -> Path:
-        return self.data_dir / "logs"
+    def replication_factor(self) -> int:
+        """Of Kafka's internal topics: three copies once there are three nodes."""
+        return min(self.nodes, 3)
 
     @property
-    def log_file(self) -> Path:
-        return self.logs_dir / "server.log"
+    def min_insync_replicas(self) -> int:
+        # with three copies, an acknowledged write is on two brokers and survives losing one
+        return 2 if self.replication_factor >= 3 else 1
 
-    @property
-    def console_file(self) -> Path:
-        return self.logs_dir / "console.log"
+
+def host_port(host: str, port: int) -> str:
+    """``host:port``, with an IPv6 address in brackets as Kafka and clients expect."""
+    return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
 
 
 # --------------------------------------------------------------------------- results
 
 
 @dataclass(frozen=True)
-class BrokerInfo:
-    """A local broker as ``start_broker`` / ``read_broker_status`` see it."""
+class NodeInfo:
+    """One node as ``start_broker`` / ``read_broker_status`` see it."""
 
-    data_dir: Path
+    node_id: int
     running: bool
+    log_path: Path
     pid: int | None = None
     port: int | None = None
     controller_port: int | None = None
+    started: bool = False  # this start_broker call launched it
+    accepting: bool | None = None  # read_broker_status: its broker port accepts TCP connections
+
+
+@dataclass(frozen=True)
+class BrokerInfo:
+    """A local Kafka (one node or a cluster) as ``start_broker`` / ``read_broker_status`` see it."""
+
+    data_dir: Path
+    nodes: tuple[NodeInfo, ...]
     kafka_version: str | None = None
-    already_running: bool = False  # start_broker found it running and left it alone
+    advertise: str = HOST
+    listen: str = HOST
     elapsed: float | None = None  # seconds start_broker took (jar download included)
-    accepting: bool | None = None  # read_broker_status: the port accepts TCP connections
+    controller_leader: int | None = None  # read_broker_status of a cluster: the active controller's node id
+
+    @property
+    def running(self) -> bool:
+        """Every node runs."""
+        return all(node.running for node in self.nodes)
+
+    @property
+    def running_nodes(self) -> list[NodeInfo]:
+        return [node for node in self.nodes if node.running]
+
+    @property
+    def started_nodes(self) -> list[NodeInfo]:
+        return [node for node in self.nodes if node.started]
+
+    @property
+    def already_running(self) -> bool:
+        """start_broker found every node running and left them alone."""
+        return self.running and not self.started_nodes
+
+    @property
+    def is_cluster(self) -> bool:
+        return len(self.nodes) > 1
 
     @property
     def bootstrap(self) -> str | None:
-        return None if self.port is None else f"{HOST}:{self.port}"
+        ports = [node.port for node in self.nodes]
+        if None in ports:
+            return None
+        return ",".join(host_port(self.advertise, port) for port in ports)
+
+    # The single-node view, as the single-node versions showed it.
+
+    @property
+    def accepting(self) -> bool:
+        """Every running node's broker port accepts TCP connections (as far as read_broker_status checked)."""
+        return all(node.accepting is not False for node in self.running_nodes)
+
+    @property
+    def pid(self) -> int | None:
+        return self.nodes[0].pid
+
+    @property
+    def port(self) -> int | None:
+        return self.nodes[0].port
 
     @property
     def log_path(self) -> Path:
-        return BrokerPaths(self.data_dir).log_file
+        return self.nodes[0].log_path
+
+
+@dataclass(frozen=True)
+class StoppedNode:
+    node_id: int
+    pid: int
+    killed: bool  # it ignored SIGTERM and needed SIGKILL
 
 
 @dataclass(frozen=True)
 class StopResult:
     data_dir: Path
-    was_running: bool
-    pid: int | None = None
-    killed: bool = False  # it ignored SIGTERM and needed SIGKILL
+    stopped: tuple[StoppedNode, ...] = ()
     elapsed: float = 0.0
+
+    @property
+    def was_running(self) -> bool:
+        return bool(self.stopped)
+
+    @property
+    def killed(self) -> bool:
+        return any(node.killed for node in self.stopped)
 
 
 @dataclass(frozen=True)
@@ -369,25 +514,41 @@ def new_cluster_id() -> str:
     return base64.urlsafe_b64encode(uuid.uuid4().bytes).rstrip(b"=").decode("ascii")
 
 
-def render_server_properties(port: int, controller_port: int, kraft_dir: Path) -> str:
-    """The broker's server.properties: one combined broker+controller node on 127.0.0.1."""
+def render_server_properties(layout: ClusterLayout, node_id: int, kraft_dir: Path) -> str:
+    """The server.properties of one combined broker+controller node of ``layout``."""
+    port = layout.broker_port(node_id)
+    controller_port = layout.node_controller_port(node_id)
+    copies, min_insync = str(layout.replication_factor), str(layout.min_insync_replicas)
+    if layout.nodes == 1:
+        # a dynamic quorum of one, formatted with --standalone
+        quorum = {"controller.quorum.bootstrap.servers": host_port(HOST, controller_port)}
+    else:
+        # a static quorum: every node is formatted alike with the cluster id, no voter
+        # directory ids to collect first (a dynamic quorum would need them)
+        voters = ",".join(f"{n}@{host_port(HOST, layout.node_controller_port(n))}" for n in layout.node_ids)
+        quorum = {"controller.quorum.voters": voters}
     settings = {
         "process.roles": "broker,controller",
-        "node.id": "1",
-        "listeners": f"PLAINTEXT://{HOST}:{port},CONTROLLER://{HOST}:{controller_port}",
-        "advertised.listeners": f"PLAINTEXT://{HOST}:{port}",
+        "node.id": str(node_id),
+        "listeners": f"PLAINTEXT://{host_port(layout.listen, port)},CONTROLLER://{host_port(HOST, controller_port)}",
+        "advertised.listeners": f"PLAINTEXT://{host_port(layout.advertise, port)}",
         "controller.listener.names": "CONTROLLER",
         "inter.broker.listener.name": "PLAINTEXT",
         "listener.security.protocol.map": "CONTROLLER:PLAINTEXT,PLAINTEXT:PLAINTEXT",
-        "controller.quorum.bootstrap.servers": f"{HOST}:{controller_port}",
+        **quorum,
         "log.dirs": str(kraft_dir),
-        # one node: the internal topics cannot have more than one replica
-        "offsets.topic.replication.factor": "1",
+        # internal topics: one copy per node, up to three; with three, writes need two in sync
+        "offsets.topic.replication.factor": copies,
         "offsets.topic.num.partitions": "10",
-        "transaction.state.log.replication.factor": "1",
-        "transaction.state.log.min.isr": "1",
-        "share.coordinator.state.topic.replication.factor": "1",
-        "share.coordinator.state.topic.min.isr": "1",
+        "transaction.state.log.replication.factor": copies,
+        "transaction.state.log.min.isr": min_insync,
+        "share.coordinator.state.topic.replication.factor": copies,
+        "share.coordinator.state.topic.min.isr": min_insync,
+        # topics created without a replication factor, and acks=all writes to any topic
+        "default.replication.factor": copies,
+        "min.insync.replicas": min_insync,
+        # a replica that missed writes never becomes leader: an acknowledged write is never lost
+        "unclean.leader.election.enable": "false",
         "group.initial.rebalance.delay.ms": "0",
         # minigit creates its topics itself, with the admin client
         "auto.create.topics.enable": "false",
@@ -397,27 +558,71 @@ def render_server_properties(port: int, controller_port: int, kraft_dir: Path) -
     return header + "".join(f"{key}={escape_property(value)}\n" for key, value in settings.items())
 
 
+_HOSTNAME = re.compile(
+    r"(?=.{1,253}$)[A-Za-z0-9]([A-Za-z0-9-]{0,61}[A-Za-z0-9])?(\.[A-Za-z0-9]([A-Za-z0-9-]{0,61}[A-Za-z0-9])?)*"
+)
+
+
+def _is_wildcard(address: str) -> bool:
+    return address in {"0.0.0.0", "::"}
+
+
+def _check_host(option: str, value: str) -> str:
+    """An IP address or a host name, as Kafka accepts in a listener."""
+    try:
+        return str(ipaddress.ip_address(value.strip("[]")))
+    except ValueError:
+        pass
+    if not _HOSTNAME.fullmatch(value):
+        raise UsageError(f"{option} {value!r} is neither an IP address nor a host name")
+    return value
+
+
+def check_addresses(listen: str, advertise: str | None) -> tuple[str, str]:
+    """The brokers' bind address and the host clients are told to use, checked.
+
+    ``advertise`` defaults to ``listen``; a wildcard ``listen`` (0.0.0.0, ::) needs
+    it said, since no client can connect to a wildcard.
+    """
+    listen = _check_host("--listen", listen)
+    if advertise is None:
+        if _is_wildcard(listen):
+            raise UsageError(
+                f"--listen {listen} accepts connections on every interface, but clients need one address to use",
+                hint="add --advertise HOST: the name or address other machines reach this one by "
+                "(e.g. --advertise 192.168.1.20)",
+            )
+        return listen, listen
+    advertise = _check_host("--advertise", advertise)
+    if _is_wildcard(advertise):
+        raise UsageError(
+            f"--advertise {advertise} is a wildcard, not an address clients can connect to",
+            hint="give the name or address other machines reach this one by (e.g. --advertise 192.168.1.20)",
+        )
+    return listen, advertise
+
+
 def escape_property(value: str) -> str:
     """Properties-file escaping for the one free-form value (a path)."""
     return value.replace("\\", "\\\\")
 
 
-def _write_configs(paths: BrokerPaths, port: int, controller_port: int) -> None:
-    paths.config_dir.mkdir(parents=True, exist_ok=True)
-    paths.logs_dir.mkdir(parents=True, exist_ok=True)
-    _write_atomic(paths.server_properties, render_server_properties(port, controller_port, paths.kraft_dir))
+def _write_configs(node: NodePaths, layout: ClusterLayout) -> None:
+    node.config_dir.mkdir(parents=True, exist_ok=True)
+    node.logs_dir.mkdir(parents=True, exist_ok=True)
+    _write_atomic(node.server_properties, render_server_properties(layout, node.node_id, node.kraft_dir))
     template = importlib.resources.files(__package__).joinpath("resources", "kafka-log4j2.properties")
-    _write_atomic(paths.log4j_config, template.read_text(encoding="utf-8"))
+    _write_atomic(node.log4j_config, template.read_text(encoding="utf-8"))
 
 
-def _java_command(java: str, libs: Path, paths: BrokerPaths, heap: str, *args: str) -> list[str]:
+def _java_command(java: str, libs: Path, node: NodePaths, heap: str, *args: str) -> list[str]:
     return [
         java,
         f"-Xmx{heap}",
         "-XX:+ExitOnOutOfMemoryError",
         "-Djava.awt.headless=true",
-        f"-Dlog4j2.configurationFile={paths.log4j_config}",
-        f"-Dkafka.logs.dir={paths.logs_dir}",
+        f"-Dlog4j2.configurationFile={node.log4j_config}",
+        f"-Dkafka.logs.dir={node.logs_dir}",
         "-cp",
         str(libs / "*"),
         *args,
@@ -437,7 +642,13 @@ def _read_state(paths: BrokerPaths) -> dict | None:
             f"{paths.state_file} is unreadable: {error}",
             hint=f"remove {paths.data_dir} to start over with an empty Kafka, or use another --data-dir",
         ) from error
-    if not isinstance(state, dict) or not isinstance(state.get("controller_port"), int):
+    if (
+        not isinstance(state, dict)
+        or not isinstance(state.get("controller_port"), int)
+        or not isinstance(state.get("port"), int)
+        or not isinstance(state.get("nodes", 1), int)
+        or state.get("nodes", 1) < 1
+    ):
         raise BrokerError(
             f"{paths.state_file} is not a minigit Kafka state file",
             hint=f"remove {paths.data_dir} to start over with an empty Kafka, or use another --data-dir",
@@ -514,32 +725,32 @@ def _reap(pid: int) -> None:
         os.waitpid(pid, os.WNOHANG)
 
 
-def _is_our_broker(pid: int, paths: BrokerPaths) -> bool:
-    """Whether pid is the Kafka JVM of this data dir (and not a process that reused a stale pid)."""
+def _is_our_broker(pid: int, node: NodePaths) -> bool:
+    """Whether pid is the Kafka JVM of this node (and not a process that reused a stale pid)."""
     cmdline = _read_cmdline(pid)
     if not cmdline or _is_zombie(pid):
         return False
     joined = " ".join(cmdline)
-    return MAIN_CLASS in cmdline and str(paths.server_properties) in joined
+    return MAIN_CLASS in cmdline and str(node.server_properties) in joined
 
 
-def _read_pid_file(paths: BrokerPaths) -> int | None:
+def _read_pid_file(node: NodePaths) -> int | None:
     try:
-        return int(paths.pid_file.read_text().strip())
+        return int(node.pid_file.read_text().strip())
     except (OSError, ValueError):
         return None
 
 
-def _find_broker_pid(paths: BrokerPaths) -> int | None:
-    """The pid of this data dir's running broker: from the pid file, else by scanning /proc."""
-    pid = _read_pid_file(paths)
-    if pid is not None and _is_our_broker(pid, paths):
+def _find_broker_pid(node: NodePaths) -> int | None:
+    """The pid of this node's running JVM: from the pid file, else by scanning /proc."""
+    pid = _read_pid_file(node)
+    if pid is not None and _is_our_broker(pid, node):
         return pid
     proc = Path("/proc")
     if not proc.is_dir():
         return None
     for entry in proc.iterdir():
-        if entry.name.isdigit() and int(entry.name) != os.getpid() and _is_our_broker(int(entry.name), paths):
+        if entry.name.isdigit() and int(entry.name) != os.getpid() and _is_our_broker(int(entry.name), node):
             return int(entry.name)
     return None
 
@@ -553,44 +764,59 @@ def _wait_gone(pid: int, timeout: float) -> bool:
     return True
 
 
-def _terminate(pid: int, timeout: float) -> bool:
-    """SIGTERM, wait up to timeout, then SIGKILL. Returns whether SIGKILL was needed."""
-    try:
-        os.kill(pid, signal.SIGTERM)
-    except ProcessLookupError:
-        return False
-    if _wait_gone(pid, timeout):
-        return False
-    with contextlib.suppress(ProcessLookupError):
-        os.kill(pid, signal.SIGKILL)
-    if not _wait_gone(pid, 10):
-        raise BrokerError(f"Kafka (pid {pid}) did not exit even after SIGKILL")
-    return True
+def _terminate(pids: list[int], timeout: float) -> set[int]:
+    """SIGTERM to all at once, wait up to timeout, then SIGKILL. Returns the pids that needed SIGKILL.
+
+    A cluster's nodes stop together: one by one, the last ones would wait for a
+    controller quorum that is already gone.
+    """
+    for pid in pids:
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(pid, signal.SIGTERM)
+    deadline = time.monotonic() + timeout
+    killed = set()
+    for pid in pids:
+        if _wait_gone(pid, max(deadline - time.monotonic(), 0)):
+            continue
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(pid, signal.SIGKILL)
+        killed.add(pid)
+    for pid in killed:
+        if not _wait_gone(pid, 10):
+            raise BrokerError(f"Kafka (pid {pid}) did not exit even after SIGKILL")
+    return killed
 
 
-def _port_accepts(port: int, timeout: float = 0.5) -> bool:
+def _port_accepts(port: int, host: str = HOST, timeout: float = 0.5) -> bool:
     try:
-        with socket.create_connection((HOST, port), timeout=timeout):
+        with socket.create_connection((host, port), timeout=timeout):
             return True
     except OSError:
         return False
 
 
-def check_port_free(port: int, option: str = "--port") -> None:
-    """Raise if something already listens on 127.0.0.1:port."""
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+def check_port_free(port: int, option: str = "--port", address: str = HOST) -> None:
+    """Raise if something already listens on address:port (a wildcard address: on any)."""
+    family = socket.AF_INET6 if ":" in address else socket.AF_INET
+    with socket.socket(family, socket.SOCK_STREAM) as sock:
         # Java binds with SO_REUSEADDR too: a port in TIME_WAIT is not "taken"
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         try:
-            sock.bind((HOST, port))
+            sock.bind((address, port))
         except OSError as error:
             if error.errno in (errno.EADDRINUSE, errno.EACCES):
                 reason = "already in use" if error.errno == errno.EADDRINUSE else "not allowed"
                 raise BrokerError(
-                    f"port {port} on {HOST} is {reason}",
+                    f"port {port} on {address} is {reason}",
                     hint=f"choose another port with {option}, or stop what listens there",
                 ) from error
-            raise BrokerError(f"cannot use port {port} on {HOST}: {error.strerror}") from error
+            if error.errno == errno.EADDRNOTAVAIL:
+                raise UsageError(
+                    f"{address} is not an address of this machine", hint="check --listen (see 'ip address')"
+                ) from error
+            raise BrokerError(f"cannot use port {port} on {address}: {error.strerror}") from error
+        except socket.gaierror as error:
+            raise UsageError(f"cannot resolve {address}: {error.strerror}", hint="check --listen") from error
 
 
 # --------------------------------------------------------------------------- readiness
@@ -608,8 +834,9 @@ def _quiet_kafka_logging() -> Iterator[None]:
         logger.setLevel(level)
 
 
-def _broker_answers(bootstrap: str, timeout: float) -> bool:
-    """Whether the broker answers a metadata request and lists itself as a live broker."""
+def _broker_answers(bootstrap: str, node_id: int, timeout: float) -> bool:
+    """Whether the broker answers a metadata request and lists itself among the live brokers
+    (a restarted cluster node does so once the controller has let it back in)."""
     from minigit.kafka_clients import open_admin  # imported late: `--help` stays fast
 
     timeout_ms = max(int(timeout * 1000), 500)
@@ -624,7 +851,8 @@ def _broker_answers(bootstrap: str, timeout: float) -> bool:
         except Exception:  # noqa: BLE001 - any failure means "not ready yet"
             return False
         try:
-            return bool(admin.describe_cluster().get("brokers"))
+            brokers = admin.describe_cluster().get("brokers") or []
+            return any(broker.get("broker_id") == node_id and not broker.get("is_fenced") for broker in brokers)
         except Exception:  # noqa: BLE001
             return False
         finally:
@@ -665,16 +893,16 @@ def _tail(path: Path, since: int = 0, count: int = 12) -> str:
     return _last_lines(lines, count)
 
 
-def _log_offsets(paths: BrokerPaths) -> dict[Path, int]:
-    return {path: _file_size(path) for path in (paths.log_file, paths.console_file)}
+def _log_offsets(node: NodePaths) -> dict[Path, int]:
+    return {path: _file_size(path) for path in (node.log_file, node.console_file)}
 
 
-def _failure_details(paths: BrokerPaths, offsets: dict[Path, int]) -> str:
+def _failure_details(node: NodePaths, offsets: dict[Path, int]) -> str:
     parts = []
     for path, since in offsets.items():
         if tail := _tail(path, since):
             parts.append(f"last lines of {path}:\n{tail}")
-    return "\n".join(parts) if parts else f"nothing in {paths.log_file}"
+    return "\n".join(parts) if parts else f"nothing in {node.log_file}"
 
 
 # --------------------------------------------------------------------------- start / stop / status
@@ -693,35 +921,72 @@ def _check_data_dir(paths: BrokerPaths) -> None:
             )
 
 
-def _format_storage(java: str, libs: Path, paths: BrokerPaths, cluster_id: str, heap: str) -> None:
-    if paths.kraft_dir.exists():  # left by an interrupted first start
-        shutil.rmtree(paths.kraft_dir)
-    command = _java_command(
-        java,
-        libs,
-        paths,
-        heap,
-        "kafka.tools.StorageTool",
-        "format",
-        "--standalone",
-        "-t",
-        cluster_id,
-        "-c",
-        str(paths.server_properties),
-    )
+def _format_storage(
+    java: str, libs: Path, layout: ClusterLayout, nodes: list[NodePaths], cluster_id: str, heap: str
+) -> None:
+    """Format every node's log dir with one cluster id, all at once (each is a JVM start)."""
+    running: list[tuple[NodePaths, subprocess.Popen]] = []
+    deadline = time.monotonic() + 120
     try:
-        proc = subprocess.run(
-            command, cwd=paths.data_dir, stdin=subprocess.DEVNULL, capture_output=True, text=True, timeout=120
+        for node in nodes:
+            if node.kraft_dir.exists():  # left by an interrupted first start
+                shutil.rmtree(node.kraft_dir)
+            quorum = ["--standalone"] if layout.nodes == 1 else []  # a cluster's voters are in its config
+            command = _java_command(
+                java, libs, node, heap, "kafka.tools.StorageTool", "format", *quorum, "-t", cluster_id,
+                "-c", str(node.server_properties),
+            )  # fmt: skip
+            process = subprocess.Popen(
+                command, cwd=node.root, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.STDOUT
+            )
+            running.append((node, process))
+        for node, process in running:
+            try:
+                output, _ = process.communicate(timeout=max(deadline - time.monotonic(), 0))
+            except subprocess.TimeoutExpired as error:
+                raise BrokerError("formatting the Kafka storage took more than 120 s") from error
+            if process.returncode != 0:
+                tail = _last_lines(output.decode("utf-8", "replace").splitlines(), 12)
+                raise BrokerError(
+                    f"formatting the Kafka storage in {node.kraft_dir} failed (exit code {process.returncode})"
+                    + (":\n" + tail if tail else ""),
+                    hint=f"see {node.log_file}",
+                )
+    finally:
+        for _, process in running:
+            if process.poll() is None:
+                process.kill()
+                process.wait()
+
+
+def _remembered_layout(state: dict) -> ClusterLayout:
+    return ClusterLayout(
+        nodes=state.get("nodes", 1),
+        port=state["port"],
+        controller_port=state["controller_port"],
+        listen=str(state.get("listen", HOST)),
+        advertise=str(state.get("advertise", HOST)),
+    )
+
+
+def _check_layout(layout: ClusterLayout) -> None:
+    last = layout.nodes - 1
+    for first, option in ((layout.port, "--port"), (layout.controller_port, "--controller-port")):
+        if not 1 <= first <= 65535 - last:
+            span = f" (and the next {last})" if last else ""
+            raise UsageError(f"{option} {first}{span} is not a TCP port (1-65535)")
+    if abs(layout.port - layout.controller_port) <= last:
+        if not last:
+            raise UsageError(f"--port and --controller-port must differ (both are {layout.port})")
+        raise UsageError(
+            f"the broker ports {layout.port}-{layout.port + last} and the controller ports "
+            f"{layout.controller_port}-{layout.controller_port + last} overlap",
+            hint=f"leave out --controller-port (it defaults to port + {layout.nodes}), or choose another",
         )
-    except subprocess.TimeoutExpired as error:
-        raise BrokerError("formatting the Kafka storage took more than 120 s") from error
-    if proc.returncode != 0:
-        tail = _last_lines((proc.stdout + proc.stderr).splitlines(), 12)
-        raise BrokerError(
-            f"formatting the Kafka storage in {paths.kraft_dir} failed (exit code {proc.returncode})"
-            + (":\n" + tail if tail else ""),
-            hint=f"see {paths.log_file}",
-        )
+
+
+def _node_name(node_id: int, nodes: int) -> str:
+    return "Apache Kafka" if nodes == 1 else f"Kafka node {node_id}"
 
 
 @_file_errors_as_broker_errors
@@ -729,109 +994,157 @@ def start_broker(
     port: int = DEFAULT_PORT,
     data_dir: str | os.PathLike[str] | None = None,
     *,
+    nodes: int | None = None,
     controller_port: int | None = None,
+    listen: str = HOST,
+    advertise: str | None = None,
     heap: str = DEFAULT_HEAP,
     timeout: float = DEFAULT_START_TIMEOUT,
     progress: Progress | None = None,
 ) -> BrokerInfo:
-    """Start the local broker in the background; return once it answers a client request.
+    """Start the nodes of the local Kafka that are not running, in the background;
+    return once each of them answers clients.
 
-    ``controller_port`` defaults to ``port + 1`` the first time; a data dir remembers
-    the one it was formatted with. If this data dir's broker already runs, returns
-    its info with ``already_running=True``. Raises ``BrokerError``/``UsageError``.
+    The first start formats the data dir for ``nodes`` nodes (default 1), with
+    ``controller_port`` defaulting to ``port + nodes``; both are then fixed, and
+    ``nodes`` may be left out. When some nodes run, the missing ones start with the
+    ports and addresses the running ones use, whatever is passed. When all run,
+    returns their info (no node ``started``). Raises ``BrokerError``/``UsageError``.
     """
     began = time.monotonic()
     say = progress or (lambda _message: None)
     paths = BrokerPaths.of(data_dir)
     _check_data_dir(paths)
+    if not re.fullmatch(r"[1-9][0-9]*[kKmMgG]?", heap):
+        raise UsageError(f"--heap {heap!r} is not a Java heap size such as 512m or 1g")
+    if nodes is not None and nodes < 1:
+        raise UsageError(f"--nodes {nodes}: a Kafka has at least one node")
     paths.data_dir.mkdir(parents=True, exist_ok=True)
     with _locked(paths.lock_file):
         state = _read_state(paths)
-        running = _find_broker_pid(paths)
-        if running is not None:
-            return BrokerInfo(
-                paths.data_dir,
-                True,
-                running,
-                port=state.get("port") if state else None,
-                controller_port=state.get("controller_port") if state else None,
-                kafka_version=state.get("kafka_version") if state else None,
-                already_running=True,
-                elapsed=time.monotonic() - began,
-            )
-        paths.pid_file.unlink(missing_ok=True)  # stale
-
         formatted = bool(state and state.get("formatted"))
-        if formatted and controller_port is not None and controller_port != state["controller_port"]:
-            raise UsageError(
-                f"{paths.data_dir} was formatted with controller port {state['controller_port']}, "
-                f"not {controller_port}",
-                hint=f"use --controller-port {state['controller_port']} (or leave it out), or another --data-dir",
-            )
         if formatted:
-            controller_port = state["controller_port"]
-        elif controller_port is None:
-            controller_port = port + 1
-        for value, option in ((port, "--port"), (controller_port, "--controller-port")):
-            if not 1 <= value <= 65535:
-                raise UsageError(f"{option} {value} is not a TCP port (1-65535)")
-        if port == controller_port:
-            raise UsageError(f"--port and --controller-port must differ (both are {port})")
-        if not re.fullmatch(r"[1-9][0-9]*[kKmMgG]?", heap):
-            raise UsageError(f"--heap {heap!r} is not a Java heap size such as 512m or 1g")
-        check_port_free(port, "--port")
-        check_port_free(controller_port, "--controller-port")
+            count = state.get("nodes", 1)
+            if nodes is not None and nodes != count:
+                raise UsageError(
+                    f"{paths.data_dir} holds a Kafka of {_count(count, 'node')}, not {nodes}",
+                    hint="leave out --nodes, or use another --data-dir for a new Kafka",
+                )
+        else:
+            count = nodes or 1
+        running = {n: pid for n in range(1, count + 1) if (pid := _find_broker_pid(paths.node(n, count)))}
+
+        if running:  # complete what runs, as it runs
+            layout = _remembered_layout(state) if state else ClusterLayout(count, port, port + count)
+        else:
+            if formatted and controller_port is not None and controller_port != state["controller_port"]:
+                raise UsageError(
+                    f"{paths.data_dir} was formatted with controller port {state['controller_port']}, "
+                    f"not {controller_port}",
+                    hint=f"use --controller-port {state['controller_port']} (or leave it out), or another --data-dir",
+                )
+            if formatted:
+                controller_port = state["controller_port"]
+            elif controller_port is None:
+                controller_port = port + count
+            layout = ClusterLayout(count, port, controller_port, *check_addresses(listen, advertise))
+            _check_layout(layout)
+        to_start = [paths.node(n, count) for n in layout.node_ids if n not in running]
+        if not to_start:
+            return _info(paths, layout, state, running, started={}, elapsed=time.monotonic() - began)
+        for node in to_start:
+            check_port_free(layout.broker_port(node.node_id), "--port", layout.listen)
+            check_port_free(layout.node_controller_port(node.node_id), "--controller-port")
+            node.pid_file.unlink(missing_ok=True)  # stale
 
         java = find_java().path
         libs = ensure_kafka_jars(progress=say)
-        _write_configs(paths, port, controller_port)
-
         if not formatted:
             state = {
                 "cluster_id": (state or {}).get("cluster_id") or new_cluster_id(),
-                "controller_port": controller_port,
-                "port": port,
-                "kafka_version": KAFKA_VERSION,
+                "controller_port": layout.controller_port,
+                "nodes": count,
                 "formatted": False,
             }
-            _write_state(paths, state)
-            say(f"formatting a new single-node Kafka in {paths.kraft_dir}")
-            _format_storage(java, libs, paths, state["cluster_id"], heap)
-            state["formatted"] = True
-        state["port"] = port
-        state["kafka_version"] = _jars_version(libs)
-        _write_state(paths, state)
-
-        say(f"starting Apache Kafka on {HOST}:{port}")
-        offsets = _log_offsets(paths)
-        pid = _launch(java, libs, paths, heap)
-        try:
-            _wait_until_ready(pid, paths, port, timeout, offsets)
-        except BaseException:
-            _terminate(pid, 10)
-            paths.pid_file.unlink(missing_ok=True)
-            raise
-        return BrokerInfo(
-            paths.data_dir,
-            True,
-            pid,
-            port=port,
-            controller_port=controller_port,
-            kafka_version=state.get("kafka_version"),
-            elapsed=time.monotonic() - began,
+        state.update(
+            port=layout.port, listen=layout.listen, advertise=layout.advertise, kafka_version=_jars_version(libs)
         )
+        _write_state(paths, state)
+        for node in to_start:
+            _write_configs(node, layout)
+        if not formatted:
+            kind = "single-node Kafka" if count == 1 else f"Kafka cluster of {count} nodes"
+            say(f"formatting a new {kind} in {paths.data_dir}")
+            _format_storage(java, libs, layout, to_start, state["cluster_id"], heap)
+            state["formatted"] = True
+            _write_state(paths, state)
+
+        if count == 1:
+            say(f"starting Apache Kafka on {layout.bootstrap}")
+        else:
+            ports = ", ".join(host_port(layout.listen, layout.broker_port(node.node_id)) for node in to_start)
+            say(f"starting Apache Kafka {_node_list(to_start)} on {ports}")
+        started: dict[int, int] = {}
+        try:
+            offsets = {node.node_id: _log_offsets(node) for node in to_start}
+            for node in to_start:
+                started[node.node_id] = _launch(java, libs, node, heap)
+            _wait_until_ready(layout, {paths.node(n, count): pid for n, pid in started.items()}, offsets, timeout)
+        except BaseException:
+            _terminate(list(started.values()), 10)
+            for node in to_start:
+                node.pid_file.unlink(missing_ok=True)
+            raise
+        return _info(paths, layout, state, running, started, elapsed=time.monotonic() - began)
 
 
-def _launch(java: str, libs: Path, paths: BrokerPaths, heap: str) -> int:
-    """Start the JVM detached from us (own session, no terminal) and record its pid."""
-    command = _java_command(java, libs, paths, heap, MAIN_CLASS, str(paths.server_properties))
-    with open(paths.console_file, "ab") as console:
+def _node_list(nodes: list[NodePaths]) -> str:
+    return ("node " if len(nodes) == 1 else "nodes ") + ", ".join(str(node.node_id) for node in nodes)
+
+
+def _count(number: int, noun: str) -> str:
+    return f"{number} {noun}" + ("" if number == 1 else "s")
+
+
+def _info(
+    paths: BrokerPaths,
+    layout: ClusterLayout,
+    state: dict | None,
+    running: dict[int, int],
+    started: dict[int, int],
+    elapsed: float,
+) -> BrokerInfo:
+    return BrokerInfo(
+        paths.data_dir,
+        tuple(
+            NodeInfo(
+                n,
+                True,
+                paths.node(n, layout.nodes).log_file,
+                pid=running.get(n) or started.get(n),
+                port=layout.broker_port(n),
+                controller_port=layout.node_controller_port(n),
+                started=n in started,
+            )
+            for n in layout.node_ids
+        ),
+        kafka_version=(state or {}).get("kafka_version"),
+        advertise=layout.advertise,
+        listen=layout.listen,
+        elapsed=elapsed,
+    )
+
+
+def _launch(java: str, libs: Path, node: NodePaths, heap: str) -> int:
+    """Start the node's JVM detached from us (own session, no terminal) and record its pid."""
+    command = _java_command(java, libs, node, heap, MAIN_CLASS, str(node.server_properties))
+    with open(node.console_file, "ab") as console:
         console.write(f"\n=== {time.strftime('%Y-%m-%d %H:%M:%S')} {' '.join(command)}\n".encode())
         console.flush()
         try:
             process = subprocess.Popen(
                 command,
-                cwd=paths.data_dir,
+                cwd=node.root,
                 stdin=subprocess.DEVNULL,
                 stdout=console,
                 stderr=subprocess.STDOUT,
@@ -840,7 +1153,7 @@ def _launch(java: str, libs: Path, paths: BrokerPaths, heap: str) -> int:
             )
         except OSError as error:
             raise BrokerError(f"could not run {java}: {error.strerror}") from error
-    _write_atomic(paths.pid_file, f"{process.pid}\n")
+    _write_atomic(node.pid_file, f"{process.pid}\n")
     # The broker outlives this process; keep the Popen object (no "still running"
     # warning on garbage collection); _reap collects it if it ends while we live.
     _launched.append(process)
@@ -850,57 +1163,109 @@ def _launch(java: str, libs: Path, paths: BrokerPaths, heap: str) -> int:
 _launched: list[subprocess.Popen] = []
 
 
-def _wait_until_ready(pid: int, paths: BrokerPaths, port: int, timeout: float, offsets: dict[Path, int]) -> None:
-    bootstrap = f"{HOST}:{port}"
+def _wait_until_ready(
+    layout: ClusterLayout, launched: dict[NodePaths, int], offsets: dict[int, dict[Path, int]], timeout: float
+) -> None:
+    """Until every launched node answers; nodes of a new cluster wait for each other (quorum)."""
     deadline = time.monotonic() + timeout
-    while True:
-        if not _is_alive(pid):
-            raise BrokerError(
-                "Apache Kafka exited during startup; " + _failure_details(paths, offsets),
-                hint=f"see {paths.log_file}",
-            )
-        remaining = deadline - time.monotonic()
-        if remaining <= 0:
-            raise BrokerError(
-                f"Apache Kafka did not answer on {bootstrap} within {timeout:.0f} s (stopped it); "
-                + _failure_details(paths, offsets),
-                hint=f"see {paths.log_file}; a slow machine may need a longer --timeout",
-            )
-        if _port_accepts(port) and _broker_answers(bootstrap, min(5.0, remaining)):
-            return
-        time.sleep(0.2)
+    waiting = dict(launched)
+    while waiting:
+        for node, pid in list(waiting.items()):
+            name = _node_name(node.node_id, layout.nodes)
+            if not _is_alive(pid):
+                raise BrokerError(
+                    f"{name} exited during startup; " + _failure_details(node, offsets[node.node_id]),
+                    hint=f"see {node.log_file}",
+                )
+            port = layout.broker_port(node.node_id)
+            address = host_port(layout.probe_host, port)
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                raise BrokerError(
+                    f"{name} did not answer on {address} within {timeout:.0f} s "
+                    f"(stopped {'it' if layout.nodes == 1 else 'the nodes this start launched'}); "
+                    + _failure_details(node, offsets[node.node_id]),
+                    hint=f"see {node.log_file}; a slow machine may need a longer --timeout",
+                )
+            if _port_accepts(port, layout.probe_host) and _broker_answers(address, node.node_id, min(5.0, remaining)):
+                del waiting[node]
+        if waiting:
+            time.sleep(0.2)
 
 
 @_file_errors_as_broker_errors
-def stop_broker(data_dir: str | os.PathLike[str] | None = None, *, timeout: float = DEFAULT_STOP_TIMEOUT) -> StopResult:
-    """Stop this data dir's broker: SIGTERM, up to ``timeout`` s, then SIGKILL. Not running is fine."""
+def stop_broker(
+    data_dir: str | os.PathLike[str] | None = None, *, node: int | None = None, timeout: float = DEFAULT_STOP_TIMEOUT
+) -> StopResult:
+    """Stop this data dir's nodes (or only ``node``): SIGTERM, up to ``timeout`` s, then SIGKILL.
+
+    Not running is fine.
+    """
     began = time.monotonic()
     paths = BrokerPaths.of(data_dir)
     if not paths.data_dir.is_dir():
-        return StopResult(paths.data_dir, was_running=False)
+        return StopResult(paths.data_dir)
     with _locked(paths.lock_file):
-        pid = _find_broker_pid(paths)
-        if pid is None:
-            paths.pid_file.unlink(missing_ok=True)
-            return StopResult(paths.data_dir, was_running=False)
-        killed = _terminate(pid, timeout)
-        paths.pid_file.unlink(missing_ok=True)
-        return StopResult(paths.data_dir, True, pid, killed, time.monotonic() - began)
+        state = _read_state(paths)
+        count = state.get("nodes", 1) if state else 1
+        if node is not None and not 1 <= node <= count:
+            raise UsageError(
+                f"--node {node}: the Kafka in {paths.data_dir} has {_count(count, 'node')}",
+                hint=f"choose a node from 1 to {count}" if count > 1 else "leave out --node",
+            )
+        targets = [paths.node(n, count) for n in range(1, count + 1) if node in (None, n)]
+        pids = {target.node_id: pid for target in targets if (pid := _find_broker_pid(target)) is not None}
+        killed = _terminate(list(pids.values()), timeout)
+        for target in targets:
+            target.pid_file.unlink(missing_ok=True)
+        stopped = tuple(StoppedNode(n, pid, pid in killed) for n, pid in pids.items())
+        return StopResult(paths.data_dir, stopped, time.monotonic() - began)
 
 
 @_file_errors_as_broker_errors
 def read_broker_status(data_dir: str | os.PathLike[str] | None = None) -> BrokerInfo:
-    """Whether this data dir's broker runs, and where (reads only; changes nothing)."""
+    """Whether each node of this data dir runs, and where (reads only; changes nothing)."""
     paths = BrokerPaths.of(data_dir)
     state = _read_state(paths) if paths.state_file.exists() else None
-    pid = _find_broker_pid(paths) if paths.data_dir.is_dir() else None
-    port = state.get("port") if state else None
+    layout = _remembered_layout(state) if state else None
+    count = layout.nodes if layout else 1
+    nodes = []
+    for n in range(1, count + 1):
+        node = paths.node(n, count)
+        pid = _find_broker_pid(node) if paths.data_dir.is_dir() else None
+        port = layout.broker_port(n) if layout else None
+        nodes.append(
+            NodeInfo(
+                n,
+                pid is not None,
+                node.log_file,
+                pid=pid,
+                port=port,
+                controller_port=layout.node_controller_port(n) if layout else None,
+                accepting=_port_accepts(port, layout.probe_host) if pid is not None and layout else None,
+            )
+        )
+    up = [paths.node(info.node_id, count) for info in nodes if info.running]
     return BrokerInfo(
         paths.data_dir,
-        running=pid is not None,
-        pid=pid,
-        port=port,
-        controller_port=state.get("controller_port") if state else None,
+        tuple(nodes),
         kafka_version=state.get("kafka_version") if state else None,
-        accepting=(_port_accepts(port) if pid is not None and port else None),
+        advertise=layout.advertise if layout else HOST,
+        listen=layout.listen if layout else HOST,
+        controller_leader=_controller_leader(up) if count > 1 else None,
     )
+
+
+def _controller_leader(running: list[NodePaths]) -> int | None:
+    """The active controller, as the running nodes last recorded it (newest epoch wins)."""
+    seen = []
+    for node in running:
+        try:
+            quorum = json.loads(node.quorum_state.read_text(encoding="utf-8"))
+            seen.append((int(quorum["leaderEpoch"]), int(quorum["leaderId"])))
+        except (OSError, ValueError, KeyError, TypeError):
+            continue
+    if not seen:
+        return None
+    leader = max(seen)[1]
+    return leader if leader in {node.node_id for node in running} else None  # a dead leader's successor is pending

@@ -13,7 +13,7 @@ from minigit_server.devkafka import broker
 
 kafka_app = typer.Typer(
     help=(
-        "Run a local single-node Apache Kafka for development and tests, without Docker.\n\n"
+        "Run a local Apache Kafka (one node, or a cluster of three) for development and tests, without Docker.\n\n"
         f"Needs Java {broker.MIN_JAVA_VERSION}+; the first start downloads the Kafka {broker.KAFKA_VERSION} "
         "jars with Maven into ~/.cache/minigit (or uses $KAFKA_HOME/libs)."
     ),
@@ -25,7 +25,7 @@ DataDir = Annotated[
     typer.Option(
         "--data-dir",
         envvar="MINIGIT_KAFKA_DIR",
-        help="Where the broker keeps its data, config, pid and log.",
+        help="Where Kafka keeps its data, config, pids and logs (of every node).",
         show_default="~/.local/state/minigit/kafka",
         file_okay=False,
     ),
@@ -41,83 +41,178 @@ def _version(info: broker.BrokerInfo) -> str:
 
 
 def _where(info: broker.BrokerInfo) -> None:
-    if info.running and info.bootstrap:
+    if info.running_nodes and info.bootstrap:
         out.print(f"bootstrap  {info.bootstrap}", markup=False)
-    out.print(f"log        {info.log_path}", markup=False)
+    if not info.is_cluster:
+        out.print(f"log        {info.log_path}", markup=False)
     out.print(f"data dir   {info.data_dir}", markup=False)
+
+
+def _node_table(info: broker.BrokerInfo, with_state: bool) -> None:
+    """One line per node of a cluster (a single node says it all in one sentence)."""
+    if not info.is_cluster:
+        return
+    rows = [["node", *(["state"] if with_state else []), "pid", "broker", "controller", "log"]]
+    for node in info.nodes:
+        state = "down"
+        if node.running:
+            state = "up" if node.accepting is not False else "up, not accepting yet"
+            if node.node_id == info.controller_leader:
+                state += ", controller leader"
+        rows.append(
+            [
+                str(node.node_id),
+                *([state] if with_state else []),
+                str(node.pid) if node.pid else "-",
+                broker.host_port(info.advertise, node.port) if node.port else "-",
+                broker.host_port(broker.HOST, node.controller_port) if node.controller_port else "-",
+                str(node.log_path),
+            ]
+        )
+    widths = [max(len(row[column]) for row in rows) for column in range(len(rows[0]))]
+    for row in rows:
+        out.print("  ".join(cell.ljust(width) for cell, width in zip(row, widths, strict=True)).rstrip(), markup=False)
+
+
+def _node_list(nodes: list) -> str:
+    ids = [str(node.node_id) for node in nodes]
+    return ("node " if len(ids) == 1 else "nodes ") + ", ".join(ids)
 
 
 @kafka_app.command()
 def start(
     port: Annotated[
-        int, typer.Option(envvar="MINIGIT_KAFKA_PORT", min=1, max=65535, help="Port of the broker on 127.0.0.1.")
+        int,
+        typer.Option(
+            envvar="MINIGIT_KAFKA_PORT", min=1, max=65535, help="Broker port (of node 1; node n uses port + n - 1)."
+        ),
     ] = broker.DEFAULT_PORT,
     controller_port: Annotated[
         int | None,
         typer.Option(
             min=1,
             max=65535,
-            help="Port of the KRaft controller; fixed once the data dir is formatted.",
-            show_default="port + 1",
+            help="KRaft controller port (of node 1; node n uses it + n - 1); fixed once the data dir is formatted.",
+            show_default="port + nodes",
+        ),
+    ] = None,
+    nodes: Annotated[
+        int | None,
+        typer.Option(
+            envvar="MINIGIT_KAFKA_NODES",
+            min=1,
+            max=broker.MAX_NODES,
+            help="Nodes (broker + controller each); 3 makes a cluster with replication factor 3 and "
+            "min.insync.replicas=2. Fixed once the data dir is formatted.",
+            show_default="1, or as formatted",
+        ),
+    ] = None,
+    listen: Annotated[
+        str,
+        typer.Option(
+            envvar="MINIGIT_KAFKA_LISTEN",
+            help="Address the brokers accept clients on; 0.0.0.0 lets other machines in (with --advertise).",
+        ),
+    ] = broker.HOST,
+    advertise: Annotated[
+        str | None,
+        typer.Option(
+            envvar="MINIGIT_KAFKA_ADVERTISE",
+            help="Host name or address clients are told to connect to: the one other machines reach this one by.",
+            show_default="the --listen address",
         ),
     ] = None,
     data_dir: DataDir = None,
     timeout: Annotated[
-        float, typer.Option(help="Seconds to wait for the broker to answer.")
+        float, typer.Option(help="Seconds to wait for the nodes to answer.")
     ] = broker.DEFAULT_START_TIMEOUT,
     heap: Annotated[
-        str, typer.Option(envvar="MINIGIT_KAFKA_HEAP", help="Maximum Java heap (-Xmx).")
+        str, typer.Option(envvar="MINIGIT_KAFKA_HEAP", help="Maximum Java heap (-Xmx) of each node.")
     ] = broker.DEFAULT_HEAP,
 ) -> None:
     """Start Kafka in the background; return once it answers clients.
 
-    The first start formats the data dir; later ones reuse its topics.
-    Already running: says so and exits 0.
+    The first start formats the data dir; later ones reuse its topics. Already
+    running: says so and exits 0. Of a cluster, starts the nodes that are not
+    running (after 'kafka stop --node N', or a crash) and leaves the others alone.
     """
     with exit_on_error():
         info = broker.start_broker(
-            port, data_dir, controller_port=controller_port, heap=heap, timeout=timeout, progress=_progress
+            port,
+            data_dir,
+            nodes=nodes,
+            controller_port=controller_port,
+            listen=listen,
+            advertise=advertise,
+            heap=heap,
+            timeout=timeout,
+            progress=_progress,
         )
+    started = info.started_nodes
     if info.already_running:
-        out.print(f"Kafka is already running (pid {info.pid})")
+        out.print(f"Kafka is already running ({_node_list(info.nodes) if info.is_cluster else f'pid {info.pid}'})")
+    elif not info.is_cluster:
+        out.print(f"Kafka{_version(info)} started in {info.elapsed:.1f} s (pid {info.pid})")
+    elif len(started) == len(info.nodes):
+        out.print(f"Kafka{_version(info)} started: {len(started)} nodes in {info.elapsed:.1f} s")
+    else:
+        others = [node for node in info.nodes if not node.started]
+        out.print(f"Kafka {_node_list(started)} started in {info.elapsed:.1f} s; {_node_list(others)} already running")
+    if len(started) < len(info.nodes):  # it kept the ports and addresses it runs with
         if info.port is not None and info.port != port:
             err.print(f"[yellow]note:[/] it listens on port {info.port}, not {port}; stop it first to change the port")
-    else:
-        out.print(f"Kafka{_version(info)} started in {info.elapsed:.1f} s (pid {info.pid})")
+        if (info.listen, info.advertise) != (listen, advertise or listen):
+            err.print(
+                f"[yellow]note:[/] it listens on {escape(info.listen)} and is advertised as {escape(info.advertise)}; "
+                "stop it first to change them"
+            )
+    _node_table(info, with_state=False)
     _where(info)
 
 
 @kafka_app.command()
 def stop(
     data_dir: DataDir = None,
+    node: Annotated[
+        int | None, typer.Option(min=1, help="Stop only this node of a cluster ('kafka start' brings it back).")
+    ] = None,
     timeout: Annotated[
         float, typer.Option(help="Seconds to wait after SIGTERM before SIGKILL.")
     ] = broker.DEFAULT_STOP_TIMEOUT,
 ) -> None:
-    """Stop Kafka and wait until its JVM has exited. Not running: says so and exits 0."""
+    """Stop Kafka and wait until its JVMs have exited. Not running: says so and exits 0."""
     with exit_on_error():
-        result = broker.stop_broker(data_dir, timeout=timeout)
+        result = broker.stop_broker(data_dir, node=node, timeout=timeout)
+    what = "Kafka" if node is None else f"Kafka node {node}"
     if not result.was_running:
-        out.print(f"Kafka is not running (data dir {result.data_dir})", markup=False)
-    elif result.killed:
-        out.print(f"Kafka (pid {result.pid}) ignored SIGTERM for {timeout:.0f} s and was killed")
-    else:
-        out.print(f"Kafka stopped (pid {result.pid}) in {result.elapsed:.1f} s")
+        out.print(f"{what} is not running (data dir {result.data_dir})", markup=False)
+        return
+    pids = ", ".join(str(stopped.pid) for stopped in result.stopped)
+    plural = "s" if len(result.stopped) > 1 else ""
+    out.print(f"{what} stopped (pid{plural} {pids}) in {result.elapsed:.1f} s")
+    for stopped in result.stopped:
+        if stopped.killed:
+            out.print(f"pid {stopped.pid} ignored SIGTERM for {timeout:.0f} s and was killed")
 
 
 @kafka_app.command()
 def status(data_dir: DataDir = None) -> None:
-    """Say whether Kafka runs, and where.
+    """Say whether Kafka runs (each node of a cluster), and where.
 
-    Exit status: 0 if it runs, 1 if it does not.
+    Exit status: 0 if it runs (every node of a cluster), 1 if it does not.
     """
     with exit_on_error():
         info = broker.read_broker_status(data_dir)
-    if info.running:
+    if info.is_cluster:
+        leader = f"; controller leader: node {info.controller_leader}" if info.controller_leader else ""
+        running = len(info.running_nodes)
+        out.print(f"Kafka{_version(info)}: {running} of {len(info.nodes)} nodes running{leader}")
+    elif info.running:
         note = "" if info.accepting else " (not accepting connections yet)"
         out.print(f"Kafka{_version(info)} is running (pid {info.pid}){note}")
     else:
         out.print("Kafka is not running")
+    _node_table(info, with_state=True)
     _where(info)
     raise typer.Exit(0 if info.running else 1)
 

@@ -13,11 +13,30 @@ import yaml
 
 ROOT = Path(__file__).resolve().parents[3]
 COMPOSE_FILE = ROOT / "docker-compose.yml"
+# What a classroom sets to reach the broker from other machines (as for `minigit-server kafka start`).
+COMPOSE_VARIABLES = {"MINIGIT_KAFKA_LISTEN", "MINIGIT_KAFKA_ADVERTISE"}
+_VARIABLE = re.compile(r"\$\{(\w+)(?::-([^}]*))?\}")
+
+
+def interpolate(value, env: dict[str, str]):
+    """Compose's ${NAME} / ${NAME:-default} substitution, in every string of the file."""
+    if isinstance(value, dict):
+        return {key: interpolate(item, env) for key, item in value.items()}
+    if isinstance(value, list):
+        return [interpolate(item, env) for item in value]
+    if isinstance(value, str):
+        return _VARIABLE.sub(lambda match: env.get(match.group(1)) or match.group(2) or "", value)
+    return value
+
+
+def load_compose(env: dict[str, str]) -> dict:
+    return interpolate(yaml.safe_load(COMPOSE_FILE.read_text()), env)
 
 
 @pytest.fixture(scope="module")
 def compose() -> dict:
-    return yaml.safe_load(COMPOSE_FILE.read_text())
+    """The file as `docker compose up` reads it with none of its variables set."""
+    return load_compose({})
 
 
 def environment(service: dict) -> dict[str, str]:
@@ -98,18 +117,78 @@ def test_kafka_ports_and_healthcheck(compose):
     env = environment(kafka)
     advertised = listeners(env["KAFKA_ADVERTISED_LISTENERS"])
     bound = listeners(env["KAFKA_LISTENERS"])
-    published = {}
-    for mapping in kafka["ports"]:
-        *_, host_port, container_port = str(mapping).split(":")
-        published[int(container_port)] = int(host_port)
+    published = published_ports(kafka)
     # the host reaches the broker on localhost:<published port>, as advertised
     host_listeners = [name for name, (host, _) in advertised.items() if host in {"localhost", "127.0.0.1"}]
     assert host_listeners, advertised
     for name in host_listeners:
-        assert published.get(bound[name][1]) == advertised[name][1]
+        assert published[bound[name][1]][1] == advertised[name][1]
     health = kafka["healthcheck"]
     assert health["test"][0] in {"CMD", "CMD-SHELL"} and "kafka" in " ".join(health["test"][1:])
     assert health.get("retries", 0) >= 1
+
+
+def published_ports(kafka: dict) -> dict[int, tuple[str, int]]:
+    """container port -> (host address, host port) of the "ADDRESS:HOST:CONTAINER" mappings."""
+    published = {}
+    for mapping in kafka["ports"]:
+        address, host_port, container_port = str(mapping).rsplit(":", 2)
+        published[int(container_port)] = (address, int(host_port))
+    return published
+
+
+def test_every_variable_is_a_known_one_with_a_default():
+    found = _VARIABLE.findall(COMPOSE_FILE.read_text())
+    assert {name for name, _ in found} == COMPOSE_VARIABLES
+    assert all(default for _, default in found), found  # `docker compose up` works with none set
+
+
+def test_by_default_the_broker_is_published_and_advertised_on_this_machine_only(compose):
+    kafka = compose["services"]["kafka"]
+    advertised = listeners(environment(kafka)["KAFKA_ADVERTISED_LISTENERS"])
+    bound = listeners(environment(kafka)["KAFKA_LISTENERS"])
+    assert advertised["PLAINTEXT_HOST"] == ("localhost", 9092)
+    assert published_ports(kafka)[bound["PLAINTEXT_HOST"][1]] == ("127.0.0.1", 9092)
+
+
+def test_a_classroom_publishes_the_broker_on_every_interface_under_the_teachers_address():
+    env = {"MINIGIT_KAFKA_LISTEN": "0.0.0.0", "MINIGIT_KAFKA_ADVERTISE": "192.168.1.20"}
+    kafka = load_compose(env)["services"]["kafka"]
+    advertised = listeners(environment(kafka)["KAFKA_ADVERTISED_LISTENERS"])
+    bound = listeners(environment(kafka)["KAFKA_LISTENERS"])
+    assert advertised["PLAINTEXT_HOST"] == ("192.168.1.20", 9092)
+    assert published_ports(kafka)[bound["PLAINTEXT_HOST"][1]] == ("0.0.0.0", 9092)
+    # the compose network keeps its own name, and the controller is never published
+    assert advertised["PLAINTEXT"] == ("kafka", 19092)
+    assert bound["CONTROLLER"][1] not in published_ports(kafka)
+
+
+def test_kafka_healthcheck_asks_the_broker_on_a_listener_it_binds(compose):
+    kafka = compose["services"]["kafka"]
+    command = " ".join(kafka["healthcheck"]["test"][1:])
+    address = re.search(r"--bootstrap-server (\S+):(\d+)", command)
+    assert address and "kafka-broker-api-versions" in command, command
+    assert int(address.group(2)) in {port for _, port in listeners(environment(kafka)["KAFKA_LISTENERS"]).values()}
+
+
+def test_the_server_is_healthy_when_verify_finds_every_replica_up_and_agreeing(compose):
+    service = compose["services"]["minigit-server"]
+    health = service["healthcheck"]
+    test = [str(part) for part in health["test"]]
+    assert test[0] == "CMD"
+    args = test[1:]
+    assert args[:2] == ["minigit-server", "verify"]
+    started = command(service)
+    assert option(args, "--expect") == option(started, "--replicas")
+    assert option(args, "--bootstrap") == option(started, "--bootstrap")
+    assert health.get("retries", 0) >= 1
+
+    def seconds(text: str) -> float:
+        return sum(float(n) * {"s": 1, "m": 60}[unit] for n, unit in re.findall(r"(\d+)([sm])", text))
+
+    # verify waits up to 10 s for lagging replicas (its --wait) before it answers
+    assert seconds(health["timeout"]) > 10
+    assert seconds(health["start_period"]) >= 30
 
 
 def test_minigit_server_builds_from_the_dockerfile_and_runs_the_server(compose):
