@@ -212,7 +212,6 @@ class Replicas:
         self.held_down: set[str] = set()  # killed by the nemesis: not restarted by the watch
         self.paused: set[str] = set()
         self.lock = threading.RLock()
-        self.unplanned_exits = 0
 
     def start(self, replica_id: str) -> None:
         log = (self.data_dir / f"replica-{replica_id}.out").open("ab")
@@ -260,11 +259,10 @@ class Replicas:
             for replica_id, process in list(self.processes.items()):
                 if replica_id in self.held_down or process.poll() is None:
                     continue
-                self.unplanned_exits += 1
                 value = {"target": replica_id, "exit_code": process.returncode}
-                self.history.add(chaos_check.NEMESIS, "info", "replica-exit", {**value, "phase": "start"})
+                self.history.add(chaos_check.NEMESIS, "info", chaos_check.REPLICA_EXIT, {**value, "phase": "start"})
                 self.start(replica_id)
-                self.history.add(chaos_check.NEMESIS, "info", "replica-exit", {**value, "phase": "end"})
+                self.history.add(chaos_check.NEMESIS, "info", chaos_check.REPLICA_EXIT, {**value, "phase": "end"})
 
     def heal(self) -> None:
         with self.lock:
@@ -330,6 +328,20 @@ class CliRun:
     killed: bool = False
 
 
+def repository_names(count: int, partitions: int) -> list[str]:
+    """``count`` names in distinct log partitions (as far as there are partitions),
+    so that the repositories are served by different replicas."""
+    names: list[str] = []
+    n = 0
+    while len(names) < count:
+        n += 1
+        name = f"chaos{n}"
+        taken = {p.log_partition(other, partitions) for other in names}
+        if p.log_partition(name, partitions) not in taken or len(taken) >= partitions:
+            names.append(name)
+    return names
+
+
 class Workload:
     """What the workers share: the history, the service's address, the op count,
     the CLI processes running now (for the nemesis to kill)."""
@@ -337,7 +349,7 @@ class Workload:
     def __init__(self, config: Config, history: History, bootstrap: str, namespace: str, root: Path) -> None:
         self.config, self.history, self.root = config, history, root
         self.bootstrap, self.namespace = bootstrap, namespace
-        self.repos = [f"chaos{n}" for n in range(1, config.repos + 1)]
+        self.repos = repository_names(config.repos, PARTITIONS)
         self.stop = threading.Event()
         self.cli_wanted = threading.Event()  # the nemesis waits for a CLI process to kill
         self.cli_runs: dict[int, CliRun] = {}
@@ -849,7 +861,6 @@ def run(
     if not applied:
         findings.divergence.append("the replicas had not all applied the whole log within 180 s of healing")
     summary = chaos_check.summarize(history.entries, stores, findings)
-    summary["unplanned_replica_exits"] = replicas.unplanned_exits
     summary["service_log_entries_compared"] = {repo: len(entries) for repo, entries in service_logs.items()}
     summary["run_seconds"] = clock.now()
     return RunResult(summary, findings, history.path, run_dir, verify)

@@ -32,6 +32,7 @@ WRITES = ("init", "push")
 READS = ("pull", "clone")
 NEMESIS = "nemesis"
 FINAL = "final"  # the process of the reads done after healing
+REPLICA_EXIT = "replica-exit"  # a replica that exited on its own (not a fault the nemesis injected)
 
 
 @dataclass
@@ -426,7 +427,8 @@ def summarize(history: list[Mapping], stores: Mapping[str, Mapping[str, Mapping]
         "ops": len(workload),
         "by_type": dict(Counter(op.type for op in workload)),
         "by_f": {f: dict(Counter(op.type for op in workload if op.f == f)) for f in (*WRITES, *READS)},
-        "faults": dict(Counter(f.kind for f in faults)),
+        "faults": dict(Counter(f.kind for f in faults if f.kind != REPLICA_EXIT)),
+        "unplanned_replica_exits": sum(1 for f in faults if f.kind == REPLICA_EXIT),
         "unknown_writes": {
             "total": len(unknown_writes),
             "applied": applied,

@@ -100,6 +100,8 @@ def on_every_replica(stores: dict, change) -> dict:
 
 def test_a_clean_run_passes_and_is_summarized():
     h, stores = clean_run()
+    for phase in ("start", "end"):  # a replica that exited on its own, restarted by the harness
+        h.add(chaos_check.NEMESIS, "info", chaos_check.REPLICA_EXIT, {"phase": phase, "target": "3"}, h.time)
     findings = check(h, stores)
     assert findings.ok, findings.counts()
     summary = summarize(h.entries, stores, findings)
@@ -107,6 +109,7 @@ def test_a_clean_run_passes_and_is_summarized():
     assert summary["by_type"] == {"ok": 4, "fail": 1, "info": 1}
     assert summary["unknown_writes"] == {"total": 1, "applied": 1, "not_applied": 0}
     assert summary["faults"] == {"replica-kill": 1}
+    assert summary["unplanned_replica_exits"] == 1
     assert summary["lost"] == summary["duplicated"] == 0
     assert summary["versions"] == {"r": 3}
 
