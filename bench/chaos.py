@@ -19,6 +19,9 @@ replica-kill (SIGKILL, restarted after a while), replica-pause (SIGSTOP then
 SIGCONT), broker-kill (SIGKILL of the Kafka JVM, restarted on the same data dir
 and port), broker-pause, client-kill (SIGKILL of a `minigit` CLI process
 mid-command). Broker faults need a broker this run started (no --bootstrap).
+With --nodes 3 it starts a three-node cluster (`kafka start --nodes 3`: topics
+with replication factor 3 and min.insync.replicas 2) and broker faults hit one
+node at a time.
 
 Exit code 0: the checker found nothing; 1: it found a loss, duplicate, gap,
 divergence or another violation (the history is kept; its path is printed).
@@ -140,35 +143,61 @@ def free_port() -> int:
         return sock.getsockname()[1]
 
 
+def port_is_free(port: int) -> bool:
+    with socket.socket() as sock:
+        try:
+            sock.bind(("127.0.0.1", port))
+        except OSError:
+            return False
+        return True
+
+
+def free_port_block(count: int) -> int:
+    """A first port such that it and the next ``count - 1`` are free, below the
+    ephemeral range (outgoing connections take ephemeral ports at any moment)."""
+    try:
+        ephemeral_low = int(Path("/proc/sys/net/ipv4/ip_local_port_range").read_text().split()[0])
+    except (OSError, ValueError, IndexError):
+        ephemeral_low = 32768
+    for _ in range(200):
+        first = random.randrange(20000, max(ephemeral_low, 21000) - count)
+        if all(port_is_free(first + n) for n in range(count)):
+            return first
+    raise RuntimeError(f"found no {count} consecutive free ports")
+
+
 # ---------------------------------------------------------------- the processes under test
 
 
 @dataclass
 class Broker:
-    """A local Kafka this run may kill and restart: same data dir, same ports."""
+    """A local Kafka this run may kill and restart: same data dir, same ports. With
+    ``nodes`` > 1 a cluster (`kafka start --nodes N`) whose nodes fail one at a time."""
 
     data_dir: Path
-    port: int
-    controller_port: int
+    port: int  # of node 1; node n listens on port + n - 1
+    controller_port: int  # of node 1, likewise
+    nodes: int = 1
 
     @property
     def bootstrap(self) -> str:
-        return f"127.0.0.1:{self.port}"
+        return ",".join(f"127.0.0.1:{self.port + n}" for n in range(self.nodes))
+
+    @property
+    def replication_factor(self) -> int:
+        return min(3, self.nodes)
+
+    @property
+    def min_insync_replicas(self) -> int | None:
+        return 2 if self.nodes >= 3 else None
 
     def start(self, attempts: int = 3) -> None:
-        command = [
-            MINIGIT_SERVER,
-            "kafka",
-            "start",
-            "--port",
-            str(self.port),
-            "--controller-port",
-            str(self.controller_port),
-            "--data-dir",
-            str(self.data_dir),
-            "--timeout",
-            "120",
-        ]
+        """Start the nodes that are not running (all of them the first time)."""
+        command = [MINIGIT_SERVER, "kafka", "start", "--port", str(self.port)]
+        command += ["--controller-port", str(self.controller_port), "--data-dir", str(self.data_dir)]
+        command += ["--timeout", "120"]
+        if self.nodes > 1:
+            command += ["--nodes", str(self.nodes), "--heap", "256m"]  # three JVMs on a two-core machine
         for attempt in range(attempts):
             done = subprocess.run(command, capture_output=True, text=True, timeout=300)
             if done.returncode == 0:
@@ -185,20 +214,28 @@ class Broker:
             [MINIGIT_SERVER, "kafka", "stop", "--data-dir", str(self.data_dir)], capture_output=True, timeout=120
         )
 
-    def pid(self) -> int | None:
+    def pid(self, node: int) -> int | None:
+        root = self.data_dir if self.nodes == 1 else self.data_dir / f"node-{node}"
         try:
-            pid = int((self.data_dir / "kafka.pid").read_text().strip())
+            pid = int((root / "kafka.pid").read_text().strip())
             os.kill(pid, 0)
         except (OSError, ValueError):
             return None
         return pid
 
-    def signal(self, sig: int) -> int | None:
-        pid = self.pid()
-        if pid is not None:
-            with contextlib.suppress(ProcessLookupError):
-                os.kill(pid, sig)
-        return pid
+    def all_running(self) -> bool:
+        return all(self.pid(node) is not None for node in range(1, self.nodes + 1))
+
+    def signal(self, sig: int, node: int | None = None) -> list[int]:
+        """Signal one node's JVM, or every node's; the pids signalled."""
+        pids = []
+        for n in [node] if node is not None else range(1, self.nodes + 1):
+            pid = self.pid(n)
+            if pid is not None:
+                with contextlib.suppress(ProcessLookupError):
+                    os.kill(pid, sig)
+                    pids.append(pid)
+        return pids
 
 
 class Replicas:
@@ -206,8 +243,11 @@ class Replicas:
     exits without being killed by the nemesis is restarted (as the supervisor of
     `minigit-server start` would) and the exit is recorded: it is a finding."""
 
-    def __init__(self, bootstrap: str, namespace: str, data_dir: Path, history: History) -> None:
+    def __init__(
+        self, bootstrap: str, namespace: str, data_dir: Path, history: History, topic_options: list[str]
+    ) -> None:
         self.bootstrap, self.namespace, self.data_dir, self.history = bootstrap, namespace, data_dir, history
+        self.topic_options = topic_options
         self.processes: dict[str, subprocess.Popen] = {}
         self.held_down: set[str] = set()  # killed by the nemesis: not restarted by the watch
         self.paused: set[str] = set()
@@ -228,6 +268,7 @@ class Replicas:
             self.namespace,
             "--partitions",
             str(PARTITIONS),
+            *self.topic_options,
         ]
         with self.lock:
             self.processes[replica_id] = subprocess.Popen(
@@ -618,19 +659,22 @@ class Nemesis(threading.Thread):
             self.note(kind, "end", target)
             return
         assert self.broker is not None
+        # Of a cluster, one node at a time (the others keep a quorum and the ISR).
+        node = self.rng.randint(1, self.broker.nodes)
+        target = "broker" if self.broker.nodes == 1 else f"broker-{node}"
         if kind == "broker-kill":
-            pid = self.broker.signal(signal.SIGKILL)
-            self.note(kind, "start", "broker", pid=pid)
+            pids = self.broker.signal(signal.SIGKILL, node)
+            self.note(kind, "start", target, pids=pids)
             self.stop.wait(self.rng.uniform(*self.config.broker_down))
             started = time.monotonic()
             self.broker.start()
-            self.note(kind, "end", "broker", restart_s=round(time.monotonic() - started, 3))
+            self.note(kind, "end", target, restart_s=round(time.monotonic() - started, 3))
         else:
-            pid = self.broker.signal(signal.SIGSTOP)
-            self.note(kind, "start", "broker", pid=pid)
+            pids = self.broker.signal(signal.SIGSTOP, node)
+            self.note(kind, "start", target, pids=pids)
             self.stop.wait(self.rng.uniform(*self.config.broker_pause))
-            self.broker.signal(signal.SIGCONT)
-            self.note(kind, "end", "broker")
+            self.broker.signal(signal.SIGCONT, node)
+            self.note(kind, "end", target)
 
     def serving_replica(self) -> str:
         """The replica serving a random repository (so the fault matters), else any."""
@@ -804,8 +848,11 @@ def run(
     settings = KafkaSettings(bootstrap, namespace)
     server_dir = run_dir / "server"
     server_dir.mkdir(parents=True, exist_ok=True)
-    ensure_topics(settings, PARTITIONS, 1)
-    replicas = Replicas(bootstrap, namespace, server_dir, history)
+    replication = (broker.replication_factor, broker.min_insync_replicas) if broker else (1, None)
+    ensure_topics(settings, PARTITIONS, *replication)
+    topic_options = ["--replication-factor", str(replication[0])]
+    topic_options += ["--min-insync-replicas", str(replication[1])] if replication[1] else []
+    replicas = Replicas(bootstrap, namespace, server_dir, history, topic_options)
     workload = Workload(config, history, bootstrap, namespace, run_dir)
     nemesis = Nemesis(config, history, replicas, broker, workload)
     workers = [Worker(n, workload) for n in range(1, config.workers + 1)]
@@ -839,7 +886,7 @@ def run(
         # Heal: nothing paused, every replica and the broker running.
         if broker is not None:
             broker.signal(signal.SIGCONT)
-            if broker.pid() is None:
+            if not broker.all_running():
                 broker.start()
         replicas.heal()
         progress("healed; final clones, then waiting for every replica to apply the whole log")
@@ -915,6 +962,10 @@ def report(result: RunResult, out: Callable[[str], None] = print) -> None:
             )
     for f, lat in s["latency_ok"].items():
         out(f"latency of ok {f}: p50 {lat['p50_ms']:.0f} ms, p99 {lat['p99_ms']:.0f} ms (n={lat['n']})")
+    for when in ("outside", "during"):
+        lat = s[f"latency_ok_{when}_faults"].get("all")
+        if lat:
+            out(f"  {when} a fault: p50 {lat['p50_ms']:.0f} ms, p99 {lat['p99_ms']:.0f} ms (n={lat['n']})")
     out(f"versions per repository: {s['versions']}")
     out(
         "checked: every version of every repository read from each replica's store (row, tree, "
@@ -969,6 +1020,7 @@ def main() -> None:
     parser.add_argument("--max-seconds", type=float, default=Config.max_seconds)
     parser.add_argument("--quiet", type=float, nargs=2, default=Config.quiet, help="seconds between faults (min max)")
     parser.add_argument("--bootstrap", help="use this broker instead of starting one (no broker faults)")
+    parser.add_argument("--nodes", type=int, default=1, help="Kafka nodes to start (3: a cluster; faults hit one node)")
     parser.add_argument("--keep", action="store_true", help="keep the run directory even when the run passes")
     parser.add_argument("--save", action="store_true", help="write the figures to bench/results/chaos-<time>.json")
     args = parser.parse_args()
@@ -1004,7 +1056,11 @@ def main() -> None:
         if args.bootstrap:
             bootstrap = args.bootstrap
         else:
-            broker = Broker(run_dir / "kafka", free_port(), free_port())
+            if args.nodes == 1:
+                broker = Broker(run_dir / "kafka", free_port(), free_port())
+            else:  # node n uses port + n - 1 and controller port + n - 1
+                first = free_port_block(2 * args.nodes)
+                broker = Broker(run_dir / "kafka", first, first + args.nodes, args.nodes)
             progress(f"starting Kafka on {broker.bootstrap}")
             broker.start()
             bootstrap = broker.bootstrap

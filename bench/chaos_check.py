@@ -147,6 +147,14 @@ def longest_unavailability(ops: list[Op], fs: tuple[str, ...] | None = None) -> 
     return best
 
 
+def overlaps_fault(op: Op, faults: list[Fault]) -> bool:
+    """Whether ``op`` was in flight at some moment of a fault (from its start to its end)."""
+    end = op.completed_at if op.completed_at is not None else math.inf
+    return any(
+        f.started_at <= end and (f.ended_at if f.ended_at is not None else math.inf) >= op.invoked_at for f in faults
+    )
+
+
 def latency_figures(ops: list[Op]) -> dict:
     """p50/p99 of acknowledged operations, in ms, overall and per kind."""
     figures = {}
@@ -439,6 +447,9 @@ def summarize(history: list[Mapping], stores: Mapping[str, Mapping[str, Mapping]
         "longest_unavailability": gap_json(outage),
         "longest_write_unavailability": gap_json(write_outage),
         "latency_ok": latency_figures(workload),
+        # Split by whether an operation overlapped a fault window: the cost of faults apart.
+        "latency_ok_outside_faults": latency_figures([op for op in workload if not overlaps_fault(op, faults)]),
+        "latency_ok_during_faults": latency_figures([op for op in workload if overlaps_fault(op, faults)]),
         "versions": {repo: state["head"] for repo, state in reference.items()},
         "findings": findings.counts(),
         "ok": findings.ok,

@@ -293,3 +293,18 @@ def test_percentiles_are_nearest_rank():
     assert percentile(values, 99) == 99
     assert percentile([7.0], 99) == 7.0
     assert percentile([], 50) is None
+
+
+def test_latency_is_split_by_whether_an_operation_overlapped_a_fault():
+    h = Recorder()
+    h.read("w1", "pull", 1, "t")  # 0.0 .. 0.1
+    h.time = 5.0
+    h.add(chaos_check.NEMESIS, "info", "broker-kill", {"phase": "start", "target": "broker"}, 5.0)
+    h.read("w1", "pull", 1, "t")  # 5.0 .. 5.1: during the fault
+    h.add(chaos_check.NEMESIS, "info", "broker-kill", {"phase": "end", "target": "broker"}, 6.0)
+    h.time = 7.0
+    h.op("w1", "pull", {"repo": "r"}, "ok", {"version": 1, "tree": "t"}, took=0.3)  # after it
+    summary = summarize(h.entries, {}, Findings())
+    assert summary["latency_ok_outside_faults"]["pull"]["n"] == 2
+    assert summary["latency_ok_during_faults"]["pull"]["n"] == 1
+    assert summary["latency_ok_outside_faults"]["pull"]["p99_ms"] == pytest.approx(300)
