@@ -34,7 +34,7 @@ from pathlib import Path
 from bench import BIN, Replicas, console, free_port
 from minigit.client import operations
 from minigit.config import ServerFlags
-from minigit.errors import MinigitError, PushRejected
+from minigit.errors import MinigitError
 from minigit_server.bus import Bus
 
 REPLICAS = ("1", "2", "3")
@@ -92,31 +92,38 @@ class Traffic:
     work: Path
     options: operations.ClientOptions
     done: list[tuple[float, str, bool]] = field(default_factory=list)
+    timeline: list[tuple[float, float, str, bool, str]] = field(default_factory=list)  # wall clock, for --keep
     stop: threading.Event = field(default_factory=threading.Event)
+    stale: bool = False
 
     def run(self) -> None:
         n = 0
         while not self.stop.is_set():
             n += 1
+            if self.stale:  # a failed push may have been applied: start from a fresh clone
+                shutil.rmtree(self.work, ignore_errors=True)
+                if not self.record("clone", lambda: operations.clone_repository("outage", self.work, self.options)):
+                    continue
+                self.stale = False
             (self.work / "f.txt").write_text(f"change {n}\n")
-            self.record("push", self.push_once)
-            self.record("pull", lambda: operations.pull_workdir(self.work, self.options))
+            self.stale = not self.record("push", self.push_once)
+            if not self.stale:
+                self.stale = not self.record("pull", lambda: operations.pull_workdir(self.work, self.options))
 
     def push_once(self) -> None:
-        try:
-            operations.push_workdir(self.work, self.options)
-        except PushRejected:
-            operations.pull_workdir(self.work, self.options)
-            raise
+        operations.push_workdir(self.work, self.options)
 
-    def record(self, kind: str, operation) -> None:
+    def record(self, kind: str, operation) -> bool:
+        started = time.time()
         try:
             operation()
-            ok = True
-        except MinigitError:
-            ok = False
+            ok, error = True, ""
+        except Exception as failure:  # noqa: BLE001 - every failure is a data point; the traffic goes on
+            ok, error = False, getattr(failure, "message", repr(failure))
             time.sleep(0.1)
         self.done.append((time.monotonic(), kind, ok))
+        self.timeline.append((started, time.time(), kind, ok, error))
+        return ok
 
     def first_ok(self, kind: str, after: float) -> float | None:
         return next((at - after for at, k, ok in self.done if k == kind and ok and at > after), None)
@@ -145,12 +152,15 @@ def main() -> None:
     parser.add_argument("--trials", type=int, default=3)
     parser.add_argument("--down", type=float, default=10.0, help="seconds the broker stays down")
     parser.add_argument("--limit", type=float, default=120.0, help="give up waiting for recovery after this")
+    parser.add_argument("--keep", action="store_true", help="keep the data directory (replica logs) for a look")
     args = parser.parse_args()
 
     root = Path(tempfile.mkdtemp(prefix="minigit-outage-"))
     broker = Broker(free_port(), free_port(), root / "kafka")
     results: dict = {"machine": {"cpus": os.cpu_count(), "python": sys.version.split()[0]}, "down_s": args.down}
-    trials = []
+    trials: list[dict] = []
+    events: list[tuple[float, str]] = []
+    traffic = None
     try:
         broker.start()
         replicas = Replicas(broker.bootstrap, f"outage{int(time.time())}-", root / "server")
@@ -172,10 +182,13 @@ def main() -> None:
             time.sleep(5)
             console.print(f"trial {trial + 1}: SIGKILL the broker, {args.down:g} s down")
             killed = time.monotonic()
+            events.append((time.time(), "broker killed"))
             broker.kill()
             time.sleep(args.down)
+            events.append((time.time(), "broker starting"))
             broker.start()
             up, up_wall_ms = time.monotonic(), int(time.time() * 1000)
+            events.append((time.time(), "broker answering"))
             beats = heartbeats_back(observer, up_wall_ms, up, args.limit)
             while time.monotonic() < up + args.limit and not (
                 traffic.first_ok("push", up) is not None and traffic.first_ok("pull", up) is not None
@@ -196,7 +209,12 @@ def main() -> None:
         replicas.stop()
     finally:
         broker.stop()
-        shutil.rmtree(root, ignore_errors=True)
+        if args.keep:
+            timeline = (traffic.timeline if traffic else []) + events
+            (root / "timeline.json").write_text(json.dumps(sorted(timeline), indent=0))
+            console.print(f"kept {root}")
+        else:
+            shutil.rmtree(root, ignore_errors=True)
     results["trials"] = trials
     for key in ("first_push_s", "first_pull_s", "all_heartbeats_s"):
         values = [t[key] for t in trials if t[key] is not None]

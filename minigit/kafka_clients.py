@@ -8,6 +8,7 @@ be reached is one ``ServerUnreachable`` error whichever side met it.
 
 from __future__ import annotations
 
+import logging
 from typing import Any
 
 import kafka.cluster
@@ -15,6 +16,8 @@ from kafka import KafkaAdminClient, KafkaConsumer, KafkaProducer
 from kafka.errors import KafkaError
 
 from minigit.config import FETCH_BYTES, KafkaSettings
+
+log = logging.getLogger("minigit.kafka")
 
 # Failures of Kafka or of the machine, as opposed to a bad request.
 INFRASTRUCTURE_ERRORS = (KafkaError, OSError)
@@ -55,3 +58,14 @@ def _open(settings: KafkaSettings, kind: type, extra: dict[str, Any]) -> Any:
         return kind(**{**RECOVERY_OPTIONS, **extra, **settings.kafka_options()})
     except INFRASTRUCTURE_ERRORS as error:
         raise settings.unreachable(error) from None
+
+
+def close_producer(producer: KafkaProducer, timeout_s: float) -> None:
+    """Close a producer, sending what it holds for up to ``timeout_s``. With no
+    broker to take them, its records are given up (they were never acknowledged,
+    so nothing that was reported sent is lost), rather than the flush's timeout
+    escaping from a command that has done its work."""
+    try:
+        producer.close(timeout=timeout_s)
+    except INFRASTRUCTURE_ERRORS as error:
+        log.info("producer closed with records unsent: %s", error)

@@ -24,7 +24,7 @@ from minigit import protocol as p
 from minigit.client.exchange import Observer, Response, await_answer, make_request
 from minigit.config import KafkaSettings
 from minigit.errors import MinigitError, ServerUnreachable
-from minigit.kafka_clients import INFRASTRUCTURE_ERRORS, open_consumer, open_producer
+from minigit.kafka_clients import INFRASTRUCTURE_ERRORS, close_producer, open_consumer, open_producer
 
 
 class Connection:
@@ -51,7 +51,8 @@ class Connection:
         self.producer = open_producer(self.settings, bootstrap_timeout_ms=bootstrap_timeout_ms)
         self.consumer = open_consumer(self.settings, group_id=None, bootstrap_timeout_ms=bootstrap_timeout_ms)
         partitions = self.consumer.partitions_for_topic(self.topics.responses)
-        self.request_partitions = len(self.producer.partitions_for(self.topics.requests) or ())
+        # (the producer waits for a topic that does not exist: ask only if the other one does)
+        self.request_partitions = len((partitions and self.producer.partitions_for(self.topics.requests)) or ())
         if not partitions or not self.request_partitions:
             raise ServerUnreachable(
                 f"the minigit topics do not exist on {self.settings.bootstrap}",
@@ -65,7 +66,7 @@ class Connection:
 
     def close(self) -> None:
         if self.producer is not None:
-            self.producer.close(timeout=5)
+            close_producer(self.producer, timeout_s=5)
         if self.consumer is not None:
             self.consumer.close()
         self.producer = self.consumer = None

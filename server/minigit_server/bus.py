@@ -19,12 +19,14 @@ from kafka.structs import OffsetAndMetadata
 from minigit import protocol as p
 from minigit.config import KafkaSettings, Topics
 from minigit.errors import MinigitError, ProtocolError, ServerUnreachable
-from minigit.kafka_clients import open_admin, open_consumer, open_producer
+from minigit.kafka_clients import close_producer, open_admin, open_consumer, open_producer
 from minigit_server.apply import LogRecord
 
 log = logging.getLogger("minigit.bus")
 
 DAY_MS = 24 * 3600 * 1000
+# A heartbeat reports the log's end if a broker gives it within this; else it is skipped.
+HEARTBEAT_OFFSETS_TIMEOUT_S = 2.0
 
 
 def topic_specs(topics: Topics, partitions: int, replication_factor: int, min_insync: int | None) -> list[NewTopic]:
@@ -104,6 +106,10 @@ class Bus:
         self.producer = open_producer(settings, **self.extra)
         self._offsets_lock = threading.Lock()
         self._offsets_consumer = self._consumer()
+        # The heartbeat's own: a heartbeat stuck on a broker that does not answer
+        # never holds up the read barrier (which uses the one above).
+        self._report_lock = threading.Lock()
+        self._report_consumer: KafkaConsumer | None = None
         self._partition_counts: dict[str, int] = {}
 
     def _consumer(self, **extra: object) -> KafkaConsumer:
@@ -142,11 +148,23 @@ class Bus:
         return self.partition_count(self.topics.log)
 
     def log_end_offsets(self, partitions: Iterable[int] | None = None) -> dict[int, int]:
+        """The end of the log now (the read barrier): KafkaTimeoutError after the
+        clients' request timeout if no broker answers."""
         if partitions is None:
             partitions = range(self.partition_count(self.topics.log))
         tps = [TopicPartition(self.topics.log, n) for n in partitions]
         with self._offsets_lock:
             ends = self._offsets_consumer.end_offsets(tps)
+        return {tp.partition: offset for tp, offset in ends.items()}
+
+    def reported_log_end_offsets(self, timeout_s: float = HEARTBEAT_OFFSETS_TIMEOUT_S) -> dict[int, int]:
+        """The end of every log partition, for a heartbeat: on a consumer of its
+        own, and given up after ``timeout_s`` (KafkaTimeoutError)."""
+        tps = [TopicPartition(self.topics.log, n) for n in range(self.partition_count(self.topics.log))]
+        with self._report_lock:
+            if self._report_consumer is None:
+                self._report_consumer = self._consumer()
+            ends = self._report_consumer.end_offsets(tps, timeout_ms=int(timeout_s * 1000))
         return {tp.partition: offset for tp, offset in ends.items()}
 
     # -- producing
@@ -180,9 +198,11 @@ class Bus:
 
     def close(self) -> None:
         try:
-            self.producer.close(timeout=10)
+            close_producer(self.producer, timeout_s=10)
         finally:
             self._offsets_consumer.close()
+            if self._report_consumer is not None:
+                self._report_consumer.close()
 
     def ask(self, request: p.Request, timeout_s: float) -> p.Reply | None:
         """Send one request and wait for its answer on ``request.reply_partition``:
@@ -322,6 +342,16 @@ class RequestConsumer:
             for r in records:
                 out.append(RequestRecord(r.partition, r.offset, r.timestamp, r.key, r.value))
         return out
+
+    def rewind(self, offsets: dict[int, int]) -> None:
+        """Read again from these offsets (partition -> offset): requests that met a
+        Kafka failure are served again once it answers. A partition no longer
+        assigned is skipped (its next owner reads from the committed offset)."""
+        for partition, offset in offsets.items():
+            try:
+                self.consumer.seek(TopicPartition(self.topic, partition), offset)
+            except (KafkaError, AssertionError, ValueError) as error:
+                log.info("cannot rewind %s to %s: %s", partition, offset, error)
 
     def commit(self, partition: int, next_offset: int) -> None:
         tp = TopicPartition(self.topic, partition)

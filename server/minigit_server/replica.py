@@ -26,11 +26,13 @@ from minigit.config import KafkaSettings
 from minigit.errors import MinigitError
 from minigit.kafka_clients import INFRASTRUCTURE_ERRORS
 from minigit_server.apply import apply_records
-from minigit_server.bus import Bus
+from minigit_server.bus import Bus, RequestConsumer, RequestRecord
 from minigit_server.service import DEFAULT_MAX_PUSH_BYTES, AppliedOffsets, Handled, Pace, Service, Unanswered
 from minigit_server.store import SqliteStore, Store, StoreUnusable
 
 HEARTBEAT_INTERVAL_S = 2.0
+# The pause before serving again requests that met a Kafka failure.
+KAFKA_RETRY_S = 1.0
 # The background scrub: MiB/s it reads at (MINIGIT_SCRUB_RATE; 0 turns it off), and
 # the pause between its passes. A scrub that verify --deep asks for runs at full speed.
 DEFAULT_SCRUB_RATE_MIB_S = 4.0
@@ -194,25 +196,48 @@ class Replica:
         consumer = self.bus.open_request_consumer(self.on_assignment)
         try:
             while not self.stop.is_set():
-                for record in consumer.poll(0.5):
-                    started = time.monotonic()
-                    try:
-                        handled = self.service.handle(record.timestamp_ms, record.value)
-                    except (*INFRASTRUCTURE_ERRORS, sqlite3.DatabaseError):
-                        # Kafka, the disk or the store is failing: not this request's fault.
-                        # Stop, uncommitted; the supervisor restarts us and the store is checked.
-                        raise
-                    except Exception:
-                        self.log.exception("request at %d@%d failed; skipped", record.partition, record.offset)
-                        handled = Handled("?", "?", "?", Unanswered.FAILED, "see the traceback above")
-                    if handled is None:
-                        continue  # a chunk: the request it belongs to commits it
-                    self.log_request(handled, record.partition, time.monotonic() - started)
-                    consumer.commit(record.partition, record.offset + 1)
-                    if self.stop.is_set():
-                        break
+                self.serve_batch(consumer, consumer.poll(0.5))
         finally:
             consumer.close()  # leaves the group: the partitions move at once
+
+    def serve_batch(self, consumer: RequestConsumer, records: list[RequestRecord]) -> None:
+        """Handle one poll's records in order, committing each request once answered.
+
+        Kafka failing (a broker outage) is not a request's fault, nor a reason to
+        stop: the consumer is rewound to the first record of each partition not
+        yet committed (the chunks before a request too), and they are served
+        again a moment later, once Kafka answers. The disk or the store failing
+        stops the replica, uncommitted; the supervisor restarts it."""
+        uncommitted: dict[int, int] = {}  # partition -> its first record handled but not committed
+        for n, record in enumerate(records):
+            started = time.monotonic()
+            uncommitted.setdefault(record.partition, record.offset)
+            try:
+                handled = self.service.handle(record.timestamp_ms, record.value)
+            except sqlite3.DatabaseError:
+                raise
+            except INFRASTRUCTURE_ERRORS as error:
+                for later in records[n:]:
+                    uncommitted.setdefault(later.partition, later.offset)
+                self.log.warning(
+                    "Kafka failed while serving %d@%d (%s); serving it again in a moment",
+                    record.partition,
+                    record.offset,
+                    error,
+                )
+                consumer.rewind(uncommitted)
+                self.stop.wait(KAFKA_RETRY_S)
+                return
+            except Exception:
+                self.log.exception("request at %d@%d failed; skipped", record.partition, record.offset)
+                handled = Handled("?", "?", "?", Unanswered.FAILED, "see the traceback above")
+            if handled is None:
+                continue  # a chunk: the request it belongs to commits it
+            self.log_request(handled, record.partition, time.monotonic() - started)
+            consumer.commit(record.partition, record.offset + 1)
+            del uncommitted[record.partition]
+            if self.stop.is_set():
+                return
 
     def heartbeat_loop(self) -> None:
         while not self.stop.wait(HEARTBEAT_INTERVAL_S):
@@ -307,7 +332,7 @@ class Replica:
                 sent_ms=int(time.time() * 1000),
                 serving=list(self.serving),
                 applied=dict(sorted(applied.items())),
-                log_end=dict(sorted(self.bus.log_end_offsets().items())),
+                log_end=dict(sorted(self.bus.reported_log_end_offsets().items())),
                 repos=repos,
                 stopping=stopping,
                 quarantined=quarantined,
