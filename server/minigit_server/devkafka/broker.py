@@ -49,7 +49,7 @@ import subprocess
 import tempfile
 import time
 import uuid
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -65,6 +65,7 @@ MAX_NODES = 9  # each node is a JVM on this one machine
 DEFAULT_HEAP = "512m"
 DEFAULT_START_TIMEOUT = 60.0  # seconds until the broker must answer
 DEFAULT_STOP_TIMEOUT = 30.0  # seconds between SIGTERM and SIGKILL
+NO_QUORUM_STOP_TIMEOUT = 5.0  # the same, for cluster nodes left without a controller quorum
 MAVEN_TIMEOUT = 900.0
 MAIN_CLASS = "kafka.Kafka"
 
@@ -326,6 +327,8 @@ class StopResult:
     data_dir: Path
     stopped: tuple[StoppedNode, ...] = ()
     elapsed: float = 0.0
+    grace: float = DEFAULT_STOP_TIMEOUT  # seconds it waited between SIGTERM and SIGKILL
+    without_quorum: bool = False  # fewer than a majority of the cluster's nodes were running
 
     @property
     def was_running(self) -> bool:
@@ -991,12 +994,12 @@ def _node_name(node_id: int, nodes: int) -> str:
 
 @_file_errors_as_broker_errors
 def start_broker(
-    port: int = DEFAULT_PORT,
+    port: int | None = None,
     data_dir: str | os.PathLike[str] | None = None,
     *,
     nodes: int | None = None,
     controller_port: int | None = None,
-    listen: str = HOST,
+    listen: str | None = None,
     advertise: str | None = None,
     heap: str = DEFAULT_HEAP,
     timeout: float = DEFAULT_START_TIMEOUT,
@@ -1007,9 +1010,11 @@ def start_broker(
 
     The first start formats the data dir for ``nodes`` nodes (default 1), with
     ``controller_port`` defaulting to ``port + nodes``; both are then fixed, and
-    ``nodes`` may be left out. When some nodes run, the missing ones start with the
-    ports and addresses the running ones use, whatever is passed. When all run,
-    returns their info (no node ``started``). Raises ``BrokerError``/``UsageError``.
+    ``nodes`` may be left out. ``port`` (default 9092), ``listen`` and ``advertise``
+    (default 127.0.0.1) left out are those of the last start. When some nodes run,
+    the missing ones start with the ports and addresses the running ones use,
+    whatever is passed. When all run, returns their info (no node ``started``).
+    Raises ``BrokerError``/``UsageError``.
     """
     began = time.monotonic()
     say = progress or (lambda _message: None)
@@ -1033,6 +1038,12 @@ def start_broker(
         else:
             count = nodes or 1
         running = {n: pid for n in range(1, count + 1) if (pid := _find_broker_pid(paths.node(n, count)))}
+        last = state or {}
+        if port is None:
+            port = last.get("port", DEFAULT_PORT)
+        if listen is None:
+            listen = str(last.get("listen", HOST))
+            advertise = advertise or last.get("advertise")
 
         if running:  # complete what runs, as it runs
             layout = _remembered_layout(state) if state else ClusterLayout(count, port, port + count)
@@ -1083,7 +1094,7 @@ def start_broker(
             say(f"starting Apache Kafka on {layout.bootstrap}")
         else:
             ports = ", ".join(host_port(layout.listen, layout.broker_port(node.node_id)) for node in to_start)
-            say(f"starting Apache Kafka {_node_list(to_start)} on {ports}")
+            say(f"starting Apache Kafka {node_list(to_start)} on {ports}")
         started: dict[int, int] = {}
         try:
             offsets = {node.node_id: _log_offsets(node) for node in to_start}
@@ -1098,7 +1109,8 @@ def start_broker(
         return _info(paths, layout, state, running, started, elapsed=time.monotonic() - began)
 
 
-def _node_list(nodes: list[NodePaths]) -> str:
+def node_list(nodes: Sequence[NodePaths] | Sequence[NodeInfo]) -> str:
+    """ "node 2" or "nodes 1, 3"."""
     return ("node " if len(nodes) == 1 else "nodes ") + ", ".join(str(node.node_id) for node in nodes)
 
 
@@ -1213,13 +1225,18 @@ def stop_broker(
                 f"--node {node}: the Kafka in {paths.data_dir} has {_count(count, 'node')}",
                 hint=f"choose a node from 1 to {count}" if count > 1 else "leave out --node",
             )
-        targets = [paths.node(n, count) for n in range(1, count + 1) if node in (None, n)]
-        pids = {target.node_id: pid for target in targets if (pid := _find_broker_pid(target)) is not None}
-        killed = _terminate(list(pids.values()), timeout)
-        for target in targets:
-            target.pid_file.unlink(missing_ok=True)
+        running = {n: pid for n in range(1, count + 1) if (pid := _find_broker_pid(paths.node(n, count)))}
+        pids = {n: pid for n, pid in running.items() if node in (None, n)}
+        # Without a majority of controllers, a node's controlled shutdown waits for an
+        # answer that never comes: it would only sit there until SIGKILL.
+        without_quorum = count > 1 and len(running) <= count // 2
+        grace = min(timeout, NO_QUORUM_STOP_TIMEOUT) if without_quorum else timeout
+        killed = _terminate(list(pids.values()), grace)
+        for n in range(1, count + 1):
+            if node in (None, n):
+                paths.node(n, count).pid_file.unlink(missing_ok=True)
         stopped = tuple(StoppedNode(n, pid, pid in killed) for n, pid in pids.items())
-        return StopResult(paths.data_dir, stopped, time.monotonic() - began)
+        return StopResult(paths.data_dir, stopped, time.monotonic() - began, grace, without_quorum)
 
 
 @_file_errors_as_broker_errors

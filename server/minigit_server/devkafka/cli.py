@@ -74,19 +74,18 @@ def _node_table(info: broker.BrokerInfo, with_state: bool) -> None:
         out.print("  ".join(cell.ljust(width) for cell, width in zip(row, widths, strict=True)).rstrip(), markup=False)
 
 
-def _node_list(nodes: list) -> str:
-    ids = [str(node.node_id) for node in nodes]
-    return ("node " if len(ids) == 1 else "nodes ") + ", ".join(ids)
-
-
 @kafka_app.command()
 def start(
     port: Annotated[
-        int,
+        int | None,
         typer.Option(
-            envvar="MINIGIT_KAFKA_PORT", min=1, max=65535, help="Broker port (of node 1; node n uses port + n - 1)."
+            envvar="MINIGIT_KAFKA_PORT",
+            min=1,
+            max=65535,
+            help="Broker port (of node 1; node n uses port + n - 1).",
+            show_default=f"{broker.DEFAULT_PORT}, or the last start's",
         ),
-    ] = broker.DEFAULT_PORT,
+    ] = None,
     controller_port: Annotated[
         int | None,
         typer.Option(
@@ -108,12 +107,13 @@ def start(
         ),
     ] = None,
     listen: Annotated[
-        str,
+        str | None,
         typer.Option(
             envvar="MINIGIT_KAFKA_LISTEN",
             help="Address the brokers accept clients on; 0.0.0.0 lets other machines in (with --advertise).",
+            show_default=f"{broker.HOST}, or the last start's",
         ),
-    ] = broker.HOST,
+    ] = None,
     advertise: Annotated[
         str | None,
         typer.Option(
@@ -150,18 +150,21 @@ def start(
         )
     started = info.started_nodes
     if info.already_running:
-        out.print(f"Kafka is already running ({_node_list(info.nodes) if info.is_cluster else f'pid {info.pid}'})")
+        out.print(
+            f"Kafka is already running ({broker.node_list(info.nodes) if info.is_cluster else f'pid {info.pid}'})"
+        )
     elif not info.is_cluster:
         out.print(f"Kafka{_version(info)} started in {info.elapsed:.1f} s (pid {info.pid})")
     elif len(started) == len(info.nodes):
         out.print(f"Kafka{_version(info)} started: {len(started)} nodes in {info.elapsed:.1f} s")
     else:
         others = [node for node in info.nodes if not node.started]
-        out.print(f"Kafka {_node_list(started)} started in {info.elapsed:.1f} s; {_node_list(others)} already running")
+        took = f"{info.elapsed:.1f} s"
+        out.print(f"Kafka {broker.node_list(started)} started in {took}; {broker.node_list(others)} already running")
     if len(started) < len(info.nodes):  # it kept the ports and addresses it runs with
-        if info.port is not None and info.port != port:
+        if port is not None and info.port != port:
             err.print(f"[yellow]note:[/] it listens on port {info.port}, not {port}; stop it first to change the port")
-        if (info.listen, info.advertise) != (listen, advertise or listen):
+        if listen is not None and (info.listen, info.advertise) != (listen, advertise or listen):
             err.print(
                 f"[yellow]note:[/] it listens on {escape(info.listen)} and is advertised as {escape(info.advertise)}; "
                 "stop it first to change them"
@@ -191,8 +194,13 @@ def stop(
     plural = "s" if len(result.stopped) > 1 else ""
     out.print(f"{what} stopped (pid{plural} {pids}) in {result.elapsed:.1f} s")
     for stopped in result.stopped:
-        if stopped.killed:
-            out.print(f"pid {stopped.pid} ignored SIGTERM for {timeout:.0f} s and was killed")
+        if stopped.killed and result.without_quorum:
+            out.print(
+                f"node {stopped.node_id} (pid {stopped.pid}) had no controller quorum to shut down with "
+                f"and was killed after {result.grace:.0f} s"
+            )
+        elif stopped.killed:
+            out.print(f"pid {stopped.pid} ignored SIGTERM for {result.grace:.0f} s and was killed")
 
 
 @kafka_app.command()

@@ -4,6 +4,7 @@ starts: one node, a three-node cluster, and brokers reachable from other machine
 from __future__ import annotations
 
 import json
+import socket
 from pathlib import Path
 
 import pytest
@@ -121,9 +122,10 @@ def test_addresses_refused(listen, advertise, words):
 # ---------------------------------------------------------------- checks before any JVM starts
 
 
-def formatted_state(data_dir: Path, nodes: int, port: int = 40000) -> None:
+def formatted_state(data_dir: Path, nodes: int, port: int = 40000, controller_port: int | None = None) -> None:
     data_dir.mkdir(parents=True, exist_ok=True)
-    state = {"cluster_id": broker.new_cluster_id(), "controller_port": port + nodes, "formatted": True}
+    controller_port = controller_port or port + nodes
+    state = {"cluster_id": broker.new_cluster_id(), "controller_port": controller_port, "formatted": True}
     (data_dir / "broker.json").write_text(json.dumps({**state, "nodes": nodes, "port": port}))
 
 
@@ -184,3 +186,17 @@ def test_the_controller_leader_is_the_newest_epoch_among_running_nodes(tmp_path)
     assert broker._controller_leader([nodes[0], nodes[2]]) is None  # node 2 leads, but it is down
     nodes[2].quorum_state.write_text("not json")
     assert broker._controller_leader(nodes[2:]) is None
+
+
+def test_a_restart_without_port_uses_the_last_starts(tmp_path):
+    with socket.socket() as broker_port, socket.socket() as controller_port:
+        for taken in (broker_port, controller_port):
+            taken.bind(("127.0.0.1", 0))
+            taken.listen()
+        port, controller = broker_port.getsockname()[1], controller_port.getsockname()[1]
+        if abs(port - controller) < 3:
+            pytest.skip("the two ports drawn make overlapping ranges")  # about once in 10,000 runs
+        formatted_state(tmp_path / "kafka", 3, port, controller)
+        # checked (and found taken) before any JVM starts; were 9092 tried, node 1's controller port would be
+        with pytest.raises(broker.BrokerError, match=f"port {port} on 127.0.0.1 is already in use"):
+            broker.start_broker(data_dir=tmp_path / "kafka")
