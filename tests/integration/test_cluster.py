@@ -265,6 +265,10 @@ def test_killing_the_leader_of_the_repository_partition_loses_nothing(cluster, t
         print(f"{len(pusher.accepted)} pushes accepted, none lost; {len(connector.failures)} connections opened again")
         if connector.failures:
             print("opening failed with:", ", ".join(sorted(set(connector.failures))))
+    except BaseException:
+        for log in sorted(data_dir.glob("replica-*.out")):  # what the replicas met, for the failure report
+            print(f"--- last lines of {log.name}:", *log.read_text(errors="replace").splitlines()[-12:], sep="\n")
+        raise
     finally:
         if pusher is not None:
             pusher.stop.set()
