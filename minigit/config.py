@@ -274,3 +274,77 @@ def check_namespace(namespace: str) -> str:
     if not _NAMESPACE_RE.fullmatch(namespace):
         raise UsageError(f"invalid namespace {namespace!r}: use at most 100 ASCII letters, digits, '.', '_' and '-'")
     return namespace
+
+
+# -- what a replica tells operators: its logs and its metrics (minigit-server start)
+
+LOG_FORMATS = ("text", "json")
+DEFAULT_LOG_MAX_BYTES = 10 * 1024 * 1024
+DEFAULT_LOG_BACKUPS = 5
+DEFAULT_METRICS_HOST = "127.0.0.1"
+MAX_PORT = 65535
+
+
+@dataclass(frozen=True)
+class LogSettings:
+    """How a server process writes its log file: ``format`` text or json (one JSON
+    object a line), rotated at ``max_bytes`` (0: never) keeping ``backups`` old files."""
+
+    format: str = "text"
+    max_bytes: int = DEFAULT_LOG_MAX_BYTES
+    backups: int = DEFAULT_LOG_BACKUPS
+
+    @classmethod
+    def parse(cls, log_format: str, max_bytes: int, backups: int) -> LogSettings:
+        """The raw --log-format, --log-max-bytes and --log-backups values (or their
+        MINIGIT_LOG_* variables, which Typer merged), checked."""
+        chosen = log_format.strip().lower()
+        if chosen not in LOG_FORMATS:
+            raise UsageError(f"bad --log-format {log_format!r}: use one of {', '.join(LOG_FORMATS)}")
+        if max_bytes < 0:
+            raise UsageError(f"bad --log-max-bytes {max_bytes}: use 0 (never rotate) or a number of bytes")
+        if backups < 1:
+            # RotatingFileHandler never rotates without a backup to rotate to
+            raise UsageError(f"bad --log-backups {backups}: keep at least 1 old log file")
+        return cls(chosen, max_bytes, backups)
+
+    def flags(self) -> list[str]:
+        """These settings as the flags of a replica the supervisor starts."""
+        return ["--log-format", self.format, "--log-max-bytes", str(self.max_bytes), "--log-backups", str(self.backups)]
+
+
+@dataclass(frozen=True)
+class MetricsSettings:
+    """Where a replica serves its Prometheus metrics; ``port`` None: nowhere."""
+
+    host: str = DEFAULT_METRICS_HOST
+    port: int | None = None
+
+    @classmethod
+    def parse(cls, host: str, port: int | None, replicas: int = 1) -> MetricsSettings:
+        """The raw --metrics-host and --metrics-port values; with ``replicas`` > 1
+        every port up to ``port + replicas - 1`` must be a port too."""
+        if not host.strip():
+            raise UsageError("bad --metrics-host '': give an address to listen on, such as 127.0.0.1 or 0.0.0.0")
+        if port is not None:
+            if not 1 <= port <= MAX_PORT:
+                raise UsageError(f"bad --metrics-port {port}: use a port from 1 to {MAX_PORT}")
+            if port + replicas - 1 > MAX_PORT:
+                raise UsageError(
+                    f"bad --metrics-port {port}: {replicas} replicas need ports {port}-{port + replicas - 1}, "
+                    f"past {MAX_PORT}"
+                )
+        return cls(host.strip(), port)
+
+    def for_replica(self, number: int) -> MetricsSettings:
+        """The settings of replica ``number`` (1, 2, ...) of a supervisor: port + number - 1."""
+        return self if self.port is None else MetricsSettings(self.host, self.port + number - 1)
+
+    def flags(self) -> list[str]:
+        if self.port is None:
+            return []
+        return ["--metrics-host", self.host, "--metrics-port", str(self.port)]
+
+
+DEFAULT_LOGS = LogSettings()
+NO_METRICS = MetricsSettings()

@@ -14,7 +14,18 @@ from rich.markup import escape
 from rich.table import Table
 
 from minigit import protocol as p
-from minigit.config import DEFAULT_BOOTSTRAP, MAX_TIMEOUT_S, MIN_TIMEOUT_S, KafkaSettings, ServerFlags
+from minigit.config import (
+    DEFAULT_BOOTSTRAP,
+    DEFAULT_LOG_BACKUPS,
+    DEFAULT_LOG_MAX_BYTES,
+    DEFAULT_METRICS_HOST,
+    MAX_TIMEOUT_S,
+    MIN_TIMEOUT_S,
+    KafkaSettings,
+    LogSettings,
+    MetricsSettings,
+    ServerFlags,
+)
 from minigit.console import err, exit_on_error, out, shown
 from minigit.errors import ExitCode, MinigitError, ServerUnreachable
 from minigit_server import health
@@ -62,6 +73,33 @@ DataDir = Annotated[
 ]
 
 
+MetricsPort = Annotated[
+    int | None,
+    typer.Option(
+        "--metrics-port",
+        envvar="MINIGIT_METRICS_PORT",
+        help="Serve Prometheus metrics at http://HOST:PORT/metrics; with --replicas N, replica k uses PORT+k-1.",
+        show_default="off",
+    ),
+]
+MetricsHost = Annotated[
+    str,
+    typer.Option("--metrics-host", envvar="MINIGIT_METRICS_HOST", help="Address the metrics endpoint listens on."),
+]
+LogFormat = Annotated[
+    str,
+    typer.Option("--log-format", envvar="MINIGIT_LOG_FORMAT", help="Log lines as text, or json (one object a line)."),
+]
+LogMaxBytes = Annotated[
+    int,
+    typer.Option("--log-max-bytes", envvar="MINIGIT_LOG_MAX_BYTES", help="Rotate a log file at this size (0: never)."),
+]
+LogBackups = Annotated[
+    int,
+    typer.Option("--log-backups", envvar="MINIGIT_LOG_BACKUPS", help="Rotated log files kept (FILE.1 … FILE.N)."),
+]
+
+
 def plain(value: str) -> str:
     """A value from the wire (heartbeats, replies) or the command line, printed as
     text: rich never reads it as markup, and control characters show escaped."""
@@ -96,26 +134,36 @@ def start(
         ),
     ] = DEFAULT_MAX_PUSH_BYTES,
     kafka_option: KafkaOption = None,
+    metrics_port: MetricsPort = None,
+    metrics_host: MetricsHost = DEFAULT_METRICS_HOST,
+    log_format: LogFormat = "text",
+    log_max_bytes: LogMaxBytes = DEFAULT_LOG_MAX_BYTES,
+    log_backups: LogBackups = DEFAULT_LOG_BACKUPS,
 ) -> None:
     """Start the replicated service in the foreground (Ctrl-C or SIGTERM stops every replica)."""
-    from minigit_server import bus, supervisor
+    from minigit_server import bus, metrics, supervisor
 
     data_dir = data_dir or default_data_dir()
     with exit_on_error():
         if replica_id is not None:
             p.check_name("replica", replica_id)  # before anything is created on the cluster
+        logs = LogSettings.parse(log_format, log_max_bytes, log_backups)
+        count = 1 if replica_id is not None else replicas
+        served = MetricsSettings.parse(metrics_host, metrics_port, count)
+        if served.port is not None:  # each replica listens on its own: a port in use fails now, not in a crash loop
+            metrics.check_ports_free(served.host, range(served.port, served.port + count))
         settings = kafka_settings(bootstrap, namespace, kafka_option)
         created = bus.ensure_topics(settings, partitions, replication_factor, min_insync_replicas)
         if created:
             err.print(f"created topics: {plain(', '.join(created))}")
         if replica_id is not None:
-            supervisor.run_replica(replica_id, settings, data_dir, max_push_bytes)
+            supervisor.run_replica(replica_id, settings, data_dir, max_push_bytes, logs, served)
             return
         passed = ["--data-dir", str(data_dir), "--bootstrap", bootstrap, "--namespace", namespace]
-        passed += ["--max-push-bytes", str(max_push_bytes)]
+        passed += ["--max-push-bytes", str(max_push_bytes), *logs.flags()]
         err.print(f"starting {replicas} replicas on {plain(bootstrap)}; data and logs in {plain(str(data_dir))}")
         ids = [str(n) for n in range(1, replicas + 1)]
-        command = functools.partial(supervisor.replica_command, options=passed)
+        command = functools.partial(supervisor.replica_command, options=passed, metrics=served)
         # Security settings (passwords) reach the replicas by environment, not on their command lines.
         chief = supervisor.Supervisor(
             ids,
@@ -123,6 +171,7 @@ def start(
             data_dir / "server.log",
             settings.security_environment(),
             replica_log=functools.partial(supervisor.replica_log_path, data_dir),
+            logs=logs,
         )
         raise typer.Exit(chief.run())
 

@@ -12,6 +12,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import socket
@@ -22,11 +23,13 @@ from collections.abc import Callable
 from pathlib import Path
 
 from minigit import protocol as p
-from minigit.config import KafkaSettings
+from minigit.config import DEFAULT_LOGS, KafkaSettings, LogSettings
 from minigit.errors import MinigitError
 from minigit.kafka_clients import INFRASTRUCTURE_ERRORS
 from minigit_server.apply import apply_records
 from minigit_server.bus import Bus, RequestConsumer, RequestRecord
+from minigit_server.logs import formatter_for, log_handlers
+from minigit_server.metrics import ReplicaMetrics
 from minigit_server.service import DEFAULT_MAX_PUSH_BYTES, AppliedOffsets, Handled, Pace, Service, Unanswered
 from minigit_server.store import SqliteStore, Store, StoreUnusable
 
@@ -67,13 +70,10 @@ def replica_log_path(data_dir: Path, replica_id: str) -> Path:
     return Path(data_dir) / f"replica-{replica_id}" / "replica.log"
 
 
-def setup_logging(replica_id: str, log_file: Path) -> logging.Logger:
-    log_file.parent.mkdir(parents=True, exist_ok=True)
-    formatter = logging.Formatter(f"%(asctime)s replica-{replica_id} %(levelname)s %(message)s")
+def setup_logging(replica_id: str, log_file: Path, settings: LogSettings = DEFAULT_LOGS) -> logging.Logger:
     root = logging.getLogger()
     root.setLevel(logging.INFO)
-    for handler in (logging.StreamHandler(), logging.FileHandler(log_file)):
-        handler.setFormatter(formatter)
+    for handler in log_handlers(settings, log_file, formatter_for(settings, f"replica-{replica_id}", replica_id)):
         root.addHandler(handler)
     # kafka-python is chatty at INFO (connections, rebalances); keep its warnings.
     logging.getLogger("kafka").setLevel(logging.ERROR)
@@ -99,6 +99,15 @@ def open_store(path: Path, log: logging.Logger) -> SqliteStore:
         return SqliteStore(path)
 
 
+def store_bytes(path: Path) -> int:
+    """The store's size on disk: the database and its -wal and -shm files."""
+    total = 0
+    for suffix in ("", "-wal", "-shm"):
+        with contextlib.suppress(FileNotFoundError):  # no -wal or -shm while the store is closed
+            total += path.with_name(path.name + suffix).stat().st_size
+    return total
+
+
 def collect_repo_states(store: Store) -> tuple[dict[str, p.RepoReport], dict[int, int]]:
     """Each repository's head and digest, with the log offsets they correspond to."""
     with store.snapshot():
@@ -115,11 +124,19 @@ def collect_repo_states(store: Store) -> tuple[dict[str, p.RepoReport], dict[int
 
 
 class Replica:
+    metrics: ReplicaMetrics | None = None  # only with --metrics-port
+
     def __init__(
-        self, replica_id: str, settings: KafkaSettings, data_dir: Path, max_push_bytes: int = DEFAULT_MAX_PUSH_BYTES
+        self,
+        replica_id: str,
+        settings: KafkaSettings,
+        data_dir: Path,
+        max_push_bytes: int = DEFAULT_MAX_PUSH_BYTES,
+        metrics: ReplicaMetrics | None = None,
     ) -> None:
         self.replica_id = replica_id
         self.settings = settings
+        self.metrics = metrics
         self.log = logging.getLogger("minigit.replica")
         self.store = open_store(store_path(data_dir, replica_id), self.log)
         self.bus = Bus(settings, client_id=f"minigit-replica-{replica_id}")
@@ -291,6 +308,8 @@ class Replica:
         if tally is None:
             return False
         self.last_scrub = tally.report(request, int(time.time() * 1000))
+        if self.metrics is not None:
+            self.metrics.scrub_done(self.last_scrub.finished_ms / 1000)
         log = self.log.error if tally.damaged_count else self.log.info
         log(
             "scrub%s done: %d objects, %d bytes read, %d damaged",
@@ -305,10 +324,22 @@ class Replica:
 
     def on_assignment(self, partitions: list[int]) -> None:
         self.serving = partitions
+        if self.metrics is not None:
+            self.metrics.serving_partitions(partitions)
         if partitions:
             self.log.info("serving request partitions %s", partitions)
 
     def log_request(self, handled: Handled, partition: int, seconds: float) -> None:
+        fields = {
+            "user": handled.user,
+            "action": handled.action,
+            "repo": handled.repo,
+            "status": str(handled.status),
+            "partition": partition,
+            "ms": round(seconds * 1000, 1),
+        }
+        if handled.detail:
+            fields["detail"] = handled.detail
         self.log.info(
             "%s %s %s -> %s%s [partition %d, %.0f ms]",
             handled.user,
@@ -318,12 +349,20 @@ class Replica:
             f" ({handled.detail})" if handled.detail else "",
             partition,
             seconds * 1000,
+            extra=fields,  # the fields of a JSON log line (--log-format json)
         )
+        if self.metrics is not None:
+            self.metrics.request_handled(handled.action, str(handled.status), seconds)
 
     def publish_heartbeat(self, stopping: bool = False) -> None:
         try:
             repos, applied = collect_repo_states(self.store)
             quarantined, quarantined_count = self.service.integrity.quarantined()
+            if self.metrics is not None:
+                self.record_store_metrics(self.metrics, applied, quarantined_count)
+            log_end = dict(sorted(self.bus.reported_log_end_offsets().items()))
+            if self.metrics is not None:
+                self.metrics.offsets(applied, log_end)
             beat = p.Heartbeat(
                 replica=self.replica_id,
                 host=socket.gethostname(),
@@ -332,7 +371,7 @@ class Replica:
                 sent_ms=int(time.time() * 1000),
                 serving=list(self.serving),
                 applied=dict(sorted(applied.items())),
-                log_end=dict(sorted(self.bus.reported_log_end_offsets().items())),
+                log_end=log_end,
                 repos=repos,
                 stopping=stopping,
                 quarantined=quarantined,
@@ -344,3 +383,12 @@ class Replica:
                 self.bus.flush()
         except Exception as error:  # noqa: BLE001 - a missed heartbeat is not fatal
             self.log.warning("heartbeat not sent: %s", error)
+            if self.metrics is not None:
+                self.metrics.heartbeats_failed.inc()
+
+    def record_store_metrics(self, metrics: ReplicaMetrics, applied: dict[int, int], quarantined: int) -> None:
+        """What the heartbeat read from the store, before it asks Kafka for the log end
+        (which may not answer)."""
+        damaged_ever = len(self.store.list_damage(quarantined_only=False))
+        metrics.store_state(store_bytes(self.store.path), damaged_ever, quarantined)
+        metrics.offsets(applied)

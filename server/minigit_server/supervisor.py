@@ -19,8 +19,10 @@ from collections import deque
 from collections.abc import Callable
 from pathlib import Path
 
-from minigit.config import KafkaSettings
+from minigit.config import DEFAULT_LOGS, NO_METRICS, KafkaSettings, LogSettings, MetricsSettings
 from minigit.console import shown
+from minigit_server.logs import formatter_for, log_handlers
+from minigit_server.metrics import MetricsServer, ReplicaMetrics
 from minigit_server.replica import Replica, replica_log_path, setup_logging
 
 STOP_GRACE_S = 30.0
@@ -83,18 +85,37 @@ def stop_on_signals(stop: threading.Event) -> None:
     signal.signal(signal.SIGINT, handle)
 
 
-def run_replica(replica_id: str, settings: KafkaSettings, data_dir: Path, max_push_bytes: int) -> None:
+def run_replica(
+    replica_id: str,
+    settings: KafkaSettings,
+    data_dir: Path,
+    max_push_bytes: int,
+    logs: LogSettings = DEFAULT_LOGS,
+    metrics: MetricsSettings = NO_METRICS,
+) -> None:
     """One replica in the foreground, until SIGTERM/SIGINT."""
-    log = setup_logging(replica_id, replica_log_path(data_dir, replica_id))
-    replica = Replica(replica_id, settings, data_dir, max_push_bytes)
-    stop_on_signals(replica.stop)
-    log.info("started (pid %d), store %s", os.getpid(), replica.store.path)
-    replica.run()
-    log.info("stopped")
+    log = setup_logging(replica_id, replica_log_path(data_dir, replica_id), logs)
+    recorder = server = None
+    if metrics.port is not None:
+        # listening before the replica opens its store and joins the group: a taken port fails at once
+        recorder = ReplicaMetrics(replica_id, time.time())
+        server = MetricsServer(recorder.registry, metrics.host, metrics.port).start()
+    try:
+        replica = Replica(replica_id, settings, data_dir, max_push_bytes, recorder)
+        stop_on_signals(replica.stop)
+        where = f", metrics on http://{metrics.host}:{server.port}/metrics" if server else ""
+        log.info("started (pid %d), store %s%s", os.getpid(), replica.store.path, where)
+        replica.run()
+        log.info("stopped")
+    finally:
+        if server is not None:
+            server.close()
 
 
-def replica_command(replica_id: str, options: list[str]) -> list[str]:
-    return [sys.executable, "-m", "minigit_server", "start", "--replica-id", replica_id, *options]
+def replica_command(replica_id: str, options: list[str], metrics: MetricsSettings = NO_METRICS) -> list[str]:
+    """The command of replica ``replica_id`` (1 … N): with metrics, replica k listens on port + k - 1."""
+    own = metrics.for_replica(int(replica_id)).flags() if metrics.port is not None else []
+    return [sys.executable, "-m", "minigit_server", "start", "--replica-id", replica_id, *options, *own]
 
 
 class Supervisor:
@@ -105,6 +126,7 @@ class Supervisor:
         log_file: Path,
         environment: dict[str, str] | None = None,
         replica_log: Callable[[str], Path] | None = None,
+        logs: LogSettings = DEFAULT_LOGS,
         backoff_s: tuple[float, float] = RESTART_BACKOFF_S,
         crash_loop: Callable[[], CrashLoop] = CrashLoop,
         poll_s: float = 0.5,
@@ -121,10 +143,7 @@ class Supervisor:
         self.stop = threading.Event()
         self.children: dict[str, subprocess.Popen] = {}
         self.log = logging.getLogger("minigit.supervisor")
-        log_file.parent.mkdir(parents=True, exist_ok=True)
-        formatter = logging.Formatter("%(asctime)s supervisor %(levelname)s %(message)s")
-        for handler in (logging.StreamHandler(), logging.FileHandler(log_file)):
-            handler.setFormatter(formatter)
+        for handler in log_handlers(logs, log_file, formatter_for(logs, "supervisor", None)):
             self.log.addHandler(handler)
         self.log.setLevel(logging.INFO)
         self.log.propagate = False

@@ -9,7 +9,7 @@ import subprocess
 import sys
 import time
 import uuid
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 
 import pytest
@@ -57,7 +57,7 @@ class Service:
         ensure_topics(self.settings, partitions, replication_factor, min_insync_replicas)
         self.bus = Bus(self.settings, client_id="test-harness")
 
-    def command(self, replica_id: str) -> list[str]:
+    def command(self, replica_id: str, extra_args: Sequence[str] = ()) -> list[str]:
         return [
             MINIGIT_SERVER,
             "start",
@@ -69,13 +69,15 @@ class Service:
             self.bootstrap,
             "--namespace",
             self.namespace,
+            *extra_args,
         ]
 
-    def start(self, *replica_ids: str) -> None:
+    def start(self, *replica_ids: str, extra_args: Sequence[str] = ()) -> None:
+        """``extra_args``: more `start` options, the same for each of these replicas."""
         for replica_id in replica_ids:
             log = open(self.data_dir / f"replica-{replica_id}.out", "ab")  # noqa: SIM115
             self.processes[replica_id] = subprocess.Popen(
-                self.command(replica_id), stdout=log, stderr=subprocess.STDOUT, start_new_session=True
+                self.command(replica_id, extra_args), stdout=log, stderr=subprocess.STDOUT, start_new_session=True
             )
 
     def kill(self, replica_id: str, sig: int = signal.SIGKILL) -> None:
