@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import math
 import random
+import time
 from collections.abc import Sequence
 from typing import Any
 
@@ -25,6 +26,9 @@ from minigit.client.exchange import Observer, Response, await_answer, make_reque
 from minigit.config import KafkaSettings
 from minigit.errors import MinigitError, ServerUnreachable
 from minigit.kafka_clients import INFRASTRUCTURE_ERRORS, close_producer, open_consumer, open_producer
+
+# The pause between two tries at the end of the reply partition while opening.
+OPEN_RETRY_S = 0.5
 
 
 class Connection:
@@ -61,8 +65,18 @@ class Connection:
         self.reply_partition = random.choice(sorted(partitions))
         tp = TopicPartition(self.topics.responses, self.reply_partition)
         self.consumer.assign([tp])
-        # end_offsets + seek, not seek_to_end + position (kafka-python #2677)
-        self.consumer.seek(tp, self.consumer.end_offsets([tp])[tp])
+        # A broker answered; the partition's leader may not (one killed in a cluster and not
+        # yet replaced): nothing is sent yet, so ask again until the command's timeout.
+        deadline = time.monotonic() + self.timeout
+        while True:
+            try:
+                # end_offsets + seek, not seek_to_end + position (kafka-python #2677)
+                self.consumer.seek(tp, self.consumer.end_offsets([tp])[tp])
+                return
+            except INFRASTRUCTURE_ERRORS:
+                if time.monotonic() + OPEN_RETRY_S >= deadline:
+                    raise
+                time.sleep(OPEN_RETRY_S)
 
     def close(self) -> None:
         if self.producer is not None:

@@ -4,6 +4,7 @@ and the producer. The rest of the server sees plain records and offsets.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import threading
 import time
@@ -19,7 +20,7 @@ from kafka.structs import OffsetAndMetadata
 from minigit import protocol as p
 from minigit.config import KafkaSettings, Topics
 from minigit.errors import MinigitError, ProtocolError, ServerUnreachable
-from minigit.kafka_clients import close_producer, open_admin, open_consumer, open_producer
+from minigit.kafka_clients import INFRASTRUCTURE_ERRORS, close_producer, open_admin, open_consumer, open_producer
 from minigit_server.apply import LogRecord
 
 log = logging.getLogger("minigit.bus")
@@ -154,8 +155,20 @@ class Bus:
             partitions = range(self.partition_count(self.topics.log))
         tps = [TopicPartition(self.topics.log, n) for n in partitions]
         with self._offsets_lock:
-            ends = self._offsets_consumer.end_offsets(tps)
+            try:
+                ends = self._offsets_consumer.end_offsets(tps)
+            except INFRASTRUCTURE_ERRORS:
+                self._offsets_consumer = self._renewed(self._offsets_consumer)
+                raise
         return {tp.partition: offset for tp, offset in ends.items()}
+
+    def _renewed(self, consumer: KafkaConsumer) -> KafkaConsumer:
+        """A new consumer in place of one whose request failed: kafka-python's
+        offset lookups were seen failing for minutes, until the process restarted,
+        after a cluster's partition leader was killed and came back."""
+        with contextlib.suppress(*INFRASTRUCTURE_ERRORS):
+            consumer.close()
+        return self._consumer()
 
     def reported_log_end_offsets(self, timeout_s: float = HEARTBEAT_OFFSETS_TIMEOUT_S) -> dict[int, int]:
         """The end of every log partition, for a heartbeat: on a consumer of its
@@ -164,7 +177,11 @@ class Bus:
         with self._report_lock:
             if self._report_consumer is None:
                 self._report_consumer = self._consumer()
-            ends = self._report_consumer.end_offsets(tps, timeout_ms=int(timeout_s * 1000))
+            try:
+                ends = self._report_consumer.end_offsets(tps, timeout_ms=int(timeout_s * 1000))
+            except INFRASTRUCTURE_ERRORS:
+                self._report_consumer = self._renewed(self._report_consumer)
+                raise
         return {tp.partition: offset for tp, offset in ends.items()}
 
     # -- producing

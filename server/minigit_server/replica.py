@@ -24,7 +24,7 @@ from pathlib import Path
 
 from minigit import protocol as p
 from minigit.config import DEFAULT_LOGS, KafkaSettings, LogSettings
-from minigit.errors import MinigitError
+from minigit.errors import MinigitError, ServerUnreachable
 from minigit.kafka_clients import INFRASTRUCTURE_ERRORS
 from minigit_server.apply import apply_records
 from minigit_server.bus import Bus, RequestConsumer, RequestRecord
@@ -233,7 +233,7 @@ class Replica:
                 handled = self.service.handle(record.timestamp_ms, record.value)
             except sqlite3.DatabaseError:
                 raise
-            except INFRASTRUCTURE_ERRORS as error:
+            except (*INFRASTRUCTURE_ERRORS, ServerUnreachable) as error:
                 for later in records[n:]:
                     uncommitted.setdefault(later.partition, later.offset)
                 self.log.warning(

@@ -21,11 +21,14 @@ from pathlib import Path
 
 from minigit.config import DEFAULT_LOGS, NO_METRICS, KafkaSettings, LogSettings, MetricsSettings
 from minigit.console import shown
+from minigit.errors import ExitCode
 from minigit_server.logs import formatter_for, log_handlers
 from minigit_server.metrics import MetricsServer, ReplicaMetrics
 from minigit_server.replica import Replica, replica_log_path, setup_logging
 
 STOP_GRACE_S = 30.0
+# How soon a replica that exited because Kafka could not be reached is started again.
+KAFKA_WAIT_S = 2.0
 RESTART_BACKOFF_S = (1.0, 30.0)
 HEALTHY_AFTER_S = 60.0
 # A replica that dies this often within the window, never staying up HEALTHY_AFTER_S
@@ -130,6 +133,7 @@ class Supervisor:
         backoff_s: tuple[float, float] = RESTART_BACKOFF_S,
         crash_loop: Callable[[], CrashLoop] = CrashLoop,
         poll_s: float = 0.5,
+        kafka_wait_s: float = KAFKA_WAIT_S,
     ) -> None:
         self.replica_ids = replica_ids
         self.command_for = command_for
@@ -137,6 +141,7 @@ class Supervisor:
         self.replica_log = replica_log
         self.backoff_s = backoff_s
         self.poll_s = poll_s
+        self.kafka_wait_s = kafka_wait_s
         self.crash_loops = {replica_id: crash_loop() for replica_id in replica_ids}
         self.given_up: list[str] = []
         self.started_at: dict[str, float] = {}
@@ -174,6 +179,14 @@ class Supervisor:
                         backoff[replica_id] = first  # it recovered: forget past crashes
                     continue
                 if replica_id not in restart_at:
+                    if code == ExitCode.UNREACHABLE:
+                        # Kafka is down (it could not start without it): waiting for Kafka is not a
+                        # crash loop, however long the outage, and it starts again soon after Kafka is back.
+                        self.log.warning(
+                            "replica %s cannot reach Kafka; starting it again in %.0fs", replica_id, self.kafka_wait_s
+                        )
+                        restart_at[replica_id] = now + self.kafka_wait_s
+                        continue
                     if self.crash_loops[replica_id].died(now, now - self.started_at[replica_id]):
                         self.give_up(replica_id, code)
                         continue

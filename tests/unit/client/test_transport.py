@@ -14,6 +14,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 
 import pytest
+from kafka.errors import KafkaTimeoutError
 
 from minigit import codec
 from minigit import protocol as p
@@ -246,3 +247,59 @@ def test_a_slow_answer_that_keeps_coming_is_waited_for(connect) -> None:
     response = connection.call(clone_request(connection))
     assert response.reply.status == p.Status.OK and len(response.blobs) == 2
     assert world.now == pytest.approx(3.0 * 13) and len(world.requests) == 1  # 39 s, never 8 s without news
+
+
+# ---------------------------------------------------------------- opening
+
+
+class OpeningConsumer:
+    """A consumer whose reply partition's leader does not answer the first ``failures`` times."""
+
+    def __init__(self, failures: int) -> None:
+        self.failures, self.asked, self.position = failures, 0, None
+
+    def partitions_for_topic(self, topic: str) -> set[int]:
+        return {0, 1}
+
+    def assign(self, tps) -> None:
+        pass
+
+    def end_offsets(self, tps) -> dict:
+        self.asked += 1
+        if self.asked <= self.failures:
+            raise KafkaTimeoutError("Failed to get offsets by timestamps in 10000 ms")
+        return dict.fromkeys(tps, 7)
+
+    def seek(self, tp, offset: int) -> None:
+        self.position = offset
+
+    def close(self) -> None:
+        pass
+
+
+class OpeningProducer:
+    def partitions_for(self, topic: str) -> set[int]:
+        return {0, 1, 2}
+
+    def close(self, timeout: float | None = None) -> None:
+        pass
+
+
+@pytest.mark.parametrize("failures, opens", [(0, True), (3, True), (1000, False)])
+def test_opening_asks_again_while_a_partition_leader_does_not_answer(monkeypatch, failures: int, opens: bool) -> None:
+    """A cluster whose killed leader is not replaced yet: the bootstrap worked, the
+    reply partition's end did not; nothing is sent yet, so it is asked again until
+    the timeout (it used to fail the command at once)."""
+    import minigit.client.transport as transport
+
+    consumer = OpeningConsumer(failures)
+    monkeypatch.setattr(transport, "open_consumer", lambda settings, **extra: consumer)
+    monkeypatch.setattr(transport, "open_producer", lambda settings, **extra: OpeningProducer())
+    monkeypatch.setattr(transport, "OPEN_RETRY_S", 0.001)
+    if opens:
+        connection = Connection(KafkaSettings(), "alice", timeout=5)
+        assert consumer.position == 7 and connection.request_partitions == 3
+    else:
+        with pytest.raises(ServerUnreachable, match="KafkaTimeoutError"):
+            Connection(KafkaSettings(), "alice", timeout=0.2)
+        assert consumer.asked > 10

@@ -6,6 +6,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import pytest
+from kafka.errors import KafkaTimeoutError
 
 from minigit import protocol as p
 from minigit.config import KafkaSettings
@@ -25,9 +26,12 @@ class FakeKafka:
 
     def __init__(self) -> None:
         self.topics: dict[str, list[Record]] = {}
+        self.stuck = 0  # how many offset lookups fail next
+        self.consumers: list[FakeConsumer] = []
 
     def consumer(self, settings, **extra) -> FakeConsumer:
-        return FakeConsumer(self)
+        self.consumers.append(FakeConsumer(self))
+        return self.consumers[-1]
 
     def producer(self, settings, **extra) -> FakeProducer:
         return FakeProducer()
@@ -52,7 +56,10 @@ class FakeConsumer:
     def seek_to_beginning(self, tp) -> None:
         self.positions[tp] = 0
 
-    def end_offsets(self, tps) -> dict:
+    def end_offsets(self, tps, timeout_ms: int | None = None) -> dict:
+        if self.kafka.stuck:
+            self.kafka.stuck -= 1
+            raise KafkaTimeoutError("Failed to get offsets by timestamps in 10000 ms")
         return {tp: len(self.kafka.topics[tp.topic]) for tp in tps}
 
     def position(self, tp) -> int:
@@ -68,7 +75,7 @@ class FakeConsumer:
         return batches
 
     def close(self) -> None:
-        pass
+        self.closed = True
 
 
 @pytest.fixture
@@ -140,5 +147,24 @@ def test_a_missing_topic_is_what_the_client_says_exit_4(kafka: FakeKafka) -> Non
         assert error.hint == "start the service with 'minigit-server start' (it creates them)"
         with pytest.raises(ServerUnreachable):
             bus.partition_count(SETTINGS.topics.responses, wait_s=0)
+    finally:
+        bus.close()
+
+
+@pytest.mark.parametrize("lookup", ["log_end_offsets", "reported_log_end_offsets"])
+def test_an_offset_lookup_that_fails_is_made_next_time_on_a_new_consumer(kafka: FakeKafka, lookup: str) -> None:
+    """kafka-python's lookups kept failing for minutes after a cluster's partition
+    leader came back, until the replica restarted: the next read barrier (or
+    heartbeat) starts from a new consumer instead."""
+    kafka.topics[SETTINGS.topics.log] = [Record(b"r", b"x")] * 3
+    bus = Bus(SETTINGS, client_id="test")
+    try:
+        getattr(bus, lookup)()  # opens the consumer that heartbeat lookups use, if that is the one
+        failing = kafka.consumers[-1]
+        kafka.stuck = 1
+        with pytest.raises(KafkaTimeoutError):
+            getattr(bus, lookup)()
+        assert getattr(failing, "closed", False) and kafka.consumers[-1] is not failing
+        assert getattr(bus, lookup)() == {0: 3}
     finally:
         bus.close()

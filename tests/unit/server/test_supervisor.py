@@ -47,6 +47,7 @@ def test_last_line_is_one_escaped_line(tmp_path: Path) -> None:
 
 CRASH = "import sys; open(sys.argv[1], 'a').write('ERROR cannot open the store: disk I/O error\\n'); sys.exit(3)"
 RUN = "import time; time.sleep(60)"
+NO_KAFKA = "import sys; sys.exit(4)"  # what a replica does when it cannot reach Kafka at start
 
 
 def supervise(
@@ -67,6 +68,7 @@ def supervise(
         backoff_s=(0.01, 0.05),
         crash_loop=lambda: CrashLoop(deaths=4, window_s=60, healthy_after_s=30),
         poll_s=0.02,
+        kafka_wait_s=0.01,
     )
     watchdog = threading.Timer(30, chief.stop.set)
     handlers = {sig: signal.getsignal(sig) for sig in (signal.SIGTERM, signal.SIGINT)}
@@ -114,3 +116,21 @@ def test_the_other_replicas_keep_running_and_the_stop_exit_code_tells(tmp_path: 
     assert code == 1  # stopped on request, but a replica had been given up on
     said = (tmp_path / "server.log").read_text()
     assert said.count("replica 1 started") == 1 and "every replica is crash-looping" not in said
+
+
+@pytest.mark.timeout(90)
+def test_a_replica_waiting_for_kafka_is_not_a_crash_loop(tmp_path: Path) -> None:
+    """A broker outage makes every starting replica exit 4 (unreachable): the
+    supervisor keeps starting them, soon, for as long as it lasts; it used to give
+    up on all of them after a few deaths, and the service never came back."""
+
+    def stop_after_many_starts(chief: Supervisor) -> None:
+        log = tmp_path / "server.log"
+        while not log.exists() or log.read_text().count("replica 2 started") < 20:
+            time.sleep(0.02)
+        chief.stop.set()
+
+    chief, code, seconds = supervise(tmp_path, {"2": NO_KAFKA}, stop_after_many_starts)
+    assert chief.given_up == [] and code == 0 and seconds < 25
+    said = (tmp_path / "server.log").read_text()
+    assert "replica 2 cannot reach Kafka; starting it again" in said and "crash-looping" not in said
