@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import os
 import random
+import shutil
 import signal
 import subprocess
 import time
@@ -99,7 +100,9 @@ def test_a_clone_killed_while_it_downloads_or_writes_leaves_no_directory_then_a_
     # before it writes anything (connecting, downloading)
     started = time.monotonic()
     kill_when(one_replica, ["clone", "big", "copy"], clones, lambda: time.monotonic() - started > writing_after / 2)
-    assert not target.exists()
+    if target.exists():  # it went faster this time: killed after its rename, the clone is whole
+        assert user_files(target) == repository
+        shutil.rmtree(target)
 
     done = one_replica.cli("clone", "big", "copy", cwd=clones, timeout=300)
     assert done.returncode == 0, done.stderr
