@@ -21,6 +21,7 @@ import threading
 import time
 from collections.abc import Callable
 from pathlib import Path
+from typing import TypeVar
 
 from minigit import protocol as p
 from minigit.config import DEFAULT_LOGS, KafkaSettings, LogSettings
@@ -32,6 +33,8 @@ from minigit_server.logs import formatter_for, log_handlers
 from minigit_server.metrics import ReplicaMetrics
 from minigit_server.service import DEFAULT_MAX_PUSH_BYTES, AppliedOffsets, Handled, Pace, Service, Unanswered
 from minigit_server.store import SqliteStore, Store, StoreUnusable
+
+Polled = TypeVar("Polled")
 
 HEARTBEAT_INTERVAL_S = 2.0
 # The pause before serving again requests that met a Kafka failure.
@@ -145,6 +148,7 @@ class Replica:
         self.stop = threading.Event()
         self.failure: BaseException | None = None
         self.serving: list[int] = []
+        self.kafka_failing: set[str] = set()  # the loops whose last poll failed
         self.started_ms = int(time.time() * 1000)
         self.scrub_rate = scrub_rate_from_env()
         self.last_scrub: p.ScrubReport | None = None
@@ -198,7 +202,7 @@ class Replica:
         reader = self.bus.open_log_reader(self.store.applied_offsets())
         try:
             while not self.stop.is_set():
-                records = reader.poll(0.2)
+                records = self.poll_through_outages("apply", reader.poll, 0.2)
                 if not records:
                     continue
                 apply_records(self.store, records, partitions)
@@ -213,9 +217,25 @@ class Replica:
         consumer = self.bus.open_request_consumer(self.on_assignment)
         try:
             while not self.stop.is_set():
-                self.serve_batch(consumer, consumer.poll(0.5))
+                self.serve_batch(consumer, self.poll_through_outages("serve", consumer.poll, 0.5))
         finally:
             consumer.close()  # leaves the group: the partitions move at once
+
+    def poll_through_outages(self, loop: str, poll: Callable[[float], list[Polled]], seconds: float) -> list[Polled]:
+        """``poll(seconds)``; nothing (after a pause) while Kafka fails: a broker
+        outage is waited out, not a reason to stop. Said once per outage."""
+        try:
+            records = poll(seconds)
+        except INFRASTRUCTURE_ERRORS as error:
+            if loop not in self.kafka_failing:
+                self.log.warning("%s loop: Kafka failed (%s); waiting for it", loop, error)
+                self.kafka_failing.add(loop)
+            self.stop.wait(KAFKA_RETRY_S)
+            return []
+        if loop in self.kafka_failing:
+            self.kafka_failing.discard(loop)
+            self.log.info("%s loop: Kafka answers again", loop)
+        return records
 
     def serve_batch(self, consumer: RequestConsumer, records: list[RequestRecord]) -> None:
         """Handle one poll's records in order, committing each request once answered.

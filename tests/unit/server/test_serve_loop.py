@@ -10,10 +10,11 @@ import threading
 import uuid
 
 import pytest
-from kafka.errors import KafkaTimeoutError
+from kafka.errors import KafkaConnectionError, KafkaTimeoutError
 
 from minigit import codec
 from minigit import protocol as p
+from minigit_server import replica as replica_module
 from minigit_server.bus import RequestRecord
 from minigit_server.replica import Replica
 from minigit_server.service import AppliedOffsets, MemoryWire, Service
@@ -103,3 +104,27 @@ def test_a_failing_store_still_stops_the_replica(replica: Replica, monkeypatch: 
     monkeypatch.setattr(replica.service, "handle", broken)
     with pytest.raises(sqlite3.DatabaseError):
         replica.serve_batch(FakeConsumer(), [ping(0, 1)])
+
+
+def test_a_poll_that_fails_is_waited_out_and_said_once(
+    replica: Replica, caplog: pytest.LogCaptureFixture, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The group consumer's poll raised KafkaConnectionError while the broker was
+    down, and the replica stopped ("serve_loop loop failed"); now it waits."""
+    replica.kafka_failing = set()
+    outage = iter([True, True, False])
+
+    def poll(seconds: float) -> list[str]:
+        if next(outage):
+            raise KafkaConnectionError("111 ECONNREFUSED")
+        return ["record"]
+
+    monkeypatch.setattr(replica_module, "KAFKA_RETRY_S", 0.001)
+    with caplog.at_level(logging.INFO, logger="test.replica"):
+        results = [replica.poll_through_outages("serve", poll, 0.5) for _ in range(3)]
+    assert results == [[], [], ["record"]]
+    said = [record.getMessage() for record in caplog.records]
+    assert said == [
+        "serve loop: Kafka failed (KafkaConnectionError: 111 ECONNREFUSED); waiting for it",
+        "serve loop: Kafka answers again",
+    ]
