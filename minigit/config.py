@@ -15,6 +15,7 @@ import os
 import re
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
+from pathlib import Path
 
 from minigit.errors import CorruptMetadata, ServerUnreachable, UsageError
 
@@ -24,6 +25,24 @@ KAFKA_ENV_PREFIX = "MINIGIT_KAFKA_"
 # The bounds of the client's --timeout (seconds), and of minigit-server ping's.
 MIN_TIMEOUT_S = 0.1
 MAX_TIMEOUT_S = 3600.0
+
+# The user's own files (keys, known servers) live in this directory.
+CONFIG_DIR_ENV = "MINIGIT_CONFIG_DIR"
+
+
+def user_config_dir(environ: Mapping[str, str] | None = None) -> Path:
+    """``$MINIGIT_CONFIG_DIR``, else ``$XDG_CONFIG_HOME/minigit``, else ``~/.config/minigit``.
+
+    A relative XDG_CONFIG_HOME is ignored, as the XDG Base Directory spec says:
+    it would put a user's keys wherever the command happens to run."""
+    environ = os.environ if environ is None else environ
+    if environ.get(CONFIG_DIR_ENV):
+        return Path(environ[CONFIG_DIR_ENV]).expanduser()
+    xdg = environ.get("XDG_CONFIG_HOME")
+    if xdg and Path(xdg).is_absolute():
+        return Path(xdg) / "minigit"
+    return Path.home() / ".config" / "minigit"
+
 
 # kafka-python settings a real cluster may need (SASL/SSL), passed through as given
 # (booleans parsed, and the values of OPTION_CHOICES checked).

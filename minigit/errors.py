@@ -130,3 +130,42 @@ class UnsafePath(MinigitError):
 
 class ProtocolError(MinigitError):
     """A message that does not follow minigit's wire schema."""
+
+
+# -- identity: keys and signatures (minigit.identity, minigit.client.keys)
+
+
+class MalformedKey(MinigitError):
+    """A public key's text, or a private key file's content, that is not an Ed25519 key."""
+
+
+class MalformedSignature(MinigitError):
+    """A signature's text that cannot be an Ed25519 signature (as opposed to one that
+    is well formed and does not verify, which is ``verify``'s False)."""
+
+
+class NoKey(MinigitError):
+    def __init__(self, user: str, path: str) -> None:
+        super().__init__(
+            f"no key for user '{user}' in {path}",
+            hint=f"create one with 'minigit auth keygen --user {user}'",
+        )
+        self.user, self.path = user, path
+
+
+class KeyExists(MinigitError):
+    def __init__(self, user: str, path: str) -> None:
+        super().__init__(
+            f"a key for user '{user}' already exists in {path}",
+            hint=f"'minigit auth show --user {user}' prints it; a new key is a new identity: "
+            "remove that file first only if you mean to lose the old one",
+        )
+        self.user, self.path = user, path
+
+
+class UnsafeKeyFile(MinigitError):
+    """A private key others could read or replace: refused, as ssh refuses one."""
+
+    def __init__(self, path: str, reason: str, hint: str) -> None:
+        super().__init__(f"unsafe key file {path}: {reason}", hint=hint)
+        self.path = path

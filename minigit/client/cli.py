@@ -12,11 +12,11 @@ import typer
 from rich.markup import escape
 
 from minigit import __version__
-from minigit.client import operations
+from minigit.client import keys, operations
 from minigit.client.changes import Changes
 from minigit.client.operations import PullStatus, PushStatus
 from minigit.client.progress import ProgressObserver
-from minigit.config import DEFAULT_BOOTSTRAP, MAX_TIMEOUT_S, MIN_TIMEOUT_S, ServerFlags
+from minigit.config import DEFAULT_BOOTSTRAP, MAX_TIMEOUT_S, MIN_TIMEOUT_S, ServerFlags, user_config_dir
 from minigit.console import MESSAGE_KEEP, err, exit_on_error, out, quoted_path, shown
 from minigit.errors import PushRejected
 
@@ -309,6 +309,49 @@ def log(
             for line in shown(entry.message or "(no message)", MESSAGE_KEEP).rstrip("\n").split("\n"):
                 out.print(f"    {escape(line)}")
             out.print()
+
+
+auth_app = typer.Typer(
+    name="auth",
+    short_help="Your key pair, which proves who sends your requests.",
+    help="Your key pair: the Ed25519 key that signs your requests, one per user name, kept in "
+    "$MINIGIT_CONFIG_DIR/keys (else $XDG_CONFIG_HOME/minigit/keys, else ~/.config/minigit/keys).",
+    epilog=EXIT_CODES,
+    no_args_is_help=True,
+    rich_markup_mode="rich",
+)
+app.add_typer(auth_app)
+
+KeyUser = Annotated[
+    str | None, typer.Option("--user", "-u", envvar="MINIGIT_USER", help="Whose key \\[default: OS user].")
+]
+
+
+@auth_app.command()
+def keygen(user: KeyUser = None, quiet: Quiet = False, as_json: Json = False) -> None:
+    """Create your key pair (never replaces one: a new key is a new identity)."""
+    with exit_on_error():
+        report_key(keys.generate_key(user_config_dir(), user or default_user()), quiet, as_json)
+
+
+@auth_app.command()
+def show(user: KeyUser = None, as_json: Json = False) -> None:
+    """Print your public key and its fingerprint (to give to whoever registers users)."""
+    with exit_on_error():
+        report_key(keys.key_info(user_config_dir(), user or default_user()), False, as_json)
+
+
+def report_key(info: keys.KeyInfo, quiet: bool, as_json: bool) -> None:
+    if as_json:
+        print_json(info.to_json())
+        return
+    if info.created:
+        err.print(f"Created a key for {plain(info.user)} in {escape(quoted_path(str(info.path)))}")
+    if not quiet:
+        out.print(f"user         {plain(info.user)}")
+        out.print(f"public key   {info.public_key}")
+        out.print(f"fingerprint  {info.fingerprint}")
+        out.print(f"key file     {escape(quoted_path(str(info.path)))}")
 
 
 def show_version(value: bool) -> None:

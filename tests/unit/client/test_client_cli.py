@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import re
 from pathlib import Path
 
 import pytest
@@ -245,3 +246,75 @@ def test_print_error_keeps_line_breaks_and_tabs(capsys: pytest.CaptureFixture[st
     assert ended.value.exit_code == ExitCode.ERROR
     printed = capsys.readouterr().err  # rich expands the tab
     assert printed == "error: files:\n        one\\033[2J\nhint: do \\athis\n"
+
+
+# ---------------------------------------------------------------- minigit auth
+
+
+def test_auth_keygen_then_show_print_the_same_public_key(tmp_path: Path) -> None:
+    env = {"MINIGIT_CONFIG_DIR": str(tmp_path / "cfg")}
+    made = minigit("auth", "keygen", "--user", "alice", env=env)
+    assert made.exit_code == 0, made.output
+    key_file = tmp_path / "cfg" / "keys" / "alice.key"
+    assert made.stderr == f"Created a key for alice in {key_file}\n"
+    lines = made.stdout.splitlines()
+    assert lines[0] == "user         alice"
+    assert re.fullmatch(r"public key   ed25519:[A-Za-z0-9+/]{43}=", lines[1])
+    assert re.fullmatch(r"fingerprint  SHA256:[A-Za-z0-9+/]{43}", lines[2])
+    assert lines[3] == f"key file     {key_file}"
+
+    shown_key = minigit("auth", "show", "-u", "alice", env=env)
+    assert shown_key.exit_code == 0, shown_key.output
+    assert shown_key.stdout == made.stdout and shown_key.stderr == ""
+    as_json = json.loads(minigit("auth", "show", "--json", env={**env, "MINIGIT_USER": "alice"}).stdout)
+    assert f"public key   {as_json['public_key']}" in made.stdout
+    assert f"fingerprint  {as_json['fingerprint']}" in made.stdout
+
+
+def test_auth_keygen_never_replaces_a_key(tmp_path: Path) -> None:
+    env = {"MINIGIT_CONFIG_DIR": str(tmp_path)}
+    first = minigit("auth", "keygen", "-u", "alice", "--quiet", env=env)
+    assert first.exit_code == 0 and first.stdout == "", first.output
+    before = (tmp_path / "keys" / "alice.key").read_bytes()
+    again = minigit("auth", "keygen", "-u", "alice", env=env)
+    assert again.exit_code == ExitCode.ERROR
+    assert again.stderr.startswith(f"error: a key for user 'alice' already exists in {tmp_path / 'keys'}\nhint: ")
+    assert (tmp_path / "keys" / "alice.key").read_bytes() == before
+
+
+def test_auth_show_without_a_key_says_how_to_make_one(tmp_path: Path) -> None:
+    shown_key = minigit("auth", "show", "-u", "bob", env={"MINIGIT_CONFIG_DIR": str(tmp_path)})
+    assert shown_key.exit_code == ExitCode.ERROR
+    assert shown_key.stderr == (
+        f"error: no key for user 'bob' in {tmp_path / 'keys'}\nhint: create one with 'minigit auth keygen --user bob'\n"
+    )
+    assert not (tmp_path / "keys").exists()
+
+
+def test_auth_refuses_a_key_others_may_read(tmp_path: Path) -> None:
+    env = {"MINIGIT_CONFIG_DIR": str(tmp_path)}
+    assert minigit("auth", "keygen", "-u", "alice", env=env).exit_code == 0
+    (tmp_path / "keys" / "alice.key").chmod(0o644)
+    refused = minigit("auth", "show", "-u", "alice", env=env)
+    assert refused.exit_code == ExitCode.ERROR
+    assert "others may read or change it (mode 0644)" in refused.stderr and "chmod 600" in refused.stderr
+
+
+def test_auth_checks_the_user_name(tmp_path: Path) -> None:
+    refused = minigit("auth", "keygen", "-u", "../../etc/x", env={"MINIGIT_CONFIG_DIR": str(tmp_path)})
+    assert refused.exit_code == ExitCode.ERROR
+    assert refused.stderr.startswith("error: invalid user name '../../etc/x'")
+    assert list(tmp_path.iterdir()) == []
+
+
+@pytest.mark.parametrize("args", [["auth", "--help"], ["auth", "keygen", "--help"], ["auth", "show", "--help"]])
+def test_auth_help(args: list[str]) -> None:
+    helped = minigit(*args)
+    assert helped.exit_code == 0, helped.output
+    assert "Usage: minigit auth" in helped.stdout
+
+
+def test_auth_without_a_command_shows_its_commands() -> None:
+    listed = minigit("auth")
+    assert listed.exit_code == ExitCode.USAGE  # as plain 'minigit': a command is missing
+    assert "keygen" in listed.output and "show" in listed.output

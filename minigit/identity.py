@@ -1,0 +1,207 @@
+"""Who sent a request: Ed25519 keys, their text forms, and signatures over a
+canonical encoding of a request. Pure (no disk, no Kafka), so the client signs
+and every replica verifies with the same code.
+
+A request's signature covers ``signing_payload``: every field of the request
+(its request id among them) but ``UNSIGNED_FIELDS``, the digests of the chunks
+it uploaded, the namespace of the service and the time it was signed. Replicas
+re-verify signatures of log records long after they were written (a replica
+rebuilt from the log, ``log --verify``), so the encoding under
+``SIGNING_DOMAIN`` may never change: a new encoding takes a new domain.
+
+Everything received (a key's text, a signature's text, a key file) is bounded
+and checked here before use; what is malformed raises ``MalformedKey`` or
+``MalformedSignature``, never another exception.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import dataclasses
+import hashlib
+import json
+from collections.abc import Iterable
+from dataclasses import dataclass
+
+from cryptography.exceptions import InvalidSignature, UnsupportedAlgorithm
+from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
+
+from minigit.codec import hash_bytes
+from minigit.config import check_namespace
+from minigit.errors import MalformedKey, MalformedSignature, ProtocolError
+from minigit.protocol import MAX_INT, Chunk, Request
+
+# Domain separation: a signature over a request can never be taken for one over
+# anything else minigit signs later (replies, key rotations), which get their own.
+SIGNING_DOMAIN = b"minigit-request-v1\n"
+
+# Fields a request carries about its signature rather than as its content: the
+# wiring step adds them to ``Request``; they cannot sign themselves.
+UNSIGNED_FIELDS = frozenset({"signature"})
+
+PUBLIC_KEY_PREFIX = "ed25519:"
+PUBLIC_KEY_BYTES = 32
+SIGNATURE_BYTES = 64
+FINGERPRINT_PREFIX = "SHA256:"
+# Bounds checked before any decoding: the canonical texts are 52 and 88 characters.
+MAX_PUBLIC_KEY_TEXT = len(PUBLIC_KEY_PREFIX) + 44
+MAX_SIGNATURE_TEXT = 88
+# A PKCS8 PEM Ed25519 private key is 119 bytes; anything much larger is not one.
+MAX_PRIVATE_KEY_FILE_BYTES = 4096
+
+
+# ---------------------------------------------------------------- keys
+
+
+def generate_private_key() -> Ed25519PrivateKey:
+    return Ed25519PrivateKey.generate()
+
+
+def private_key_pem(private_key: Ed25519PrivateKey) -> bytes:
+    """The key as an unencrypted PKCS8 PEM file (``-----BEGIN PRIVATE KEY-----``),
+    which openssl and ssh-keygen read too. Its protection is the file's mode."""
+    return private_key.private_bytes(
+        serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
+    )
+
+
+def load_private_key_pem(data: bytes, where: str = "private key") -> Ed25519PrivateKey:
+    """An Ed25519 private key from PKCS8 PEM bytes; ``where`` names them in errors."""
+    if not isinstance(data, bytes) or len(data) > MAX_PRIVATE_KEY_FILE_BYTES:
+        raise MalformedKey(f"{where} is not an Ed25519 private key: larger than {MAX_PRIVATE_KEY_FILE_BYTES} bytes")
+    try:
+        key = serialization.load_pem_private_key(data, password=None)
+    except TypeError:  # what cryptography raises for a key encrypted with a password
+        raise MalformedKey(f"{where} is encrypted with a password, which minigit does not support") from None
+    except (ValueError, UnsupportedAlgorithm):
+        raise MalformedKey(f"{where} is not a PEM private key") from None
+    if not isinstance(key, Ed25519PrivateKey):
+        raise MalformedKey(f"{where} holds another kind of private key, not an Ed25519 key")
+    return key
+
+
+def public_key_bytes(public_key: Ed25519PublicKey) -> bytes:
+    return public_key.public_bytes(serialization.Encoding.Raw, serialization.PublicFormat.Raw)
+
+
+def public_key_text(public_key: Ed25519PublicKey) -> str:
+    """The compact text form of a public key: ``ed25519:`` and base64 of its 32 bytes."""
+    return PUBLIC_KEY_PREFIX + base64.b64encode(public_key_bytes(public_key)).decode("ascii")
+
+
+def parse_public_key(text: object) -> Ed25519PublicKey:
+    """A public key from its text form (``public_key_text``), received from anyone.
+
+    Only the canonical spelling is accepted (one key, one text), so that a
+    registered key's text can be compared as text; the length is checked before
+    anything is decoded."""
+    if not isinstance(text, str):
+        raise MalformedKey(f"invalid public key: expected text, got {type(text).__name__}")
+    if len(text) > MAX_PUBLIC_KEY_TEXT:
+        raise MalformedKey(f"invalid public key: longer than {MAX_PUBLIC_KEY_TEXT} characters")
+    if not text.startswith(PUBLIC_KEY_PREFIX):
+        raise MalformedKey(f"invalid public key {text!r}: it must start with '{PUBLIC_KEY_PREFIX}'")
+    raw = _strict_base64(text[len(PUBLIC_KEY_PREFIX) :], PUBLIC_KEY_BYTES)
+    if raw is None:
+        raise MalformedKey(
+            f"invalid public key {text!r}: expected '{PUBLIC_KEY_PREFIX}' and the base64 of {PUBLIC_KEY_BYTES} bytes"
+        )
+    try:
+        return Ed25519PublicKey.from_public_bytes(raw)
+    except ValueError:
+        raise MalformedKey(f"invalid public key {text!r}: not a point of Ed25519") from None
+
+
+def fingerprint(public_key: Ed25519PublicKey) -> str:
+    """``SHA256:`` and the unpadded base64 of the SHA-256 of the key's 32 raw bytes.
+    Shaped like ssh's fingerprints, but not equal to them (ssh hashes its own
+    wire encoding of the key)."""
+    digest = hashlib.sha256(public_key_bytes(public_key)).digest()
+    return FINGERPRINT_PREFIX + base64.b64encode(digest).decode("ascii").rstrip("=")
+
+
+def _strict_base64(text: str, size: int) -> bytes | None:
+    """The ``size`` bytes ``text`` spells in standard padded base64, only if it is
+    their one canonical spelling (no whitespace, no stray bits in the padding)."""
+    try:
+        raw = base64.b64decode(text.encode("ascii"), validate=True)
+    except (UnicodeEncodeError, binascii.Error, ValueError):
+        return None
+    if len(raw) != size or base64.b64encode(raw).decode("ascii") != text:
+        return None
+    return raw
+
+
+# ---------------------------------------------------------------- signatures
+
+
+@dataclass(frozen=True, order=True)
+class ChunkDigest:
+    """What a signature says about one uploaded chunk: which piece of which blob,
+    how it is encoded, and the SHA-256 (hex) of its encoded bytes as sent."""
+
+    sha: str
+    index: int
+    count: int
+    encoding: str
+    data_sha256: str
+
+    @classmethod
+    def of(cls, chunk: Chunk) -> ChunkDigest:
+        """The digest of a chunk record (``ProtocolError`` if its data is not base64)."""
+        return cls(chunk.sha, chunk.index, chunk.count, chunk.encoding, hash_bytes(chunk.piece().payload))
+
+
+def signing_payload(request: Request, chunk_digests: Iterable[ChunkDigest], namespace: str, timestamp_ms: int) -> bytes:
+    """The bytes a request's signature covers.
+
+    ``SIGNING_DOMAIN``, then one line of JSON (sorted keys, no whitespace, ASCII
+    only): the request as it travels (``v``, ``type``, ``action`` and every field,
+    defaults included, but ``UNSIGNED_FIELDS``), the chunk digests sorted with
+    duplicates dropped (a chunk sent again is the same chunk), the namespace and
+    the signing time in epoch milliseconds. JSON with sorted keys spells distinct
+    values distinctly, so distinct inputs never share a payload.
+
+    The verifier rebuilds it from the request it received, the chunks of the same
+    request id and repository, its own namespace and the timestamp the request
+    carries: a request replayed into another namespace, or with its chunks
+    swapped, does not verify.
+    """
+    if not isinstance(timestamp_ms, int) or isinstance(timestamp_ms, bool) or not 0 <= timestamp_ms < MAX_INT:
+        raise ProtocolError(f"signing timestamp {timestamp_ms!r} is not an epoch time in milliseconds")
+    fields = {name: value for name, value in request.to_dict().items() if name not in UNSIGNED_FIELDS}
+    chunks = [dataclasses.astuple(digest) for digest in sorted(set(chunk_digests))]
+    document = {
+        "request": fields,
+        "chunks": chunks,
+        "namespace": check_namespace(namespace),
+        "timestamp_ms": timestamp_ms,
+    }
+    return SIGNING_DOMAIN + json.dumps(document, sort_keys=True, separators=(",", ":"), ensure_ascii=True).encode()
+
+
+def sign(private_key: Ed25519PrivateKey, payload: bytes) -> str:
+    """The Ed25519 signature of ``payload``, in standard base64 (88 characters)."""
+    return base64.b64encode(private_key.sign(payload)).decode("ascii")
+
+
+def verify(public_key: Ed25519PublicKey, payload: bytes, signature: object) -> bool:
+    """Whether ``signature`` (text, from ``sign``) is ``public_key``'s over ``payload``.
+
+    False for a well-formed signature that does not check; ``MalformedSignature``
+    for text that cannot be one (wrong type, length or base64), so a caller can
+    tell a forgery from garbage, and both are refused."""
+    if not isinstance(signature, str):
+        raise MalformedSignature(f"invalid signature: expected text, got {type(signature).__name__}")
+    if len(signature) > MAX_SIGNATURE_TEXT:
+        raise MalformedSignature(f"invalid signature: longer than {MAX_SIGNATURE_TEXT} characters")
+    raw = _strict_base64(signature, SIGNATURE_BYTES)
+    if raw is None:
+        raise MalformedSignature(f"invalid signature: expected the base64 of {SIGNATURE_BYTES} bytes")
+    try:
+        public_key.verify(raw, payload)
+    except InvalidSignature:
+        return False
+    return True
