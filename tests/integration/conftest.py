@@ -9,7 +9,7 @@ import subprocess
 import sys
 import time
 import uuid
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from pathlib import Path
 
 import pytest
@@ -47,11 +47,14 @@ class Service:
         partitions: int = PARTITIONS,
         replication_factor: int = 1,
         min_insync_replicas: int | None = None,
+        kafka_options: Mapping[str, object] | None = None,
     ) -> None:
+        """``kafka_options``: security settings (``--kafka-option`` names) of the harness's
+        own connections and of the replicas, which get them as MINIGIT_KAFKA_* variables."""
         self.bootstrap = bootstrap
         self.namespace = namespace
         self.data_dir = data_dir
-        self.settings = KafkaSettings(bootstrap, namespace)
+        self.settings = KafkaSettings(bootstrap, namespace, dict(kafka_options or {}))
         self.processes: dict[str, subprocess.Popen] = {}
         # created here, before any replica: a replica's own `start` finds them and keeps their settings
         ensure_topics(self.settings, partitions, replication_factor, min_insync_replicas)
@@ -77,7 +80,11 @@ class Service:
         for replica_id in replica_ids:
             log = open(self.data_dir / f"replica-{replica_id}.out", "ab")  # noqa: SIM115
             self.processes[replica_id] = subprocess.Popen(
-                self.command(replica_id, extra_args), stdout=log, stderr=subprocess.STDOUT, start_new_session=True
+                self.command(replica_id, extra_args),
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                start_new_session=True,
+                env={**os.environ, **self.settings.security_environment()},
             )
 
     def kill(self, replica_id: str, sig: int = signal.SIGKILL) -> None:

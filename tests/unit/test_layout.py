@@ -11,7 +11,13 @@ import pytest
 
 ROOT = Path(__file__).resolve().parents[2]
 PACKAGE_ROOTS = {"minigit": ROOT, "minigit_server": ROOT / "server"}
-KAFKA_MODULES = {"minigit.kafka_clients", "minigit.client.transport", "minigit_server.bus"}
+# devkafka.broker: `kafka start --secure` creates ACLs with the admin client
+KAFKA_MODULES = {
+    "minigit.kafka_clients",
+    "minigit.client.transport",
+    "minigit_server.bus",
+    "minigit_server.devkafka.broker",
+}
 
 
 def source_modules() -> dict[str, Path]:

@@ -16,6 +16,7 @@ is advertised as ``advertise``. Everything lives in a *data dir* (default
     <node dir>/kraft/                 Kafka's log.dirs (formatted once, reused by restarts)
     <node dir>/logs/server.log        Kafka's log
     <node dir>/logs/console.log       the JVM's own stdout/stderr (crashes, bad options)
+    <data dir>/secure/                a secured Kafka's passwords, TLS files and settings (see devkafka.secure)
 
 where ``<node dir>`` is the data dir itself for one node (the layout of earlier
 versions) and ``<data dir>/node-<n>`` in a cluster.
@@ -53,8 +54,9 @@ from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-from minigit.config import KafkaSettings
+from minigit.config import KafkaSettings, check_namespace
 from minigit.errors import MinigitError, UsageError
+from minigit_server.devkafka import secure
 
 KAFKA_VERSION = "4.1.1"
 SCALA_VERSION = "2.13"
@@ -265,6 +267,11 @@ class BrokerInfo:
     listen: str = HOST
     elapsed: float | None = None  # seconds start_broker took (jar download included)
     controller_leader: int | None = None  # read_broker_status of a cluster: the active controller's node id
+    security: secure.SecureAccess | None = None  # started with --secure: how each side connects
+
+    @property
+    def secured(self) -> bool:
+        return self.security is not None
 
     @property
     def running(self) -> bool:
@@ -517,8 +524,16 @@ def new_cluster_id() -> str:
     return base64.urlsafe_b64encode(uuid.uuid4().bytes).rstrip(b"=").decode("ascii")
 
 
-def render_server_properties(layout: ClusterLayout, node_id: int, kraft_dir: Path) -> str:
-    """The server.properties of one combined broker+controller node of ``layout``."""
+def render_server_properties(
+    layout: ClusterLayout, node_id: int, kraft_dir: Path, security: dict[str, str] | None = None
+) -> str:
+    """The server.properties of one combined broker+controller node of ``layout``.
+
+    With ``security`` (``secure.broker_properties``), clients and the brokers among
+    themselves use one SASL_SSL listener, and those entries are added. The
+    controllers' listener stays PLAINTEXT on 127.0.0.1 either way (see docs/security.md).
+    """
+    listener = secure.PROTOCOL if security else "PLAINTEXT"
     port = layout.broker_port(node_id)
     controller_port = layout.node_controller_port(node_id)
     copies, min_insync = str(layout.replication_factor), str(layout.min_insync_replicas)
@@ -533,11 +548,11 @@ def render_server_properties(layout: ClusterLayout, node_id: int, kraft_dir: Pat
     settings = {
         "process.roles": "broker,controller",
         "node.id": str(node_id),
-        "listeners": f"PLAINTEXT://{host_port(layout.listen, port)},CONTROLLER://{host_port(HOST, controller_port)}",
-        "advertised.listeners": f"PLAINTEXT://{host_port(layout.advertise, port)}",
+        "listeners": f"{listener}://{host_port(layout.listen, port)},CONTROLLER://{host_port(HOST, controller_port)}",
+        "advertised.listeners": f"{listener}://{host_port(layout.advertise, port)}",
         "controller.listener.names": "CONTROLLER",
-        "inter.broker.listener.name": "PLAINTEXT",
-        "listener.security.protocol.map": "CONTROLLER:PLAINTEXT,PLAINTEXT:PLAINTEXT",
+        "inter.broker.listener.name": listener,
+        "listener.security.protocol.map": f"CONTROLLER:PLAINTEXT,{listener}:{listener}",
         **quorum,
         "log.dirs": str(kraft_dir),
         # internal topics: one copy per node, up to three; with three, writes need two in sync
@@ -556,6 +571,7 @@ def render_server_properties(layout: ClusterLayout, node_id: int, kraft_dir: Pat
         # minigit creates its topics itself, with the admin client
         "auto.create.topics.enable": "false",
         # message.max.bytes stays at Kafka's default (1 MiB): minigit must work with default limits
+        **(security or {}),
     }
     header = "# Written by 'minigit-server kafka start' at every start: edits here are overwritten.\n"
     return header + "".join(f"{key}={escape_property(value)}\n" for key, value in settings.items())
@@ -610,10 +626,14 @@ def escape_property(value: str) -> str:
     return value.replace("\\", "\\\\")
 
 
-def _write_configs(node: NodePaths, layout: ClusterLayout) -> None:
+def _write_configs(node: NodePaths, layout: ClusterLayout, security: dict[str, str] | None = None) -> None:
     node.config_dir.mkdir(parents=True, exist_ok=True)
     node.logs_dir.mkdir(parents=True, exist_ok=True)
-    _write_atomic(node.server_properties, render_server_properties(layout, node.node_id, node.kraft_dir))
+    properties = render_server_properties(layout, node.node_id, node.kraft_dir, security)
+    if security:  # it holds the brokers' own password
+        secure.write_private(node.server_properties, properties)
+    else:
+        _write_atomic(node.server_properties, properties)
     template = importlib.resources.files(__package__).joinpath("resources", "kafka-log4j2.properties")
     _write_atomic(node.log4j_config, template.read_text(encoding="utf-8"))
 
@@ -837,7 +857,7 @@ def _quiet_kafka_logging() -> Iterator[None]:
         logger.setLevel(level)
 
 
-def _broker_answers(bootstrap: str, node_id: int, timeout: float) -> bool:
+def _broker_answers(bootstrap: str, node_id: int, timeout: float, options: dict[str, object]) -> bool:
     """Whether the broker answers a metadata request and lists itself among the live brokers
     (a restarted cluster node does so once the controller has let it back in)."""
     from minigit.kafka_clients import open_admin  # imported late: `--help` stays fast
@@ -846,7 +866,7 @@ def _broker_answers(bootstrap: str, node_id: int, timeout: float) -> bool:
     with _quiet_kafka_logging():
         try:
             admin = open_admin(
-                KafkaSettings(bootstrap),
+                KafkaSettings(bootstrap, options=options),
                 client_id="minigit-kafka-start",
                 bootstrap_timeout_ms=timeout_ms,
                 request_timeout_ms=timeout_ms,
@@ -925,9 +945,21 @@ def _check_data_dir(paths: BrokerPaths) -> None:
 
 
 def _format_storage(
-    java: str, libs: Path, layout: ClusterLayout, nodes: list[NodePaths], cluster_id: str, heap: str
+    java: str,
+    libs: Path,
+    layout: ClusterLayout,
+    nodes: list[NodePaths],
+    cluster_id: str,
+    heap: str,
+    scram: Sequence[str] = (),
 ) -> None:
-    """Format every node's log dir with one cluster id, all at once (each is a JVM start)."""
+    """Format every node's log dir with one cluster id, all at once (each is a JVM start).
+
+    ``scram``: ``--add-scram`` options, the SCRAM users written into the metadata log
+    (KRaft has no other place to hold them before the brokers run). The passwords are
+    on this JVM's command line for the second it runs; they are URL-safe random strings
+    that the data dir's owner alone keeps.
+    """
     running: list[tuple[NodePaths, subprocess.Popen]] = []
     deadline = time.monotonic() + 120
     try:
@@ -937,7 +969,7 @@ def _format_storage(
             quorum = ["--standalone"] if layout.nodes == 1 else []  # a cluster's voters are in its config
             command = _java_command(
                 java, libs, node, heap, "kafka.tools.StorageTool", "format", *quorum, "-t", cluster_id,
-                "-c", str(node.server_properties),
+                "-c", str(node.server_properties), *scram,
             )  # fmt: skip
             process = subprocess.Popen(
                 command, cwd=node.root, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.STDOUT
@@ -1004,9 +1036,17 @@ def start_broker(
     heap: str = DEFAULT_HEAP,
     timeout: float = DEFAULT_START_TIMEOUT,
     progress: Progress | None = None,
+    secured: bool = False,
+    acl_namespace: str | None = None,
 ) -> BrokerInfo:
     """Start the nodes of the local Kafka that are not running, in the background;
     return once each of them answers clients.
+
+    ``secured`` (fixed when the data dir is formatted, like ``nodes``): SASL/SCRAM over
+    TLS, the standard authorizer, a server and a client principal, and the ACLs of the
+    minigit topics of ``acl_namespace`` (default: the empty namespace), granted at every
+    start of a secured Kafka (running or not) and remembered for the next ones
+    (see ``devkafka.secure``). ``info.security`` then says how each side connects.
 
     The first start formats the data dir for ``nodes`` nodes (default 1), with
     ``controller_port`` defaulting to ``port + nodes``; both are then fixed, and
@@ -1035,8 +1075,18 @@ def start_broker(
                     f"{paths.data_dir} holds a Kafka of {_count(count, 'node')}, not {nodes}",
                     hint="leave out --nodes, or use another --data-dir for a new Kafka",
                 )
+            if secured and not state.get("secure"):
+                raise UsageError(
+                    f"{paths.data_dir} holds a Kafka formatted without --secure",
+                    hint="use another --data-dir for a secured Kafka (its users are created when it is formatted)",
+                )
+            secured = bool(state.get("secure"))
         else:
             count = nodes or 1
+        if acl_namespace is not None:
+            if not secured:
+                raise UsageError("--acl-namespace grants ACLs, which only a Kafka started with --secure has")
+            check_namespace(acl_namespace)
         running = {n: pid for n in range(1, count + 1) if (pid := _find_broker_pid(paths.node(n, count)))}
         last = state or {}
         if port is None:
@@ -1062,7 +1112,8 @@ def start_broker(
             _check_layout(layout)
         to_start = [paths.node(n, count) for n in layout.node_ids if n not in running]
         if not to_start:
-            return _info(paths, layout, state, running, started={}, elapsed=time.monotonic() - began)
+            security = _grant_acls(paths, layout, state, acl_namespace) if secured else None
+            return _info(paths, layout, state, running, {}, time.monotonic() - began, security)
         for node in to_start:
             check_port_free(layout.broker_port(node.node_id), "--port", layout.listen)
             check_port_free(layout.node_controller_port(node.node_id), "--controller-port")
@@ -1076,17 +1127,29 @@ def start_broker(
                 "controller_port": layout.controller_port,
                 "nodes": count,
                 "formatted": False,
+                "secure": secured,
             }
         state.update(
             port=layout.port, listen=layout.listen, advertise=layout.advertise, kafka_version=_jars_version(libs)
         )
         _write_state(paths, state)
+        credentials, security_properties = None, None
+        if secured:
+            secure_paths = secure.SecurePaths.of(paths.data_dir)
+            if formatted:
+                credentials = secure.Credentials.load(secure_paths)
+            else:  # new passwords for a new Kafka (an interrupted first start left unused ones)
+                credentials = secure.Credentials.generate()
+                credentials.save(secure_paths)
+            secure.ensure_tls(secure_paths, secure.certificate_hosts(layout.listen, layout.advertise))
+            security_properties = secure.broker_properties(secure.PROTOCOL, credentials, secure_paths)
         for node in to_start:
-            _write_configs(node, layout)
+            _write_configs(node, layout, security_properties)
         if not formatted:
             kind = "single-node Kafka" if count == 1 else f"Kafka cluster of {count} nodes"
-            say(f"formatting a new {kind} in {paths.data_dir}")
-            _format_storage(java, libs, layout, to_start, state["cluster_id"], heap)
+            say(f"formatting a new {'secured ' if secured else ''}{kind} in {paths.data_dir}")
+            scram = credentials.scram_arguments() if credentials else ()
+            _format_storage(java, libs, layout, to_start, state["cluster_id"], heap, scram)
             state["formatted"] = True
             _write_state(paths, state)
 
@@ -1100,13 +1163,78 @@ def start_broker(
             offsets = {node.node_id: _log_offsets(node) for node in to_start}
             for node in to_start:
                 started[node.node_id] = _launch(java, libs, node, heap)
-            _wait_until_ready(layout, {paths.node(n, count): pid for n, pid in started.items()}, offsets, timeout)
+            probe_options = credentials and secure.kafka_options(
+                secure.ADMIN_USER, credentials, secure.SecurePaths.of(paths.data_dir)
+            )
+            launched = {paths.node(n, count): pid for n, pid in started.items()}
+            _wait_until_ready(layout, launched, offsets, timeout, probe_options or {})
         except BaseException:
             _terminate(list(started.values()), 10)
             for node in to_start:
                 node.pid_file.unlink(missing_ok=True)
             raise
-        return _info(paths, layout, state, running, started, elapsed=time.monotonic() - began)
+        security = _grant_acls(paths, layout, state, acl_namespace) if secured else None
+        return _info(paths, layout, state, running, started, time.monotonic() - began, security)
+
+
+def _grant_acls(
+    paths: BrokerPaths, layout: ClusterLayout, state: dict, acl_namespace: str | None
+) -> secure.SecureAccess:
+    """Grant the server and client principals their ACLs on the topics of every namespace
+    this Kafka was started for (granting again what exists changes nothing), and write
+    each principal's settings file. Runs under the data dir's lock."""
+    namespaces = list(state.get("acl_namespaces", [""]))
+    if acl_namespace is not None and acl_namespace not in namespaces:
+        namespaces.append(acl_namespace)
+    access = secure.SecureAccess.load(paths.data_dir, layout.bootstrap)
+    secure.write_environment_files(layout.bootstrap, access.credentials, access.paths)
+    grants = [grant for namespace in namespaces for grant in secure.grants(namespace)]
+    probe = ",".join(host_port(layout.probe_host, layout.broker_port(n)) for n in layout.node_ids)
+    create_acls(KafkaSettings(probe, options=access.options(secure.ADMIN_USER)), grants)
+    if namespaces != state.get("acl_namespaces"):
+        state["acl_namespaces"] = namespaces
+        _write_state(paths, state)
+    return access
+
+
+def create_acls(settings: KafkaSettings, grants: Sequence[secure.Grant]) -> None:
+    """Create one ALLOW ACL per grant, on its literal resource name, from any host."""
+    from kafka.admin import (  # imported late: `--help` stays fast
+        ACL,
+        ACLOperation,
+        ACLPermissionType,
+        ACLResourcePatternType,
+        ResourcePattern,
+        ResourceType,
+    )
+    from kafka.errors import KafkaError
+
+    from minigit.kafka_clients import open_admin
+
+    acls = [
+        ACL(
+            principal=grant.principal,
+            host="*",
+            operation=ACLOperation[grant.operation],
+            permission_type=ACLPermissionType.ALLOW,
+            resource_pattern=ResourcePattern(ResourceType[grant.resource], grant.name, ACLResourcePatternType.LITERAL),
+        )
+        for grant in grants
+    ]
+    admin = open_admin(settings, client_id="minigit-kafka-start")
+    try:
+        result = admin.create_acls(acls)
+    except KafkaError as error:
+        raise BrokerError(f"could not create the ACLs of the minigit topics: {error}") from error
+    finally:
+        with contextlib.suppress(Exception):
+            admin.close()
+    if result.get("failed"):
+        acl, error = result["failed"][0]
+        raise BrokerError(
+            f"Kafka refused {len(result['failed'])} of {len(acls)} ACLs, the first "
+            f"({acl.principal} {acl.operation.name} {acl.resource_pattern.resource_name}): {error}"
+        )
 
 
 def node_list(nodes: Sequence[NodePaths] | Sequence[NodeInfo]) -> str:
@@ -1125,6 +1253,7 @@ def _info(
     running: dict[int, int],
     started: dict[int, int],
     elapsed: float,
+    security: secure.SecureAccess | None = None,
 ) -> BrokerInfo:
     return BrokerInfo(
         paths.data_dir,
@@ -1144,6 +1273,7 @@ def _info(
         advertise=layout.advertise,
         listen=layout.listen,
         elapsed=elapsed,
+        security=security,
     )
 
 
@@ -1176,9 +1306,14 @@ _launched: list[subprocess.Popen] = []
 
 
 def _wait_until_ready(
-    layout: ClusterLayout, launched: dict[NodePaths, int], offsets: dict[int, dict[Path, int]], timeout: float
+    layout: ClusterLayout,
+    launched: dict[NodePaths, int],
+    offsets: dict[int, dict[Path, int]],
+    timeout: float,
+    options: dict[str, object],
 ) -> None:
-    """Until every launched node answers; nodes of a new cluster wait for each other (quorum)."""
+    """Until every launched node answers (``options``: a secured Kafka's admin login);
+    nodes of a new cluster wait for each other (quorum)."""
     deadline = time.monotonic() + timeout
     waiting = dict(launched)
     while waiting:
@@ -1199,7 +1334,9 @@ def _wait_until_ready(
                     + _failure_details(node, offsets[node.node_id]),
                     hint=f"see {node.log_file}; a slow machine may need a longer --timeout",
                 )
-            if _port_accepts(port, layout.probe_host) and _broker_answers(address, node.node_id, min(5.0, remaining)):
+            if _port_accepts(port, layout.probe_host) and _broker_answers(
+                address, node.node_id, min(5.0, remaining), options
+            ):
                 del waiting[node]
         if waiting:
             time.sleep(0.2)
@@ -1263,6 +1400,7 @@ def read_broker_status(data_dir: str | os.PathLike[str] | None = None) -> Broker
             )
         )
     up = [paths.node(info.node_id, count) for info in nodes if info.running]
+    security = secure.SecureAccess.load(paths.data_dir, layout.bootstrap) if state and state.get("secure") else None
     return BrokerInfo(
         paths.data_dir,
         tuple(nodes),
@@ -1270,6 +1408,7 @@ def read_broker_status(data_dir: str | os.PathLike[str] | None = None) -> Broker
         advertise=layout.advertise if layout else HOST,
         listen=layout.listen if layout else HOST,
         controller_leader=_controller_leader(up) if count > 1 else None,
+        security=security,
     )
 
 

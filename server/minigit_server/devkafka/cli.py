@@ -9,7 +9,7 @@ import typer
 from rich.markup import escape
 
 from minigit.console import err, exit_on_error, out
-from minigit_server.devkafka import broker
+from minigit_server.devkafka import broker, secure
 
 kafka_app = typer.Typer(
     help=(
@@ -46,6 +46,19 @@ def _where(info: broker.BrokerInfo) -> None:
     if not info.is_cluster:
         out.print(f"log        {info.log_path}", markup=False)
     out.print(f"data dir   {info.data_dir}", markup=False)
+    if info.security:
+        out.print(
+            f"secured    {secure.PROTOCOL}, {secure.MECHANISM}, ACLs; secrets in {info.security.directory}",
+            markup=False,
+        )
+
+
+def _connection_settings(security: secure.SecureAccess) -> None:
+    """Ready-to-paste environment lines for each principal (stdout: they are the result)."""
+    for user, side in ((secure.SERVER_USER, "replicas ('minigit-server start')"), (secure.CLIENT_USER, "clients")):
+        out.print(f"\n# {side}, as {user}; also in {security.environment_file(user)}", markup=False)
+        for name, value in security.environment(user).items():
+            out.print(f"export {name}={value}", markup=False)
 
 
 def _node_table(info: broker.BrokerInfo, with_state: bool) -> None:
@@ -129,6 +142,21 @@ def start(
     heap: Annotated[
         str, typer.Option(envvar="MINIGIT_KAFKA_HEAP", help="Maximum Java heap (-Xmx) of each node.")
     ] = broker.DEFAULT_HEAP,
+    secured: Annotated[
+        bool,
+        typer.Option(
+            "--secure",
+            help=f"{secure.MECHANISM} logins over TLS, ACLs, and a server and a client principal whose settings "
+            "are printed. Fixed once the data dir is formatted.",
+        ),
+    ] = False,
+    acl_namespace: Annotated[
+        str | None,
+        typer.Option(
+            help="Also grant the two principals the topics of this --namespace (a secured Kafka; remembered).",
+            show_default="the empty namespace",
+        ),
+    ] = None,
 ) -> None:
     """Start Kafka in the background; return once it answers clients.
 
@@ -147,6 +175,8 @@ def start(
             heap=heap,
             timeout=timeout,
             progress=_progress,
+            secured=secured,
+            acl_namespace=acl_namespace,
         )
     started = info.started_nodes
     if info.already_running:
@@ -171,6 +201,8 @@ def start(
             )
     _node_table(info, with_state=False)
     _where(info)
+    if info.security:
+        _connection_settings(info.security)
 
 
 @kafka_app.command()
