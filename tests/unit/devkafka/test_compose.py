@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import base64
+import os
 import re
 import shutil
 import subprocess
@@ -15,7 +16,7 @@ ROOT = Path(__file__).resolve().parents[3]
 COMPOSE_FILE = ROOT / "docker-compose.yml"
 # What a classroom sets to reach the broker from other machines (as for `minigit-server kafka start`).
 COMPOSE_VARIABLES = {"MINIGIT_KAFKA_LISTEN", "MINIGIT_KAFKA_ADVERTISE"}
-_VARIABLE = re.compile(r"\$\{(\w+)(?::-([^}]*))?\}")
+_VARIABLE = re.compile(r"(?<!\$)\$\{(\w+)(?::-([^}]*))?\}")  # $${NAME} is a literal ${NAME}
 
 
 def interpolate(value, env: dict[str, str]):
@@ -236,5 +237,135 @@ def test_docker_compose_accepts_the_file():
         pytest.skip("neither docker-compose nor the docker compose plugin is installed")
     result = subprocess.run(
         [*tool, "-f", str(COMPOSE_FILE), "config", "-q"], capture_output=True, text=True, cwd=ROOT, timeout=120
+    )
+    assert result.returncode == 0, result.stderr
+
+
+# ---------------------------------------------------------------- docker-compose.secure.yml (an override)
+
+SECURE_FILE = ROOT / "docker-compose.secure.yml"
+PASSWORDS = {
+    "MINIGIT_KAFKA_ADMIN_PASSWORD": "admin-secret",
+    "MINIGIT_KAFKA_SERVER_PASSWORD": "server-secret",
+    "MINIGIT_KAFKA_CLIENT_PASSWORD": "client-secret",
+}
+
+
+_REQUIRED = re.compile(r"(?<!\$)\$\{(\w+):\?[^}]*\}")
+
+
+def secure_text() -> str:
+    """The override with its required ${NAME:?message} variables set to PASSWORDS."""
+    return _REQUIRED.sub(lambda match: PASSWORDS[match.group(1)], SECURE_FILE.read_text())
+
+
+@pytest.fixture(scope="module")
+def secure_override() -> dict:
+    return interpolate(yaml.safe_load(secure_text()), PASSWORDS)
+
+
+def kafka_script(override: dict) -> str:
+    """The secured kafka service's start script, as its shell runs it (compose turns $$ into $)."""
+    kafka = override["services"]["kafka"]
+    assert kafka["entrypoint"] == ["/bin/bash", "-c"]
+    return kafka["command"][0].replace("$$", "$")
+
+
+def heredoc(script: str, path: str) -> dict[str, str]:
+    """The NAME=value lines the script writes to path with `cat > path <<EOF`."""
+    body = script.split(f"cat > {path} <<EOF\n", 1)[1].split("\nEOF\n", 1)[0]
+    return dict(line.split("=", 1) for line in body.splitlines())
+
+
+def test_the_secured_variant_needs_three_passwords_and_has_no_default_for_any():
+    text = SECURE_FILE.read_text().replace("$$", "")  # $$ is the script's own $, not compose's
+    assert {name for name, _ in _VARIABLE.findall(text)} <= COMPOSE_VARIABLES  # the only ${NAME:-default}s
+    assert set(_REQUIRED.findall(text)) == set(PASSWORDS)
+
+
+def test_the_secured_broker_takes_only_scram_logins_and_refuses_what_no_acl_allows(secure_override, compose):
+    script = kafka_script(secure_override)
+    config = heredoc(script, "/tmp/server.properties")
+    bound = listeners(config["listeners"])
+    protocols = dict(item.split(":") for item in config["listener.security.protocol.map"].split(","))
+    # every listener a client reaches is SASL; the controller's is never published
+    assert {protocols[name] for name in bound if name != "CONTROLLER"} == {"SASL_PLAINTEXT"}
+    assert bound["CONTROLLER"][1] not in published_ports(compose["services"]["kafka"])
+    assert published_ports(compose["services"]["kafka"]).keys() <= {port for _, port in bound.values()}
+    assert config["sasl.enabled.mechanisms"] == "SCRAM-SHA-512"
+    assert config["authorizer.class.name"] == "org.apache.kafka.metadata.authorizer.StandardAuthorizer"
+    assert config["allow.everyone.if.no.acl.found"] == "false"
+    assert set(config["super.users"].split(";")) == {"User:admin", "User:ANONYMOUS"}
+    # the three users exist from the first format on
+    for user in ("admin", "minigit-server", "minigit-client"):
+        assert f'--add-scram "SCRAM-SHA-512=[name={user},password=' in script
+
+
+def granted_acls(script: str) -> dict[tuple[str, str], set[str]]:
+    """(principal, topic or group) -> operations, from the script's `acl ...` lines."""
+    found: dict[tuple[str, str], set[str]] = {}
+    for line in script.splitlines():
+        words = line.split()
+        if words[:1] == ["until"]:
+            words = words[1:]
+        if words[:1] != ["acl"] or "--allow-principal" not in words:
+            continue
+        resource = option(words, "--topic") if "--topic" in words else "group:" + option(words, "--group")
+        operations = {words[i + 1] for i, word in enumerate(words) if word == "--operation"}
+        found.setdefault((option(words, "--allow-principal"), resource.rstrip(";")), set()).update(operations)
+    return found
+
+
+def test_the_secured_variant_grants_what_kafka_start_secure_grants(secure_override):
+    from minigit_server.devkafka import secure
+
+    expected: dict[tuple[str, str], set[str]] = {}
+    for grant in secure.grants(""):
+        resource = grant.name if grant.resource == "TOPIC" else f"group:{grant.name}"
+        expected.setdefault((grant.principal, resource), set()).add(grant.operation.capitalize())
+    assert granted_acls(kafka_script(secure_override)) == expected
+
+
+def test_the_secured_start_script_is_valid_bash(secure_override):
+    bash = shutil.which("bash")
+    if bash is None:
+        pytest.skip("no bash here")
+    checked = subprocess.run([bash, "-n"], input=kafka_script(secure_override), capture_output=True, text=True)
+    assert checked.returncode == 0, checked.stderr
+
+
+def test_the_secured_server_logs_in_as_the_server_principal(secure_override, compose):
+    server = {
+        **environment(compose["services"]["minigit-server"]),
+        **environment(secure_override["services"]["minigit-server"]),
+    }
+    assert server["MINIGIT_KAFKA_SECURITY_PROTOCOL"] == "SASL_PLAINTEXT"
+    assert server["MINIGIT_KAFKA_SASL_MECHANISM"] == "SCRAM-SHA-512"
+    assert server["MINIGIT_KAFKA_SASL_PLAIN_USERNAME"] == "minigit-server"
+    assert server["MINIGIT_KAFKA_SASL_PLAIN_PASSWORD"] == PASSWORDS["MINIGIT_KAFKA_SERVER_PASSWORD"]
+    # its bootstrap (the compose network's listener) is advertised by the secured broker
+    config = heredoc(kafka_script(secure_override), "/tmp/server.properties")
+    in_network = {f"{host}:{port}" for host, port in listeners(config["advertised.listeners"]).values()}
+    assert option(command(compose["services"]["minigit-server"]), "--bootstrap") in in_network
+
+
+def test_the_secured_kafka_is_healthy_only_once_its_acls_are_granted(secure_override):
+    test = " ".join(secure_override["services"]["kafka"]["healthcheck"]["test"][1:])
+    assert "/tmp/acls-granted" in kafka_script(secure_override) and "test -f /tmp/acls-granted" in test
+    assert "--command-config /tmp/admin.properties" in test
+
+
+def test_docker_compose_accepts_the_secured_variant():
+    tool = _compose_command()
+    if tool is None:
+        pytest.skip("neither docker-compose nor the docker compose plugin is installed")
+    files = ["-f", str(COMPOSE_FILE), "-f", str(SECURE_FILE)]
+    result = subprocess.run(
+        [*tool, *files, "config", "-q"],
+        capture_output=True,
+        text=True,
+        cwd=ROOT,
+        timeout=120,
+        env={**os.environ, **PASSWORDS},
     )
     assert result.returncode == 0, result.stderr
