@@ -69,3 +69,9 @@ def close_producer(producer: KafkaProducer, timeout_s: float) -> None:
         producer.close(timeout=timeout_s)
     except INFRASTRUCTURE_ERRORS as error:
         log.info("producer closed with records unsent: %s", error)
+        # kafka-python 3.0 leaves such a producer open, its sender running, and closes it
+        # again when it is garbage-collected, raising in __del__: stop the sender now.
+        sender = getattr(producer, "_sender", None)
+        if sender is not None:
+            sender.force_close()
+        producer._closed = True

@@ -34,3 +34,26 @@ def test_the_admin_client_too_and_the_users_settings_win(monkeypatch) -> None:
     client = kafka_clients.open_admin(settings, request_timeout_ms=20_000)
     assert client.options["reconnect_backoff_max_ms"] == 1000
     assert client.options["request_timeout_ms"] == 45_000  # the user's, over ours and the caller's
+
+
+class UnflushableProducer:
+    """A producer whose records no broker takes, as kafka-python 3.0's close() leaves it."""
+
+    def __init__(self) -> None:
+        self._closed = False
+        self._sender = self
+        self.forced = False
+
+    def close(self, timeout: float | None = None) -> None:
+        raise kafka_clients.KafkaError("KafkaTimeoutError: Timeout waiting for future")
+
+    def force_close(self) -> None:
+        self.forced = True
+
+
+def test_a_producer_closed_with_no_broker_gives_up_its_records_without_raising() -> None:
+    """The flush's timeout escaped from a command that had done its work (a push
+    reported failed after its answer came), and again from __del__."""
+    producer = UnflushableProducer()
+    kafka_clients.close_producer(producer, timeout_s=0.1)
+    assert producer.forced and producer._closed
