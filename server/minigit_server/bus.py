@@ -14,7 +14,7 @@ from dataclasses import dataclass
 from kafka import ConsumerRebalanceListener, KafkaConsumer, TopicPartition
 from kafka.admin import NewTopic
 from kafka.coordinator.assignors.roundrobin import RoundRobinPartitionAssignor
-from kafka.errors import KafkaError, TopicAlreadyExistsError
+from kafka.errors import KafkaConnectionError, KafkaError, TopicAlreadyExistsError
 from kafka.structs import OffsetAndMetadata
 
 from minigit import protocol as p
@@ -106,7 +106,7 @@ class Bus:
             self.extra["bootstrap_timeout_ms"] = int(bootstrap_timeout_s * 1000)
         self.producer = open_producer(settings, **self.extra)
         self._offsets_lock = threading.Lock()
-        self._offsets_consumer = self._consumer()
+        self._offsets_consumer: KafkaConsumer | None = self._consumer()
         # The heartbeat's own: a heartbeat stuck on a broker that does not answer
         # never holds up the read barrier (which uses the one above).
         self._report_lock = threading.Lock()
@@ -124,6 +124,8 @@ class Bus:
         deadline = time.monotonic() + wait_s  # a topic just created may not be in metadata yet
         while True:
             with self._offsets_lock:
+                if self._offsets_consumer is None:
+                    self._offsets_consumer = self._consumer()
                 found = self._offsets_consumer.partitions_for_topic(topic)
             if found or time.monotonic() > deadline:
                 break
@@ -155,33 +157,35 @@ class Bus:
             partitions = range(self.partition_count(self.topics.log))
         tps = [TopicPartition(self.topics.log, n) for n in partitions]
         with self._offsets_lock:
-            try:
-                ends = self._offsets_consumer.end_offsets(tps)
-            except INFRASTRUCTURE_ERRORS:
-                self._offsets_consumer = self._renewed(self._offsets_consumer)
-                raise
+            ends = self._end_offsets("_offsets_consumer", tps, None)
         return {tp.partition: offset for tp, offset in ends.items()}
 
-    def _renewed(self, consumer: KafkaConsumer) -> KafkaConsumer:
-        """A new consumer in place of one whose request failed: kafka-python's
-        offset lookups were seen failing for minutes, until the process restarted,
-        after a cluster's partition leader was killed and came back."""
-        with contextlib.suppress(*INFRASTRUCTURE_ERRORS):
-            consumer.close()
-        return self._consumer()
+    def _end_offsets(self, which: str, tps: list[TopicPartition], timeout_ms: int | None) -> dict[TopicPartition, int]:
+        """End offsets on the consumer in attribute ``which``, opened first if there
+        is none. One whose lookup failed is dropped, and the next lookup opens a
+        new one: kafka-python's kept failing for minutes after a cluster's leader
+        came back, and a consumer whose network closed only raises RuntimeError
+        ("NetworkSelector closed!") from then on. Every failure is a Kafka error."""
+        consumer = getattr(self, which)
+        if consumer is None:
+            consumer = self._consumer()  # ServerUnreachable while no broker answers
+            setattr(self, which, consumer)
+        try:
+            return consumer.end_offsets(tps, timeout_ms=timeout_ms)
+        except (*INFRASTRUCTURE_ERRORS, RuntimeError) as error:
+            setattr(self, which, None)
+            with contextlib.suppress(Exception):
+                consumer.close()
+            if isinstance(error, RuntimeError):
+                raise KafkaConnectionError(f"the consumer failed: {error}") from error
+            raise
 
     def reported_log_end_offsets(self, timeout_s: float = HEARTBEAT_OFFSETS_TIMEOUT_S) -> dict[int, int]:
         """The end of every log partition, for a heartbeat: on a consumer of its
         own, and given up after ``timeout_s`` (KafkaTimeoutError)."""
         tps = [TopicPartition(self.topics.log, n) for n in range(self.partition_count(self.topics.log))]
         with self._report_lock:
-            if self._report_consumer is None:
-                self._report_consumer = self._consumer()
-            try:
-                ends = self._report_consumer.end_offsets(tps, timeout_ms=int(timeout_s * 1000))
-            except INFRASTRUCTURE_ERRORS:
-                self._report_consumer = self._renewed(self._report_consumer)
-                raise
+            ends = self._end_offsets("_report_consumer", tps, int(timeout_s * 1000))
         return {tp.partition: offset for tp, offset in ends.items()}
 
     # -- producing
@@ -217,9 +221,9 @@ class Bus:
         try:
             close_producer(self.producer, timeout_s=10)
         finally:
-            self._offsets_consumer.close()
-            if self._report_consumer is not None:
-                self._report_consumer.close()
+            for consumer in (self._offsets_consumer, self._report_consumer):
+                if consumer is not None:
+                    consumer.close()
 
     def ask(self, request: p.Request, timeout_s: float) -> p.Reply | None:
         """Send one request and wait for its answer on ``request.reply_partition``:

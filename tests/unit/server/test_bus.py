@@ -6,7 +6,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import pytest
-from kafka.errors import KafkaTimeoutError
+from kafka.errors import KafkaError, KafkaTimeoutError
 
 from minigit import protocol as p
 from minigit.config import KafkaSettings
@@ -26,10 +26,13 @@ class FakeKafka:
 
     def __init__(self) -> None:
         self.topics: dict[str, list[Record]] = {}
-        self.stuck = 0  # how many offset lookups fail next
+        self.failure: Exception | None = None  # what the next offset lookup raises
+        self.broker_down = False
         self.consumers: list[FakeConsumer] = []
 
     def consumer(self, settings, **extra) -> FakeConsumer:
+        if self.broker_down:
+            raise ServerUnreachable("cannot reach Kafka at broker:9092")
         self.consumers.append(FakeConsumer(self))
         return self.consumers[-1]
 
@@ -57,9 +60,9 @@ class FakeConsumer:
         self.positions[tp] = 0
 
     def end_offsets(self, tps, timeout_ms: int | None = None) -> dict:
-        if self.kafka.stuck:
-            self.kafka.stuck -= 1
-            raise KafkaTimeoutError("Failed to get offsets by timestamps in 10000 ms")
+        if self.kafka.failure is not None:
+            failure, self.kafka.failure = self.kafka.failure, None
+            raise failure
         return {tp: len(self.kafka.topics[tp.topic]) for tp in tps}
 
     def position(self, tp) -> int:
@@ -151,20 +154,28 @@ def test_a_missing_topic_is_what_the_client_says_exit_4(kafka: FakeKafka) -> Non
         bus.close()
 
 
+@pytest.mark.parametrize("failure", [KafkaTimeoutError("no offsets"), RuntimeError("NetworkSelector closed!")])
 @pytest.mark.parametrize("lookup", ["log_end_offsets", "reported_log_end_offsets"])
-def test_an_offset_lookup_that_fails_is_made_next_time_on_a_new_consumer(kafka: FakeKafka, lookup: str) -> None:
+def test_an_offset_lookup_that_fails_is_made_next_time_on_a_new_consumer(
+    kafka: FakeKafka, lookup: str, failure: Exception
+) -> None:
     """kafka-python's lookups kept failing for minutes after a cluster's partition
-    leader came back, until the replica restarted: the next read barrier (or
-    heartbeat) starts from a new consumer instead."""
+    leader came back, and a consumer whose network closed raises RuntimeError
+    forever: the next read barrier (or heartbeat) opens a new consumer, even when
+    opening one failed in between (no broker yet); every failure is a Kafka error."""
     kafka.topics[SETTINGS.topics.log] = [Record(b"r", b"x")] * 3
     bus = Bus(SETTINGS, client_id="test")
     try:
-        getattr(bus, lookup)()  # opens the consumer that heartbeat lookups use, if that is the one
+        getattr(bus, lookup)()
         failing = kafka.consumers[-1]
-        kafka.stuck = 1
-        with pytest.raises(KafkaTimeoutError):
+        kafka.failure = failure
+        with pytest.raises(KafkaError):
             getattr(bus, lookup)()
-        assert getattr(failing, "closed", False) and kafka.consumers[-1] is not failing
-        assert getattr(bus, lookup)() == {0: 3}
+        assert getattr(failing, "closed", False)
+        kafka.broker_down = True  # opening a consumer fails now
+        with pytest.raises(ServerUnreachable):
+            getattr(bus, lookup)()
+        kafka.broker_down = False
+        assert getattr(bus, lookup)() == {0: 3} and kafka.consumers[-1] is not failing
     finally:
         bus.close()
