@@ -319,8 +319,34 @@ class ReplicaMetrics:
         self.scrub_finished.set(finished_s)
 
 
+# A scrape is one short request: a connection idle longer than this is closed, and
+# connections beyond this many at once are refused, so idle ones cannot pile up threads.
+CONNECTION_TIMEOUT_S = 5.0
+MAX_CONNECTIONS = 16
+
+
 class _Server(ThreadingHTTPServer):
     daemon_threads = True
+
+    def __init__(self, *args: object, **kwargs: object) -> None:
+        super().__init__(*args, **kwargs)
+        self.slots = threading.BoundedSemaphore(MAX_CONNECTIONS)
+
+    def process_request(self, request: socket.socket, client_address: object) -> None:
+        if not self.slots.acquire(blocking=False):
+            self.shutdown_request(request)  # too many at once: refused, not queued
+            return
+        try:
+            super().process_request(request, client_address)
+        except BaseException:
+            self.slots.release()
+            raise
+
+    def process_request_thread(self, request: socket.socket, client_address: object) -> None:
+        try:
+            super().process_request_thread(request, client_address)
+        finally:
+            self.slots.release()
 
     def server_bind(self) -> None:
         # HTTPServer's own also looks up the host's full name: a DNS query that can hang a start
@@ -386,6 +412,7 @@ def check_ports_free(host: str, ports: Iterable[int]) -> None:
 def _handler_for(registry: Registry) -> type[BaseHTTPRequestHandler]:
     class MetricsHandler(BaseHTTPRequestHandler):
         server_version = "minigit-metrics"
+        timeout = CONNECTION_TIMEOUT_S  # of the connection's socket: an idle client is let go
 
         def do_GET(self) -> None:  # the name http.server calls
             self._answer(send_body=True)

@@ -531,6 +531,30 @@ def test_any_other_path_is_not_found(served, path: str) -> None:
     assert status == 404 and "/metrics" in body
 
 
+def test_idle_connections_are_let_go_and_cannot_pile_up_threads(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Connections that never send a request each held a thread forever (319
+    threads in 40 s): now they are closed after a timeout, and at most
+    MAX_CONNECTIONS are served at once."""
+    from minigit_server import metrics as metrics_module
+
+    monkeypatch.setattr(metrics_module, "CONNECTION_TIMEOUT_S", 0.5)
+    server = MetricsServer(ReplicaMetrics("1", 0).registry, "127.0.0.1", 0).start()
+    idle = []
+    try:
+        before = threading.active_count()
+        for _ in range(metrics_module.MAX_CONNECTIONS * 3):
+            idle.append(socket.create_connection(("127.0.0.1", server.port)))
+        time.sleep(0.2)
+        assert threading.active_count() - before <= metrics_module.MAX_CONNECTIONS
+        time.sleep(1.0)  # past the timeout: every idle connection was closed by the server
+        assert all(connection.recv(1) == b"" for connection in idle[: metrics_module.MAX_CONNECTIONS])
+        assert get(server.port, "/metrics")[0] == 200
+    finally:
+        for connection in idle:
+            connection.close()
+        server.close()
+
+
 def test_other_methods_are_not_served(served) -> None:
     _, server = served
     assert get(server.port, "/metrics", "POST")[0] == 501
