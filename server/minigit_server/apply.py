@@ -107,10 +107,42 @@ def complete_blob(store: Store, partition: int, sha: str, count: int) -> None:
 
 def check_tree(store: Store, partition: int, tree: str) -> tuple[Status, str] | None:
     return decisions.find_tree_problem(
-        store.blob_size(partition, tree),
+        recovered_blob_size(store, partition, tree),
         lambda: store.read_blob(partition, tree),
-        lambda sha: store.blob_size(partition, sha),
+        lambda sha: recovered_blob_size(store, partition, sha),
     )
+
+
+# More pieces than any blob can have: "all the pieces stored", whatever their count.
+_ANY_COUNT = codec.count_chunks(p.MAX_BLOB_BYTES) + 1
+
+
+def recovered_blob_size(store: Store, partition: int, sha: str) -> int | None:
+    """A blob's size, for a decision. A blob whose row a damaged store lost while
+    its pieces are all still there (they hash to its name) is completed again from
+    them, as applying its last piece did: otherwise this replica alone would decide
+    "missing objects" where every other decides "accepted", and diverge for good."""
+    size = store.blob_size(partition, sha)
+    if size is not None:
+        return size
+    count = 0
+    for piece in store.iter_chunks(partition, sha, _ANY_COUNT):
+        if piece.index != count:
+            return None  # a gap: not all uploaded (the usual case), nothing to recover
+        count += 1
+    if count == 0:
+        return None
+    assembler = codec.Assembler(sha, count)
+    try:
+        for piece in store.iter_chunks(partition, sha, count):
+            assembler.add(piece)
+    except MinigitError:
+        return None  # pieces of an upload still under way, or damaged ones: not this blob
+    if not assembler.complete:
+        return None
+    log.error("blob %s (log partition %d) had lost its row; completed again from its stored pieces", sha, partition)
+    store.put_blob(partition, sha, assembler.size, count)
+    return assembler.size
 
 
 def apply_create(store: Store, proposal: p.CreateProposal, record: LogRecord) -> decisions.Outcome:

@@ -972,3 +972,54 @@ def test_a_replica_reports_a_store_it_cannot_open_and_moves_nothing(tmp_path):
     with pytest.raises(MinigitError, match="cannot open the store"):
         open_store(tmp_path / "store.sqlite", logging.getLogger("test"))
     assert [path.name for path in tmp_path.iterdir()] == ["store.sqlite"]
+
+
+# ---------------------------------------------------------------- a damaged store
+
+
+def lose_blob_row(store: Store, sha: str) -> None:
+    """What the attack did to one replica's file: its row of a blob deleted, its pieces left."""
+    if isinstance(store, MemoryStore):
+        del store.blobs[(0, sha)]
+    else:
+        with store.transaction():
+            store._db().execute("DELETE FROM blobs WHERE sha = ?", (sha,))
+    assert store.blob_size(0, sha) is None
+
+
+@pytest.mark.parametrize("lost", ["a file", "the tree"])
+def test_a_store_that_lost_a_blob_row_decides_a_push_as_every_other_replica(tmp_path, lost: str) -> None:
+    """A replica whose store had lost one blob's row decided a push "missing
+    objects" where the others accepted it, and kept a different history for good.
+    Its pieces are still there: the blob is completed again, and it decides the same."""
+    log = Log()
+    old = log.tree({"a.txt": b"one", "b.bin": b"\x00" * 70_000})
+    log.create(old)
+    new = log.tree({"a.txt": b"two", "b.bin": b"\x00" * 70_000}, upload_blobs=False)
+    log.add(log.chunks(b"two")[0].to_bytes())
+    pushed = log.push(1, new)
+    healthy, damaged = MemoryStore(), SqliteStore(tmp_path / "damaged.db")
+    try:
+        apply_records(healthy, log.records[:-1], PARTITIONS)
+        apply_records(damaged, log.records[:-1], PARTITIONS)
+        lose_blob_row(damaged, p.hash_bytes(b"\x00" * 70_000) if lost == "a file" else new)
+        apply_records(healthy, log.records[-1:], PARTITIONS)
+        apply_records(damaged, log.records[-1:], PARTITIONS)
+        assert outcome(damaged, pushed) == outcome(healthy, pushed)
+        assert outcome(healthy, pushed).status == p.Status.ACCEPTED
+        assert damaged.repo_digest(REPO) == healthy.repo_digest(REPO)
+    finally:
+        damaged.close()
+
+
+def test_an_upload_still_under_way_is_not_taken_for_a_lost_row(store) -> None:
+    """The first pieces of a blob do not hash to its name: nothing is completed, the push misses it."""
+    log = Log()
+    log.create(log.tree({"a.txt": b"one"}))
+    big = os.urandom(3 * codec.CHUNK_SIZE)
+    for chunk in log.chunks(big)[:2]:
+        log.add(chunk.to_bytes())
+    pushed = log.push(1, log.tree({"big": big}, upload_blobs=False))
+    apply_records(store, log.records, PARTITIONS)
+    assert outcome(store, pushed).status == p.Status.MISSING_OBJECTS
+    assert store.blob_size(0, p.hash_bytes(big)) is None
