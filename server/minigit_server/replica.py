@@ -46,6 +46,17 @@ SCRUB_PAUSE_S = 600.0
 SCRUB_RETRY_S = 60.0
 # A scrub request older than this is not acted on (a replica starting long after a verify).
 SCRUB_REQUEST_TTL_MS = 3600 * 1000
+# A request stamped further ahead than this is not acted on (it would stay fresh for ever).
+SCRUB_REQUEST_SKEW_MS = 60 * 1000
+# The least time between two requested full-speed passes.
+SCRUB_REQUEST_GAP_S = 5.0
+
+
+def scrub_request_is_fresh(request: p.ScrubRequest, answered: str | None, now_ms: int) -> bool:
+    """Whether to answer a scrub request: not the one answered last, stamped within
+    the last hour by the sender's clock, and not from the future."""
+    age_ms = now_ms - request.requested_ms
+    return request.request != answered and -SCRUB_REQUEST_SKEW_MS <= age_ms < SCRUB_REQUEST_TTL_MS
 
 
 def scrub_rate_from_env(environ: dict[str, str] = os.environ) -> float:
@@ -288,13 +299,13 @@ class Replica:
         answered: str | None = None
         next_background = time.monotonic() + SCRUB_PAUSE_S
         checked_at = 0.0
+        last_requested = -SCRUB_REQUEST_GAP_S
 
         def take_request(timeout_s: float) -> None:
             nonlocal pending, checked_at
             checked_at = time.monotonic()
             found = requests.poll(timeout_s)
-            fresh = found and int(time.time() * 1000) - found.requested_ms < SCRUB_REQUEST_TTL_MS
-            if fresh and found.request != answered:
+            if found is not None and scrub_request_is_fresh(found, answered, int(time.time() * 1000)):
                 pending = found
 
         def interrupted() -> bool:
@@ -307,6 +318,11 @@ class Replica:
                 try:
                     take_request(1.0)
                     if pending is not None:
+                        # requests come from whoever may write repo-replicas: a flood of them
+                        # gets a full-speed pass every SCRUB_REQUEST_GAP_S at most
+                        if self.stop.wait(max(0.0, last_requested + SCRUB_REQUEST_GAP_S - time.monotonic())):
+                            break
+                        last_requested = time.monotonic()
                         request, pending = pending, None
                         self.log.info("scrub requested (%s): reading every stored object", request.request)
                         if self.run_scrub(request.request, Pace(None), lambda: self.stop.is_set()):

@@ -128,3 +128,19 @@ def test_a_poll_that_fails_is_waited_out_and_said_once(
         "serve loop: Kafka failed (KafkaConnectionError: 111 ECONNREFUSED); waiting for it",
         "serve loop: Kafka answers again",
     ]
+
+
+@pytest.mark.parametrize(
+    "age_ms, answered, fresh",
+    [
+        (0, None, True),
+        (3_599_000, None, True),
+        (3_600_000, None, False),  # older than an hour
+        (-30_000, None, True),  # a sender's clock a little ahead
+        (-3_600_000, None, False),  # from the future: it would stay fresh for ever
+        (0, "a" * 32, False),  # the one answered last
+    ],
+)
+def test_which_scrub_requests_are_answered(age_ms: int, answered: str | None, fresh: bool) -> None:
+    request = p.ScrubRequest(request="a" * 32, requested_ms=10_000_000)
+    assert replica_module.scrub_request_is_fresh(request, answered, 10_000_000 + age_ms) is fresh
