@@ -105,12 +105,35 @@ def complete_blob(store: Store, partition: int, sha: str, count: int) -> None:
         store.delete_chunks(partition, sha)
 
 
+class StoreDamaged(Exception):
+    """A stored blob that a decision reads does not match its name: this replica's
+    store is damaged. Deciding from it would decide differently from every other
+    replica ("invalid tree" for a tree that is sound in the log), so nothing is
+    applied; the replica repairs the blob from the log first (Replica.apply_loop)."""
+
+    def __init__(self, partition: int, sha: str, problem: str) -> None:
+        super().__init__(f"stored object {sha} (log partition {partition}) is damaged: {problem}")
+        self.partition, self.sha, self.problem = partition, sha, problem
+
+
 def check_tree(store: Store, partition: int, tree: str) -> tuple[Status, str] | None:
     return decisions.find_tree_problem(
         recovered_blob_size(store, partition, tree),
-        lambda: store.read_blob(partition, tree),
+        lambda: read_sound_blob(store, partition, tree),
         lambda sha: recovered_blob_size(store, partition, sha),
     )
+
+
+def read_sound_blob(store: Store, partition: int, sha: str) -> bytes:
+    """A stored blob (its row is there) for a decision; StoreDamaged if its stored
+    pieces do not make it: the log had it whole, or it would have no row."""
+    try:
+        data = store.read_blob(partition, sha)
+    except MinigitError as error:
+        raise StoreDamaged(partition, sha, error.message) from None
+    if data is None:
+        raise StoreDamaged(partition, sha, "its row is there, its pieces are not")
+    return data
 
 
 # More pieces than any blob can have: "all the pieces stored", whatever their count.

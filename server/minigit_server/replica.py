@@ -27,7 +27,7 @@ from minigit import protocol as p
 from minigit.config import DEFAULT_LOGS, KafkaSettings, LogSettings
 from minigit.errors import MinigitError, ServerUnreachable
 from minigit.kafka_clients import INFRASTRUCTURE_ERRORS
-from minigit_server.apply import apply_records
+from minigit_server.apply import LogRecord, StoreDamaged, apply_records
 from minigit_server.bus import Bus, RequestConsumer, RequestRecord
 from minigit_server.logs import formatter_for, log_handlers
 from minigit_server.metrics import ReplicaMetrics
@@ -216,13 +216,27 @@ class Replica:
                 records = self.poll_through_outages("apply", reader.poll, 0.2)
                 if not records:
                     continue
-                apply_records(self.store, records, partitions)
+                self.apply_soundly(records, partitions)
                 ends: dict[int, int] = {}
                 for record in records:
                     ends[record.partition] = max(ends.get(record.partition, 0), record.offset + 1)
                 self.applied.advance(ends)
         finally:
             reader.close()
+
+    def apply_soundly(self, records: list[LogRecord], partitions: int) -> None:
+        """Apply a batch; if a decision met a damaged stored object, repair it from
+        the log and apply the batch again (nothing of it was applied). Stop the
+        replica, rather than decide differently from the others, if it cannot be
+        repaired."""
+        while True:
+            try:
+                apply_records(self.store, records, partitions)
+                return
+            except StoreDamaged as damage:
+                repair = self.service.integrity.quarantine_and_repair
+                if not repair(damage.partition, damage.sha, damage.problem, "applying the log"):
+                    raise
 
     def serve_loop(self) -> None:
         consumer = self.bus.open_request_consumer(self.on_assignment)

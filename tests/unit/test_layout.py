@@ -74,3 +74,10 @@ def test_only_a_few_modules_import_kafka():
         if any(m == "kafka" or m.startswith("kafka.") for m in imported_modules(path))
     }
     assert importers == KAFKA_MODULES
+
+
+def test_test_modules_have_unique_basenames():
+    """pytest imports test modules by basename (rootdir mode, no packages): two of
+    one name fail the collection of whichever comes second, in a fresh clone only."""
+    names = [path.name for path in (ROOT / "tests").rglob("test_*.py")]
+    assert sorted(name for name in set(names) if names.count(name) > 1) == []

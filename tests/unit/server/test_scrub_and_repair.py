@@ -265,3 +265,38 @@ def test_apply_alone_never_reads_the_damage_table() -> None:
     apply_records(clean, records, 3)
     apply_records(marked, records, 3)
     assert clean.repo_digest("r") == marked.repo_digest("r")
+
+
+def test_a_damaged_tree_a_decision_reads_is_repaired_before_deciding(service: Service) -> None:
+    """A push whose tree this replica holds damaged (here: a revert to version 1's
+    tree) was decided "invalid tree" by it alone, and "accepted" by every other
+    replica. Now nothing is applied until the tree is repaired from the log."""
+    import logging as logging_module
+
+    from minigit_server.apply import StoreDamaged
+    from minigit_server.replica import Replica
+
+    first = create(service, "r", {"a.txt": b"a"})
+    partition = service.wire.log_partition("r")
+    two = codec.BlobSource.from_bytes(p.encode_tree({"b.txt": p.FileEntry(codec.hash_bytes(b"a"), 1)}))
+    push = p.PushRequest(request_id=rid(), repo="r", user="u", reply_partition=1, base=1, tree=two.sha)
+    for chunk in p.blob_chunks(push.request_id, "r", two):
+        service.handle(NOW_MS, chunk.to_bytes())
+    service.handle(NOW_MS, push.to_bytes())  # version 2
+    assert service.store.get_repo("r").head == 2
+    flip(service.store, partition, first, index=0, count=3)
+    revert = p.PushProposal(
+        request_id=rid(), repo="r", user="u", tree=first, message="back", time_ms=NOW_MS, proposer="7", base=2
+    )
+    record = LogRecord(partition, len(service.wire.log[partition]), revert.to_bytes())
+    service.wire.log[partition].append(revert.to_bytes())
+
+    with pytest.raises(StoreDamaged):  # applying alone decides nothing
+        apply_records(service.store, [record], service.wire.log_partitions)
+    assert service.store.get_repo("r").head == 2
+
+    replica = object.__new__(Replica)
+    replica.store, replica.service, replica.log = service.store, service, logging_module.getLogger("test")
+    replica.apply_soundly([record], service.wire.log_partitions)
+    assert service.store.get_repo("r").head == 3 and service.store.check_blob(partition, first) is None
+    assert service.store.get_version("r", 3).tree == first
