@@ -40,6 +40,7 @@ from minigit.client.transport import Connection
 from minigit.config import KafkaSettings, ServerFlags
 from minigit.errors import PushRejected, ServerUnreachable
 from minigit_server.bus import Bus, ensure_topics
+from minigit_server.supervisor import replica_command
 
 BIN = Path(sys.executable).parent
 console = Console(stderr=True)
@@ -71,19 +72,9 @@ class Replicas:
         ensure_topics(self.settings, 6, 1)
 
     def start(self, replica_id: str) -> None:
+        options = ["--data-dir", str(self.data_dir), "--bootstrap", self.bootstrap, "--namespace", self.namespace]
         self.processes[replica_id] = subprocess.Popen(
-            [
-                str(BIN / "minigit-server"),
-                "start",
-                "--replica-id",
-                replica_id,
-                "--data-dir",
-                str(self.data_dir),
-                "--bootstrap",
-                self.bootstrap,
-                "--namespace",
-                self.namespace,
-            ],
+            replica_command(replica_id, options),
             stdout=subprocess.DEVNULL,
             stderr=subprocess.DEVNULL,
         )

@@ -68,6 +68,7 @@ from minigit_server.bus import Bus, ensure_topics
 from minigit_server.devkafka.broker import KAFKA_VERSION
 from minigit_server.replica import store_path
 from minigit_server.store import SqliteStore
+from minigit_server.supervisor import replica_command
 
 BIN = Path(sys.executable).parent
 MINIGIT = str(BIN / "minigit")
@@ -255,21 +256,8 @@ class Replicas:
 
     def start(self, replica_id: str) -> None:
         log = (self.data_dir / f"replica-{replica_id}.out").open("ab")
-        command = [
-            MINIGIT_SERVER,
-            "start",
-            "--replica-id",
-            replica_id,
-            "--data-dir",
-            str(self.data_dir),
-            "--bootstrap",
-            self.bootstrap,
-            "--namespace",
-            self.namespace,
-            "--partitions",
-            str(PARTITIONS),
-            *self.topic_options,
-        ]
+        options = ["--data-dir", str(self.data_dir), "--bootstrap", self.bootstrap, "--namespace", self.namespace]
+        command = replica_command(replica_id, [*options, "--partitions", str(PARTITIONS), *self.topic_options])
         with self.lock:
             self.processes[replica_id] = subprocess.Popen(
                 command, stdout=log, stderr=subprocess.STDOUT, start_new_session=True

@@ -21,6 +21,7 @@ from minigit.config import KafkaSettings, ServerFlags
 from minigit_server.bus import Bus, ensure_topics
 from minigit_server.replica import store_path
 from minigit_server.store import SqliteStore, StoreUnusable
+from minigit_server.supervisor import replica_command
 
 MINIGIT = str(Path(sys.executable).with_name("minigit"))
 MINIGIT_SERVER = str(Path(sys.executable).with_name("minigit-server"))
@@ -61,19 +62,8 @@ class Service:
         self.bus = Bus(self.settings, client_id="test-harness")
 
     def command(self, replica_id: str, extra_args: Sequence[str] = ()) -> list[str]:
-        return [
-            MINIGIT_SERVER,
-            "start",
-            "--replica-id",
-            replica_id,
-            "--data-dir",
-            str(self.data_dir),
-            "--bootstrap",
-            self.bootstrap,
-            "--namespace",
-            self.namespace,
-            *extra_args,
-        ]
+        options = ["--data-dir", str(self.data_dir), "--bootstrap", self.bootstrap, "--namespace", self.namespace]
+        return replica_command(replica_id, [*options, *extra_args])
 
     def start(self, *replica_ids: str, extra_args: Sequence[str] = ()) -> None:
         """``extra_args``: more `start` options, the same for each of these replicas."""
