@@ -24,7 +24,6 @@ from minigit_server.store import SqliteStore, StoreUnusable
 from minigit_server.supervisor import replica_command
 
 MINIGIT = str(Path(sys.executable).with_name("minigit"))
-MINIGIT_SERVER = str(Path(sys.executable).with_name("minigit-server"))
 PARTITIONS = 3
 
 
