@@ -803,7 +803,7 @@ class Heartbeat(Message):
     sent_ms: int
     serving: list[int]  # request partitions this replica owns now
     applied: dict[int, int]  # log partition -> next offset to apply
-    log_end: dict[int, int]  # log partition -> log end offset seen
+    log_end: dict[int, int]  # log partition -> log end offset seen ({}: the lookup failed)
     repos: dict[str, RepoReport]
     stopping: bool = False
     quarantined: list[DamagedObject] = field(default_factory=list)  # damaged now, not repaired

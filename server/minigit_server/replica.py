@@ -410,8 +410,8 @@ class Replica:
             quarantined, quarantined_count = self.service.integrity.quarantined()
             if self.metrics is not None:
                 self.record_store_metrics(self.metrics, applied, quarantined_count)
-            log_end = dict(sorted(self.bus.reported_log_end_offsets().items()))
-            if self.metrics is not None:
+            log_end = self.log_end_for_heartbeat()
+            if self.metrics is not None and log_end:
                 self.metrics.offsets(applied, log_end)
             beat = p.Heartbeat(
                 replica=self.replica_id,
@@ -435,6 +435,16 @@ class Replica:
             self.log.warning("heartbeat not sent: %s", error)
             if self.metrics is not None:
                 self.metrics.heartbeats_failed.inc()
+
+    def log_end_for_heartbeat(self) -> dict[int, int]:
+        """The log end for a heartbeat, or {} (unknown) when Kafka does not say in
+        time: the heartbeat still goes out, since who is alive and what each replica
+        holds do not depend on it (a loaded machine missed every lookup for 20 s)."""
+        try:
+            return dict(sorted(self.bus.reported_log_end_offsets().items()))
+        except (*INFRASTRUCTURE_ERRORS, MinigitError) as error:
+            self.log.warning("heartbeat sent without the log end: %s", error)
+            return {}
 
     def record_store_metrics(self, metrics: ReplicaMetrics, applied: dict[int, int], quarantined: int) -> None:
         """What the heartbeat read from the store, before it asks Kafka for the log end

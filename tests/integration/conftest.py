@@ -114,6 +114,14 @@ class Service:
             [MINIGIT, *args], cwd=cwd, env=self.env(user), capture_output=True, text=True, timeout=timeout
         )
 
+    def log_tails(self, lines: int = 30) -> str:
+        """The end of every replica's output, for the report of a failed test."""
+        parts = []
+        for path in sorted(self.data_dir.glob("replica-*.out")):
+            tail = path.read_text(errors="replace").splitlines()[-lines:]
+            parts.append(f"--- {path.name} (last {len(tail)} lines)\n" + "\n".join(tail))
+        return "\n".join(parts)
+
     # -- looking inside the replicas' stores (read-only, beside the running replica)
 
     def store(self, replica_id: str) -> SqliteStore:
@@ -147,6 +155,18 @@ class Service:
 
         states = wait_until(converged, timeout, message="replicas to apply the whole log")
         return states
+
+
+@pytest.hookimpl(hookwrapper=True)
+def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo):
+    """A failed test's report ends with what its replicas logged: a failure in CI
+    cannot be rerun with the replicas' files still there."""
+    outcome = yield
+    report = outcome.get_result()
+    if report.when == "call" and report.failed:
+        for harness in getattr(item, "funcargs", {}).values():
+            if isinstance(harness, Service):
+                report.sections.append(("replica logs", harness.log_tails()))
 
 
 @pytest.fixture

@@ -42,7 +42,13 @@ def make_repos(service, tmp_path: Path) -> None:
         operations.push_workdir(work, service.options(), "second")
     service.wait_converged(["1", "2", "3"])
     final = {"alpha": {"1": 2, "2": 2, "3": 2}, "beta": {"1": 2, "2": 2, "3": 2}}
-    wait_for(lambda: status_report(service)["repositories"] == final)
+    last: list[dict] = [{}]
+
+    def caught_up() -> bool:
+        last[0] = status_report(service)
+        return last[0]["repositories"] == final
+
+    wait_for(caught_up, what=lambda: f"status to show every head; it said {last[0]}")
 
 
 def status_report(service) -> dict:
@@ -52,10 +58,10 @@ def status_report(service) -> dict:
     return json.loads(done.stdout)
 
 
-def wait_for(condition, timeout: float = 10 * HEARTBEAT_INTERVAL_S):
+def wait_for(condition, timeout: float = 10 * HEARTBEAT_INTERVAL_S, what=lambda: "the condition"):
     deadline = time.monotonic() + timeout
     while not (value := condition()):
-        assert time.monotonic() < deadline, "timed out"
+        assert time.monotonic() < deadline, f"timed out after {timeout:.0f} s waiting for {what()}"
         time.sleep(HEARTBEAT_INTERVAL_S / 4)
     return value
 
