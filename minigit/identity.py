@@ -30,12 +30,13 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey,
 
 from minigit.codec import hash_bytes
 from minigit.config import check_namespace
-from minigit.errors import MalformedKey, MalformedSignature, ProtocolError
-from minigit.protocol import MAX_INT, Chunk, Request
+from minigit.errors import MalformedKey, MalformedSignature, MinigitError
+from minigit.protocol import Chunk, Request, check_sha
 
 # Domain separation: a signature over a request can never be taken for one over
 # anything else minigit signs later (replies, key rotations), which get their own.
 SIGNING_DOMAIN = b"minigit-request-v1\n"
+ATTESTATION_DOMAIN = b"minigit-attestation-v1\n"
 
 # Fields a request carries about its signature rather than as its content: the
 # wiring step adds them to ``Request``; they cannot sign themselves.
@@ -154,32 +155,46 @@ class ChunkDigest:
         return cls(chunk.sha, chunk.index, chunk.count, chunk.encoding, hash_bytes(chunk.piece().payload))
 
 
-def signing_payload(request: Request, chunk_digests: Iterable[ChunkDigest], namespace: str, timestamp_ms: int) -> bytes:
+def chunks_digest(chunk_digests: Iterable[ChunkDigest]) -> str:
+    """One SHA-256 (hex) for the chunks a request uploaded: over their digests
+    sorted, duplicates dropped (a chunk sent again is the same chunk), as one line
+    of JSON. The signature covers it, and a proposal carries it into the log
+    instead of a list that grows with the push."""
+    chunks = [dataclasses.astuple(digest) for digest in sorted(set(chunk_digests))]
+    return hash_bytes(json.dumps(chunks, separators=(",", ":"), ensure_ascii=True).encode())
+
+
+NO_CHUNKS = chunks_digest([])
+
+
+def signing_payload(request: Request, chunks: str, namespace: str) -> bytes:
     """The bytes a request's signature covers.
 
     ``SIGNING_DOMAIN``, then one line of JSON (sorted keys, no whitespace, ASCII
     only): the request as it travels (``v``, ``type``, ``action`` and every field,
-    defaults included, but ``UNSIGNED_FIELDS``), the chunk digests sorted with
-    duplicates dropped (a chunk sent again is the same chunk), the namespace and
-    the signing time in epoch milliseconds. JSON with sorted keys spells distinct
-    values distinctly, so distinct inputs never share a payload.
+    defaults included, its ``signed_ms`` among them, but ``UNSIGNED_FIELDS``), the
+    ``chunks_digest`` of the chunks it uploaded and the namespace. JSON with sorted
+    keys spells distinct values distinctly, so distinct inputs never share a payload.
 
     The verifier rebuilds it from the request it received, the chunks of the same
-    request id and repository, its own namespace and the timestamp the request
-    carries: a request replayed into another namespace, or with its chunks
-    swapped, does not verify.
+    request id and repository and its own namespace: a request replayed into
+    another namespace, or with its chunks swapped, does not verify.
     """
-    if not isinstance(timestamp_ms, int) or isinstance(timestamp_ms, bool) or not 0 <= timestamp_ms < MAX_INT:
-        raise ProtocolError(f"signing timestamp {timestamp_ms!r} is not an epoch time in milliseconds")
+    check_sha(chunks)
     fields = {name: value for name, value in request.to_dict().items() if name not in UNSIGNED_FIELDS}
-    chunks = [dataclasses.astuple(digest) for digest in sorted(set(chunk_digests))]
-    document = {
-        "request": fields,
-        "chunks": chunks,
-        "namespace": check_namespace(namespace),
-        "timestamp_ms": timestamp_ms,
-    }
-    return SIGNING_DOMAIN + json.dumps(document, sort_keys=True, separators=(",", ":"), ensure_ascii=True).encode()
+    document = {"request": fields, "chunks": chunks, "namespace": check_namespace(namespace)}
+    return SIGNING_DOMAIN + _canonical(document)
+
+
+def _canonical(document: object) -> bytes:
+    return json.dumps(document, sort_keys=True, separators=(",", ":"), ensure_ascii=True).encode()
+
+
+def attestation_payload(namespace: str, user: str, key: str, request_signature: str) -> bytes:
+    """What the server signs when it carries a write into the log: that ``key`` was
+    ``user``'s registered key when the request signed ``request_signature`` arrived."""
+    document = {"namespace": check_namespace(namespace), "user": user, "key": key, "request": request_signature}
+    return ATTESTATION_DOMAIN + _canonical(document)
 
 
 def sign(private_key: Ed25519PrivateKey, payload: bytes) -> str:
@@ -205,3 +220,32 @@ def verify(public_key: Ed25519PublicKey, payload: bytes, signature: object) -> b
     except InvalidSignature:
         return False
     return True
+
+
+# ---------------------------------------------------------------- requests
+
+
+def sign_request(private_key: Ed25519PrivateKey, request: Request, chunks: str, namespace: str) -> Request:
+    """``request`` with its ``signature`` set (its ``signed_ms`` must be set before)."""
+    payload = signing_payload(dataclasses.replace(request, signature=""), chunks, namespace)
+    return dataclasses.replace(request, signature=sign(private_key, payload))
+
+
+def request_signed_by(key_text: str, request: Request, chunks: str, namespace: str) -> bool:
+    """Whether ``request`` carries a valid signature by the key ``key_text`` names.
+    Anything malformed (the key, the signature) is False: a refusal, not a crash."""
+    try:
+        return verify(parse_public_key(key_text), signing_payload(request, chunks, namespace), request.signature)
+    except MinigitError:
+        return False
+
+
+def attested_by(
+    server_key_text: str, namespace: str, user: str, key: str, request_signature: str, attestation: str
+) -> bool:
+    """Whether the server key ``server_key_text`` signed that ``key`` was ``user``'s."""
+    try:
+        payload = attestation_payload(namespace, user, key, request_signature)
+        return verify(parse_public_key(server_key_text), payload, attestation)
+    except MinigitError:
+        return False

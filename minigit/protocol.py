@@ -44,6 +44,15 @@ MAX_TREE_BYTES = 16 * 1024 * 1024
 MAX_TREE_ENTRIES = 100_000
 MAX_BLOB_BYTES = 4 * 1024**3  # a chunk's count may not promise more than this
 MAX_INT = 2**63  # every integer field is 0 <= n < MAX_INT, so SQLite can store it
+# Key and signature texts (minigit.identity, minigit.sealing check them fully): a
+# bound checked while parsing, so nothing larger is ever kept or decoded.
+MAX_KEY_TEXT = 60
+MAX_SIGNATURE_TEXT = 88
+# A signed request carried into the log (SignedWrite.request): a write request's JSON.
+MAX_SIGNED_REQUEST_BYTES = 64 * 1024
+# A sealed record's box: a chunk record (CHUNK_SIZE raw bytes in base64, ~700 KB of
+# JSON) sealed and in base64 again is ~933 KB, under Kafka's default 1 MiB.
+MAX_SEALED_BOX_CHARS = 1024 * 1024
 
 _NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*$")
 _SHA_RE = re.compile(r"^[0-9a-f]{64}$")
@@ -443,6 +452,22 @@ def _check_message_text(text: str) -> None:
         raise ProtocolError(f"message longer than {MAX_MESSAGE_LENGTH} characters")
 
 
+class Visibility(enum.StrEnum):
+    """Who may read a repository: anyone registered (public), or its members (private)."""
+
+    PUBLIC = "public"
+    PRIVATE = "private"
+
+
+class Access(enum.StrEnum):
+    """A member's level on a repository; each includes the ones before it."""
+
+    NONE = "none"
+    READ = "read"
+    WRITE = "write"
+    ADMIN = "admin"
+
+
 @wire
 @dataclass(kw_only=True)
 class Chunk(Message):
@@ -509,14 +534,33 @@ def blob_chunks(request_id: str, repo: str, blob: codec.BlobSource, stream: str 
 # -- requests: client -> repo-requests (key = repository name)
 
 
+def _check_key_text(name: str, text: str) -> None:
+    if len(text) > MAX_KEY_TEXT:
+        raise ProtocolError(f"{name} longer than {MAX_KEY_TEXT} characters")
+
+
+def _check_signature_text(name: str, text: str) -> None:
+    if len(text) > MAX_SIGNATURE_TEXT:
+        raise ProtocolError(f"{name} longer than {MAX_SIGNATURE_TEXT} characters")
+
+
 @dataclass(kw_only=True)
 class Request(Message):
+    """What every request carries. ``user`` is who signed it: ``signature`` is that
+    user's Ed25519 signature over ``minigit.identity.signing_payload`` (every other
+    field, the digest of its uploaded chunks, the namespace). ``signed_ms`` bounds
+    a replay in time; ``reply_key`` (``x25519:``) is the key replies about a
+    private repository are sealed to (minigit.sealing)."""
+
     type: ClassVar[str] = "request"
     request_id: str
     repo: str
     user: str
     reply_partition: int
     timeout_ms: int = 30_000
+    signed_ms: int = 0
+    reply_key: str = ""
+    signature: str = ""
 
     def validate(self) -> None:
         _check_request_id(self.request_id)
@@ -526,6 +570,8 @@ class Request(Message):
             raise ProtocolError("reply_partition must be >= 0")
         if self.timeout_ms <= 0:
             raise ProtocolError("timeout_ms must be > 0")
+        _check_key_text("reply_key", self.reply_key)
+        _check_signature_text("signature", self.signature)
 
 
 @wire
@@ -536,6 +582,7 @@ class InitRequest(Request):
     action: ClassVar[str] = "init"
     tree: str
     message: str = ""
+    visibility: Visibility = Visibility.PRIVATE
 
     def validate(self) -> None:
         super().validate()
@@ -602,6 +649,62 @@ class PingRequest(Request):
     action: ClassVar[str] = "ping"
 
 
+@wire
+@dataclass(kw_only=True)
+class ShareRequest(Request):
+    """Give ``member`` a level of access to ``repo`` (``none``: take it away)."""
+
+    action: ClassVar[str] = "share"
+    member: str
+    level: Access
+
+    def validate(self) -> None:
+        super().validate()
+        check_name("user", self.member)
+
+
+@wire
+@dataclass(kw_only=True)
+class VisibilityRequest(Request):
+    action: ClassVar[str] = "visibility"
+    visibility: Visibility
+
+
+@wire
+@dataclass(kw_only=True)
+class RegisterRequest(Request):
+    """Claim the name ``user`` for ``public_key``, signed by that key (proof that
+    the sender holds it). Account requests are routed by the user's name: ``repo``
+    is the user's name, and its log partition decides the claim."""
+
+    action: ClassVar[str] = "register"
+    public_key: str
+
+    def validate(self) -> None:
+        super().validate()
+        _check_key_text("public_key", self.public_key)
+        if self.repo != self.user:
+            raise ProtocolError("an account request is routed by its user's name: repo must equal user")
+
+
+@wire
+@dataclass(kw_only=True)
+class RotateRequest(Request):
+    """Replace the user's registered key by ``new_key``, signed by the old key."""
+
+    action: ClassVar[str] = "rotate"
+    new_key: str
+
+    def validate(self) -> None:
+        super().validate()
+        _check_key_text("new_key", self.new_key)
+        if self.repo != self.user:
+            raise ProtocolError("an account request is routed by its user's name: repo must equal user")
+
+
+ACCOUNT_REQUESTS = (RegisterRequest, RotateRequest)
+
+
 # -- replies: replica -> repo-responses (partition chosen by the client)
 
 
@@ -616,8 +719,41 @@ class Status(enum.StrEnum):
     NOT_FOUND = "not-found"
     INVALID = "invalid"
     MISSING_OBJECTS = "missing-objects"
+    DENIED = "denied"  # the verified user may not do this (permissions)
+    UNAUTHENTICATED = "unauthenticated"  # unsigned, a bad signature, an unknown user, a replay
     ERROR = "error"
     WORKING = "working"  # not an answer: the request is being processed, keep waiting
+
+
+@dataclass(kw_only=True)
+class SignedWrite(Record):
+    """A write's proof of authorship, carried from the request into the log and
+    kept with the version it made: any replica, and any auditor with the log,
+    checks ``request``'s signature against ``key`` (minigit.identity).
+
+    ``request`` is the request as it arrived (its JSON, signature included);
+    ``chunks`` the digest of the chunks it uploaded (``identity.chunks_digest``);
+    ``key`` the author's key as registered when the write was proposed, and
+    ``attestation`` the server's signature saying so (``identity.attestation_payload``),
+    empty for a registration (its request is signed by the key it registers)."""
+
+    request: str
+    chunks: str
+    key: str
+    attestation: str = ""
+
+    def validate(self) -> None:
+        if len(self.request.encode()) > MAX_SIGNED_REQUEST_BYTES:
+            raise ProtocolError(f"a signed request is larger than {MAX_SIGNED_REQUEST_BYTES} bytes")
+        check_sha(self.chunks)
+        _check_key_text("key", self.key)
+        _check_signature_text("attestation", self.attestation)
+
+    def parsed_request(self) -> Request:
+        """The request inside (ProtocolError if it is not one)."""
+        message = parse_message(self.request.encode(), allowed=(Request,))
+        assert isinstance(message, Request)
+        return message
 
 
 @dataclass(kw_only=True)
@@ -628,6 +764,7 @@ class LogEntry(Record):
     author: str
     time_ms: int
     message: str
+    signed: SignedWrite | None = None
 
 
 @wire
@@ -654,9 +791,13 @@ class Reply(Message):
     blob_count: int = 0
     blob_bytes: int = 0
     entries: list[LogEntry] = field(default_factory=list)
+    server_key: str = ""  # the service's public key (ed25519:): the client pins it
+    signature: str = ""  # the server key's signature over the reply (minigit.sealing)
 
     def validate(self) -> None:
         _check_request_id(self.request_id)
+        _check_key_text("server_key", self.server_key)
+        _check_signature_text("signature", self.signature)
         if self.tree is not None:
             check_sha(self.tree)
         # an answer carries a tree and the blobs it lists, never more
@@ -671,41 +812,121 @@ class Reply(Message):
 
 @dataclass(kw_only=True)
 class Proposal(Message):
-    """A write, decided identically by every replica when it applies the record."""
+    """A write, decided identically by every replica when it applies the record.
+    ``signed`` proves who asked for it; a proposal whose proof does not check
+    against the request it names is skipped by every replica alike."""
 
     type: ClassVar[str] = "propose"
     request_id: str
     repo: str
     user: str
-    tree: str
-    message: str
     time_ms: int
     proposer: str
+    signed: SignedWrite | None = None
 
     def validate(self) -> None:
         _check_request_id(self.request_id)
         check_name("repository", self.repo)
         check_name("user", self.user)
+
+
+@dataclass(kw_only=True)
+class TreeProposal(Proposal):
+    tree: str
+    message: str
+
+    def validate(self) -> None:
+        super().validate()
         check_sha(self.tree)
         _check_message_text(self.message)
 
 
 @wire
 @dataclass(kw_only=True)
-class CreateProposal(Proposal):
+class CreateProposal(TreeProposal):
     action: ClassVar[str] = "init"
+    visibility: Visibility = Visibility.PRIVATE
 
 
 @wire
 @dataclass(kw_only=True)
-class PushProposal(Proposal):
+class PushProposal(TreeProposal):
     action: ClassVar[str] = "push"
     base: int
 
 
+@wire
+@dataclass(kw_only=True)
+class ShareProposal(Proposal):
+    action: ClassVar[str] = "share"
+    member: str
+    level: Access
+
+    def validate(self) -> None:
+        super().validate()
+        check_name("user", self.member)
+
+
+@wire
+@dataclass(kw_only=True)
+class VisibilityProposal(Proposal):
+    action: ClassVar[str] = "visibility"
+    visibility: Visibility
+
+
+@wire
+@dataclass(kw_only=True)
+class RegisterProposal(Proposal):
+    """In the log partition of the user's name (``repo`` is the name)."""
+
+    action: ClassVar[str] = "register"
+    public_key: str
+
+    def validate(self) -> None:
+        super().validate()
+        _check_key_text("public_key", self.public_key)
+
+
+@wire
+@dataclass(kw_only=True)
+class RotateProposal(Proposal):
+    action: ClassVar[str] = "rotate"
+    new_key: str
+
+    def validate(self) -> None:
+        super().validate()
+        _check_key_text("new_key", self.new_key)
+
+
 LOG_RECORD_TYPES = (Chunk, Proposal)
 REQUEST_TYPES = (Chunk, Request)
-REPLY_TYPES = (Chunk, Reply)
+
+
+@wire
+@dataclass(kw_only=True)
+class Sealed(Message):
+    """A reply record about a private repository, sealed to the request's
+    ``reply_key`` (minigit.sealing): ``box`` holds the JSON of a Reply or Chunk,
+    readable only by the requester. ``sender_key`` is the server's ephemeral
+    X25519 key for this stream; ``nonce`` is this record's."""
+
+    type: ClassVar[str] = "sealed"
+    request_id: str
+    stream: str
+    sender_key: str
+    nonce: str
+    box: str
+
+    def validate(self) -> None:
+        _check_request_id(self.request_id)
+        _check_key_text("sender_key", self.sender_key)
+        if len(self.nonce) > 32:
+            raise ProtocolError("nonce longer than 32 characters")
+        if len(self.box) > MAX_SEALED_BOX_CHARS:
+            raise ProtocolError(f"sealed box longer than {MAX_SEALED_BOX_CHARS} characters")
+
+
+REPLY_TYPES = (Chunk, Reply, Sealed)
 
 
 # -- membership: replicas -> repo-replicas (compacted, key = replica id)
