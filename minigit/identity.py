@@ -37,6 +37,7 @@ from minigit.protocol import Chunk, Request, check_sha
 # anything else minigit signs later (replies, key rotations), which get their own.
 SIGNING_DOMAIN = b"minigit-request-v1\n"
 ATTESTATION_DOMAIN = b"minigit-attestation-v1\n"
+OPERATOR_DOMAIN = b"minigit-operator-v1\n"
 
 # Fields a request carries about its signature rather than as its content: the
 # wiring step adds them to ``Request``; they cannot sign themselves.
@@ -183,10 +184,10 @@ def signing_payload(request: Request, chunks: str, namespace: str) -> bytes:
     check_sha(chunks)
     fields = {name: value for name, value in request.to_dict().items() if name not in UNSIGNED_FIELDS}
     document = {"request": fields, "chunks": chunks, "namespace": check_namespace(namespace)}
-    return SIGNING_DOMAIN + _canonical(document)
+    return SIGNING_DOMAIN + canonical_json(document)
 
 
-def _canonical(document: object) -> bytes:
+def canonical_json(document: object) -> bytes:
     return json.dumps(document, sort_keys=True, separators=(",", ":"), ensure_ascii=True).encode()
 
 
@@ -194,7 +195,7 @@ def attestation_payload(namespace: str, user: str, key: str, request_signature: 
     """What the server signs when it carries a write into the log: that ``key`` was
     ``user``'s registered key when the request signed ``request_signature`` arrived."""
     document = {"namespace": check_namespace(namespace), "user": user, "key": key, "request": request_signature}
-    return ATTESTATION_DOMAIN + _canonical(document)
+    return ATTESTATION_DOMAIN + canonical_json(document)
 
 
 def sign(private_key: Ed25519PrivateKey, payload: bytes) -> str:

@@ -720,7 +720,8 @@ class Status(enum.StrEnum):
     INVALID = "invalid"
     MISSING_OBJECTS = "missing-objects"
     DENIED = "denied"  # the verified user may not do this (permissions)
-    UNAUTHENTICATED = "unauthenticated"  # unsigned, a bad signature, an unknown user, a replay
+    UNAUTHENTICATED = "unauthenticated"  # unsigned, a bad signature, a removed user, a replay
+    UNKNOWN_USER = "unknown-user"  # no key is registered under the request's user name
     ERROR = "error"
     WORKING = "working"  # not an answer: the request is being processed, keep waiting
 
@@ -748,6 +749,17 @@ class SignedWrite(Record):
         check_sha(self.chunks)
         _check_key_text("key", self.key)
         _check_signature_text("attestation", self.attestation)
+
+    def to_text(self) -> str:
+        return json.dumps(self.to_dict(), separators=(",", ":"), ensure_ascii=False)
+
+    @classmethod
+    def from_text(cls, text: str) -> SignedWrite:
+        """One kept in a store or a reply (ProtocolError if it is not one)."""
+        doc = load_json(text.encode())
+        if not isinstance(doc, dict):
+            raise ProtocolError("a signed write is not a JSON object")
+        return cls.from_dict(doc)
 
     def parsed_request(self) -> Request:
         """The request inside (ProtocolError if it is not one)."""
@@ -898,6 +910,29 @@ class RotateProposal(Proposal):
         _check_key_text("new_key", self.new_key)
 
 
+class AdminOp(enum.StrEnum):
+    ADD = "add"  # register a name (or give a removed one back) with a key
+    REMOVE = "remove"  # the name keeps no key and stays taken
+
+
+@wire
+@dataclass(kw_only=True)
+class AdminProposal(Proposal):
+    """An operator's account change (``minigit-server users add/remove``), in the
+    log partition of the name, signed with the service's key (no user signs it)."""
+
+    action: ClassVar[str] = "admin"
+    op: AdminOp
+    public_key: str = ""
+    operator_signature: str = ""
+
+    def validate(self) -> None:
+        super().validate()
+        _check_key_text("public_key", self.public_key)
+        _check_signature_text("operator_signature", self.operator_signature)
+
+
+ACCOUNT_PROPOSALS = (RegisterProposal, RotateProposal, AdminProposal)
 LOG_RECORD_TYPES = (Chunk, Proposal)
 REQUEST_TYPES = (Chunk, Request)
 

@@ -44,6 +44,20 @@ def run_minigit_server(
     return subprocess.run([MINIGIT_SERVER, *args], capture_output=True, text=True, timeout=timeout, env=env)
 
 
+@pytest.fixture(scope="session", autouse=True)
+def user_config_dir(tmp_path_factory: pytest.TempPathFactory):
+    """Users' keys and pinned service keys go to the session's own directory (the
+    commands the tests run inherit it), never to the home directory."""
+    directory = tmp_path_factory.mktemp("config")
+    saved = os.environ.get("MINIGIT_CONFIG_DIR")
+    os.environ["MINIGIT_CONFIG_DIR"] = str(directory)
+    yield directory
+    if saved is None:
+        os.environ.pop("MINIGIT_CONFIG_DIR", None)
+    else:
+        os.environ["MINIGIT_CONFIG_DIR"] = saved
+
+
 def in_ci() -> bool:
     return os.environ.get("CI", "").lower() in {"true", "1", "yes"}
 

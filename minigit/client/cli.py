@@ -11,19 +11,21 @@ from typing import Annotated
 import typer
 from rich.markup import escape
 
-from minigit import __version__
+from minigit import __version__, identity
 from minigit.client import keys, operations
 from minigit.client.changes import Changes
 from minigit.client.operations import PullStatus, PushStatus
 from minigit.client.progress import ProgressObserver
 from minigit.config import DEFAULT_BOOTSTRAP, MAX_TIMEOUT_S, MIN_TIMEOUT_S, ServerFlags, user_config_dir
 from minigit.console import MESSAGE_KEEP, err, exit_on_error, out, quoted_path, shown
-from minigit.errors import PushRejected
+from minigit.errors import MinigitError, PushRejected, UsageError
+from minigit.protocol import Access, Visibility
 
 EXIT_CODES = """\b
 Exit codes: 0 success; 1 the operation failed (no such repository, corrupt .minigit, bad
 input); 2 usage error; 3 push rejected or pull refused; 4 Kafka or the server unreachable
-or timed out; 5 another minigit command is running in this directory."""
+or timed out; 5 another minigit command is running in this directory; 6 permission denied
+or not authenticated (unknown user, wrong key, the service's pinned key changed)."""
 
 app = typer.Typer(
     name="minigit",
@@ -139,14 +141,23 @@ def init(
     namespace: Namespace = None,
     timeout: Timeout = 30.0,
     kafka_option: KafkaOption = None,
+    public: Annotated[
+        bool,
+        typer.Option(
+            "--public/--private",
+            help="Who may read it: every registered user, or only you and those you share it with. "
+            "Private by default: on a cluster a class shares, work is not published by forgetting a flag.",
+        ),
+    ] = False,
     quiet: Quiet = False,
     as_json: Json = False,
 ) -> None:
-    """Create repository NAME on the server from the files here (version 1)."""
+    """Create repository NAME on the server from the files here (version 1); you own it."""
     with exit_on_error():
         options = client_options(user, bootstrap, namespace, timeout, kafka_option)
+        visibility = Visibility.PUBLIC if public else Visibility.PRIVATE
         with ProgressObserver(err, not (quiet or as_json)) as observer:
-            result = operations.init_repository(Path.cwd(), name, options, message, observer)
+            result = operations.init_repository(Path.cwd(), name, options, message, observer, visibility)
         if as_json:
             print_json(result.to_json())
         elif not quiet:
@@ -290,25 +301,114 @@ def log(
     namespace: Namespace = None,
     timeout: Timeout = 30.0,
     kafka_option: KafkaOption = None,
+    verify: Annotated[
+        bool,
+        typer.Option(
+            "--verify",
+            help="Show whether each version's signature checks against its author's key as the service "
+            "attested it when the version was made; exit 1 if one does not.",
+        ),
+    ] = False,
     as_json: Json = False,
 ) -> None:
     """Show the versions of the repository, newest first."""
     with exit_on_error():
         options = client_options(user, bootstrap, namespace, timeout, kafka_option)
-        name, entries = operations.read_log(Path.cwd(), options, max_count, repo)
+        name, entries, problems = operations.read_log(Path.cwd(), options, max_count, repo)
         if as_json:
-            print_json({"repository": name, "versions": [e.to_dict() for e in entries]})
-            return
-        for entry in entries:
-            when = time.strftime("%a %b %d %H:%M:%S %Y %z", time.localtime(entry.time_ms / 1000))
-            out.print(f"[yellow]version {entry.version}[/]")
-            out.print(f"Author: {plain(entry.author)}")  # one line: a line break in it shows as \n
-            out.print(f"Date:   {when}\n")
-            # control characters of other users' messages shown as C escapes (\033), never sent to the terminal;
-            # only the message body keeps its line breaks (and tabs)
-            for line in shown(entry.message or "(no message)", MESSAGE_KEEP).rstrip("\n").split("\n"):
-                out.print(f"    {escape(line)}")
-            out.print()
+            versions = [
+                {**e.to_dict(), "verified": problem is None} for e, problem in zip(entries, problems, strict=True)
+            ]
+            print_json({"repository": name, "versions": versions})
+        else:
+            print_log(entries, problems if verify else None)
+        if verify and (bad := sum(problem is not None for problem in problems)):
+            raise MinigitError(f"{bad} of {len(entries)} versions failed verification", hint="see each version above")
+
+
+def print_log(entries: list, problems: list[str | None] | None) -> None:
+    for number, entry in enumerate(entries):
+        when = time.strftime("%a %b %d %H:%M:%S %Y %z", time.localtime(entry.time_ms / 1000))
+        out.print(f"[yellow]version {entry.version}[/]")
+        out.print(f"Author: {plain(entry.author)}")  # one line: a line break in it shows as \n
+        if problems is not None:
+            problem = problems[number]
+            if problem is None:
+                fingerprint = identity.fingerprint(identity.parse_public_key(entry.signed.key))
+                out.print(f"Signed: [green]good[/] signature by {plain(entry.author)} ({fingerprint})")
+            else:
+                out.print(f"Signed: [red]BAD[/] ({plain(problem)})")
+        out.print(f"Date:   {when}\n")
+        # control characters of other users' messages shown as C escapes (\033), never sent to the terminal;
+        # only the message body keeps its line breaks (and tabs)
+        for line in shown(entry.message or "(no message)", MESSAGE_KEEP).rstrip("\n").split("\n"):
+            out.print(f"    {escape(line)}")
+        out.print()
+
+
+@app.command()
+def share(
+    name: Annotated[str, typer.Argument(help="Repository (you need admin on it).")],
+    member: Annotated[str, typer.Argument(help="User to give access to.")],
+    read: Annotated[bool, typer.Option("--read", help="Clone, pull and log.")] = False,
+    write: Annotated[bool, typer.Option("--write", help="Read, and push.")] = False,
+    admin: Annotated[bool, typer.Option("--admin", help="Write, and share and change visibility.")] = False,
+    user: User = None,
+    bootstrap: Bootstrap = None,
+    namespace: Namespace = None,
+    timeout: Timeout = 30.0,
+    kafka_option: KafkaOption = None,
+    quiet: Quiet = False,
+) -> None:
+    """Give MEMBER read, write or admin access to repository NAME."""
+    with exit_on_error():
+        levels = [
+            level for level, chosen in ((Access.READ, read), (Access.WRITE, write), (Access.ADMIN, admin)) if chosen
+        ]
+        if len(levels) != 1:
+            raise UsageError("choose one of --read, --write, --admin")
+        options = client_options(user, bootstrap, namespace, timeout, kafka_option)
+        reply = operations.share_repository(Path.cwd(), options, name, member, levels[0])
+        if not quiet:
+            out.print(plain(reply.message))
+
+
+@app.command()
+def unshare(
+    name: Annotated[str, typer.Argument(help="Repository (you need admin on it).")],
+    member: Annotated[str, typer.Argument(help="User whose access to take away.")],
+    user: User = None,
+    bootstrap: Bootstrap = None,
+    namespace: Namespace = None,
+    timeout: Timeout = 30.0,
+    kafka_option: KafkaOption = None,
+    quiet: Quiet = False,
+) -> None:
+    """Take MEMBER's access to repository NAME away (a public one stays readable)."""
+    with exit_on_error():
+        options = client_options(user, bootstrap, namespace, timeout, kafka_option)
+        reply = operations.share_repository(Path.cwd(), options, name, member, Access.NONE)
+        if not quiet:
+            out.print(plain(reply.message))
+
+
+@app.command()
+def visibility(
+    name: Annotated[str, typer.Argument(help="Repository (you need admin on it).")],
+    level: Annotated[Visibility, typer.Argument(help="public: every registered user reads it; private: members only.")],
+    user: User = None,
+    bootstrap: Bootstrap = None,
+    namespace: Namespace = None,
+    timeout: Timeout = 30.0,
+    kafka_option: KafkaOption = None,
+    quiet: Quiet = False,
+) -> None:
+    """Make repository NAME public or private."""
+    with exit_on_error():
+        options = client_options(user, bootstrap, namespace, timeout, kafka_option)
+        reply = operations.set_visibility(Path.cwd(), options, name, level)
+        if not quiet:
+            out.print(plain(reply.message))
 
 
 auth_app = typer.Typer(
@@ -339,6 +439,24 @@ def show(user: KeyUser = None, as_json: Json = False) -> None:
     """Print your public key and its fingerprint (to give to whoever registers users)."""
     with exit_on_error():
         report_key(keys.key_info(user_config_dir(), user or default_user()), False, as_json)
+
+
+@auth_app.command()
+def register(
+    user: User = None,
+    bootstrap: Bootstrap = None,
+    namespace: Namespace = None,
+    timeout: Timeout = 30.0,
+    kafka_option: KafkaOption = None,
+    quiet: Quiet = False,
+) -> None:
+    """Register your public key under your user name on the service (first come claims a name,
+    where registration is open; any command does it for you on first use)."""
+    with exit_on_error():
+        options = client_options(user, bootstrap, namespace, timeout, kafka_option)
+        reply = operations.register_account(Path.cwd(), options)
+        if not quiet:
+            out.print(f"{plain(options.user)}: {plain(reply.message)}")
 
 
 def report_key(info: keys.KeyInfo, quiet: bool, as_json: bool) -> None:

@@ -16,10 +16,13 @@ from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import IO, Any, Protocol
 
-from minigit import codec
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey
+
+from minigit import codec, identity, sealing
 from minigit import protocol as p
 from minigit.config import KafkaSettings
-from minigit.errors import MinigitError, ProtocolError, ServerUnreachable, UnsafePath
+from minigit.errors import MinigitError, ProtocolError, SealBroken, ServerKeyChanged, ServerUnreachable, UnsafePath
 
 log = logging.getLogger("minigit.exchange")
 
@@ -73,8 +76,27 @@ class Response:
             blob.file.close()
 
 
+@dataclass(frozen=True)
+class Credentials:
+    """Who the client is, and how it knows the service: the user's name and key
+    (every request is signed with it), and ``trust_server``, which is told the
+    key a validly signed reply names and raises ServerKeyChanged unless it is the
+    service's (the client's known_servers pins it on first contact)."""
+
+    user: str
+    key: Ed25519PrivateKey
+    trust_server: Callable[[str], object] = lambda key: None
+
+    @property
+    def public_key(self) -> str:
+        return identity.public_key_text(self.key.public_key())
+
+
 class Link(Protocol):
-    """A connection to the service, as the operations use it."""
+    """A connection to the service, as the operations use it. ``call`` signs the
+    request (with the digest of its uploads) before it sends it."""
+
+    credentials: Credentials
 
     def new_request(self, cls: type[p.Request], **fields: Any) -> p.Request: ...
     def call(
@@ -85,22 +107,69 @@ class Link(Protocol):
     def __exit__(self, *exc: object) -> None: ...
 
 
-# How a command opens its link: settings, user, timeout (transport.Connection by default).
-Connector = Callable[[KafkaSettings, str, float], Link]
+# How a command opens its link: settings, credentials, timeout (transport.Connection by default).
+Connector = Callable[[KafkaSettings, Credentials, float], Link]
 
 
-def make_request(cls: type[p.Request], user: str, reply_partition: int, timeout: float, **fields: Any) -> p.Request:
+def make_request(
+    cls: type[p.Request], user: str, reply_partition: int, timeout: float, reply_key: str = "", **fields: Any
+) -> p.Request:
     """A new request, checked as the server will check it, so that one it would
-    refuse fails here, before any upload."""
+    refuse fails here, before any upload. ``call`` signs it."""
     request = cls(
         request_id=p.new_request_id(),
         user=user,
         reply_partition=reply_partition,
         timeout_ms=int(timeout * 1000),
+        signed_ms=int(time.time() * 1000),
+        reply_key=reply_key,
         **fields,
     )
     request.validate()
     return request
+
+
+def sign_request(
+    credentials: Credentials, request: p.Request, digests: Iterable[identity.ChunkDigest], namespace: str
+) -> p.Request:
+    """``request`` signed by the user's key over it, the digests of the chunks
+    uploaded with it, and the namespace."""
+    return identity.sign_request(credentials.key, request, identity.chunks_digest(digests), namespace)
+
+
+class ReplyGuard:
+    """What a reply must be before the client believes it: signed by the service's
+    key (``Credentials.trust_server`` says which that is), and, when sealed to this
+    client's reply key, opened with it. Without a guard (tests of the waiting
+    alone), records are taken as they come."""
+
+    def __init__(self, namespace: str, credentials: Credentials, reply_key: X25519PrivateKey | None) -> None:
+        self.namespace = namespace
+        self.credentials = credentials
+        self.opener = sealing.StreamOpener(reply_key) if reply_key is not None else None
+        self.key_changed: ServerKeyChanged | None = None  # a validly signed reply by another key
+
+    def open(self, sealed: p.Sealed) -> p.Message:
+        """The record inside (SealBroken, ProtocolError if it is not one of ours)."""
+        if self.opener is None:
+            raise SealBroken("a sealed reply arrived, and this request has no reply key")
+        inner = p.parse_message(self.opener.open(sealed), allowed=(p.Chunk, p.Reply))
+        if inner.request_id != sealed.request_id:
+            raise SealBroken("a sealed reply holds a record of another request")
+        return inner
+
+    def check(self, reply: p.Reply) -> str | None:
+        """Why ``reply`` is not the service's, or None."""
+        if not reply.signature or not reply.server_key:
+            return "a reply was not signed by the service"
+        if not sealing.reply_signed_by(reply.server_key, reply, self.namespace):
+            return "a reply's signature does not check"
+        try:
+            self.credentials.trust_server(reply.server_key)
+        except ServerKeyChanged as changed:
+            self.key_changed = changed
+            return changed.message
+        return None
 
 
 # How far a request has got, in steps: the service's "working" notice, then the
@@ -241,8 +310,15 @@ class ReplyCollector:
     command forever.
     """
 
-    def __init__(self, request_id: str, observer: Observer, clock: Callable[[], float] = time.monotonic) -> None:
+    def __init__(
+        self,
+        request_id: str,
+        observer: Observer,
+        clock: Callable[[], float] = time.monotonic,
+        guard: ReplyGuard | None = None,
+    ) -> None:
         self.request_id = request_id
+        self.guard = guard
         self.observer = observer
         self.clock = clock
         self.answer: _Answer | None = None
@@ -264,6 +340,8 @@ class ReplyCollector:
                 raise ProtocolError(f"the service sent a malformed answer: {error.message}") from None
             return False  # someone else's garbage is not our answer
         if message.request_id != self.request_id:
+            return False
+        if self.guard is not None and (message := self._guarded(message)) is None:
             return False
         if isinstance(message, p.Reply):
             self.last_alive = self.clock()
@@ -287,6 +365,21 @@ class ReplyCollector:
             return False
         self.last_alive = self.clock()
         return self._advance(self.answer.steps)
+
+    def _guarded(self, message: p.Message) -> p.Message | None:
+        """The record to use: opened if sealed, a reply only if the service signed
+        it; None (and why, in ``broken``) for one the service did not send."""
+        try:
+            if isinstance(message, p.Sealed):
+                message = self.guard.open(message)
+        except MinigitError as error:
+            self.broken.append(error.message)
+            return None
+        if isinstance(message, p.Reply) and (problem := self.guard.check(message)) is not None:
+            log.warning("ignoring a reply: %s", problem)
+            self.broken.append(problem)
+            return None
+        return message
 
     def _advance(self, steps: int) -> bool:
         if steps <= self.reached:
@@ -380,6 +473,7 @@ def await_answer(
     observer: Observer,
     clock: Callable[[], float] | None = None,
     upload_bytes: int = 0,
+    guard: ReplyGuard | None = None,
 ) -> Response:
     """Send a request and wait for its answer.
 
@@ -394,7 +488,7 @@ def await_answer(
     ServerUnreachable, within a poll of that moment.
     """
     waited = _WaitingClock(clock or time.monotonic)
-    collector = ReplyCollector(request_id, observer, waited)
+    collector = ReplyCollector(request_id, observer, waited, guard)
     attempt = 0
     try:
         with waited.paused():
@@ -404,6 +498,8 @@ def await_answer(
         while True:
             now = waited()
             if now - collector.last_news >= timeout:
+                if guard is not None and guard.key_changed is not None and collector.reached == 0:
+                    raise guard.key_changed  # only replies by another key came: that is the news
                 raise no_answer(timeout, collector.broken)
             due = resend_due(collector, attempt + 1, sent, broken, timeout, upload_bytes)
             if now >= due:

@@ -17,20 +17,23 @@ from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from minigit import codec
+from minigit import codec, identity
 from minigit import protocol as p
+from minigit.client import keys, known_servers
 from minigit.client import workspace as ws
 from minigit.client.changes import Changes, diff_manifests, plan_pull
-from minigit.client.exchange import Connector, Link, Observer, Response
+from minigit.client.exchange import Connector, Credentials, Link, Observer, Response
 from minigit.client.ignore import load_ignore
 from minigit.client.transport import Connection
-from minigit.config import KafkaSettings, ServerFlags
+from minigit.config import KafkaSettings, ServerFlags, user_config_dir
 from minigit.console import shown
 from minigit.errors import (
     CloneUnfinished,
     CorruptMetadata,
     MinigitError,
     NoRepository,
+    NotAuthenticated,
+    PermissionDenied,
     ProtocolError,
     PullConflict,
     PushRejected,
@@ -54,6 +57,7 @@ class ClientOptions:
     flags: ServerFlags = field(default_factory=ServerFlags)
     timeout: float = 30.0
     connector: Connector = Connection
+    config_dir: Path | None = None  # keys and known_servers (default: minigit.config.user_config_dir())
 
     def settings(self, meta: ws.Metadata | None = None, root: Path | None = None) -> KafkaSettings:
         """Where the service is; ``meta`` is the ``.minigit`` of the working directory ``root``."""
@@ -63,7 +67,14 @@ class ClientOptions:
         return self.flags.resolve((meta.bootstrap, meta.namespace), where)
 
     def connect(self, settings: KafkaSettings) -> Link:
-        return self.connector(settings, p.check_name("user", self.user), self.timeout)
+        return self.connector(settings, self.credentials(settings), self.timeout)
+
+    def credentials(self, settings: KafkaSettings) -> Credentials:
+        """The user's key (created on first use) and the service's pinned key."""
+        config_dir = self.config_dir or user_config_dir()
+        key, _ = keys.load_or_create_key(config_dir, p.check_name("user", self.user))
+        trust = functools.partial(known_servers.check_server_key, config_dir, settings.bootstrap, settings.namespace)
+        return Credentials(self.user, key, trust)
 
 
 class PullStatus(enum.StrEnum):
@@ -146,14 +157,49 @@ class StatusResult:
 def ask(
     connection: Link, request: p.Request, uploads: Sequence[codec.BlobSource] = (), observer: Observer | None = None
 ) -> Response:
-    """Send ``request`` and return its answer, checked (``check_answer``)."""
+    """Send ``request`` and return its answer, checked (``check_answer``). A user
+    the service does not know yet registers its key (where registration is open)
+    and asks again; a refusal raises (exit code 6)."""
     response = connection.call(request, uploads, observer)
+    if response.reply.status == Status.UNKNOWN_USER and not isinstance(request, p.RegisterRequest):
+        response.close()
+        register_user(connection)
+        request = connection.new_request(type(request), **request_fields(request))
+        response = connection.call(request, uploads, observer)
     try:
         check_answer(request, response)
-    except ProtocolError:
+        raise_refusal(response.reply)
+    except MinigitError:
         response.close()
         raise
     return response
+
+
+def request_fields(request: p.Request) -> dict:
+    """What a request asks, without who sent it and how to answer (for a new one)."""
+    envelope = {f.name for f in dataclasses.fields(p.Request)} - {"repo"}
+    return {f.name: getattr(request, f.name) for f in dataclasses.fields(request) if f.name not in envelope}
+
+
+def register_user(connection: Link) -> p.Reply:
+    """Register the user's key under its name (first come claims a name)."""
+    user = connection.credentials.user
+    request = connection.new_request(p.RegisterRequest, repo=user, public_key=connection.credentials.public_key)
+    reply = ask(connection, request).reply
+    if reply.status not in (Status.ACCEPTED, Status.UP_TO_DATE):
+        raise PermissionDenied(f"cannot register {user}: {said(reply)}", hint=REGISTER_HINT)
+    return reply
+
+
+REGISTER_HINT = "choose another name with --user, or ask an operator ('minigit-server users add')"
+
+
+def raise_refusal(reply: p.Reply) -> None:
+    """The service's refusals, as errors: the reply says why, and what to do."""
+    if reply.status == Status.DENIED:
+        raise PermissionDenied(said(reply))
+    if reply.status in (Status.UNAUTHENTICATED, Status.UNKNOWN_USER):
+        raise NotAuthenticated(said(reply))
 
 
 def check_answer(request: p.Request, response: Response) -> None:
@@ -207,7 +253,12 @@ def collect_uploads(root: Path, manifest: p.Manifest, known: p.Manifest) -> tupl
 
 
 def init_repository(
-    directory: Path, name: str, options: ClientOptions, message: str = "", observer: Observer | None = None
+    directory: Path,
+    name: str,
+    options: ClientOptions,
+    message: str = "",
+    observer: Observer | None = None,
+    visibility: p.Visibility = p.Visibility.PRIVATE,
 ) -> PushResult:
     """Create repository ``name`` from the files in ``directory`` (version 1)."""
     p.check_name("repository", name)
@@ -218,7 +269,12 @@ def init_repository(
         manifest = ws.scan_worktree(directory, load_ignore(directory))
         tree, uploads = collect_uploads(directory, manifest, {})
         settings = options.settings()
-        fields = {"repo": name, "tree": p.hash_bytes(tree), "message": message or "initial version"}
+        fields = {
+            "repo": name,
+            "tree": p.hash_bytes(tree),
+            "message": message or "initial version",
+            "visibility": visibility,
+        }
         with options.connect(settings) as connection:
             reply = send_write(connection, p.InitRequest, fields, uploads, observer)
         if reply.status == Status.EXISTS:
@@ -548,18 +604,82 @@ def read_status(start: Path) -> StatusResult:
 
 def read_log(
     start: Path, options: ClientOptions, limit: int = 100, repo: str | None = None
-) -> tuple[str, list[p.LogEntry]]:
-    """The versions of the repository, newest first (asks the server)."""
+) -> tuple[str, list[p.LogEntry], list[str | None]]:
+    """The versions of the repository, newest first (asks the server), and for
+    each why its proof of authorship does not hold (None: it does)."""
     meta = root = None
     if repo is None:
         root = ws.require_root(start)
         meta = ws.read_metadata(root)
         repo = meta.repository
     p.check_name("repository", repo)
-    with options.connect(options.settings(meta, root)) as connection:
+    settings = options.settings(meta, root)
+    with options.connect(settings) as connection:
         reply = ask(connection, connection.new_request(p.LogRequest, repo=repo, limit=limit)).reply
     if reply.status == Status.NOT_FOUND:
         raise RepositoryNotFound(repo)
     if reply.status != Status.OK:
         raise MinigitError(f"log failed: {said(reply)}")
-    return repo, reply.entries
+    # reply.server_key is the pinned one: the reply's signature was checked against it
+    return repo, reply.entries, [verify_entry(e, settings.namespace, reply.server_key) for e in reply.entries]
+
+
+# ---------------------------------------------------------------- who may do what
+
+
+def settings_here(start: Path, options: ClientOptions) -> KafkaSettings:
+    """Where the service is: this working directory's, if it is one, else the flags'."""
+    root = ws.find_root(start)
+    return options.settings(ws.read_metadata(root), root) if root else options.settings()
+
+
+def change_access(start: Path, options: ClientOptions, kind: type[p.Request], repo: str, **fields: object) -> p.Reply:
+    """Send a share or visibility change and return the service's answer (accepted,
+    or up to date: nothing to change); a refusal raises."""
+    p.check_name("repository", repo)
+    with options.connect(settings_here(start, options)) as connection:
+        reply = ask(connection, connection.new_request(kind, repo=repo, **fields)).reply
+    if reply.status == Status.NOT_FOUND:
+        raise RepositoryNotFound(repo)
+    if reply.status not in (Status.ACCEPTED, Status.UP_TO_DATE):
+        raise MinigitError(f"{kind.action} failed: {said(reply)}")
+    return reply
+
+
+def share_repository(start: Path, options: ClientOptions, repo: str, member: str, level: p.Access) -> p.Reply:
+    p.check_name("user", member)
+    return change_access(start, options, p.ShareRequest, repo, member=member, level=level)
+
+
+def set_visibility(start: Path, options: ClientOptions, repo: str, visibility: p.Visibility) -> p.Reply:
+    return change_access(start, options, p.VisibilityRequest, repo, visibility=visibility)
+
+
+def register_account(start: Path, options: ClientOptions) -> p.Reply:
+    """Register the user's key (created on first use) under the user's name."""
+    with options.connect(settings_here(start, options)) as connection:
+        return register_user(connection)
+
+
+def verify_entry(entry: p.LogEntry, namespace: str, server_key: str) -> str | None:
+    """Why ``entry``'s proof of authorship does not hold, or None: its request is
+    signed by the key it names, that request made this version (author and
+    message), and the service (``server_key``, pinned) attested that key as the
+    author's when the write was made. Everything is checked from the entry alone."""
+    signed = entry.signed
+    if signed is None:
+        return "no signature"
+    try:
+        request = signed.parsed_request()
+    except MinigitError as error:
+        return f"its signed request does not parse: {error.message}"
+    if not isinstance(request, p.InitRequest | p.PushRequest):
+        return f"signed by a {request.action} request, not a write"
+    if request.user != entry.author or request.message != entry.message:
+        return "the signed request does not say what the version says"
+    if not identity.request_signed_by(signed.key, request, signed.chunks, namespace):
+        return "the signature does not check against the key it names"
+    attested = identity.attested_by(
+        server_key, namespace, request.user, signed.key, request.signature, signed.attestation
+    )
+    return None if attested else "the service did not attest that key as the author's"

@@ -20,11 +20,20 @@ from typing import Any
 
 from kafka import TopicPartition
 
-from minigit import codec
+from minigit import codec, sealing
 from minigit import protocol as p
-from minigit.client.exchange import Observer, Response, await_answer, make_request
+from minigit.client.exchange import (
+    Credentials,
+    Observer,
+    ReplyGuard,
+    Response,
+    await_answer,
+    make_request,
+    sign_request,
+)
 from minigit.config import KafkaSettings
 from minigit.errors import MinigitError, ServerUnreachable
+from minigit.identity import ChunkDigest
 from minigit.kafka_clients import INFRASTRUCTURE_ERRORS, close_producer, open_consumer, open_producer
 
 # The pause between two tries at the end of the reply partition while opening.
@@ -34,10 +43,13 @@ OPEN_RETRY_S = 0.5
 class Connection:
     """A client's link to the service: one producer, one self-assigned reply partition."""
 
-    def __init__(self, settings: KafkaSettings, user: str, timeout: float = 30.0) -> None:
+    def __init__(self, settings: KafkaSettings, credentials: Credentials, timeout: float = 30.0) -> None:
         self.settings = settings
-        self.user = user
+        self.credentials = credentials
+        self.user = credentials.user
         self.timeout = timeout
+        # ephemeral: replies about private repositories are sealed to it, for this command only
+        self.reply_key = sealing.new_reply_key()
         self.topics = settings.topics
         self.producer = self.consumer = None
         try:
@@ -92,7 +104,8 @@ class Connection:
         self.close()
 
     def new_request(self, cls: type[p.Request], **fields: Any) -> p.Request:
-        return make_request(cls, self.user, self.reply_partition, self.timeout, **fields)
+        reply_key = sealing.reply_key_text(self.reply_key.public_key())
+        return make_request(cls, self.user, self.reply_partition, self.timeout, reply_key, **fields)
 
     def call(
         self, request: p.Request, uploads: Sequence[codec.BlobSource] = (), observer: Observer | None = None
@@ -102,13 +115,17 @@ class Connection:
         partition after each silence; given up after ``timeout`` seconds
         without news."""
         observer = observer or Observer()
+        signed: list[p.Request] = []  # signed once its chunks are known; the same for every attempt
 
         def send(attempt: int) -> None:
-            self._send(request, uploads, Observer() if attempt else observer, attempt)
+            self._send(request, uploads, Observer() if attempt else observer, attempt, signed)
 
         upload_bytes = sum(u.size for u in uploads)
+        guard = ReplyGuard(self.settings.namespace, self.credentials, self.reply_key)
         try:
-            return await_answer(request.request_id, send, self._poll, self.timeout, observer, upload_bytes=upload_bytes)
+            return await_answer(
+                request.request_id, send, self._poll, self.timeout, observer, upload_bytes=upload_bytes, guard=guard
+            )
         except INFRASTRUCTURE_ERRORS as error:
             raise self.settings.unreachable(error) from None
 
@@ -117,18 +134,29 @@ class Connection:
         partition first (the key's partition), then each next one in turn."""
         return (p.log_partition(repo, self.request_partitions) + attempt) % self.request_partitions
 
-    def _send(self, request: p.Request, uploads: Sequence[codec.BlobSource], observer: Observer, attempt: int) -> None:
+    def _send(
+        self,
+        request: p.Request,
+        uploads: Sequence[codec.BlobSource],
+        observer: Observer,
+        attempt: int,
+        signed: list[p.Request],
+    ) -> None:
         key = request.repo.encode()
         partition = self.request_partition(request.repo, attempt)
         if uploads:
             observer.uploading(sum(u.size for u in uploads), len(uploads))
+        digests: list[ChunkDigest] = []
         for upload in uploads:
             for chunk in p.blob_chunks(request.request_id, request.repo, upload):
                 self.producer.send(self.topics.requests, key=key, value=chunk.to_bytes(), partition=partition)
+                digests.append(ChunkDigest.of(chunk))
                 observer.uploaded(codec.piece_size(upload.size, chunk.index))
             observer.uploaded_object()
+        if not signed:
+            signed.append(sign_request(self.credentials, request, digests, self.settings.namespace))
         # Same partition, idempotent producer: the request lands after its chunks.
-        sent = self.producer.send(self.topics.requests, key=key, value=request.to_bytes(), partition=partition)
+        sent = self.producer.send(self.topics.requests, key=key, value=signed[0].to_bytes(), partition=partition)
         sent.get(timeout=self.timeout)
 
     def _poll(self, seconds: float) -> list[bytes]:

@@ -5,6 +5,7 @@ records in; tests feed them in directly.
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 from collections.abc import Iterable
 from dataclasses import dataclass
@@ -13,7 +14,7 @@ from minigit import codec
 from minigit import protocol as p
 from minigit.errors import MinigitError
 from minigit.protocol import Status
-from minigit_server import decisions
+from minigit_server import access, decisions
 from minigit_server.store import RepoState, Store, VersionInfo
 
 log = logging.getLogger("minigit.apply")
@@ -26,8 +27,19 @@ class LogRecord:
     value: bytes
 
 
+@dataclass(frozen=True)
+class Authority:
+    """What a write's proof of authorship is checked against, the same on every
+    replica of a service: its namespace (signed into every request) and the
+    public key of the service (``ed25519:``), which attests users' keys and signs
+    operators' account changes."""
+
+    namespace: str
+    server_key: str
+
+
 def apply_records(
-    store: Store, records: Iterable[LogRecord], partitions: int
+    store: Store, records: Iterable[LogRecord], partitions: int, authority: Authority
 ) -> list[tuple[LogRecord, p.Message | None]]:
     """Apply a batch in one transaction; the offsets move with the state they made.
 
@@ -42,13 +54,13 @@ def apply_records(
         for record in records:
             if record.offset < offsets.get(record.partition, 0):
                 continue
-            done.append((record, apply_record(store, record, partitions)))
+            done.append((record, apply_record(store, record, partitions, authority)))
             offsets[record.partition] = record.offset + 1
             store.set_applied(record.partition, record.offset + 1)
     return done
 
 
-def apply_record(store: Store, record: LogRecord, partitions: int) -> p.Message | None:
+def apply_record(store: Store, record: LogRecord, partitions: int, authority: Authority) -> p.Message | None:
     """Apply one record. A record that does not parse, or that sits outside its
     repository's partition, is skipped the same way on every replica (it changes
     nothing), so it cannot make replicas diverge: Kafka orders a partition, not
@@ -69,11 +81,37 @@ def apply_record(store: Store, record: LogRecord, partitions: int) -> p.Message 
         return None
     if isinstance(message, p.Chunk):
         apply_chunk(store, record.partition, message)
-    elif isinstance(message, p.CreateProposal):
-        apply_create(store, message, record)
-    elif isinstance(message, p.PushProposal):
-        apply_push(store, message, record)
+    elif isinstance(message, p.Proposal):
+        apply_proposal(store, message, record, authority)
     return message
+
+
+def apply_proposal(
+    store: Store, proposal: p.Proposal, record: LogRecord, authority: Authority
+) -> decisions.Outcome | None:
+    """Decide a write and store its outcome under its request id. A retry (the same
+    request id and contents) gets its first outcome back; a proposal whose proof of
+    authorship does not hold changes nothing and stores nothing, so a forged record
+    cannot use up someone else's request id."""
+    repo = store.get_repo(proposal.repo)
+    key = decisions.request_key(proposal)
+    if (known := store.get_outcome(record.partition, proposal.request_id)) is not None:
+        return decisions.outcome_of(known, key, repo.head if repo else None)
+    account = store.get_account(proposal.user) if isinstance(proposal, p.RotateProposal) else None
+    if (why := access.check_proposal(proposal, authority.namespace, authority.server_key, account)) is not None:
+        log.warning(
+            "skipped log record %s@%s: %s of %s by %s: %s",
+            record.partition,
+            record.offset,
+            proposal.action,
+            proposal.repo,
+            proposal.user,
+            why,
+        )
+        return None
+    outcome = APPLIERS[type(proposal)](store, proposal, record)
+    store.put_outcome(record.partition, proposal.request_id, {**outcome.to_json(), "request": key})
+    return outcome
 
 
 def apply_chunk(store: Store, partition: int, chunk: p.Chunk) -> None:
@@ -168,24 +206,32 @@ def recovered_blob_size(store: Store, partition: int, sha: str) -> int | None:
     return assembler.size
 
 
+def repo_access(store: Store, repo: RepoState) -> access.RepoAccess:
+    members = {user: p.Access(level) for user, level in store.get_members(repo.name).items()}
+    return access.RepoAccess(repo.owner, p.Visibility(repo.visibility), members)
+
+
+def permission_refused(store: Store, proposal: p.Proposal, repo: RepoState | None) -> decisions.Outcome | None:
+    if repo is None:
+        return None
+    refusal = access.check_permission(proposal.user, proposal.action, proposal.repo, repo_access(store, repo))
+    return None if refusal is None else decisions.Outcome(refusal.status, repo.head, message=refusal.message)
+
+
 def apply_create(store: Store, proposal: p.CreateProposal, record: LogRecord) -> decisions.Outcome:
     repo = store.get_repo(proposal.repo)
-    key = decisions.request_key(proposal)
-    if (known := store.get_outcome(record.partition, proposal.request_id)) is not None:
-        return decisions.outcome_of(known, key, repo.head if repo else None)
     outcome = decisions.decide_create(repo.head if repo else None, check_tree(store, record.partition, proposal.tree))
     if outcome.status == Status.ACCEPTED:
-        store.put_repo(RepoState(proposal.repo, 1, record.partition, record.offset))
+        created = RepoState(proposal.repo, 1, record.partition, record.offset, proposal.user, proposal.visibility)
+        store.put_repo(created)
         store.add_version(proposal.repo, version_of(proposal, 1))
-    store.put_outcome(record.partition, proposal.request_id, {**outcome.to_json(), "request": key})
     return outcome
 
 
 def apply_push(store: Store, proposal: p.PushProposal, record: LogRecord) -> decisions.Outcome:
     repo = store.get_repo(proposal.repo)
-    key = decisions.request_key(proposal)
-    if (known := store.get_outcome(record.partition, proposal.request_id)) is not None:
-        return decisions.outcome_of(known, key, repo.head if repo else None)
+    if (refused := permission_refused(store, proposal, repo)) is not None:
+        return refused
     head_info = store.get_version(repo.name, repo.head) if repo else None
     problem = check_tree(store, record.partition, proposal.tree) if repo and proposal.base == repo.head else None
     outcome = decisions.decide_push(
@@ -196,13 +242,69 @@ def apply_push(store: Store, proposal: p.PushProposal, record: LogRecord) -> dec
         problem,
     )
     if outcome.status == Status.ACCEPTED:
-        store.put_repo(RepoState(proposal.repo, outcome.version, repo.partition, record.offset))
+        store.put_repo(dataclasses.replace(repo, head=outcome.version, changed_at=record.offset))
         store.add_version(proposal.repo, version_of(proposal, outcome.version))
-    store.put_outcome(record.partition, proposal.request_id, {**outcome.to_json(), "request": key})
     return outcome
 
 
-def version_of(proposal: p.Proposal, version: int) -> VersionInfo:
+def apply_share(store: Store, proposal: p.ShareProposal, record: LogRecord) -> decisions.Outcome:
+    repo = store.get_repo(proposal.repo)
+    if (refused := permission_refused(store, proposal, repo)) is not None:
+        return refused
+    members = store.get_members(repo.name) if repo else {}
+    outcome = decisions.decide_share(repo.head if repo else None, repo.owner if repo else "", members, proposal)
+    if outcome.status == Status.ACCEPTED:
+        changed = access.shared_members({u: p.Access(v) for u, v in members.items()}, proposal.member, proposal.level)
+        store.set_members(repo.name, {user: str(level) for user, level in changed.items()})
+        store.put_repo(dataclasses.replace(repo, changed_at=record.offset))
+    return outcome
+
+
+def apply_visibility(store: Store, proposal: p.VisibilityProposal, record: LogRecord) -> decisions.Outcome:
+    repo = store.get_repo(proposal.repo)
+    if (refused := permission_refused(store, proposal, repo)) is not None:
+        return refused
+    outcome = decisions.decide_visibility(repo.head if repo else None, repo.visibility if repo else "", proposal)
+    if outcome.status == Status.ACCEPTED:
+        store.put_repo(dataclasses.replace(repo, visibility=str(proposal.visibility), changed_at=record.offset))
+    return outcome
+
+
+def apply_register(store: Store, proposal: p.RegisterProposal, record: LogRecord) -> decisions.Outcome:
+    outcome = decisions.decide_register(store.get_account(proposal.user), proposal.public_key)
+    if outcome.status == Status.ACCEPTED:
+        store.put_account(access.Account(proposal.user, proposal.public_key, False, record.offset))
+    return outcome
+
+
+def apply_rotate(store: Store, proposal: p.RotateProposal, record: LogRecord) -> decisions.Outcome:
+    outcome = decisions.decide_rotate(store.get_account(proposal.user), proposal.new_key)
+    if outcome.status == Status.ACCEPTED:
+        store.put_account(access.Account(proposal.user, proposal.new_key, False, record.offset))
+    return outcome
+
+
+def apply_admin(store: Store, proposal: p.AdminProposal, record: LogRecord) -> decisions.Outcome:
+    outcome = decisions.decide_admin(store.get_account(proposal.user), proposal.op, proposal.public_key)
+    if outcome.status == Status.ACCEPTED:
+        removed = proposal.op == p.AdminOp.REMOVE
+        store.put_account(access.Account(proposal.user, "" if removed else proposal.public_key, removed, record.offset))
+    return outcome
+
+
+APPLIERS = {
+    p.CreateProposal: apply_create,
+    p.PushProposal: apply_push,
+    p.ShareProposal: apply_share,
+    p.VisibilityProposal: apply_visibility,
+    p.RegisterProposal: apply_register,
+    p.RotateProposal: apply_rotate,
+    p.AdminProposal: apply_admin,
+}
+
+
+def version_of(proposal: p.TreeProposal, version: int) -> VersionInfo:
+    """The version a write made; its author is the user whose signature checked."""
     return VersionInfo(
         version=version,
         tree=proposal.tree,
@@ -210,4 +312,5 @@ def version_of(proposal: p.Proposal, version: int) -> VersionInfo:
         message=proposal.message,
         time_ms=proposal.time_ms,
         request_id=proposal.request_id,
+        signed=proposal.signed.to_text() if proposal.signed else None,
     )

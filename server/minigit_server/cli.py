@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import enum
 import functools
 import os
 import random
@@ -72,6 +73,21 @@ DataDir = Annotated[
     ),
 ]
 
+ServerKeyPath = Annotated[
+    Path | None,
+    typer.Option(
+        "--server-key",
+        envvar="MINIGIT_SERVER_KEY",
+        help="The service's Ed25519 key file (created if missing); every replica of a service needs the same.",
+        show_default="DATA_DIR/keys/server.key",
+    ),
+]
+
+
+class Registration(enum.StrEnum):
+    OPEN = "open"
+    CLOSED = "closed"
+
 
 MetricsPort = Annotated[
     int | None,
@@ -133,6 +149,15 @@ def start(
             help="Most bytes (as uploaded, compressed) one push or init may send; more is refused as too large.",
         ),
     ] = DEFAULT_MAX_PUSH_BYTES,
+    registration: Annotated[
+        Registration,
+        typer.Option(
+            envvar="MINIGIT_REGISTRATION",
+            help="open: anyone may claim a free user name with 'minigit auth register'; "
+            "closed: only 'minigit-server users add' registers users. Give every replica the same.",
+        ),
+    ] = Registration.OPEN,
+    server_key: ServerKeyPath = None,
     kafka_option: KafkaOption = None,
     metrics_port: MetricsPort = None,
     metrics_host: MetricsHost = DEFAULT_METRICS_HOST,
@@ -141,7 +166,9 @@ def start(
     log_backups: LogBackups = DEFAULT_LOG_BACKUPS,
 ) -> None:
     """Start the replicated service in the foreground (Ctrl-C or SIGTERM stops every replica)."""
+    from minigit import identity
     from minigit_server import bus, metrics, supervisor
+    from minigit_server.server_key import load_or_create_server_key
 
     data_dir = data_dir or default_data_dir()
     with exit_on_error():
@@ -156,11 +183,18 @@ def start(
         created = bus.ensure_topics(settings, partitions, replication_factor, min_insync_replicas)
         if created:
             err.print(f"created topics: {plain(', '.join(created))}")
+        is_open = registration == Registration.OPEN
         if replica_id is not None:
-            supervisor.run_replica(replica_id, settings, data_dir, max_push_bytes, logs, served)
+            supervisor.run_replica(replica_id, settings, data_dir, max_push_bytes, logs, served, server_key, is_open)
             return
+        # made once here, not by three replicas at once; each replica loads it
+        key, key_created = load_or_create_server_key(data_dir, server_key)
+        if key_created:
+            err.print(f"created the service's key: {identity.fingerprint(key.public_key())}")
         passed = ["--data-dir", str(data_dir), "--bootstrap", bootstrap, "--namespace", namespace]
-        passed += ["--max-push-bytes", str(max_push_bytes), *logs.flags()]
+        passed += ["--max-push-bytes", str(max_push_bytes), "--registration", str(registration), *logs.flags()]
+        if server_key is not None:
+            passed += ["--server-key", str(server_key)]
         err.print(f"starting {replicas} replicas on {plain(bootstrap)}; data and logs in {plain(str(data_dir))}")
         ids = [str(n) for n in range(1, replicas + 1)]
         command = functools.partial(supervisor.replica_command, options=passed, metrics=served)

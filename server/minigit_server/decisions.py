@@ -12,9 +12,11 @@ import json
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import asdict, dataclass
 
+from minigit import identity
 from minigit import protocol as p
 from minigit.errors import MinigitError
 from minigit.protocol import Status
+from minigit_server import access
 
 
 @dataclass(frozen=True)
@@ -38,9 +40,8 @@ class Outcome:
 def request_key(proposal: p.Proposal) -> str:
     """What makes two proposals one request (a retry), whoever proposed it and when:
     a request id met again with other contents is another request."""
-    base = proposal.base if isinstance(proposal, p.PushProposal) else None
-    fields = [proposal.action, proposal.repo, proposal.user, proposal.tree, proposal.message, base]
-    return hashlib.sha256(json.dumps(fields, ensure_ascii=False).encode()).hexdigest()
+    fields = {k: v for k, v in proposal.to_dict().items() if k not in access.PROPOSER_FIELDS}
+    return hashlib.sha256(json.dumps(fields, sort_keys=True, ensure_ascii=False).encode()).hexdigest()
 
 
 def outcome_of(known: Mapping, key: str, head: int | None) -> Outcome:
@@ -130,3 +131,72 @@ def blobs_to_send(
     have = {entry.sha for entry in old.values()} - set(lost)
     wanted = {entry.sha: entry.size for entry in new.values() if entry.sha not in have}
     return sorted(wanted.items())
+
+
+# ---------------------------------------------------------------- access and accounts
+
+
+def decide_share(head: int | None, owner: str, members: Mapping[str, str], proposal: p.ShareProposal) -> Outcome:
+    if head is None:
+        return Outcome(Status.NOT_FOUND, None, message="no such repository")
+    if proposal.member == owner:
+        return Outcome(Status.INVALID, head, message=f"{owner} owns {proposal.repo}: an owner's access cannot change")
+    if members.get(proposal.member, p.Access.NONE) == proposal.level:
+        return Outcome(Status.UP_TO_DATE, head, message=f"{proposal.member} already has {proposal.level} access")
+    if proposal.level == p.Access.NONE:
+        return Outcome(Status.ACCEPTED, head, message=f"{proposal.member} no longer has access to {proposal.repo}")
+    return Outcome(
+        Status.ACCEPTED, head, message=f"{proposal.member} now has {proposal.level} access to {proposal.repo}"
+    )
+
+
+def decide_visibility(head: int | None, visibility: str, proposal: p.VisibilityProposal) -> Outcome:
+    if head is None:
+        return Outcome(Status.NOT_FOUND, None, message="no such repository")
+    if visibility == proposal.visibility:
+        return Outcome(Status.UP_TO_DATE, head, message=f"{proposal.repo} is already {visibility}")
+    return Outcome(Status.ACCEPTED, head, message=f"{proposal.repo} is now {proposal.visibility}")
+
+
+def is_public_key(text: str) -> bool:
+    try:
+        identity.parse_public_key(text)
+    except MinigitError:
+        return False
+    return True
+
+
+def decide_register(account: access.Account | None, key: str) -> Outcome:
+    """First come claims a name; the same key again is a no-op; a removed name
+    stays taken (its permissions would go to whoever took it)."""
+    if not is_public_key(key):
+        return Outcome(Status.INVALID, None, message="not an Ed25519 public key")
+    if account is None:
+        return Outcome(Status.ACCEPTED, None, message="registered")
+    if account.removed:
+        return Outcome(Status.DENIED, None, message=f"the name {account.name} was removed by an operator")
+    if account.key == key:
+        return Outcome(Status.UP_TO_DATE, None, message="already registered with this key")
+    return Outcome(Status.DENIED, None, message=f"the name {account.name} is taken by another key")
+
+
+def decide_rotate(account: access.Account | None, new_key: str) -> Outcome:
+    if not is_public_key(new_key):
+        return Outcome(Status.INVALID, None, message="not an Ed25519 public key")
+    if account is None or account.removed:
+        return Outcome(Status.NOT_FOUND, None, message="no such user")
+    if account.key == new_key:
+        return Outcome(Status.UP_TO_DATE, None, message="that key is already the registered one")
+    return Outcome(Status.ACCEPTED, None, message="key replaced")
+
+
+def decide_admin(account: access.Account | None, op: p.AdminOp, key: str) -> Outcome:
+    if op == p.AdminOp.ADD:
+        if not is_public_key(key):
+            return Outcome(Status.INVALID, None, message="not an Ed25519 public key")
+        if account is not None and not account.removed and account.key == key:
+            return Outcome(Status.UP_TO_DATE, None, message="already registered with this key")
+        return Outcome(Status.ACCEPTED, None, message="registered" if account is None else "key replaced")
+    if account is None or account.removed:
+        return Outcome(Status.NOT_FOUND, None, message="no such user")
+    return Outcome(Status.ACCEPTED, None, message="removed")

@@ -31,7 +31,16 @@ from minigit_server.apply import LogRecord, StoreDamaged, apply_records
 from minigit_server.bus import Bus, RequestConsumer, RequestRecord
 from minigit_server.logs import formatter_for, log_handlers
 from minigit_server.metrics import ReplicaMetrics
-from minigit_server.service import DEFAULT_MAX_PUSH_BYTES, AppliedOffsets, Handled, Pace, Service, Unanswered
+from minigit_server.server_key import load_or_create_server_key
+from minigit_server.service import (
+    DEFAULT_MAX_PUSH_BYTES,
+    AppliedOffsets,
+    Handled,
+    Pace,
+    ServerIdentity,
+    Service,
+    Unanswered,
+)
 from minigit_server.store import SqliteStore, Store, StoreUnusable
 
 Polled = TypeVar("Polled")
@@ -147,6 +156,8 @@ class Replica:
         data_dir: Path,
         max_push_bytes: int = DEFAULT_MAX_PUSH_BYTES,
         metrics: ReplicaMetrics | None = None,
+        server_key_path: Path | None = None,
+        registration_open: bool = True,
     ) -> None:
         self.replica_id = replica_id
         self.settings = settings
@@ -155,7 +166,17 @@ class Replica:
         self.store = open_store(store_path(data_dir, replica_id), self.log)
         self.bus = Bus(settings, client_id=f"minigit-replica-{replica_id}")
         self.applied = AppliedOffsets(self.store.applied_offsets())
-        self.service = Service(replica_id, self.store, self.bus, self.applied, max_push_bytes=max_push_bytes)
+        key, _ = load_or_create_server_key(Path(data_dir), server_key_path)
+        self.server = ServerIdentity(settings.namespace, key)
+        self.service = Service(
+            replica_id,
+            self.store,
+            self.bus,
+            self.applied,
+            self.server,
+            max_push_bytes=max_push_bytes,
+            registration_open=registration_open,
+        )
         self.stop = threading.Event()
         self.failure: BaseException | None = None
         self.serving: list[int] = []
@@ -231,7 +252,7 @@ class Replica:
         repaired."""
         while True:
             try:
-                apply_records(self.store, records, partitions)
+                apply_records(self.store, records, partitions, self.server.authority)
                 return
             except StoreDamaged as damage:
                 repair = self.service.integrity.quarantine_and_repair

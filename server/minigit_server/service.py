@@ -15,11 +15,15 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from typing import Protocol
 
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+
+from minigit import identity, sealing
 from minigit import protocol as p
 from minigit.errors import MinigitError
+from minigit.identity import ChunkDigest
 from minigit.protocol import Status
-from minigit_server import decisions
-from minigit_server.apply import LogRecord, apply_record, apply_records
+from minigit_server import access, decisions
+from minigit_server.apply import Authority, LogRecord, apply_chunk, apply_records, repo_access
 from minigit_server.store import DamageRecord, Store
 
 log = logging.getLogger("minigit.service")
@@ -73,13 +77,43 @@ class Wire(Protocol):
         """Records of one log partition from its first offset up to ``end_offset``."""
 
 
+@dataclass(frozen=True)
+class ServerIdentity:
+    """Who the service is: its namespace and its Ed25519 key (the same on every
+    replica: it attests users' keys in the log and signs replies)."""
+
+    namespace: str
+    key: Ed25519PrivateKey
+
+    @property
+    def public_key(self) -> str:
+        return identity.public_key_text(self.key.public_key())
+
+    @property
+    def authority(self) -> Authority:
+        return Authority(self.namespace, self.public_key)
+
+    @classmethod
+    def generate(cls, namespace: str = "") -> ServerIdentity:
+        """A fresh one (tests, and in-process use)."""
+        return cls(namespace, identity.generate_private_key())
+
+
 class MemoryWire:
     """The Wire in memory, for tests and in-process use: a log whose every append
     is applied to ``store`` at once (a replica that is always caught up), and the
     replies kept in the order they were sent, with their partition."""
 
-    def __init__(self, store: Store, applied: AppliedOffsets, log_partitions: int = 3, reply_partitions: int = 8):
-        self.store, self.applied = store, applied
+    def __init__(
+        self,
+        store: Store,
+        applied: AppliedOffsets,
+        log_partitions: int = 3,
+        reply_partitions: int = 8,
+        *,
+        authority: Authority,
+    ):
+        self.store, self.applied, self.authority = store, applied, authority
         self.log_partitions, self.reply_partition_count = log_partitions, reply_partitions
         self.log: dict[int, list[bytes]] = {}
         self.replies: list[tuple[int, p.Message]] = []
@@ -87,7 +121,7 @@ class MemoryWire:
     def append_log(self, partition: int, key: bytes, value: bytes, wait: bool) -> int:
         records = self.log.setdefault(partition, [])
         records.append(value)
-        apply_records(self.store, [LogRecord(partition, len(records) - 1, value)], self.log_partitions)
+        apply_records(self.store, [LogRecord(partition, len(records) - 1, value)], self.log_partitions, self.authority)
         self.applied.advance({partition: len(records)})
         return len(records) - 1
 
@@ -114,20 +148,38 @@ class MemoryWire:
             yield LogRecord(partition, offset, value)
 
 
+@dataclass(frozen=True)
+class Uploaded:
+    """What one request uploaded before it arrived."""
+
+    total: int  # bytes, as stored (compressed), each chunk once
+    chunks: str  # identity.chunks_digest of the chunks: what its signature covers
+    count: int
+
+    def over(self, limit: int) -> bool:
+        return self.total > limit
+
+
 class UploadMeter:
-    """Bytes uploaded per request (as stored: compressed, each chunk counted once
-    however often a retry sends it), against the server's push size limit. It
-    keeps the requests in flight only, and forgets the oldest beyond a bound."""
+    """Chunks uploaded per request: their bytes (as stored: compressed, each chunk
+    counted once however often a retry sends it) against the server's push size
+    limit, and their digests, which the request's signature covers. It keeps the
+    requests in flight only, and forgets the oldest beyond a bound."""
 
     def __init__(self, limit: int, tracked: int = 1000) -> None:
         self.limit, self.tracked = limit, tracked
-        self._seen: collections.OrderedDict[str, tuple[int, set[tuple[str, int]]]] = collections.OrderedDict()
+        self._seen: collections.OrderedDict[str, tuple[int, set[ChunkDigest]]] = collections.OrderedDict()
 
     def admit(self, chunk: p.Chunk) -> bool:
-        """Count the chunk; False once its request is over the limit."""
+        """Count the chunk; False once its request is over the limit, or if the
+        chunk's data is not even base64 (it could never be stored)."""
+        try:
+            digest = ChunkDigest.of(chunk)
+        except MinigitError:
+            return False
         total, seen = self._seen.pop(chunk.request_id, (0, set()))
-        if (chunk.sha, chunk.index) not in seen:
-            seen.add((chunk.sha, chunk.index))
+        if digest not in seen:
+            seen.add(digest)
             payload = len(chunk.data) * 3 // 4 - chunk.data[-2:].count("=")
             total += max(payload, RECORD_CHARGE)  # an empty chunk is a record too
         self._seen[chunk.request_id] = (total, seen)
@@ -135,10 +187,10 @@ class UploadMeter:
             self._seen.popitem(last=False)
         return total <= self.limit
 
-    def settle(self, request_id: str) -> int | None:
-        """Forget a request that arrived; the bytes it uploaded if over the limit."""
-        total, _ = self._seen.pop(request_id, (0, set()))
-        return total if total > self.limit else None
+    def settle(self, request_id: str) -> Uploaded:
+        """Forget a request that arrived; what it uploaded."""
+        total, seen = self._seen.pop(request_id, (0, set()))
+        return Uploaded(total, identity.chunks_digest(seen), len(seen))
 
 
 class Unanswered(enum.StrEnum):
@@ -228,8 +280,8 @@ class Integrity:
                     message = p.parse_message(record.value, allowed=(p.Chunk,))
                 except MinigitError:
                     continue
-                if message.sha == sha:
-                    apply_record(scratch, record, self.wire.log_partition_count())
+                if message.sha == sha and self.wire.log_partition(message.repo) == partition:
+                    apply_chunk(scratch, partition, message)
                     if scratch.blob_size(partition, sha) is not None:
                         break
             size, count = scratch.blob_size(partition, sha), scratch.blob_chunk_count(partition, sha)
@@ -317,13 +369,17 @@ class Service:
         store: Store,
         wire: Wire,
         applied: AppliedOffsets,
+        server: ServerIdentity,
         clock_ms: Callable[[], int] = lambda: int(time.time() * 1000),
         max_push_bytes: int = DEFAULT_MAX_PUSH_BYTES,
+        registration_open: bool = True,
     ) -> None:
         self.replica_id = replica_id
         self.store = store
         self.wire = wire
         self.applied = applied
+        self.server = server
+        self.registration_open = registration_open
         self.clock_ms = clock_ms
         self.uploads = UploadMeter(max_push_bytes)
         self.integrity = Integrity(store, wire, applied, clock_ms)
@@ -346,12 +402,67 @@ class Service:
                 self.wire.append_log(partition, message.repo.encode(), value, wait=False)
             return None
         request = message
+        uploaded = self.uploads.settle(request.request_id)
         if request.reply_partition >= self.wire.reply_partitions():
             detail = f"reply_partition {request.reply_partition} does not exist; not answered"
             return Handled.of(request, Unanswered.MALFORMED, detail)
         if timestamp_ms + request.timeout_ms < self.clock_ms():
             return Handled.of(request, Unanswered.EXPIRED, "client gave up; not answered")
-        return HANDLERS[type(request)](self, partition, request)
+        try:
+            key = self.authenticate(request, uploaded)
+        except access.Refused as refused:
+            self.answer(request, refused.refusal.status, refused.refusal.text)
+            self.wire.flush()
+            return Handled.of(request, refused.refusal.status, refused.refusal.message)
+        except LogStalled:
+            return Handled.of(request, Unanswered.STALLED, "accounts not applied in time; not answered")
+        return HANDLERS[type(request)](self, partition, request, Author(key, uploaded))
+
+    # -- who asks
+
+    def authenticate(self, request: p.Request, uploaded: Uploaded) -> str:
+        """The key that signed ``request``, registered to its user (or, for a
+        registration, the key it registers); ``access.Refused`` if there is none."""
+        namespace = self.server.namespace
+        if (stale := access.check_fresh(request.signed_ms, self.clock_ms())) is not None:
+            raise access.Refused(stale)
+        if isinstance(request, p.RegisterRequest):
+            if not self.registration_open:
+                raise access.Refused(access.REGISTRATION_CLOSED)
+            if not identity.request_signed_by(request.public_key, request, uploaded.chunks, namespace):
+                raise access.Refused(access.Refusal(Status.UNAUTHENTICATED, "not signed by the key it registers"))
+            return request.public_key
+        account = self.account_of(request.user)
+        if (refusal := access.check_signed(request, account, uploaded.chunks, namespace)) is not None:
+            if uploaded.count and account and not account.removed and request.signature:
+                refusal = access.chunks_mismatch(refusal, uploaded.count)
+            raise access.Refused(refusal)
+        return account.key
+
+    def account_of(self, user: str) -> access.Account | None:
+        """The user's account, once everything in the log of the name's partition
+        as of now is applied (a registration just answered elsewhere counts)."""
+        home = self.wire.log_partition(user)
+        if not self.catch_up(home):
+            raise LogStalled(home)
+        return self.store.get_account(user)
+
+    def denied(self, request: p.Request, partition: int) -> Handled | None:
+        """Refuse a request its user may not make on its repository (after catch_up)."""
+        repo = self.store.get_repo(request.repo)
+        if repo is None:
+            return None
+        refusal = access.check_permission(request.user, request.action, request.repo, repo_access(self.store, repo))
+        if refusal is not None:
+            self.answer(request, refusal.status, refusal.text)
+            self.wire.flush()
+            return Handled.of(request, refusal.status, refusal.message)
+        if repo.visibility == p.Visibility.PRIVATE and self.sealer_for(request) is None:
+            message = "a private repository's content is sent sealed, and this request has no valid reply_key"
+            self.answer(request, Status.INVALID, message)
+            self.wire.flush()
+            return Handled.of(request, Status.INVALID, message)
+        return None
 
     def reject_malformed(self, value: bytes, error: MinigitError) -> Handled:
         address = p.peek_reply_address(value)
@@ -365,22 +476,46 @@ class Service:
         return Handled("?", "?", "?", Unanswered.MALFORMED, detail)
 
     def reply(
-        self, partition: int, request_id: str, action: str, status: Status, message: str = "", **fields
+        self,
+        partition: int,
+        request_id: str,
+        action: str,
+        status: Status,
+        message: str = "",
+        sealer: sealing.StreamSealer | None = None,
+        **fields,
     ) -> p.Reply:
+        """Send a reply signed with the service's key (sealed, with ``sealer``)."""
         reply = p.Reply(
             request_id=request_id,
             action=action,
-            stream=uuid.uuid4().hex,
+            stream=sealer.stream if sealer else uuid.uuid4().hex,
             replica=self.replica_id,
             status=status,
             message=message,
             **fields,
         )
-        self.wire.send_reply(partition, reply)
+        reply = sealing.sign_reply(self.server.key, reply, self.server.namespace)
+        self.wire.send_reply(partition, sealer.seal(reply) if sealer else reply)
         return reply
 
     def answer(self, request: p.Request, status: Status, message: str = "", **fields) -> p.Reply:
-        return self.reply(request.reply_partition, request.request_id, request.action, status, message, **fields)
+        """Answer ``request``; about a private repository, sealed to its reply key
+        (a request without one is refused), so other readers of the reply topic
+        learn nothing of it."""
+        sealer = self.sealer_for(request)
+        return self.reply(
+            request.reply_partition, request.request_id, request.action, status, message, sealer, **fields
+        )
+
+    def sealer_for(self, request: p.Request) -> sealing.StreamSealer | None:
+        repo = self.store.get_repo(request.repo)
+        if repo is None or repo.visibility != p.Visibility.PRIVATE or not request.reply_key:
+            return None
+        try:
+            return sealing.StreamSealer(request.reply_key, request.request_id, uuid.uuid4().hex)
+        except MinigitError:
+            return None  # not a reply key: answered in clear, and a read is refused (Service.denied)
 
     def catch_up(self, partition: int) -> bool:
         """The read barrier: apply everything in the log as of now before reading."""
@@ -389,14 +524,16 @@ class Service:
 
     # -- reads
 
-    def handle_ping(self, partition: int, request: p.PingRequest) -> Handled:
+    def handle_ping(self, partition: int, request: p.PingRequest, author: Author) -> Handled:
         self.answer(request, Status.OK, f"replica {self.replica_id} serves {request.repo} (log partition {partition})")
         self.wire.flush()
         return Handled.of(request, Status.OK)
 
-    def handle_pull(self, partition: int, request: p.PullRequest) -> Handled:
+    def handle_pull(self, partition: int, request: p.PullRequest, author: Author) -> Handled:
         if not self.catch_up(partition):
             return Handled.of(request, Unanswered.STALLED, "log not applied in time; not answered")
+        if (refused := self.denied(request, partition)) is not None:
+            return refused
         repo = self.store.get_repo(request.repo)
         decision = decisions.decide_pull(repo.head if repo else None, request.version)
         if decision.status != Status.OK:
@@ -418,10 +555,14 @@ class Service:
         for sha, _ in wanted[1:]:
             if not self.integrity.ensure_sound(partition, sha, why):
                 return Handled.of(request, Unanswered.DAMAGED, f"object {sha[:12]} damaged; not answered")
-        reply = self.answer(
-            request,
+        sealer = self.sealer_for(request)  # one stream: the reply and its chunks
+        reply = self.reply(
+            request.reply_partition,
+            request.request_id,
+            request.action,
             Status.OK,
             decision.message,
+            sealer,
             version=repo.head,
             head=repo.head,
             tree=head.tree,
@@ -429,20 +570,24 @@ class Service:
             blob_bytes=sum(size for _, size in wanted),
         )
         for sha, _ in wanted:
-            self.stream_blob(partition, request, reply.stream, sha)
+            self.stream_blob(partition, request, reply.stream, sha, sealer)
         self.wire.flush()
         sent = sum(size for _, size in wanted)
         return Handled.of(request, Status.OK, f"v{request.version}->v{repo.head}, {len(wanted)} objects, {sent} bytes")
 
-    def stream_blob(self, partition: int, request: p.Request, stream: str, sha: str) -> None:
+    def stream_blob(
+        self, partition: int, request: p.Request, stream: str, sha: str, sealer: sealing.StreamSealer | None
+    ) -> None:
         count = self.store.blob_chunk_count(partition, sha)
         for piece in self.store.iter_chunks(partition, sha, count):
             chunk = p.Chunk.of_piece(request.request_id, request.repo, sha, count, piece, stream)
-            self.wire.send_reply(request.reply_partition, chunk)
+            self.wire.send_reply(request.reply_partition, sealer.seal(chunk) if sealer else chunk)
 
-    def handle_log(self, partition: int, request: p.LogRequest) -> Handled:
+    def handle_log(self, partition: int, request: p.LogRequest, author: Author) -> Handled:
         if not self.catch_up(partition):
             return Handled.of(request, Unanswered.STALLED, "log not applied in time; not answered")
+        if (refused := self.denied(request, partition)) is not None:
+            return refused
         repo = self.store.get_repo(request.repo)
         if repo is None:
             self.answer(request, Status.NOT_FOUND, "no such repository")
@@ -450,8 +595,11 @@ class Service:
             return Handled.of(request, Status.NOT_FOUND)
         entries, size = [], 0
         for info in reversed(self.store.list_versions(request.repo)):
-            entry = p.LogEntry(version=info.version, author=info.author, time_ms=info.time_ms, message=info.message)
-            size += len(info.message.encode()) + 100
+            signed = p.SignedWrite.from_text(info.signed) if info.signed else None
+            entry = p.LogEntry(
+                version=info.version, author=info.author, time_ms=info.time_ms, message=info.message, signed=signed
+            )
+            size += len(info.message.encode()) + len(info.signed or "") + 100
             if len(entries) >= request.limit or size > MAX_LOG_REPLY_BYTES:
                 break
             entries.append(entry)
@@ -461,37 +609,55 @@ class Service:
 
     # -- writes
 
-    def handle_init(self, partition: int, request: p.InitRequest) -> Handled:
-        return self.propose(partition, request, p.CreateProposal(**self.proposal_fields(request)))
+    def handle_init(self, partition: int, request: p.InitRequest, author: Author) -> Handled:
+        return self.propose(partition, request, p.CreateProposal, author)
 
-    def handle_push(self, partition: int, request: p.PushRequest) -> Handled:
-        return self.propose(partition, request, p.PushProposal(**self.proposal_fields(request), base=request.base))
+    def handle_push(self, partition: int, request: p.PushRequest, author: Author) -> Handled:
+        return self.propose(partition, request, p.PushProposal, author)
 
-    def proposal_fields(self, request: p.InitRequest | p.PushRequest) -> dict:
-        """What every write proposal carries; the owner stamps the time once, so
-        every replica records the same time."""
-        return {
-            "request_id": request.request_id,
-            "repo": request.repo,
-            "user": request.user,
-            "tree": request.tree,
-            "message": request.message,
-            "time_ms": self.clock_ms(),
-            "proposer": self.replica_id,
-        }
+    def handle_share(self, partition: int, request: p.ShareRequest, author: Author) -> Handled:
+        return self.propose(partition, request, p.ShareProposal, author)
 
-    def propose(self, partition: int, request: p.Request, proposal: p.Proposal) -> Handled:
+    def handle_visibility(self, partition: int, request: p.VisibilityRequest, author: Author) -> Handled:
+        return self.propose(partition, request, p.VisibilityProposal, author)
+
+    def handle_register(self, partition: int, request: p.RegisterRequest, author: Author) -> Handled:
+        return self.propose(partition, request, p.RegisterProposal, author)
+
+    def handle_rotate(self, partition: int, request: p.RotateRequest, author: Author) -> Handled:
+        return self.propose(partition, request, p.RotateProposal, author)
+
+    def signed_write(self, request: p.Request, author: Author) -> p.SignedWrite:
+        """The request's proof of authorship, for the log: the owner stamps the key
+        it checked and attests it, so every replica can check it from the record."""
+        attestation = (
+            ""
+            if isinstance(request, p.RegisterRequest)
+            else access.attest(self.server.key, self.server.namespace, request, author.key)
+        )
+        return p.SignedWrite(
+            request=request.to_bytes().decode(), chunks=author.uploaded.chunks, key=author.key, attestation=attestation
+        )
+
+    def propose(self, partition: int, request: p.Request, kind: type[p.Proposal], author: Author) -> Handled:
         """Append the write to the log, wait until this replica has applied it,
-        and answer with the outcome that every replica reached."""
-        if (uploaded := self.uploads.settle(request.request_id)) is not None:
+        and answer with the outcome that every replica reached. The owner stamps
+        the time once, so every replica records the same time."""
+        if author.uploaded.over(self.uploads.limit):
             limit = self.uploads.limit
             message = (
-                f"{request.action} too large: {uploaded} bytes uploaded (compressed), "
+                f"{request.action} too large: {author.uploaded.total} bytes uploaded (compressed), "
                 f"this server accepts at most {limit} per {request.action}"
             )
             self.answer(request, Status.INVALID, message)
             self.wire.flush()
             return Handled.of(request, Status.INVALID, "too large; not proposed")
+        proposal = kind(
+            **access.proposal_fields(request),
+            time_ms=self.clock_ms(),
+            proposer=self.replica_id,
+            signed=self.signed_write(request, author),
+        )
         stored = self.store.get_outcome(partition, request.request_id)
         if stored is None:
             self.answer(request, Status.WORKING)
@@ -502,6 +668,11 @@ class Service:
             detail = ""
         else:
             detail = " (retry: original outcome)"
+        if stored is None:  # the replicas skipped it: its proof did not hold when applied
+            message = "the replicas refused the request's proof of authorship"
+            self.answer(request, Status.UNAUTHENTICATED, message)
+            self.wire.flush()
+            return Handled.of(request, Status.UNAUTHENTICATED, message)
         # Another request may have taken this id first: answer for this one only.
         repo = self.store.get_repo(request.repo)
         result = decisions.outcome_of(stored, decisions.request_key(proposal), repo.head if repo else None)
@@ -512,11 +683,28 @@ class Service:
         return Handled.of(request, result.status, f"{base}{version}{detail}")
 
 
+@dataclass(frozen=True)
+class Author:
+    """Who sent a request, once proven: the registered key that signed it, and
+    what it uploaded (which the signature covers)."""
+
+    key: str
+    uploaded: Uploaded
+
+
+class LogStalled(Exception):
+    """The log of a partition was not applied in time to answer."""
+
+
 # Which method answers which request: every request class has one.
-HANDLERS: dict[type[p.Request], Callable[[Service, int, p.Request], Handled]] = {
+HANDLERS: dict[type[p.Request], Callable[[Service, int, p.Request, Author], Handled]] = {
     p.PingRequest: Service.handle_ping,
     p.PullRequest: Service.handle_pull,
     p.LogRequest: Service.handle_log,
     p.InitRequest: Service.handle_init,
     p.PushRequest: Service.handle_push,
+    p.ShareRequest: Service.handle_share,
+    p.VisibilityRequest: Service.handle_visibility,
+    p.RegisterRequest: Service.handle_register,
+    p.RotateRequest: Service.handle_rotate,
 }

@@ -31,6 +31,7 @@ from minigit import codec
 from minigit import protocol as p
 from minigit.codec import Piece
 from minigit.errors import MinigitError
+from minigit_server.access import Account
 
 
 @dataclass(frozen=True)
@@ -39,6 +40,8 @@ class RepoState:
     head: int
     partition: int  # the log partition its records live in
     changed_at: int  # log offset of the record that last changed it
+    owner: str = ""
+    visibility: str = "private"
 
 
 @dataclass(frozen=True)
@@ -60,6 +63,7 @@ class VersionInfo:
     message: str
     time_ms: int
     request_id: str
+    signed: str | None = None  # the JSON of the SignedWrite that made it (log --verify)
 
 
 class Store(abc.ABC):
@@ -144,6 +148,21 @@ class Store(abc.ABC):
     def get_outcome(self, partition: int, request_id: str) -> dict | None: ...
 
     @abc.abstractmethod
+    def get_members(self, repo: str) -> dict[str, str]: ...
+
+    @abc.abstractmethod
+    def set_members(self, repo: str, members: dict[str, str]) -> None: ...
+
+    @abc.abstractmethod
+    def get_account(self, name: str) -> Account | None: ...
+
+    @abc.abstractmethod
+    def put_account(self, account: Account) -> None: ...
+
+    @abc.abstractmethod
+    def list_accounts(self) -> list[Account]: ...
+
+    @abc.abstractmethod
     def put_outcome(self, partition: int, request_id: str, outcome: dict) -> None: ...
 
     def close(self) -> None:  # noqa: B027 - optional: only a store with connections has something to close
@@ -198,8 +217,11 @@ class Store(abc.ABC):
         digest = hashlib.sha256()
         repo = self.get_repo(name)
         digest.update(f"head={repo.head if repo else None}\n".encode())
+        if repo is not None:
+            access = [repo.owner, repo.visibility, sorted(self.get_members(name).items())]
+            digest.update(json.dumps(access, ensure_ascii=False).encode() + b"\n")
         for v in self.list_versions(name):
-            row = [v.version, v.tree, v.author, v.message, v.time_ms, v.request_id]
+            row = [v.version, v.tree, v.author, v.message, v.time_ms, v.request_id, v.signed]
             digest.update(json.dumps(row, ensure_ascii=False).encode() + b"\n")
             digest.update(f"tree-present={self.blob_size(repo.partition, v.tree) is not None}\n".encode())
         return digest.hexdigest()
@@ -216,6 +238,8 @@ class MemoryStore(Store):
         self.versions: dict[str, dict[int, VersionInfo]] = {}
         self.outcomes: dict[tuple[int, str], dict] = {}
         self.damage: dict[tuple[int, str], DamageRecord] = {}
+        self.members: dict[str, dict[str, str]] = {}
+        self.accounts: dict[str, Account] = {}
 
     @contextlib.contextmanager
     def transaction(self) -> Iterator[None]:
@@ -304,9 +328,25 @@ class MemoryStore(Store):
     def put_outcome(self, partition: int, request_id: str, outcome: dict) -> None:
         self.outcomes.setdefault((partition, request_id), outcome)
 
+    def get_members(self, repo: str) -> dict[str, str]:
+        return dict(self.members.get(repo, {}))
 
-# Version 2 keeps chunks, blobs and outcomes per log partition (version 1 shared them).
-SCHEMA_VERSION = 2
+    def set_members(self, repo: str, members: dict[str, str]) -> None:
+        self.members[repo] = dict(members)
+
+    def get_account(self, name: str) -> Account | None:
+        return self.accounts.get(name)
+
+    def put_account(self, account: Account) -> None:
+        self.accounts[account.name] = account
+
+    def list_accounts(self) -> list[Account]:
+        return [self.accounts[name] for name in sorted(self.accounts)]
+
+
+# Version 2 keeps chunks, blobs and outcomes per log partition (version 1 shared them);
+# version 3 adds identity: accounts, owners, visibility, members, signed versions.
+SCHEMA_VERSION = 3
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS applied (partition INTEGER PRIMARY KEY, next_offset INTEGER NOT NULL);
 CREATE TABLE IF NOT EXISTS chunks (
@@ -316,11 +356,16 @@ CREATE TABLE IF NOT EXISTS blobs (
     partition INTEGER NOT NULL, sha TEXT NOT NULL, size INTEGER NOT NULL, count INTEGER NOT NULL,
     PRIMARY KEY (partition, sha));
 CREATE TABLE IF NOT EXISTS repos (
-    name TEXT PRIMARY KEY, head INTEGER NOT NULL, partition INTEGER NOT NULL, changed_at INTEGER NOT NULL);
+    name TEXT PRIMARY KEY, head INTEGER NOT NULL, partition INTEGER NOT NULL, changed_at INTEGER NOT NULL,
+    owner TEXT NOT NULL, visibility TEXT NOT NULL);
 CREATE TABLE IF NOT EXISTS versions (
     repo TEXT NOT NULL, version INTEGER NOT NULL, tree TEXT NOT NULL, author TEXT NOT NULL,
-    message TEXT NOT NULL, time_ms INTEGER NOT NULL, request_id TEXT NOT NULL,
+    message TEXT NOT NULL, time_ms INTEGER NOT NULL, request_id TEXT NOT NULL, signed TEXT,
     PRIMARY KEY (repo, version));
+CREATE TABLE IF NOT EXISTS members (
+    repo TEXT NOT NULL, user TEXT NOT NULL, level TEXT NOT NULL, PRIMARY KEY (repo, user));
+CREATE TABLE IF NOT EXISTS accounts (
+    name TEXT PRIMARY KEY, key TEXT NOT NULL, removed INTEGER NOT NULL, since INTEGER NOT NULL);
 CREATE TABLE IF NOT EXISTS outcomes (
     partition INTEGER NOT NULL, request_id TEXT NOT NULL, outcome TEXT NOT NULL, PRIMARY KEY (partition, request_id));
 """
@@ -497,33 +542,58 @@ class SqliteStore(Store):
         query = f"SELECT partition, sha, problem, found_ms, repaired_ms FROM damaged{where} ORDER BY partition, sha"
         return [DamageRecord(*row) for row in self._db().execute(query)]
 
+    _REPO_COLUMNS = "name, head, partition, changed_at, owner, visibility"
+    _VERSION_COLUMNS = "version, tree, author, message, time_ms, request_id, signed"
+
     def get_repo(self, name: str) -> RepoState | None:
-        row = (
-            self._db().execute("SELECT name, head, partition, changed_at FROM repos WHERE name = ?", (name,)).fetchone()
-        )
+        query = f"SELECT {self._REPO_COLUMNS} FROM repos WHERE name = ?"
+        row = self._db().execute(query, (name,)).fetchone()
         return RepoState(*row) if row else None
 
     def list_repos(self) -> list[RepoState]:
-        rows = self._db().execute("SELECT name, head, partition, changed_at FROM repos ORDER BY name")
+        rows = self._db().execute(f"SELECT {self._REPO_COLUMNS} FROM repos ORDER BY name")
         return [RepoState(*row) for row in rows]
 
     def put_repo(self, repo: RepoState) -> None:
         self._db().execute(
-            "INSERT OR REPLACE INTO repos VALUES (?, ?, ?, ?)", (repo.name, repo.head, repo.partition, repo.changed_at)
+            "INSERT OR REPLACE INTO repos VALUES (?, ?, ?, ?, ?, ?)",
+            (repo.name, repo.head, repo.partition, repo.changed_at, repo.owner, repo.visibility),
         )
 
     def add_version(self, repo: str, info: VersionInfo) -> None:
         self._db().execute(
-            "INSERT INTO versions VALUES (?, ?, ?, ?, ?, ?, ?)",
-            (repo, info.version, info.tree, info.author, info.message, info.time_ms, info.request_id),
+            "INSERT INTO versions VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+            (repo, info.version, info.tree, info.author, info.message, info.time_ms, info.request_id, info.signed),
         )
+
+    def get_members(self, repo: str) -> dict[str, str]:
+        rows = self._db().execute("SELECT user, level FROM members WHERE repo = ? ORDER BY user", (repo,))
+        return dict(rows.fetchall())
+
+    def set_members(self, repo: str, members: dict[str, str]) -> None:
+        db = self._db()
+        db.execute("DELETE FROM members WHERE repo = ?", (repo,))
+        db.executemany("INSERT INTO members VALUES (?, ?, ?)", [(repo, u, level) for u, level in members.items()])
+
+    def get_account(self, name: str) -> Account | None:
+        row = self._db().execute("SELECT name, key, removed, since FROM accounts WHERE name = ?", (name,)).fetchone()
+        return Account(row[0], row[1], bool(row[2]), row[3]) if row else None
+
+    def put_account(self, account: Account) -> None:
+        self._db().execute(
+            "INSERT OR REPLACE INTO accounts VALUES (?, ?, ?, ?)",
+            (account.name, account.key, int(account.removed), account.since),
+        )
+
+    def list_accounts(self) -> list[Account]:
+        rows = self._db().execute("SELECT name, key, removed, since FROM accounts ORDER BY name")
+        return [Account(r[0], r[1], bool(r[2]), r[3]) for r in rows]
 
     def get_version(self, repo: str, version: int) -> VersionInfo | None:
         row = (
             self._db()
             .execute(
-                "SELECT version, tree, author, message, time_ms, request_id FROM versions"
-                " WHERE repo = ? AND version = ?",
+                f"SELECT {self._VERSION_COLUMNS} FROM versions WHERE repo = ? AND version = ?",
                 (repo, version),
             )
             .fetchone()
@@ -532,7 +602,7 @@ class SqliteStore(Store):
 
     def list_versions(self, repo: str) -> list[VersionInfo]:
         rows = self._db().execute(
-            "SELECT version, tree, author, message, time_ms, request_id FROM versions WHERE repo = ? ORDER BY version",
+            f"SELECT {self._VERSION_COLUMNS} FROM versions WHERE repo = ? ORDER BY version",
             (repo,),
         )
         return [VersionInfo(*row) for row in rows]

@@ -95,6 +95,8 @@ def run_replica(
     max_push_bytes: int,
     logs: LogSettings = DEFAULT_LOGS,
     metrics: MetricsSettings = NO_METRICS,
+    server_key_path: Path | None = None,
+    registration_open: bool = True,
 ) -> None:
     """One replica in the foreground, until SIGTERM/SIGINT."""
     log = setup_logging(replica_id, replica_log_path(data_dir, replica_id), logs)
@@ -104,7 +106,7 @@ def run_replica(
         recorder = ReplicaMetrics(replica_id, time.time())
         server = MetricsServer(recorder.registry, metrics.host, metrics.port).start()
     try:
-        replica = Replica(replica_id, settings, data_dir, max_push_bytes, recorder)
+        replica = Replica(replica_id, settings, data_dir, max_push_bytes, recorder, server_key_path, registration_open)
         stop_on_signals(replica.stop)
         where = f", metrics on http://{metrics.host}:{server.port}/metrics" if server else ""
         log.info("started (pid %d), store %s%s", os.getpid(), replica.store.path, where)

@@ -21,20 +21,29 @@ from __future__ import annotations
 import base64
 import dataclasses
 import json
+import time
 import uuid
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from minigit import codec
+from minigit import codec, sealing
 from minigit import protocol as p
-from minigit.client.exchange import Observer, Response, await_answer, make_request
+from minigit.client.exchange import (
+    Credentials,
+    Observer,
+    ReplyGuard,
+    Response,
+    await_answer,
+    make_request,
+    sign_request,
+)
 from minigit.config import KafkaSettings
 from minigit.errors import MinigitError
-from minigit_server.service import AppliedOffsets, Handled, MemoryWire, Service
+from minigit.identity import ChunkDigest
+from minigit_server.service import AppliedOffsets, Handled, MemoryWire, ServerIdentity, Service
 from minigit_server.store import MemoryStore
 
-NOW_MS = 1_800_000_000_000
 REPLY_PARTITIONS = 4
 LOG_PARTITIONS = 3
 
@@ -68,10 +77,15 @@ class InProcessServer:
     ) -> None:
         self.store = MemoryStore()
         self.applied = AppliedOffsets({})
-        self.wire = MemoryWire(self.store, self.applied, LOG_PARTITIONS, REPLY_PARTITIONS)
-        self.now_ms = NOW_MS
+        self.identity = ServerIdentity.generate(namespace or "")
+        self.wire = MemoryWire(
+            self.store, self.applied, LOG_PARTITIONS, REPLY_PARTITIONS, authority=self.identity.authority
+        )
+        self.now_ms = int(time.time() * 1000)  # requests are signed at the real time
         self.clock = 0.0
-        self.service = Service(replica, self.store, self.wire, self.applied, clock_ms=lambda: self.now_ms)
+        self.service = Service(
+            replica, self.store, self.wire, self.applied, self.identity, clock_ms=lambda: self.now_ms
+        )
         self.attempts = attempts
         self.bootstrap, self.namespace = bootstrap, namespace
         self.connections: list[InProcessConnection] = []
@@ -79,14 +93,14 @@ class InProcessServer:
         self._reply_hooks: list[Tamper] = []
         self._upload_hooks: list[Tamper] = []
 
-    def connector(self, settings: KafkaSettings, user: str, timeout: float) -> InProcessConnection:
+    def connector(self, settings: KafkaSettings, credentials: Credentials, timeout: float) -> InProcessConnection:
         """A ``Connector``: pass it as ``ClientOptions(..., connector=server.connector)``."""
         wrong_place = (self.bootstrap is not None and settings.bootstrap != self.bootstrap) or (
             self.namespace is not None and settings.namespace != self.namespace
         )
         if wrong_place:
             raise settings.unreachable(ConnectionRefusedError())
-        connection = InProcessConnection(self, settings, user, timeout, len(self.connections) % REPLY_PARTITIONS)
+        connection = InProcessConnection(self, settings, credentials, timeout, len(self.connections) % REPLY_PARTITIONS)
         self.connections.append(connection)
         return connection
 
@@ -97,6 +111,16 @@ class InProcessServer:
     def tamper_uploads(self, *hooks: Tamper) -> None:
         """Pass the upload chunk records of each of the next attempts through one hook."""
         self._upload_hooks.extend(hooks)
+
+    def resign(self, value: bytes) -> bytes:
+        """A reply record signed again with the service's key (others as they are)."""
+        try:
+            message = parse(value)
+        except MinigitError:
+            return value
+        if not isinstance(message, p.Reply):
+            return value
+        return sealing.sign_reply(self.identity.key, message, self.identity.namespace).to_bytes()
 
     @property
     def requests(self) -> list[p.Request]:
@@ -118,7 +142,12 @@ class InProcessServer:
         handled = self.service.handle(self.now_ms, request.to_bytes())
         # as a consumer of the request's reply partition reads them: record values, in order
         replies = [m.to_bytes() for n, m in self.wire.replies[start:] if n == request.reply_partition]
-        delivered = self._reply_hooks.pop(0)(request, list(replies)) if self._reply_hooks else list(replies)
+        delivered = list(replies)
+        if self._reply_hooks:
+            hook = self._reply_hooks.pop(0)
+            delivered = hook(request, delivered)
+            if getattr(hook, "as_the_service", False):  # a service that erred, not a forger: it signs what it sent
+                delivered = [self.resign(value) for value in delivered]
         attempt = Attempt(connection, request, uploads, handled, replies, delivered)
         self.log.append(attempt)
         return attempt
@@ -128,10 +157,17 @@ class InProcessConnection:
     """What ``transport.Connection`` does, with the service in the same process."""
 
     def __init__(
-        self, server: InProcessServer, settings: KafkaSettings, user: str, timeout: float, reply_partition: int
+        self,
+        server: InProcessServer,
+        settings: KafkaSettings,
+        credentials: Credentials,
+        timeout: float,
+        reply_partition: int,
     ) -> None:
-        self.server, self.settings, self.user, self.timeout = server, settings, user, timeout
+        self.server, self.settings, self.credentials, self.timeout = server, settings, credentials, timeout
+        self.user = credentials.user
         self.reply_partition = reply_partition
+        self.reply_key = sealing.new_reply_key()
         self.closed = False
 
     def __enter__(self) -> InProcessConnection:
@@ -144,7 +180,8 @@ class InProcessConnection:
         self.closed = True
 
     def new_request(self, cls: type[p.Request], **fields: Any) -> p.Request:
-        return make_request(cls, self.user, self.reply_partition, self.timeout, **fields)
+        reply_key = sealing.reply_key_text(self.reply_key.public_key())
+        return make_request(cls, self.user, self.reply_partition, self.timeout, reply_key, **fields)
 
     def call(
         self, request: p.Request, uploads: Sequence[codec.BlobSource] = (), observer: Observer | None = None
@@ -155,11 +192,17 @@ class InProcessConnection:
         attempts: list[Attempt] = []
         pending: list[bytes] = []
 
+        namespace = self.settings.namespace
+        signed: list[p.Request] = []  # the same signature for every attempt, as the transport's
+
         def send(attempt: int) -> None:
             if len(attempts) >= self.server.attempts:
                 return  # lost on the way
             values = self._encode_uploads(request, uploads, Observer() if attempt else observer)
-            attempts.append(self.server.exchange(self, request, values))
+            if not signed:
+                digests = [ChunkDigest.of(p.parse_message(value, allowed=(p.Chunk,))) for value in values]
+                signed.append(sign_request(self.credentials, request, digests, namespace))
+            attempts.append(self.server.exchange(self, signed[0], values))
             pending.extend(attempts[-1].delivered)
 
         def poll(seconds: float) -> list[bytes]:
@@ -171,8 +214,9 @@ class InProcessConnection:
 
         # a ProtocolError goes to the caller, as from the transport
         upload_bytes = sum(u.size for u in uploads)
+        guard = ReplyGuard(namespace, self.credentials, self.reply_key)
         response = await_answer(
-            request.request_id, send, poll, self.timeout, observer, lambda: self.server.clock, upload_bytes
+            request.request_id, send, poll, self.timeout, observer, lambda: self.server.clock, upload_bytes, guard
         )
         attempts[-1].response = response
         return response
@@ -321,6 +365,7 @@ def failover(cut: int = 1, late: bool = False) -> Tamper:
         leftovers = answer[cut:] if late else []
         return [*records[: start + cut], second[0], *leftovers, *second[1:]]
 
+    hook.as_the_service = True  # type: ignore[attr-defined]
     return hook
 
 
@@ -333,6 +378,7 @@ def edit_reply(change: Callable[[dict], object]) -> Tamper:
         change(doc)
         return [*records[:start], json.dumps(doc).encode(), *records[start + 1 :]]
 
+    hook.as_the_service = True  # type: ignore[attr-defined]
     return hook
 
 
@@ -344,4 +390,5 @@ def chain(*hooks: Tamper) -> Tamper:
             records = each(request, records)
         return records
 
+    hook.as_the_service = any(getattr(each, "as_the_service", False) for each in hooks)  # type: ignore[attr-defined]
     return hook

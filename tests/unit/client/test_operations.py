@@ -62,7 +62,15 @@ def create(server: InProcessServer, root: Path, content: dict[str, bytes | str],
     root.mkdir(parents=True, exist_ok=True)
     for rel, data in content.items():
         write(root, rel, data)
-    return op.init_repository(root, name, options(server, "origin"), "version 1")
+    # public, so that replies travel in clear, where the tampering hooks can reach them
+    created = op.init_repository(root, name, options(server, "origin"), "version 1", visibility=p.Visibility.PUBLIC)
+    for member in MEMBERS:  # the others may write to it
+        op.share_repository(root, options(server, "origin"), name, member, p.Access.WRITE)
+    return created
+
+
+# The users of these tests besides the owner, "origin"; none of them owns what they clone.
+MEMBERS = ("alice", "bob", "bryan", "willy", "esteban")
 
 
 def history(server: InProcessServer, repo: str = "lab") -> list[int]:

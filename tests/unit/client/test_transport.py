@@ -16,8 +16,9 @@ from dataclasses import dataclass, field
 import pytest
 from kafka.errors import KafkaTimeoutError
 
-from minigit import codec
+from minigit import codec, identity, sealing
 from minigit import protocol as p
+from minigit.client.exchange import Credentials
 from minigit.client.transport import Connection
 from minigit.config import KafkaSettings
 from minigit.errors import ExitCode, ServerUnreachable
@@ -91,6 +92,10 @@ class FakeConsumer:
         return {"tp": [Record(value) for value in ready]} if ready else {}
 
 
+SERVER_KEY = identity.generate_private_key()  # the scripted services sign their replies with it
+ALICE = Credentials("alice", identity.generate_private_key())
+
+
 @pytest.fixture
 def connect(monkeypatch: pytest.MonkeyPatch) -> Callable[[Script, float], tuple[Connection, World]]:
     def make(script: Script, timeout: float) -> tuple[Connection, World]:
@@ -98,6 +103,7 @@ def connect(monkeypatch: pytest.MonkeyPatch) -> Callable[[Script, float], tuple[
         monkeypatch.setattr(time, "monotonic", world.monotonic)
         connection = object.__new__(Connection)  # without Kafka: what _open would have set
         connection.settings = KafkaSettings()
+        connection.credentials, connection.reply_key = ALICE, sealing.new_reply_key()
         connection.user, connection.timeout = "alice", timeout
         connection.topics = connection.settings.topics
         connection.producer, connection.consumer = FakeProducer(world), FakeConsumer(world)
@@ -129,7 +135,7 @@ def pull_reply(request: p.Request, blobs: list[bytes], **fields: object) -> p.Re
         blob_count=len(blobs),
         blob_bytes=sum(map(len, blobs)),
     )
-    return p.Reply(**{**values, **fields})
+    return sealing.sign_reply(SERVER_KEY, p.Reply(**{**values, **fields}), KafkaSettings().namespace)
 
 
 def chunks(request: p.Request, data: bytes, stream: str) -> list[bytes]:
@@ -297,9 +303,9 @@ def test_opening_asks_again_while_a_partition_leader_does_not_answer(monkeypatch
     monkeypatch.setattr(transport, "open_producer", lambda settings, **extra: OpeningProducer())
     monkeypatch.setattr(transport, "OPEN_RETRY_S", 0.001)
     if opens:
-        connection = Connection(KafkaSettings(), "alice", timeout=5)
+        connection = Connection(KafkaSettings(), ALICE, timeout=5)
         assert consumer.position == 7 and connection.request_partitions == 3
     else:
         with pytest.raises(ServerUnreachable, match="KafkaTimeoutError"):
-            Connection(KafkaSettings(), "alice", timeout=0.2)
+            Connection(KafkaSettings(), ALICE, timeout=0.2)
         assert consumer.asked > 10
