@@ -19,6 +19,7 @@ class ExitCode(IntEnum):
     REJECTED = 3  # push rejected, pull refused, replicas disagree
     UNREACHABLE = 4  # Kafka or the server did not answer in time
     BUSY = 5  # another minigit command holds this working directory
+    AUTH = 6  # authentication or permission refused: the service's pinned key changed
     INTERRUPTED = 130
 
 
@@ -169,3 +170,28 @@ class UnsafeKeyFile(MinigitError):
     def __init__(self, path: str, reason: str, hint: str) -> None:
         super().__init__(f"unsafe key file {path}: {reason}", hint=hint)
         self.path = path
+
+
+# -- confidentiality and the server's identity (minigit.sealing, minigit.client.known_servers)
+
+
+class SealBroken(MinigitError):
+    """A sealed reply record that cannot be opened with the request's reply key:
+    malformed, sealed to another key, or altered on the way. Never trusted."""
+
+
+class ServerKeyChanged(MinigitError):
+    """The service answered with another key than the one pinned at first contact:
+    it may be an impostor, so nothing it says is used (as ssh refuses a changed host key)."""
+
+    exit_code = ExitCode.AUTH
+
+    def __init__(self, service: str, path: str, lines: list[int], pinned: str, offered: str) -> None:
+        where = f"line {lines[0]}" if len(lines) == 1 else "lines " + ", ".join(str(line) for line in lines)
+        super().__init__(
+            f"the key of the minigit service {service} has changed: pinned {pinned}, now {offered}; "
+            "someone may be impersonating the service",
+            hint=f"if the service's key was changed on purpose, delete {where} of {path} "
+            "and run the command again to pin the new key",
+        )
+        self.service, self.path, self.lines, self.pinned, self.offered = service, path, lines, pinned, offered
