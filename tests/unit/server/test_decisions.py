@@ -2,14 +2,18 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 
 import pytest
 from hypothesis import given
 from hypothesis import strategies as st
+from signing import NAMESPACE
 
+from minigit import identity
 from minigit import protocol as p
-from minigit_server import decisions
+from minigit_server import access, decisions
+from minigit_server.access import Account, RepoAccess
 from minigit_server.decisions import Outcome, PullDecision
 
 T1 = "1" * 64
@@ -307,3 +311,219 @@ def test_pull_decision_property(head, version):
         assert decision.status == p.Status.OK
     else:
         assert decision.status == p.Status.INVALID
+
+
+# ---------------------------------------------------------------- what makes one request
+
+
+def a_push(**changes) -> p.PushProposal:
+    values = dict(request_id="ab" * 16, repo="r", user="alice", tree=T1, message="m", time_ms=1, proposer="r0", base=1)
+    return p.PushProposal(**{**values, **changes})
+
+
+def test_a_request_key_ignores_who_proposed_it_when_and_its_proof():
+    """A retry proposed again by another owner, later, carrying its proof again, is the same request."""
+    key = decisions.request_key(a_push())
+    proof = p.SignedWrite(request="{}", chunks=T2, key="ed25519:k", attestation="a")
+    assert decisions.request_key(a_push(time_ms=99, proposer="r2", signed=proof)) == key
+    for change in (
+        {"tree": T2},
+        {"base": 2},
+        {"message": "n"},
+        {"user": "bob"},
+        {"repo": "s"},
+        {"request_id": "c" * 32},
+    ):
+        assert decisions.request_key(a_push(**change)) != key, change
+    create = p.CreateProposal(
+        request_id="ab" * 16, repo="r", user="alice", tree=T1, message="m", time_ms=1, proposer=""
+    )
+    assert decisions.request_key(create) != key
+    operator = p.AdminProposal(request_id="ab" * 16, repo="x", user="x", time_ms=1, proposer="", op=p.AdminOp.ADD)
+    assert decisions.request_key(operator) == decisions.request_key(
+        p.AdminProposal(**{**operator.__dict__, "operator_signature": "s", "time_ms": 5})
+    )
+
+
+def test_a_stored_outcome_answers_its_own_request_only():
+    stored = {**Outcome(p.Status.ACCEPTED, 2, 2, "accepted as version 2").to_json(), "request": "key"}
+    assert decisions.outcome_of(stored, "key", 5) == Outcome(p.Status.ACCEPTED, 2, 2, "accepted as version 2", "key")
+    assert decisions.outcome_of(stored, "other", 5) == Outcome(
+        p.Status.INVALID, 5, None, "request id already used by another request"
+    )
+
+
+# ---------------------------------------------------------------- access
+
+
+def share(member: str, level: p.Access) -> p.ShareProposal:
+    return p.ShareProposal(
+        request_id="ab" * 16, repo="r", user="alice", time_ms=1, proposer="", member=member, level=level
+    )
+
+
+def test_share_decisions():
+    members = {"bob": "write"}
+    assert decisions.decide_share(None, "", {}, share("bob", p.Access.READ)) == Outcome(
+        p.Status.NOT_FOUND, None, None, "no such repository"
+    )
+    assert decisions.decide_share(3, "alice", members, share("alice", p.Access.NONE)) == Outcome(
+        p.Status.INVALID, 3, None, "alice owns r: an owner's access cannot change"
+    )
+    assert decisions.decide_share(3, "alice", members, share("bob", p.Access.WRITE)).status == p.Status.UP_TO_DATE
+    assert decisions.decide_share(3, "alice", members, share("carol", p.Access.NONE)).status == p.Status.UP_TO_DATE
+    assert decisions.decide_share(3, "alice", members, share("bob", p.Access.NONE)) == Outcome(
+        p.Status.ACCEPTED, 3, None, "bob no longer has access to r"
+    )
+    assert decisions.decide_share(3, "alice", members, share("carol", p.Access.ADMIN)) == Outcome(
+        p.Status.ACCEPTED, 3, None, "carol now has admin access to r"
+    )
+
+
+def test_visibility_decisions():
+    def change(to: p.Visibility) -> p.VisibilityProposal:
+        return p.VisibilityProposal(request_id="ab" * 16, repo="r", user="a", time_ms=1, proposer="", visibility=to)
+
+    assert decisions.decide_visibility(None, "", change(p.Visibility.PUBLIC)).status == p.Status.NOT_FOUND
+    assert decisions.decide_visibility(2, "private", change(p.Visibility.PRIVATE)) == Outcome(
+        p.Status.UP_TO_DATE, 2, None, "r is already private"
+    )
+    assert decisions.decide_visibility(2, "private", change(p.Visibility.PUBLIC)) == Outcome(
+        p.Status.ACCEPTED, 2, None, "r is now public"
+    )
+
+
+KEY = "ed25519:11qYAYKxCrfVS/7TyWQHOg7hcvPapiMlrwIaaPcHURo="  # RFC 8032 tests 1 and 2
+KEY2 = "ed25519:PUAXw+hDiVqStwqnTRt+vJyYLM8uxJaMwM1V8Sr0Zgw="
+
+
+@pytest.mark.parametrize("key", ["", "ed25519:", "not a key", KEY + "x", KEY.replace("ed25519", "ssh-ed25519")])
+def test_accounts_take_ed25519_keys_only(key):
+    assert not decisions.is_public_key(key)
+    assert decisions.decide_register(None, key).status == p.Status.INVALID
+    assert decisions.decide_rotate(Account("a", KEY), key).status == p.Status.INVALID
+    assert decisions.decide_admin(None, p.AdminOp.ADD, key).status == p.Status.INVALID
+
+
+def test_register_decisions():
+    assert decisions.is_public_key(KEY)
+    assert decisions.decide_register(None, KEY) == Outcome(p.Status.ACCEPTED, None, None, "registered")
+    assert decisions.decide_register(Account("a", KEY), KEY).status == p.Status.UP_TO_DATE
+    assert decisions.decide_register(Account("a", KEY), KEY2) == Outcome(
+        p.Status.DENIED, None, None, "the name a is taken by another key"
+    )
+    removed = Account("a", "", removed=True)
+    assert decisions.decide_register(removed, KEY) == Outcome(
+        p.Status.DENIED, None, None, "the name a was removed by an operator"
+    )
+
+
+def test_rotate_decisions():
+    assert decisions.decide_rotate(Account("a", KEY), KEY2) == Outcome(p.Status.ACCEPTED, None, None, "key replaced")
+    assert decisions.decide_rotate(Account("a", KEY), KEY).status == p.Status.UP_TO_DATE
+    assert decisions.decide_rotate(None, KEY).status == p.Status.NOT_FOUND
+    assert decisions.decide_rotate(Account("a", "", removed=True), KEY).status == p.Status.NOT_FOUND
+
+
+def test_operator_decisions():
+    add, remove = p.AdminOp.ADD, p.AdminOp.REMOVE
+    assert decisions.decide_admin(None, add, KEY) == Outcome(p.Status.ACCEPTED, None, None, "registered")
+    assert decisions.decide_admin(Account("a", KEY), add, KEY).status == p.Status.UP_TO_DATE
+    assert decisions.decide_admin(Account("a", KEY), add, KEY2).message == "key replaced"
+    assert decisions.decide_admin(Account("a", "", removed=True), add, KEY).status == p.Status.ACCEPTED
+    assert decisions.decide_admin(Account("a", KEY), remove, "") == Outcome(p.Status.ACCEPTED, None, None, "removed")
+    assert decisions.decide_admin(None, remove, "").status == p.Status.NOT_FOUND
+    assert decisions.decide_admin(Account("a", "", removed=True), remove, "").status == p.Status.NOT_FOUND
+
+
+LEVELS = [p.Access.NONE, p.Access.READ, p.Access.WRITE, p.Access.ADMIN]
+
+
+@pytest.mark.parametrize("visibility", list(p.Visibility))
+def test_the_owner_is_admin_members_have_what_was_shared_others_read_public_only(visibility):
+    members = {"reader": p.Access.READ, "writer": p.Access.WRITE, "admin": p.Access.ADMIN, "gone": p.Access.NONE}
+    repo = RepoAccess("owner", visibility, members)
+    public = visibility == p.Visibility.PUBLIC
+    assert access.access_of("owner", repo) == p.Access.ADMIN
+    for user, level in members.items():
+        expected = p.Access.READ if public and level == p.Access.NONE else level
+        assert access.access_of(user, repo) == expected
+    assert access.access_of("stranger", repo) == (p.Access.READ if public else p.Access.NONE)
+
+
+@given(
+    st.sampled_from(LEVELS),
+    st.sampled_from(list(p.Visibility)),
+    st.sampled_from(["ping", "pull", "log", "push", "share", "visibility", "anything else"]),
+)
+def test_an_action_is_allowed_iff_the_level_is_enough(level, visibility, action):
+    repo = RepoAccess("owner", visibility, {"user": level} if level != p.Access.NONE else {})
+    has = LEVELS.index(access.access_of("user", repo))
+    needed = LEVELS.index(access.REQUIRED_ACCESS.get(action, p.Access.ADMIN))
+    refusal = access.check_permission("user", action, "r", repo)
+    assert (refusal is None) == (has >= needed)
+    if refusal is not None:
+        assert refusal.status == p.Status.DENIED and refusal.message.startswith("permission denied: user may not")
+    assert access.check_permission("owner", action, "r", repo) is None
+    assert access.check_permission("user", action, "r", None) is None  # no repository: its own answer says so
+
+
+@given(st.integers(0, 10**13), st.integers(-(10**7), 10**7))
+def test_a_request_is_fresh_within_the_window_only(now_ms, skew_ms):
+    signed_ms = max(0, now_ms + skew_ms)
+    refusal = access.check_fresh(signed_ms, now_ms)
+    assert (refusal is None) == (abs(now_ms - signed_ms) <= access.REPLAY_WINDOW_MS)
+    if refusal is not None:
+        assert refusal.status == p.Status.UNAUTHENTICATED
+        assert ("before" if signed_ms < now_ms else "after") in refusal.message
+
+
+def test_proposal_fields_are_what_a_request_says_to_do():
+    request = p.PushRequest(
+        request_id="ab" * 16, repo="r", user="alice", reply_partition=3, timeout_ms=9, base=2, tree=T1,
+        message="m", signed_ms=5, reply_key="x25519:k", signature="s",
+    )  # fmt: skip
+    assert access.proposal_fields(request) == {
+        "request_id": "ab" * 16,
+        "repo": "r",
+        "user": "alice",
+        "tree": T1,
+        "message": "m",
+        "base": 2,
+    }
+    pull = p.PullRequest(request_id="ab" * 16, repo="r", user="a", reply_partition=0, version=3, lost=[T1])
+    assert access.proposal_fields(pull) == {"request_id": "ab" * 16, "repo": "r", "user": "a"}
+
+
+def test_every_proposal_says_exactly_what_its_request_says_to_do():
+    """check_proposal compares the two field by field: a field one has and the other
+    lacks would make every replica skip every such write."""
+    from signing import REQUEST_OF
+
+    assert set(REQUEST_OF) == {cls for cls in p._registry.values() if issubclass(cls, p.Proposal)} - {p.AdminProposal}
+    for proposal, request in REQUEST_OF.items():
+        assert proposal.action == request.action
+        said = {f.name for f in dataclasses.fields(proposal)} - access.PROPOSER_FIELDS
+        asked = {f.name for f in dataclasses.fields(request)} - access._REQUEST_ONLY_FIELDS
+        assert said == asked, proposal.__name__
+
+
+def test_a_request_is_signed_by_its_user_s_current_key_or_refused():
+    from signing import key_text, signed, user_key
+
+    ping = p.PingRequest(request_id="ab" * 16, repo="r", user="alice", reply_partition=0)
+    alice = access.Account("alice", key_text(user_key("alice")))
+    good = signed(ping, user_key("alice"))
+    assert access.check_signed(good, alice, identity.NO_CHUNKS, NAMESPACE) is None
+    unsigned = access.check_signed(ping, alice, identity.NO_CHUNKS, NAMESPACE)
+    assert (unsigned.status, unsigned.message) == (p.Status.UNAUTHENTICATED, "the request is not signed")
+    unknown = access.check_signed(good, None, identity.NO_CHUNKS, NAMESPACE)
+    assert unknown.status == p.Status.UNKNOWN_USER and "minigit auth register" in unknown.text
+    removed = access.check_signed(good, access.Account("alice", "", removed=True), identity.NO_CHUNKS, NAMESPACE)
+    assert removed.status == p.Status.UNAUTHENTICATED and "removed by an operator" in removed.message
+    for other in (signed(ping, user_key("bob")), good):
+        namespace = NAMESPACE if other is not good else "elsewhere"
+        refusal = access.check_signed(other, alice, identity.NO_CHUNKS, namespace)
+        assert refusal.status == p.Status.UNAUTHENTICATED and "does not match alice's registered key" in refusal.message
+    mismatch = access.chunks_mismatch(refusal, 3)
+    assert "with the 3 chunk(s) that arrived with it" in mismatch.message and mismatch.hint == refusal.hint

@@ -7,12 +7,11 @@ import logging
 
 import pytest
 from kafka.errors import KafkaTimeoutError
+from signing import make_service
 
 from minigit import protocol as p
 from minigit.errors import ServerUnreachable
 from minigit_server.replica import Replica
-from minigit_server.service import AppliedOffsets, MemoryWire, Service
-from minigit_server.store import MemoryStore
 
 
 class FakeBus:
@@ -31,13 +30,11 @@ class FakeBus:
 
 @pytest.fixture
 def replica() -> Replica:
-    store = MemoryStore()
-    applied = AppliedOffsets({})
     replica = object.__new__(Replica)  # without Kafka: what publish_heartbeat uses
     replica.replica_id = "1"
-    replica.store = store
     replica.bus = FakeBus()
-    replica.service = Service("1", store, MemoryWire(store, applied), applied, clock_ms=lambda: 1000)
+    replica.service = make_service(users=(), clock_ms=lambda: 1000, replica_id="1")
+    replica.store = replica.service.store
     replica.log = logging.getLogger("test.replica")
     replica.started_ms = 1
     replica.serving = [2]

@@ -12,14 +12,14 @@ import uuid
 from pathlib import Path
 
 import pytest
+from signing import AUTHORITY, NOW_MS, Client, make_service, signed_proposal
 
 from minigit import codec
 from minigit import protocol as p
 from minigit_server.apply import LogRecord, apply_records
-from minigit_server.service import AppliedOffsets, MemoryWire, Pace, Service, Unanswered
+from minigit_server.service import Pace, Service, Unanswered
 from minigit_server.store import MemoryStore, SqliteStore, Store
 
-NOW_MS = 1_800_000_000_000
 BIG = os.urandom(codec.CHUNK_SIZE + 4000)  # random: stored raw, in two pieces
 
 
@@ -28,9 +28,7 @@ def rid() -> str:
 
 
 def new_service(store: Store | None = None) -> Service:
-    store = store if store is not None else MemoryStore()
-    applied = AppliedOffsets({})
-    return Service("7", store, MemoryWire(store, applied), applied, clock_ms=lambda: NOW_MS)
+    return make_service(store)
 
 
 @pytest.fixture
@@ -39,20 +37,10 @@ def service() -> Service:
 
 
 def create(service: Service, repo: str, files: dict[str, bytes]) -> str:
-    """Create ``repo`` with ``files``; return its tree id."""
-    request_id = rid()
-    manifest = {}
-    for path, data in files.items():
-        blob = codec.BlobSource.from_bytes(data)
-        for chunk in p.blob_chunks(request_id, repo, blob):
-            service.handle(NOW_MS, chunk.to_bytes())
-        manifest[path] = p.FileEntry(blob.sha, len(data))
-    tree = codec.BlobSource.from_bytes(p.encode_tree(manifest))
-    for chunk in p.blob_chunks(request_id, repo, tree):
-        service.handle(NOW_MS, chunk.to_bytes())
-    init = p.InitRequest(request_id=request_id, repo=repo, user="u", reply_partition=1, tree=tree.sha)
-    service.handle(NOW_MS, init.to_bytes())
-    return tree.sha
+    """Create ``repo`` (private) with ``files``, as user u; return its tree id."""
+    reply = Client(service, "u").commit(p.InitRequest, repo, files)
+    assert reply.status == p.Status.ACCEPTED
+    return service.store.get_version(repo, 1).tree
 
 
 def flip(store: Store, partition: int, sha: str, index: int, count: int = 16) -> None:
@@ -73,12 +61,11 @@ def flip(store: Store, partition: int, sha: str, index: int, count: int = 16) ->
 
 
 def clone(service: Service, repo: str) -> tuple[object, list[p.Message]]:
-    request_id = rid()
-    handled = service.handle(
-        NOW_MS, p.PullRequest(request_id=request_id, repo=repo, user="u", reply_partition=3).to_bytes()
-    )
-    sent = [m for _, m in service.wire.replies if m.request_id == request_id]
-    return handled, sent
+    """A clone by user u: what the service did, and what it sent (opened: sealed to u's reply key)."""
+    client = Client(service, "u", reply_partition=3)
+    request = client.request(p.PullRequest, repo)
+    handled = client.send(request)
+    return handled, client.records(request.request_id)
 
 
 def blobs_sent(sent: list[p.Message]) -> dict[str, bytes]:
@@ -262,9 +249,10 @@ def test_apply_alone_never_reads_the_damage_table() -> None:
     from minigit_server.store import DamageRecord
 
     marked.mark_damaged(DamageRecord(0, "a" * 64, "x", 1))
-    apply_records(clean, records, 3)
-    apply_records(marked, records, 3)
-    assert clean.repo_digest("r") == marked.repo_digest("r")
+    apply_records(clean, records, 3, AUTHORITY)
+    apply_records(marked, records, 3, AUTHORITY)
+    assert clean.repo_digest("r") == marked.repo_digest("r") == source.store.repo_digest("r")
+    assert clean.get_repo("r").head == 1
 
 
 def test_a_damaged_tree_a_decision_reads_is_repaired_before_deciding(service: Service) -> None:
@@ -278,25 +266,22 @@ def test_a_damaged_tree_a_decision_reads_is_repaired_before_deciding(service: Se
 
     first = create(service, "r", {"a.txt": b"a"})
     partition = service.wire.log_partition("r")
-    two = codec.BlobSource.from_bytes(p.encode_tree({"b.txt": p.FileEntry(codec.hash_bytes(b"a"), 1)}))
-    push = p.PushRequest(request_id=rid(), repo="r", user="u", reply_partition=1, base=1, tree=two.sha)
-    for chunk in p.blob_chunks(push.request_id, "r", two):
-        service.handle(NOW_MS, chunk.to_bytes())
-    service.handle(NOW_MS, push.to_bytes())  # version 2
-    assert service.store.get_repo("r").head == 2
+    pushed = Client(service, "u").commit(p.PushRequest, "r", {"b.txt": b"a"}, base=1)
+    assert pushed.status == p.Status.ACCEPTED and service.store.get_repo("r").head == 2
     flip(service.store, partition, first, index=0, count=3)
-    revert = p.PushProposal(
-        request_id=rid(), repo="r", user="u", tree=first, message="back", time_ms=NOW_MS, proposer="7", base=2
+    revert = signed_proposal(
+        p.PushProposal, request_id=rid(), repo="r", user="u", tree=first, message="back", time_ms=NOW_MS, base=2
     )
     record = LogRecord(partition, len(service.wire.log[partition]), revert.to_bytes())
     service.wire.log[partition].append(revert.to_bytes())
 
     with pytest.raises(StoreDamaged):  # applying alone decides nothing
-        apply_records(service.store, [record], service.wire.log_partitions)
+        apply_records(service.store, [record], service.wire.log_partitions, AUTHORITY)
     assert service.store.get_repo("r").head == 2
 
     replica = object.__new__(Replica)
     replica.store, replica.service, replica.log = service.store, service, logging_module.getLogger("test")
+    replica.server = service.server
     replica.apply_soundly([record], service.wire.log_partitions)
     assert service.store.get_repo("r").head == 3 and service.store.check_blob(partition, first) is None
     assert service.store.get_version("r", 3).tree == first

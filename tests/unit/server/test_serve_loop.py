@@ -11,14 +11,16 @@ import uuid
 
 import pytest
 from kafka.errors import KafkaConnectionError, KafkaTimeoutError
+from signing import make_service, signed
 
 from minigit import codec
 from minigit import protocol as p
 from minigit_server import replica as replica_module
 from minigit_server.bus import RequestRecord
 from minigit_server.replica import Replica
-from minigit_server.service import AppliedOffsets, MemoryWire, Service
-from minigit_server.store import MemoryStore
+from minigit_server.service import MemoryWire
+
+NOW_MS = 1000  # the replica's clock, and when its requests were signed
 
 
 class FakeConsumer:
@@ -46,18 +48,16 @@ class FlakyWire(MemoryWire):
 
 @pytest.fixture
 def replica() -> Replica:
-    store = MemoryStore()
-    applied = AppliedOffsets({})
     replica = object.__new__(Replica)  # without Kafka: what serve_batch uses
-    replica.wire = FlakyWire(store, applied)
-    replica.service = Service("1", store, replica.wire, applied, clock_ms=lambda: 1000)
+    replica.service = make_service(wire_class=FlakyWire, clock_ms=lambda: NOW_MS, replica_id="1")
+    replica.wire = replica.service.wire
     replica.log = logging.getLogger("test.replica")
     replica.stop = threading.Event()
     return replica
 
 
 def record(partition: int, offset: int, message: p.Message) -> RequestRecord:
-    return RequestRecord(partition, offset, 1000, b"lab", message.to_bytes())
+    return RequestRecord(partition, offset, NOW_MS, b"lab", message.to_bytes())
 
 
 def init_records(partition: int, offset: int) -> list[RequestRecord]:
@@ -66,18 +66,23 @@ def init_records(partition: int, offset: int) -> list[RequestRecord]:
     tree = p.encode_tree({})
     chunk = p.Chunk.of_piece(request_id, "lab", p.hash_bytes(tree), 1, codec.encode_piece(0, tree), "")
     init = p.InitRequest(request_id=request_id, repo="lab", user="u", reply_partition=0, tree=p.hash_bytes(tree))
-    return [record(partition, offset, chunk), record(partition, offset + 1, init)]
+    return [
+        record(partition, offset, chunk),
+        record(partition, offset + 1, signed(init, chunks=[chunk], signed_ms=NOW_MS)),
+    ]
 
 
 def ping(partition: int, offset: int) -> RequestRecord:
     request = p.PingRequest(request_id=uuid.uuid4().hex, repo="lab", user="u", reply_partition=0)
-    return record(partition, offset, request)
+    return record(partition, offset, signed(request, signed_ms=NOW_MS))
 
 
 def test_each_request_is_committed_once_answered_chunks_with_their_request(replica: Replica) -> None:
     consumer = FakeConsumer()
     replica.serve_batch(consumer, [*init_records(0, 5), ping(1, 3)])
     assert consumer.commits == [(0, 7), (1, 4)] and consumer.rewinds == []
+    statuses = [m.status for _, m in replica.wire.replies if m.status != p.Status.WORKING]
+    assert statuses == [p.Status.ACCEPTED, p.Status.OK]  # signed by a registered user: served
 
 
 def test_a_kafka_failure_rewinds_to_the_first_record_not_committed_and_keeps_serving(replica: Replica) -> None:

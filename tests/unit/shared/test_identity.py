@@ -8,7 +8,6 @@ import base64
 import dataclasses
 import hashlib
 import json
-from dataclasses import dataclass
 
 import pytest
 from cryptography.hazmat.primitives import serialization
@@ -20,7 +19,7 @@ from hypothesis import strategies as st
 from minigit import codec, identity
 from minigit import protocol as p
 from minigit.errors import MalformedKey, MalformedSignature, MinigitError, ProtocolError, UsageError
-from minigit.identity import ChunkDigest, signing_payload
+from minigit.identity import NO_CHUNKS, ChunkDigest, chunks_digest, signing_payload
 
 # RFC 8032, section 7.1, tests 1 and 2
 RFC_SECRET = bytes.fromhex("9d61b19deffd5a60ba844af492ec2cc44449c5697b326919703bac031cae7f60")
@@ -34,12 +33,15 @@ RFC2_SIGNATURE = bytes.fromhex(
 )
 
 BASE64_DIGITS = "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/"
+# RFC 7748, section 6.1: Alice's X25519 public key, as a reply key
+RFC_REPLY_KEY = "x25519:hSDwCYkwp1R0i33ctD73Wg2/Og0mOBr066SpjqqbTmo="
 ints = st.integers(0, p.MAX_INT - 1)
 names = st.from_regex(r"[A-Za-z0-9][A-Za-z0-9._-]{0,20}", fullmatch=True)
 shas = st.from_regex(r"[0-9a-f]{64}", fullmatch=True)
 request_ids = st.from_regex(r"[0-9a-f]{32}", fullmatch=True)
 namespaces = st.from_regex(r"[A-Za-z0-9._-]{0,30}", fullmatch=True)
 texts = st.text(max_size=40)
+key_texts = st.text(max_size=p.MAX_KEY_TEXT)
 
 # A value for every field any request has: a request type with a field missing
 # here fails these tests until its values are listed (and so signed-tested).
@@ -49,16 +51,28 @@ FIELD_VALUES: dict[str, st.SearchStrategy] = {
     "user": names,
     "reply_partition": ints,
     "timeout_ms": ints,
+    "signed_ms": ints,
+    "reply_key": key_texts,
+    "signature": st.text(max_size=p.MAX_SIGNATURE_TEXT),
     "tree": shas,
     "message": texts,
+    "visibility": st.sampled_from(p.Visibility),
     "version": ints,
     "lost": st.lists(shas, max_size=3),
     "base": ints,
     "limit": ints,
+    "member": names,
+    "level": st.sampled_from(p.Access),
+    "public_key": key_texts,
+    "new_key": key_texts,
 }
 REQUEST_TYPES = sorted(
     (cls for cls in p._registry.values() if issubclass(cls, p.Request)), key=lambda cls: cls.action or ""
 )
+
+
+def signed_fields(cls: type[p.Request]) -> list[str]:
+    return [f.name for f in dataclasses.fields(cls) if f.name not in identity.UNSIGNED_FIELDS]
 
 
 def requests_of(cls: type[p.Request]) -> st.SearchStrategy[p.Request]:
@@ -75,7 +89,7 @@ digests = st.builds(
     data_sha256=shas,
 )
 digest_lists = st.lists(digests, max_size=4, unique=True)
-timestamps = ints
+chunk_digests_texts = digest_lists.map(chunks_digest)
 private_keys = st.binary(min_size=32, max_size=32).map(Ed25519PrivateKey.from_private_bytes)
 
 
@@ -88,71 +102,41 @@ def a_push(**changes: object) -> p.PushRequest:
         "base": 4,
         "tree": "ab" * 32,
         "message": "fix the parser \u2013 \u00f1",
+        "signed_ms": 1_700_000_000_123,
+        "reply_key": RFC_REPLY_KEY,
     }
     return p.PushRequest(**{**fields, **changes})
 
 
 A_DIGEST = ChunkDigest("cd" * 32, 0, 2, "zlib", "ef" * 32)
+A_DIGEST_SHA = "b21f006c6dcd03b866d0b5a8967832614a5f3ad57ad310f7bc93666035bfec79"
+RFC_KEY_TEXT = "ed25519:11qYAYKxCrfVS/7TyWQHOg7hcvPapiMlrwIaaPcHURo="
+A_PUSH_SIGNATURE = "zNBHgYZZAZIAVURT8Fo6BPcqI4Exknvn1V8MTiqzX93fFohJtitzX7/7lawSI1zZJgRmIAVxulZqOdGAmdbRAw=="
 
 
-# ---------------------------------------------------------------- the payload
+# ---------------------------------------------------------------- the chunks digest
 
 
-def test_every_request_type_is_covered():
-    assert {cls.action for cls in REQUEST_TYPES} == {"init", "pull", "push", "log", "ping"}
+def test_the_chunks_digest_is_frozen():
+    """Signatures cover it, so its encoding may never change either."""
+    assert chunks_digest([A_DIGEST]) == A_DIGEST_SHA
+    spelled = b'[["' + b"cd" * 32 + b'",0,2,"zlib","' + b"ef" * 32 + b'"]]'
+    assert hashlib.sha256(spelled).hexdigest() == A_DIGEST_SHA
+    assert identity.NO_CHUNKS == chunks_digest([]) == hashlib.sha256(b"[]").hexdigest()
 
 
-def test_the_payload_is_frozen():
-    """Signatures in the log are verified again years later (a replica rebuilt from
-    it, log --verify): these bytes, and the signature over them, may never change."""
-    payload = signing_payload(a_push(), [A_DIGEST], "team1-", 1_700_000_000_123)
-    assert payload == (
-        b"minigit-request-v1\n"
-        b'{"chunks":[["' + b"cd" * 32 + b'",0,2,"zlib","' + b"ef" * 32 + b'"]],"namespace":"team1-",'
-        b'"request":{"action":"push","base":4,"message":"fix the parser \\u2013 \\u00f1","reply_partition":3,'
-        b'"repo":"lab2","request_id":"0123456789abcdef0123456789abcdef","timeout_ms":30000,'
-        b'"tree":"' + b"ab" * 32 + b'","type":"request","user":"alice","v":1},"timestamp_ms":1700000000123}'
-    )
-    rfc_key = Ed25519PrivateKey.from_private_bytes(RFC_SECRET)
-    assert identity.sign(rfc_key, payload) == (
-        "uyK0UF2j6QWNtts9re3lUrB7KqkmDxBVYjCHa930hRU3tr24htkM6yGDsZkHikUnJLWFMWyiz0eGpPEKeOMIBg=="
-    )
+@given(digest_lists, st.randoms(use_true_random=False))
+def test_the_order_of_chunks_and_chunks_sent_twice_do_not_matter(chunk_digests, random):
+    """The verifier collects the chunks as they arrived, in whatever order and with
+    whatever resends the client's retries left there."""
+    again = [*chunk_digests, *chunk_digests[:2]]
+    random.shuffle(again)
+    assert chunks_digest(again) == chunks_digest(chunk_digests)
+    assert chunks_digest(iter(again)) == chunks_digest(chunk_digests)  # any iterable, read once
 
 
-@given(requests, digest_lists, namespaces, timestamps)
-def test_the_payload_spells_out_every_input(request, chunk_digests, namespace, timestamp_ms):
-    """Every input can be read back from the payload, so two different inputs
-    can never give the same payload."""
-    payload = signing_payload(request, chunk_digests, namespace, timestamp_ms)
-    assert payload.startswith(identity.SIGNING_DOMAIN)
-    body = payload[len(identity.SIGNING_DOMAIN) :]
-    assert body.isascii() and b"\n" not in body and b" " not in body.replace(b"\\u", b"")
-    document = json.loads(body)
-    assert document == {
-        "request": request.to_dict(),
-        "chunks": [list(dataclasses.astuple(d)) for d in sorted(chunk_digests)],
-        "namespace": namespace,
-        "timestamp_ms": timestamp_ms,
-    }
-
-
-@given(st.data())
-def test_any_change_to_any_field_changes_the_payload(data):
-    request = data.draw(requests)
-    name = data.draw(st.sampled_from([f.name for f in dataclasses.fields(request)]))
-    value = data.draw(FIELD_VALUES[name].filter(lambda v: v != getattr(request, name)))
-    changed = dataclasses.replace(request, **{name: value})
-    assert signing_payload(changed, [], "", 0) != signing_payload(request, [], "", 0)
-
-
-@given(requests, digest_lists, namespaces, namespaces, timestamps, timestamps)
-def test_the_namespace_and_the_time_are_signed(request, chunk_digests, ns1, ns2, t1, t2):
-    assume((ns1, t1) != (ns2, t2))
-    assert signing_payload(request, chunk_digests, ns1, t1) != signing_payload(request, chunk_digests, ns2, t2)
-
-
-@given(st.data(), requests, digest_lists.filter(bool))
-def test_any_change_to_a_chunk_digest_changes_the_payload(data, request, chunk_digests):
+@given(st.data(), digest_lists.filter(bool))
+def test_any_change_to_a_chunk_changes_the_digest(data, chunk_digests):
     position = data.draw(st.integers(0, len(chunk_digests) - 1))
     name = data.draw(st.sampled_from([f.name for f in dataclasses.fields(ChunkDigest)]))
     values = {"sha": shas, "data_sha256": shas, "encoding": st.sampled_from(codec.ENCODINGS)}.get(name, ints)
@@ -160,18 +144,93 @@ def test_any_change_to_a_chunk_digest_changes_the_payload(data, request, chunk_d
     value = data.draw(values.filter(lambda v: v != getattr(original, name)))
     changed = [*chunk_digests]
     changed[position] = dataclasses.replace(original, **{name: value})
-    assert signing_payload(request, changed, "", 0) != signing_payload(request, chunk_digests, "", 0)
+    assume(set(changed) != set(chunk_digests))  # not merely another chunk of the list
+    assert chunks_digest(changed) != chunks_digest(chunk_digests)
     # a chunk left out, or one more, is a change too
-    assert signing_payload(request, chunk_digests[1:], "", 0) != signing_payload(request, chunk_digests, "", 0)
+    assert chunks_digest(chunk_digests[1:]) != chunks_digest(chunk_digests)
+    extra = dataclasses.replace(original, index=original.index + 1 if original.index + 1 < p.MAX_INT else 0)
+    assume(extra not in chunk_digests)
+    assert chunks_digest([*chunk_digests, extra]) != chunks_digest(chunk_digests)
 
 
-@given(requests, digest_lists, st.randoms(use_true_random=False))
-def test_the_order_of_chunks_and_chunks_sent_twice_do_not_matter(request, chunk_digests, random):
-    """The verifier collects the chunks from the log, in whatever order and with
-    whatever resends the client's retries left there."""
-    again = [*chunk_digests, *chunk_digests[:2]]
-    random.shuffle(again)
-    assert signing_payload(request, again, "ns", 7) == signing_payload(request, chunk_digests, "ns", 7)
+@given(digest_lists)
+def test_the_chunks_digest_is_a_sha256_the_payload_accepts(chunk_digests):
+    digest = chunks_digest(chunk_digests)
+    assert p.check_sha(digest) == digest
+    rows = [list(dataclasses.astuple(d)) for d in sorted(chunk_digests)]
+    assert digest == hashlib.sha256(json.dumps(rows, separators=(",", ":")).encode()).hexdigest()
+
+
+# ---------------------------------------------------------------- the payload
+
+
+def test_every_request_type_is_covered():
+    assert {cls.action for cls in REQUEST_TYPES} == {
+        "init",
+        "pull",
+        "push",
+        "log",
+        "ping",
+        "share",
+        "visibility",
+        "register",
+        "rotate",
+    }
+
+
+def test_the_payload_is_frozen():
+    """Signatures in the log are verified again years later (a replica rebuilt from
+    it, log --verify): these bytes, and the signature over them, may never change."""
+    payload = signing_payload(a_push(), chunks_digest([A_DIGEST]), "team1-")
+    assert payload == (
+        b"minigit-request-v1\n"
+        b'{"chunks":"' + A_DIGEST_SHA.encode() + b'","namespace":"team1-",'
+        b'"request":{"action":"push","base":4,"message":"fix the parser \\u2013 \\u00f1",'
+        b'"reply_key":"x25519:hSDwCYkwp1R0i33ctD73Wg2/Og0mOBr066SpjqqbTmo=","reply_partition":3,'
+        b'"repo":"lab2","request_id":"0123456789abcdef0123456789abcdef","signed_ms":1700000000123,'
+        b'"timeout_ms":30000,"tree":"' + b"ab" * 32 + b'","type":"request","user":"alice","v":1}}'
+    )
+    rfc_key = Ed25519PrivateKey.from_private_bytes(RFC_SECRET)
+    assert identity.sign(rfc_key, payload) == A_PUSH_SIGNATURE
+    # the signature field is not part of what it signs
+    assert signing_payload(a_push(signature=A_PUSH_SIGNATURE), A_DIGEST_SHA, "team1-") == payload
+
+
+@given(requests, chunk_digests_texts, namespaces)
+def test_the_payload_spells_out_every_input(request, chunks, namespace):
+    """Every input can be read back from the payload, so two different inputs
+    can never give the same payload."""
+    payload = signing_payload(request, chunks, namespace)
+    assert payload.startswith(identity.SIGNING_DOMAIN)
+    body = payload[len(identity.SIGNING_DOMAIN) :]
+    assert body.isascii() and b"\n" not in body
+    document = json.loads(body)
+    fields = {k: v for k, v in request.to_dict().items() if k not in identity.UNSIGNED_FIELDS}
+    assert document == {"request": fields, "chunks": chunks, "namespace": namespace}
+    # in its one canonical spelling: sorted keys, no whitespace between tokens
+    assert body == json.dumps(document, sort_keys=True, separators=(",", ":"), ensure_ascii=True).encode()
+
+
+@given(st.data())
+def test_any_change_to_any_signed_field_changes_the_payload(data):
+    request = data.draw(requests)
+    name = data.draw(st.sampled_from(signed_fields(type(request))))
+    value = data.draw(FIELD_VALUES[name].filter(lambda v: v != getattr(request, name)))
+    changed = dataclasses.replace(request, **{name: value})
+    assert signing_payload(changed, NO_CHUNKS, "") != signing_payload(request, NO_CHUNKS, "")
+
+
+@given(requests, chunk_digests_texts, namespaces, namespaces, ints, ints)
+def test_the_namespace_and_the_time_are_signed(request, chunks, ns1, ns2, t1, t2):
+    assume((ns1, t1) != (ns2, t2))
+    first = signing_payload(dataclasses.replace(request, signed_ms=t1), chunks, ns1)
+    assert first != signing_payload(dataclasses.replace(request, signed_ms=t2), chunks, ns2)
+
+
+@given(requests, chunk_digests_texts, chunk_digests_texts)
+def test_the_chunks_are_signed(request, chunks, other_chunks):
+    assume(chunks != other_chunks)
+    assert signing_payload(request, chunks, "") != signing_payload(request, other_chunks, "")
 
 
 @given(st.data())
@@ -183,22 +242,18 @@ def test_requests_of_different_types_never_share_a_payload(data):
         extra = {f.name: data.draw(FIELD_VALUES[f.name]) for f in dataclasses.fields(cls) if f.name not in common}
         return cls(**common, **extra)
 
-    assert signing_payload(build(first), [], "", 0) != signing_payload(build(second), [], "", 0)
-
-
-@dataclass(kw_only=True)
-class SignedPing(p.PingRequest):
-    """A request carrying its signature, as the wiring step will make them."""
-
-    signature: str = ""
+    assert signing_payload(build(first), NO_CHUNKS, "") != signing_payload(build(second), NO_CHUNKS, "")
 
 
 def test_the_signature_field_is_not_signed_and_every_other_is():
-    request = SignedPing(request_id="ab" * 16, repo="r", user="u", reply_partition=0, signature="one")
-    payload = signing_payload(request, [], "", 0)
-    assert payload == signing_payload(dataclasses.replace(request, signature="two"), [], "", 0)
-    assert payload != signing_payload(dataclasses.replace(request, user="v"), [], "", 0)
+    assert {"signature"} == identity.UNSIGNED_FIELDS
+    request = p.PingRequest(request_id="ab" * 16, repo="r", user="u", reply_partition=0, signature="one")
+    payload = signing_payload(request, NO_CHUNKS, "")
+    assert payload == signing_payload(dataclasses.replace(request, signature="two"), NO_CHUNKS, "")
+    assert payload != signing_payload(dataclasses.replace(request, user="v"), NO_CHUNKS, "")
     assert b"signature" not in payload
+    for name in ("signed_ms", "reply_key", "timeout_ms", "reply_partition"):
+        assert f'"{name}":'.encode() in payload
 
 
 def test_a_chunk_digest_names_its_piece_and_hashes_its_bytes():
@@ -212,15 +267,131 @@ def test_a_chunk_digest_names_its_piece_and_hashes_its_bytes():
         ChunkDigest.of(dataclasses.replace(chunk, data="not base64!"))
 
 
-@pytest.mark.parametrize("timestamp", [-1, p.MAX_INT, True, 1.5, "1"])
-def test_a_timestamp_out_of_range_is_refused(timestamp):
-    with pytest.raises(ProtocolError, match="signing timestamp"):
-        signing_payload(a_push(), [], "", timestamp)
+@pytest.mark.parametrize("chunks", ["", "AB" * 32, "a" * 63, "a" * 65, "not a digest"])
+def test_a_chunks_digest_that_is_not_a_sha256_is_refused(chunks):
+    with pytest.raises(ProtocolError, match="invalid object id"):
+        signing_payload(a_push(), chunks, "")
 
 
 def test_a_malformed_namespace_is_refused():
     with pytest.raises(UsageError, match="invalid namespace"):
-        signing_payload(a_push(), [], "bad namespace", 0)
+        signing_payload(a_push(), NO_CHUNKS, "bad namespace")
+    with pytest.raises(UsageError, match="invalid namespace"):
+        identity.attestation_payload("bad namespace", "alice", RFC_KEY_TEXT, A_PUSH_SIGNATURE)
+
+
+# ---------------------------------------------------------------- signed requests
+
+
+def test_sign_request_signs_the_payload_and_sets_the_signature():
+    rfc_key = Ed25519PrivateKey.from_private_bytes(RFC_SECRET)
+    request = identity.sign_request(rfc_key, a_push(), A_DIGEST_SHA, "team1-")
+    assert request == a_push(signature=A_PUSH_SIGNATURE)
+    # signing again (a retry) gives the same request: Ed25519 is deterministic, the old signature is not signed
+    assert identity.sign_request(rfc_key, request, A_DIGEST_SHA, "team1-") == request
+    assert identity.request_signed_by(RFC_KEY_TEXT, request, A_DIGEST_SHA, "team1-")
+
+
+@given(private_keys, private_keys, requests, chunk_digests_texts, chunk_digests_texts, namespaces, namespaces)
+def test_a_signed_request_checks_only_with_its_key_chunks_and_namespace(
+    key, other_key, request, chunks, other_chunks, namespace, other_namespace
+):
+    request = identity.sign_request(key, request, chunks, namespace)
+    key_text = identity.public_key_text(key.public_key())
+    assert identity.request_signed_by(key_text, request, chunks, namespace)
+    other_text = identity.public_key_text(other_key.public_key())
+    if other_text != key_text:
+        assert not identity.request_signed_by(other_text, request, chunks, namespace)
+    if other_chunks != chunks:
+        assert not identity.request_signed_by(key_text, request, other_chunks, namespace)
+    if other_namespace != namespace:
+        assert not identity.request_signed_by(key_text, request, chunks, other_namespace)
+
+
+@given(st.data(), private_keys)
+def test_a_signed_request_changed_in_any_signed_field_no_longer_checks(data, key):
+    request = identity.sign_request(key, data.draw(requests), NO_CHUNKS, "ns")
+    name = data.draw(st.sampled_from(signed_fields(type(request))))
+    value = data.draw(FIELD_VALUES[name].filter(lambda v: v != getattr(request, name)))
+    changed = dataclasses.replace(request, **{name: value})
+    assert not identity.request_signed_by(identity.public_key_text(key.public_key()), changed, NO_CHUNKS, "ns")
+
+
+@pytest.mark.parametrize(
+    "key_text, signature",
+    [
+        ("not a key", A_PUSH_SIGNATURE),
+        ("ed25519:" + "A" * 44, A_PUSH_SIGNATURE),
+        (RFC_KEY_TEXT, ""),
+        (RFC_KEY_TEXT, "not base64!"),
+        (RFC_KEY_TEXT, "A" * 10_000),
+        (RFC_KEY_TEXT, A_PUSH_SIGNATURE[:-4] + "AAA="),
+        (None, A_PUSH_SIGNATURE),
+    ],
+)
+def test_a_malformed_key_or_signature_is_a_refusal_not_a_crash(key_text, signature):
+    request = a_push(signature=signature)
+    assert identity.request_signed_by(key_text, request, A_DIGEST_SHA, "team1-") is False
+    assert identity.request_signed_by(key_text, request, "not a digest", "team1-") is False
+    assert (
+        identity.request_signed_by(RFC_KEY_TEXT, a_push(signature=A_PUSH_SIGNATURE), A_DIGEST_SHA, "bad ns!") is False
+    )
+
+
+# ---------------------------------------------------------------- attestations
+
+
+def test_the_attestation_payload_is_frozen():
+    payload = identity.attestation_payload("team1-", "alice", RFC_KEY_TEXT, A_PUSH_SIGNATURE)
+    assert payload == (
+        b"minigit-attestation-v1\n"
+        b'{"key":"ed25519:11qYAYKxCrfVS/7TyWQHOg7hcvPapiMlrwIaaPcHURo=","namespace":"team1-",'
+        b'"request":"' + A_PUSH_SIGNATURE.encode() + b'","user":"alice"}'
+    )
+    rfc_key = Ed25519PrivateKey.from_private_bytes(RFC_SECRET)
+    assert identity.sign(rfc_key, payload) == (
+        "10dWSGFm1zN+dWJ57b5RJhDhD+yFr3o19YWwVWLwz3OzyA60Xu6Mvahd861rPAU3LQIsPNgrKgvCxbXi6vbSDA=="
+    )
+
+
+@given(namespaces, names, texts, texts)
+def test_the_attestation_payload_spells_out_every_input(namespace, user, key, request_signature):
+    payload = identity.attestation_payload(namespace, user, key, request_signature)
+    assert payload.startswith(identity.ATTESTATION_DOMAIN)
+    body = payload[len(identity.ATTESTATION_DOMAIN) :]
+    assert body.isascii() and b"\n" not in body
+    assert json.loads(body) == {"namespace": namespace, "user": user, "key": key, "request": request_signature}
+
+
+def test_the_domains_keep_every_kind_of_signature_apart():
+    domains = [identity.SIGNING_DOMAIN, identity.ATTESTATION_DOMAIN, identity.OPERATOR_DOMAIN]
+    assert len(set(domains)) == 3 and all(d.endswith(b"\n") and d.count(b"\n") == 1 for d in domains)
+    request_payload = signing_payload(a_push(), A_DIGEST_SHA, "team1-")
+    attestation = identity.attestation_payload("team1-", "alice", RFC_KEY_TEXT, A_PUSH_SIGNATURE)
+    assert not any(request_payload.startswith(d) for d in domains[1:])
+    assert not any(attestation.startswith(d) for d in (domains[0], domains[2]))
+
+
+@given(private_keys, private_keys, names, names, private_keys, st.data())
+def test_an_attestation_checks_only_for_its_server_user_key_and_request(server, other, user, other_user, author, data):
+    author_text = identity.public_key_text(author.public_key())
+    request_signature = identity.sign(author, b"a request")
+    attestation = identity.sign(server, identity.attestation_payload("ns", user, author_text, request_signature))
+    server_text = identity.public_key_text(server.public_key())
+    assert identity.attested_by(server_text, "ns", user, author_text, request_signature, attestation)
+    other_text = identity.public_key_text(other.public_key())
+    if other_text != server_text:
+        assert not identity.attested_by(other_text, "ns", user, author_text, request_signature, attestation)
+    if other_text != author_text:
+        assert not identity.attested_by(server_text, "ns", user, other_text, request_signature, attestation)
+    if other_user != user:
+        assert not identity.attested_by(server_text, "ns", other_user, author_text, request_signature, attestation)
+    another_request = identity.sign(author, b"another request")
+    assert not identity.attested_by(server_text, "ns", user, author_text, another_request, attestation)
+    assert not identity.attested_by(server_text, "other", user, author_text, request_signature, attestation)
+    garbage = data.draw(st.one_of(st.text(max_size=100), st.none(), st.integers()))
+    assert not identity.attested_by(server_text, "ns", user, author_text, request_signature, garbage)
+    assert not identity.attested_by(garbage, "ns", user, author_text, request_signature, attestation)
 
 
 # ---------------------------------------------------------------- signatures
@@ -235,21 +406,21 @@ def test_signatures_are_ed25519_as_rfc_8032_defines_it():
     assert identity.verify(second.public_key(), b"\x72", base64.b64encode(RFC2_SIGNATURE).decode())
 
 
-@given(private_keys, private_keys, requests, digest_lists, namespaces, namespaces, timestamps)
+@given(private_keys, private_keys, requests, chunk_digests_texts, namespaces, namespaces)
 def test_a_signature_verifies_only_under_its_key_payload_and_namespace(
-    key, other_key, request, chunk_digests, namespace, other_namespace, timestamp_ms
+    key, other_key, request, chunks, namespace, other_namespace
 ):
-    payload = signing_payload(request, chunk_digests, namespace, timestamp_ms)
+    payload = signing_payload(request, chunks, namespace)
     signature = identity.sign(key, payload)
     assert len(signature) == identity.MAX_SIGNATURE_TEXT
     assert identity.verify(key.public_key(), payload, signature)
     if identity.public_key_bytes(other_key.public_key()) != identity.public_key_bytes(key.public_key()):
         assert not identity.verify(other_key.public_key(), payload, signature)
     if other_namespace != namespace:
-        elsewhere = signing_payload(request, chunk_digests, other_namespace, timestamp_ms)
+        elsewhere = signing_payload(request, chunks, other_namespace)
         assert not identity.verify(key.public_key(), elsewhere, signature)
-    other_time = timestamp_ms + 1 if timestamp_ms + 1 < p.MAX_INT else timestamp_ms - 1
-    later = signing_payload(request, chunk_digests, namespace, other_time)
+    other_time = request.signed_ms + 1 if request.signed_ms + 1 < p.MAX_INT else request.signed_ms - 1
+    later = signing_payload(dataclasses.replace(request, signed_ms=other_time), chunks, namespace)
     assert not identity.verify(key.public_key(), later, signature)
 
 

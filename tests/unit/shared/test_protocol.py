@@ -17,27 +17,57 @@ from minigit.errors import MinigitError, ProtocolError, UnsafePath
 RID = "0123456789abcdef0123456789abcdef"
 SHA = "a" * 64
 SHA2 = "b" * 64
+# Key and signature texts as they travel (the fields' contents are checked by
+# minigit.identity and minigit.sealing; protocol bounds their length only): the
+# public keys of RFC 8032 tests 1 and 2, RFC 7748's Alice, two Ed25519 signatures.
+ED_KEY = "ed25519:11qYAYKxCrfVS/7TyWQHOg7hcvPapiMlrwIaaPcHURo="
+ED_KEY2 = "ed25519:PUAXw+hDiVqStwqnTRt+vJyYLM8uxJaMwM1V8Sr0Zgw="
+X_KEY = "x25519:hSDwCYkwp1R0i33ctD73Wg2/Og0mOBr066SpjqqbTmo="
+SIGNATURE = "zNBHgYZZAZIAVURT8Fo6BPcqI4Exknvn1V8MTiqzX93fFohJtitzX7/7lawSI1zZJgRmIAVxulZqOdGAmdbRAw=="
+SIGNATURE2 = "10dWSGFm1zN+dWJ57b5RJhDhD+yFr3o19YWwVWLwz3OzyA60Xu6Mvahd861rPAU3LQIsPNgrKgvCxbXi6vbSDA=="
+SIGNED = {"signed_ms": 1_700_000_000_000, "reply_key": X_KEY, "signature": SIGNATURE}
+
+
+def signed_write(request: p.Request) -> p.SignedWrite:
+    return p.SignedWrite(request=request.to_bytes().decode(), chunks=SHA2, key=ED_KEY, attestation=SIGNATURE2)
 
 
 # ---------------------------------------------------------------- sample messages
 
 
 def samples() -> dict[type[p.Message], p.Message]:
+    init = p.InitRequest(
+        request_id=RID, repo="repo", user="alice", reply_partition=2, tree=SHA, message="first ünïcode", **SIGNED
+    )
+    push = p.PushRequest(
+        request_id=RID, repo="repo", user="carol", reply_partition=7, base=4, tree=SHA2, message="msg", **SIGNED
+    )
+    share = p.ShareRequest(
+        request_id=RID, repo="repo", user="alice", reply_partition=1, member="bob", level=p.Access.WRITE, **SIGNED
+    )
+    visibility = p.VisibilityRequest(
+        request_id=RID, repo="repo", user="alice", reply_partition=1, visibility=p.Visibility.PUBLIC, **SIGNED
+    )
+    register = p.RegisterRequest(
+        request_id=RID, repo="frank", user="frank", reply_partition=3, public_key=ED_KEY, **SIGNED
+    )
+    rotate = p.RotateRequest(request_id=RID, repo="frank", user="frank", reply_partition=3, new_key=ED_KEY2, **SIGNED)
+    proposed = {"request_id": RID, "time_ms": 456, "proposer": "r1"}
     return {
         p.Chunk: p.Chunk(
             request_id=RID, repo="repo", sha=SHA, index=1, count=3, encoding="raw", data="aGVsbG8=", stream="s1"
         ),
-        p.InitRequest: p.InitRequest(
-            request_id=RID, repo="repo", user="alice", reply_partition=2, tree=SHA, message="first ünïcode"
-        ),
+        p.InitRequest: init,
         p.PullRequest: p.PullRequest(
             request_id=RID, repo="repo", user="bob", reply_partition=0, timeout_ms=5000, version=3, lost=[SHA, SHA2]
         ),
-        p.PushRequest: p.PushRequest(
-            request_id=RID, repo="repo", user="carol", reply_partition=7, base=4, tree=SHA2, message="msg"
-        ),
-        p.LogRequest: p.LogRequest(request_id=RID, repo="repo", user="dave", reply_partition=1, limit=10),
+        p.PushRequest: push,
+        p.LogRequest: p.LogRequest(request_id=RID, repo="repo", user="dave", reply_partition=1, limit=10, **SIGNED),
         p.PingRequest: p.PingRequest(request_id=RID, repo="repo", user="eve", reply_partition=0),
+        p.ShareRequest: share,
+        p.VisibilityRequest: visibility,
+        p.RegisterRequest: register,
+        p.RotateRequest: rotate,
         p.Reply: p.Reply(
             request_id=RID,
             action="push",
@@ -50,13 +80,43 @@ def samples() -> dict[type[p.Message], p.Message]:
             tree=SHA,
             blob_count=2,
             blob_bytes=10,
-            entries=[p.LogEntry(version=5, author="carol", time_ms=1_700_000_000_000, message="m")],
+            entries=[
+                p.LogEntry(version=5, author="carol", time_ms=1_700_000_000_000, message="m", signed=signed_write(push))
+            ],
+            server_key=ED_KEY2,
+            signature=SIGNATURE2,
         ),
         p.CreateProposal: p.CreateProposal(
-            request_id=RID, repo="repo", user="alice", tree=SHA, message="", time_ms=123, proposer="r0"
+            request_id=RID,
+            repo="repo",
+            user="alice",
+            tree=SHA,
+            message="",
+            time_ms=123,
+            proposer="r0",
+            signed=signed_write(init),
+            visibility=p.Visibility.PUBLIC,
         ),
         p.PushProposal: p.PushProposal(
             request_id=RID, repo="repo", user="alice", tree=SHA, message="m", time_ms=456, proposer="r1", base=2
+        ),
+        p.ShareProposal: p.ShareProposal(
+            **proposed, repo="repo", user="alice", member="bob", level=p.Access.WRITE, signed=signed_write(share)
+        ),
+        p.VisibilityProposal: p.VisibilityProposal(
+            **proposed, repo="repo", user="alice", visibility=p.Visibility.PUBLIC, signed=signed_write(visibility)
+        ),
+        p.RegisterProposal: p.RegisterProposal(
+            **proposed, repo="frank", user="frank", public_key=ED_KEY, signed=signed_write(register)
+        ),
+        p.RotateProposal: p.RotateProposal(
+            **proposed, repo="frank", user="frank", new_key=ED_KEY2, signed=signed_write(rotate)
+        ),
+        p.AdminProposal: p.AdminProposal(
+            **proposed, repo="frank", user="frank", op=p.AdminOp.ADD, public_key=ED_KEY, operator_signature=SIGNATURE
+        ),
+        p.Sealed: p.Sealed(
+            request_id=RID, stream="stream-1", sender_key=X_KEY, nonce="AAECAwQFBgcICQoL", box="c2VhbGVk"
         ),
         p.Heartbeat: p.Heartbeat(
             replica="r0",
@@ -127,6 +187,29 @@ def test_defaults_are_filled_in(cls):
             assert getattr(parsed, f.name) == f.default
         elif f.default_factory is not dataclasses.MISSING:
             assert getattr(parsed, f.name) == f.default_factory()
+
+
+def test_new_requests_default_to_private_unsigned_and_without_a_reply_key():
+    doc = sample_doc(p.InitRequest)
+    for name in ("visibility", "signed_ms", "reply_key", "signature"):
+        del doc[name]
+    request = p.parse_message(encode(doc))
+    assert (request.visibility, request.signed_ms, request.reply_key, request.signature) == (
+        p.Visibility.PRIVATE,
+        0,
+        "",
+        "",
+    )
+    assert p.parse_message(encode({**sample_doc(p.CreateProposal), "signed": None})).signed is None
+
+
+@pytest.mark.parametrize(
+    "cls", [cls for cls in MESSAGE_CLASSES if cls.__dict__.get("action")], ids=lambda c: c.__name__
+)
+def test_every_action_names_one_class_of_its_type(cls):
+    doc = json.loads(samples()[cls].to_bytes())
+    assert (doc["type"], doc["action"]) == (cls.type, cls.action)
+    assert p._registry[(cls.type, cls.action)] is cls
 
 
 def test_request_actions_and_reply_action():
@@ -336,7 +419,21 @@ BAD_IDS = [
 ]
 
 
-@pytest.mark.parametrize("cls", [p.Chunk, p.PushRequest, p.PullRequest, p.Reply, p.PushProposal, p.CreateProposal])
+@pytest.mark.parametrize(
+    "cls",
+    [
+        p.Chunk,
+        p.PushRequest,
+        p.PullRequest,
+        p.RegisterRequest,
+        p.Reply,
+        p.PushProposal,
+        p.CreateProposal,
+        p.ShareProposal,
+        p.AdminProposal,
+        p.Sealed,
+    ],
+)
 @pytest.mark.parametrize("rid", BAD_IDS)
 def test_parse_rejects_bad_request_ids(cls, rid):
     doc = sample_doc(cls)
@@ -404,6 +501,32 @@ def _with(cls, **changes) -> bytes:
         (_with(p.PushProposal, tree="nope"), "invalid object id"),
         (_with(p.PushProposal, user="no body"), "invalid user name"),
         (_with(p.CreateProposal, message="m" * (p.MAX_MESSAGE_LENGTH + 1)), "message longer"),
+        (_with(p.CreateProposal, visibility="secret"), "'visibility' has an unknown value 'secret'"),
+        (_with(p.PushRequest, reply_key="x" * (p.MAX_KEY_TEXT + 1)), "reply_key longer than 60"),
+        (_with(p.PushRequest, signature="s" * (p.MAX_SIGNATURE_TEXT + 1)), "signature longer than 88"),
+        (_with(p.PingRequest, signature="s" * 10_000_000), "signature longer than 88"),
+        (_with(p.PushRequest, signed_ms=-1), "signed_ms.* out of range"),
+        (_with(p.PushRequest, signed_ms=p.MAX_INT), "signed_ms.* out of range"),
+        (_with(p.InitRequest, visibility="secret"), "'visibility' has an unknown value"),
+        (_with(p.ShareRequest, member="no body"), "invalid user name"),
+        (_with(p.ShareRequest, level="owner"), "'level' has an unknown value 'owner'"),
+        (_with(p.VisibilityRequest, visibility="hidden"), "'visibility' has an unknown value"),
+        (_with(p.RegisterRequest, repo="someone"), "repo must equal user"),
+        (_with(p.RegisterRequest, public_key="k" * (p.MAX_KEY_TEXT + 1)), "public_key longer than 60"),
+        (_with(p.RotateRequest, user="someone"), "repo must equal user"),
+        (_with(p.RotateRequest, new_key="k" * (p.MAX_KEY_TEXT + 1)), "new_key longer than 60"),
+        (_with(p.Reply, server_key="k" * (p.MAX_KEY_TEXT + 1)), "server_key longer than 60"),
+        (_with(p.Reply, signature="s" * (p.MAX_SIGNATURE_TEXT + 1)), "signature longer than 88"),
+        (_with(p.ShareProposal, member="../x"), "invalid user name"),
+        (_with(p.ShareProposal, level="root"), "'level' has an unknown value"),
+        (_with(p.RegisterProposal, public_key="k" * (p.MAX_KEY_TEXT + 1)), "public_key longer than 60"),
+        (_with(p.RotateProposal, new_key="k" * (p.MAX_KEY_TEXT + 1)), "new_key longer than 60"),
+        (_with(p.AdminProposal, op="promote"), "'op' has an unknown value 'promote'"),
+        (_with(p.AdminProposal, public_key="k" * (p.MAX_KEY_TEXT + 1)), "public_key longer than 60"),
+        (_with(p.AdminProposal, operator_signature="s" * 89), "operator_signature longer than 88"),
+        (_with(p.Sealed, sender_key="k" * (p.MAX_KEY_TEXT + 1)), "sender_key longer than 60"),
+        (_with(p.Sealed, nonce="n" * 33), "nonce longer than 32"),
+        (_with(p.Sealed, box="b" * (p.MAX_SEALED_BOX_CHARS + 1)), "sealed box longer than"),
     ],
 )
 def test_parse_applies_validation_rules(raw, match):
@@ -411,7 +534,59 @@ def test_parse_applies_validation_rules(raw, match):
         p.parse_message(raw)
 
 
+def _with_signed(cls, **changes) -> bytes:
+    doc = sample_doc(cls)
+    doc["signed"].update(changes)
+    return encode(doc)
+
+
+@pytest.mark.parametrize(
+    "raw, match",
+    [
+        (_with_signed(p.CreateProposal, chunks="nope"), "invalid object id"),
+        (_with_signed(p.ShareProposal, key="k" * (p.MAX_KEY_TEXT + 1)), "key longer than 60"),
+        (_with_signed(p.RotateProposal, attestation="a" * 89), "attestation longer than 88"),
+        (_with_signed(p.VisibilityProposal, request="r" * (p.MAX_SIGNED_REQUEST_BYTES + 1)), "larger than 65536 bytes"),
+        (_with_signed(p.VisibilityProposal, request="é" * (p.MAX_SIGNED_REQUEST_BYTES // 2 + 1)), "larger than"),
+        (_with_signed(p.RegisterProposal, request=5), r"field 'signed\.request' must be str"),
+        (_with(p.PushProposal, signed="text"), "field 'signed' must be SignedWrite"),
+        (_with(p.PushProposal, signed={"request": "{}", "chunks": SHA}), r"missing field 'signed\.key'"),
+    ],
+)
+def test_a_proof_of_authorship_is_checked_like_every_field(raw, match):
+    with pytest.raises(ProtocolError, match=match):
+        p.parse_message(raw)
+
+
+def test_a_signed_request_inside_a_proof_is_only_parsed_when_asked():
+    """A proposal whose signed request is not one parses (every replica then skips it alike)."""
+    proposal = p.parse_message(_with_signed(p.ShareProposal, request='{"v": 1, "type": "nope"}'))
+    with pytest.raises(ProtocolError, match="unknown message type"):
+        proposal.signed.parsed_request()
+    chunk_json = samples()[p.Chunk].to_bytes().decode()
+    with pytest.raises(ProtocolError, match="not expected here"):
+        dataclasses.replace(proposal.signed, request=chunk_json).parsed_request()
+    share = samples()[p.ShareRequest]
+    assert signed_write(share).parsed_request() == share
+
+
+def test_a_signed_write_is_kept_as_text_and_read_back():
+    proof = signed_write(samples()[p.PushRequest])
+    text = proof.to_text()
+    assert p.SignedWrite.from_text(text) == proof and json.loads(text)["key"] == ED_KEY
+    for bad, match in [("[]", "not a JSON object"), ("nope", "not UTF-8 JSON"), ('{"request": "x"}', "missing field")]:
+        with pytest.raises(ProtocolError, match=match):
+            p.SignedWrite.from_text(bad)
+    with pytest.raises(ProtocolError, match="invalid object id"):
+        p.SignedWrite.from_text(json.dumps({**proof.to_dict(), "chunks": "x"}))
+
+
 def test_validation_boundaries_accepted():
+    assert p.parse_message(_with(p.PushRequest, reply_key="k" * p.MAX_KEY_TEXT)).reply_key == "k" * p.MAX_KEY_TEXT
+    assert p.parse_message(_with(p.PushRequest, signature="s" * 88)).signature == "s" * 88
+    assert p.parse_message(_with(p.Sealed, nonce="n" * 32)).nonce == "n" * 32
+    big = "r" * p.MAX_SIGNED_REQUEST_BYTES
+    assert p.parse_message(_with_signed(p.VisibilityProposal, request=big)).signed.request == big
     assert (
         p.parse_message(_with(p.PushRequest, message="m" * p.MAX_MESSAGE_LENGTH)).message == "m" * p.MAX_MESSAGE_LENGTH
     )
@@ -437,20 +612,26 @@ def test_parsed_message_can_be_encoded_again():
 
 def test_allowed_filters_by_base_class():
     s = samples()
-    for cls in (p.Chunk, p.PushRequest, p.PullRequest, p.InitRequest, p.LogRequest, p.PingRequest):
+    requests = [cls for cls in MESSAGE_CLASSES if issubclass(cls, p.Request)]
+    proposals = [cls for cls in MESSAGE_CLASSES if issubclass(cls, p.Proposal)]
+    assert len(requests) == 9 and len(proposals) == 7
+    for cls in (p.Chunk, *requests):
         assert type(p.parse_message(s[cls].to_bytes(), allowed=p.REQUEST_TYPES)) is cls
-    for cls in (p.Reply, p.CreateProposal, p.PushProposal, p.Heartbeat):
+    for cls in (p.Reply, p.Sealed, p.Heartbeat, *proposals):
         with pytest.raises(ProtocolError, match="not expected here"):
             p.parse_message(s[cls].to_bytes(), allowed=p.REQUEST_TYPES)
-    for cls in (p.Chunk, p.CreateProposal, p.PushProposal):
+    for cls in (p.Chunk, *proposals):
         assert type(p.parse_message(s[cls].to_bytes(), allowed=p.LOG_RECORD_TYPES)) is cls
-    for cls in (p.PushRequest, p.Reply, p.Heartbeat, p.InitRequest):
+    for cls in (p.Reply, p.Sealed, p.Heartbeat, *requests):
         with pytest.raises(ProtocolError, match="not expected here"):
             p.parse_message(s[cls].to_bytes(), allowed=p.LOG_RECORD_TYPES)
-    for cls in (p.Chunk, p.Reply):
+    for cls in (p.Chunk, p.Reply, p.Sealed):
         assert type(p.parse_message(s[cls].to_bytes(), allowed=p.REPLY_TYPES)) is cls
-    with pytest.raises(ProtocolError, match="not expected here"):
-        p.parse_message(s[p.PushRequest].to_bytes(), allowed=p.REPLY_TYPES)
+    for cls in (p.PushRequest, *proposals):
+        with pytest.raises(ProtocolError, match="not expected here"):
+            p.parse_message(s[cls].to_bytes(), allowed=p.REPLY_TYPES)
+    assert set(p.ACCOUNT_REQUESTS) == {p.RegisterRequest, p.RotateRequest}
+    assert set(p.ACCOUNT_PROPOSALS) == {p.RegisterProposal, p.RotateProposal, p.AdminProposal}
     assert type(p.parse_message(s[p.Heartbeat].to_bytes(), allowed=(p.Heartbeat,))) is p.Heartbeat
 
 
