@@ -195,3 +195,17 @@ class ServerKeyChanged(MinigitError):
             "and run the command again to pin the new key",
         )
         self.service, self.path, self.lines, self.pinned, self.offered = service, path, lines, pinned, offered
+
+
+class PermissionDenied(MinigitError):
+    """The service refused: the verified user may not do this to that repository
+    (or may not register, or the name is taken). Nothing changed."""
+
+    exit_code = ExitCode.AUTH
+
+
+class NotAuthenticated(MinigitError):
+    """The service could not tell who sent the request: an unknown user, a key
+    that is not the registered one, a request signed outside the replay window."""
+
+    exit_code = ExitCode.AUTH
