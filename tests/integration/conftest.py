@@ -16,6 +16,7 @@ import pytest
 
 from minigit import protocol as p
 from minigit.client import operations
+from minigit.client.exchange import Credentials
 from minigit.client.transport import Connection
 from minigit.config import KafkaSettings, ServerFlags
 from minigit_server.bus import Bus, ensure_topics
@@ -94,11 +95,32 @@ class Service:
         self.bus.close()
 
     def options(self, user: str = "tester", timeout: float = 30.0) -> operations.ClientOptions:
+        """A user's options; keys and pinned service keys are the session's (MINIGIT_CONFIG_DIR)."""
         return operations.ClientOptions(user, ServerFlags(self.bootstrap, self.namespace), timeout)
 
+    def credentials(self, user: str = "tester") -> Credentials:
+        """``user``'s key (created on first use) and the service key pinned for this namespace."""
+        return self.options(user).credentials(self.settings)
+
+    def connect(self, user: str = "tester", timeout: float = 30.0) -> Connection:
+        """A client connection of ``user``'s that signs its requests (``operations.ask``
+        registers the user on first use; ``call`` alone does not)."""
+        return Connection(self.settings, self.credentials(user), timeout)
+
     def ping(self, repo: str, timeout: float = 60.0) -> p.Reply:
-        with Connection(self.settings, "tester", timeout) as connection:
-            return connection.call(connection.new_request(p.PingRequest, repo=repo)).reply
+        with self.connect("tester", timeout) as connection:
+            return operations.ask(connection, connection.new_request(p.PingRequest, repo=repo)).reply
+
+    def register(self, *users: str) -> None:
+        """Register each user's key (what any command does on first use)."""
+        for user in users:
+            operations.register_account(self.data_dir, self.options(user))
+
+    def share(self, repo: str, *members: str, level: p.Access = p.Access.WRITE, owner: str = "tester") -> None:
+        """The owner gives each member ``level`` access to ``repo`` (repositories are private)."""
+        for member in members:
+            reply = operations.share_repository(self.data_dir, self.options(owner), repo, member, level)
+            assert reply.status in (p.Status.ACCEPTED, p.Status.UP_TO_DATE), reply
 
     def env(self, user: str = "tester") -> dict[str, str]:
         return {

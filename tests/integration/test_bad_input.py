@@ -1,6 +1,10 @@
 """Bad input gets a clear error and loses nothing: malformed requests, unsafe
 paths (checked by the server on push and by the client on pull), a corrupt
-.minigit, two commands in one directory."""
+.minigit, two commands in one directory.
+
+Requests are signed (issue 9): a hostile request that is about something else
+than signatures is signed by a registered user who may make it, so that what
+refuses it is the check under test, not the signature or a permission."""
 
 from __future__ import annotations
 
@@ -15,12 +19,12 @@ from pathlib import Path
 import pytest
 from kafka import KafkaConsumer, KafkaProducer, TopicPartition
 
+from minigit import identity, sealing
 from minigit import protocol as p
 from minigit.client import operations
 from minigit.client import workspace as ws
-from minigit.client.transport import Connection
 from minigit.codec import BlobSource
-from minigit.errors import UnsafePath
+from minigit.errors import PermissionDenied, UnsafePath
 
 pytestmark = pytest.mark.integration
 MINIGIT = str(Path(sys.executable).with_name("minigit"))
@@ -48,6 +52,12 @@ def read_replies(consumer: KafkaConsumer, wanted: set[str], timeout: float = 30.
     return found
 
 
+def as_reply(doc: dict) -> p.Reply:
+    message = p.parse_message(json.dumps(doc).encode(), allowed=(p.Reply,))
+    assert isinstance(message, p.Reply)
+    return message
+
+
 def test_malformed_requests_get_error_replies_and_the_replica_keeps_serving(service) -> None:
     topics = service.bus.topics
     consumer = KafkaConsumer(bootstrap_servers=service.bootstrap, enable_auto_commit=False)
@@ -68,14 +78,26 @@ def test_malformed_requests_get_error_replies_and_the_replica_keeps_serving(serv
         "bad name": request(action="pull", repo="../etc", user="u"),
         "wrong protocol version": request(action="pull", repo="r", user="u", v=99),
     }
+    # Well formed, from a registered user, but unsigned, or with a signature that is not
+    # one: refused, not served.
+    service.ping("r")  # registers tester
+    now_ms = int(time.time() * 1000)
+    unsigned = {
+        "unsigned": request(action="pull", repo="r", user="tester", version=0, signed_ms=now_ms),
+        "unsigned, no time": request(action="pull", repo="r", user="tester", version=0),
+        "garbled signature": request(
+            action="pull", repo="r", user="tester", version=0, signed_ms=now_ms, signature="not base64!"
+        ),
+    }
     unaddressed = [b"not json at all", b"\xff\xfe", b"[1, 2, 3]", b'{"v": 1, "type": "request"}']
+    log_before = service.bus.log_end_offsets()
     for value in unaddressed:
         producer.send(topics.requests, key=b"r", value=value)
-    for _, value in addressed.values():
+    for _, value in [*addressed.values(), *unsigned.values()]:
         producer.send(topics.requests, key=b"r", value=value)
     producer.flush()
 
-    replies = read_replies(consumer, {rid for rid, _ in addressed.values()})
+    replies = read_replies(consumer, {rid for rid, _ in [*addressed.values(), *unsigned.values()]})
     for what, (rid, _) in addressed.items():
         assert rid in replies, f"no error reply for {what}"
         assert replies[rid]["status"] == p.Status.INVALID
@@ -83,6 +105,16 @@ def test_malformed_requests_get_error_replies_and_the_replica_keeps_serving(serv
     assert "unknown message type" in replies[addressed["unknown action"][0]]["message"]
     assert "missing field 'repo'" in replies[addressed["missing fields"][0]]["message"]
     assert "field 'version' must be int" in replies[addressed["wrong types"][0]]["message"]
+    for what, (rid, _) in unsigned.items():
+        assert rid in replies, f"no reply to a request {what}"
+        assert replies[rid]["status"] == p.Status.UNAUTHENTICATED, (what, replies[rid])
+    assert "the request is not signed" in replies[unsigned["unsigned"][0]]["message"]
+    assert "signature does not match" in replies[unsigned["garbled signature"][0]]["message"]
+    # Every error reply is the service's, signed with its key, whoever can write the reply topic.
+    [server_key] = {doc["server_key"] for doc in replies.values()}
+    assert all(sealing.reply_signed_by(server_key, as_reply(doc), service.namespace) for doc in replies.values())
+    # Nothing of it reached the log.
+    assert service.bus.log_end_offsets() == log_before
 
     # Still serving; and every bad record left a line in the replica's log.
     serving = service.ping("r").replica
@@ -99,21 +131,40 @@ UNSAFE_PATHS = ["../escape.txt", "/etc/passwd", "a\\b", "nul\x00byte", ".minigit
 def test_server_refuses_unsafe_paths_on_push(service, tmp_path: Path) -> None:
     init_origin(service, tmp_path, "safe", {"ok.txt": "fine\n"})
     blob = b"payload"
-    with Connection(service.settings, "mallory") as connection:
+
+    def push_unsafe(connection, bad: str) -> p.Reply:
+        tree = p.encode_tree({bad: p.FileEntry(p.hash_bytes(blob), len(blob))})
+        request = connection.new_request(p.PushRequest, repo="safe", base=1, tree=p.hash_bytes(tree))
+        return operations.ask(connection, request, [BlobSource.from_bytes(tree), BlobSource.from_bytes(blob)]).reply
+
+    with service.connect("mallory") as connection:
+        # Without access, mallory's push is refused before its tree is looked at.
+        with pytest.raises(PermissionDenied, match="may not push to safe"):
+            push_unsafe(connection, UNSAFE_PATHS[0])
+        service.share("safe", "mallory")  # mallory may push: what refuses these is the tree
+        before = service.wait_converged(["1", "2", "3"])
         for bad in UNSAFE_PATHS:
-            tree = p.encode_tree({bad: p.FileEntry(p.hash_bytes(blob), len(blob))})
-            request = connection.new_request(p.PushRequest, repo="safe", base=1, tree=p.hash_bytes(tree))
-            reply = connection.call(request, [BlobSource.from_bytes(tree), BlobSource.from_bytes(blob)]).reply
+            reply = push_unsafe(connection, bad)
             assert reply.status == p.Status.INVALID and "unsafe path" in reply.message, bad
             assert reply.head == 1  # nothing changed
     states = service.wait_converged(["1", "2", "3"])
-    assert {repos["safe"][0] for _, repos in states.values()} == {1}
+    assert {repos["safe"] for _, repos in states.values()} == {before["1"][1]["safe"]}  # head and digest
+    for replica in ("1", "2", "3"):
+        store = service.store(replica)
+        try:
+            assert [(v.version, v.author) for v in store.list_versions("safe")] == [(1, "tester")]
+        finally:
+            store.close()
 
 
 def test_client_refuses_unsafe_paths_on_pull(bare_service, tmp_path: Path) -> None:
     """A rogue server (no replicas: a fake answers) sends a tree that escapes the
-    working directory: the client refuses it and writes nothing anywhere."""
+    working directory: the client refuses it and writes nothing anywhere. The
+    rogue signs its replies with a key of its own, which the client pins on first
+    contact with this (new) namespace: what refuses the tree is the client's path
+    check, not the signature check."""
     service = bare_service
+    rogue_key = identity.generate_private_key()
     evil = b"owned\n"
     tree = p.encode_tree({"../escape.txt": p.FileEntry(p.hash_bytes(evil), len(evil))})
     stop = threading.Event()
@@ -144,6 +195,7 @@ def test_client_refuses_unsafe_paths_on_pull(bare_service, tmp_path: Path) -> No
                         blob_count=2,
                         blob_bytes=len(tree) + len(evil),
                     )
+                    reply = sealing.sign_reply(rogue_key, reply, service.namespace)
                     service.bus.send_reply(request.reply_partition, reply)
                     for data in (tree, evil):
                         for chunk in p.blob_chunks(
