@@ -9,7 +9,6 @@ from pathlib import Path
 from minigit import codec
 from minigit import protocol as p
 from minigit.client import operations
-from minigit.client.transport import Connection
 
 REPLICAS = ["1", "2", "3"]
 
@@ -28,7 +27,10 @@ def test_a_tree_bomb_is_refused_without_decoding_it(bare_service, tmp_path: Path
     work.mkdir()
     (work / "a.txt").write_bytes(b"a\n")
     operations.init_repository(work, "bombed", service.options(), "first")
-    service.wait_converged(REPLICAS)
+    # mallory is registered and may push: what refuses the bomb is its size, not who sent it
+    service.register("mallory")
+    service.share("bombed", "mallory")
+    converged = service.wait_converged(REPLICAS)
     before = {rid: peak_memory_kib(process.pid) for rid, process in service.processes.items()}
 
     # 400,000 paths, about 36 MB of tree: decoding it took hundreds of MB per replica.
@@ -36,14 +38,21 @@ def test_a_tree_bomb_is_refused_without_decoding_it(bare_service, tmp_path: Path
     entry = {"sha": p.hash_bytes(blob), "size": 1}
     tree = json.dumps({"v": 1, "files": {f"d/{n:07d}": entry for n in range(400_000)}}).encode()
     assert len(tree) > p.MAX_TREE_BYTES
-    with Connection(service.settings, "mallory", timeout=120) as connection:
+    with service.connect("mallory", timeout=120) as connection:
         request = connection.new_request(p.PushRequest, repo="bombed", base=1, tree=p.hash_bytes(tree))
         uploads = [codec.BlobSource.from_bytes(tree), codec.BlobSource.from_bytes(blob)]
-        reply = connection.call(request, uploads).reply
+        reply = operations.ask(connection, request, uploads).reply
     assert reply.status == p.Status.INVALID and reply.message.startswith("tree too large")
 
     states = service.wait_converged(REPLICAS)
-    assert {repos["bombed"][0] for _, repos in states.values()} == {1}
+    # nothing changed: the same head and digest on every replica, and no version by mallory
+    assert {repos["bombed"] for _, repos in states.values()} == {converged["1"][1]["bombed"]}
+    for replica_id in REPLICAS:
+        store = service.store(replica_id)
+        try:
+            assert [(v.version, v.author) for v in store.list_versions("bombed")] == [(1, "tester")]
+        finally:
+            store.close()
     for replica_id, process in service.processes.items():
         grown_mib = (peak_memory_kib(process.pid) - before[replica_id]) / 1024
         assert grown_mib < 100, f"replica {replica_id} grew by {grown_mib:.0f} MiB"
