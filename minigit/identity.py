@@ -168,22 +168,23 @@ def chunks_digest(chunk_digests: Iterable[ChunkDigest]) -> str:
 NO_CHUNKS = chunks_digest([])
 
 
-def signing_payload(request: Request, chunks: str, namespace: str) -> bytes:
+def signing_payload(request: Request, namespace: str) -> bytes:
     """The bytes a request's signature covers.
 
     ``SIGNING_DOMAIN``, then one line of JSON (sorted keys, no whitespace, ASCII
     only): the request as it travels (``v``, ``type``, ``action`` and every field,
-    defaults included, its ``signed_ms`` among them, but ``UNSIGNED_FIELDS``), the
-    ``chunks_digest`` of the chunks it uploaded and the namespace. JSON with sorted
-    keys spells distinct values distinctly, so distinct inputs never share a payload.
+    defaults included, its ``signed_ms`` and the ``chunks`` digest of what it
+    uploaded among them, but ``UNSIGNED_FIELDS``) and the namespace. JSON with
+    sorted keys spells distinct values distinctly, so distinct inputs never share
+    a payload. A request replayed into another namespace does not verify.
 
-    The verifier rebuilds it from the request it received, the chunks of the same
-    request id and repository and its own namespace: a request replayed into
-    another namespace, or with its chunks swapped, does not verify.
+    The chunks digest is what the client says it uploaded; the content itself is
+    bound by its hashes (the tree's, which names every file's), so a request whose
+    chunks were lost or altered on the way still verifies and is decided "missing
+    objects", and a stray chunk sent under its request id cannot spoil it.
     """
-    check_sha(chunks)
     fields = {name: value for name, value in request.to_dict().items() if name not in UNSIGNED_FIELDS}
-    document = {"request": fields, "chunks": chunks, "namespace": check_namespace(namespace)}
+    document = {"request": fields, "namespace": check_namespace(namespace)}
     return SIGNING_DOMAIN + canonical_json(document)
 
 
@@ -227,16 +228,17 @@ def verify(public_key: Ed25519PublicKey, payload: bytes, signature: object) -> b
 
 
 def sign_request(private_key: Ed25519PrivateKey, request: Request, chunks: str, namespace: str) -> Request:
-    """``request`` with its ``signature`` set (its ``signed_ms`` must be set before)."""
-    payload = signing_payload(dataclasses.replace(request, signature=""), chunks, namespace)
-    return dataclasses.replace(request, signature=sign(private_key, payload))
+    """``request`` with its ``chunks`` digest and ``signature`` set (its
+    ``signed_ms`` must be set before)."""
+    unsigned = dataclasses.replace(request, chunks=check_sha(chunks), signature="")
+    return dataclasses.replace(unsigned, signature=sign(private_key, signing_payload(unsigned, namespace)))
 
 
-def request_signed_by(key_text: str, request: Request, chunks: str, namespace: str) -> bool:
+def request_signed_by(key_text: str, request: Request, namespace: str) -> bool:
     """Whether ``request`` carries a valid signature by the key ``key_text`` names.
     Anything malformed (the key, the signature) is False: a refusal, not a crash."""
     try:
-        return verify(parse_public_key(key_text), signing_payload(request, chunks, namespace), request.signature)
+        return verify(parse_public_key(key_text), signing_payload(request, namespace), request.signature)
     except MinigitError:
         return False
 

@@ -548,7 +548,7 @@ def _check_signature_text(name: str, text: str) -> None:
 class Request(Message):
     """What every request carries. ``user`` is who signed it: ``signature`` is that
     user's Ed25519 signature over ``minigit.identity.signing_payload`` (every other
-    field, the digest of its uploaded chunks, the namespace). ``signed_ms`` bounds
+    field, its ``chunks`` digest of what it uploaded among them, and the namespace). ``signed_ms`` bounds
     a replay in time; ``reply_key`` (``x25519:``) is the key replies about a
     private repository are sealed to (minigit.sealing)."""
 
@@ -559,6 +559,7 @@ class Request(Message):
     reply_partition: int
     timeout_ms: int = 30_000
     signed_ms: int = 0
+    chunks: str = ""  # identity.chunks_digest of the chunks uploaded with it ("": none yet)
     reply_key: str = ""
     signature: str = ""
 
@@ -570,6 +571,8 @@ class Request(Message):
             raise ProtocolError("reply_partition must be >= 0")
         if self.timeout_ms <= 0:
             raise ProtocolError("timeout_ms must be > 0")
+        if self.chunks:
+            check_sha(self.chunks)
         _check_key_text("reply_key", self.reply_key)
         _check_signature_text("signature", self.signature)
 
@@ -733,20 +736,17 @@ class SignedWrite(Record):
     checks ``request``'s signature against ``key`` (minigit.identity).
 
     ``request`` is the request as it arrived (its JSON, signature included);
-    ``chunks`` the digest of the chunks it uploaded (``identity.chunks_digest``);
     ``key`` the author's key as registered when the write was proposed, and
     ``attestation`` the server's signature saying so (``identity.attestation_payload``),
     empty for a registration (its request is signed by the key it registers)."""
 
     request: str
-    chunks: str
     key: str
     attestation: str = ""
 
     def validate(self) -> None:
         if len(self.request.encode()) > MAX_SIGNED_REQUEST_BYTES:
             raise ProtocolError(f"a signed request is larger than {MAX_SIGNED_REQUEST_BYTES} bytes")
-        check_sha(self.chunks)
         _check_key_text("key", self.key)
         _check_signature_text("attestation", self.attestation)
 
@@ -1065,9 +1065,11 @@ class Heartbeat(Message):
     quarantined: list[DamagedObject] = field(default_factory=list)  # damaged now, not repaired
     quarantined_count: int = 0
     scrub: ScrubReport | None = None  # the last finished scrub
+    server_key: str = ""  # the service's public key this replica checks the log with (ed25519:)
 
     def validate(self) -> None:
         check_name("replica", self.replica)
+        _check_key_text("server_key", self.server_key)
         for name in self.repos:
             check_name("repository", name)
         _check_damage_list("Heartbeat", self.quarantined, self.quarantined_count)

@@ -9,6 +9,7 @@ of the unit tests run the same loop and feed the same collector.
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import logging
 import tempfile
 import time
@@ -121,7 +122,6 @@ def make_request(
         user=user,
         reply_partition=reply_partition,
         timeout_ms=int(timeout * 1000),
-        signed_ms=int(time.time() * 1000),
         reply_key=reply_key,
         **fields,
     )
@@ -132,9 +132,10 @@ def make_request(
 def sign_request(
     credentials: Credentials, request: p.Request, digests: Iterable[identity.ChunkDigest], namespace: str
 ) -> p.Request:
-    """``request`` signed by the user's key over it, the digests of the chunks
+    """``request`` signed now by the user's key over it, the digests of the chunks
     uploaded with it, and the namespace."""
-    return identity.sign_request(credentials.key, request, identity.chunks_digest(digests), namespace)
+    now = dataclasses.replace(request, signed_ms=int(time.time() * 1000))
+    return identity.sign_request(credentials.key, now, identity.chunks_digest(digests), namespace)
 
 
 class ReplyGuard:

@@ -677,7 +677,7 @@ def verify_entry(entry: p.LogEntry, namespace: str, server_key: str) -> str | No
         return f"signed by a {request.action} request, not a write"
     if request.user != entry.author or request.message != entry.message:
         return "the signed request does not say what the version says"
-    if not identity.request_signed_by(signed.key, request, signed.chunks, namespace):
+    if not identity.request_signed_by(signed.key, request, namespace):
         return "the signature does not check against the key it names"
     attested = identity.attested_by(
         server_key, namespace, request.user, signed.key, request.signature, signed.attestation

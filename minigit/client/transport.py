@@ -115,10 +115,9 @@ class Connection:
         partition after each silence; given up after ``timeout`` seconds
         without news."""
         observer = observer or Observer()
-        signed: list[p.Request] = []  # signed once its chunks are known; the same for every attempt
 
         def send(attempt: int) -> None:
-            self._send(request, uploads, Observer() if attempt else observer, attempt, signed)
+            self._send(request, uploads, Observer() if attempt else observer, attempt)
 
         upload_bytes = sum(u.size for u in uploads)
         guard = ReplyGuard(self.settings.namespace, self.credentials, self.reply_key)
@@ -140,8 +139,10 @@ class Connection:
         uploads: Sequence[codec.BlobSource],
         observer: Observer,
         attempt: int,
-        signed: list[p.Request],
     ) -> None:
+        """One attempt: the uploads, then the request signed now (a retry long after
+        the first sending stays inside the server's replay window; the same request
+        id and contents make it the same request)."""
         key = request.repo.encode()
         partition = self.request_partition(request.repo, attempt)
         if uploads:
@@ -153,10 +154,9 @@ class Connection:
                 digests.append(ChunkDigest.of(chunk))
                 observer.uploaded(codec.piece_size(upload.size, chunk.index))
             observer.uploaded_object()
-        if not signed:
-            signed.append(sign_request(self.credentials, request, digests, self.settings.namespace))
+        signed = sign_request(self.credentials, request, digests, self.settings.namespace)
         # Same partition, idempotent producer: the request lands after its chunks.
-        sent = self.producer.send(self.topics.requests, key=key, value=signed[0].to_bytes(), partition=partition)
+        sent = self.producer.send(self.topics.requests, key=key, value=signed.to_bytes(), partition=partition)
         sent.get(timeout=self.timeout)
 
     def _poll(self, seconds: float) -> list[bytes]:

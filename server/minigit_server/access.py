@@ -90,16 +90,6 @@ REGISTRATION_CLOSED = Refusal(
 )
 
 
-def chunks_mismatch(refusal: Refusal, count: int) -> Refusal:
-    """A signature that does not check over a request that uploaded chunks: most
-    likely chunks lost or altered on the way, which the signature covers too."""
-    return Refusal(
-        refusal.status,
-        f"{refusal.message}, with the {count} chunk(s) that arrived with it (lost or altered on the way?)",
-        refusal.hint,
-    )
-
-
 # ---------------------------------------------------------------- permissions
 
 
@@ -149,7 +139,7 @@ def shared_members(members: Mapping[str, Access], member: str, level: Access) ->
 # ---------------------------------------------------------------- authentication
 
 
-def check_signed(request: p.Request, account: Account | None, chunks: str, namespace: str) -> Refusal | None:
+def check_signed(request: p.Request, account: Account | None, namespace: str) -> Refusal | None:
     """Whether ``request`` is signed by the registered key of the user it names."""
     if not request.signature:
         return Refusal(Status.UNAUTHENTICATED, "the request is not signed", "upgrade minigit: requests are signed")
@@ -161,7 +151,7 @@ def check_signed(request: p.Request, account: Account | None, chunks: str, names
         )
     if account.removed:
         return Refusal(Status.UNAUTHENTICATED, f"user {request.user} was removed by an operator", "ask an operator")
-    if not identity.request_signed_by(account.key, request, chunks, namespace):
+    if not identity.request_signed_by(account.key, request, namespace):
         return Refusal(
             Status.UNAUTHENTICATED,
             f"the request's signature does not match {request.user}'s registered key",
@@ -192,7 +182,7 @@ def attest(server_key, namespace: str, request: p.Request, key: str) -> str:
 PROPOSER_FIELDS = frozenset({"time_ms", "proposer", "signed", "operator_signature"})
 # Fields of a request that say how to answer it, not what to do: not in its proposal.
 _REQUEST_ONLY_FIELDS = frozenset(
-    {"reply_partition", "timeout_ms", "signed_ms", "reply_key", "signature", "lost", "version", "limit"}
+    {"reply_partition", "timeout_ms", "signed_ms", "chunks", "reply_key", "signature", "lost", "version", "limit"}
 )
 
 
@@ -211,7 +201,13 @@ def check_proposal(
     """Why every replica skips ``proposal`` (its proof of authorship does not hold),
     or None. ``account`` is the user's account when the proposal is decided in the
     partition of the user's name (account changes), where the key must be the
-    current one; elsewhere the server's attestation vouches for the key."""
+    current one; elsewhere the server's attestation vouches for the key.
+
+    An account change counts only in the log partition of its name, the one
+    partition that orders every change of that account: apply skips a record
+    outside its ``repo``'s partition, so its ``repo`` must be the name."""
+    if isinstance(proposal, p.ACCOUNT_PROPOSALS) and proposal.repo != proposal.user:
+        return f"an account change of {proposal.user} must be in the log partition of that name (repo {proposal.repo})"
     if isinstance(proposal, p.AdminProposal):
         return check_operator(proposal, namespace, server_key)
     signed = proposal.signed
@@ -227,7 +223,7 @@ def check_proposal(
     theirs = {f.name: getattr(proposal, f.name) for f in dataclasses.fields(proposal) if f.name not in PROPOSER_FIELDS}
     if mine != theirs:
         return "it does not say what its signed request says"
-    if not identity.request_signed_by(signed.key, request, signed.chunks, namespace):
+    if not identity.request_signed_by(signed.key, request, namespace):
         return "the request's signature does not check against the key it names"
     if (stale := check_fresh(request.signed_ms, proposal.time_ms, window_ms)) is not None:
         return stale.message

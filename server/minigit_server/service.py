@@ -20,7 +20,6 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from minigit import identity, sealing
 from minigit import protocol as p
 from minigit.errors import MinigitError
-from minigit.identity import ChunkDigest
 from minigit.protocol import Status
 from minigit_server import access, decisions
 from minigit_server.apply import Authority, LogRecord, apply_chunk, apply_records, repo_access
@@ -148,38 +147,20 @@ class MemoryWire:
             yield LogRecord(partition, offset, value)
 
 
-@dataclass(frozen=True)
-class Uploaded:
-    """What one request uploaded before it arrived."""
-
-    total: int  # bytes, as stored (compressed), each chunk once
-    chunks: str  # identity.chunks_digest of the chunks: what its signature covers
-    count: int
-
-    def over(self, limit: int) -> bool:
-        return self.total > limit
-
-
 class UploadMeter:
-    """Chunks uploaded per request: their bytes (as stored: compressed, each chunk
-    counted once however often a retry sends it) against the server's push size
-    limit, and their digests, which the request's signature covers. It keeps the
-    requests in flight only, and forgets the oldest beyond a bound."""
+    """Bytes uploaded per request (as stored: compressed, each chunk counted once
+    however often a retry sends it), against the server's push size limit. It
+    keeps the requests in flight only, and forgets the oldest beyond a bound."""
 
     def __init__(self, limit: int, tracked: int = 1000) -> None:
         self.limit, self.tracked = limit, tracked
-        self._seen: collections.OrderedDict[str, tuple[int, set[ChunkDigest]]] = collections.OrderedDict()
+        self._seen: collections.OrderedDict[str, tuple[int, set[tuple[str, int]]]] = collections.OrderedDict()
 
     def admit(self, chunk: p.Chunk) -> bool:
-        """Count the chunk; False once its request is over the limit, or if the
-        chunk's data is not even base64 (it could never be stored)."""
-        try:
-            digest = ChunkDigest.of(chunk)
-        except MinigitError:
-            return False
+        """Count the chunk; False once its request is over the limit."""
         total, seen = self._seen.pop(chunk.request_id, (0, set()))
-        if digest not in seen:
-            seen.add(digest)
+        if (chunk.sha, chunk.index) not in seen:
+            seen.add((chunk.sha, chunk.index))
             payload = len(chunk.data) * 3 // 4 - chunk.data[-2:].count("=")
             total += max(payload, RECORD_CHARGE)  # an empty chunk is a record too
         self._seen[chunk.request_id] = (total, seen)
@@ -187,10 +168,10 @@ class UploadMeter:
             self._seen.popitem(last=False)
         return total <= self.limit
 
-    def settle(self, request_id: str) -> Uploaded:
-        """Forget a request that arrived; what it uploaded."""
-        total, seen = self._seen.pop(request_id, (0, set()))
-        return Uploaded(total, identity.chunks_digest(seen), len(seen))
+    def settle(self, request_id: str) -> int:
+        """Forget a request that arrived; the bytes it uploaded."""
+        total, _ = self._seen.pop(request_id, (0, set()))
+        return total
 
 
 class Unanswered(enum.StrEnum):
@@ -409,7 +390,7 @@ class Service:
         if timestamp_ms + request.timeout_ms < self.clock_ms():
             return Handled.of(request, Unanswered.EXPIRED, "client gave up; not answered")
         try:
-            key = self.authenticate(request, uploaded)
+            key = self.authenticate(request)
         except access.Refused as refused:
             self.answer(request, refused.refusal.status, refused.refusal.text)
             self.wire.flush()
@@ -420,7 +401,7 @@ class Service:
 
     # -- who asks
 
-    def authenticate(self, request: p.Request, uploaded: Uploaded) -> str:
+    def authenticate(self, request: p.Request) -> str:
         """The key that signed ``request``, registered to its user (or, for a
         registration, the key it registers); ``access.Refused`` if there is none."""
         namespace = self.server.namespace
@@ -429,13 +410,11 @@ class Service:
         if isinstance(request, p.RegisterRequest):
             if not self.registration_open:
                 raise access.Refused(access.REGISTRATION_CLOSED)
-            if not identity.request_signed_by(request.public_key, request, uploaded.chunks, namespace):
+            if not identity.request_signed_by(request.public_key, request, namespace):
                 raise access.Refused(access.Refusal(Status.UNAUTHENTICATED, "not signed by the key it registers"))
             return request.public_key
         account = self.account_of(request.user)
-        if (refusal := access.check_signed(request, account, uploaded.chunks, namespace)) is not None:
-            if uploaded.count and account and not account.removed and request.signature:
-                refusal = access.chunks_mismatch(refusal, uploaded.count)
+        if (refusal := access.check_signed(request, account, namespace)) is not None:
             raise access.Refused(refusal)
         return account.key
 
@@ -636,17 +615,17 @@ class Service:
             else access.attest(self.server.key, self.server.namespace, request, author.key)
         )
         return p.SignedWrite(
-            request=request.to_bytes().decode(), chunks=author.uploaded.chunks, key=author.key, attestation=attestation
+            request=request.to_bytes().decode(), key=author.key, attestation=attestation
         )
 
     def propose(self, partition: int, request: p.Request, kind: type[p.Proposal], author: Author) -> Handled:
         """Append the write to the log, wait until this replica has applied it,
         and answer with the outcome that every replica reached. The owner stamps
         the time once, so every replica records the same time."""
-        if author.uploaded.over(self.uploads.limit):
+        if author.uploaded > self.uploads.limit:
             limit = self.uploads.limit
             message = (
-                f"{request.action} too large: {author.uploaded.total} bytes uploaded (compressed), "
+                f"{request.action} too large: {author.uploaded} bytes uploaded (compressed), "
                 f"this server accepts at most {limit} per {request.action}"
             )
             self.answer(request, Status.INVALID, message)
@@ -686,10 +665,10 @@ class Service:
 @dataclass(frozen=True)
 class Author:
     """Who sent a request, once proven: the registered key that signed it, and
-    what it uploaded (which the signature covers)."""
+    the bytes it uploaded."""
 
     key: str
-    uploaded: Uploaded
+    uploaded: int
 
 
 class LogStalled(Exception):

@@ -9,7 +9,8 @@ import pytest
 
 
 @pytest.fixture(autouse=True)
-def own_config_dir(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
-    directory = tmp_path / "minigit-config"
+def own_config_dir(tmp_path_factory: pytest.TempPathFactory, monkeypatch: pytest.MonkeyPatch) -> Path:
+    # not under tmp_path: tests use that as a working directory, whose files are pushed
+    directory = tmp_path_factory.mktemp("minigit-config")
     monkeypatch.setenv("MINIGIT_CONFIG_DIR", str(directory))
     return directory

@@ -27,8 +27,9 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from minigit import codec, sealing
+from minigit import codec, identity, sealing
 from minigit import protocol as p
+from minigit.client import keys
 from minigit.client.exchange import (
     Credentials,
     Observer,
@@ -38,9 +39,10 @@ from minigit.client.exchange import (
     make_request,
     sign_request,
 )
-from minigit.config import KafkaSettings
+from minigit.config import KafkaSettings, user_config_dir
 from minigit.errors import MinigitError
 from minigit.identity import ChunkDigest
+from minigit_server.access import Account
 from minigit_server.service import AppliedOffsets, Handled, MemoryWire, ServerIdentity, Service
 from minigit_server.store import MemoryStore
 
@@ -112,6 +114,25 @@ class InProcessServer:
         """Pass the upload chunk records of each of the next attempts through one hook."""
         self._upload_hooks.extend(hooks)
 
+    def enrol(self, *users: str) -> None:
+        """Register users' keys (from the config directory) and nothing else: the
+        setup of tests about something else than registering (no request sent)."""
+        for user in users:
+            key, _ = keys.load_or_create_key(user_config_dir(), user)
+            self.store.put_account(Account(user, identity.public_key_text(key.public_key())))
+
+    def grant(self, repo: str, level: p.Access, *users: str) -> None:
+        """Give users access to a repository (test setup, no request sent)."""
+        members = self.store.get_members(repo)
+        self.store.set_members(repo, {**members, **dict.fromkeys(users, str(level))})
+
+    def serve_namespace(self, namespace: str) -> None:
+        """A server that answers at any address answers as the service of the
+        namespace it was reached at (signatures name the namespace)."""
+        self.identity = dataclasses.replace(self.identity, namespace=namespace)
+        self.service.server = self.identity
+        self.wire.authority = self.identity.authority
+
     def resign(self, value: bytes) -> bytes:
         """A reply record signed again with the service's key (others as they are)."""
         try:
@@ -132,6 +153,8 @@ class InProcessServer:
 
     def exchange(self, connection: InProcessConnection, request: p.Request, uploads: list[bytes]) -> Attempt:
         """One attempt: the uploads, then the request, each at the next second."""
+        if self.namespace is None:
+            self.serve_namespace(connection.settings.namespace)
         if self._upload_hooks:
             uploads = self._upload_hooks.pop(0)(request, list(uploads))
         start = len(self.wire.replies)
@@ -193,16 +216,14 @@ class InProcessConnection:
         pending: list[bytes] = []
 
         namespace = self.settings.namespace
-        signed: list[p.Request] = []  # the same signature for every attempt, as the transport's
 
         def send(attempt: int) -> None:
             if len(attempts) >= self.server.attempts:
                 return  # lost on the way
             values = self._encode_uploads(request, uploads, Observer() if attempt else observer)
-            if not signed:
-                digests = [ChunkDigest.of(p.parse_message(value, allowed=(p.Chunk,))) for value in values]
-                signed.append(sign_request(self.credentials, request, digests, namespace))
-            attempts.append(self.server.exchange(self, signed[0], values))
+            digests = [ChunkDigest.of(p.parse_message(value, allowed=(p.Chunk,))) for value in values]
+            signed = sign_request(self.credentials, request, digests, namespace)  # signed now, as the transport's
+            attempts.append(self.server.exchange(self, signed, values))
             pending.extend(attempts[-1].delivered)
 
         def poll(seconds: float) -> list[bytes]:

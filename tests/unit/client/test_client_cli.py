@@ -17,6 +17,7 @@ import typer
 from inprocess import InProcessServer, edit_reply
 from typer.testing import CliRunner
 
+from minigit import protocol as p
 from minigit.client import cli
 from minigit.client import operations as op
 from minigit.client import workspace as ws
@@ -63,8 +64,17 @@ def workdir(server: InProcessServer, root: Path, content: dict[str, str]) -> Pat
     root.mkdir(parents=True)
     for rel, data in content.items():
         (root / rel).write_text(data)
-    op.init_repository(root, "lab", op.ClientOptions("origin", ServerFlags(), connector=server.connector), "v1")
+    owner = op.ClientOptions("origin", ServerFlags(), connector=server.connector)
+    # public: every user of these tests reads it (and the replies travel in clear, for the hooks)
+    op.init_repository(root, "lab", owner, "v1", visibility=p.Visibility.PUBLIC)
+    for user in WRITERS:  # registered already, so a tampering hook meets the answer it expects
+        op.register_account(root, op.ClientOptions(user, ServerFlags(), connector=server.connector))
+        op.share_repository(root, owner, "lab", user, p.Access.WRITE)
     return root
+
+
+# Who pushes in these tests besides the owner: the one who runs them, and mallory.
+WRITERS = (cli.default_user(), "mallory")
 
 
 def assert_harmless(text: str) -> None:
@@ -111,11 +121,12 @@ def test_timeouts_outside_0_1_to_3600_seconds_are_usage_errors(
     server: InProcessServer, tmp_path: Path, timeout: str
 ) -> None:
     workdir(server, tmp_path / "origin", {"a.txt": "a"})
+    sent = len(server.log)  # the init's (and its user's registration)
     for args, env in ((["clone", "lab", "--timeout", timeout], None), (["clone", "lab"], {"MINIGIT_TIMEOUT": timeout})):
         result = minigit(*args, cwd=tmp_path / "origin", env=env)
         assert result.exit_code == ExitCode.USAGE, result.output
         assert "--timeout" in result.output and "Traceback" not in result.output
-    assert len(server.log) == 1  # the init's: nothing was sent
+    assert len(server.log) == sent  # nothing was sent
 
 
 @pytest.mark.parametrize("timeout", ["0.1", "3600"])

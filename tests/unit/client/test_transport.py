@@ -8,6 +8,7 @@ at once, so these tests take no time whatever the timeouts.
 
 from __future__ import annotations
 
+import dataclasses
 import time
 import uuid
 from collections.abc import Callable
@@ -201,7 +202,11 @@ def test_with_no_answer_at_all_the_command_gives_up_at_its_timeout(connect, time
     assert timeout <= world.now <= timeout + 1  # not a whole attempt window later (was 5.4 s for 1, 15.4 s for 11)
     # sent again, same request, after 1 s, then 2, 4, ... up to the window of max(5, timeout / 3)
     assert [at for at, _ in world.requests] == pytest.approx(sends)
-    assert all(sent == request for _, sent in world.requests)
+    # the same request every time (same id and contents), signed at each sending
+    unsigned = {"signed_ms": 0, "chunks": "", "signature": ""}
+    assert all(dataclasses.replace(sent, **unsigned) == request for _, sent in world.requests)
+    assert all(identity.request_signed_by(ALICE.public_key, sent, "") for _, sent in world.requests)
+    assert all(sent.chunks == identity.NO_CHUNKS for _, sent in world.requests)
 
 
 def test_each_sending_goes_to_the_next_partition_so_to_another_replica(connect) -> None:
