@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import collections
 import enum
+import json
 import logging
 import threading
 import time
@@ -27,8 +28,9 @@ from minigit_server.store import DamageRecord, Store
 
 log = logging.getLogger("minigit.service")
 
-# Bounds a log reply to one record.
-MAX_LOG_REPLY_BYTES = 800_000
+# Bounds a log reply's entries, as their JSON is written (escapes included), so that
+# the reply is one record under Kafka's 1 MiB, sealed too (base64: 4/3 of it).
+MAX_LOG_REPLY_BYTES = 600_000
 # What one push may upload (compressed), unless `minigit-server start --max-push-bytes` says otherwise.
 DEFAULT_MAX_PUSH_BYTES = 1024**3
 # What the push limit counts for a chunk record at least, however small its payload.
@@ -578,7 +580,7 @@ class Service:
             entry = p.LogEntry(
                 version=info.version, author=info.author, time_ms=info.time_ms, message=info.message, signed=signed
             )
-            size += len(info.message.encode()) + len(info.signed or "") + 100
+            size += len(json.dumps(entry.to_dict(), separators=(",", ":"), ensure_ascii=False).encode()) + 1
             if len(entries) >= request.limit or size > MAX_LOG_REPLY_BYTES:
                 break
             entries.append(entry)
