@@ -459,6 +459,23 @@ def register(
             out.print(f"{plain(options.user)}: {plain(reply.message)}")
 
 
+@auth_app.command()
+def rotate(
+    user: User = None,
+    bootstrap: Bootstrap = None,
+    namespace: Namespace = None,
+    timeout: Timeout = 30.0,
+    kafka_option: KafkaOption = None,
+    quiet: Quiet = False,
+    as_json: Json = False,
+) -> None:
+    """Replace your registered key by a new one (the request is signed with the old key,
+    which is kept as KEY.old)."""
+    with exit_on_error():
+        options = client_options(user, bootstrap, namespace, timeout, kafka_option)
+        report_key(operations.rotate_key(Path.cwd(), options), quiet, as_json)
+
+
 def report_key(info: keys.KeyInfo, quiet: bool, as_json: bool) -> None:
     if as_json:
         print_json(info.to_json())

@@ -99,3 +99,41 @@ def key_info(config_dir: Path, user: str) -> KeyInfo:
 def generate_key(config_dir: Path, user: str) -> KeyInfo:
     """``minigit auth keygen``: a new key for ``user``, never replacing one."""
     return KeyInfo.of(user, key_path(config_dir, user), create_key(config_dir, user), created=True)
+
+
+# ---------------------------------------------------------------- rotation
+
+NEXT_SUFFIX = ".next"
+OLD_SUFFIX = ".old"
+
+
+def next_key_path(config_dir: Path, user: str) -> Path:
+    """Where a rotation keeps the new key until the service has accepted it."""
+    return key_path(config_dir, user).with_name(f"{user}{KEY_SUFFIX}{NEXT_SUFFIX}")
+
+
+def load_or_create_next_key(config_dir: Path, user: str) -> Ed25519PrivateKey:
+    """The key a rotation moves to: one left by a rotation that did not finish
+    (the service may have accepted it already), else a new one, written before it
+    is sent so that an accepted key is never lost."""
+    path = next_key_path(config_dir, user)
+    key = key_files.load_key_file(path, ELSEWHERE)
+    if key is not None:
+        return key
+    key = identity.generate_private_key()
+    if not key_files.write_new_key_file(path, key, ELSEWHERE):  # another rotation made one meanwhile
+        return key_files.load_key_file(path, ELSEWHERE)
+    return key
+
+
+def promote_next_key(config_dir: Path, user: str) -> KeyInfo:
+    """After the service accepted the rotation: the next key becomes the key, and
+    the old one is kept beside it as ``<user>.key.old`` (it signed earlier versions)."""
+    current, following = key_path(config_dir, user), next_key_path(config_dir, user)
+    key = key_files.load_key_file(following, ELSEWHERE)
+    if key is None:
+        raise NoKey(user, str(following.parent))
+    os.replace(current, current.with_name(f"{user}{KEY_SUFFIX}{OLD_SUFFIX}"))
+    os.replace(following, current)
+    key_files.sync_directory(current.parent)
+    return KeyInfo.of(user, current, key)

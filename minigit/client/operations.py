@@ -683,3 +683,28 @@ def verify_entry(entry: p.LogEntry, namespace: str, server_key: str) -> str | No
         server_key, namespace, request.user, signed.key, request.signature, signed.attestation
     )
     return None if attested else "the service did not attest that key as the author's"
+
+
+def rotate_key(start: Path, options: ClientOptions) -> keys.KeyInfo:
+    """Replace the user's registered key by a new one, asked with the old key; the
+    new key is kept aside first, and becomes the key once the service accepted it.
+    A rotation cut short after the service accepted it is finished by running it
+    again: the old key no longer signs, the new one finds itself registered."""
+    config_dir = options.config_dir or user_config_dir()
+    user = p.check_name("user", options.user)
+    following = keys.load_or_create_next_key(config_dir, user)
+    settings = settings_here(start, options)
+    new_key = identity.public_key_text(following.public_key())
+    try:
+        reply = ask_rotation(options.connect(settings), user, new_key)
+    except NotAuthenticated:
+        credentials = dataclasses.replace(options.credentials(settings), key=following)
+        reply = ask_rotation(options.connector(settings, credentials, options.timeout), user, new_key)
+    if reply.status not in (Status.ACCEPTED, Status.UP_TO_DATE):
+        raise MinigitError(f"rotate failed: {said(reply)}")
+    return keys.promote_next_key(config_dir, user)
+
+
+def ask_rotation(link: Link, user: str, new_key: str) -> p.Reply:
+    with link as connection:
+        return ask(connection, connection.new_request(p.RotateRequest, repo=user, new_key=new_key)).reply

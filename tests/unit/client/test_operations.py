@@ -17,16 +17,19 @@ from pathlib import Path
 import pytest
 from inprocess import InProcessServer, RecordingObserver, corrupt, drop, edit_reply, failover, swap
 
-from minigit import codec
+from minigit import codec, identity
 from minigit import protocol as p
+from minigit.client import keys
 from minigit.client import operations as op
 from minigit.client import workspace as ws
+from minigit.client.exchange import Credentials
 from minigit.config import DEFAULT_BOOTSTRAP, KafkaSettings, ServerFlags
 from minigit.errors import (
     CorruptMetadata,
     ExitCode,
     MinigitError,
     NoRepository,
+    NotAuthenticated,
     ProtocolError,
     PullConflict,
     PushRejected,
@@ -765,3 +768,37 @@ def test_pull_where_upstream_turned_a_file_into_a_directory_and_back(server: InP
     result = op.pull_workdir(mine, options(server))
     assert result.changes.to_json() == {"added": ["d", "f/inner.txt"], "modified": [], "deleted": ["d/x.txt", "f"]}
     assert files(mine) == {"d": b"now a file", "f/inner.txt": b"now a directory"}
+
+
+# ---------------------------------------------------------------- identity
+
+
+def test_a_rotated_key_signs_from_then_on_and_the_old_one_no_longer_does(
+    server: InProcessServer, tmp_path: Path, own_config_dir: Path
+) -> None:
+    root = tmp_path / "w"
+    create(server, root, {"a.txt": "a"})
+    old_key = keys.load_key(own_config_dir, "alice")
+    info = op.rotate_key(root, options(server))
+    assert info.public_key == server.store.get_account("alice").key != identity.public_key_text(old_key.public_key())
+    assert keys.load_key(own_config_dir, "alice").private_bytes_raw() != old_key.private_bytes_raw()
+    assert (own_config_dir / "keys" / "alice.key.old").exists()
+    write(root, "a.txt", "b")
+    assert op.push_workdir(root, options(server)).new_version == 2  # with the new key
+    old = server.connector(KafkaSettings(), Credentials("alice", old_key), 30.0)
+    with old, pytest.raises(NotAuthenticated, match="does not match alice's registered key"):
+        op.ask(old, old.new_request(p.LogRequest, repo="lab"))
+
+
+def test_a_rotation_cut_short_after_the_service_accepted_it_is_finished_by_running_it_again(
+    server: InProcessServer, tmp_path: Path, own_config_dir: Path
+) -> None:
+    root = tmp_path / "w"
+    create(server, root, {"a.txt": "a"})
+    following = keys.load_or_create_next_key(own_config_dir, "alice")
+    new_key = identity.public_key_text(following.public_key())
+    with op.ClientOptions("alice", ServerFlags(), connector=server.connector).connect(KafkaSettings()) as link:
+        op.ask(link, link.new_request(p.RotateRequest, repo="alice", new_key=new_key))  # then the command died
+    assert server.store.get_account("alice").key == new_key
+    assert op.rotate_key(root, options(server)).public_key == new_key  # signed by the old key: up to date
+    assert keys.load_key(own_config_dir, "alice").private_bytes_raw() == following.private_bytes_raw()
