@@ -3,6 +3,7 @@ habits (stdout vs stderr), exit codes, ignore files, the supervisor."""
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import signal
@@ -67,8 +68,10 @@ def test_output_habits_and_config_precedence(service, tmp_path: Path) -> None:
     created = service.cli("init", "habits", "-m", "start", cwd=work)
     assert created.returncode == 0 and "Created repository habits at version 1 with 2 files" in created.stdout
 
-    # The server address lives in .minigit: later commands need no flags or variables.
-    bare_env = {k: v for k, v in service.env().items() if not k.startswith("MINIGIT_")}
+    # The server address lives in .minigit: later commands need no flags or variables
+    # (but who the user is, and where its key is kept, which .minigit does not hold).
+    kept = {"MINIGIT_USER", "MINIGIT_CONFIG_DIR"}
+    bare_env = {k: v for k, v in service.env().items() if not k.startswith("MINIGIT_") or k in kept}
     meta = json.loads((work / ".minigit").read_text())
     assert meta["server"] == {"bootstrap": service.bootstrap, "namespace": service.namespace}
     assert meta["version"] == 1 and set(meta["manifest"]) == {"a.txt", ".minigitignore"}
@@ -92,6 +95,7 @@ def test_output_habits_and_config_precedence(service, tmp_path: Path) -> None:
     status = minigit("status")
     assert "modified: a.txt" in status.stdout and "added:    new.txt" in status.stdout
     assert "debug.log" not in status.stdout and "build" not in status.stdout
+    service.share("habits", "carol")  # private, as every repository is at first: carol may push
     pushed = minigit("push", "-m", "two files", "--user", "carol")
     assert pushed.returncode == 0 and "version 1 -> 2" in pushed.stdout
     quiet = minigit("push", "-q")
@@ -130,7 +134,11 @@ def test_supervisor_restarts_a_dead_replica_and_stops_them_all(
         start_new_session=True,
     )
     try:
-        ping = [str(BIN / "minigit-server"), "ping", "--bootstrap", kafka_bootstrap, "--namespace", namespace]
+        # A signed request answered (`minigit-server ping` is refused by every replica: see
+        # test_minigit_server_ping_is_answered); a registration is a write, so it is
+        # answered only once a replica has applied it.
+        ping = [str(BIN / "minigit"), "auth", "register", "--bootstrap", kafka_bootstrap, "--namespace", namespace]
+        ping += ["--user", "tester", "--timeout", "20"]
         deadline = time.monotonic() + 60
         while subprocess.run(ping, capture_output=True).returncode != 0:
             assert time.monotonic() < deadline, "the server never answered"
@@ -151,8 +159,33 @@ def test_supervisor_restarts_a_dead_replica_and_stops_them_all(
         for pid in pids:
             assert not Path(f"/proc/{pid}").exists()
     finally:
-        if server.poll() is None:
-            server.kill()
+        if server.poll() is None:  # the test failed: stop the replicas too (each has a session of its own)
+            left = replica_pids(server.pid)
+            server.send_signal(signal.SIGTERM)
+            try:
+                server.wait(timeout=60)
+            except subprocess.TimeoutExpired:
+                server.kill()
+            for pid in left:
+                with contextlib.suppress(ProcessLookupError):
+                    os.kill(pid, signal.SIGKILL)
+
+
+@pytest.mark.xfail(
+    strict=True,
+    reason="production bug (issue 9): `minigit-server ping` sends an unsigned PingRequest (signed_ms 0), "
+    "which every replica answers 'unauthenticated: the request was signed 1795813999 s before the server's time'",
+)
+def test_minigit_server_ping_is_answered(service) -> None:
+    where = ["--bootstrap", service.bootstrap, "--namespace", service.namespace]
+    done = subprocess.run(
+        [str(BIN / "minigit-server"), "ping", "--repo", "pinged", *where, "--timeout", "60"],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert done.returncode == 0, done.stderr
+    assert "serves pinged" in done.stdout and "round trip" in done.stdout
 
 
 def replica_pids(parent: int) -> list[int]:
