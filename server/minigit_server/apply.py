@@ -215,7 +215,7 @@ def permission_refused(store: Store, proposal: p.Proposal, repo: RepoState | Non
     if repo is None:
         return None
     refusal = access.check_permission(proposal.user, proposal.action, proposal.repo, repo_access(store, repo))
-    return None if refusal is None else decisions.Outcome(refusal.status, repo.head, message=refusal.message)
+    return None if refusal is None else decisions.Outcome(refusal.status, repo.head, message=refusal.text)
 
 
 def apply_create(store: Store, proposal: p.CreateProposal, record: LogRecord) -> decisions.Outcome:
