@@ -5,6 +5,10 @@ version, C is at V. Each pushes, then each pulls (the three at once, so that
 their replies share the response topic). Exactly: A's push is denied (no
 repository), B's is rejected (version mismatch), C's is accepted (V+1); A's
 pull clones V+1, B's updates to V+1, C's is already up to date.
+
+A, B and C are registered users (their keys sign their requests), and the
+repository is private, as every repository is at first: its owner shares write
+access with the three of them. Every version is signed by its author.
 """
 
 from __future__ import annotations
@@ -18,6 +22,7 @@ from pathlib import Path
 import pytest
 
 pytestmark = pytest.mark.integration
+USERS = ("esteban", "bryan", "willy")  # A, B and C; "tester" owns the repository
 
 
 def write(directory: Path, name: str, text: str) -> None:
@@ -40,6 +45,18 @@ def test_seed_scenario(service, tmp_path: Path) -> None:
     write(origin, "src/server.py", "print('server')\n")
     write(origin, "src/client.py", "print('client')\n")
     assert service.cli("init", "lab", "-m", "version 1", cwd=origin).returncode == 0
+
+    # The three users register their keys (any first command would do it for them).
+    for who in USERS:
+        registered = service.cli("auth", "register", cwd=tmp_path, user=who)
+        assert registered.returncode == 0 and registered.stdout.strip() == f"{who}: registered", registered
+    # The repository is private: no one else may read it, until its owner shares it.
+    refused = service.cli("clone", "lab", str(b), cwd=tmp_path, user="bryan")
+    assert refused.returncode == 6 and "permission denied: bryan may not read lab (private)" in refused.stderr
+    assert not b.exists()
+    for who in USERS:
+        shared = service.cli("share", "lab", who, "--write", cwd=origin)
+        assert shared.returncode == 0 and shared.stdout.strip() == f"{who} now has write access to lab", shared
 
     # B clones at version 1; then the repository moves to version 2; C clones at 2.
     assert service.cli("clone", "lab", str(b), cwd=tmp_path, user="bryan").returncode == 0
@@ -104,3 +121,10 @@ def test_seed_scenario(service, tmp_path: Path) -> None:
     heads = {replica: repos["lab"][0] for replica, (_, repos) in states.items()}
     digests = {repos["lab"][1] for _, repos in states.values()}
     assert heads == {"1": 4, "2": 4, "3": 4} and len(digests) == 1
+
+    # Each version is signed by its author's registered key, as anyone who may read it checks.
+    history = service.cli("log", "--verify", cwd=a, user="esteban")
+    assert history.returncode == 0, history.stderr
+    authors = re.findall(r"^Author: (\S+)$", history.stdout, re.MULTILINE)
+    assert authors == ["bryan", "willy", "tester", "tester"]
+    assert history.stdout.count("Signed: good signature by") == 4 and "BAD" not in history.stdout
