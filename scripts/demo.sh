@@ -3,7 +3,11 @@
 # scenario played by three users in three working directories.
 #   A (arenasesteban) has no repository, B (BryanSalgado) is at an older
 #   version, C (TheWillyrex) is at the head. Each pushes, then each pulls.
-# Everything lives in ./demo-run (or $MINIGIT_DEMO_DIR) and is stopped at the end.
+# Every user is a registered user whose key signs its requests; the repository is
+# private (as every repository is at first) and its owner, the teacher, shares
+# write access with the three.
+# Everything lives in ./demo-run (or $MINIGIT_DEMO_DIR), the users' keys and the
+# service key they pin too (MINIGIT_CONFIG_DIR), and is stopped at the end.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 bash scripts/setup.sh
@@ -21,6 +25,9 @@ PY
 )
 port=${MINIGIT_DEMO_PORT:-$port}
 export MINIGIT_BOOTSTRAP="127.0.0.1:$port"
+# The users' keys, and the service's key they pin on first contact: the demo's own
+# (a new service on a port used before would not be the one pinned in ~/.config/minigit).
+export MINIGIT_CONFIG_DIR="$demo/config"
 
 server_pid=""
 cleanup() {
@@ -50,8 +57,8 @@ minigit-server kafka start --port "$port" --controller-port "$controller_port" -
 say "Start the replicated server: 3 replica processes (log: $demo/server.out)"
 minigit-server start --replicas 3 --data-dir "$demo/server" >"$demo/server.out" 2>&1 &
 server_pid=$!
-for attempt in $(seq 60); do  # until the server has created its topics and answers
-    minigit-server ping --repo LaboratorioDistribuidos --timeout 30 2>/dev/null && break
+for attempt in $(seq 60); do  # until the server has created its topics and a replica reports up
+    minigit-server status >/dev/null 2>&1 && break
     [ "$attempt" -lt 60 ] || { cat "$demo/server.out"; exit 1; }
     sleep 1
 done
@@ -63,8 +70,20 @@ printf '# Laboratorio 2: Kafka\n' >"$origin/README.md"
 printf 'print("server")\n' >"$origin/src/server.py"
 printf 'print("client")\n' >"$origin/src/main.py"
 
-say "The teacher creates the repository (version 1); B clones it"
+say "Each user registers the key that signs its requests (any first command would do it too)"
+as profesor "$origin" minigit auth register
+as arenasesteban "$demo" minigit auth register
+as BryanSalgado "$demo" minigit auth register
+as TheWillyrex "$demo" minigit auth register
+
+say "The teacher creates the repository (version 1): private, the teacher owns it"
 as profesor "$origin" minigit init "$repo" -m "Laboratorio 2"
+as BryanSalgado "$demo" minigit clone "$repo" bryan
+
+say "The teacher shares write access with A, B and C; now B clones it"
+as profesor "$origin" minigit share "$repo" arenasesteban --write
+as profesor "$origin" minigit share "$repo" BryanSalgado --write
+as profesor "$origin" minigit share "$repo" TheWillyrex --write
 as BryanSalgado "$demo" minigit clone "$repo" bryan
 
 say "The teacher pushes version 2; C clones it. Now B is behind, A has nothing."
@@ -90,7 +109,7 @@ as TheWillyrex "$c" minigit pull
 say "B can push now"
 as BryanSalgado "$b" minigit push -m "B's push, after pulling"
 as TheWillyrex "$c" minigit pull
-as TheWillyrex "$c" minigit log -n 3
+as TheWillyrex "$c" minigit log -n 3 --verify
 
 say "What the replicas logged (which replica served each request)"
 grep -E ' -> ' "$demo/server.out" || true
