@@ -45,11 +45,13 @@ class Ledger:
             self.accepted.append(entry)
 
 
-def create_repo(service, root: Path, name: str) -> None:
+def create_repo(service, root: Path, name: str, writers: list[str] = ()) -> None:
+    """Repository ``name``, owned by tester, who shares write access with ``writers``."""
     origin = root / "origin"
     origin.mkdir()
     (origin / "README.md").write_text("shared\n")
     operations.init_repository(origin, name, service.options())
+    service.share(name, *writers)
 
 
 def push_until_accepted(
@@ -99,7 +101,7 @@ def check_ledger(service, name: str, ledger: Ledger, expected_pushes: int) -> No
 def test_concurrent_pushes(service, tmp_path: Path) -> None:
     """8 clients x 20 pushes each to one repository, pulling and retrying when rejected."""
     clients, rounds = 8, 20
-    create_repo(service, tmp_path, "busy")
+    create_repo(service, tmp_path, "busy", [f"c{n}" for n in range(clients)])
     workdirs = {}
     for n in range(clients):
         workdirs[f"c{n}"] = tmp_path / f"c{n}"
@@ -131,9 +133,9 @@ def test_failover_keeps_accepted_pushes(bare_service, tmp_path: Path) -> None:
     after the rebalance, nothing accepted is lost, the restarted replica catches up."""
     service = bare_service
     service.start(*REPLICAS)
-    create_repo(service, tmp_path, "failover")
-    owner = service.ping("failover").replica
     clients = {f"f{n}": tmp_path / f"f{n}" for n in range(3)}
+    create_repo(service, tmp_path, "failover", list(clients))
+    owner = service.ping("failover").replica
     for name, workdir in clients.items():
         operations.clone_repository("failover", workdir, service.options(user=name))
     ledger = Ledger()
