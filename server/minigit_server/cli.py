@@ -304,7 +304,7 @@ def status(
         if as_json:
             out.print_json(data={"replicas": [r.to_json() for r in rows], "repositories": heads, "log_end": log_end})
         elif rows:
-            out.print(replica_table(rows, now_ms))
+            out.print(replica_table(rows, now_ms, health.check_server_keys(beats).differing))
             out.print(repository_table(heads, [r.replica for r in rows]))
         if not rows:
             raise ServerUnreachable(
@@ -320,10 +320,12 @@ def age(now_ms: int, then_ms: int) -> str:
     return f"{seconds:.1f}s ago" if seconds >= 0 else f"{-seconds:.1f}s in the future"
 
 
-def replica_table(rows: list, now_ms: int) -> Table:
-    """Every value from a heartbeat is escaped: the wire is not markup."""
+def replica_table(rows: list, now_ms: int, odd_keys: list[str] | None = None) -> Table:
+    """Every value from a heartbeat is escaped: the wire is not markup. A replica
+    in ``odd_keys`` checks the log with another service key than the others."""
     table = Table(title="replicas", title_justify="left")
-    for column in ("replica", "state", "host", "pid", "up since", "last heartbeat", "serves", "applied / lag"):
+    columns = ("replica", "state", "host", "pid", "up since", "last heartbeat", "serves", "applied / lag")
+    for column in (*columns, "service key"):
         table.add_column(column)
     colours = {ReplicaState.UP: "green", ReplicaState.STOPPED: "dim", ReplicaState.SILENT: "red"}
     for row in rows:
@@ -336,6 +338,9 @@ def replica_table(rows: list, now_ms: int) -> Table:
             age(now_ms, row.last_heartbeat_ms),
             ",".join(map(str, row.serving)) or "-",
             " ".join(f"{part}:{row.applied.get(part, 0)}/{lag}" for part, lag in row.lag.items()),
+            f"[red]{plain(row.key_fingerprint)}[/]"
+            if row.replica in (odd_keys or [])
+            else plain(row.key_fingerprint or "-"),
         )
     return table
 
@@ -384,9 +389,10 @@ def verify(
     digests at the same log position, and that every replica that ever reported
     is up (forget a removed one with 'minigit-server forget ID'). With --deep, every
     replica up also reads and hashes every stored object after this command starts.
-    Exit code 0: all agree; 3: a replica disagrees, lags more than --max-lag
-    records, is down, fewer than --expect are up, or (--deep) holds damaged objects
-    or did not finish reading in time; 4: no replica answers."""
+    Exit code 0: all agree; 3: a replica disagrees (on a repository, or on the
+    service key it checks the log with), lags more than --max-lag records, is
+    down, fewer than --expect are up, or (--deep) holds damaged objects or did not
+    finish reading in time; 4: no replica answers."""
     from minigit_server.replica import HEARTBEAT_INTERVAL_S
 
     with exit_on_error():
@@ -404,11 +410,13 @@ def verify(
                 if row.state != ReplicaState.UP
             ]
             verdicts = health.verify_repositories(live) if live else []
+            keys = health.check_server_keys(live)
             scrubs = health.deep_check(live, scrub) if scrub else []
             settled = live and all(v.status != Verdict.BEHIND or max(v.behind.values()) <= max_lag for v in verdicts)
             settled = settled and not down and len(live) >= expect
             settled = settled and all(r.state != health.DeepState.PENDING for r in scrubs)
-            if settled or any(v.status == Verdict.DISAGREE for v in verdicts) or time.monotonic() >= deadline:
+            disagree = any(v.status == Verdict.DISAGREE for v in verdicts) or not keys.agree
+            if settled or disagree or time.monotonic() >= deadline:
                 break
             time.sleep(HEARTBEAT_INTERVAL_S / 2)
         failed = [
@@ -423,6 +431,7 @@ def verify(
                 ],
                 "expected": expect,
                 "repositories": [v.to_json() for v in verdicts],
+                "server_keys": keys.to_json(),
             }
             if deep:
                 report["deep"] = [r.to_json() for r in scrubs]
@@ -434,9 +443,10 @@ def verify(
             )
         if not as_json:
             print_verdicts(verdicts, sorted(b.replica for b in live))
+            print_keys(keys)
             print_deep(scrubs, wait)
             print_missing(down, len(live), expect, now_ms)
-        if failed or down or len(live) < expect or damaged:
+        if failed or down or len(live) < expect or damaged or not keys.agree:
             raise typer.Exit(int(ExitCode.REJECTED))
 
 
@@ -459,6 +469,23 @@ def ask_for_scrub(settings: KafkaSettings) -> str:
     finally:
         bus.close()
     return request.request
+
+
+def print_keys(keys: health.ServerKeyCheck) -> None:
+    """One line per replica whose service key is not the majority's: it would skip
+    every write whose author's key the others' service key attests."""
+    for replica in keys.differing:
+        theirs = plain(keys.keys[replica])
+        if keys.majority is None:
+            others = plain(
+                ", ".join(f"{key} (replica {r})" for r, key in sorted(keys.keys.items()) if r != replica and key)
+            )
+            out.print(f"[red]KEY[/]       replica {plain(replica)}: service key {theirs}, no majority among {others}")
+        else:
+            out.print(
+                f"[red]KEY[/]       replica {plain(replica)}: service key {theirs} differs from {plain(keys.majority)} "
+                "(it would skip every write the others attest)"
+            )
 
 
 def print_deep(results: list, wait: float) -> None:
@@ -535,6 +562,11 @@ def print_verdicts(verdicts: list, replicas: list[str]) -> None:
         out.print(line)
     if all(v.status == Verdict.AGREE for v in verdicts):
         out.print("[bold green]All repositories are available![/]")
+
+
+from minigit_server.users_cli import users_app  # noqa: E402 - it takes its options from this module
+
+app.add_typer(users_app)
 
 
 def main() -> None:

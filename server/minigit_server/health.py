@@ -11,7 +11,9 @@ import enum
 from collections import Counter
 from dataclasses import asdict, dataclass, field
 
+from minigit import identity
 from minigit import protocol as p
+from minigit.errors import MinigitError
 
 # A replica silent for this many heartbeat intervals is considered down.
 SILENT_AFTER_INTERVALS = 3
@@ -42,6 +44,8 @@ class ReplicaRow:
     serving: list[int]
     applied: dict[int, int]  # partition -> next offset to apply
     lag: dict[int, int]  # partition -> records not applied yet
+    server_key: str = ""  # the service key it checks the log with ("": not reported)
+    key_fingerprint: str = ""  # its fingerprint (see key_fingerprint)
 
     def to_json(self) -> dict:
         return asdict(self)
@@ -69,6 +73,8 @@ def describe_replicas(
                 sorted(beat.serving),
                 dict(beat.applied),
                 lag,
+                beat.server_key,
+                key_fingerprint(beat.server_key),
             )
         )
     return rows
@@ -77,6 +83,51 @@ def describe_replicas(
 def live_beats(beats: list[p.Heartbeat], now_ms: int, interval_s: float) -> list[p.Heartbeat]:
     rows = describe_replicas(beats, now_ms, {}, interval_s)
     return [beat for beat, row in zip(beats, rows, strict=True) if row.state == ReplicaState.UP]
+
+
+def key_fingerprint(key: str) -> str:
+    """A reported service key's fingerprint (``SHA256:...``), ``""`` if none was
+    reported, or ``invalid`` if the text is not an Ed25519 public key."""
+    if not key:
+        return ""
+    try:
+        return identity.fingerprint(identity.parse_public_key(key))
+    except MinigitError:
+        return "invalid"
+
+
+@dataclass(frozen=True)
+class ServerKeyCheck:
+    """The service key the live replicas check the log with. Every replica must
+    use the same: a write's proof carries the service's attestation of its author's
+    key, and a replica with another key skips every attested write the others
+    apply (and every operator's account change), so it diverges for good."""
+
+    keys: dict[str, str]  # replica -> its key's fingerprint ("": not reported)
+    majority: str | None  # the fingerprint most replicas report (None: none, or a tie)
+    differing: list[str]  # replicas whose key is not the majority's (all reporting ones on a tie)
+
+    @property
+    def agree(self) -> bool:
+        return not self.differing
+
+    def to_json(self) -> dict:
+        return asdict(self)
+
+
+def check_server_keys(beats: list[p.Heartbeat]) -> ServerKeyCheck:
+    """Compare the service key each replica reports. A replica that reports none
+    (one older than the field) is not compared; a tie blames every reporting one."""
+    keys = {beat.replica: key_fingerprint(beat.server_key) for beat in beats}
+    reported = {replica: key for replica, key in keys.items() if key}
+    counts = Counter(reported.values())
+    if not counts:
+        return ServerKeyCheck(keys, None, [])
+    ranked = counts.most_common(2)
+    if len(ranked) > 1 and ranked[0][1] == ranked[1][1]:
+        return ServerKeyCheck(keys, None, sorted(reported))
+    majority = ranked[0][0]
+    return ServerKeyCheck(keys, majority, sorted(r for r, key in reported.items() if key != majority))
 
 
 @dataclass(frozen=True)

@@ -448,6 +448,7 @@ class Replica:
                 quarantined=quarantined,
                 quarantined_count=quarantined_count,
                 scrub=self.last_scrub,
+                server_key=self.service.server.public_key,
             )
             self.bus.publish_heartbeat(beat)
             if stopping:

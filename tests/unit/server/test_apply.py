@@ -1482,11 +1482,6 @@ def test_account_records_outside_their_name_s_partition_change_nothing(pair):
         assert store.list_accounts() == []
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="production bug: an AdminProposal is not bound to its name's partition (repo may differ from user), "
-    "so an operator's change to an account is applied out of order with the account's own partition",
-)
 def test_an_operator_s_change_outside_the_name_s_partition_changes_nothing(pair):
     name = repo_in(0, 2, prefix="user")
     away = Log(1)

@@ -3,9 +3,13 @@
 from __future__ import annotations
 
 import dataclasses
+import json
+import time
 
 import pytest
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
+from minigit import identity
 from minigit import protocol as p
 from minigit.errors import ProtocolError
 from minigit_server import health
@@ -210,3 +214,99 @@ def test_a_heartbeat_bounds_its_damage_lists() -> None:
         p.Heartbeat.from_dict({**doc, "quarantined": [damaged("a", False).to_dict()], "quarantined_count": 0})
     with pytest.raises(ProtocolError, match="problem longer"):
         p.DamagedObject(partition=0, sha="a" * 64, problem="x" * 201, repaired=False).validate()
+
+
+# ---------------------------------------------------------------- the service key each replica uses
+
+KEY_A = identity.public_key_text(Ed25519PrivateKey.from_private_bytes(b"a" * 32).public_key())
+KEY_B = identity.public_key_text(Ed25519PrivateKey.from_private_bytes(b"b" * 32).public_key())
+
+
+def keyed(replica: str, server_key: str, sent_ms: int = 10_000) -> p.Heartbeat:
+    return dataclasses.replace(beat(replica, {0: 10}, {}, sent_ms=sent_ms), server_key=server_key)
+
+
+def fingerprint(key: str) -> str:
+    return identity.fingerprint(identity.parse_public_key(key))
+
+
+def test_replicas_with_one_service_key_agree() -> None:
+    check = health.check_server_keys([keyed(r, KEY_A) for r in "123"])
+    assert check.agree and check.differing == [] and check.majority == fingerprint(KEY_A)
+    assert check.keys == {r: fingerprint(KEY_A) for r in "123"}
+
+
+def test_a_replica_with_another_service_key_differs_from_the_majority() -> None:
+    check = health.check_server_keys([keyed("1", KEY_A), keyed("2", KEY_B), keyed("3", KEY_A)])
+    assert not check.agree
+    assert (check.majority, check.differing) == (fingerprint(KEY_A), ["2"])
+    assert check.to_json()["keys"]["2"] == fingerprint(KEY_B)
+
+
+def test_a_tie_of_service_keys_blames_every_replica() -> None:
+    check = health.check_server_keys([keyed("1", KEY_A), keyed("2", KEY_B)])
+    assert (check.majority, check.differing) == (None, ["1", "2"])
+
+
+def test_a_replica_that_reports_no_service_key_is_not_compared() -> None:
+    # one older than the field: neither blamed nor counted
+    check = health.check_server_keys([keyed("1", KEY_A), keyed("2", ""), keyed("3", KEY_A)])
+    assert check.agree and check.keys["2"] == "" and check.majority == fingerprint(KEY_A)
+    assert health.check_server_keys([keyed("1", "")]) == health.ServerKeyCheck({"1": ""}, None, [])
+    assert health.check_server_keys([]).agree
+
+
+def test_a_service_key_that_is_not_a_key_differs() -> None:
+    check = health.check_server_keys([keyed("1", KEY_A), keyed("2", "ed25519:nonsense"), keyed("3", KEY_A)])
+    assert check.keys["2"] == "invalid" and check.differing == ["2"]
+
+
+def test_the_replica_rows_show_each_service_key_and_its_fingerprint() -> None:
+    [row] = health.describe_replicas([keyed("1", KEY_A)], 11_000, {0: 10}, interval_s=2.0)
+    assert (row.server_key, row.key_fingerprint) == (KEY_A, fingerprint(KEY_A))
+    assert row.to_json()["key_fingerprint"] == fingerprint(KEY_A)
+    [row] = health.describe_replicas([keyed("1", "")], 11_000, {0: 10}, interval_s=2.0)
+    assert (row.server_key, row.key_fingerprint) == ("", "")
+
+
+def test_a_heartbeat_carries_its_service_key_within_the_key_bound() -> None:
+    sent = keyed("1", KEY_A)
+    assert p.parse_message(sent.to_bytes(), allowed=(p.Heartbeat,)).server_key == KEY_A
+    old = {k: v for k, v in sent.to_dict().items() if k != "server_key"}
+    assert p.Heartbeat.from_dict(old).server_key == ""  # a heartbeat of an older replica
+    with pytest.raises(ProtocolError, match="server_key longer than"):
+        p.parse_message(dataclasses.replace(sent, server_key="ed25519:" + "A" * 100).to_bytes())
+
+
+# verify and status print what check_server_keys finds (minigit_server.cli, with the
+# cluster read replaced by these heartbeats)
+
+
+def test_verify_fails_on_a_replica_with_another_service_key(monkeypatch) -> None:
+    from typer.testing import CliRunner
+
+    from minigit.console import out
+    from minigit_server import cli
+
+    monkeypatch.setattr(out, "_width", 250)
+    now = int(time.time() * 1000)
+    beats = [keyed("1", KEY_A, now), keyed("2", KEY_B, now), keyed("3", KEY_A, now)]
+    monkeypatch.setattr(cli, "read_cluster", lambda settings: (beats, {0: 10}))
+    done = CliRunner().invoke(cli.app, ["verify", "--wait", "0"])
+    assert done.exit_code == 3, done.output
+    assert (
+        f"KEY       replica 2: service key {fingerprint(KEY_B)} differs from {fingerprint(KEY_A)} "
+        "(it would skip every write the others attest)"
+    ) in done.output
+    done = CliRunner().invoke(cli.app, ["verify", "--wait", "0", "--json"])
+    assert done.exit_code == 3 and json.loads(done.output)["server_keys"]["differing"] == ["2"]
+
+    done = CliRunner().invoke(cli.app, ["status"])
+    assert done.exit_code == 0 and fingerprint(KEY_A) in done.output and fingerprint(KEY_B) in done.output
+    done = CliRunner().invoke(cli.app, ["status", "--json"])
+    rows = {row["replica"]: row for row in json.loads(done.output)["replicas"]}
+    assert rows["2"]["key_fingerprint"] == fingerprint(KEY_B) and rows["1"]["server_key"] == KEY_A
+
+    beats[1] = keyed("2", KEY_A, now)
+    done = CliRunner().invoke(cli.app, ["verify", "--wait", "0"])
+    assert done.exit_code == 0 and "KEY" not in done.output, done.output
