@@ -1,0 +1,92 @@
+"""A user's first command registers the user on the way (open registration):
+the service answers "unknown user", the client registers its key and asks again.
+What the command reports must be what happened to its write (issue 9)."""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+from conftest import wait_until
+
+from minigit import codec
+from minigit import protocol as p
+from minigit.client import operations
+from minigit.client.exchange import Credentials, Observer, Response
+from minigit.client.transport import Connection
+from minigit.config import KafkaSettings
+from minigit.errors import RepositoryExists
+
+pytestmark = pytest.mark.integration
+
+
+@dataclass
+class LateCopy:
+    """Connections whose first write has a copy still on its way when the client
+    asks again: a hedge sent (same request id, to the next request partition)
+    before the "unknown user" answer came, and taken in by a busy replica only
+    once the user is registered. With a large upload this happens on its own (a
+    100 MiB init: a hedge goes out after HEDGE_AFTER_S plus the upload's intake
+    time); here the copy is sent at that moment on purpose, and the client asks
+    again once ``copy_sent`` returns."""
+
+    copy_sent: Callable[[p.Request], None]
+    first: tuple[p.Request, list[codec.BlobSource], list[p.Request]] | None = None
+    copied: bool = False
+
+    def __call__(self, settings: KafkaSettings, credentials: Credentials, timeout: float) -> Connection:
+        scenario = self
+
+        class Copying(Connection):
+            def _send(self, request, uploads, observer, attempt, signed) -> None:
+                super()._send(request, uploads, observer, attempt, signed)
+                if scenario.first is None and isinstance(request, p.InitRequest):
+                    scenario.first = (request, list(uploads), signed)
+
+            def call(
+                self, request: p.Request, uploads: Sequence[codec.BlobSource] = (), observer: Observer | None = None
+            ) -> Response:
+                first = scenario.first
+                if first is not None and not scenario.copied and isinstance(request, p.InitRequest):
+                    assert request.request_id != first[0].request_id  # asked again under a new id
+                    scenario.copied = True
+                    self._send(first[0], first[1], Observer(), 1, first[2])  # the copy, as the hedge sent it
+                    scenario.copy_sent(first[0])
+                return super().call(request, uploads, observer)
+
+        return Copying(settings, credentials, timeout)
+
+
+@pytest.mark.xfail(
+    strict=True,
+    raises=RepositoryExists,
+    reason="production bug (issue 9): after 'unknown user' the client registers and sends the write again under "
+    "a NEW request id; a copy of the first request still in flight (a hedge) is executed once the user is "
+    "registered, so the init is applied by the first request and the command reports 'already exists' "
+    "(a push would report 'rejected, fetch first' for the user's own accepted push)",
+)
+def test_a_first_write_applied_by_a_late_copy_is_reported_as_done(service, tmp_path: Path) -> None:
+    work = tmp_path / "work"
+    work.mkdir()
+    (work / "a.txt").write_text("first\n")
+
+    def wait_applied(request: p.Request) -> None:
+        def created():
+            states = service.wait_converged(["1", "2", "3"])
+            return all(request.repo in repos for _, repos in states.values())
+
+        wait_until(created, 60, message="the late copy to be applied")
+
+    connector = LateCopy(wait_applied)
+    options = dataclasses.replace(service.options("newcomer"), connector=connector)
+    result = operations.init_repository(work, "firstrepo", options, "mine")
+    assert connector.copied, "the client never asked again: the scenario did not happen"
+    assert (result.status, result.new_version) == (operations.PushStatus.CREATED, 1)
+    store = service.store("1")
+    try:
+        assert [(v.version, v.author, v.message) for v in store.list_versions("firstrepo")] == [(1, "newcomer", "mine")]
+    finally:
+        store.close()
