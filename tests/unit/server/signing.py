@@ -75,7 +75,8 @@ def make_service(
 
 
 def digest_of(chunks: Iterable[p.Chunk] | str) -> str:
-    """The chunks digest a signature covers: of chunk records, or given as it is."""
+    """The chunks digest a request names (its ``chunks`` field, signed like every
+    other): of chunk records, or given as it is."""
     if isinstance(chunks, str):
         return chunks
     return identity.chunks_digest(identity.ChunkDigest.of(chunk) for chunk in chunks)
@@ -89,8 +90,9 @@ def signed(
     signed_ms: int | None = NOW_MS,
     namespace: str = NAMESPACE,
 ) -> p.Request:
-    """``request`` signed (by its user's test key unless ``key`` says otherwise) over
-    ``chunks`` and ``namespace``, stamped ``signed_ms`` (None: as it is)."""
+    """``request`` naming the digest of ``chunks`` and signed (by its user's test key
+    unless ``key`` says otherwise) for ``namespace``, stamped ``signed_ms`` (None: as
+    it is)."""
     if signed_ms is not None:
         request = dataclasses.replace(request, signed_ms=signed_ms)
     key = key if key is not None else user_key(request.user)
@@ -125,7 +127,7 @@ def signed_write(
     named_key: str | None = None,
 ) -> p.SignedWrite:
     """What an owner carries into the log for ``request`` (already signed, or signed
-    here by ``key``): the request, the chunks digest, the key (``named_key``, by
+    here by ``key``, naming ``chunks``): the request, the key (``named_key``, by
     default the signer's) and the service's attestation of it (none for a
     registration, or with ``server_key=None``)."""
     if not request.signature:
@@ -134,7 +136,6 @@ def signed_write(
     attest = server_key is not None and not isinstance(request, p.RegisterRequest)
     return p.SignedWrite(
         request=request.to_bytes().decode(),
-        chunks=chunks,
         key=author,
         attestation=access.attest(server_key, namespace, request, author) if attest else "",
     )
@@ -155,8 +156,9 @@ def signed_proposal(
 ) -> p.Proposal:
     """A ``kind`` proposal as an owner writes it: its fields, and the request they
     came from signed by ``key`` (the user's test key by default) ``signed_ms``
-    (default: ``time_ms``), naming ``named_key`` (default: the signer's) as the
-    author's key, attested by ``server_key``."""
+    (default: ``time_ms``) naming the digest ``chunks`` of its uploads, with
+    ``named_key`` (default: the signer's) as the author's key, attested by
+    ``server_key``."""
     request = request_for(kind, time_ms if signed_ms is None else signed_ms, **fields)
     key = key if key is not None else user_key(request.user)
     request = signed(request, key, chunks, signed_ms=None, namespace=namespace)
@@ -191,10 +193,11 @@ def admin_proposal(
 
 
 class Client:
-    """One user talking to a Service: it uploads chunks, signs each request over the
-    chunks it uploaded under that request id, and reads what came back on its reply
-    partition, checking each reply's signature by the service's key and opening
-    sealed records with its reply key."""
+    """One user talking to a Service, as the real client does: it uploads chunks,
+    and signs a request at each sending, naming the digest of the chunks it
+    uploaded under that request id for that sending; it reads what came back on
+    its reply partition, checking each reply's signature by the service's key and
+    opening sealed records with its reply key."""
 
     def __init__(
         self,
@@ -210,7 +213,7 @@ class Client:
         self.reply_key: X25519PrivateKey = sealing.new_reply_key()
         self.opener = sealing.StreamOpener(self.reply_key)
         self.pending: dict[str, list[p.Chunk]] = {}  # uploaded since the request was last sent
-        self.sent: dict[str, tuple[p.Request, list[p.Chunk]]] = {}  # as last sent, with its chunks
+        self.sent: dict[str, tuple[p.Request, list[p.Chunk]]] = {}  # as last sent (signed), with its chunks
 
     @property
     def reply_key_text(self) -> str:
@@ -239,8 +242,9 @@ class Client:
         assert self.service.handle(NOW_MS, chunk.to_bytes()) is None  # chunks go to the log, unanswered
 
     def sign(self, request: p.Request, **options) -> p.Request:
-        """``request`` signed with this client's key over what it uploaded for it
-        since it was last sent (what the service's upload meter holds for it)."""
+        """``request`` signed with this client's key, naming the digest of what it
+        uploaded for it since it was last sent (``options``: those of ``signed``)."""
+        options.setdefault("namespace", self.namespace)
         return signed(request, self.key, self.pending.get(request.request_id, ()), **options)
 
     def send(self, request: p.Request, *, sign: bool = True, received_ms: int = NOW_MS, **options) -> Handled | None:
@@ -250,14 +254,32 @@ class Client:
         self.sent[request.request_id] = (request, self.pending.pop(request.request_id, []))
         return self.service.handle(received_ms, request.to_bytes())
 
-    def resend(self, request_id: str, *, chunks: bool = True, received_ms: int = NOW_MS) -> Handled | None:
-        """What a retry does: the chunks sent with the request again (unless told
-        not to), then the very same signed request."""
+    def resend(
+        self, request_id: str, *, chunks: bool = True, received_ms: int = NOW_MS, signed_ms: int | None = None
+    ) -> Handled | None:
+        """What the client's retry does: the chunks sent with the request again
+        (unless told not to: lost on the way), then the same request (same id and
+        contents) signed again ``signed_ms`` (default: ``received_ms``), naming the
+        same chunks."""
         request, uploaded = self.sent[request_id]
+        self._upload_again(uploaded, chunks)
+        signed_ms = received_ms if signed_ms is None else signed_ms
+        request = signed(request, self.key, uploaded, signed_ms=signed_ms, namespace=self.namespace)
+        self.sent[request_id] = (request, uploaded)
+        return self.service.handle(received_ms, request.to_bytes())
+
+    def replay(self, request_id: str, *, chunks: bool = True, received_ms: int = NOW_MS) -> Handled | None:
+        """What anyone who reads repo-requests can do: the chunks sent with the
+        request again (unless told not to), then the very same signed request, byte
+        for byte, as it was last sent."""
+        request, uploaded = self.sent[request_id]
+        self._upload_again(uploaded, chunks)
+        return self.service.handle(received_ms, request.to_bytes())
+
+    def _upload_again(self, uploaded: list[p.Chunk], chunks: bool) -> None:
         if chunks:
             for chunk in uploaded:
                 assert self.service.handle(NOW_MS, chunk.to_bytes()) is None
-        return self.service.handle(received_ms, request.to_bytes())
 
     def records(self, request_id: str) -> list[p.Message]:
         """Every record sent for ``request_id`` on this client's reply partition,

@@ -1123,7 +1123,8 @@ def test_a_version_keeps_the_proof_of_the_write_that_made_it(store):
     proof = p.SignedWrite.from_text(version.signed)
     request = proof.parsed_request()
     assert isinstance(request, p.InitRequest) and request.signature
-    assert identity.request_signed_by(proof.key, request, proof.chunks, NAMESPACE)
+    assert identity.request_signed_by(proof.key, request, NAMESPACE)
+    assert request.chunks == identity.NO_CHUNKS  # what the Log's owner signed it with
     assert proof.key == key_text(user_key("alice"))
     assert identity.attested_by(
         AUTHORITY.server_key, NAMESPACE, "alice", proof.key, request.signature, proof.attestation
@@ -1142,6 +1143,13 @@ def _attested_by_mallory(values: dict) -> p.Proposal:
 def _with_proof(values: dict, **changes) -> p.Proposal:
     genuine = signed_proposal(p.PushProposal, **values)
     return dataclasses.replace(genuine, signed=dataclasses.replace(genuine.signed, **changes))
+
+
+def _with_signed_request(values: dict, **changes) -> p.Proposal:
+    """The genuine proposal, its signed request changed after it was signed."""
+    genuine = signed_proposal(p.PushProposal, **values)
+    request = dataclasses.replace(genuine.signed.parsed_request(), **changes)
+    return _with_proof(values, request=request.to_bytes().decode())
 
 
 def _attestation_of_another_request(values: dict) -> p.Proposal:
@@ -1175,7 +1183,7 @@ FORGERIES = {
     "its key attested by another key": _attested_by_mallory,
     "no attestation": lambda values: signed_proposal(p.PushProposal, server_key=None, **values),
     "an attestation of another request": _attestation_of_another_request,
-    "another chunks digest than signed": lambda values: _with_proof(values, chunks="c" * 64),
+    "another chunks digest than signed": lambda values: _with_signed_request(values, chunks="c" * 64),
     "a signed request that does not parse": lambda values: _with_proof(values, request='{"v": 1}'),
     "signed for another namespace": lambda values: signed_proposal(p.PushProposal, namespace="other-ns", **values),
     "signed too long before": lambda values: signed_proposal(
@@ -1246,14 +1254,18 @@ def test_a_push_without_write_access_is_denied_and_changes_nothing(store):
     reader = log.push(1, tree, user="carol")
     public = log.push(1, log.tree({"a": b"2"}, repo="open"), repo="open", user="bob")
     apply_records(store, log.records, PARTITIONS)
+    # the refusal, then what to do about it
     assert outcome(store, stranger) == decisions.Outcome(
-        p.Status.DENIED, 1, None, "permission denied: bob may not push to repo (private)"
+        p.Status.DENIED,
+        1,
+        None,
+        "permission denied: bob may not push to repo (private); ask its owner to share it with you",
     )
     assert outcome(store, reader) == decisions.Outcome(
-        p.Status.DENIED, 1, None, "permission denied: carol may not push to repo (read only)"
+        p.Status.DENIED, 1, None, "permission denied: carol may not push to repo (read only); ask its owner (alice)"
     )
     assert outcome(store, public) == decisions.Outcome(
-        p.Status.DENIED, 1, None, "permission denied: bob may not push to open (read only)"
+        p.Status.DENIED, 1, None, "permission denied: bob may not push to open (read only); ask its owner (alice)"
     )
     after = state(store)
     assert {**after, "offsets": None} == {**before, "offsets": None}
@@ -1283,7 +1295,9 @@ def test_the_owner_shares_and_only_admins_change_access(store):
         rid = share()
         apply_records(store, log.records, PARTITIONS)
         assert (number, outcome(store, rid).status, store.get_members(REPO)) == (number, status, members)
-    assert outcome(store, rid).message == "permission denied: carol may not share repo (private)"
+    assert outcome(store, rid).message == (
+        "permission denied: carol may not share repo (private); ask its owner to share it with you"
+    )
     owner_changed = log.share("alice", p.Access.READ)
     apply_records(store, log.records, PARTITIONS)
     assert outcome(store, owner_changed).message == "alice owns repo: an owner's access cannot change"
@@ -1303,7 +1317,10 @@ def test_visibility_is_changed_by_admins_only(store):
     apply_records(store, log.records, PARTITIONS)
     assert outcome(store, by_writer).status == p.Status.DENIED
     assert outcome(store, by_stranger) == decisions.Outcome(
-        p.Status.DENIED, 1, None, "permission denied: dave may not change repo (private)"
+        p.Status.DENIED,
+        1,
+        None,
+        "permission denied: dave may not change repo (private); ask its owner to share it with you",
     )
     assert outcome(store, by_admin) == decisions.Outcome(p.Status.ACCEPTED, 1, None, "repo is now public")
     assert outcome(store, again).status == p.Status.UP_TO_DATE

@@ -324,7 +324,7 @@ def a_push(**changes) -> p.PushProposal:
 def test_a_request_key_ignores_who_proposed_it_when_and_its_proof():
     """A retry proposed again by another owner, later, carrying its proof again, is the same request."""
     key = decisions.request_key(a_push())
-    proof = p.SignedWrite(request="{}", chunks=T2, key="ed25519:k", attestation="a")
+    proof = p.SignedWrite(request="{}", key="ed25519:k", attestation="a")
     assert decisions.request_key(a_push(time_ms=99, proposer="r2", signed=proof)) == key
     for change in (
         {"tree": T2},
@@ -514,16 +514,17 @@ def test_a_request_is_signed_by_its_user_s_current_key_or_refused():
     ping = p.PingRequest(request_id="ab" * 16, repo="r", user="alice", reply_partition=0)
     alice = access.Account("alice", key_text(user_key("alice")))
     good = signed(ping, user_key("alice"))
-    assert access.check_signed(good, alice, identity.NO_CHUNKS, NAMESPACE) is None
-    unsigned = access.check_signed(ping, alice, identity.NO_CHUNKS, NAMESPACE)
+    assert good.chunks == identity.NO_CHUNKS
+    assert access.check_signed(good, alice, NAMESPACE) is None
+    unsigned = access.check_signed(ping, alice, NAMESPACE)
     assert (unsigned.status, unsigned.message) == (p.Status.UNAUTHENTICATED, "the request is not signed")
-    unknown = access.check_signed(good, None, identity.NO_CHUNKS, NAMESPACE)
+    unknown = access.check_signed(good, None, NAMESPACE)
     assert unknown.status == p.Status.UNKNOWN_USER and "minigit auth register" in unknown.text
-    removed = access.check_signed(good, access.Account("alice", "", removed=True), identity.NO_CHUNKS, NAMESPACE)
+    removed = access.check_signed(good, access.Account("alice", "", removed=True), NAMESPACE)
     assert removed.status == p.Status.UNAUTHENTICATED and "removed by an operator" in removed.message
-    for other in (signed(ping, user_key("bob")), good):
+    other_chunks = dataclasses.replace(good, chunks=T1)  # the digest of its uploads is signed too
+    for other in (signed(ping, user_key("bob")), good, other_chunks):
         namespace = NAMESPACE if other is not good else "elsewhere"
-        refusal = access.check_signed(other, alice, identity.NO_CHUNKS, namespace)
+        refusal = access.check_signed(other, alice, namespace)
         assert refusal.status == p.Status.UNAUTHENTICATED and "does not match alice's registered key" in refusal.message
-    mismatch = access.chunks_mismatch(refusal, 3)
-    assert "with the 3 chunk(s) that arrived with it" in mismatch.message and mismatch.hint == refusal.hint
+        assert refusal.hint

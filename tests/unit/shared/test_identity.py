@@ -52,6 +52,7 @@ FIELD_VALUES: dict[str, st.SearchStrategy] = {
     "reply_partition": ints,
     "timeout_ms": ints,
     "signed_ms": ints,
+    "chunks": st.one_of(st.just(""), shas),
     "reply_key": key_texts,
     "signature": st.text(max_size=p.MAX_SIGNATURE_TEXT),
     "tree": shas,
@@ -111,7 +112,8 @@ def a_push(**changes: object) -> p.PushRequest:
 A_DIGEST = ChunkDigest("cd" * 32, 0, 2, "zlib", "ef" * 32)
 A_DIGEST_SHA = "b21f006c6dcd03b866d0b5a8967832614a5f3ad57ad310f7bc93666035bfec79"
 RFC_KEY_TEXT = "ed25519:11qYAYKxCrfVS/7TyWQHOg7hcvPapiMlrwIaaPcHURo="
-A_PUSH_SIGNATURE = "zNBHgYZZAZIAVURT8Fo6BPcqI4Exknvn1V8MTiqzX93fFohJtitzX7/7lawSI1zZJgRmIAVxulZqOdGAmdbRAw=="
+# the RFC 8032 key's signature of a_push(chunks=A_DIGEST_SHA) in namespace "team1-"
+A_PUSH_SIGNATURE = "TKfjC/mTUqzx+3n4D9LZV46Pv8nX4WqAYhU0cfKJ+llkjUim5mW6hW3mh2ooXR9a/kzdpvhMo5ReZHZjd8vPDw=="
 
 
 # ---------------------------------------------------------------- the chunks digest
@@ -127,8 +129,8 @@ def test_the_chunks_digest_is_frozen():
 
 @given(digest_lists, st.randoms(use_true_random=False))
 def test_the_order_of_chunks_and_chunks_sent_twice_do_not_matter(chunk_digests, random):
-    """The verifier collects the chunks as they arrived, in whatever order and with
-    whatever resends the client's retries left there."""
+    """A client names the chunks it uploaded whatever order it sent them in and
+    however often it sent them again."""
     again = [*chunk_digests, *chunk_digests[:2]]
     random.shuffle(again)
     assert chunks_digest(again) == chunks_digest(chunk_digests)
@@ -181,11 +183,12 @@ def test_every_request_type_is_covered():
 def test_the_payload_is_frozen():
     """Signatures in the log are verified again years later (a replica rebuilt from
     it, log --verify): these bytes, and the signature over them, may never change."""
-    payload = signing_payload(a_push(), chunks_digest([A_DIGEST]), "team1-")
+    payload = signing_payload(a_push(chunks=chunks_digest([A_DIGEST])), "team1-")
     assert payload == (
         b"minigit-request-v1\n"
-        b'{"chunks":"' + A_DIGEST_SHA.encode() + b'","namespace":"team1-",'
-        b'"request":{"action":"push","base":4,"message":"fix the parser \\u2013 \\u00f1",'
+        b'{"namespace":"team1-",'
+        b'"request":{"action":"push","base":4,"chunks":"' + A_DIGEST_SHA.encode() + b'",'
+        b'"message":"fix the parser \\u2013 \\u00f1",'
         b'"reply_key":"x25519:hSDwCYkwp1R0i33ctD73Wg2/Og0mOBr066SpjqqbTmo=","reply_partition":3,'
         b'"repo":"lab2","request_id":"0123456789abcdef0123456789abcdef","signed_ms":1700000000123,'
         b'"timeout_ms":30000,"tree":"' + b"ab" * 32 + b'","type":"request","user":"alice","v":1}}'
@@ -193,20 +196,21 @@ def test_the_payload_is_frozen():
     rfc_key = Ed25519PrivateKey.from_private_bytes(RFC_SECRET)
     assert identity.sign(rfc_key, payload) == A_PUSH_SIGNATURE
     # the signature field is not part of what it signs
-    assert signing_payload(a_push(signature=A_PUSH_SIGNATURE), A_DIGEST_SHA, "team1-") == payload
+    assert signing_payload(a_push(chunks=A_DIGEST_SHA, signature=A_PUSH_SIGNATURE), "team1-") == payload
 
 
-@given(requests, chunk_digests_texts, namespaces)
-def test_the_payload_spells_out_every_input(request, chunks, namespace):
+@given(requests, namespaces)
+def test_the_payload_spells_out_every_input(request, namespace):
     """Every input can be read back from the payload, so two different inputs
     can never give the same payload."""
-    payload = signing_payload(request, chunks, namespace)
+    payload = signing_payload(request, namespace)
     assert payload.startswith(identity.SIGNING_DOMAIN)
     body = payload[len(identity.SIGNING_DOMAIN) :]
     assert body.isascii() and b"\n" not in body
     document = json.loads(body)
     fields = {k: v for k, v in request.to_dict().items() if k not in identity.UNSIGNED_FIELDS}
-    assert document == {"request": fields, "chunks": chunks, "namespace": namespace}
+    assert document == {"request": fields, "namespace": namespace}
+    assert document["request"]["chunks"] == request.chunks
     # in its one canonical spelling: sorted keys, no whitespace between tokens
     assert body == json.dumps(document, sort_keys=True, separators=(",", ":"), ensure_ascii=True).encode()
 
@@ -217,20 +221,23 @@ def test_any_change_to_any_signed_field_changes_the_payload(data):
     name = data.draw(st.sampled_from(signed_fields(type(request))))
     value = data.draw(FIELD_VALUES[name].filter(lambda v: v != getattr(request, name)))
     changed = dataclasses.replace(request, **{name: value})
-    assert signing_payload(changed, NO_CHUNKS, "") != signing_payload(request, NO_CHUNKS, "")
+    assert signing_payload(changed, "") != signing_payload(request, "")
 
 
-@given(requests, chunk_digests_texts, namespaces, namespaces, ints, ints)
-def test_the_namespace_and_the_time_are_signed(request, chunks, ns1, ns2, t1, t2):
+@given(requests, namespaces, namespaces, ints, ints)
+def test_the_namespace_and_the_time_are_signed(request, ns1, ns2, t1, t2):
     assume((ns1, t1) != (ns2, t2))
-    first = signing_payload(dataclasses.replace(request, signed_ms=t1), chunks, ns1)
-    assert first != signing_payload(dataclasses.replace(request, signed_ms=t2), chunks, ns2)
+    first = signing_payload(dataclasses.replace(request, signed_ms=t1), ns1)
+    assert first != signing_payload(dataclasses.replace(request, signed_ms=t2), ns2)
 
 
 @given(requests, chunk_digests_texts, chunk_digests_texts)
 def test_the_chunks_are_signed(request, chunks, other_chunks):
+    """The digest of what a request uploaded is one of its fields, signed like any other."""
     assume(chunks != other_chunks)
-    assert signing_payload(request, chunks, "") != signing_payload(request, other_chunks, "")
+    first = signing_payload(dataclasses.replace(request, chunks=chunks), "")
+    assert first != signing_payload(dataclasses.replace(request, chunks=other_chunks), "")
+    assert first != signing_payload(dataclasses.replace(request, chunks=""), "")
 
 
 @given(st.data())
@@ -242,17 +249,18 @@ def test_requests_of_different_types_never_share_a_payload(data):
         extra = {f.name: data.draw(FIELD_VALUES[f.name]) for f in dataclasses.fields(cls) if f.name not in common}
         return cls(**common, **extra)
 
-    assert signing_payload(build(first), NO_CHUNKS, "") != signing_payload(build(second), NO_CHUNKS, "")
+    assert signing_payload(build(first), "") != signing_payload(build(second), "")
 
 
 def test_the_signature_field_is_not_signed_and_every_other_is():
     assert {"signature"} == identity.UNSIGNED_FIELDS
     request = p.PingRequest(request_id="ab" * 16, repo="r", user="u", reply_partition=0, signature="one")
-    payload = signing_payload(request, NO_CHUNKS, "")
-    assert payload == signing_payload(dataclasses.replace(request, signature="two"), NO_CHUNKS, "")
-    assert payload != signing_payload(dataclasses.replace(request, user="v"), NO_CHUNKS, "")
+    payload = signing_payload(request, "")
+    assert payload == signing_payload(dataclasses.replace(request, signature="two"), "")
+    assert payload != signing_payload(dataclasses.replace(request, user="v"), "")
+    assert payload != signing_payload(dataclasses.replace(request, chunks=NO_CHUNKS), "")
     assert b"signature" not in payload
-    for name in ("signed_ms", "reply_key", "timeout_ms", "reply_partition"):
+    for name in ("signed_ms", "chunks", "reply_key", "timeout_ms", "reply_partition"):
         assert f'"{name}":'.encode() in payload
 
 
@@ -269,13 +277,17 @@ def test_a_chunk_digest_names_its_piece_and_hashes_its_bytes():
 
 @pytest.mark.parametrize("chunks", ["", "AB" * 32, "a" * 63, "a" * 65, "not a digest"])
 def test_a_chunks_digest_that_is_not_a_sha256_is_refused(chunks):
+    rfc_key = Ed25519PrivateKey.from_private_bytes(RFC_SECRET)
     with pytest.raises(ProtocolError, match="invalid object id"):
-        signing_payload(a_push(), chunks, "")
+        identity.sign_request(rfc_key, a_push(), chunks, "")
+    if chunks:  # "": a request that names no digest (not signed yet)
+        with pytest.raises(ProtocolError, match="invalid object id"):
+            p.parse_message(a_push(chunks=chunks, signature=A_PUSH_SIGNATURE).to_bytes())
 
 
 def test_a_malformed_namespace_is_refused():
     with pytest.raises(UsageError, match="invalid namespace"):
-        signing_payload(a_push(), NO_CHUNKS, "bad namespace")
+        signing_payload(a_push(), "bad namespace")
     with pytest.raises(UsageError, match="invalid namespace"):
         identity.attestation_payload("bad namespace", "alice", RFC_KEY_TEXT, A_PUSH_SIGNATURE)
 
@@ -286,10 +298,15 @@ def test_a_malformed_namespace_is_refused():
 def test_sign_request_signs_the_payload_and_sets_the_signature():
     rfc_key = Ed25519PrivateKey.from_private_bytes(RFC_SECRET)
     request = identity.sign_request(rfc_key, a_push(), A_DIGEST_SHA, "team1-")
-    assert request == a_push(signature=A_PUSH_SIGNATURE)
-    # signing again (a retry) gives the same request: Ed25519 is deterministic, the old signature is not signed
+    assert request == a_push(chunks=A_DIGEST_SHA, signature=A_PUSH_SIGNATURE)
+    # signing it again as it is gives the same request: Ed25519 is deterministic, the old signature is not signed
     assert identity.sign_request(rfc_key, request, A_DIGEST_SHA, "team1-") == request
-    assert identity.request_signed_by(RFC_KEY_TEXT, request, A_DIGEST_SHA, "team1-")
+    assert identity.request_signed_by(RFC_KEY_TEXT, request, "team1-")
+    # signed naming other chunks: the digest is set anew, and signed with the rest
+    other = identity.sign_request(rfc_key, request, NO_CHUNKS, "team1-")
+    assert other.chunks == NO_CHUNKS and other.signature != request.signature
+    assert identity.request_signed_by(RFC_KEY_TEXT, other, "team1-")
+    assert not identity.request_signed_by(RFC_KEY_TEXT, dataclasses.replace(other, chunks=A_DIGEST_SHA), "team1-")
 
 
 @given(private_keys, private_keys, requests, chunk_digests_texts, chunk_digests_texts, namespaces, namespaces)
@@ -297,15 +314,16 @@ def test_a_signed_request_checks_only_with_its_key_chunks_and_namespace(
     key, other_key, request, chunks, other_chunks, namespace, other_namespace
 ):
     request = identity.sign_request(key, request, chunks, namespace)
+    assert request.chunks == chunks
     key_text = identity.public_key_text(key.public_key())
-    assert identity.request_signed_by(key_text, request, chunks, namespace)
+    assert identity.request_signed_by(key_text, request, namespace)
     other_text = identity.public_key_text(other_key.public_key())
     if other_text != key_text:
-        assert not identity.request_signed_by(other_text, request, chunks, namespace)
+        assert not identity.request_signed_by(other_text, request, namespace)
     if other_chunks != chunks:
-        assert not identity.request_signed_by(key_text, request, other_chunks, namespace)
+        assert not identity.request_signed_by(key_text, dataclasses.replace(request, chunks=other_chunks), namespace)
     if other_namespace != namespace:
-        assert not identity.request_signed_by(key_text, request, chunks, other_namespace)
+        assert not identity.request_signed_by(key_text, request, other_namespace)
 
 
 @given(st.data(), private_keys)
@@ -314,7 +332,7 @@ def test_a_signed_request_changed_in_any_signed_field_no_longer_checks(data, key
     name = data.draw(st.sampled_from(signed_fields(type(request))))
     value = data.draw(FIELD_VALUES[name].filter(lambda v: v != getattr(request, name)))
     changed = dataclasses.replace(request, **{name: value})
-    assert not identity.request_signed_by(identity.public_key_text(key.public_key()), changed, NO_CHUNKS, "ns")
+    assert not identity.request_signed_by(identity.public_key_text(key.public_key()), changed, "ns")
 
 
 @pytest.mark.parametrize(
@@ -330,12 +348,13 @@ def test_a_signed_request_changed_in_any_signed_field_no_longer_checks(data, key
     ],
 )
 def test_a_malformed_key_or_signature_is_a_refusal_not_a_crash(key_text, signature):
-    request = a_push(signature=signature)
-    assert identity.request_signed_by(key_text, request, A_DIGEST_SHA, "team1-") is False
-    assert identity.request_signed_by(key_text, request, "not a digest", "team1-") is False
-    assert (
-        identity.request_signed_by(RFC_KEY_TEXT, a_push(signature=A_PUSH_SIGNATURE), A_DIGEST_SHA, "bad ns!") is False
-    )
+    request = a_push(chunks=A_DIGEST_SHA, signature=signature)
+    assert identity.request_signed_by(key_text, request, "team1-") is False
+    not_a_digest = dataclasses.replace(request, chunks="not a digest")
+    assert identity.request_signed_by(key_text, not_a_digest, "team1-") is False
+    good = a_push(chunks=A_DIGEST_SHA, signature=A_PUSH_SIGNATURE)
+    assert identity.request_signed_by(RFC_KEY_TEXT, good, "bad ns!") is False
+    assert identity.request_signed_by(RFC_KEY_TEXT, good, "team1-") is True  # what each case spoils
 
 
 # ---------------------------------------------------------------- attestations
@@ -350,7 +369,7 @@ def test_the_attestation_payload_is_frozen():
     )
     rfc_key = Ed25519PrivateKey.from_private_bytes(RFC_SECRET)
     assert identity.sign(rfc_key, payload) == (
-        "10dWSGFm1zN+dWJ57b5RJhDhD+yFr3o19YWwVWLwz3OzyA60Xu6Mvahd861rPAU3LQIsPNgrKgvCxbXi6vbSDA=="
+        "oRbvjwgC0deHL9BgoetCtzG0X60kld4HBdRiwiCNG8QAQG2ME1p8rxnxh/8BVL+nmkOeuoH+iWvN4IR0aplOCw=="
     )
 
 
@@ -366,7 +385,7 @@ def test_the_attestation_payload_spells_out_every_input(namespace, user, key, re
 def test_the_domains_keep_every_kind_of_signature_apart():
     domains = [identity.SIGNING_DOMAIN, identity.ATTESTATION_DOMAIN, identity.OPERATOR_DOMAIN]
     assert len(set(domains)) == 3 and all(d.endswith(b"\n") and d.count(b"\n") == 1 for d in domains)
-    request_payload = signing_payload(a_push(), A_DIGEST_SHA, "team1-")
+    request_payload = signing_payload(a_push(chunks=A_DIGEST_SHA), "team1-")
     attestation = identity.attestation_payload("team1-", "alice", RFC_KEY_TEXT, A_PUSH_SIGNATURE)
     assert not any(request_payload.startswith(d) for d in domains[1:])
     assert not any(attestation.startswith(d) for d in (domains[0], domains[2]))
@@ -406,21 +425,21 @@ def test_signatures_are_ed25519_as_rfc_8032_defines_it():
     assert identity.verify(second.public_key(), b"\x72", base64.b64encode(RFC2_SIGNATURE).decode())
 
 
-@given(private_keys, private_keys, requests, chunk_digests_texts, namespaces, namespaces)
+@given(private_keys, private_keys, requests, namespaces, namespaces)
 def test_a_signature_verifies_only_under_its_key_payload_and_namespace(
-    key, other_key, request, chunks, namespace, other_namespace
+    key, other_key, request, namespace, other_namespace
 ):
-    payload = signing_payload(request, chunks, namespace)
+    payload = signing_payload(request, namespace)
     signature = identity.sign(key, payload)
     assert len(signature) == identity.MAX_SIGNATURE_TEXT
     assert identity.verify(key.public_key(), payload, signature)
     if identity.public_key_bytes(other_key.public_key()) != identity.public_key_bytes(key.public_key()):
         assert not identity.verify(other_key.public_key(), payload, signature)
     if other_namespace != namespace:
-        elsewhere = signing_payload(request, chunks, other_namespace)
+        elsewhere = signing_payload(request, other_namespace)
         assert not identity.verify(key.public_key(), elsewhere, signature)
     other_time = request.signed_ms + 1 if request.signed_ms + 1 < p.MAX_INT else request.signed_ms - 1
-    later = signing_payload(dataclasses.replace(request, signed_ms=other_time), chunks, namespace)
+    later = signing_payload(dataclasses.replace(request, signed_ms=other_time), namespace)
     assert not identity.verify(key.public_key(), later, signature)
 
 

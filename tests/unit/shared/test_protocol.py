@@ -25,11 +25,11 @@ ED_KEY2 = "ed25519:PUAXw+hDiVqStwqnTRt+vJyYLM8uxJaMwM1V8Sr0Zgw="
 X_KEY = "x25519:hSDwCYkwp1R0i33ctD73Wg2/Og0mOBr066SpjqqbTmo="
 SIGNATURE = "zNBHgYZZAZIAVURT8Fo6BPcqI4Exknvn1V8MTiqzX93fFohJtitzX7/7lawSI1zZJgRmIAVxulZqOdGAmdbRAw=="
 SIGNATURE2 = "10dWSGFm1zN+dWJ57b5RJhDhD+yFr3o19YWwVWLwz3OzyA60Xu6Mvahd861rPAU3LQIsPNgrKgvCxbXi6vbSDA=="
-SIGNED = {"signed_ms": 1_700_000_000_000, "reply_key": X_KEY, "signature": SIGNATURE}
+SIGNED = {"signed_ms": 1_700_000_000_000, "chunks": SHA2, "reply_key": X_KEY, "signature": SIGNATURE}
 
 
 def signed_write(request: p.Request) -> p.SignedWrite:
-    return p.SignedWrite(request=request.to_bytes().decode(), chunks=SHA2, key=ED_KEY, attestation=SIGNATURE2)
+    return p.SignedWrite(request=request.to_bytes().decode(), key=ED_KEY, attestation=SIGNATURE2)
 
 
 # ---------------------------------------------------------------- sample messages
@@ -507,6 +507,8 @@ def _with(cls, **changes) -> bytes:
         (_with(p.PingRequest, signature="s" * 10_000_000), "signature longer than 88"),
         (_with(p.PushRequest, signed_ms=-1), "signed_ms.* out of range"),
         (_with(p.PushRequest, signed_ms=p.MAX_INT), "signed_ms.* out of range"),
+        (_with(p.PushRequest, chunks="nope"), "invalid object id"),
+        (_with(p.PingRequest, chunks=SHA.upper()), "invalid object id"),
         (_with(p.InitRequest, visibility="secret"), "'visibility' has an unknown value"),
         (_with(p.ShareRequest, member="no body"), "invalid user name"),
         (_with(p.ShareRequest, level="owner"), "'level' has an unknown value 'owner'"),
@@ -543,14 +545,14 @@ def _with_signed(cls, **changes) -> bytes:
 @pytest.mark.parametrize(
     "raw, match",
     [
-        (_with_signed(p.CreateProposal, chunks="nope"), "invalid object id"),
+        (_with_signed(p.CreateProposal, key=5), r"field 'signed\.key' must be str"),
         (_with_signed(p.ShareProposal, key="k" * (p.MAX_KEY_TEXT + 1)), "key longer than 60"),
         (_with_signed(p.RotateProposal, attestation="a" * 89), "attestation longer than 88"),
         (_with_signed(p.VisibilityProposal, request="r" * (p.MAX_SIGNED_REQUEST_BYTES + 1)), "larger than 65536 bytes"),
         (_with_signed(p.VisibilityProposal, request="é" * (p.MAX_SIGNED_REQUEST_BYTES // 2 + 1)), "larger than"),
         (_with_signed(p.RegisterProposal, request=5), r"field 'signed\.request' must be str"),
         (_with(p.PushProposal, signed="text"), "field 'signed' must be SignedWrite"),
-        (_with(p.PushProposal, signed={"request": "{}", "chunks": SHA}), r"missing field 'signed\.key'"),
+        (_with(p.PushProposal, signed={"request": "{}"}), r"missing field 'signed\.key'"),
     ],
 )
 def test_a_proof_of_authorship_is_checked_like_every_field(raw, match):
@@ -577,13 +579,14 @@ def test_a_signed_write_is_kept_as_text_and_read_back():
     for bad, match in [("[]", "not a JSON object"), ("nope", "not UTF-8 JSON"), ('{"request": "x"}', "missing field")]:
         with pytest.raises(ProtocolError, match=match):
             p.SignedWrite.from_text(bad)
-    with pytest.raises(ProtocolError, match="invalid object id"):
-        p.SignedWrite.from_text(json.dumps({**proof.to_dict(), "chunks": "x"}))
+    with pytest.raises(ProtocolError, match="key longer than 60"):
+        p.SignedWrite.from_text(json.dumps({**proof.to_dict(), "key": "k" * (p.MAX_KEY_TEXT + 1)}))
 
 
 def test_validation_boundaries_accepted():
     assert p.parse_message(_with(p.PushRequest, reply_key="k" * p.MAX_KEY_TEXT)).reply_key == "k" * p.MAX_KEY_TEXT
     assert p.parse_message(_with(p.PushRequest, signature="s" * 88)).signature == "s" * 88
+    assert p.parse_message(_with(p.PushRequest, chunks="")).chunks == ""  # names no digest (not signed yet)
     assert p.parse_message(_with(p.Sealed, nonce="n" * 32)).nonce == "n" * 32
     big = "r" * p.MAX_SIGNED_REQUEST_BYTES
     assert p.parse_message(_with_signed(p.VisibilityProposal, request=big)).signed.request == big
