@@ -22,6 +22,7 @@ from kafka import KafkaAdminClient
 
 from minigit import protocol as p
 from minigit.client import operations
+from minigit.client.exchange import Credentials
 from minigit.client.transport import Connection
 from minigit.errors import ServerUnreachable
 from minigit_server.devkafka import broker
@@ -132,11 +133,11 @@ class ReopeningConnector:
 
     failures: list[str] = field(default_factory=list)  # what kafka-python raised, or the client's message
 
-    def __call__(self, settings, user: str, timeout: float) -> Connection:
+    def __call__(self, settings, credentials: Credentials, timeout: float) -> Connection:
         deadline = time.monotonic() + timeout
         while True:
             try:
-                return Connection(settings, user, timeout)
+                return Connection(settings, credentials, timeout)
             except ServerUnreachable as error:
                 self.failures.append(repr(error.__context__) if error.__context__ else error.message)
                 if time.monotonic() >= deadline:
