@@ -34,17 +34,17 @@ class LateCopy:
     again once ``copy_sent`` returns."""
 
     copy_sent: Callable[[p.Request], None]
-    first: tuple[p.Request, list[codec.BlobSource], list[p.Request]] | None = None
+    first: tuple[p.Request, list[codec.BlobSource]] | None = None
     copied: bool = False
 
     def __call__(self, settings: KafkaSettings, credentials: Credentials, timeout: float) -> Connection:
         scenario = self
 
         class Copying(Connection):
-            def _send(self, request, uploads, observer, attempt, signed) -> None:
-                super()._send(request, uploads, observer, attempt, signed)
+            def _send(self, request, uploads, observer, attempt) -> None:
+                super()._send(request, uploads, observer, attempt)
                 if scenario.first is None and isinstance(request, p.InitRequest):
-                    scenario.first = (request, list(uploads), signed)
+                    scenario.first = (request, list(uploads))
 
             def call(
                 self, request: p.Request, uploads: Sequence[codec.BlobSource] = (), observer: Observer | None = None
@@ -53,7 +53,7 @@ class LateCopy:
                 if first is not None and not scenario.copied and isinstance(request, p.InitRequest):
                     assert request.request_id != first[0].request_id  # asked again under a new id
                     scenario.copied = True
-                    self._send(first[0], first[1], Observer(), 1, first[2])  # the copy, as the hedge sent it
+                    self._send(first[0], first[1], Observer(), 1)  # the copy, as a hedge sends it
                     scenario.copy_sent(first[0])
                 return super().call(request, uploads, observer)
 

@@ -58,7 +58,6 @@ def signed_write(
     server_key = load_server_key(server_key_path(service.data_dir))
     signed = p.SignedWrite(
         request=request.to_bytes().decode(),
-        chunks=identity.chunks_digest(digests),
         key=credentials.public_key,
         attestation=access.attest(server_key, service.namespace, request, credentials.public_key),
     )
