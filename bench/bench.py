@@ -13,7 +13,9 @@ then measures, printing figures (not pass/fail):
   with the client's hedging (a request unanswered for a second goes to another
   replica) and without it (the consumer group's rebalance alone).
 
-Results are also written to bench/results/<timestamp>.json.
+Results are also written to bench/results/<timestamp>.json. The user's key, and
+the service key it pins, are kept in the run's own directory (MINIGIT_CONFIG_DIR),
+never in ~/.config/minigit.
 """
 
 from __future__ import annotations
@@ -36,7 +38,6 @@ from rich.table import Table
 
 from minigit import protocol as p
 from minigit.client import exchange, operations
-from minigit.client.transport import Connection
 from minigit.config import KafkaSettings, ServerFlags
 from minigit.errors import PushRejected, ServerUnreachable
 from minigit_server.bus import Bus, ensure_topics
@@ -101,8 +102,10 @@ class Replicas:
             bus.close()
 
     def serving(self, repo: str) -> str:
-        with Connection(self.settings, "bench", 60) as connection:
-            return connection.call(connection.new_request(p.PingRequest, repo=repo)).reply.replica
+        """The replica that answers a request about ``repo`` (registering the user on first use)."""
+        options = operations.ClientOptions("bench", ServerFlags(self.bootstrap, self.namespace), 60)
+        with options.connect(self.settings) as connection:
+            return operations.ask(connection, connection.new_request(p.PingRequest, repo=repo)).reply.replica
 
     def stop(self) -> None:
         for process in self.processes.values():
@@ -228,6 +231,12 @@ def bench_failover(replicas: Replicas, root: Path, trials: int, hedge: bool) -> 
     return {"trials": trials, "seconds": gaps, "median_s": statistics.median(gaps), "max_s": max(gaps)}
 
 
+def use_own_config_dir(root: Path) -> None:
+    """Keys and pinned service keys under ``root`` for this run, in process and in the
+    commands it runs (they inherit the environment)."""
+    os.environ["MINIGIT_CONFIG_DIR"] = str(root / "config")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--bootstrap", help="use this broker instead of starting one")
@@ -240,6 +249,7 @@ def main() -> None:
     args = parser.parse_args()
 
     root = Path(tempfile.mkdtemp(prefix="minigit-bench-"))
+    use_own_config_dir(root)
     kafka_dir = root / "kafka"
     bootstrap = args.bootstrap
     results: dict = {"machine": {"cpus": os.cpu_count(), "python": sys.version.split()[0]}}

@@ -31,7 +31,7 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from bench import BIN, Replicas, console, free_port
+from bench import BIN, Replicas, console, free_port, use_own_config_dir
 from minigit.client import operations
 from minigit.config import ServerFlags
 from minigit.errors import MinigitError
@@ -156,6 +156,7 @@ def main() -> None:
     args = parser.parse_args()
 
     root = Path(tempfile.mkdtemp(prefix="minigit-outage-"))
+    use_own_config_dir(root)
     broker = Broker(free_port(), free_port(), root / "kafka")
     results: dict = {"machine": {"cpus": os.cpu_count(), "python": sys.version.split()[0]}, "down_s": args.down}
     trials: list[dict] = []

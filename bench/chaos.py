@@ -23,6 +23,13 @@ With --nodes 3 it starts a three-node cluster (`kafka start --nodes 3`: topics
 with replication factor 3 and min.insync.replicas 2) and broker faults hit one
 node at a time.
 
+Users (issue 9): every client signs its requests with its own key, kept in the
+run directory (``config/``, as MINIGIT_CONFIG_DIR); the users are registered
+before the run, and the repositories, private, are created by ``chaos-init``,
+who shares write access with every worker and read access with ``chaos-final``.
+The checker also checks every version's proof of authorship (its author's
+signed request, attested by the service's key).
+
 Exit code 0: the checker found nothing; 1: it found a loss, duplicate, gap,
 divergence or another violation (the history is kept; its path is printed).
 """
@@ -52,6 +59,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))  # chaos_check lives be
 
 import chaos_check
 
+from minigit import identity
 from minigit import protocol as p
 from minigit.client import operations
 from minigit.client import workspace as ws
@@ -59,6 +67,8 @@ from minigit.client.transport import Connection
 from minigit.config import KafkaSettings, ServerFlags
 from minigit.errors import (
     MinigitError,
+    NotAuthenticated,
+    PermissionDenied,
     PullConflict,
     PushRejected,
     RepositoryNotFound,
@@ -67,6 +77,7 @@ from minigit.errors import (
 from minigit_server.bus import Bus, ensure_topics
 from minigit_server.devkafka.broker import KAFKA_VERSION
 from minigit_server.replica import store_path
+from minigit_server.server_key import load_server_key, server_key_path
 from minigit_server.store import SqliteStore
 from minigit_server.supervisor import replica_command
 
@@ -77,6 +88,7 @@ KINDS = ("replica-kill", "replica-pause", "broker-kill", "broker-pause", "client
 REPLICA_IDS = ("1", "2", "3")
 PARTITIONS = 6
 LOG_LIMIT = 1000  # the most entries one log request may ask for (protocol.LogRequest)
+OWNER, READER = "chaos-init", "chaos-final"  # who creates the repositories, who reads them after the run
 
 
 @dataclass
@@ -342,6 +354,8 @@ def classify(error: Exception) -> Outcome:
         return Outcome("fail", "conflict")
     if isinstance(error, RepositoryNotFound):
         return Outcome("fail", "not-found")
+    if isinstance(error, PermissionDenied | NotAuthenticated):  # refused before anything was applied
+        return Outcome("fail", f"refused: {error.message}")
     if isinstance(error, ServerUnreachable):
         return Outcome("info", f"unreachable: {error.message}")
     if type(error) is MinigitError and error.message.startswith("the server refused"):
@@ -378,6 +392,7 @@ class Workload:
     def __init__(self, config: Config, history: History, bootstrap: str, namespace: str, root: Path) -> None:
         self.config, self.history, self.root = config, history, root
         self.bootstrap, self.namespace = bootstrap, namespace
+        self.config_dir = root / "config"  # every user's key, and the service key they pin
         self.repos = repository_names(config.repos, PARTITIONS)
         self.stop = threading.Event()
         self.cli_wanted = threading.Event()  # the nemesis waits for a CLI process to kill
@@ -385,12 +400,18 @@ class Workload:
         self.lock = threading.Lock()
         self.completed = 0
 
-    def options(self, user: str) -> operations.ClientOptions:
-        return operations.ClientOptions(user, ServerFlags(self.bootstrap, self.namespace), self.config.op_timeout)
+    def options(self, user: str, timeout: float | None = None) -> operations.ClientOptions:
+        flags = ServerFlags(self.bootstrap, self.namespace)
+        return operations.ClientOptions(user, flags, timeout or self.config.op_timeout, config_dir=self.config_dir)
+
+    @property
+    def users(self) -> list[str]:
+        return [OWNER, READER, "chaos-nemesis"] + [f"chaos-w{n}" for n in range(1, self.config.workers + 1)]
 
     def env(self, user: str) -> dict[str, str]:
         return {
             **os.environ,
+            "MINIGIT_CONFIG_DIR": str(self.config_dir),
             "MINIGIT_USER": user,
             "MINIGIT_BOOTSTRAP": self.bootstrap,
             "MINIGIT_NAMESPACE": self.namespace,
@@ -442,6 +463,8 @@ def cli_outcome(code: int, err: str, killed: bool, rejected_means: str) -> Outco
         return Outcome("info", "client killed mid-command")
     if code == 3:
         return Outcome("fail", rejected_means, stderr=last)
+    if code == 6:  # permission denied or not authenticated: refused, nothing applied
+        return Outcome("fail", f"refused: {last}")
     if code == 1 and "the server refused" in err:
         return Outcome("fail", f"refused: {last}")
     if code == 1 and "does not exist on the server" in err:
@@ -667,9 +690,11 @@ class Nemesis(threading.Thread):
     def serving_replica(self) -> str:
         """The replica serving a random repository (so the fault matters), else any."""
         repo = self.rng.choice(self.workload.repos)
-        settings = KafkaSettings(self.workload.bootstrap, self.workload.namespace)
-        with contextlib.suppress(MinigitError), Connection(settings, "chaos-nemesis", 3) as connection:
-            replica = connection.call(connection.new_request(p.PingRequest, repo=repo)).reply.replica
+        options = self.workload.options("chaos-nemesis", timeout=3)
+        settings = options.settings()
+        with contextlib.suppress(MinigitError), Connection(settings, options.credentials(settings), 3) as connection:
+            request = connection.new_request(p.PingRequest, repo=repo)
+            replica = operations.ask(connection, request).reply.replica
             if replica in self.replicas.processes:
                 return replica
         return self.rng.choice(REPLICA_IDS)
@@ -788,7 +813,7 @@ def final_reads(workload: Workload, deadline: float) -> None:
             target.parent.mkdir(parents=True, exist_ok=True)
 
             def clone(target: Path = target, repo: str = repo) -> dict:
-                result = operations.clone_repository(repo, target, workload.options("chaos-final"))
+                result = operations.clone_repository(repo, target, workload.options(READER))
                 return {"version": result.new_version, "tree": tree_of(target)}
 
             kind, _ = workload.record(chaos_check.FINAL, "clone", {"repo": repo, "cli": False}, clone)
@@ -802,7 +827,7 @@ def read_service_logs(workload: Workload) -> dict[str, list[dict]]:
     for repo in workload.repos:
         for _ in range(10):
             try:
-                _, entries = operations.read_log(Path("."), workload.options("chaos-final"), LOG_LIMIT, repo)
+                _, entries, _ = operations.read_log(workload.root, workload.options(READER), LOG_LIMIT, repo)
             except MinigitError:
                 time.sleep(2)
                 continue
@@ -847,7 +872,9 @@ def run(
     try:
         for replica_id in REPLICA_IDS:
             replicas.start(replica_id)
-        progress(f"namespace {namespace}; creating {len(workload.repos)} repositories")
+        progress(f"namespace {namespace}; registering {len(workload.users)} users")
+        register_users(workload)
+        progress(f"creating {len(workload.repos)} repositories, shared with the workers")
         for repo in workload.repos:
             create_repository(workload, repo)
         for worker in workers:
@@ -892,7 +919,7 @@ def run(
         path = store_path(server_dir, replica_id)
         if path.exists():
             stores[replica_id] = dump_store(path)
-    findings = chaos_check.check_run(history.entries, stores, service_logs, verify)
+    findings = chaos_check.check_run(history.entries, stores, service_logs, verify, authorship(server_dir, namespace))
     if not applied:
         findings.divergence.append("the replicas had not all applied the whole log within 180 s of healing")
     summary = chaos_check.summarize(history.entries, stores, findings)
@@ -914,7 +941,7 @@ def create_repository(workload: Workload, repo: str) -> None:
     def create() -> dict:
         while True:  # the replicas may still be joining their group
             try:
-                result = operations.init_repository(directory, repo, workload.options("chaos-init"), token)
+                result = operations.init_repository(directory, repo, workload.options(OWNER), token)
                 return {"token": token, "version": result.new_version, "tree": tree_of(directory)}
             except ServerUnreachable:
                 if time.monotonic() > deadline:
@@ -923,6 +950,54 @@ def create_repository(workload: Workload, repo: str) -> None:
     kind, value = workload.record("init", "init", invoke, create)
     if kind != "ok":
         raise RuntimeError(f"could not create {repo}: {value}")
+    # Private, as every repository is at first: the workers may push, the final reader may read.
+    levels = {f"chaos-w{n}": p.Access.WRITE for n in range(1, workload.config.workers + 1)} | {READER: p.Access.READ}
+    for user, level in levels.items():
+        retry_unreachable(
+            lambda user=user, level=level: operations.share_repository(
+                workload.root, workload.options(OWNER), repo, user, level
+            ),
+            deadline,
+        )
+
+
+def retry_unreachable(action: Callable[[], object], deadline: float) -> None:
+    """``action`` until it does not find the service unreachable (it is starting), or ``deadline``."""
+    while True:
+        try:
+            action()
+            return
+        except ServerUnreachable:
+            if time.monotonic() > deadline:
+                raise
+
+
+def register_users(workload: Workload) -> None:
+    """Every user's key registered before the run, as a class's accounts are before a lab
+    (a first command would register its user on the way)."""
+    deadline = time.monotonic() + 120
+    for user in workload.users:
+        retry_unreachable(
+            lambda user=user: operations.register_account(workload.root, workload.options(user)), deadline
+        )
+
+
+def authorship(server_dir: Path, namespace: str) -> Callable[[dict], str | None]:
+    """Why a version row's proof of authorship does not hold (None: it does): its
+    author's signed request, and the service key's attestation of the author's key."""
+    server_key = identity.public_key_text(load_server_key(server_key_path(server_dir)).public_key())
+
+    def check(row: dict) -> str | None:
+        try:
+            signed = p.SignedWrite.from_text(row["signed"]) if row.get("signed") else None
+        except MinigitError as error:
+            return f"its signed write does not parse: {error.message}"
+        entry = p.LogEntry(
+            version=row["version"], author=row["author"], time_ms=row["time_ms"], message=row["message"], signed=signed
+        )
+        return operations.verify_entry(entry, namespace, server_key)
+
+    return check
 
 
 # ---------------------------------------------------------------- reporting

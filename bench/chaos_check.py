@@ -15,6 +15,8 @@ Inputs:
   (``changed``: path -> text, None for a deleted file).
 * the newest entries of each repository's log as the service answered them.
 * the exit codes of ``minigit-server verify`` after healing.
+* optionally, how to check a version row's proof of authorship (its author's
+  signed request; a callable, so that this module stays pure).
 
 Writes carry a unique token as their message, and the files they write
 (``value.writes``), so a version is traced to exactly one operation.
@@ -25,7 +27,7 @@ from __future__ import annotations
 import itertools
 import math
 from collections import Counter, defaultdict
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 
 WRITES = ("init", "push")
@@ -189,6 +191,7 @@ class Findings:
     final_clone: list[str] = field(default_factory=list)
     service_log: list[str] = field(default_factory=list)  # the service's log answer differs from the stores
     verify: list[str] = field(default_factory=list)
+    authorship: list[str] = field(default_factory=list)  # a version whose author's signature does not hold
     notes: list[str] = field(default_factory=list)  # what was checked, for the report; not failures
 
     FAILURES = (
@@ -206,6 +209,7 @@ class Findings:
         "final_clone",
         "service_log",
         "verify",
+        "authorship",
     )
 
     @property
@@ -372,13 +376,32 @@ def check_service_log(repo: str, state: Mapping, entries: list[Mapping], finding
         findings.service_log.append(f"{repo}: the service's newest log entry is not head v{state['head']}")
 
 
+def check_authorship(
+    stores: Mapping[str, Mapping[str, Mapping]], proof: Callable[[Mapping], str | None], findings: Findings
+) -> None:
+    """Every version, on every replica, carries its author's proof of authorship."""
+    checked = 0
+    for replica in sorted(stores):
+        for repo, state in sorted(stores[replica].items()):
+            for row in state["versions"]:
+                checked += 1
+                if (problem := proof(row)) is not None:
+                    findings.authorship.append(
+                        f"replica {replica} {repo} v{row['version']} by {row['author']}: {problem}"
+                    )
+    findings.notes.append(f"proof of authorship checked on {checked} version rows")
+
+
 def check_run(
     history: list[Mapping],
     stores: Mapping[str, Mapping[str, Mapping]],
     service_logs: Mapping[str, list[Mapping]] | None = None,
     verify_results: list[Mapping] | None = None,
+    authorship: Callable[[Mapping], str | None] | None = None,
 ) -> Findings:
-    """Every check over one run. ``stores``: replica -> repository -> {head, versions}."""
+    """Every check over one run. ``stores``: replica -> repository -> {head, versions}.
+    ``authorship``: why a version row's proof of authorship does not hold (None: it
+    does), checked on every row of every replica."""
     findings = Findings()
     ops = pair_ops(history)
     workload = [op for op in ops if op.process != FINAL]
@@ -404,6 +427,8 @@ def check_run(
         check_final_clones(repo, reference, [op for op in finals if op.repo == repo], writes, findings)
         if service_logs is not None:
             check_service_log(repo, reference, service_logs.get(repo, []), findings)
+    if authorship is not None:
+        check_authorship(stores, authorship, findings)
     for result in verify_results or []:
         if result["exit_code"] != 0:
             findings.verify.append(f"{' '.join(result['command'])} exited {result['exit_code']}: {result['output']}")

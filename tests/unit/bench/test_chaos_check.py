@@ -308,3 +308,57 @@ def test_latency_is_split_by_whether_an_operation_overlapped_a_fault():
     assert summary["latency_ok_outside_faults"]["pull"]["n"] == 2
     assert summary["latency_ok_during_faults"]["pull"]["n"] == 1
     assert summary["latency_ok_outside_faults"]["pull"]["p99_ms"] == pytest.approx(300)
+
+
+def test_a_version_whose_proof_of_authorship_fails_is_caught_on_its_replica():
+    h, stores = clean_run()
+    stores["2"]["r"]["versions"][1]["forged"] = True
+
+    def proof(row: dict) -> str | None:
+        return "the signature does not check against the key it names" if row.get("forged") else None
+
+    verify = [{"command": ["verify"], "exit_code": 0, "output": ""}]
+    findings = check_run(h.entries, stores, service_log(stores), verify, proof)
+    assert findings.authorship == ["replica 2 r v2 by chaos: the signature does not check against the key it names"]
+    assert not findings.ok and findings.counts()["authorship"] == 1
+    assert "proof of authorship checked on 9 version rows" in findings.notes
+    assert check_run(h.entries, stores, service_log(stores), verify, lambda row: None).ok
+
+
+def test_the_chaos_run_s_authorship_check_holds_for_a_signed_write_and_not_for_a_changed_one(tmp_path: Path):
+    """chaos.authorship on store rows: a write signed by its author and attested by
+    the service's key holds; the same row with another message, or by another
+    author, or attested by another key, does not."""
+    import dataclasses
+
+    import chaos
+
+    from minigit import identity
+    from minigit import protocol as p
+    from minigit.client.exchange import Credentials, make_request, sign_request
+    from minigit_server import access
+    from minigit_server.server_key import load_or_create_server_key
+
+    namespace = "chaos1-"
+    server_key, _ = load_or_create_server_key(tmp_path)
+    author = Credentials("chaos-w1", identity.generate_private_key())
+    request = make_request(p.PushRequest, author.user, 0, 15.0, repo="chaos1", base=1, tree="a" * 64, message="w1-1")
+    request = sign_request(author, request, [], namespace)
+
+    def signed_row(attested_by=server_key, **changes) -> dict:
+        signed = p.SignedWrite(
+            request=request.to_bytes().decode(),
+            key=author.public_key,
+            attestation=access.attest(attested_by, namespace, request, author.public_key),
+        )
+        return {**row(2, "w1-1", {}), "author": "chaos-w1", "signed": signed.to_text(), **changes}
+
+    check = chaos.authorship(tmp_path, namespace)
+    assert check(signed_row()) is None
+    assert check(signed_row(message="w1-2")) == "the signed request does not say what the version says"
+    assert check(signed_row(author="chaos-w2")) == "the signed request does not say what the version says"
+    assert check(signed_row(attested_by=identity.generate_private_key())) is not None
+    assert check(signed_row(signed=None)) == "no signature"
+    assert check(signed_row(signed="{not json")).startswith("its signed write does not parse")
+    other = dataclasses.replace(request, tree="b" * 64)
+    assert check(signed_row(signed=p.SignedWrite(request=other.to_bytes().decode(), key=author.public_key).to_text()))
