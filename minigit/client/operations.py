@@ -164,7 +164,8 @@ def ask(
     if response.reply.status == Status.UNKNOWN_USER and not isinstance(request, p.RegisterRequest):
         response.close()
         register_user(connection)
-        request = connection.new_request(type(request), **request_fields(request))
+        # the same request, same id: a copy of it still on its way (a hedge), applied once the
+        # user is registered, and this sending are then one request, with one outcome
         response = connection.call(request, uploads, observer)
     try:
         check_answer(request, response)
@@ -173,12 +174,6 @@ def ask(
         response.close()
         raise
     return response
-
-
-def request_fields(request: p.Request) -> dict:
-    """What a request asks, without who sent it and how to answer (for a new one)."""
-    envelope = {f.name for f in dataclasses.fields(p.Request)} - {"repo"}
-    return {f.name: getattr(request, f.name) for f in dataclasses.fields(request) if f.name not in envelope}
 
 
 def register_user(connection: Link) -> p.Reply:

@@ -114,7 +114,7 @@ def check_permission(user: str, action: str, repo_name: str, repo: RepoAccess | 
     if _RANK[has] >= _RANK[needed]:
         return None
     if has == Access.NONE and repo.visibility == Visibility.PRIVATE:
-        # a private repository's existence is not told to those who may not read it
+        # no owner named to those who may not read it (its existence shows: names are global)
         return Refusal(
             Status.DENIED,
             f"permission denied: {user} may not {_ACTION_WORDS.get(action, action)} {repo_name} (private)",

@@ -297,10 +297,19 @@ def test_an_unsigned_request_is_refused_and_nothing_is_proposed(u: Client) -> No
     assert (handled.status, reply.status) == (p.Status.UNAUTHENTICATED, p.Status.UNAUTHENTICATED)
     assert reply.message.startswith("the request is not signed")
     assert proposals(u.service, "r") == [] and u.service.store.get_repo("r") is None
-    for cls in (p.PingRequest, p.PullRequest, p.LogRequest):
+    for cls in (p.PullRequest, p.LogRequest):
         request = u.request(cls, "r", signed_ms=NOW_MS)
         u.send(request, sign=False)
         assert u.answer(request.request_id).status == p.Status.UNAUTHENTICATED
+
+
+def test_a_ping_is_answered_whoever_asks_and_tells_only_who_serves(u: Client) -> None:
+    """minigit-server ping is the operator's probe: it holds no user key."""
+    request = u.request(p.PingRequest, "r")  # unsigned, signed_ms 0
+    handled = u.send(request, sign=False)
+    reply = u.answer(request.request_id)
+    assert handled.status == reply.status == p.Status.OK
+    assert reply.message.startswith("replica 7 serves r (log partition")
 
 
 def test_a_user_with_no_registered_key_is_unknown(service: Service) -> None:
@@ -310,7 +319,7 @@ def test_a_user_with_no_registered_key_is_unknown(service: Service) -> None:
     assert reply.status == p.Status.UNKNOWN_USER
     assert "unknown user carol" in reply.message and "minigit auth register" in reply.message
     assert proposals(service, "r") == [] and service.store.get_repo("r") is None
-    assert carol.call(p.PingRequest, "r").status == p.Status.UNKNOWN_USER
+    assert carol.call(p.LogRequest, "r").status == p.Status.UNKNOWN_USER
 
 
 def test_a_request_signed_by_one_user_naming_another_is_refused(service: Service) -> None:
@@ -329,7 +338,7 @@ def test_a_request_signed_by_one_user_naming_another_is_refused(service: Service
 
 def test_a_signature_covers_the_namespace_and_the_chunks(u: Client) -> None:
     service = u.service
-    elsewhere = u.request(p.PingRequest, "r")
+    elsewhere = u.request(p.LogRequest, "r")
     u.send(elsewhere, namespace="other-ns")  # signed for another service
     assert u.answer(elsewhere.request_id).status == p.Status.UNAUTHENTICATED
 
@@ -535,7 +544,7 @@ def test_a_user_registered_through_the_log_is_known_to_every_request() -> None:
     dave = Client(service, "dave", key=key)
     create(dave, "r", {"a": b"a"})
     assert service.store.get_repo("r").owner == "dave"
-    assert Client(service, "dave").call(p.PingRequest, "r").status == p.Status.UNAUTHENTICATED  # another key
+    assert Client(service, "dave").call(p.LogRequest, "r").status == p.Status.UNAUTHENTICATED  # another key
 
 
 def test_registration_closed_is_denied() -> None:
@@ -553,7 +562,7 @@ def test_a_rotated_key_replaces_the_old_one(service: Service) -> None:
     reply = alice.call(p.RotateRequest, "alice", new_key=key_text(new_key))
     assert reply.status == p.Status.ACCEPTED
     assert service.store.get_account("alice").key == key_text(new_key)
-    assert alice.call(p.PingRequest, "r").status == p.Status.UNAUTHENTICATED  # the old key
+    assert alice.call(p.LogRequest, "r").status == p.Status.UNAUTHENTICATED  # the old key
     renewed = Client(service, "alice", key=new_key)
     create(renewed, "r", {"a": b"a"})
     # another user cannot rotate alice's key
@@ -579,7 +588,7 @@ def test_a_user_removed_by_an_operator_is_refused_and_the_name_stays_taken(servi
 
 def test_a_request_changed_after_it_was_signed_is_refused(service: Service) -> None:
     """Signatures are checked over the request's fields as they arrived."""
-    request = signed(Client(service, "u").request(p.PingRequest, "r"))
+    request = signed(Client(service, "u").request(p.LogRequest, "r"))
     doc = json.loads(request.to_bytes())
     doc["timeout_ms"] += 1  # any change after signing
     service.handle(NOW_MS, json.dumps(doc).encode())
