@@ -27,6 +27,7 @@ from minigit import protocol as p
 from minigit.config import DEFAULT_LOGS, KafkaSettings, LogSettings
 from minigit.errors import MinigitError, ServerUnreachable
 from minigit.kafka_clients import INFRASTRUCTURE_ERRORS
+from minigit_server import health
 from minigit_server.apply import LogRecord, StoreDamaged, apply_records
 from minigit_server.bus import Bus, RequestConsumer, RequestRecord
 from minigit_server.logs import formatter_for, log_handlers
@@ -66,6 +67,10 @@ def scrub_request_is_fresh(request: p.ScrubRequest, answered: str | None, now_ms
     the last hour by the sender's clock, and not from the future."""
     age_ms = now_ms - request.requested_ms
     return request.request != answered and -SCRUB_REQUEST_SKEW_MS <= age_ms < SCRUB_REQUEST_TTL_MS
+
+
+class ServiceKeyMismatch(MinigitError):
+    """A replica whose service key is not the one the other replicas use."""
 
 
 def scrub_rate_from_env(environ: dict[str, str] = os.environ) -> float:
@@ -185,6 +190,7 @@ class Replica:
         self.scrub_rate = scrub_rate_from_env()
         self.last_scrub: p.ScrubReport | None = None
         self._check_partition_counts()
+        self._check_service_key()
 
     def _check_partition_counts(self) -> None:
         topics = self.bus.topics
@@ -192,6 +198,21 @@ class Replica:
         if requests != log_partitions:
             raise RuntimeError(
                 f"{topics.requests} has {requests} partitions but {topics.log} has {log_partitions}: they must match"
+            )
+
+    def _check_service_key(self) -> None:
+        """Refuse to join replicas that check the log with another service key: this
+        one would skip every write they apply (their proofs are attested with theirs),
+        and diverge for good. A replica started alone on a new host creates a key of
+        its own when none was copied there; this is where that is caught."""
+        live = health.live_beats(self.bus.read_heartbeats(settle_s=0.2), int(time.time() * 1000), HEARTBEAT_INTERVAL_S)
+        check = health.check_server_keys([beat for beat in live if beat.replica != self.replica_id])
+        mine = health.key_fingerprint(self.server.public_key)
+        if check.majority is not None and check.majority != mine:
+            raise ServiceKeyMismatch(
+                f"this replica's service key {mine} is not the one the running replicas use ({check.majority})",
+                hint="copy the service's key file (DATA_DIR/keys/server.key of a running replica, mode 0600) "
+                "here, or pass it with --server-key",
             )
 
     def run(self) -> None:

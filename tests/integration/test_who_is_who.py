@@ -8,12 +8,14 @@ import base64
 import dataclasses
 import shutil
 import signal
+import subprocess
 import threading
 import time
 import uuid
 from pathlib import Path
 
 import pytest
+from conftest import wait_until
 from kafka import KafkaConsumer, KafkaProducer, TopicPartition
 
 from minigit import identity, sealing
@@ -23,6 +25,7 @@ from minigit.client.exchange import Credentials
 from minigit.client.transport import Connection
 from minigit.errors import ExitCode, NotAuthenticated, PermissionDenied, ServerKeyChanged
 from minigit_server.replica import store_path
+from minigit_server.supervisor import replica_command
 
 pytestmark = pytest.mark.integration
 
@@ -259,3 +262,19 @@ def test_a_rotated_key_and_the_permissions_hold_on_every_replica_and_a_rebuilt_o
     store.close()
     with pytest.raises(PermissionDenied):  # ben writes, but may not share
         operations.share_repository(root, service.options("ben"), "lab", "mallory", p.Access.ADMIN)
+
+
+def test_a_replica_with_another_service_key_refuses_to_join(service, tmp_path: Path) -> None:
+    """A replica started on a new host without the service's key file would make a
+    key of its own and skip every write the others apply: it stops at once instead."""
+
+    def reporting_a_key() -> bool:
+        return len([beat for beat in service.bus.read_heartbeats() if beat.server_key]) == 3
+
+    wait_until(reporting_a_key, 30, message="three replicas reporting their service key")
+    options = ["--data-dir", str(tmp_path / "elsewhere"), "--bootstrap", service.bootstrap]
+    command = replica_command("4", [*options, "--namespace", service.namespace])
+    done = subprocess.run(command, capture_output=True, text=True, timeout=120)
+    assert done.returncode != 0
+    assert "is not the one the running replicas use" in done.stderr, done.stderr
+    assert "--server-key" in done.stderr and "Traceback" not in done.stderr
