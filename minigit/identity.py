@@ -39,8 +39,8 @@ SIGNING_DOMAIN = b"minigit-request-v1\n"
 ATTESTATION_DOMAIN = b"minigit-attestation-v1\n"
 OPERATOR_DOMAIN = b"minigit-operator-v1\n"
 
-# Fields a request carries about its signature rather than as its content: the
-# wiring step adds them to ``Request``; they cannot sign themselves.
+# Fields a request carries about its signature rather than as its content: a
+# signature cannot sign itself.
 UNSIGNED_FIELDS = frozenset({"signature"})
 
 PUBLIC_KEY_PREFIX = "ed25519:"
