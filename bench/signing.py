@@ -190,6 +190,7 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=30)
     args = parser.parse_args()
     root = Path(tempfile.mkdtemp(prefix="minigit-signing-"))
+    bench.use_own_config_dir(root)  # the bench user's key and the pinned service key: not ~/.config/minigit
     parts = crypto_costs()
     with local_kafka(args.bootstrap, root / "kafka") as bootstrap:
         measured = latency(bootstrap, root, args.rounds)
