@@ -117,7 +117,9 @@ class Service:
             operations.register_account(self.data_dir, self.options(user))
 
     def share(self, repo: str, *members: str, level: p.Access = p.Access.WRITE, owner: str = "tester") -> None:
-        """The owner gives each member ``level`` access to ``repo`` (repositories are private)."""
+        """The owner gives each member ``level`` access to ``repo`` (repositories are private).
+        The members are registered first: access is shared only with a name someone holds."""
+        self.register(*members)
         for member in members:
             reply = operations.share_repository(self.data_dir, self.options(owner), repo, member, level)
             assert reply.status in (p.Status.ACCEPTED, p.Status.UP_TO_DATE), reply

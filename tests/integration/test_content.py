@@ -76,9 +76,6 @@ def test_100_mib_file_with_default_broker_limits(service, tmp_path: Path) -> Non
     a.mkdir()
     big = os.urandom(100 * 1024 * 1024)  # incompressible: the worst case
     (a / "big.bin").write_bytes(big)
-    # Registered before: a first command that uploads 100 MiB is answered "unknown user"
-    # while its hedge is on the way, and that copy creates the repository (test_first_use).
-    service.register("tester")
     started = time.monotonic()
     operations.init_repository(a, "huge", service.options(timeout=120))
     pushed = time.monotonic()
