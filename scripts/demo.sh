@@ -57,8 +57,8 @@ minigit-server kafka start --port "$port" --controller-port "$controller_port" -
 say "Start the replicated server: 3 replica processes (log: $demo/server.out)"
 minigit-server start --replicas 3 --data-dir "$demo/server" >"$demo/server.out" 2>&1 &
 server_pid=$!
-for attempt in $(seq 60); do  # until the server has created its topics and a replica reports up
-    minigit-server status >/dev/null 2>&1 && break
+for attempt in $(seq 60); do  # until the server has created its topics and answers
+    minigit-server ping --repo LaboratorioDistribuidos --timeout 30 2>/dev/null && break
     [ "$attempt" -lt 60 ] || { cat "$demo/server.out"; exit 1; }
     sleep 1
 done
