@@ -80,7 +80,7 @@ def test_malformed_requests_get_error_replies_and_the_replica_keeps_serving(serv
     }
     # Well formed, from a registered user, but unsigned, or with a signature that is not
     # one: refused, not served.
-    service.ping("r")  # registers tester
+    service.register("tester")
     now_ms = int(time.time() * 1000)
     unsigned = {
         "unsigned": request(action="pull", repo="r", user="tester", version=0, signed_ms=now_ms),

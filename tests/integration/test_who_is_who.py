@@ -260,6 +260,7 @@ def test_a_rotated_key_and_the_permissions_hold_on_every_replica_and_a_rebuilt_o
     assert {a.name: a.key for a in store.list_accounts()} == {a.name: a.key for a in service.store("1").list_accounts()}
     assert store.get_members("lab") == {"ana": "admin", "ben": "write"}
     store.close()
+    service.register("mallory")  # a name someone holds: what refuses the share is ben's access
     with pytest.raises(PermissionDenied):  # ben writes, but may not share
         operations.share_repository(root, service.options("ben"), "lab", "mallory", p.Access.ADMIN)
 
