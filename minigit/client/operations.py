@@ -162,11 +162,15 @@ def ask(
     and asks again; a refusal raises (exit code 6)."""
     response = connection.call(request, uploads, observer)
     if response.reply.status == Status.UNKNOWN_USER and not isinstance(request, p.RegisterRequest):
-        response.close()
         register_user(connection)
-        # the same request, same id: a copy of it still on its way (a hedge), applied once the
-        # user is registered, and this sending are then one request, with one outcome
-        response = connection.call(request, uploads, observer)
+        # The same request, same id: a copy of it still on its way (a hedge), applied once the
+        # user is registered, and this sending are one request, with one outcome. A late
+        # "unknown user" answer to an earlier sending may still come first: ask again.
+        for _ in range(UNKNOWN_USER_RETRIES):
+            response.close()
+            response = connection.call(request, uploads, observer)
+            if response.reply.status != Status.UNKNOWN_USER:
+                break
     try:
         check_answer(request, response)
         raise_refusal(response.reply)
@@ -174,6 +178,11 @@ def ask(
         response.close()
         raise
     return response
+
+
+# How often a request is sent again after its user registered, while answers to its
+# sendings from before still say "unknown user".
+UNKNOWN_USER_RETRIES = 3
 
 
 def register_user(connection: Link) -> p.Reply:

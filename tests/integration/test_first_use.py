@@ -133,14 +133,6 @@ def unknown_user_answer(value: bytes) -> p.Reply | None:
     return message if is_it else None
 
 
-@pytest.mark.xfail(
-    strict=True,
-    raises=NotAuthenticated,
-    reason="production bug (issue 9, since 00b09b2): after registering, the client sends the same request "
-    "(same id) again, and takes a late 'unknown user' answer to an earlier sending of it (a hedge that raced "
-    "the registration) as the answer: the command fails with exit code 6 right after registering "
-    "(seen in test_who_is_who::test_a_replayed_push_changes_nothing_and_a_stale_one_is_refused)",
-)
 def test_a_late_unknown_user_answer_to_an_earlier_sending_does_not_fail_the_command(service, tmp_path: Path) -> None:
     work = tmp_path / "work"
     work.mkdir()
