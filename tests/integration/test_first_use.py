@@ -21,7 +21,7 @@ from minigit.client import operations
 from minigit.client.exchange import Credentials, Observer, Response
 from minigit.client.transport import Connection
 from minigit.config import KafkaSettings
-from minigit.errors import MinigitError, NotAuthenticated
+from minigit.errors import MinigitError
 
 pytestmark = pytest.mark.integration
 
