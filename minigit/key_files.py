@@ -42,9 +42,14 @@ def load_key_file(path: Path, elsewhere: str) -> Ed25519PrivateKey | None:
         if path.is_symlink():
             raise UnsafeKeyFile(str(path), "it is a symbolic link", hint="put the key file itself there") from None
         raise UnsafeKeyFile(str(path), f"cannot open it ({error.strerror})", hint="check its permissions") from None
-    with os.fdopen(fd, "rb") as file:
-        # checked on the open file: the name could be switched to another file after a check by name
+    try:
+        # checked on the open descriptor, before anything wraps it (a directory cannot be
+        # read as a file): the name could be switched to another file after a check by name
         check_key_file(path, os.fstat(fd))
+    except BaseException:
+        os.close(fd)
+        raise
+    with os.fdopen(fd, "rb") as file:
         data = file.read(identity.MAX_PRIVATE_KEY_FILE_BYTES + 1)
     return identity.load_private_key_pem(data, f"key file {path}")
 

@@ -336,10 +336,14 @@ class ReplyCollector:
         try:
             message = p.parse_message(value, allowed=p.REPLY_TYPES)
         except MinigitError as error:
-            if p.peek_request_id(value) == self.request_id:
-                self.abandon()
-                raise ProtocolError(f"the service sent a malformed answer: {error.message}") from None
-            return False  # someone else's garbage is not our answer
+            if p.peek_request_id(value) != self.request_id:
+                return False  # someone else's garbage is not our answer
+            if self.guard is not None:
+                # unsigned, since unreadable: anyone who may write the topic could have sent it
+                self.broken.append(f"an unreadable record came ({error.message})")
+                return False
+            self.abandon()
+            raise ProtocolError(f"the service sent a malformed answer: {error.message}") from None
         if message.request_id != self.request_id:
             return False
         if self.guard is not None and (message := self._guarded(message)) is None:
@@ -377,7 +381,7 @@ class ReplyCollector:
             self.broken.append(error.message)
             return None
         if isinstance(message, p.Reply) and (problem := self.guard.check(message)) is not None:
-            log.warning("ignoring a reply: %s", problem)
+            log.info("ignoring a reply: %s", problem)  # said once, at the end, if nothing else came
             self.broken.append(problem)
             return None
         return message

@@ -177,7 +177,9 @@ def decide_register(account: access.Account | None, key: str) -> Outcome:
         return Outcome(Status.DENIED, None, message=f"the name {account.name} was removed by an operator")
     if account.key == key:
         return Outcome(Status.UP_TO_DATE, None, message="already registered with this key")
-    return Outcome(Status.DENIED, None, message=f"the name {account.name} is taken by another key")
+    return Outcome(
+        Status.DENIED, None, message=f"the name {account.name} is taken by another key; choose another with --user"
+    )
 
 
 def decide_rotate(account: access.Account | None, new_key: str) -> Outcome:
@@ -197,6 +199,8 @@ def decide_admin(account: access.Account | None, op: p.AdminOp, key: str) -> Out
         if account is not None and not account.removed and account.key == key:
             return Outcome(Status.UP_TO_DATE, None, message="already registered with this key")
         return Outcome(Status.ACCEPTED, None, message="registered" if account is None else "key replaced")
-    if account is None or account.removed:
+    if account is None:
         return Outcome(Status.NOT_FOUND, None, message="no such user")
+    if account.removed:
+        return Outcome(Status.UP_TO_DATE, None, message="already removed")
     return Outcome(Status.ACCEPTED, None, message="removed")

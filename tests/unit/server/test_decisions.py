@@ -410,7 +410,7 @@ def test_register_decisions():
     assert decisions.decide_register(None, KEY) == Outcome(p.Status.ACCEPTED, None, None, "registered")
     assert decisions.decide_register(Account("a", KEY), KEY).status == p.Status.UP_TO_DATE
     assert decisions.decide_register(Account("a", KEY), KEY2) == Outcome(
-        p.Status.DENIED, None, None, "the name a is taken by another key"
+        p.Status.DENIED, None, None, "the name a is taken by another key; choose another with --user"
     )
     removed = Account("a", "", removed=True)
     assert decisions.decide_register(removed, KEY) == Outcome(
@@ -433,7 +433,9 @@ def test_operator_decisions():
     assert decisions.decide_admin(Account("a", "", removed=True), add, KEY).status == p.Status.ACCEPTED
     assert decisions.decide_admin(Account("a", KEY), remove, "") == Outcome(p.Status.ACCEPTED, None, None, "removed")
     assert decisions.decide_admin(None, remove, "").status == p.Status.NOT_FOUND
-    assert decisions.decide_admin(Account("a", "", removed=True), remove, "").status == p.Status.NOT_FOUND
+    assert decisions.decide_admin(Account("a", "", removed=True), remove, "") == Outcome(
+        p.Status.UP_TO_DATE, None, None, "already removed"
+    )
 
 
 LEVELS = [p.Access.NONE, p.Access.READ, p.Access.WRITE, p.Access.ADMIN]
