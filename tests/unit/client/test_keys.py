@@ -189,6 +189,14 @@ def test_a_keys_directory_that_is_a_symbolic_link_is_refused(tmp_path):
         keys.load_key(tmp_path, "alice")
 
 
+def test_a_directory_in_the_key_file_s_place_is_refused_in_one_line(tmp_path):
+    """It used to end in a traceback (IsADirectoryError) before the check could say so."""
+    (tmp_path / "keys").mkdir(mode=0o700)
+    keys.key_path(tmp_path, "bob").mkdir(mode=0o700)
+    with pytest.raises(UnsafeKeyFile, match="it is not a regular file"):
+        keys.load_key(tmp_path, "bob")
+
+
 def test_a_fifo_is_refused_without_blocking(tmp_path):
     (tmp_path / "keys").mkdir(mode=0o700)
     os.mkfifo(tmp_path / "keys" / "alice.key", 0o600)
