@@ -115,15 +115,34 @@ def apply_proposal(
 
 
 def apply_chunk(store: Store, partition: int, chunk: p.Chunk) -> None:
-    if store.blob_size(partition, chunk.sha) is not None:
-        return
+    """Store a piece (the first copy of each), complete its blob when the last one
+    is in, and prove that an upload to the chunk's repository carried it: a tree
+    may name only content uploaded to its own repository (``check_tree``), never
+    content it merely guessed the hash of from another repository's."""
     try:
         piece = chunk.piece()
     except MinigitError:
         return
-    store.put_chunk(partition, chunk.sha, piece)
-    if store.count_present_chunks(partition, chunk.sha, chunk.count) == chunk.count:
+    complete = store.blob_size(partition, chunk.sha) is not None
+    if not complete:
+        store.put_chunk(partition, chunk.sha, piece)
+    if carries_stored_piece(store, partition, chunk.sha, piece):
+        store.prove_piece(partition, chunk.repo, chunk.sha, piece.index)
+    if not complete and store.count_present_chunks(partition, chunk.sha, chunk.count) == chunk.count:
         complete_blob(store, partition, chunk.sha, chunk.count)
+
+
+def carries_stored_piece(store: Store, partition: int, sha: str, piece: codec.Piece) -> bool:
+    """Whether ``piece`` holds the bytes stored for its place (however encoded)."""
+    stored = store.get_chunk(partition, sha, piece.index)
+    if stored is None:
+        return False
+    if (stored.encoding, stored.payload) == (piece.encoding, piece.payload):
+        return True
+    try:
+        return codec.decode_piece(stored) == codec.decode_piece(piece)
+    except MinigitError:
+        return False
 
 
 def complete_blob(store: Store, partition: int, sha: str, count: int) -> None:
@@ -154,11 +173,19 @@ class StoreDamaged(Exception):
         self.partition, self.sha, self.problem = partition, sha, problem
 
 
-def check_tree(store: Store, partition: int, tree: str) -> tuple[Status, str] | None:
+def check_tree(store: Store, partition: int, tree: str, repo: str) -> tuple[Status, str] | None:
+    """Why ``tree`` cannot be ``repo``'s next version. Only blobs uploaded to
+    ``repo`` count: content stored for another repository of the partition stays
+    theirs (else a tree naming a guessed hash would confirm it, and read it)."""
+
+    def uploaded_size(sha: str) -> int | None:
+        size = recovered_blob_size(store, partition, sha)
+        if size is None or store.count_proven(partition, repo, sha) < store.blob_chunk_count(partition, sha):
+            return None
+        return size
+
     return decisions.find_tree_problem(
-        recovered_blob_size(store, partition, tree),
-        lambda: read_sound_blob(store, partition, tree),
-        lambda sha: recovered_blob_size(store, partition, sha),
+        uploaded_size(tree), lambda: read_sound_blob(store, partition, tree), uploaded_size
     )
 
 
@@ -220,7 +247,9 @@ def permission_refused(store: Store, proposal: p.Proposal, repo: RepoState | Non
 
 def apply_create(store: Store, proposal: p.CreateProposal, record: LogRecord) -> decisions.Outcome:
     repo = store.get_repo(proposal.repo)
-    outcome = decisions.decide_create(repo.head if repo else None, check_tree(store, record.partition, proposal.tree))
+    outcome = decisions.decide_create(
+        repo.head if repo else None, check_tree(store, record.partition, proposal.tree, proposal.repo)
+    )
     if outcome.status == Status.ACCEPTED:
         created = RepoState(proposal.repo, 1, record.partition, record.offset, proposal.user, proposal.visibility)
         store.put_repo(created)
@@ -233,7 +262,11 @@ def apply_push(store: Store, proposal: p.PushProposal, record: LogRecord) -> dec
     if (refused := permission_refused(store, proposal, repo)) is not None:
         return refused
     head_info = store.get_version(repo.name, repo.head) if repo else None
-    problem = check_tree(store, record.partition, proposal.tree) if repo and proposal.base == repo.head else None
+    problem = (
+        check_tree(store, record.partition, proposal.tree, proposal.repo)
+        if repo and proposal.base == repo.head
+        else None
+    )
     outcome = decisions.decide_push(
         repo.head if repo else None,
         head_info.tree if head_info else None,

@@ -95,7 +95,19 @@ class Store(abc.ABC):
         """Chunks 0..count-1 present for ``sha``, in order (complete or not)."""
 
     @abc.abstractmethod
-    def delete_chunks(self, partition: int, sha: str) -> None: ...
+    def get_chunk(self, partition: int, sha: str, index: int) -> Piece | None: ...
+
+    @abc.abstractmethod
+    def delete_chunks(self, partition: int, sha: str) -> None:
+        """Drop a blob's pieces, and every proof that a repository uploaded them."""
+
+    @abc.abstractmethod
+    def prove_piece(self, partition: int, repo: str, sha: str, index: int) -> None:
+        """Record that an upload to ``repo`` carried piece ``index`` of ``sha`` itself."""
+
+    @abc.abstractmethod
+    def count_proven(self, partition: int, repo: str, sha: str) -> int:
+        """How many distinct pieces of ``sha`` uploads to ``repo`` carried."""
 
     @abc.abstractmethod
     def put_blob(self, partition: int, sha: str, size: int, count: int) -> None: ...
@@ -240,6 +252,7 @@ class MemoryStore(Store):
         self.damage: dict[tuple[int, str], DamageRecord] = {}
         self.members: dict[str, dict[str, str]] = {}
         self.accounts: dict[str, Account] = {}
+        self.proofs: set[tuple[int, str, str, int]] = set()  # (partition, repo, sha, index)
 
     @contextlib.contextmanager
     def transaction(self) -> Iterator[None]:
@@ -274,8 +287,18 @@ class MemoryStore(Store):
         pieces = self.chunks.get((partition, sha), {})
         yield from (pieces[i] for i in sorted(pieces) if i < count)
 
+    def get_chunk(self, partition: int, sha: str, index: int) -> Piece | None:
+        return self.chunks.get((partition, sha), {}).get(index)
+
     def delete_chunks(self, partition: int, sha: str) -> None:
         self.chunks.pop((partition, sha), None)
+        self.proofs = {proof for proof in self.proofs if proof[:1] + proof[2:3] != (partition, sha)}
+
+    def prove_piece(self, partition: int, repo: str, sha: str, index: int) -> None:
+        self.proofs.add((partition, repo, sha, index))
+
+    def count_proven(self, partition: int, repo: str, sha: str) -> int:
+        return sum(1 for proof in self.proofs if proof[:3] == (partition, repo, sha))
 
     def put_blob(self, partition: int, sha: str, size: int, count: int) -> None:
         self.blobs[(partition, sha)] = (size, count)
@@ -364,6 +387,9 @@ CREATE TABLE IF NOT EXISTS versions (
     PRIMARY KEY (repo, version));
 CREATE TABLE IF NOT EXISTS members (
     repo TEXT NOT NULL, user TEXT NOT NULL, level TEXT NOT NULL, PRIMARY KEY (repo, user));
+CREATE TABLE IF NOT EXISTS piece_proofs (
+    partition INTEGER NOT NULL, repo TEXT NOT NULL, sha TEXT NOT NULL, idx INTEGER NOT NULL,
+    PRIMARY KEY (partition, repo, sha, idx)) WITHOUT ROWID;
 CREATE TABLE IF NOT EXISTS accounts (
     name TEXT PRIMARY KEY, key TEXT NOT NULL, removed INTEGER NOT NULL, since INTEGER NOT NULL);
 CREATE TABLE IF NOT EXISTS outcomes (
@@ -498,8 +524,21 @@ class SqliteStore(Store):
             if row:
                 yield Piece(index, row[0], bytes(row[1]))
 
+    def get_chunk(self, partition: int, sha: str, index: int) -> Piece | None:
+        query = "SELECT encoding, payload FROM chunks WHERE partition = ? AND sha = ? AND idx = ?"
+        row = self._db().execute(query, (partition, sha, index)).fetchone()
+        return Piece(index, row[0], bytes(row[1])) if row else None
+
     def delete_chunks(self, partition: int, sha: str) -> None:
         self._db().execute("DELETE FROM chunks WHERE partition = ? AND sha = ?", (partition, sha))
+        self._db().execute("DELETE FROM piece_proofs WHERE partition = ? AND sha = ?", (partition, sha))
+
+    def prove_piece(self, partition: int, repo: str, sha: str, index: int) -> None:
+        self._db().execute("INSERT OR IGNORE INTO piece_proofs VALUES (?, ?, ?, ?)", (partition, repo, sha, index))
+
+    def count_proven(self, partition: int, repo: str, sha: str) -> int:
+        query = "SELECT COUNT(*) FROM piece_proofs WHERE partition = ? AND repo = ? AND sha = ?"
+        return self._db().execute(query, (partition, repo, sha)).fetchone()[0]
 
     def put_blob(self, partition: int, sha: str, size: int, count: int) -> None:
         self._db().execute("INSERT OR IGNORE INTO blobs VALUES (?, ?, ?, ?)", (partition, sha, size, count))

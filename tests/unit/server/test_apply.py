@@ -396,6 +396,7 @@ def test_tree_with_unsafe_path_is_invalid(store, path):
     log = Log()
     blob = log.blob(b"x")
     evil = log.raw_tree(_evil_tree(path, blob))
+    log.blob(b"x", "other"), log.raw_tree(_evil_tree(path, blob), "other")  # uploaded to "other" too
     bad_create = log.create(evil, repo="other")
     log.create(log.tree({"ok": b"x"}))
     bad_push = log.push(1, evil)
@@ -1512,3 +1513,26 @@ def test_an_operator_s_change_outside_the_name_s_partition_changes_nothing(pair)
         apply_records(store, away.records, 2)
         assert store.get_outcome(1, p.parse_message(record.value).request_id) is None
         assert store.list_accounts() == []
+
+
+def test_a_tree_may_name_only_content_uploaded_to_its_own_repository(store):
+    """Stored content is shared by the repositories of a log partition; a tree that
+    names a blob by its hash alone, uploaded only to another repository, is missing
+    objects: else guessing a hash would confirm it (and then read another's private
+    content). Uploading the content itself, even once it is stored, is what counts;
+    a chunk that only claims the hash is not."""
+    log = Log()
+    secret = b"the answer to the exam is 42"
+    log.create(log.tree({"secret.txt": secret}))  # alice's repository
+    guess = log.raw_tree(p.encode_tree({"guess.txt": p.FileEntry(p.hash_bytes(secret), len(secret))}), "bobs")
+    oracle = log.create(guess, repo="bobs")
+    (liar,) = log.chunks(b"not it", sha=p.hash_bytes(secret), repo="bobs")  # claims the hash, not the bytes
+    log.add(liar.to_bytes())
+    still = log.create(guess, repo="bobs")
+    apply_records(store, log.records, PARTITIONS)
+    assert outcome(store, oracle).status == outcome(store, still).status == p.Status.MISSING_OBJECTS
+    assert store.get_repo("bobs") is None
+    log.blob(secret, "bobs")  # bob has the content itself: it counts, stored once
+    known = log.create(guess, repo="bobs")
+    apply_records(store, log.records, PARTITIONS)
+    assert outcome(store, known).status == p.Status.ACCEPTED
