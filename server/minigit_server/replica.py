@@ -170,7 +170,9 @@ class Replica:
         self.log = logging.getLogger("minigit.replica")
         self.store = open_store(store_path(data_dir, replica_id), self.log)
         self.bus = Bus(settings, client_id=f"minigit-replica-{replica_id}")
-        self.applied = AppliedOffsets(self.store.applied_offsets())
+        self.stop = threading.Event()
+        # a handler waiting for the apply loop gives up when the replica stops
+        self.applied = AppliedOffsets(self.store.applied_offsets(), self.stop)
         key, _ = load_or_create_server_key(Path(data_dir), server_key_path)
         self.server = ServerIdentity(settings.namespace, key)
         self.service = Service(
@@ -182,7 +184,6 @@ class Replica:
             max_push_bytes=max_push_bytes,
             registration_open=registration_open,
         )
-        self.stop = threading.Event()
         self.failure: BaseException | None = None
         self.serving: list[int] = []
         self.kafka_failing: set[str] = set()  # the loops whose last poll failed

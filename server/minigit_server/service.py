@@ -44,9 +44,13 @@ class AppliedOffsets:
     """The next log offset this replica will apply, per partition; request
     handlers wait on it (the read barrier, and "answer after apply")."""
 
-    def __init__(self, initial: dict[int, int]) -> None:
+    # How often a waiting handler looks at ``stopping``.
+    STOP_CHECK_S = 0.5
+
+    def __init__(self, initial: dict[int, int], stopping: threading.Event | None = None) -> None:
         self._offsets = dict(initial)
         self._changed = threading.Condition()
+        self._stopping = stopping or threading.Event()
 
     def advance(self, offsets: dict[int, int]) -> None:
         with self._changed:
@@ -56,8 +60,16 @@ class AppliedOffsets:
             self._changed.notify_all()
 
     def wait_for(self, partition: int, offset: int, timeout: float) -> bool:
+        """Whether ``offset`` is applied within ``timeout``; False at once when the
+        replica stops (its apply loop is gone: nothing would come)."""
+        deadline = time.monotonic() + timeout
         with self._changed:
-            return self._changed.wait_for(lambda: self._offsets.get(partition, 0) >= offset, timeout)
+            while not (done := self._offsets.get(partition, 0) >= offset):
+                remaining = deadline - time.monotonic()
+                if remaining <= 0 or self._stopping.is_set():
+                    return False
+                self._changed.wait(min(remaining, self.STOP_CHECK_S))
+            return done
 
     def snapshot(self) -> dict[int, int]:
         with self._changed:

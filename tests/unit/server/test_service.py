@@ -13,6 +13,8 @@ import base64
 import dataclasses
 import json
 import os
+import threading
+import time
 import uuid
 
 import pytest
@@ -33,7 +35,7 @@ from minigit import codec, identity, sealing
 from minigit import protocol as p
 from minigit.errors import SealBroken
 from minigit_server import access
-from minigit_server.service import Service
+from minigit_server.service import AppliedOffsets, Service
 
 WINDOW = access.REPLAY_WINDOW_MS
 
@@ -629,3 +631,19 @@ def test_a_log_reply_stays_under_the_record_limit_whatever_its_messages_hold() -
     reply = u.answer(request.request_id)
     assert reply.status == p.Status.OK and reply.entries
     assert len(reply.to_bytes()) < codec.MAX_RECORD_BYTES
+
+
+def test_a_handler_waiting_for_the_log_gives_up_when_the_replica_stops() -> None:
+    """A read barrier or a write waiting for its apply held SIGTERM for up to two
+    minutes (the apply loop had stopped: nothing would come)."""
+    stopping = threading.Event()
+    applied = AppliedOffsets({0: 3}, stopping)
+    assert applied.wait_for(0, 3, timeout=60)  # there already
+    threading.Timer(0.2, stopping.set).start()
+    started = time.monotonic()
+    assert applied.wait_for(0, 4, timeout=60) is False
+    assert time.monotonic() - started < 2 * AppliedOffsets.STOP_CHECK_S + 0.5
+    assert AppliedOffsets({}).wait_for(1, 5, timeout=0.3) is False  # a timeout is still a timeout
+    later = AppliedOffsets({})
+    threading.Timer(0.1, lambda: later.advance({1: 5})).start()
+    assert later.wait_for(1, 5, timeout=30)  # woken by the apply, not by the check
