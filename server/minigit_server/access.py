@@ -83,6 +83,7 @@ class Refused(Exception):
         self.refusal = refusal
 
 
+UNSIGNED = Refusal(Status.UNAUTHENTICATED, "the request is not signed", "upgrade minigit: requests are signed")
 REGISTRATION_CLOSED = Refusal(
     Status.DENIED,
     "registration is closed on this server",
@@ -142,7 +143,7 @@ def shared_members(members: Mapping[str, Access], member: str, level: Access) ->
 def check_signed(request: p.Request, account: Account | None, namespace: str) -> Refusal | None:
     """Whether ``request`` is signed by the registered key of the user it names."""
     if not request.signature:
-        return Refusal(Status.UNAUTHENTICATED, "the request is not signed", "upgrade minigit: requests are signed")
+        return UNSIGNED
     if account is None:
         return Refusal(
             Status.UNKNOWN_USER,

@@ -421,6 +421,8 @@ class Service:
         namespace = self.server.namespace
         if isinstance(request, p.PingRequest):
             return ""  # decides and reveals nothing but who serves: answered whoever asks (minigit-server ping)
+        if not request.signature:  # said first: an unsigned request has no signing time either
+            raise access.Refused(access.UNSIGNED)
         if (stale := access.check_fresh(request.signed_ms, self.clock_ms())) is not None:
             raise access.Refused(stale)
         if isinstance(request, p.RegisterRequest):
@@ -613,6 +615,11 @@ class Service:
     def handle_share(self, partition: int, request: p.ShareRequest, author: Author) -> Handled:
         # Checked at the door only (the member's account is in another log partition):
         # access shared with a name nobody holds would go to whoever registers it first.
+        # Permission first: who may not share learns nothing of which names are taken.
+        if not self.catch_up(partition):
+            return Handled.of(request, Unanswered.STALLED, "log not applied in time; not answered")
+        if (refused := self.denied(request, partition)) is not None:
+            return refused
         member = self.account_of(request.member) if request.level != p.Access.NONE else None
         if request.level != p.Access.NONE and (member is None or member.removed):
             message = f"no such user: {request.member} has no registered key; they register on first use"

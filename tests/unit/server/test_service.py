@@ -452,6 +452,11 @@ def test_a_private_repository_is_read_by_its_members_only(service: Service) -> N
     reply = bob.call(p.PullRequest, "r")
     assert (reply.status, reply.head) == (p.Status.OK, 1)
     assert bob.call(p.ShareRequest, "r", member="u", level=p.Access.READ).status == p.Status.DENIED
+    # who may not share learns nothing of which names are registered
+    nobody = bob.call(p.ShareRequest, "r", member="nobody-yet", level=p.Access.READ)
+    assert nobody.status == p.Status.DENIED and "no such user" not in nobody.message
+    unknown = alice.call(p.ShareRequest, "r", member="nobody-yet", level=p.Access.READ)
+    assert unknown.status == p.Status.INVALID and unknown.message.startswith("no such user: nobody-yet")
     assert alice.call(p.ShareRequest, "r", member="bob", level=p.Access.NONE).status == p.Status.ACCEPTED
     assert bob.call(p.PullRequest, "r").status == p.Status.DENIED
 
@@ -647,3 +652,9 @@ def test_a_handler_waiting_for_the_log_gives_up_when_the_replica_stops() -> None
     later = AppliedOffsets({})
     threading.Timer(0.1, lambda: later.advance({1: 5})).start()
     assert later.wait_for(1, 5, timeout=30)  # woken by the apply, not by the check
+
+
+def test_an_unsigned_request_is_told_so_not_that_its_clock_is_off(u: Client) -> None:
+    request = u.request(p.LogRequest, "r")  # no signature, no signing time
+    u.send(request, sign=False)
+    assert u.answer(request.request_id).message.startswith("the request is not signed")
