@@ -99,17 +99,7 @@ def parse_public_key(text: object) -> Ed25519PublicKey:
     Only the canonical spelling is accepted (one key, one text), so that a
     registered key's text can be compared as text; the length is checked before
     anything is decoded."""
-    if not isinstance(text, str):
-        raise MalformedKey(f"invalid public key: expected text, got {type(text).__name__}")
-    if len(text) > MAX_PUBLIC_KEY_TEXT:
-        raise MalformedKey(f"invalid public key: longer than {MAX_PUBLIC_KEY_TEXT} characters")
-    if not text.startswith(PUBLIC_KEY_PREFIX):
-        raise MalformedKey(f"invalid public key {text!r}: it must start with '{PUBLIC_KEY_PREFIX}'")
-    raw = _strict_base64(text[len(PUBLIC_KEY_PREFIX) :], PUBLIC_KEY_BYTES)
-    if raw is None:
-        raise MalformedKey(
-            f"invalid public key {text!r}: expected '{PUBLIC_KEY_PREFIX}' and the base64 of {PUBLIC_KEY_BYTES} bytes"
-        )
+    raw = key_text_bytes(text, "public key", PUBLIC_KEY_PREFIX, PUBLIC_KEY_BYTES, MAX_PUBLIC_KEY_TEXT)
     try:
         return Ed25519PublicKey.from_public_bytes(raw)
     except ValueError:
@@ -124,14 +114,33 @@ def fingerprint(public_key: Ed25519PublicKey) -> str:
     return FINGERPRINT_PREFIX + base64.b64encode(digest).decode("ascii").rstrip("=")
 
 
-def _strict_base64(text: str, size: int) -> bytes | None:
-    """The ``size`` bytes ``text`` spells in standard padded base64, only if it is
-    their one canonical spelling (no whitespace, no stray bits in the padding)."""
+def key_text_bytes(text: object, what: str, prefix: str, size: int, max_length: int) -> bytes:
+    """The raw bytes of a key's text form (``prefix`` and the base64 of ``size``
+    bytes), received from anyone: only the canonical spelling, its length checked
+    before anything is decoded; ``MalformedKey`` naming ``what`` otherwise."""
+    if not isinstance(text, str):
+        raise MalformedKey(f"invalid {what}: expected text, got {type(text).__name__}")
+    if len(text) > max_length:
+        raise MalformedKey(f"invalid {what}: longer than {max_length} characters")
+    if not text.startswith(prefix):
+        raise MalformedKey(f"invalid {what} {text!r}: it must start with '{prefix}'")
+    raw = strict_base64(text[len(prefix) :], size)
+    if raw is None:
+        raise MalformedKey(f"invalid {what} {text!r}: expected '{prefix}' and the base64 of {size} bytes")
+    return raw
+
+
+def strict_base64(text: str, size: int | None = None) -> bytes | None:
+    """The bytes ``text`` spells in standard padded base64 (``size`` of them, if
+    given), only if it is their one canonical spelling (no whitespace, no stray
+    bits in the padding): one value, one text. None for anything else."""
     try:
         raw = base64.b64decode(text.encode("ascii"), validate=True)
     except (UnicodeEncodeError, binascii.Error, ValueError):
         return None
-    if len(raw) != size or base64.b64encode(raw).decode("ascii") != text:
+    if size is not None and len(raw) != size:
+        return None
+    if base64.b64encode(raw).decode("ascii") != text:
         return None
     return raw
 
@@ -214,7 +223,7 @@ def verify(public_key: Ed25519PublicKey, payload: bytes, signature: object) -> b
         raise MalformedSignature(f"invalid signature: expected text, got {type(signature).__name__}")
     if len(signature) > MAX_SIGNATURE_TEXT:
         raise MalformedSignature(f"invalid signature: longer than {MAX_SIGNATURE_TEXT} characters")
-    raw = _strict_base64(signature, SIGNATURE_BYTES)
+    raw = strict_base64(signature, SIGNATURE_BYTES)
     if raw is None:
         raise MalformedSignature(f"invalid signature: expected the base64 of {SIGNATURE_BYTES} bytes")
     try:

@@ -27,7 +27,6 @@ signature that is malformed or does not check is ``reply_signed_by``'s False.
 from __future__ import annotations
 
 import base64
-import binascii
 import dataclasses
 import json
 import os
@@ -75,21 +74,6 @@ _STREAM_RE = re.compile(r"[A-Za-z0-9._-]{1,64}")
 # ---------------------------------------------------------------- base64
 
 
-def strict_base64(text: str, size: int | None = None) -> bytes | None:
-    """The bytes ``text`` spells in standard padded base64 (``size`` of them, if
-    given), only if it is their one canonical spelling; None for anything else.
-    The same rule as identity's keys and signatures: one value, one text."""
-    try:
-        raw = base64.b64decode(text.encode("ascii"), validate=True)
-    except (UnicodeEncodeError, binascii.Error, ValueError):
-        return None
-    if size is not None and len(raw) != size:
-        return None
-    if base64.b64encode(raw).decode("ascii") != text:
-        return None
-    return raw
-
-
 def b64(raw: bytes) -> str:
     return base64.b64encode(raw).decode("ascii")
 
@@ -115,17 +99,7 @@ def parse_reply_key(text: object) -> X25519PublicKey:
     """A reply key from its text form, received from anyone: only the canonical
     spelling, its length checked before anything is decoded; ``MalformedKey``
     otherwise (the rules of ``identity.parse_public_key``)."""
-    if not isinstance(text, str):
-        raise MalformedKey(f"invalid reply key: expected text, got {type(text).__name__}")
-    if len(text) > MAX_REPLY_KEY_TEXT:
-        raise MalformedKey(f"invalid reply key: longer than {MAX_REPLY_KEY_TEXT} characters")
-    if not text.startswith(REPLY_KEY_PREFIX):
-        raise MalformedKey(f"invalid reply key {text!r}: it must start with '{REPLY_KEY_PREFIX}'")
-    raw = strict_base64(text[len(REPLY_KEY_PREFIX) :], REPLY_KEY_BYTES)
-    if raw is None:
-        raise MalformedKey(
-            f"invalid reply key {text!r}: expected '{REPLY_KEY_PREFIX}' and the base64 of {REPLY_KEY_BYTES} bytes"
-        )
+    raw = identity.key_text_bytes(text, "reply key", REPLY_KEY_PREFIX, REPLY_KEY_BYTES, MAX_REPLY_KEY_TEXT)
     return X25519PublicKey.from_public_bytes(raw)  # any 32 bytes are an X25519 public key
 
 
@@ -216,7 +190,7 @@ class StreamOpener:
 
     def _decode(self, text: object, limit: int, size: int | None, reason: str) -> bytes:
         # bounded before decoding: a record built by hand skipped protocol's checks
-        raw = strict_base64(text, size) if isinstance(text, str) and len(text) <= limit else None
+        raw = identity.strict_base64(text, size) if isinstance(text, str) and len(text) <= limit else None
         if raw is None:
             raise SealBroken(f"cannot open a sealed reply: {reason}")
         return raw
