@@ -146,10 +146,20 @@ def log_partition(repo: str, partitions: int) -> int:
 # ---------------------------------------------------------------- trees
 
 
+class FileMode(enum.StrEnum):
+    """What a tree entry is, besides its content: a regular file, an executable
+    one (git's 100755), or a symbolic link whose content is its target (git's 120000)."""
+
+    REGULAR = ""
+    EXECUTABLE = "x"
+    SYMLINK = "l"
+
+
 @dataclass(frozen=True, slots=True)
 class FileEntry:
     sha: str
     size: int
+    mode: FileMode = FileMode.REGULAR
 
 
 Manifest = dict[str, FileEntry]
@@ -158,8 +168,17 @@ EMPTY_TREE_SHA = hash_bytes(b'{"files":{},"v":1}')
 
 def encode_tree(manifest: Mapping[str, FileEntry]) -> bytes:
     """The canonical bytes of a tree: equal manifests give equal trees and shas."""
-    files = {path: {"sha": e.sha, "size": e.size} for path, e in manifest.items()}
+    files = {path: encode_entry(e) for path, e in manifest.items()}
     return json.dumps({"v": 1, "files": files}, sort_keys=True, separators=(",", ":")).encode()
+
+
+def encode_entry(entry: FileEntry) -> dict[str, object]:
+    """A tree entry's object; a regular file has no ``mode`` key, so trees made
+    before modes existed keep their bytes and their ids."""
+    doc: dict[str, object] = {"sha": entry.sha, "size": entry.size}
+    if entry.mode:
+        doc["mode"] = str(entry.mode)
+    return doc
 
 
 def check_tree_size(size: int, entries: int | None = None) -> None:
@@ -176,7 +195,7 @@ _TREE_HEAD, _TREE_TAIL = b'{"files":{', b'},"v":1}'
 # then its object with the keys in order and no spaces.
 _TREE_ENTRY = re.compile(
     rb'("(?:[\x20\x21\x23-\x5b\x5d-\x7e]|\\["\\bfnrt]|\\u[0-9a-f]{4})*")'
-    rb':\{"sha":"([0-9a-f]{64})","size":(0|[1-9][0-9]{0,18})\}'
+    rb':\{(?:"mode":"([xl])",)?"sha":"([0-9a-f]{64})","size":(0|[1-9][0-9]{0,18})\}'
 )
 
 
@@ -201,13 +220,14 @@ def decode_tree(data: bytes) -> Manifest:
         if len(manifest) == MAX_TREE_ENTRIES:
             check_tree_size(len(data), MAX_TREE_ENTRIES + 1)
         quoted = entry[1].decode("ascii")
-        path, size = json.loads(quoted), int(entry[3])
+        path, size = json.loads(quoted), int(entry[4])
         if json.dumps(path) != quoted or (previous is not None and path <= previous):
             raise ProtocolError(f"invalid tree: not in canonical form at byte {pos}")
         check_path(path)  # an unsafe path is UnsafePath, as everywhere
         if size >= MAX_INT:
             raise ProtocolError(f"invalid tree: size of {path!r} is out of range")
-        manifest[path] = FileEntry(entry[2].decode("ascii"), size)
+        mode = FileMode(entry[2].decode("ascii")) if entry[2] else FileMode.REGULAR
+        manifest[path] = FileEntry(entry[3].decode("ascii"), size, mode)
         pos, previous = entry.end(), path
     if clash := find_file_directory_clash(manifest):
         raise ProtocolError(f"invalid tree: {clash!r} is both a file and a directory")
@@ -224,7 +244,8 @@ def find_file_directory_clash(paths: Mapping[str, object]) -> str | None:
 
 
 def manifest_to_json(manifest: Mapping[str, FileEntry]) -> dict[str, list]:
-    return {path: [e.sha, e.size] for path, e in sorted(manifest.items())}
+    """``[sha, size]``, and the mode third when it is not a regular file's."""
+    return {path: [e.sha, e.size, *([str(e.mode)] if e.mode else [])] for path, e in sorted(manifest.items())}
 
 
 def manifest_from_json(doc: Any) -> Manifest:
@@ -235,13 +256,16 @@ def manifest_from_json(doc: Any) -> Manifest:
         check_path(path)
         if (
             not isinstance(value, list)
-            or len(value) != 2
+            or len(value) not in (2, 3)
             or not isinstance(value[1], int)
             or isinstance(value[1], bool)
             or value[1] < 0
+            or (len(value) == 3 and value[2] not in (FileMode.EXECUTABLE, FileMode.SYMLINK))
         ):
             raise ProtocolError(f"bad manifest entry for {path!r}")
-        out[path] = FileEntry(check_sha(value[0]), value[1])
+        out[path] = FileEntry(
+            check_sha(value[0]), value[1], FileMode(value[2]) if len(value) == 3 else FileMode.REGULAR
+        )
     return out
 
 

@@ -30,7 +30,8 @@ class Changes:
 
 
 def same_content(a: FileEntry | None, b: FileEntry | None) -> bool:
-    return (a.sha if a else None) == (b.sha if b else None)
+    """Same bytes and same mode: a ``chmod +x`` alone is a change."""
+    return (a and (a.sha, a.mode)) == (b and (b.sha, b.mode))
 
 
 def diff_manifests(old: Mapping[str, FileEntry], new: Mapping[str, FileEntry]) -> Changes:
