@@ -5,10 +5,11 @@ No disk, no Kafka: manifests in, plans out. The workspace layer carries them out
 
 from __future__ import annotations
 
+import enum
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 
-from minigit.protocol import FileEntry, Manifest
+from minigit.protocol import FileEntry, FileMode, Manifest
 
 
 @dataclass(frozen=True)
@@ -44,25 +45,28 @@ def diff_manifests(old: Mapping[str, FileEntry], new: Mapping[str, FileEntry]) -
 
 @dataclass(frozen=True)
 class PullPlan:
-    """What a pull writes and deletes, or why it must not touch anything."""
+    """What a pull writes and deletes, which files it must merge, or why it must
+    not touch anything (``collisions``)."""
 
     upstream: Changes  # base -> head
     write: dict[str, FileEntry]  # path -> content to put there
     delete: list[str]
-    conflicts: list[str]  # local edits a pull would overwrite: refuse
+    conflicts: list[str]  # changed on both sides, differently: merged (see resolve_conflict)
     kept_local: list[str]  # local edits left as they are
+    collisions: list[str] = field(default_factory=list)  # would be both a file and a folder: refuse
 
     @property
     def refused(self) -> bool:
-        return bool(self.conflicts)
+        return bool(self.collisions)
 
 
 def plan_pull(base: Manifest, local: Manifest, head: Manifest) -> PullPlan:
     """Bring ``local`` (the working files, based on ``base``) to ``head``.
 
     Upstream changes are applied; local edits to other files are kept. A file
-    changed on both sides is a conflict, unless both sides made it the same.
-    An untracked local file where upstream adds one counts as a local edit.
+    changed on both sides is a conflict to merge, unless both sides made it the
+    same. An untracked local file where upstream adds one counts as a local edit.
+    A pull that would leave a path both a file and a folder touches nothing.
     """
     upstream = diff_manifests(base, head)
     mine = diff_manifests(base, local).paths
@@ -79,14 +83,62 @@ def plan_pull(base: Manifest, local: Manifest, head: Manifest) -> PullPlan:
             delete.append(path)
         else:
             write[path] = theirs
-    conflicts += find_path_collisions(local, write, delete)
+    # a conflict's file stays (merged, or yours) unless both sides deleted it
+    kept = {path: local[path] for path in conflicts if path in local}
+    collisions = find_path_collisions({**local, **kept}, {**write, **pick(head, conflicts)}, delete)
     return PullPlan(
         upstream=upstream,
-        write={} if conflicts else write,
-        delete=[] if conflicts else delete,
-        conflicts=sorted(set(conflicts)),
+        write={} if collisions else write,
+        delete=[] if collisions else delete,
+        conflicts=conflicts,
         kept_local=sorted(mine - upstream.paths),
+        collisions=collisions,
     )
+
+
+def pick(manifest: Mapping[str, FileEntry], paths: list[str]) -> dict[str, FileEntry]:
+    return {path: manifest[path] for path in paths if path in manifest}
+
+
+class Resolution(enum.StrEnum):
+    """What a pull does with a file changed on both sides."""
+
+    MERGE = "merge"  # a three-way line merge (text); keep both if it is not text
+    KEEP_BOTH = "keep-both"  # yours stays at PATH, theirs is written to PATH.theirs
+    KEEP_YOURS = "keep-yours"  # you edited it, upstream deleted it: yours stays (to push again, or delete)
+    TAKE_THEIRS = "take-theirs"  # you deleted it, upstream edited it: theirs comes back (delete it again)
+
+
+class Strategy(enum.StrEnum):
+    """``pull --ours`` / ``--theirs``: decide every conflict one way, without markers."""
+
+    MERGE = "merge"
+    OURS = "ours"
+    THEIRS = "theirs"
+
+
+def resolve_conflict(local: FileEntry | None, head: FileEntry | None) -> Resolution:
+    """How a conflict is resolved, from the two sides' entries alone (whether the
+    content is text is known only once its bytes are read: MERGE falls back to
+    KEEP_BOTH then). A link is never line-merged."""
+    if head is None:
+        return Resolution.KEEP_YOURS
+    if local is None:
+        return Resolution.TAKE_THEIRS
+    if FileMode.SYMLINK in (local.mode, head.mode):
+        return Resolution.KEEP_BOTH
+    return Resolution.MERGE
+
+
+def merged_mode(base: FileEntry | None, local: FileEntry, head: FileEntry) -> FileMode:
+    """The mode a merged file gets: upstream's, unless you changed yours."""
+    if base is not None and local.mode == base.mode:
+        return head.mode
+    return local.mode
+
+
+THEIRS_SUFFIX = ".theirs"
+ORIG_SUFFIX = ".orig"
 
 
 def find_path_collisions(

@@ -372,8 +372,8 @@ def lost_objects(base: p.Manifest, local: p.Manifest) -> list[str]:
 def apply_pull(root: Path, base: p.Manifest, local: p.Manifest, head: p.Manifest, response: Response) -> tuple:
     """Check, stage, then install: nothing is touched unless everything can be."""
     plan = plan_pull(base, local, head)
-    if plan.refused:
-        raise PullConflict(plan.conflicts)
+    if plan.refused or plan.conflicts:  # conflicts: until pull merges them
+        raise PullConflict(sorted({*plan.collisions, *plan.conflicts}))
     if blocked := find_untracked_in_the_way(root, plan.write, plan.delete, local):
         raise PullConflict(blocked)
     sources = {entry.sha: path for path, entry in local.items()}

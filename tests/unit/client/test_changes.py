@@ -8,10 +8,13 @@ from hypothesis import strategies as st
 from minigit import protocol as p
 from minigit.client.changes import (
     Changes,
+    Resolution,
     diff_manifests,
     find_path_collisions,
+    merged_mode,
     parent_directories,
     plan_pull,
+    resolve_conflict,
     same_content,
 )
 
@@ -105,13 +108,13 @@ def test_local_only_edits_are_kept():
     assert plan.kept_local == ["b", "c", "new"]
 
 
-def test_same_file_changed_on_both_sides_is_a_conflict():
+def test_same_file_changed_on_both_sides_is_a_conflict_to_merge():
     base = {"a": A1, "b": B1}
     plan = plan_pull(base, {"a": A2, "b": B1}, {"a": A3, "b": B2})
-    assert plan.refused
+    assert not plan.refused
     assert plan.conflicts == ["a"]
-    # a refused plan writes and deletes nothing, not even the upstream-only change to b
-    assert plan.write == {} and plan.delete == []
+    # the upstream-only change to b is applied beside the merge of a
+    assert plan.write == {"b": B2} and plan.delete == []
 
 
 def test_same_change_on_both_sides_is_fine():
@@ -131,7 +134,8 @@ def test_local_delete_against_upstream_edit_is_a_conflict():
 def test_local_edit_against_upstream_delete_is_a_conflict():
     plan = plan_pull({"a": A1, "b": B1}, {"a": A2, "b": B1}, {"b": B2})
     assert plan.conflicts == ["a"]
-    assert plan.write == {} and plan.delete == []
+    assert plan.write == {"b": B2} and plan.delete == []
+    assert resolve_conflict(A2, None) == Resolution.KEEP_YOURS
 
 
 def test_deleted_on_both_sides_is_fine():
@@ -154,7 +158,7 @@ def test_upstream_adds_file_under_a_local_untracked_file():
     # local has a file 'x'; upstream adds 'x/y': x would have to be a directory
     plan = plan_pull({"a": A1}, {"a": A1, "x": B1}, {"a": A2, "x/y": B2})
     assert plan.refused
-    assert plan.conflicts == ["x"]
+    assert plan.collisions == ["x"]
     assert plan.write == {} and plan.delete == []
 
 
@@ -162,13 +166,13 @@ def test_upstream_adds_file_where_a_local_directory_is():
     # local has an untracked 'x/y'; upstream adds a file 'x'
     plan = plan_pull({"a": A1}, {"a": A1, "x/y": B1}, {"a": A1, "x": B2})
     assert plan.refused
-    assert plan.conflicts == ["x"]
+    assert plan.collisions == ["x"]
     assert plan.write == {} and plan.delete == []
 
 
 def test_upstream_adds_deep_file_under_a_local_file():
     plan = plan_pull({}, {"d": B1}, {"d/e/f": B2})
-    assert plan.conflicts == ["d"]
+    assert plan.collisions == ["d"]
 
 
 def test_upstream_turns_a_file_into_a_directory():
@@ -187,7 +191,7 @@ def test_upstream_turns_a_directory_into_a_file():
 def test_directory_into_file_with_a_local_untracked_file_in_it():
     plan = plan_pull({"a/b": B1}, {"a/b": B1, "a/mine": C1}, {"a": A1})
     assert plan.refused
-    assert plan.conflicts == ["a"]
+    assert plan.collisions == ["a"]
     assert plan.write == {} and plan.delete == []
 
 
@@ -220,9 +224,12 @@ trees = st.dictionaries(st.sampled_from(PATHS), st.sampled_from(ENTRIES), max_si
 )
 
 
-def apply_plan(local, plan):
+def apply_plan(local, head, plan):
+    """The paths after the pull; a conflict's file stays (merged or yours), or theirs comes back."""
     result = {k: v for k, v in local.items() if k not in plan.delete}
     result.update(plan.write)
+    for path in plan.conflicts:
+        result[path] = local.get(path) or head[path]
     return result
 
 
@@ -233,13 +240,13 @@ def test_plan_pull_property(base, local, head):
     upstream = diff_manifests(base, head).paths
     mine = diff_manifests(base, local).paths
     both = {path for path in upstream & mine if not same_content(local.get(path), head.get(path))}
-    assert set(plan.conflicts) >= both
+    assert set(plan.conflicts) == both
     assert plan.kept_local == sorted(mine - upstream)
     if plan.refused:
         assert plan.write == {} and plan.delete == []
         return
-    result = apply_plan(local, plan)
-    for path in upstream:
+    result = apply_plan(local, head, plan)
+    for path in upstream - both:
         assert same_content(result.get(path), head.get(path)), path
     for path in mine - upstream:
         assert result.get(path) == local.get(path), path
@@ -255,13 +262,26 @@ def test_plan_pull_property(base, local, head):
 @settings(max_examples=300)
 @given(trees, trees, trees)
 def test_plan_refused_exactly_when_needed(base, local, head):
-    """Refused iff a path changed differently on both sides, or the result would need a
-    path to be both a file and a directory."""
+    """Refused iff the result would need a path to be both a file and a directory (a path
+    changed on both sides is merged: it stays where it is, or theirs comes back)."""
     plan = plan_pull(base, local, head)
     upstream = diff_manifests(base, head).paths
     mine = diff_manifests(base, local).paths
-    clash = any(path in upstream & mine and not same_content(local.get(path), head.get(path)) for path in upstream)
     naive = {k: v for k, v in local.items() if k not in (upstream - mine) or k in head}
     naive.update({k: head[k] for k in upstream - mine if k in head})
+    naive.update({k: head[k] for k in upstream & mine if k in head and k not in local})
     collision = p.find_file_directory_clash(naive) is not None
-    assert plan.refused == (clash or collision)
+    assert plan.refused == collision
+
+
+def test_resolutions_and_modes():
+    X = p.FileEntry(A1.sha, A1.size, p.FileMode.EXECUTABLE)
+    L = p.FileEntry(B1.sha, B1.size, p.FileMode.SYMLINK)
+    assert resolve_conflict(A2, A3) == Resolution.MERGE
+    assert resolve_conflict(None, A3) == Resolution.TAKE_THEIRS
+    assert resolve_conflict(A2, None) == Resolution.KEEP_YOURS
+    assert resolve_conflict(L, A3) == resolve_conflict(A2, L) == Resolution.KEEP_BOTH
+    # upstream's mode unless you changed yours
+    assert merged_mode(A1, A2, X) == p.FileMode.EXECUTABLE
+    assert merged_mode(A1, X, A3) == p.FileMode.EXECUTABLE
+    assert merged_mode(None, A2, X) == p.FileMode.REGULAR
