@@ -13,16 +13,18 @@ into place whole.
 from __future__ import annotations
 
 import contextlib
+import enum
 import errno
 import fcntl
 import hashlib
 import json
 import os
+import re
 import secrets
 import shutil
 import stat
 from collections.abc import Callable, Collection, Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import IO
 
@@ -41,16 +43,59 @@ METADATA_FORMAT = 1
 READ_BLOCK = 1024 * 1024
 
 
+REQUEST_ID = re.compile(r"[0-9a-f]{32}")
+
+
+@dataclass(frozen=True)
+class PendingPush:
+    """A push sent and not yet answered: recorded before it is sent, so that a
+    command interrupted after its upload can ask the service what became of it."""
+
+    request_id: str
+    base: int
+    tree: str
+    manifest: p.Manifest
+
+    def to_json(self) -> dict:
+        return {
+            "request_id": self.request_id,
+            "base": self.base,
+            "tree": self.tree,
+            "manifest": p.manifest_to_json(self.manifest),
+        }
+
+    @classmethod
+    def from_json(cls, doc: object) -> PendingPush:
+        if not isinstance(doc, dict) or not isinstance(doc.get("base"), int) or isinstance(doc.get("base"), bool):
+            raise ValueError("bad pending push")
+        request_id = doc["request_id"]
+        if not isinstance(request_id, str) or not REQUEST_ID.fullmatch(request_id):
+            raise ValueError("bad pending push id")
+        return cls(request_id, doc["base"], p.check_sha(doc["tree"]), p.manifest_from_json(doc["manifest"]))
+
+
+class ConflictKind(enum.StrEnum):
+    """How a conflict a pull left is marked, and so how it is resolved."""
+
+    MARKERS = "markers"  # <<<<<<< markers in the file: resolved once none remain
+    THEIRS = "theirs"  # upstream's version is beside yours as PATH.theirs: resolved once it is gone
+
+
 @dataclass(frozen=True)
 class Metadata:
     """What ``.minigit`` holds: which repository, which version, where the server
-    is, and the manifest of that version (what the files were when last synced)."""
+    is, and the manifest of that version (what the files were when last synced);
+    whether it is a read-only view of an older version (``detached``), a push
+    whose answer never came (``pending``), and the conflicts a pull left."""
 
     repository: str
     version: int
     bootstrap: str
     namespace: str
     manifest: p.Manifest
+    detached: bool = False
+    pending: PendingPush | None = None
+    conflicts: dict[str, ConflictKind] = field(default_factory=dict)
 
     @property
     def unfinished(self) -> bool:
@@ -65,6 +110,12 @@ def format_metadata(meta: Metadata) -> str:
         "server": {"bootstrap": meta.bootstrap, "namespace": meta.namespace},
         "manifest": p.manifest_to_json(meta.manifest),
     }
+    if meta.detached:
+        doc["detached"] = True
+    if meta.pending is not None:
+        doc["pending"] = meta.pending.to_json()
+    if meta.conflicts:
+        doc["conflicts"] = {path: str(kind) for path, kind in sorted(meta.conflicts.items())}
     return json.dumps(doc, indent=1, ensure_ascii=False) + "\n"
 
 
@@ -81,12 +132,18 @@ def parse_metadata(text: str, where: str = METADATA_NAME) -> Metadata:
         bootstrap, namespace = server["bootstrap"], server["namespace"]
         if not isinstance(bootstrap, str) or not bootstrap or not isinstance(namespace, str):
             raise ValueError("bad server address")
+        detached, conflicts = doc.get("detached", False), doc.get("conflicts", {})
+        if not isinstance(detached, bool) or not isinstance(conflicts, dict):
+            raise ValueError("bad detached or conflicts")
         return Metadata(
             repository=p.check_name("repository", doc["repository"]),
             version=version,
             bootstrap=bootstrap,
             namespace=namespace,
             manifest=check_no_clash(p.manifest_from_json(doc["manifest"])),
+            detached=detached,
+            pending=PendingPush.from_json(doc["pending"]) if doc.get("pending") is not None else None,
+            conflicts={p.check_path(path): ConflictKind(kind) for path, kind in conflicts.items()},
         )
     except (ValueError, KeyError, TypeError, RecursionError, MinigitError) as error:
         reason = error.message if isinstance(error, MinigitError) else str(error) or type(error).__name__
