@@ -38,6 +38,10 @@ MAX_PATH_LENGTH = 4096
 MAX_PATH_PART_LENGTH = 255
 MAX_MESSAGE_LENGTH = 10_000
 MAX_LOST = 5000
+MAX_LOG_LIMIT = 1000  # versions in one log reply
+MAX_LOG_PATHS = 100  # paths a log request may filter by
+MAX_LOG_CHANGES = 1000  # changed files listed per version (the rest are counted)
+MAX_REPOS_LIMIT = 1000  # repositories in one listing page
 # Every replica decides with these, so they are part of the protocol, not settings:
 # a tree is refused before it is decoded when its bytes or its entries exceed them.
 MAX_TREE_BYTES = 16 * 1024 * 1024
@@ -629,6 +633,13 @@ class PullRequest(Request):
     action: ClassVar[str] = "pull"
     version: int = 0
     lost: list[str] = field(default_factory=list)
+    # The version to bring the client to; 0: the head. With a target the answer is
+    # ``ok`` even when ``version == target``: how a client fetches a version's tree
+    # (and, through ``lost``, some of its blobs).
+    target: int = 0
+    # The tree the client believes its ``version`` has (""): not the server's one
+    # means the repository was deleted and created again since the client got it.
+    base_tree: str = ""
 
     def validate(self) -> None:
         super().validate()
@@ -636,6 +647,10 @@ class PullRequest(Request):
             raise ProtocolError(f"lost lists more than {MAX_LOST} objects")
         for sha in self.lost:
             check_sha(sha)
+        if self.target < 0:
+            raise ProtocolError("target must be >= 0")
+        if self.base_tree:
+            check_sha(self.base_tree)
 
 
 @wire
@@ -659,13 +674,23 @@ class PushRequest(Request):
 @wire
 @dataclass(kw_only=True)
 class LogRequest(Request):
+    """The newest ``limit`` versions; with ``paths``, only those that added, changed
+    or deleted a file equal to or under one of them; with ``changes``, each listing
+    what it changed."""
+
     action: ClassVar[str] = "log"
     limit: int = 100
+    paths: list[str] = field(default_factory=list)
+    changes: bool = False
 
     def validate(self) -> None:
         super().validate()
-        if not 1 <= self.limit <= 1000:
-            raise ProtocolError("limit must be between 1 and 1000")
+        if not 1 <= self.limit <= MAX_LOG_LIMIT:
+            raise ProtocolError(f"limit must be between 1 and {MAX_LOG_LIMIT}")
+        if len(self.paths) > MAX_LOG_PATHS:
+            raise ProtocolError(f"paths lists more than {MAX_LOG_PATHS} paths")
+        for path in self.paths:
+            check_path(path)
 
 
 @wire
@@ -729,6 +754,46 @@ class RotateRequest(Request):
             raise ProtocolError("an account request is routed by its user's name: repo must equal user")
 
 
+@wire
+@dataclass(kw_only=True)
+class ReposRequest(Request):
+    """The repositories ``user`` may read, by name, a page at a time: names after
+    ``after`` (""), at most ``limit``. Routed like an account request (``repo`` is
+    the user's name); the answer reads every log partition."""
+
+    action: ClassVar[str] = "repos"
+    after: str = ""
+    limit: int = 100
+
+    def validate(self) -> None:
+        super().validate()
+        if self.repo != self.user:
+            raise ProtocolError("a repository listing is routed by its user's name: repo must equal user")
+        if self.after:
+            check_name("repository", self.after)
+        if not 1 <= self.limit <= MAX_REPOS_LIMIT:
+            raise ProtocolError(f"limit must be between 1 and {MAX_REPOS_LIMIT}")
+
+
+@wire
+@dataclass(kw_only=True)
+class OutcomeRequest(Request):
+    """ "What became of my write ``of_request`` (which proposed ``tree``)?" A write
+    itself (a ``SettleProposal``): once applied, the original request can no longer
+    change anything, so its answer is final."""
+
+    action: ClassVar[str] = "outcome"
+    of_request: str
+    tree: str
+
+    def validate(self) -> None:
+        super().validate()
+        _check_request_id(self.of_request)
+        check_sha(self.tree)
+        if self.of_request == self.request_id:
+            raise ProtocolError("of_request must name another request than this one")
+
+
 ACCOUNT_REQUESTS = (RegisterRequest, RotateRequest)
 
 
@@ -751,6 +816,7 @@ class Status(enum.StrEnum):
     UNKNOWN_USER = "unknown-user"  # no key is registered under the request's user name
     ERROR = "error"
     WORKING = "working"  # not an answer: the request is being processed, keep waiting
+    CANCELLED = "cancelled"  # a write that was never applied, and never will be (OutcomeRequest)
 
 
 @dataclass(kw_only=True)
@@ -792,6 +858,26 @@ class SignedWrite(Record):
         return message
 
 
+class ChangeKind(enum.StrEnum):
+    ADDED = "A"
+    MODIFIED = "M"  # its content or its mode changed
+    DELETED = "D"
+
+
+@dataclass(kw_only=True)
+class FileChange(Record):
+    """One file a version changed: its size and mode in that version (for a
+    deletion, the ones it had before)."""
+
+    path: str
+    kind: ChangeKind
+    size: int
+    mode: FileMode = FileMode.REGULAR
+
+    def validate(self) -> None:
+        check_path(self.path)
+
+
 @dataclass(kw_only=True)
 class LogEntry(Record):
     """One version, as a log reply lists it."""
@@ -801,6 +887,39 @@ class LogEntry(Record):
     time_ms: int
     message: str
     signed: SignedWrite | None = None
+    tree: str | None = None  # the version's tree
+    changes: list[FileChange] = field(default_factory=list)  # when the request asked, by path
+    changes_more: int = 0  # changes left off the list (at most MAX_LOG_CHANGES are listed)
+
+    def validate(self) -> None:
+        if self.tree is not None:
+            check_sha(self.tree)
+        if len(self.changes) > MAX_LOG_CHANGES:
+            raise ProtocolError(f"a log entry lists more than {MAX_LOG_CHANGES} changes")
+
+
+# What a user's access to a listed repository is.
+REPO_ACCESS_KINDS = ("owner", "admin", "write", "read", "public")
+
+
+@dataclass(kw_only=True)
+class RepoInfo(Record):
+    """One repository in a ``repos`` reply: its head version, when and by whom it
+    was made, and the asking user's access (``public``: readable by everyone,
+    without membership)."""
+
+    name: str
+    head: int
+    time_ms: int
+    author: str
+    visibility: Visibility
+    access: str
+
+    def validate(self) -> None:
+        check_name("repository", self.name)
+        check_name("user", self.author)
+        if self.access not in REPO_ACCESS_KINDS:
+            raise ProtocolError(f"unknown access {self.access[:40]!r}")
 
 
 @wire
@@ -827,6 +946,8 @@ class Reply(Message):
     blob_count: int = 0
     blob_bytes: int = 0
     entries: list[LogEntry] = field(default_factory=list)
+    repos: list[RepoInfo] = field(default_factory=list)  # a repos answer's page
+    more: bool = False  # a repos answer: more repositories follow the page's last
     server_key: str = ""  # the service's public key (ed25519:): the client pins it
     signature: str = ""  # the server key's signature over the reply (minigit.sealing)
 
@@ -841,6 +962,10 @@ class Reply(Message):
             raise ProtocolError(f"blob_count {self.blob_count} is more than a version can hold")
         if self.blob_bytes > MAX_TREE_BYTES + MAX_TREE_ENTRIES * MAX_BLOB_BYTES:
             raise ProtocolError(f"blob_bytes {self.blob_bytes} is more than a version can hold")
+        if len(self.entries) > MAX_LOG_LIMIT:
+            raise ProtocolError(f"a reply lists more than {MAX_LOG_LIMIT} log entries")
+        if len(self.repos) > MAX_REPOS_LIMIT:
+            raise ProtocolError(f"a reply lists more than {MAX_REPOS_LIMIT} repositories")
 
 
 # -- the replication log: owners -> repo-log (key = repository name)
@@ -956,7 +1081,39 @@ class AdminProposal(Proposal):
         _check_signature_text("operator_signature", self.operator_signature)
 
 
+@wire
+@dataclass(kw_only=True)
+class SettleProposal(Proposal):
+    """An ``OutcomeRequest`` in the log of its repository's partition: settles what
+    became of the write ``of_request``. If nothing is stored for that id yet, it is
+    stored as cancelled, so that the write, arriving later, changes nothing."""
+
+    action: ClassVar[str] = "outcome"
+    of_request: str
+    tree: str
+
+    def validate(self) -> None:
+        super().validate()
+        _check_request_id(self.of_request)
+        check_sha(self.tree)
+
+
+@wire
+@dataclass(kw_only=True)
+class DeleteProposal(Proposal):
+    """An operator's deletion of repository ``repo`` (``minigit-server repo delete``),
+    in its log partition, signed with the service's key like an ``AdminProposal``."""
+
+    action: ClassVar[str] = "delete"
+    operator_signature: str = ""
+
+    def validate(self) -> None:
+        super().validate()
+        _check_signature_text("operator_signature", self.operator_signature)
+
+
 ACCOUNT_PROPOSALS = (RegisterProposal, RotateProposal, AdminProposal)
+OPERATOR_PROPOSALS = (AdminProposal, DeleteProposal)
 LOG_RECORD_TYPES = (Chunk, Proposal)
 REQUEST_TYPES = (Chunk, Request)
 

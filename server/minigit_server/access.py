@@ -183,7 +183,10 @@ def attest(server_key, namespace: str, request: p.Request, key: str) -> str:
 PROPOSER_FIELDS = frozenset({"time_ms", "proposer", "signed", "operator_signature"})
 # Fields of a request that say how to answer it, not what to do: not in its proposal.
 _REQUEST_ONLY_FIELDS = frozenset(
-    {"reply_partition", "timeout_ms", "signed_ms", "chunks", "reply_key", "signature", "lost", "version", "limit"}
+    {
+        *("reply_partition", "timeout_ms", "signed_ms", "chunks", "reply_key", "signature"),
+        *("lost", "version", "target", "base_tree", "limit", "paths", "changes", "after"),  # reads only
+    }
 )
 
 

@@ -109,6 +109,7 @@ REQUEST_OF: dict[type[p.Proposal], type[p.Request]] = {
     p.VisibilityProposal: p.VisibilityRequest,
     p.RegisterProposal: p.RegisterRequest,
     p.RotateProposal: p.RotateRequest,
+    p.SettleProposal: p.OutcomeRequest,
 }
 
 

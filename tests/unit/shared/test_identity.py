@@ -66,6 +66,12 @@ FIELD_VALUES: dict[str, st.SearchStrategy] = {
     "level": st.sampled_from(p.Access),
     "public_key": key_texts,
     "new_key": key_texts,
+    "target": ints,
+    "base_tree": st.one_of(st.just(""), shas),
+    "paths": st.lists(st.sampled_from(["a", "src/b.py", "docs"]), max_size=3),
+    "changes": st.booleans(),
+    "after": st.one_of(st.just(""), names),
+    "of_request": request_ids,
 }
 REQUEST_TYPES = sorted(
     (cls for cls in p._registry.values() if issubclass(cls, p.Request)), key=lambda cls: cls.action or ""
@@ -177,6 +183,8 @@ def test_every_request_type_is_covered():
         "visibility",
         "register",
         "rotate",
+        "repos",
+        "outcome",
     }
 
 

@@ -15,6 +15,7 @@ from minigit import protocol as p
 from minigit.errors import MinigitError, ProtocolError, UnsafePath
 
 RID = "0123456789abcdef0123456789abcdef"
+RID2 = "fedcba9876543210fedcba9876543210"
 SHA = "a" * 64
 SHA2 = "b" * 64
 # Key and signature texts as they travel (the fields' contents are checked by
@@ -59,10 +60,33 @@ def samples() -> dict[type[p.Message], p.Message]:
         ),
         p.InitRequest: init,
         p.PullRequest: p.PullRequest(
-            request_id=RID, repo="repo", user="bob", reply_partition=0, timeout_ms=5000, version=3, lost=[SHA, SHA2]
+            request_id=RID,
+            repo="repo",
+            user="bob",
+            reply_partition=0,
+            timeout_ms=5000,
+            version=3,
+            lost=[SHA, SHA2],
+            target=2,
+            base_tree=SHA2,
         ),
         p.PushRequest: push,
-        p.LogRequest: p.LogRequest(request_id=RID, repo="repo", user="dave", reply_partition=1, limit=10, **SIGNED),
+        p.LogRequest: p.LogRequest(
+            request_id=RID,
+            repo="repo",
+            user="dave",
+            reply_partition=1,
+            limit=10,
+            paths=["src", "docs/a.md"],
+            changes=True,
+            **SIGNED,
+        ),
+        p.ReposRequest: p.ReposRequest(
+            request_id=RID, repo="dave", user="dave", reply_partition=1, after="lab", limit=50, **SIGNED
+        ),
+        p.OutcomeRequest: p.OutcomeRequest(
+            request_id=RID, repo="repo", user="dave", reply_partition=1, of_request=RID2, tree=SHA, **SIGNED
+        ),
         p.PingRequest: p.PingRequest(request_id=RID, repo="repo", user="eve", reply_partition=0),
         p.ShareRequest: share,
         p.VisibilityRequest: visibility,
@@ -81,8 +105,31 @@ def samples() -> dict[type[p.Message], p.Message]:
             blob_count=2,
             blob_bytes=10,
             entries=[
-                p.LogEntry(version=5, author="carol", time_ms=1_700_000_000_000, message="m", signed=signed_write(push))
+                p.LogEntry(
+                    version=5,
+                    author="carol",
+                    time_ms=1_700_000_000_000,
+                    message="m",
+                    signed=signed_write(push),
+                    tree=SHA2,
+                    changes=[
+                        p.FileChange(path="a.txt", kind=p.ChangeKind.ADDED, size=3),
+                        p.FileChange(path="bin/run", kind=p.ChangeKind.MODIFIED, size=9, mode=p.FileMode.EXECUTABLE),
+                    ],
+                    changes_more=4,
+                )
             ],
+            repos=[
+                p.RepoInfo(
+                    name="lab",
+                    head=3,
+                    time_ms=1_700_000_000_000,
+                    author="carol",
+                    visibility=p.Visibility.PUBLIC,
+                    access="public",
+                )
+            ],
+            more=True,
             server_key=ED_KEY2,
             signature=SIGNATURE2,
         ),
@@ -112,6 +159,8 @@ def samples() -> dict[type[p.Message], p.Message]:
         p.RotateProposal: p.RotateProposal(
             **proposed, repo="frank", user="frank", new_key=ED_KEY2, signed=signed_write(rotate)
         ),
+        p.SettleProposal: p.SettleProposal(**proposed, repo="repo", user="dave", of_request=RID2, tree=SHA),
+        p.DeleteProposal: p.DeleteProposal(**proposed, repo="repo", user="operator", operator_signature=SIGNATURE),
         p.AdminProposal: p.AdminProposal(
             **proposed, repo="frank", user="frank", op=p.AdminOp.ADD, public_key=ED_KEY, operator_signature=SIGNATURE
         ),
@@ -497,6 +546,24 @@ def _with(cls, **changes) -> bytes:
         (_with(p.PullRequest, lost=[5]), "field 'lost\\[0\\]' must be str"),
         (_with(p.LogRequest, limit=0), "limit"),
         (_with(p.LogRequest, limit=1001), "limit"),
+        (_with(p.LogRequest, paths=["a"] * (p.MAX_LOG_PATHS + 1)), "paths lists more than 100"),
+        (_with(p.LogRequest, paths=[3]), r"field 'paths\[0\]' must be str"),
+        (_with(p.LogRequest, changes="yes"), "field 'changes' must be bool"),
+        (_with(p.PullRequest, target=-1), "target.* out of range"),
+        (_with(p.PullRequest, target=True), "field 'target' must be int"),
+        (_with(p.PullRequest, base_tree="nope"), "invalid object id"),
+        (_with(p.ReposRequest, repo="other"), "repo must equal user"),
+        (_with(p.ReposRequest, after="../x"), "invalid repository name"),
+        (_with(p.ReposRequest, limit=0), "limit must be between 1 and 1000"),
+        (_with(p.ReposRequest, limit=1001), "limit must be between 1 and 1000"),
+        (_with(p.OutcomeRequest, of_request="nope"), "request_id must be 32"),
+        (_with(p.OutcomeRequest, of_request=RID), "of_request must name another request"),
+        (_with(p.OutcomeRequest, tree="nope"), "invalid object id"),
+        (_with(p.SettleProposal, of_request=RID.upper()), "request_id must be 32"),
+        (_with(p.SettleProposal, tree=SHA.upper()), "invalid object id"),
+        (_with(p.DeleteProposal, operator_signature="s" * 89), "operator_signature longer than 88"),
+        (_with(p.Reply, more=1), "field 'more' must be bool"),
+        (_with(p.Reply, status="canceled"), "'status' has an unknown value"),
         (_with(p.Reply, tree="nope"), "invalid object id"),
         (_with(p.PushProposal, tree="nope"), "invalid object id"),
         (_with(p.PushProposal, user="no body"), "invalid user name"),
@@ -617,7 +684,7 @@ def test_allowed_filters_by_base_class():
     s = samples()
     requests = [cls for cls in MESSAGE_CLASSES if issubclass(cls, p.Request)]
     proposals = [cls for cls in MESSAGE_CLASSES if issubclass(cls, p.Proposal)]
-    assert len(requests) == 9 and len(proposals) == 7
+    assert len(requests) == 11 and len(proposals) == 9
     for cls in (p.Chunk, *requests):
         assert type(p.parse_message(s[cls].to_bytes(), allowed=p.REQUEST_TYPES)) is cls
     for cls in (p.Reply, p.Sealed, p.Heartbeat, *proposals):
@@ -1148,3 +1215,84 @@ def test_a_tree_with_one_file_too_many_is_refused_while_it_is_read():
     manifest = {f"f{n:06d}": p.FileEntry(SHA, 1) for n in range(p.MAX_TREE_ENTRIES + 1)}
     with pytest.raises(ProtocolError, match=f"tree too large: more than {p.MAX_TREE_ENTRIES} files"):
         p.decode_tree(p.encode_tree(manifest))
+
+
+# ---------------------------------------------------------------- history: log changes, repository listings
+
+
+def _reply_with(**changes) -> bytes:
+    return encode({**sample_doc(p.Reply), **changes})
+
+
+def _entry(**changes) -> dict:
+    return {**sample_doc(p.Reply)["entries"][0], **changes}
+
+
+def _repo(**changes) -> dict:
+    return {**sample_doc(p.Reply)["repos"][0], **changes}
+
+
+@pytest.mark.parametrize(
+    "raw, match",
+    [
+        (_reply_with(entries=[_entry(tree="nope")]), "invalid object id"),
+        (_reply_with(entries=[_entry(changes_more=-1)]), r"'entries\[0\]\.changes_more' is out of range"),
+        (_reply_with(entries=[_entry(changes=[{"path": "a", "kind": "R", "size": 1}])]), r"kind' has an unknown"),
+        (_reply_with(entries=[_entry(changes=[{"path": "a", "kind": "A", "size": 1, "mode": "w"}])]), "unknown"),
+        (_reply_with(entries=[_entry(changes=[{"path": "a", "kind": "A"}])]), r"missing field .*changes\[0\]\.size"),
+        (
+            _reply_with(entries=[_entry(changes=[{"path": "a", "kind": "A", "size": 1}] * (p.MAX_LOG_CHANGES + 1))]),
+            "more than 1000 changes",
+        ),
+        (_reply_with(entries=[_entry()] * (p.MAX_LOG_LIMIT + 1)), "more than 1000 log entries"),
+        (_reply_with(repos=[_repo()] * (p.MAX_REPOS_LIMIT + 1)), "more than 1000 repositories"),
+        (_reply_with(repos=[_repo(access="member")]), "unknown access 'member'"),
+        (_reply_with(repos=[_repo(name="../x")]), "invalid repository name"),
+        (_reply_with(repos=[_repo(author="a b")]), "invalid user name"),
+        (_reply_with(repos=[_repo(visibility="hidden")]), "visibility' has an unknown value"),
+        (_reply_with(repos=[{"name": "lab"}]), r"missing field 'repos\[0\]\.head'"),
+    ],
+)
+def test_history_fields_of_a_reply_are_checked(raw, match):
+    with pytest.raises(ProtocolError, match=match):
+        p.parse_message(raw)
+
+
+@pytest.mark.parametrize("path", ["/etc", "a/../b", ".minigit", "a//b"])
+def test_unsafe_paths_are_refused_in_log_requests_and_changes(path):
+    with pytest.raises(UnsafePath):
+        p.parse_message(_with(p.LogRequest, paths=["ok", path]))
+    with pytest.raises(UnsafePath):
+        p.parse_message(_reply_with(entries=[_entry(changes=[{"path": path, "kind": "D", "size": 0}])]))
+
+
+def test_history_fields_default_to_todays_behaviour():
+    pull = p.PullRequest(request_id=RID, repo="r", user="u", reply_partition=0)
+    log = p.LogRequest(request_id=RID, repo="r", user="u", reply_partition=0)
+    repos = p.ReposRequest(request_id=RID, repo="u", user="u", reply_partition=0)
+    assert (pull.target, pull.base_tree, log.paths, log.changes, repos.after, repos.limit) == (
+        0,
+        "",
+        [],
+        False,
+        "",
+        100,
+    )
+    entry = p.LogEntry(version=1, author="u", time_ms=1, message="m")
+    assert (entry.tree, entry.changes, entry.changes_more) == (None, [], 0)
+    change = p.FileChange(path="a", kind=p.ChangeKind.MODIFIED, size=1)
+    assert (
+        change.mode == ""
+        and change.kind == "M"
+        and change.to_dict() == {"path": "a", "kind": "M", "size": 1, "mode": ""}
+    )
+
+
+def test_history_boundaries_are_accepted():
+    entry = _entry(changes=[{"path": f"f{i}", "kind": "A", "size": i} for i in range(p.MAX_LOG_CHANGES)])
+    reply = p.parse_message(_reply_with(entries=[entry], repos=[_repo(access=a) for a in p.REPO_ACCESS_KINDS]))
+    assert len(reply.entries[0].changes) == p.MAX_LOG_CHANGES and len(reply.repos) == 5
+    assert p.parse_message(_with(p.LogRequest, paths=["a"] * p.MAX_LOG_PATHS)).paths == ["a"] * p.MAX_LOG_PATHS
+    assert p.parse_message(_with(p.ReposRequest, after="", limit=p.MAX_REPOS_LIMIT)).limit == p.MAX_REPOS_LIMIT
+    assert p.parse_message(_with(p.PullRequest, target=0, base_tree="")).target == 0
+    assert p.Status("cancelled") is p.Status.CANCELLED

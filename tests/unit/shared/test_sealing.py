@@ -415,7 +415,8 @@ def test_the_reply_payload_is_frozen():
     payload = sealing.reply_payload(reply(message="é", version=2), "ns")
     assert payload == (
         b'minigit-reply-v1\n{"namespace":"ns","reply":{"action":"pull","blob_bytes":0,"blob_count":0,'
-        b'"entries":[],"head":null,"message":"\\u00e9","replica":"1","request_id":"0123456789abcdef0123456789abcdef",'
+        b'"entries":[],"head":null,"message":"\\u00e9","more":false,"replica":"1",'
+        b'"repos":[],"request_id":"0123456789abcdef0123456789abcdef",'
         b'"server_key":"","status":"ok","stream":"fedcba9876543210fedcba9876543210","tree":null,"type":"reply",'
         b'"v":1,"version":2}}'
     )
@@ -444,6 +445,8 @@ REPLY_CHANGES = {
     "blob_count": 1,
     "blob_bytes": 1,
     "entries": [p.LogEntry(version=1, author="a", time_ms=1, message="m")],
+    "repos": [p.RepoInfo(name="r", head=1, time_ms=1, author="a", visibility=p.Visibility.PUBLIC, access="public")],
+    "more": True,
 }
 
 
