@@ -19,6 +19,7 @@ from __future__ import annotations
 import dataclasses
 from collections.abc import Mapping
 from dataclasses import dataclass
+from typing import TypeVar
 
 from minigit import identity
 from minigit import protocol as p
@@ -38,10 +39,18 @@ REQUIRED_ACCESS: dict[str, Access] = {
     "push": Access.WRITE,
     "share": Access.ADMIN,
     "visibility": Access.ADMIN,
+    "outcome": Access.WRITE,  # settling a push may cancel it: only who may push
 }
 _RANK = {Access.NONE: 0, Access.READ: 1, Access.WRITE: 2, Access.ADMIN: 3}
 _LEVEL_WORDS = {Access.NONE: "no access", Access.READ: "read only", Access.WRITE: "read and write"}
-_ACTION_WORDS = {"pull": "read", "log": "read", "push": "push to", "share": "share", "visibility": "change"}
+_ACTION_WORDS = {
+    "pull": "read",
+    "log": "read",
+    "push": "push to",
+    "share": "share",
+    "visibility": "change",
+    "outcome": "settle a push to",
+}
 
 
 @dataclass(frozen=True)
@@ -103,6 +112,18 @@ def access_of(user: str, repo: RepoAccess) -> Access:
     if repo.visibility == Visibility.PUBLIC and _RANK[shared] < _RANK[Access.READ]:
         return Access.READ
     return shared
+
+
+def listed_access(user: str, repo: RepoAccess) -> str | None:
+    """How a repository listing names ``user``'s access: ``owner``, the level shared
+    (``admin``, ``write``, ``read``), ``public`` (readable by everyone, without
+    membership); None: it may not read it, and the listing leaves it out."""
+    if user == repo.owner:
+        return "owner"
+    shared = repo.members.get(user, Access.NONE)
+    if shared != Access.NONE:
+        return str(shared)
+    return "public" if repo.visibility == Visibility.PUBLIC else None
 
 
 def check_permission(user: str, action: str, repo_name: str, repo: RepoAccess | None) -> Refusal | None:
@@ -212,7 +233,7 @@ def check_proposal(
     outside its ``repo``'s partition, so its ``repo`` must be the name."""
     if isinstance(proposal, p.ACCOUNT_PROPOSALS) and proposal.repo != proposal.user:
         return f"an account change of {proposal.user} must be in the log partition of that name (repo {proposal.repo})"
-    if isinstance(proposal, p.AdminProposal):
+    if isinstance(proposal, p.OPERATOR_PROPOSALS):
         return check_operator(proposal, namespace, server_key)
     signed = proposal.signed
     if signed is None:
@@ -240,20 +261,26 @@ def check_proposal(
     return None
 
 
-def operator_payload(proposal: p.AdminProposal, namespace: str) -> bytes:
+OperatorProposal = p.AdminProposal | p.DeleteProposal
+_Operator = TypeVar("_Operator", p.AdminProposal, p.DeleteProposal)
+
+
+def operator_payload(proposal: OperatorProposal, namespace: str) -> bytes:
     fields = {k: v for k, v in proposal.to_dict().items() if k != "operator_signature"}
     return identity.OPERATOR_DOMAIN + identity.canonical_json({"proposal": fields, "namespace": namespace})
 
 
-def sign_operator(server_key, proposal: p.AdminProposal, namespace: str) -> p.AdminProposal:
-    """An operator's account change, signed with the service's key."""
+def sign_operator(server_key, proposal: _Operator, namespace: str) -> _Operator:
+    """An operator's change (of an account, or a deletion), signed with the service's
+    key. The payload names the proposal's type and action, so one kind's signature
+    is never another's."""
     unsigned = dataclasses.replace(proposal, operator_signature="")
     return dataclasses.replace(
         unsigned, operator_signature=identity.sign(server_key, operator_payload(unsigned, namespace))
     )
 
 
-def check_operator(proposal: p.AdminProposal, namespace: str, server_key: str) -> str | None:
+def check_operator(proposal: OperatorProposal, namespace: str, server_key: str) -> str | None:
     try:
         ok = identity.verify(
             identity.parse_public_key(server_key), operator_payload(proposal, namespace), proposal.operator_signature

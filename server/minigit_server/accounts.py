@@ -58,10 +58,12 @@ class AccountsFold:
             return
         if access.check_proposal(proposal, self.authority.namespace, self.authority.server_key) is not None:
             return
-        used = decisions.Outcome(Status.OK, None, message=_USED)
-        self.store.put_outcome(
-            record.partition, proposal.request_id, {**used.to_json(), "request": decisions.request_key(proposal)}
-        )
+        used = decisions.Outcome(Status.OK, None, message=_USED, request=decisions.request_key(proposal)).to_json()
+        self.store.put_outcome(record.partition, proposal.request_id, used)
+        if isinstance(proposal, p.SettleProposal):
+            # A settle stores its ``of_request`` as cancelled unless one is stored, or
+            # the settler may not push to its repository (not folded: taken as used).
+            self.store.put_outcome(record.partition, proposal.of_request, used)
 
     def accounts(self) -> list[access.Account]:
         """Every name the log holds, by name (removed ones too: a removed name stays taken)."""

@@ -110,7 +110,8 @@ def apply_proposal(
         )
         return None
     outcome = APPLIERS[type(proposal)](store, proposal, record)
-    store.put_outcome(record.partition, proposal.request_id, {**outcome.to_json(), "request": key})
+    stored = dataclasses.replace(outcome, request=key, repo=proposal.repo)
+    store.put_outcome(record.partition, proposal.request_id, stored.to_json())
     return outcome
 
 
@@ -325,6 +326,38 @@ def apply_admin(store: Store, proposal: p.AdminProposal, record: LogRecord) -> d
     return outcome
 
 
+def apply_settle(store: Store, proposal: p.SettleProposal, record: LogRecord) -> decisions.Outcome:
+    """Settle what became of the write ``of_request``: its outcome if one is stored,
+    else it is stored as cancelled (under this settle's request key), so that the
+    write, arriving later, is refused as "request id already used"."""
+    repo = store.get_repo(proposal.repo)
+    if (refused := permission_refused(store, proposal, repo)) is not None:
+        return refused
+
+    def tree_of(version: int) -> str | None:
+        info = store.get_version(proposal.repo, version)
+        return info.tree if info else None
+
+    known = store.get_outcome(record.partition, proposal.of_request)
+    outcome, cancel = decisions.decide_settle(
+        known, proposal.repo, proposal.of_request, proposal.tree, repo.head if repo else None, tree_of
+    )
+    if cancel is not None:
+        stored = dataclasses.replace(cancel, request=decisions.request_key(proposal), repo=proposal.repo)
+        store.put_outcome(record.partition, proposal.of_request, stored.to_json())
+    return outcome
+
+
+def apply_delete(store: Store, proposal: p.DeleteProposal, record: LogRecord) -> decisions.Outcome:
+    """An operator's deletion: the repository is forgotten (outcomes stay), and its
+    name may be created again, from version 1, with its content uploaded again."""
+    repo = store.get_repo(proposal.repo)
+    outcome = decisions.decide_delete(repo.head if repo else None, proposal.repo)
+    if outcome.status == Status.ACCEPTED:
+        store.delete_repo(proposal.repo)
+    return outcome
+
+
 APPLIERS = {
     p.CreateProposal: apply_create,
     p.PushProposal: apply_push,
@@ -333,6 +366,8 @@ APPLIERS = {
     p.RegisterProposal: apply_register,
     p.RotateProposal: apply_rotate,
     p.AdminProposal: apply_admin,
+    p.SettleProposal: apply_settle,
+    p.DeleteProposal: apply_delete,
 }
 
 

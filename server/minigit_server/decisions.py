@@ -7,6 +7,7 @@ whole consistency argument; keep these functions deterministic.
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import json
 from collections.abc import Callable, Iterable, Mapping
@@ -28,6 +29,7 @@ class Outcome:
     version: int | None = None  # the version this write created, when accepted
     message: str = ""
     request: str = ""  # the request_key of the proposal decided (stored, not sent)
+    repo: str = ""  # the repository the request named (stored, not sent): a settle answers for its own only
 
     def to_json(self) -> dict:
         return asdict(self)
@@ -106,21 +108,38 @@ def decide_push(
 
 @dataclass(frozen=True)
 class PullDecision:
-    status: Status  # OK (send the head), UP_TO_DATE, NOT_FOUND, INVALID
+    status: Status  # OK (send version ``version``), UP_TO_DATE, NOT_FOUND, INVALID
     head: int | None
     message: str = ""
+    version: int | None = None  # the version to send (OK only)
 
 
-def decide_pull(head: int | None, version: int) -> PullDecision:
+def decide_pull(
+    head: int | None, version: int, target: int = 0, base_tree: str = "", version_tree: str | None = None
+) -> PullDecision:
+    """What a pull from ``version`` to ``target`` (0: the head) gets. ``version_tree``
+    is the tree of the server's version ``version``: a client that names another
+    (``base_tree``) holds a version of a repository deleted and created again since."""
     if head is None:
         return PullDecision(Status.NOT_FOUND, None, "no such repository")
-    if version == head:
-        return PullDecision(Status.UP_TO_DATE, head, "already up to date")
+    if target > head:
+        return PullDecision(Status.INVALID, head, f"version {target} does not exist: the head is {head}")
     if version > head:
         return PullDecision(
             Status.INVALID, head, f"you are at version {version} but the server's head is {head}: clone again"
         )
-    return PullDecision(Status.OK, head, f"head is version {head}")
+    if version and base_tree and base_tree != version_tree:
+        return PullDecision(
+            Status.INVALID,
+            head,
+            f"your version {version} is not the server's version {version} "
+            "(the repository was deleted and created again?): clone it again",
+        )
+    if target:  # asked for a version: its tree is sent even if the client has it (to read it)
+        return PullDecision(Status.OK, head, f"version {target} (head is version {head})", target)
+    if version == head:
+        return PullDecision(Status.UP_TO_DATE, head, "already up to date")
+    return PullDecision(Status.OK, head, f"head is version {head}", head)
 
 
 def blobs_to_send(
@@ -131,6 +150,135 @@ def blobs_to_send(
     have = {entry.sha for entry in old.values()} - set(lost)
     wanted = {entry.sha: entry.size for entry in new.values() if entry.sha not in have}
     return sorted(wanted.items())
+
+
+# ---------------------------------------------------------------- history
+
+
+def changes_between(old: Mapping[str, p.FileEntry], new: Mapping[str, p.FileEntry]) -> list[p.FileChange]:
+    """What a version changed, by path: added, modified (content or mode) and
+    deleted files, each with its size and mode in ``new`` (in ``old`` if deleted)."""
+    found = []
+    for path in sorted(old.keys() | new.keys()):
+        before, after = old.get(path), new.get(path)
+        if before == after:
+            continue
+        if after is None:
+            found.append(p.FileChange(path=path, kind=p.ChangeKind.DELETED, size=before.size, mode=before.mode))
+        else:
+            kind = p.ChangeKind.ADDED if before is None else p.ChangeKind.MODIFIED
+            found.append(p.FileChange(path=path, kind=kind, size=after.size, mode=after.mode))
+    return found
+
+
+def touches(changes: Iterable[p.FileChange], paths: Iterable[str]) -> bool:
+    """Whether a change is to a file equal to or under one of ``paths`` (none: any)."""
+    prefixes = list(paths)
+    if not prefixes:
+        return True
+    return any(c.path == path or c.path.startswith(path + "/") for c in changes for path in prefixes)
+
+
+def listed_changes(changes: list[p.FileChange], cap: int = p.MAX_LOG_CHANGES) -> tuple[list[p.FileChange], int]:
+    """The changes a log entry lists, and how many it leaves off."""
+    return changes[:cap], max(0, len(changes) - cap)
+
+
+def entry_bytes(entry: p.LogEntry) -> int:
+    """What an entry adds to a log reply, as its JSON is written (escapes included)."""
+    return len(json.dumps(entry.to_dict(), separators=(",", ":"), ensure_ascii=False).encode()) + 1
+
+
+def fit_log(entries: Iterable[p.LogEntry], limit: int, max_bytes: int) -> list[p.LogEntry]:
+    """The newest entries (``entries`` come newest first) that fit one reply: at most
+    ``limit``, at most ``max_bytes`` of JSON. Older entries are dropped first; the
+    newest alone too large keeps only the changes that fit (the rest counted in
+    ``changes_more``), so a log never answers nothing while there are versions."""
+    kept: list[p.LogEntry] = []
+    size = 0
+    for entry in entries:
+        grown = size + entry_bytes(entry)
+        if grown > max_bytes:
+            if kept:
+                break
+            entry = shrink_entry(entry, max_bytes)
+            grown = entry_bytes(entry)
+            if grown > max_bytes:
+                break
+        kept.append(entry)
+        size = grown
+        if len(kept) == limit:  # not one more: each entry may cost reading a tree
+            break
+    return kept
+
+
+def shrink_entry(entry: p.LogEntry, max_bytes: int) -> p.LogEntry:
+    """``entry`` with as many of its changes as fit ``max_bytes`` (the rest counted)."""
+    bare = dataclasses.replace(entry, changes=[], changes_more=len(entry.changes) + entry.changes_more)
+    room = max_bytes - entry_bytes(bare) - 16  # 16: the digits changes_more may lose or gain
+    listed = []
+    for change in entry.changes:
+        room -= len(json.dumps(change.to_dict(), separators=(",", ":"), ensure_ascii=False).encode()) + 1
+        if room < 0:
+            break
+        listed.append(change)
+    return dataclasses.replace(entry, changes=listed, changes_more=bare.changes_more - len(listed))
+
+
+def repos_page(
+    user: str, candidates: Iterable[tuple[str, access.RepoAccess]], limit: int
+) -> tuple[list[tuple[str, str]], bool]:
+    """A page of the repositories ``user`` may read, from ``candidates`` (by name, in
+    order): (name, access) of at most ``limit``, and whether more follow. Those the
+    user may not read are left out, so a listing tells nothing of them."""
+    page: list[tuple[str, str]] = []
+    for name, repo in candidates:
+        word = access.listed_access(user, repo)
+        if word is None:
+            continue
+        if len(page) == limit:
+            return page, True
+        page.append((name, word))
+    return page, False
+
+
+# ---------------------------------------------------------------- outcomes and deletion
+
+NEVER_APPLIED = "never applied: it never will be now"
+
+
+def decide_settle(
+    known: Mapping | None,
+    repo: str,
+    of_request: str,
+    tree: str,
+    head: int | None,
+    tree_of: Callable[[int], str | None],
+) -> tuple[Outcome, Outcome | None]:
+    """What became of the write ``of_request`` (that proposed ``tree`` to ``repo``):
+    the settle's own outcome, and the outcome to store for ``of_request`` now (None:
+    it has one). A write nothing was stored for is cancelled: stored so, it changes
+    nothing when it arrives later. ``tree_of`` gives a version's tree."""
+    if known is None:
+        cancelled = Outcome(Status.CANCELLED, head, message=NEVER_APPLIED, repo=repo)
+        return cancelled, cancelled
+    stored = Outcome.from_json(known)
+    if stored.repo != repo:
+        return Outcome(Status.INVALID, head, message=f"request {of_request} was not a request to {repo}"), None
+    if stored.status == Status.ACCEPTED:
+        if stored.version is None or tree_of(stored.version) != tree:
+            # what a retry of that write would get: another request took its id
+            return Outcome(Status.INVALID, head, message="request id already used by another request"), None
+        return Outcome(Status.ACCEPTED, head, version=stored.version, message=stored.message), None
+    if stored.status == Status.CANCELLED:
+        return Outcome(Status.CANCELLED, head, message=NEVER_APPLIED), None
+    return Outcome(stored.status, stored.head, message=stored.message), None
+
+
+def decide_delete(head: int | None, repo: str) -> Outcome:
+    if head is None:
+        return Outcome(Status.NOT_FOUND, None, message="no such repository")
+    return Outcome(Status.ACCEPTED, None, message=f"{repo} deleted (it was at version {head})")
 
 
 # ---------------------------------------------------------------- access and accounts

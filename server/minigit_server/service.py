@@ -6,8 +6,8 @@ applied them; reads wait for the log end seen on arrival.
 from __future__ import annotations
 
 import collections
+import dataclasses
 import enum
-import json
 import logging
 import threading
 import time
@@ -532,23 +532,25 @@ class Service:
         if (refused := self.denied(request, partition)) is not None:
             return refused
         repo = self.store.get_repo(request.repo)
-        decision = decisions.decide_pull(repo.head if repo else None, request.version)
+        base = self.store.get_version(request.repo, request.version) if repo and request.version else None
+        decision = decisions.decide_pull(
+            repo.head if repo else None, request.version, request.target, request.base_tree, base.tree if base else None
+        )
         if decision.status != Status.OK:
             self.answer(request, decision.status, decision.message, head=decision.head, version=decision.head)
             self.wire.flush()
             return Handled.of(request, decision.status, f"v{request.version}")
-        head = self.store.get_version(request.repo, repo.head)
-        base = self.store.get_version(request.repo, request.version) if request.version else None
+        target = self.store.get_version(request.repo, decision.version)
         # Every object is checked against its hash before a byte is sent (read twice:
         # the store is local), so a damaged one is repaired first or not sent at all.
         why = f"serving {request.action} of {request.repo}"
-        for tree in {head.tree} | ({base.tree} if base else set()):
+        for tree in {target.tree} | ({base.tree} if base else set()):
             if not self.integrity.ensure_sound(partition, tree, why):
                 return Handled.of(request, Unanswered.DAMAGED, f"object {tree[:12]} damaged; not answered")
         old = self.store.read_manifest(request.repo, request.version)
-        new = self.store.read_manifest(request.repo, repo.head)
-        wanted = [(head.tree, self.store.blob_size(partition, head.tree))]
-        wanted += [(sha, size) for sha, size in decisions.blobs_to_send(old, new, request.lost) if sha != head.tree]
+        new = self.store.read_manifest(request.repo, decision.version)
+        wanted = [(target.tree, self.store.blob_size(partition, target.tree))]
+        wanted += [(sha, size) for sha, size in decisions.blobs_to_send(old, new, request.lost) if sha != target.tree]
         for sha, _ in wanted[1:]:
             if not self.integrity.ensure_sound(partition, sha, why):
                 return Handled.of(request, Unanswered.DAMAGED, f"object {sha[:12]} damaged; not answered")
@@ -560,9 +562,9 @@ class Service:
             Status.OK,
             decision.message,
             sealer,
-            version=repo.head,
+            version=decision.version,
             head=repo.head,
-            tree=head.tree,
+            tree=target.tree,
             blob_count=len(wanted),
             blob_bytes=sum(size for _, size in wanted),
         )
@@ -570,7 +572,8 @@ class Service:
             self.stream_blob(partition, request, reply.stream, sha, sealer)
         self.wire.flush()
         sent = sum(size for _, size in wanted)
-        return Handled.of(request, Status.OK, f"v{request.version}->v{repo.head}, {len(wanted)} objects, {sent} bytes")
+        detail = f"v{request.version}->v{decision.version}, {len(wanted)} objects, {sent} bytes"
+        return Handled.of(request, Status.OK, detail)
 
     def stream_blob(
         self, partition: int, request: p.Request, stream: str, sha: str, sealer: sealing.StreamSealer | None
@@ -590,19 +593,110 @@ class Service:
             self.answer(request, Status.NOT_FOUND, "no such repository")
             self.wire.flush()
             return Handled.of(request, Status.NOT_FOUND)
-        entries, size = [], 0
-        for info in reversed(self.store.list_versions(request.repo)):
-            signed = p.SignedWrite.from_text(info.signed) if info.signed else None
-            entry = p.LogEntry(
-                version=info.version, author=info.author, time_ms=info.time_ms, message=info.message, signed=signed
-            )
-            size += len(json.dumps(entry.to_dict(), separators=(",", ":"), ensure_ascii=False).encode()) + 1
-            if len(entries) >= request.limit or size > MAX_LOG_REPLY_BYTES:
-                break
-            entries.append(entry)
+        try:
+            entries = decisions.fit_log(self.log_entries(partition, request), request.limit, MAX_LOG_REPLY_BYTES)
+        except ObjectDamaged as damaged:
+            return Handled.of(request, Unanswered.DAMAGED, f"object {damaged.sha[:12]} damaged; not answered")
         self.answer(request, Status.OK, head=repo.head, version=repo.head, entries=entries)
         self.wire.flush()
         return Handled.of(request, Status.OK, f"{len(entries)} entries")
+
+    def log_entries(self, partition: int, request: p.LogRequest) -> Iterator[p.LogEntry]:
+        """The versions a log lists, newest first, made as they are read: with paths or
+        changes asked, each version's tree is read (once: it is the next one's
+        predecessor), checked against its hash first."""
+        versions = self.store.list_versions(request.repo)
+        by_number = {info.version: info for info in versions}
+        manifests: dict[int, p.Manifest] = {0: {}}
+
+        def manifest(version: int) -> p.Manifest:
+            if version not in manifests:
+                tree = by_number[version].tree
+                if not self.integrity.ensure_sound(partition, tree, f"serving log of {request.repo}"):
+                    raise ObjectDamaged(tree)
+                manifests.clear()  # newest first: only the one before is needed again
+                manifests[0] = {}
+                manifests[version] = self.store.read_manifest(request.repo, version)
+            return manifests[version]
+
+        for info in reversed(versions):
+            signed = p.SignedWrite.from_text(info.signed) if info.signed else None
+            entry = p.LogEntry(
+                version=info.version,
+                author=info.author,
+                time_ms=info.time_ms,
+                message=info.message,
+                signed=signed,
+                tree=info.tree,
+            )
+            if request.paths or request.changes:
+                new = manifest(info.version)
+                changes = decisions.changes_between(manifest(info.version - 1), new)
+                if not decisions.touches(changes, request.paths):
+                    continue
+                if request.changes:
+                    listed, more = decisions.listed_changes(changes)
+                    entry = dataclasses.replace(entry, changes=listed, changes_more=more)
+            yield entry
+
+    def handle_repos(self, partition: int, request: p.ReposRequest, author: Author) -> Handled:
+        """A page of the repositories the user may read. Repositories live in every log
+        partition: each is caught up first, so the page is as of now everywhere."""
+        for log_partition in range(self.wire.log_partition_count()):
+            if not self.catch_up(log_partition):
+                return Handled.of(request, Unanswered.STALLED, "log not applied in time; not answered")
+        sealer = self.sealer_of_key(request)
+        if sealer is None:  # names of private repositories travel sealed only
+            message = "a repository listing is sent sealed, and this request has no valid reply_key"
+            self.reply(request.reply_partition, request.request_id, request.action, Status.INVALID, message)
+            self.wire.flush()
+            return Handled.of(request, Status.INVALID, message)
+        with self.store.snapshot():
+            page, more = decisions.repos_page(request.user, self.repo_accesses(request.after), request.limit)
+            listed = [self.repo_info(name, word) for name, word in page]
+        message = f"{len(listed)} repositories" + (" (more follow)" if more else "")
+        self.reply(
+            request.reply_partition,
+            request.request_id,
+            request.action,
+            Status.OK,
+            message,
+            sealer,
+            repos=listed,
+            more=more,
+        )
+        self.wire.flush()
+        return Handled.of(request, Status.OK, message)
+
+    REPOS_SCAN_PAGE = 500
+
+    def repo_accesses(self, after: str) -> Iterator[tuple[str, access.RepoAccess]]:
+        """Every repository after ``after``, by name, with who may read it (read lazily)."""
+        while page := self.store.list_repos(after, self.REPOS_SCAN_PAGE):
+            for repo in page:
+                yield repo.name, repo_access(self.store, repo)
+            after = page[-1].name
+
+    def repo_info(self, name: str, word: str) -> p.RepoInfo:
+        repo = self.store.get_repo(name)
+        head = self.store.get_version(name, repo.head)
+        return p.RepoInfo(
+            name=name,
+            head=repo.head,
+            time_ms=head.time_ms,
+            author=head.author,
+            visibility=p.Visibility(repo.visibility),
+            access=word,
+        )
+
+    def sealer_of_key(self, request: p.Request) -> sealing.StreamSealer | None:
+        """A sealer to the request's reply key, whatever the repository; None if it has no usable one."""
+        if not request.reply_key:
+            return None
+        try:
+            return sealing.StreamSealer(request.reply_key, request.request_id, uuid.uuid4().hex)
+        except MinigitError:
+            return None
 
     # -- writes
 
@@ -636,6 +730,11 @@ class Service:
 
     def handle_rotate(self, partition: int, request: p.RotateRequest, author: Author) -> Handled:
         return self.propose(partition, request, p.RotateProposal, author)
+
+    def handle_outcome(self, partition: int, request: p.OutcomeRequest, author: Author) -> Handled:
+        """A write: settled in the log, so every replica agrees on what became of the
+        request it names, and that request can change nothing afterwards."""
+        return self.propose(partition, request, p.SettleProposal, author)
 
     def signed_write(self, request: p.Request, author: Author) -> p.SignedWrite:
         """The request's proof of authorship, for the log: the owner stamps the key
@@ -704,6 +803,14 @@ class LogStalled(Exception):
     """The log of a partition was not applied in time to answer."""
 
 
+class ObjectDamaged(Exception):
+    """A stored object a read needs failed its hash and could not be repaired."""
+
+    def __init__(self, sha: str) -> None:
+        super().__init__(f"object {sha} is damaged")
+        self.sha = sha
+
+
 # Which method answers which request: every request class has one.
 HANDLERS: dict[type[p.Request], Callable[[Service, int, p.Request, Author], Handled]] = {
     p.PingRequest: Service.handle_ping,
@@ -715,4 +822,6 @@ HANDLERS: dict[type[p.Request], Callable[[Service, int, p.Request, Author], Hand
     p.VisibilityRequest: Service.handle_visibility,
     p.RegisterRequest: Service.handle_register,
     p.RotateRequest: Service.handle_rotate,
+    p.ReposRequest: Service.handle_repos,
+    p.OutcomeRequest: Service.handle_outcome,
 }

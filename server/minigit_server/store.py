@@ -141,10 +141,17 @@ class Store(abc.ABC):
     def get_repo(self, name: str) -> RepoState | None: ...
 
     @abc.abstractmethod
-    def list_repos(self) -> list[RepoState]: ...
+    def list_repos(self, after: str = "", limit: int | None = None) -> list[RepoState]:
+        """Repositories by name: those after ``after``, at most ``limit`` (None: all)."""
 
     @abc.abstractmethod
     def put_repo(self, repo: RepoState) -> None: ...
+
+    @abc.abstractmethod
+    def delete_repo(self, name: str) -> None:
+        """Forget a repository: its row, versions, members and the proofs that uploads
+        to it carried their pieces (a repository created again under the name must
+        upload its content again). Outcomes stay: a request id stays used."""
 
     @abc.abstractmethod
     def add_version(self, repo: str, info: VersionInfo) -> None: ...
@@ -329,11 +336,17 @@ class MemoryStore(Store):
     def get_repo(self, name: str) -> RepoState | None:
         return self.repos.get(name)
 
-    def list_repos(self) -> list[RepoState]:
-        return [self.repos[name] for name in sorted(self.repos)]
+    def list_repos(self, after: str = "", limit: int | None = None) -> list[RepoState]:
+        return [self.repos[name] for name in sorted(self.repos) if name > after][:limit]
 
     def put_repo(self, repo: RepoState) -> None:
         self.repos[repo.name] = repo
+
+    def delete_repo(self, name: str) -> None:
+        self.repos.pop(name, None)
+        self.versions.pop(name, None)
+        self.members.pop(name, None)
+        self.proofs = {proof for proof in self.proofs if proof[1] != name}
 
     def add_version(self, repo: str, info: VersionInfo) -> None:
         self.versions.setdefault(repo, {})[info.version] = info
@@ -368,8 +381,10 @@ class MemoryStore(Store):
 
 
 # Version 2 keeps chunks, blobs and outcomes per log partition (version 1 shared them);
-# version 3 adds identity: accounts, owners, visibility, members, signed versions.
-SCHEMA_VERSION = 3
+# version 3 adds identity: accounts, owners, visibility, members, signed versions;
+# version 4 applies settle and delete records (an older replica skipped them) and
+# stores each outcome's repository: a store of version 3 is rebuilt from the log.
+SCHEMA_VERSION = 4
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS applied (partition INTEGER PRIMARY KEY, next_offset INTEGER NOT NULL);
 CREATE TABLE IF NOT EXISTS chunks (
@@ -589,9 +604,15 @@ class SqliteStore(Store):
         row = self._db().execute(query, (name,)).fetchone()
         return RepoState(*row) if row else None
 
-    def list_repos(self) -> list[RepoState]:
-        rows = self._db().execute(f"SELECT {self._REPO_COLUMNS} FROM repos ORDER BY name")
+    def list_repos(self, after: str = "", limit: int | None = None) -> list[RepoState]:
+        query = f"SELECT {self._REPO_COLUMNS} FROM repos WHERE name > ? ORDER BY name LIMIT ?"
+        rows = self._db().execute(query, (after, -1 if limit is None else limit))
         return [RepoState(*row) for row in rows]
+
+    def delete_repo(self, name: str) -> None:
+        db = self._db()
+        for table in ("repos WHERE name", "versions WHERE repo", "members WHERE repo", "piece_proofs WHERE repo"):
+            db.execute(f"DELETE FROM {table} = ?", (name,))
 
     def put_repo(self, repo: RepoState) -> None:
         self._db().execute(

@@ -156,7 +156,7 @@ def pair(tmp_path):
 def outcome(store: Store, rid: str) -> decisions.Outcome | None:
     """The stored outcome, without the key of the request it decided."""
     found = store.get_outcome(0, rid)
-    return dataclasses.replace(decisions.Outcome.from_json(found), request="") if found is not None else None
+    return dataclasses.replace(decisions.Outcome.from_json(found), request="", repo="") if found is not None else None
 
 
 def state(store: Store, rids=(), shas=()) -> dict:

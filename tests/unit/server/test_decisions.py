@@ -103,7 +103,7 @@ def test_pull_no_such_repository():
 
 @pytest.mark.parametrize("head", [1, 5])
 def test_clone_existing_repository(head):
-    assert decisions.decide_pull(head, 0) == PullDecision(p.Status.OK, head, f"head is version {head}")
+    assert decisions.decide_pull(head, 0) == PullDecision(p.Status.OK, head, f"head is version {head}", head)
 
 
 @pytest.mark.parametrize("head, version", [(1, 1), (5, 5)])
@@ -113,7 +113,7 @@ def test_pull_already_up_to_date(head, version):
 
 @pytest.mark.parametrize("head, version", [(2, 1), (5, 3)])
 def test_pull_behind_is_updated(head, version):
-    assert decisions.decide_pull(head, version) == PullDecision(p.Status.OK, head, f"head is version {head}")
+    assert decisions.decide_pull(head, version) == PullDecision(p.Status.OK, head, f"head is version {head}", head)
 
 
 @pytest.mark.parametrize("head, version", [(1, 2), (5, 9)])
