@@ -153,9 +153,11 @@ class ServerFlags:
         environ: Mapping[str, str] | None = None,
     ) -> ServerFlags:
         """Check the raw values of the --bootstrap, --namespace and --kafka-option
-        flags (a usage error names the bad one). An empty --bootstrap is not said."""
+        flags (a usage error names the bad one). An empty --bootstrap is a usage
+        error too; an empty MINIGIT_BOOTSTRAP never gets here (click takes an empty
+        variable for an unset one)."""
         return cls(
-            bootstrap=check_bootstrap(bootstrap) if bootstrap else None,
+            bootstrap=check_bootstrap(bootstrap) if bootstrap is not None else None,
             namespace=check_namespace(namespace) if namespace is not None else None,
             options=read_kafka_options(kafka_option_flags or (), environ),
         )
@@ -192,7 +194,8 @@ def corrupt_setting(where: str, reason: str, flag: str) -> CorruptMetadata:
 
 
 BOOTSTRAP_FORMAT = "HOST:PORT[,HOST:PORT...], an IPv6 address in brackets as in [::1]:9092"
-_HOST_RE = re.compile(r"[A-Za-z0-9_][A-Za-z0-9._-]{0,252}")
+_LABEL_RE = re.compile(r"[A-Za-z0-9_]([A-Za-z0-9_-]{0,61}[A-Za-z0-9_])?")
+_DOTTED_NUMBERS_RE = re.compile(r"[0-9.]+")
 _PORT_RE = re.compile(r"[0-9]{1,5}")
 
 
@@ -214,13 +217,28 @@ def split_bootstrap(text: str) -> list[str]:
             host, separator, port = entry.rpartition(":")
             if ":" in host and (_is_ipv6(host) or _is_ipv6(entry)):
                 raise ValueError(f"{entry!r}: write an IPv6 address in brackets, as in [::1]:9092")
-            if separator and not _HOST_RE.fullmatch(host):
+            if separator and not is_host(host):
                 raise ValueError(f"{host!r} in {entry!r} is not a host name or an IP address")
         if separator != ":" or not port:
             raise ValueError(f"{entry!r} has no port")
         if not _PORT_RE.fullmatch(port) or not 1 <= int(port) <= 65535:
             raise ValueError(f"the port of {entry!r} is not a number from 1 to 65535")
     return servers
+
+
+def is_host(text: str) -> bool:
+    """An IPv4 address, or a host name: at most 253 characters (one final dot
+    aside) in dot-separated labels of 1 to 63 letters, digits, '-' and '_' that
+    neither start nor end with '-'. Numbers and dots alone must be an IPv4
+    address (999.1.1.1 is neither: it would only fail later, as a DNS lookup)."""
+    if _DOTTED_NUMBERS_RE.fullmatch(text):
+        try:
+            ipaddress.IPv4Address(text)
+        except ValueError:
+            return False
+        return True
+    name = text[:-1] if text.endswith(".") else text
+    return 0 < len(name) <= 253 and all(_LABEL_RE.fullmatch(label) for label in name.split("."))
 
 
 def _is_ipv6(text: str) -> bool:
@@ -237,7 +255,10 @@ def check_bootstrap(text: str) -> str:
     try:
         return ",".join(split_bootstrap(text))
     except ValueError as error:
-        raise UsageError(f"bad --bootstrap {text!r}: {error}; expected {BOOTSTRAP_FORMAT}") from None
+        raise UsageError(
+            f"bad --bootstrap {text!r}: {error}; expected {BOOTSTRAP_FORMAT}",
+            hint="the value comes from --bootstrap, else from the MINIGIT_BOOTSTRAP environment variable",
+        ) from None
 
 
 def parse_bool(name: str, text: str) -> bool:

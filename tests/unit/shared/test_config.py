@@ -211,7 +211,7 @@ def test_precedence_is_flag_then_saved_then_default(bootstrap, namespace, saved)
 
 def test_parse_checks_the_raw_flags(monkeypatch):
     monkeypatch.setenv("MINIGIT_KAFKA_SECURITY_PROTOCOL", "SSL")
-    flags = ServerFlags.parse("", None, ["client_id=me"])
+    flags = ServerFlags.parse(None, None, ["client_id=me"])
     assert flags == ServerFlags(None, None, {"security_protocol": "SSL", "client_id": "me"})
     with pytest.raises(UsageError, match="invalid namespace"):
         ServerFlags.parse(None, "bad namespace")
@@ -269,8 +269,37 @@ def test_bad_bootstrap_flags_are_usage_errors(text, reason):
         split_bootstrap(text)
 
 
-def test_an_empty_bootstrap_flag_is_not_said():
-    assert ServerFlags.parse("", None, [], {}).bootstrap is None
+def test_an_empty_bootstrap_flag_is_a_usage_error_and_an_absent_one_is_not_said():
+    with pytest.raises(UsageError, match=r"^bad --bootstrap '': no HOST:PORT in it") as info:
+        ServerFlags.parse("", None, [], {})
+    assert "MINIGIT_BOOTSTRAP" in info.value.hint
+    assert ServerFlags.parse(None, None, [], {}).bootstrap is None
+
+
+@pytest.mark.parametrize(
+    "text",
+    [
+        "999.999.999.999:9092",  # numbers and dots: an IPv4 address or nothing
+        "1.2.3:9092",
+        "host..x:9092",  # an empty label
+        "a.-b:9092",
+        "b-.c:9092",
+        f"{'a' * 64}.example:9092",  # a label longer than 63
+        f"{'a.' * 127}ab:9092",  # longer than 253
+        "h\u00e9:9092",
+        "h\t:9092",
+    ],
+)
+def test_host_names_follow_the_dns_rules(text):
+    with pytest.raises(UsageError, match="is not a host name or an IP address"):
+        check_bootstrap(text)
+
+
+@pytest.mark.parametrize(
+    "text", ["localhost.:9092", "kafka_1:9092", "a-b.c-d:1", f"{'a' * 63}.x:1", "10.0.0.1:9092", "h:09092"]
+)
+def test_host_names_within_the_rules_are_accepted(text):
+    assert check_bootstrap(text) == text
 
 
 @pytest.mark.parametrize("saved", [",,,", "[::1", "h:99999", "no-port"])
