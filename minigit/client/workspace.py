@@ -3,11 +3,17 @@
 Parsing ``.minigit`` is kept apart from reading it, and every path is checked
 with the protocol's rules before anything touches the disk.
 
-A command killed at any instant leaves nothing the next one cannot use: every
-temporary file of a working directory is made under its lock and removed by the
-next holder of the lock; a clone into a new directory is built in a staging
-directory beside it (alive while its creator holds an ``flock`` on it) and renamed
-into place whole.
+A command killed at any instant leaves nothing the next one cannot use: the lock
+is an ``flock`` on the working directory itself (no file is made for it, and the
+OS drops it when the process dies); every temporary file of a working directory
+is made under its lock and removed by the next holder of the lock; a clone into
+a new directory is built in a staging directory beside it (alive while its
+creator holds an ``flock`` on it) and renamed into place whole.
+
+What is tracked (``scan_workdir``): regular files, with their owner's executable
+bit, and symbolic links as links (their content is their target; never followed).
+``.git`` folders and minigit's own files are never tracked; ignored files are not,
+unless tracked already; anything else that cannot be tracked is reported, with why.
 """
 
 from __future__ import annotations
@@ -23,17 +29,20 @@ import re
 import secrets
 import shutil
 import stat
-from collections.abc import Callable, Collection, Iterator
+from collections.abc import Callable, Collection, Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import IO
 
 from minigit import codec
 from minigit import protocol as p
+from minigit.client import index
+from minigit.client.ignore import IGNORE_NAME, NO_IGNORES, Ignores, read_ignore_file
 from minigit.errors import CorruptMetadata, MinigitError, NoRepository, UnsafePath, UsageError, WorkdirBusy
 
 METADATA_NAME = ".minigit"
-LOCK_NAME = ".minigit.lock"
+INDEX_NAME = index.INDEX_NAME
+OLD_LOCK_NAME = ".minigit.lock"  # the lock file of earlier versions: removed as a leftover
 TEMP_MARK = ".minigit-tmp-"
 CLONE_STAGING_MARK = ".minigit-clone-"
 # The version in the .minigit of a clone into an existing directory that has not
@@ -191,11 +200,12 @@ def write_metadata(root: Path, meta: Metadata) -> None:
 
 @contextlib.contextmanager
 def lock_workdir(root: Path) -> Iterator[None]:
-    """One minigit command at a time per working directory. The OS drops the lock
-    when the process dies, so a crash never leaves a stale lock behind. Temporary
-    files are only made under the lock, so the ones found on taking it were left
-    by a command that died: they are removed."""
-    fd = os.open(root / LOCK_NAME, os.O_RDWR | os.O_CREAT, 0o644)
+    """One minigit command at a time per working directory: an ``flock`` on the
+    directory itself, so no file is made for it. The OS drops the lock when the
+    process dies, so a crash never leaves a stale lock behind. Temporary files are
+    only made under the lock, so the ones found on taking it were left by a
+    command that died: they are removed."""
+    fd = os.open(root, os.O_RDONLY | os.O_DIRECTORY)
     try:
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
@@ -209,14 +219,26 @@ def lock_workdir(root: Path) -> Iterator[None]:
         os.close(fd)
 
 
+@contextlib.contextmanager
+def lock_unless_busy(root: Path) -> Iterator[bool]:
+    """The lock for the block (True), unless a command is running in ``root``
+    (False: the block runs without it, and nothing is tidied)."""
+    with contextlib.ExitStack() as stack:
+        try:
+            stack.enter_context(lock_workdir(root))
+        except WorkdirBusy:
+            held = False
+        else:
+            held = True
+        yield held
+
+
 def tidy_unless_busy(root: Path) -> bool:
     """Remove what dead commands left in ``root``, unless a command is running
-    there (then True) or the lock cannot be taken (a directory the user may only read)."""
+    there (then True) or the directory cannot be locked (one the user may not read)."""
     try:
-        with lock_workdir(root):
-            return False
-    except WorkdirBusy:
-        return True
+        with lock_unless_busy(root) as held:
+            return not held
     except OSError:
         return False
 
@@ -227,12 +249,27 @@ def is_leftover(name: str) -> bool:
     return name.startswith(TEMP_MARK) or name.startswith(METADATA_NAME + TEMP_MARK)
 
 
+def is_own_name(name: str, top: bool) -> bool:
+    """minigit's own files, neither tracked nor reported: clone stagings anywhere,
+    and at the top of a working directory ``.minigit``, the stat cache, temporary
+    files and the lock file of older versions."""
+    if name.startswith(CLONE_STAGING_MARK):
+        return True
+    return top and (name in (METADATA_NAME, INDEX_NAME, OLD_LOCK_NAME) or is_leftover(name))
+
+
 def remove_leftovers(root: Path) -> None:
-    """Call with the lock held: no one else may be using them."""
+    """Call with the lock held: no one else may be using them. Also the lock file
+    of older versions, and a stat cache left where there is no ``.minigit`` (a
+    working directory's that was removed). Best effort: what cannot be removed
+    (a directory the user may only read) stays."""
     with os.scandir(root) as entries:
-        for entry in entries:
-            if is_leftover(entry.name):
-                remove_tree(Path(entry.path))
+        names = {entry.name: entry.path for entry in entries}
+    for name, path in names.items():
+        stale_index = name == INDEX_NAME and METADATA_NAME not in names
+        if is_leftover(name) or name == OLD_LOCK_NAME or stale_index:
+            with contextlib.suppress(OSError):
+                remove_tree(Path(path))
 
 
 def remove_tree(path: Path) -> None:
@@ -244,9 +281,10 @@ def remove_tree(path: Path) -> None:
 
 
 def is_vacant(directory: Path) -> bool:
-    """Empty, or holding only what minigit commands leave (the lock, temporary files)."""
+    """Empty, or holding only what minigit commands leave (temporary files, the
+    lock file of older versions, a stat cache without its ``.minigit``)."""
     with os.scandir(directory) as entries:
-        return all(entry.name == LOCK_NAME or is_leftover(entry.name) for entry in entries)
+        return all(entry.name in (OLD_LOCK_NAME, INDEX_NAME) or is_leftover(entry.name) for entry in entries)
 
 
 # ---------------------------------------------------------------- staging a clone
@@ -314,32 +352,196 @@ def install_clone(staging: Path, directory: Path) -> None:
 
 # ---------------------------------------------------------------- reading files
 
+GIT_DIR_NAME = ".git"  # never tracked, at any depth, as git never tracks it
+# The longest target of a symbolic link (Linux's PATH_MAX, less the NUL): a longer one is no link's.
+MAX_LINK_TARGET = 4095
 
-def is_internal(name: str) -> bool:
-    return p.is_reserved_name(name)
+# Why a file cannot be tracked, as status and push report it.
+RESERVED = "its name is reserved for minigit's own files"
+LINK_ABSOLUTE = "a symbolic link to an absolute path"
+LINK_OUTSIDE = "a symbolic link that leads outside the working directory"
+LINK_THROUGH_LINK = "a symbolic link whose target goes up out of another link"
+SPECIAL_KINDS = {
+    stat.S_IFIFO: "a named pipe",
+    stat.S_IFSOCK: "a socket",
+    stat.S_IFCHR: "a device",
+    stat.S_IFBLK: "a device",
+}
 
 
-def list_files(root: Path, ignored: Callable[[str, bool], bool] = lambda path, is_dir: False) -> list[str]:
-    """Relative '/' paths of the regular files under ``root``. Symlinks are not
-    followed (a link could lead outside the working directory) and not tracked."""
-    found: list[str] = []
+@dataclass(frozen=True)
+class Scan:
+    """A working directory's files as a manifest, beside the files that cannot be
+    tracked, each with why (by path; a folder's path ends with '/')."""
 
-    def walk(directory: Path, prefix: str) -> None:
-        with os.scandir(directory) as entries:
-            for entry in sorted(entries, key=lambda e: e.name):
-                rel = prefix + entry.name
-                if is_internal(entry.name) or entry.is_symlink():
+    manifest: p.Manifest
+    untrackable: list[tuple[str, str]] = field(default_factory=list)
+    # for save_index: the stat and sha of each regular file, and the filesystem's
+    # clock when the scan began (None: not to be saved); refreshed: worth saving
+    records: dict[str, index.Record] = field(default_factory=dict, repr=False)
+    clock_ns: int | None = field(default=None, repr=False)
+    refreshed: bool = field(default=False, repr=False)
+
+
+def scan_workdir(root: Path, tracked: Mapping[str, p.FileEntry], *, locked: bool = True) -> Scan:
+    """The files of the working directory ``root``. A file whose stat is the one
+    in the stat cache is not read again.
+
+    ``tracked`` (the manifest the working directory is based on) stays tracked
+    where a ``.minigitignore`` now ignores it, as in git. ``locked``: the caller
+    holds the lock, so the scan may be saved as the stat cache (``save_index``)."""
+    cache = index.load_index(root / INDEX_NAME)
+    clock = filesystem_clock(root) if locked else None
+    walk = Walk(root, tracked, cache)
+    walk.folder(str(root), "", NO_IGNORES, only_tracked=False)
+    refreshed = walk.hashed > 0 or len(walk.records) != len(cache.records)
+    return Scan(walk.manifest, sorted(walk.untrackable), walk.records, clock, refreshed)
+
+
+class Walk:
+    """One scan's way down a working directory (``scan_workdir``)."""
+
+    def __init__(self, root: Path, tracked: Mapping[str, p.FileEntry], cache: index.StatCache) -> None:
+        self.root, self.tracked, self.cache = str(root), tracked, cache
+        self.tracked_folders = folders_of(tracked)
+        self.manifest: p.Manifest = {}
+        self.untrackable: list[tuple[str, str]] = []
+        self.records: dict[str, index.Record] = {}
+        self.hashed = 0
+
+    def folder(self, path: str, prefix: str, ignores: Ignores, only_tracked: bool) -> None:
+        """The folder ``prefix`` ("" or ending in '/') at ``path``. ``only_tracked``:
+        it is ignored, and holds tracked files: only they are looked at."""
+        with os.scandir(path) as listing:
+            entries = list(listing)
+        for entry in entries:
+            # a nested working directory's files belong to its own repository
+            if entry.name == METADATA_NAME and prefix and entry.is_file(follow_symlinks=False):
+                return
+            if entry.name == IGNORE_NAME and not only_tracked:
+                ignores = ignores.below(prefix, read_ignore_file(Path(entry.path)) or "")
+        for entry in entries:
+            name = entry.name
+            problem = None
+            if name[0] == ".":
+                if name == GIT_DIR_NAME or is_own_name(name, not prefix):
                     continue
-                if entry.is_dir(follow_symlinks=False):
-                    # a nested working directory belongs to its own repository
-                    nested = os.path.isfile(os.path.join(entry.path, METADATA_NAME))
-                    if not nested and not ignored(rel, True):
-                        walk(Path(entry.path), rel + "/")
-                elif entry.is_file(follow_symlinks=False) and not ignored(rel, False):
-                    found.append(rel)
+                if p.is_reserved_name(name):
+                    problem = RESERVED
+            try:
+                is_dir = entry.is_dir(follow_symlinks=False)
+            except OSError:
+                continue  # gone since listed
+            if is_dir:
+                self.subfolder(entry, prefix + name, problem, ignores, only_tracked)
+            else:
+                self.file(entry, prefix + name, problem, ignores, only_tracked)
 
-    walk(root, "")
-    return found
+    def subfolder(
+        self, entry: os.DirEntry, rel: str, problem: str | None, ignores: Ignores, only_tracked: bool
+    ) -> None:
+        ignored = only_tracked or (bool(ignores) and ignores.ignored(rel, True))
+        if ignored and rel not in self.tracked_folders:
+            return
+        if not ignored and (problem := problem or name_problem(entry.name, rel)):
+            self.untrackable.append((rel + "/", problem))
+            return
+        self.folder(entry.path, rel + "/", ignores, ignored)
+
+    def file(self, entry: os.DirEntry, rel: str, problem: str | None, ignores: Ignores, only_tracked: bool) -> None:
+        if rel not in self.tracked:
+            if only_tracked or (ignores and ignores.ignored(rel, False)):
+                return
+            problem = problem or name_problem(entry.name, rel)
+        try:
+            st = entry.stat(follow_symlinks=False)
+            if problem is None and stat.S_ISREG(st.st_mode):
+                self.manifest[rel] = self.regular_file(entry.path, rel, st)
+                return
+            if problem is None and stat.S_ISLNK(st.st_mode):
+                target = os.readlink(os.fsencode(entry.path))
+                problem = link_target_problem(rel, target, self.is_link)
+                if problem is None:
+                    sha = hashlib.sha256(target).hexdigest()
+                    self.manifest[rel] = p.FileEntry(sha, len(target), p.FileMode.SYMLINK)
+                    return
+        except FileNotFoundError:
+            return  # gone since listed
+        kind = SPECIAL_KINDS.get(stat.S_IFMT(st.st_mode), "a special file")
+        self.untrackable.append((rel, problem or f"{kind}: only files and symbolic links are tracked"))
+
+    def regular_file(self, path: str, rel: str, st: os.stat_result) -> p.FileEntry:
+        key = index.stat_key(st)
+        record = self.cache.lookup(rel, key)
+        if record is not None:
+            sha, size = record[5].hex(), st.st_size
+            self.records[rel] = record
+        else:
+            found = hash_file(Path(path))
+            sha, size = found.sha, found.size
+            self.hashed += 1
+            if size == st.st_size:  # else it changed while it was read: not to be remembered
+                self.records[rel] = (*key, bytes.fromhex(sha))
+        mode = p.FileMode.EXECUTABLE if st.st_mode & stat.S_IXUSR else p.FileMode.REGULAR
+        if mode == p.FileMode.REGULAR and self.tracked.get(rel) == p.FileEntry(sha, size, p.FileMode.SYMLINK):
+            mode = p.FileMode.SYMLINK  # a link written as a file, where links cannot be made (stage_blob)
+        return p.FileEntry(sha, size, mode)
+
+    def is_link(self, rel: str) -> bool:
+        return os.path.islink(os.path.join(self.root, rel))
+
+
+def folders_of(paths: Collection[str]) -> set[str]:
+    """Every folder above the paths ('a' and 'a/b' for 'a/b/c')."""
+    folders = set()
+    for path in paths:
+        end = path.rfind("/")
+        while end > 0 and path[:end] not in folders:
+            folders.add(path[:end])
+            end = path.rfind("/", 0, end)
+    return folders
+
+
+def name_problem(name: str, rel: str) -> str | None:
+    """Why a tree may not hold ``rel``, or None. Its folders were checked on the
+    way down: only its last part ``name``, and its length, are left to check."""
+    short = len(name) <= p.MAX_PATH_PART_LENGTH and len(rel) * 4 <= p.MAX_PATH_LENGTH  # 4: UTF-8's longest
+    if short and name.isascii() and "\\" not in name:
+        return RESERVED if p.is_reserved_name(name) else None  # the usual case, without the full check
+    if p.is_reserved_name(name):
+        return RESERVED
+    try:
+        p.check_path(rel)
+    except UnsafePath as error:
+        return f"the protocol does not allow it ({error.message.rsplit(': ', 1)[-1]})"
+    return None
+
+
+def link_target_problem(rel: str, target: bytes, is_link: Callable[[str], bool]) -> str | None:
+    """Why a working directory may not hold a symbolic link at ``rel`` to ``target``,
+    or None: its target must be relative and stay inside, resolved lexically from
+    the link's folder. A '..' out of a folder that is itself a link (``is_link``)
+    would not go where the words say (``d/..`` is not ``.`` if ``d`` is a link
+    elsewhere): refused too, so that links chained through others cannot leave."""
+    if not target:
+        return "a symbolic link with an empty target"
+    if len(target) > MAX_LINK_TARGET or b"\0" in target:
+        return "a symbolic link with a target no system can hold"
+    if target.startswith(b"/"):
+        return LINK_ABSOLUTE
+    folder = rel.split("/")[:-1]
+    for part in target.split(b"/"):
+        if part in (b"", b"."):
+            continue
+        if part != b"..":
+            folder.append(os.fsdecode(part))
+        elif not folder:
+            return LINK_OUTSIDE
+        elif is_link("/".join(folder)):
+            return LINK_THROUGH_LINK
+        else:
+            folder.pop()
+    return None
 
 
 def hash_file(path: Path) -> p.FileEntry:
@@ -351,26 +553,53 @@ def hash_file(path: Path) -> p.FileEntry:
     return p.FileEntry(digest.hexdigest(), size)
 
 
-def scan_worktree(root: Path, ignored: Callable[[str, bool], bool] = lambda path, is_dir: False) -> p.Manifest:
-    """The working files as a manifest. A file whose name the protocol forbids
-    (a backslash, say) is an error here, before anything is sent."""
-    manifest: p.Manifest = {}
-    for rel in list_files(root, ignored):
-        try:
-            p.check_path(rel)
-        except UnsafePath as error:
-            raise MinigitError(
-                f"cannot track {rel!r}: {error.message.split(': ', 1)[-1]}",
-                hint="rename it, or list it in .minigitignore",
-            ) from None
-        manifest[rel] = hash_file(root / rel)
-    return manifest
+def filesystem_clock(root: Path) -> int | None:
+    """The time on the clock of ``root``'s filesystem (a new file's mtime), to
+    tell which files changed since (racy git, see index.py); None if nothing can
+    be made there. Call with the lock held: it makes a temporary file."""
+    probe = root / f"{TEMP_MARK}{secrets.token_hex(4)}"
+    try:
+        fd = os.open(probe, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    except OSError:
+        return None
+    try:
+        return os.fstat(fd).st_mtime_ns
+    finally:
+        os.close(fd)
+        with contextlib.suppress(OSError):
+            os.unlink(probe)
+
+
+def save_index(root: Path, scan: Scan) -> None:
+    """Keep ``scan``'s stats as the stat cache of ``root``, if it is worth it and
+    the scan was made under the lock. A cache that cannot be written (a directory
+    the user may only read) is no error: the next scan hashes again."""
+    if scan.clock_ns is None or not scan.refreshed:
+        return
+    temp = root / f"{TEMP_MARK}{secrets.token_hex(4)}"
+    with contextlib.suppress(OSError):
+        index.write_index(root / INDEX_NAME, temp, index.settled(scan.records, scan.clock_ns))
+
+
+def scan_worktree(root: Path, ignored: object = None) -> p.Manifest:
+    """The working files as a manifest, nothing tracked before, no stat cache (for
+    tests and tools; ``ignored`` is not used: the scan reads every .minigitignore)."""
+    return scan_workdir(root, {}, locked=False).manifest
+
+
+def list_files(root: Path, ignored: object = None) -> list[str]:
+    """The paths ``scan_worktree`` tracks, sorted."""
+    return sorted(scan_worktree(root))
 
 
 def file_source(root: Path, rel: str, entry: p.FileEntry) -> codec.BlobSource:
-    """A working file to upload, read piece by piece when it is sent."""
+    """A working file to upload, read piece by piece when it is sent; a link's
+    content is its target."""
 
     def read_pieces() -> Iterator[bytes]:
+        if entry.mode == p.FileMode.SYMLINK:
+            yield from codec.split_bytes(os.readlink(os.fsencode(root / rel)))
+            return
         with open(root / rel, "rb") as file:
             yield from codec.split_stream(file.read)
 
@@ -430,11 +659,81 @@ def prune_empty_parents(root: Path, rel: str) -> None:
 
 
 def copy_local_blob(root: Path, source_rel: str, sha: str, out: IO[bytes]) -> None:
-    """Copy a working file's content, checking it still is the content expected."""
+    """Copy a working file's content (a link's: its target), checking it still
+    is the content expected."""
     digest = hashlib.sha256()
-    with open(safe_target(root, source_rel), "rb") as file:
-        while block := file.read(READ_BLOCK):
-            digest.update(block)
-            out.write(block)
+    source = safe_target(root, source_rel)
+    if os.path.islink(source):
+        target = os.readlink(os.fsencode(source))
+        digest.update(target)
+        out.write(target)
+    else:
+        with open(source, "rb") as file:
+            while block := file.read(READ_BLOCK):
+                digest.update(block)
+                out.write(block)
     if digest.hexdigest() != sha:
         raise MinigitError(f"{source_rel} changed while minigit was reading it", hint="run the command again")
+
+
+# What os.symlink raises where links cannot be made (a FAT or exFAT filesystem, say).
+NO_SYMLINKS = (errno.EPERM, errno.ENOSYS, errno.EOPNOTSUPP)
+
+
+def stage_blob(
+    staged: Path,
+    rel: str,
+    entry: p.FileEntry,
+    fill: Callable[[IO[bytes]], None],
+    is_link: Callable[[str], bool] = lambda rel: False,
+) -> Path:
+    """Make, at ``staged`` (a new name in a staging area of the working
+    directory), what ``entry`` is to become at ``rel``, its content written by
+    ``fill``; return where it is (``install_staged`` puts it in place).
+
+    A regular file gets the permissions the umask leaves of 0o666, an executable
+    one of 0o777. A link's content is its target: it is checked first
+    (``link_target_problem``; ``is_link`` tells which paths of the working
+    directory will be links), UnsafePath if it would lead outside. Where links
+    cannot be made (``os.symlink`` fails as unsupported), the link is written as
+    a regular file holding its target, as git does with ``core.symlinks=false``;
+    the scan takes such a file, while its content is that target, for the link."""
+    if entry.mode == p.FileMode.SYMLINK and entry.size > MAX_LINK_TARGET:
+        raise UnsafePath(rel, "a symbolic link with a target no system can hold")
+    permissions = 0o777 if entry.mode == p.FileMode.EXECUTABLE else 0o666
+    with open(os.open(staged, os.O_WRONLY | os.O_CREAT | os.O_EXCL, permissions), "wb") as out:
+        fill(out)
+    if entry.mode != p.FileMode.SYMLINK:
+        return staged
+    target = staged.read_bytes()
+    if problem := link_target_problem(rel, target, is_link):
+        raise UnsafePath(rel, problem)
+    link = staged.with_name(staged.name + "-link")
+    try:
+        os.symlink(target, link)
+    except NotImplementedError:
+        return staged
+    except OSError as error:
+        if error.errno in NO_SYMLINKS:
+            return staged
+        raise
+    staged.unlink()
+    return link
+
+
+def links_after(root: Path, final: Mapping[str, p.FileEntry]) -> Callable[[str], bool]:
+    """Which paths will be symbolic links once the files ``final`` are installed:
+    theirs, and the links on disk that they do not name (ignored ones), for
+    ``stage_blob``."""
+    links = {path for path, entry in final.items() if entry.mode == p.FileMode.SYMLINK}
+    return lambda rel: rel in links or (rel not in final and os.path.islink(root / rel))
+
+
+def install_staged(root: Path, rel: str, staged: Path) -> None:
+    """Put what ``stage_blob`` made in place at ``rel``, replacing what is there
+    (a file, a link, or a folder the caller checked is empty of files)."""
+    make_parents(root, rel)
+    destination = safe_target(root, rel)
+    if destination.is_dir() and not destination.is_symlink():
+        shutil.rmtree(destination)
+    os.replace(staged, destination)

@@ -1,4 +1,5 @@
-"""minigit.client.workspace and minigit.client.ignore, on temporary directories."""
+"""minigit.client.workspace on temporary directories: metadata, the lock, scanning
+(ignores: test_ignore.py; modes and links: test_modes.py; the stat cache: test_index.py)."""
 
 from __future__ import annotations
 
@@ -18,7 +19,6 @@ from hypothesis import strategies as st
 from minigit import codec
 from minigit import protocol as p
 from minigit.client import workspace as ws
-from minigit.client.ignore import load_ignore, parse_ignore
 from minigit.errors import CorruptMetadata, MinigitError, NoRepository, UnsafePath, UsageError, WorkdirBusy
 
 
@@ -197,6 +197,34 @@ def test_find_root_ignores_a_minigit_directory(tmp_path):
 # ---------------------------------------------------------------- lock
 
 
+def test_the_lock_makes_no_file(tmp_path):
+    with ws.lock_workdir(tmp_path):
+        assert list(tmp_path.iterdir()) == []
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_a_read_only_directory_can_be_locked(tmp_path):
+    write(tmp_path, ".minigit-tmp-dead", b"left by a dead command")
+    tmp_path.chmod(0o555)
+    try:
+        with ws.lock_workdir(tmp_path):  # best effort: what cannot be removed stays
+            pass
+        assert not ws.tidy_unless_busy(tmp_path)
+    finally:
+        tmp_path.chmod(0o755)
+
+
+def test_lock_unless_busy(tmp_path):
+    write(tmp_path, ".minigit-tmp-dead", b"left by a dead command")
+    with ws.lock_unless_busy(tmp_path) as held:
+        assert held and list(tmp_path.iterdir()) == []
+        write(tmp_path, ".minigit-tmp-live", b"this command's")
+        with ws.lock_unless_busy(tmp_path) as again:
+            assert not again and (tmp_path / ".minigit-tmp-live").exists()  # nothing tidied
+        assert ws.tidy_unless_busy(tmp_path)
+    assert not ws.tidy_unless_busy(tmp_path) and list(tmp_path.iterdir()) == []
+
+
 def test_lock_is_exclusive_within_a_process(tmp_path):
     with ws.lock_workdir(tmp_path):
         with pytest.raises(WorkdirBusy) as info, ws.lock_workdir(tmp_path):
@@ -280,15 +308,22 @@ def test_taking_the_lock_removes_what_dead_commands_left_and_nothing_else(tmp_pa
     write(tmp_path, ".minigit-clone-5e6f/a.txt", b"a clone's, not this directory's")
     write(tmp_path, "sub/.minigit-tmp-7a8b", b"a user's file, below the top")
     write(tmp_path, "notes.minigit-tmp-1.txt", b"a user's file")
+    write(tmp_path, ".minigit.lock", b"")  # the lock file of earlier versions
+    write(tmp_path, ".minigit-index", b"a stat cache without its .minigit")
     with ws.lock_workdir(tmp_path):
         left = sorted(path.name for path in tmp_path.iterdir())
-    assert left == [".minigit-clone-5e6f", ".minigit.lock", "notes.minigit-tmp-1.txt", "sub"]
+    assert left == [".minigit-clone-5e6f", "notes.minigit-tmp-1.txt", "sub"]
     assert (tmp_path / "sub" / ".minigit-tmp-7a8b").exists()
+    write(tmp_path, ".minigit", b"{}")
+    write(tmp_path, ".minigit-index", b"the stat cache of this working directory")
+    with ws.lock_workdir(tmp_path):
+        assert (tmp_path / ".minigit-index").exists()
 
 
 def test_is_vacant(tmp_path):
     assert ws.is_vacant(tmp_path)
     write(tmp_path, ".minigit.lock", b"")
+    write(tmp_path, ".minigit-index", b"")
     write(tmp_path, ".minigit-tmp-1a2b/0", b"staged")
     assert ws.is_vacant(tmp_path)
     for name in (".minigit", ".minigitignore", ".minigit-clone-1a2b", "a"):
@@ -356,119 +391,123 @@ def tree(tmp_path):
     root.mkdir()
     write(root, ".minigit", b"{}")
     write(root, ".minigit.lock", b"")
+    write(root, ".minigit-index", b"")
     write(root, "a.txt", b"a")
     write(root, "sub/b.txt", b"b")
     write(root, "sub/deeper/c.txt", b"c")
     write(root, ".minigit.minigit-tmp-abcd", b"temp")
     write(root, ".minigit-tmp-1234/staged", b"temp")
+    write(root, ".minigit-clone-5678/x", b"a clone being made")
     write(root, "sub/.minigit.lock", b"")
     write(root, "nested/.minigit", b"{}")
     write(root, "nested/inner.txt", b"inner")
     write(root, "empty/.keep", b"")
+    write(root, ".git/config", b"[core]")
+    write(root, "sub/.git/HEAD", b"ref: x")
     outside = tmp_path / "outside"
     outside.mkdir()
     write(outside, "secret.txt", b"secret")
     os.symlink(outside / "secret.txt", root / "link-out.txt")
     os.symlink(outside, root / "linkdir")
     os.symlink("a.txt", root / "link-in.txt")
+    os.symlink("../../outside", root / "sub" / "up-and-out")
     os.symlink(root / "missing", root / "dangling")
     os.mkfifo(root / "fifo")
     return root
 
 
-def test_list_files_skips_internal_links_and_nested(tree):
-    assert ws.list_files(tree) == ["a.txt", "empty/.keep", "sub/b.txt", "sub/deeper/c.txt"]
+def test_list_files_skips_own_names_git_nested_and_untrackable(tree):
+    assert ws.list_files(tree) == ["a.txt", "empty/.keep", "link-in.txt", "sub/b.txt", "sub/deeper/c.txt"]
 
 
-def test_scan_worktree(tree):
-    manifest = ws.scan_worktree(tree)
-    assert manifest == {
+def test_scan_workdir(tree):
+    scan = ws.scan_workdir(tree, {})
+    assert scan.manifest == {
         "a.txt": fe(b"a"),
         "empty/.keep": fe(b""),
+        "link-in.txt": p.FileEntry(p.hash_bytes(b"a.txt"), 5, p.FileMode.SYMLINK),
         "sub/b.txt": fe(b"b"),
         "sub/deeper/c.txt": fe(b"c"),
     }
-
-
-def test_ignore_patterns(tree):
-    (tree / ".minigitignore").write_text("# comment\n*.log\n!keep.log\nbuild/\n/rootonly.txt\nsub/deeper\n\n")
-    write(tree, "x.log")
-    write(tree, "keep.log")
-    write(tree, "sub/y.log")
-    write(tree, "sub/keep.log")
-    write(tree, "build/out.o")
-    write(tree, "src/build/out2.o")
-    write(tree, "other/build", b"a file called build")
-    write(tree, "rootonly.txt")
-    write(tree, "sub/rootonly.txt")
-    ignored = load_ignore(tree)
-    expected = [
-        ".minigitignore",
-        "a.txt",
-        "empty/.keep",
-        "keep.log",
-        "other/build",
-        "sub/b.txt",
-        "sub/keep.log",
-        "sub/rootonly.txt",
+    # reported, never silently skipped; minigit's own files and .git are neither tracked nor reported
+    assert scan.untrackable == [
+        ("dangling", ws.LINK_ABSOLUTE),
+        ("fifo", "a named pipe: only files and symbolic links are tracked"),
+        ("link-out.txt", ws.LINK_ABSOLUTE),
+        ("linkdir", ws.LINK_ABSOLUTE),
+        ("sub/.minigit.lock", ws.RESERVED),  # minigit's own only at the top
+        ("sub/up-and-out", ws.LINK_OUTSIDE),
     ]
-    assert ws.list_files(tree, ignored) == expected
-    # spelled out: a dir pattern without a slash in the middle matches at any depth
-    assert ignored("src/build", True) and ignored("build", True)
-    assert not ignored("other/build", False)
-    assert ignored("x.log", False) and ignored("sub/y.log", False)
-    assert not ignored("keep.log", False) and not ignored("sub/keep.log", False)
-    assert ignored("rootonly.txt", False) and not ignored("sub/rootonly.txt", False)
-    assert ignored("sub/deeper", True)
-    assert sorted(ws.scan_worktree(tree, ignored)) == expected
+    assert ws.scan_worktree(tree) == scan.manifest
 
 
-def test_load_ignore_without_file(tmp_path):
-    ignored = load_ignore(tmp_path)
-    assert not ignored("x.log", False) and not ignored("build", True)
-    (tmp_path / ".minigitignore").mkdir()
-    assert not load_ignore(tmp_path)("x", False)
-
-
-def test_parse_ignore_negation_order():
-    ignored = parse_ignore("*.txt\n!important.txt\nimportant.txt\n")
-    assert ignored("important.txt", False)  # the last matching pattern wins
-    ignored = parse_ignore("data/\n!data/keep\n")
-    assert ignored("data", True)
-    assert not ignored("other", True)
-
-
-def test_scan_rejects_a_backslash_name_clearly(tmp_path):
+def test_untrackable_names_are_reported(tmp_path):
     write(tmp_path, "ok.txt")
     write(tmp_path, "bad\\name.txt")
-    with pytest.raises(MinigitError) as info:
-        ws.scan_worktree(tmp_path)
-    assert "cannot track 'bad\\\\name.txt': backslash" in info.value.message
-    assert ".minigitignore" in info.value.hint
-    # ignoring it makes the scan work
-    assert ws.scan_worktree(tmp_path, parse_ignore("bad*\n")) == {"ok.txt": fe(b"x")}
-
-
-def test_scan_rejects_a_non_utf8_name_clearly(tmp_path):
-    name = os.fsencode(tmp_path) + b"/caf\xe9.txt"
-    with open(name, "wb") as f:
-        f.write(b"x")
-    with pytest.raises(MinigitError, match="cannot track"):
-        ws.scan_worktree(tmp_path)
-
-
-def test_scan_skips_reserved_names_in_any_case_and_depth(tmp_path):
-    # like git with .git: minigit's own names are never tracked, wherever they are
-    write(tmp_path, "sub/.MINIGIT", b"x")
-    write(tmp_path, "sub/.Minigit-tmp-1", b"x")
+    write(tmp_path, ".minigit-notes.txt")
+    write(tmp_path, ".MINIGIT.txt")
+    write(tmp_path, "sub/.MINIGIT")
+    write(tmp_path, "sub/.Minigit-tmp-1")
     write(tmp_path, "sub/kept.txt", b"k")
-    assert ws.scan_worktree(tmp_path) == {"sub/kept.txt": fe(b"k")}
+    write(tmp_path, "back\\slash/inner.txt")
+    write(tmp_path, ".minigit-folder/inner.txt")
+    scan = ws.scan_workdir(tmp_path, {})
+    assert scan.manifest == {"ok.txt": fe(b"x"), "sub/kept.txt": fe(b"k")}
+    assert scan.untrackable == [
+        (".MINIGIT.txt", ws.RESERVED),
+        (".minigit-folder/", ws.RESERVED),
+        (".minigit-notes.txt", ws.RESERVED),
+        ("back\\slash/", "the protocol does not allow it (backslash)"),
+        ("bad\\name.txt", "the protocol does not allow it (backslash)"),
+        ("sub/.MINIGIT", ws.RESERVED),
+        ("sub/.Minigit-tmp-1", ws.RESERVED),
+    ]
+    # ignoring them silences them
+    write(tmp_path, ".minigitignore", b"bad*\n.minigit-*\n.MINIGIT*\n.Minigit*\nback*\n")
+    assert ws.scan_workdir(tmp_path, {}).untrackable == []
+
+
+def test_a_non_utf8_name_is_reported(tmp_path):
+    with open(os.fsencode(tmp_path) + b"/caf\xe9.txt", "wb") as f:
+        f.write(b"x")
+    scan = ws.scan_workdir(tmp_path, {})
+    assert scan.manifest == {}
+    assert scan.untrackable == [("caf\udce9.txt", "the protocol does not allow it (not valid UTF-8)")]
+
+
+def test_long_and_non_ascii_paths_are_checked_whole(tmp_path):
+    long, accented = "/".join(["d" * 200] * 6) + "/f", "é" * 100 + "/ü"
+    write(tmp_path, long)
+    write(tmp_path, accented)
+    assert sorted(ws.scan_workdir(tmp_path, {}).manifest) == [long, accented]
+
+
+def test_a_file_gone_while_scanning_is_not_there(tmp_path, monkeypatch):
+    write(tmp_path, "a.txt", b"a")
+    write(tmp_path, "gone.txt", b"g")
+    real = ws.hash_file
+
+    def vanishing(path):
+        if path.name == "gone.txt":
+            path.unlink()
+        return real(path)
+
+    monkeypatch.setattr(ws, "hash_file", vanishing)
+    scan = ws.scan_workdir(tmp_path, {})
+    assert (scan.manifest, scan.untrackable) == ({"a.txt": fe(b"a")}, [])
 
 
 def test_scan_hashes_large_files(tmp_path):
     data = os.urandom(ws.READ_BLOCK * 2 + 5)
     write(tmp_path, "big.bin", data)
     assert ws.scan_worktree(tmp_path) == {"big.bin": fe(data)}
+
+
+def test_the_scan_leaves_nothing_without_the_lock(tmp_path):
+    write(tmp_path, "a.txt")
+    scan = ws.scan_workdir(tmp_path, {}, locked=False)
+    ws.save_index(tmp_path, scan)  # not saved: no clock was taken, and no lock is held
+    assert sorted(os.listdir(tmp_path)) == ["a.txt"]
 
 
 # ---------------------------------------------------------------- reading pieces
@@ -564,11 +603,12 @@ def test_copy_local_blob_refuses_unsafe_source(tmp_path):
         ws.copy_local_blob(tmp_path, "../x", "a" * 64, io.BytesIO())
 
 
-def test_is_internal():
-    assert ws.is_internal(".minigit") and ws.is_internal(".minigit.lock")
-    assert ws.is_internal(".minigit.minigit-tmp-1a2b") and ws.is_internal(".minigit-tmp-x")
-    assert ws.is_internal(".MINIGIT.lock") and not ws.is_internal("foo.minigit-tmp-1a2b")
-    assert not ws.is_internal(".minigitignore") and not ws.is_internal("minigit")
+def test_own_names():
+    for name in (".minigit", ".minigit.lock", ".minigit-index", ".minigit.minigit-tmp-1a2b", ".minigit-tmp-x"):
+        assert ws.is_own_name(name, top=True) and not ws.is_own_name(name, top=False)
+    assert ws.is_own_name(".minigit-clone-1a2b", top=False)
+    for name in (".MINIGIT.lock", ".minigit-notes.txt", "foo.minigit-tmp-1a2b", ".minigitignore", "minigit"):
+        assert not ws.is_own_name(name, top=True)
 
 
 @settings(max_examples=20, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
