@@ -36,7 +36,24 @@ MAX_TREE_CHUNKS = codec.count_chunks(p.MAX_TREE_BYTES)
 
 
 class Observer:
-    """Hooks for progress display; the default shows nothing."""
+    """Hooks for progress display; the default shows nothing. All are called
+    from the command's own thread, in this order for one sending of a request:
+
+    - ``uploading(total_bytes, blobs)``: the request carries ``blobs`` objects of
+      ``total_bytes`` raw bytes in all, its tree first (a write's uploads begin
+      with the tree it names: ``operations.collect_uploads``);
+    - ``uploaded(nbytes)``: ``nbytes`` more of them were acknowledged by Kafka
+      (stored by every in-sync replica), not merely handed to the producer: in
+      all, never more than were sent;
+    - ``uploaded_object()``: every piece of one more object acknowledged;
+    - ``waiting()``: the request itself is sent and acknowledged, after all its
+      uploads: what remains is the service's work (called again after each
+      sending of the request again);
+    - ``downloading(total_bytes, blobs)``: an answer brings ``blobs`` objects, its
+      tree first (``_Answer.expect`` refuses anything else), ``total_bytes`` in
+      all; called again when an answer starts over (a failover);
+    - ``downloaded(nbytes)``, ``downloaded_object()``: received and verified.
+    """
 
     def uploading(self, total_bytes: int, blobs: int) -> None: ...
     def uploaded(self, nbytes: int) -> None: ...

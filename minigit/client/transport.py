@@ -12,6 +12,7 @@ seconds without news.
 
 from __future__ import annotations
 
+import collections
 import math
 import random
 import time
@@ -38,6 +39,57 @@ from minigit.kafka_clients import INFRASTRUCTURE_ERRORS, close_producer, open_co
 
 # The pause between two tries at the end of the reply partition while opening.
 OPEN_RETRY_S = 0.5
+
+
+class Acknowledgements:
+    """What Kafka has acknowledged of one sending's uploads, told to the observer
+    in the order the chunks were sent, from the command's own thread.
+
+    The observer hears of a chunk only once its future succeeded, and of an
+    object once all its chunks did: the bytes it hears of never pass the bytes
+    sent (``sent_bytes``). ``collect`` takes the chunks acknowledged so far,
+    without waiting (between sends: the producer's buffer holds what is not yet
+    acknowledged, and a full buffer blocks the next send until acknowledgements
+    free it); ``wait`` waits for the rest. A chunk Kafka refused is never counted
+    (the service answers "missing objects", and the write is sent again)."""
+
+    def __init__(self, observer: Observer) -> None:
+        self.observer = observer
+        self.pending: collections.deque[tuple[Any, int, bool]] = collections.deque()  # future, bytes, ends an object
+        self.sent_bytes = self.acknowledged_bytes = 0
+        self.object_failed = False  # a chunk of the object being acknowledged was refused
+
+    def track(self, future: Any, nbytes: int, last: bool) -> None:
+        """A chunk of ``nbytes`` raw bytes handed to the producer; ``last``: the last of its object."""
+        self.sent_bytes += nbytes
+        self.pending.append((future, nbytes, last))
+
+    def collect(self) -> None:
+        while self.pending and self.pending[0][0].is_done:
+            self._settled(*self.pending.popleft())
+
+    def wait(self, deadline: float) -> None:
+        """Wait until every chunk is settled; KafkaTimeoutError past ``deadline``."""
+        while self.pending:
+            future = self.pending[0][0]
+            if not future.is_done:
+                try:
+                    future.get(timeout=max(0.0, deadline - time.monotonic()))
+                except INFRASTRUCTURE_ERRORS:
+                    if not future.is_done:
+                        raise  # Kafka did not answer in time
+            self._settled(*self.pending.popleft())
+
+    def _settled(self, future: Any, nbytes: int, last: bool) -> None:
+        if future.succeeded():
+            self.acknowledged_bytes += nbytes
+            self.observer.uploaded(nbytes)
+        else:
+            self.object_failed = True
+        if last:
+            if not self.object_failed:
+                self.observer.uploaded_object()
+            self.object_failed = False
 
 
 class Connection:
@@ -142,22 +194,27 @@ class Connection:
     ) -> None:
         """One attempt: the uploads, then the request signed now (a retry long after
         the first sending stays inside the server's replay window; the same request
-        id and contents make it the same request)."""
+        id and contents make it the same request). Returns once Kafka has
+        acknowledged the request; the observer hears of each upload's bytes as
+        Kafka acknowledges them (``Acknowledgements``)."""
         key = request.repo.encode()
         partition = self.request_partition(request.repo, attempt)
+        acks = Acknowledgements(observer)
         if uploads:
             observer.uploading(sum(u.size for u in uploads), len(uploads))
         digests: list[ChunkDigest] = []
         for upload in uploads:
             for chunk in p.blob_chunks(request.request_id, request.repo, upload):
-                self.producer.send(self.topics.requests, key=key, value=chunk.to_bytes(), partition=partition)
+                future = self.producer.send(self.topics.requests, key=key, value=chunk.to_bytes(), partition=partition)
+                acks.track(future, codec.piece_size(upload.size, chunk.index), last=chunk.index == chunk.count - 1)
                 digests.append(ChunkDigest.of(chunk))
-                observer.uploaded(codec.piece_size(upload.size, chunk.index))
-            observer.uploaded_object()
+                acks.collect()
         signed = sign_request(self.credentials, request, digests, self.settings.namespace)
         # Same partition, idempotent producer: the request lands after its chunks.
         sent = self.producer.send(self.topics.requests, key=key, value=signed.to_bytes(), partition=partition)
-        sent.get(timeout=self.timeout)
+        deadline = time.monotonic() + self.timeout
+        acks.wait(deadline)
+        sent.get(timeout=max(0.0, deadline - time.monotonic()))
 
     def _poll(self, seconds: float) -> list[bytes]:
         """The values of the records that arrive on the reply partition within ``seconds``."""

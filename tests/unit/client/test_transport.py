@@ -15,6 +15,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 
 import pytest
+from inprocess import RecordingObserver
 from kafka.errors import KafkaTimeoutError
 
 from minigit import codec, identity, sealing
@@ -65,6 +66,13 @@ class World:
 
 
 class FakeFuture:
+    """A record Kafka acknowledged at once."""
+
+    is_done = True
+
+    def succeeded(self) -> bool:
+        return True
+
     def get(self, timeout: float | None = None) -> None:
         return None
 
@@ -314,3 +322,138 @@ def test_opening_asks_again_while_a_partition_leader_does_not_answer(monkeypatch
         with pytest.raises(ServerUnreachable, match="KafkaTimeoutError"):
             Connection(KafkaSettings(), ALICE, timeout=0.2)
         assert consumer.asked > 10
+
+
+# ---------------------------------------------------------------- what the upload bar is told
+
+
+class LaterFuture:
+    """A record Kafka acknowledges (or refuses) only when the test says so."""
+
+    def __init__(self, on_wait: Callable[[], None]) -> None:
+        self.is_done, self.exception, self.on_wait = False, None, on_wait
+
+    def succeeded(self) -> bool:
+        return self.is_done and self.exception is None
+
+    def settle(self, error: Exception | None = None) -> None:
+        self.is_done, self.exception = True, error
+
+    def get(self, timeout: float | None = None) -> None:
+        if not self.is_done:
+            self.on_wait()  # the broker acknowledges what it holds
+        if not self.is_done:
+            raise KafkaTimeoutError(f"Timeout after waiting for {timeout} secs.")
+        if self.exception is not None:
+            raise self.exception
+
+
+@dataclass
+class SlowBroker:
+    """A producer whose records are acknowledged ``lag`` sends later, or when a
+    record is waited for; chunks whose number is in ``refused`` fail."""
+
+    world: World
+    lag: int = 3
+    refused: frozenset[int] = frozenset()
+    futures: list[LaterFuture] = field(default_factory=list)
+    handed: int = 0  # raw bytes of the chunks handed to the producer so far
+
+    def send(self, topic: str, key: bytes | None = None, value: bytes = b"", partition: int = -1) -> LaterFuture:
+        message = p.parse_message(value)
+        if isinstance(message, p.Chunk):
+            self.handed += len(message.raw())
+        self.world.receive(value, partition)
+        future = LaterFuture(self.acknowledge_all)
+        self.futures.append(future)
+        if len(self.futures) > self.lag:
+            self.acknowledge(len(self.futures) - self.lag)
+        return future
+
+    def acknowledge(self, upto: int) -> None:
+        for number, future in enumerate(self.futures[:upto]):
+            if not future.is_done:
+                future.settle(KafkaTimeoutError("expired") if number in self.refused else None)
+
+    def acknowledge_all(self) -> None:
+        self.acknowledge(len(self.futures))
+
+
+class CheckedObserver(RecordingObserver):
+    """Records the hooks, and checks at each acknowledgement that no more was told than was handed over."""
+
+    def __init__(self, broker: SlowBroker) -> None:
+        super().__init__()
+        self.broker = broker
+        self.handed_then: list[int] = []  # what had been handed over at each acknowledgement
+
+    def uploaded(self, nbytes: int) -> None:
+        super().uploaded(nbytes)
+        self.handed_then.append(self.broker.handed)
+        assert self.total("uploaded") <= self.broker.handed
+
+
+def answered_push(request: p.Request, number: int) -> list[tuple[float, bytes]]:
+    accepted = p.Reply(
+        request_id=request.request_id, action="push", stream="s", replica="1", status=p.Status.ACCEPTED, version=2
+    )
+    return [(0.5, sealing.sign_reply(SERVER_KEY, accepted, "").to_bytes())]
+
+
+def push_with(connection: Connection, *contents: bytes) -> tuple[p.Request, list[codec.BlobSource]]:
+    uploads = [codec.BlobSource.from_bytes(data) for data in contents]
+    request = connection.new_request(p.PushRequest, repo="lab", base=1, tree=uploads[0].sha, message="m")
+    return request, uploads
+
+
+BIG = bytes(range(256)) * (2 * codec.CHUNK_SIZE // 256) + b"tail"  # three chunks
+
+
+def test_the_upload_bar_hears_only_of_what_kafka_acknowledged(connect) -> None:
+    connection, world = connect(answered_push, 30.0)
+    broker = connection.producer = SlowBroker(world)
+    observer = CheckedObserver(broker)
+    request, uploads = push_with(connection, b"tree", BIG, b"small")
+    connection.call(request, uploads, observer)
+    total = 4 + len(BIG) + 5
+    assert observer.named("uploading") == [("uploading", total, 3)]
+    assert observer.total("uploaded") == total == broker.handed
+    names = [event[0] for event in observer.events]
+    assert names.count("uploaded_object") == 3 and names.index("waiting") > max(
+        i for i, name in enumerate(names) if name.startswith("uploaded")
+    )  # everything acknowledged before the wait for the service begins
+    # told in the order sent, each piece once: the tree, the three pieces of BIG, the small file
+    assert [event[1] for event in observer.named("uploaded")] == [4, codec.CHUNK_SIZE, codec.CHUNK_SIZE, 4, 5]
+
+
+def test_acknowledgements_come_while_sending_not_all_at_the_end(connect) -> None:
+    connection, world = connect(answered_push, 30.0)
+    broker = connection.producer = SlowBroker(world, lag=1)
+    observer = CheckedObserver(broker)
+    request, uploads = push_with(connection, b"tree", BIG)
+    connection.call(request, uploads, observer)
+    # with one record in flight, the first pieces were told of before the last was handed over
+    assert observer.total("uploaded") == 4 + len(BIG)
+    assert observer.handed_then[0] < 4 + len(BIG) and observer.handed_then == sorted(observer.handed_then)
+    assert [event[0] for event in observer.events][:4] == ["uploading", "uploaded", "uploaded_object", "uploaded"]
+
+
+def test_a_refused_chunk_is_never_counted_nor_its_object(connect) -> None:
+    connection, world = connect(answered_push, 30.0)
+    broker = connection.producer = SlowBroker(world, refused=frozenset({2}))  # the second piece of BIG
+    observer = CheckedObserver(broker)
+    request, uploads = push_with(connection, b"tree", BIG, b"small")
+    connection.call(request, uploads, observer)
+    assert observer.total("uploaded") == 4 + len(BIG) - codec.CHUNK_SIZE + 5
+    assert len(observer.named("uploaded_object")) == 2  # the tree and the small file
+
+
+def test_acknowledgements_that_never_come_are_kafka_unreachable(connect) -> None:
+    connection, world = connect(answered_push, 2.0)
+    broker = connection.producer = SlowBroker(world, lag=1000)
+    broker.acknowledge_all = lambda: None  # the broker keeps everything unacknowledged
+    observer = CheckedObserver(broker)
+    request, uploads = push_with(connection, b"tree", b"a")
+    with pytest.raises(ServerUnreachable, match="cannot reach Kafka"):
+        connection.call(request, uploads, observer)
+    assert observer.named("uploaded") == [] and observer.named("waiting") == []
