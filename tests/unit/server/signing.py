@@ -190,6 +190,21 @@ def admin_proposal(
     return access.sign_operator(signer, proposal, namespace)
 
 
+def delete_proposal(
+    repo: str,
+    *,
+    request_id: str | None = None,
+    time_ms: int = NOW_MS,
+    signer: Ed25519PrivateKey = SERVER_KEY,
+    namespace: str = NAMESPACE,
+) -> p.DeleteProposal:
+    """An operator's deletion of ``repo``, signed by ``signer`` (the service's key)."""
+    proposal = p.DeleteProposal(
+        request_id=request_id or uuid.uuid4().hex, repo=repo, user="operator", time_ms=time_ms, proposer="operator"
+    )
+    return access.sign_operator(signer, proposal, namespace)
+
+
 # ---------------------------------------------------------------- a client in the same process
 
 

@@ -19,7 +19,16 @@ from pathlib import Path
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
-from signing import AUTHORITY, NAMESPACE, SERVER_KEY, admin_proposal, key_text, signed_proposal, user_key
+from signing import (
+    AUTHORITY,
+    NAMESPACE,
+    SERVER_KEY,
+    admin_proposal,
+    delete_proposal,
+    key_text,
+    signed_proposal,
+    user_key,
+)
 
 from minigit import codec, identity
 from minigit import protocol as p
@@ -132,6 +141,17 @@ class Log:
     def admin(self, user: str, op: p.AdminOp, public_key: str = "", rid: str | None = None, **extra) -> str:
         rid = rid or self.rid()
         self.add(admin_proposal(user, op, public_key, request_id=rid, **extra).to_bytes())
+        return rid
+
+    def settle(self, of_request: str, tree: str, repo: str = REPO, rid: str | None = None, **extra) -> str:
+        values = dict(
+            request_id=rid, repo=repo, user="alice", of_request=of_request, tree=tree, time_ms=5000, proposer="r1"
+        )
+        return self.propose(p.SettleProposal, values, extra)
+
+    def delete(self, repo: str = REPO, rid: str | None = None, **extra) -> str:
+        rid = rid or self.rid()
+        self.add(delete_proposal(repo, request_id=rid, **extra).to_bytes())
         return rid
 
 
@@ -1536,3 +1556,238 @@ def test_a_tree_may_name_only_content_uploaded_to_its_own_repository(store):
     known = log.create(guess, repo="bobs")
     apply_records(store, log.records, PARTITIONS)
     assert outcome(store, known).status == p.Status.ACCEPTED
+
+
+# ---------------------------------------------------------------- settling outcomes
+
+
+def test_settling_an_accepted_push_answers_its_version(store):
+    log = Log()
+    log.create(log.tree({"a": b"1"}))
+    t2 = log.tree({"a": b"2"})
+    push = log.push(1, t2)
+    settle = log.settle(push, t2)
+    other_tree = log.settle(push, log.tree({"a": b"3"}))
+    apply_records(store, log.records, PARTITIONS)
+    assert outcome(store, settle) == decisions.Outcome(p.Status.ACCEPTED, 2, 2, "accepted as version 2")
+    assert outcome(store, other_tree) == decisions.Outcome(
+        p.Status.INVALID, 2, None, "request id already used by another request"
+    )
+    assert outcome(store, push) == decisions.Outcome(p.Status.ACCEPTED, 2, 2, "accepted as version 2")  # unchanged
+
+
+def test_settling_a_rejected_push_answers_its_refusal(store):
+    log = Log()
+    log.create(log.tree({"a": b"1"}))
+    log.push(1, log.tree({"a": b"2"}))
+    t3 = log.tree({"a": b"3"})
+    stale = log.push(1, t3)
+    settle = log.settle(stale, t3)
+    apply_records(store, log.records, PARTITIONS)
+    assert outcome(store, settle) == decisions.Outcome(
+        p.Status.REJECTED, 2, None, "version mismatch: head is 2, push based on 1"
+    )
+
+
+def test_settling_an_unknown_request_cancels_it_and_it_changes_nothing_later(store):
+    log = Log()
+    log.create(log.tree({"a": b"1"}))
+    late = log.rid()
+    t2 = log.tree({"a": b"2"})
+    settle = log.settle(late, t2)
+    log.push(1, t2, rid=late)  # the push arrives after its settle
+    again = log.settle(late, t2)  # another settle of it, under another id
+    apply_records(store, log.records, PARTITIONS)
+    cancelled = decisions.Outcome(p.Status.CANCELLED, 1, None, "never applied: it never will be now")
+    assert outcome(store, settle) == cancelled
+    assert outcome(store, late) == cancelled  # what the late push is answered: refused as another request
+    assert decisions.outcome_of(store.get_outcome(0, late), "the push's own key", 1).message == (
+        "request id already used by another request"
+    )
+    assert outcome(store, again) == cancelled
+    assert store.get_repo(REPO).head == 1 and [v.version for v in store.list_versions(REPO)] == [1]
+
+
+def test_a_settle_sent_again_gets_its_first_answer(store):
+    log = Log()
+    log.create(log.tree({"a": b"1"}))
+    late, tree = log.rid(), log.tree({"a": b"2"})
+    settle = log.settle(late, tree)
+    log.push(1, tree, rid=late)
+    log.add(log.records[-2].value)  # the very same settle, again after the push
+    done = dict(apply_records(store, log.records, PARTITIONS))
+    assert outcome(store, settle).status == p.Status.CANCELLED
+    assert store.get_repo(REPO).head == 1
+    assert done[log.records[-1]] is not None  # applied (a known request id), changing nothing
+
+
+def test_settling_needs_write_access_and_a_refused_settle_cancels_nothing(store):
+    log = Log()
+    log.create(log.tree({"a": b"1"}))
+    log.share("bob", p.Access.READ)
+    late, tree = log.rid(), log.tree({"a": b"2"})
+    by_reader = log.settle(late, tree, user="bob")
+    by_stranger = log.settle(late, tree, user="mallory")
+    push = log.push(1, tree, rid=late)
+    apply_records(store, log.records, PARTITIONS)
+    assert outcome(store, by_reader) == decisions.Outcome(
+        p.Status.DENIED,
+        1,
+        None,
+        "permission denied: bob may not settle a push to repo (read only); ask its owner (alice)",
+    )
+    assert outcome(store, by_stranger).status == p.Status.DENIED
+    assert outcome(store, push) == decisions.Outcome(p.Status.ACCEPTED, 2, 2, "accepted as version 2")
+
+
+def test_settling_a_request_of_another_repository_of_the_partition_cancels_nothing(store):
+    log = Log()
+    log.create(log.tree({"a": b"1"}))
+    log.create(log.tree({"a": b"1"}, repo="other"), repo="other", user="bob")
+    tree = log.tree({"a": b"2"}, repo="other")
+    push = log.push(1, tree, repo="other", user="bob")
+    settle = log.settle(push, tree)
+    apply_records(store, log.records, PARTITIONS)
+    assert outcome(store, settle) == decisions.Outcome(
+        p.Status.INVALID, 1, None, f"request {push} was not a request to repo"
+    )
+    assert outcome(store, push).status == p.Status.ACCEPTED
+
+
+def test_a_forged_settle_is_skipped_and_cancels_nothing(store):
+    log = Log()
+    log.create(log.tree({"a": b"1"}))
+    late, tree = log.rid(), log.tree({"a": b"2"})
+    forged = log.settle(late, tree, key=user_key("mallory"), named_key=key_text(user_key("alice")))
+    push = log.push(1, tree, rid=late)
+    apply_records(store, log.records, PARTITIONS)
+    assert store.get_outcome(0, forged) is None
+    assert outcome(store, push).status == p.Status.ACCEPTED
+
+
+def test_settles_apply_alike_on_both_stores(pair):
+    log = Log()
+    log.create(log.tree({"a": b"1"}))
+    tree = log.tree({"a": b"2"})
+    push = log.push(1, tree)
+    late = log.rid()
+    rids = [push, late, log.settle(push, tree), log.settle(late, tree), log.push(2, tree, rid=late)]
+    apply_both(pair, log.records, rids)
+
+
+# ---------------------------------------------------------------- deleting a repository
+
+
+def test_deleting_a_repository_forgets_it_and_its_name_starts_again_at_version_1(store):
+    log = Log()
+    t1 = log.tree({"a": b"1"})
+    created = log.create(t1)
+    log.share("bob", p.Access.WRITE)
+    pushed = log.push(1, log.tree({"a": b"2"}))
+    deleted = log.delete()
+    stale = log.push(2, log.tree({"a": b"3"}))
+    apply_records(store, log.records, PARTITIONS)
+    assert outcome(store, deleted) == decisions.Outcome(
+        p.Status.ACCEPTED, None, None, "repo deleted (it was at version 2)"
+    )
+    assert store.get_repo(REPO) is None and store.list_versions(REPO) == [] and store.get_members(REPO) == {}
+    assert outcome(store, stale).status == p.Status.NOT_FOUND
+    assert outcome(store, created).status == outcome(store, pushed).status == p.Status.ACCEPTED  # outcomes stay
+    assert store.count_proven(0, REPO, t1) == 0  # its uploads prove nothing any more
+    assert store.blob_size(0, t1) is not None  # content stays: other repositories of the partition may name it
+
+
+def test_a_repository_created_again_must_upload_its_content_again(store):
+    log = Log()
+    t1 = log.tree({"a": b"1"})
+    log.create(t1)
+    log.delete()
+    without_content = log.create(t1)  # names content uploaded before the deletion only
+    recreated = log.create(log.tree({"a": b"1"}))  # uploaded again
+    apply_records(store, log.records, PARTITIONS)
+    assert outcome(store, without_content) == decisions.Outcome(
+        p.Status.MISSING_OBJECTS, None, None, "the tree was not uploaded completely"
+    )
+    assert outcome(store, recreated) == decisions.Outcome(p.Status.ACCEPTED, 1, 1, "created at version 1")
+    repo = store.get_repo(REPO)
+    assert (repo.head, repo.owner, repo.visibility) == (1, "alice", "private")
+    assert [v.request_id for v in store.list_versions(REPO)] == [recreated]
+
+
+def test_the_new_owner_of_a_name_gets_nothing_of_the_old_repository(store):
+    log = Log()
+    log.create(log.tree({"a": b"1"}))
+    log.share("bob", p.Access.ADMIN)
+    log.delete()
+    log.create(log.tree({"b": b"2"}), user="carol")
+    by_bob = log.push(1, log.tree({"c": b"3"}), user="bob")
+    apply_records(store, log.records, PARTITIONS)
+    assert store.get_repo(REPO).owner == "carol" and store.get_members(REPO) == {}
+    assert outcome(store, by_bob).status == p.Status.DENIED
+
+
+def test_deleting_a_missing_repository_is_not_found(store):
+    log = Log()
+    missing = log.delete("nope")
+    apply_records(store, log.records, PARTITIONS)
+    assert outcome(store, missing) == decisions.Outcome(p.Status.NOT_FOUND, None, None, "no such repository")
+
+
+@pytest.mark.parametrize(
+    "forgery",
+    [
+        {"signer": user_key("mallory")},
+        {"namespace": "other-ns"},
+    ],
+    ids=["signed by another key", "signed for another namespace"],
+)
+def test_a_deletion_not_signed_by_the_service_is_skipped_by_every_replica(pair, forgery):
+    log = Log()
+    log.create(log.tree({"a": b"1"}))
+    forged = log.delete(**forgery)
+    apply_both(pair, log.records, [forged])
+    for store in pair:
+        assert store.get_outcome(0, forged) is None and store.get_repo(REPO).head == 1
+
+
+def test_a_deletion_with_its_signature_moved_to_another_repository_is_skipped(store):
+    log = Log()
+    log.create(log.tree({"a": b"1"}))
+    genuine = delete_proposal("elsewhere")
+    moved = dataclasses.replace(genuine, repo=REPO)
+    log.add(moved.to_bytes())
+    apply_records(store, log.records, PARTITIONS)
+    assert store.get_outcome(0, moved.request_id) is None and store.get_repo(REPO) is not None
+
+
+def test_a_deletion_replayed_after_the_repository_is_created_again_changes_nothing(store):
+    log = Log()
+    log.create(log.tree({"a": b"1"}))
+    deleted = log.delete()
+    log.create(log.tree({"a": b"1"}))
+    log.add(log.records[log.records.index(next(r for r in log.records if deleted in r.value.decode()))].value)
+    apply_records(store, log.records, PARTITIONS)
+    assert store.get_repo(REPO).head == 1
+
+
+def test_a_deletion_applies_alike_on_both_stores(pair):
+    log = Log()
+    log.create(log.tree({"a": b"1"}))
+    log.create(log.tree({"b": b"1"}, repo="kept"), repo="kept")
+    log.share("bob", p.Access.READ)
+    rids = [log.delete(), log.create(log.tree({"a": b"2"}))]
+    apply_both(pair, log.records, rids)
+    assert [r.name for r in pair[1].list_repos()] == ["kept", "repo"]
+
+
+def test_repositories_are_listed_by_name_a_page_at_a_time(store):
+    log = Log()
+    for name in ("c", "a", "b", "d"):
+        log.create(log.tree({"f": name.encode()}, repo=name), repo=name)
+    apply_records(store, log.records, PARTITIONS)
+    names = lambda repos: [r.name for r in repos]  # noqa: E731
+    assert names(store.list_repos()) == ["a", "b", "c", "d"]
+    assert names(store.list_repos("a", 2)) == ["b", "c"]
+    assert names(store.list_repos("c")) == ["d"]
+    assert names(store.list_repos("d", 5)) == []
+    assert names(store.list_repos("", 0)) == []

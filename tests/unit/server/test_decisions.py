@@ -532,3 +532,336 @@ def test_a_request_is_signed_by_its_user_s_current_key_or_refused():
         refusal = access.check_signed(other, alice, namespace)
         assert refusal.status == p.Status.UNAUTHENTICATED and "does not match alice's registered key" in refusal.message
         assert refusal.hint
+
+
+# ---------------------------------------------------------------- pull to a target version
+
+
+@pytest.mark.parametrize("version", [0, 1, 3, 5])
+@pytest.mark.parametrize("target", [1, 3, 5])
+def test_pull_to_a_target_is_ok_from_any_version_even_its_own(version, target):
+    """Older, newer or the same: the target's tree is sent (how a client reads a version)."""
+    decision = decisions.decide_pull(5, version, target)
+    assert decision == PullDecision(p.Status.OK, 5, f"version {target} (head is version 5)", target)
+
+
+@pytest.mark.parametrize("version", [0, 2, 5, 9])
+def test_pull_to_a_target_beyond_the_head_is_invalid(version):
+    assert decisions.decide_pull(5, version, 6) == PullDecision(
+        p.Status.INVALID, 5, "version 6 does not exist: the head is 5"
+    )
+
+
+def test_pull_to_a_target_of_no_repository_is_not_found():
+    assert decisions.decide_pull(None, 0, 3).status == p.Status.NOT_FOUND
+
+
+MISMATCH = (
+    "your version 2 is not the server's version 2 (the repository was deleted and created again?): clone it again"
+)
+
+
+@pytest.mark.parametrize("target", [0, 1, 2, 4])
+def test_a_base_tree_that_is_not_the_server_s_is_invalid(target):
+    assert decisions.decide_pull(4, 2, target, T1, T2) == PullDecision(p.Status.INVALID, 4, MISMATCH)
+    assert decisions.decide_pull(4, 2, target, T1, None) == PullDecision(p.Status.INVALID, 4, MISMATCH)
+
+
+def test_a_base_tree_that_is_the_server_s_or_none_changes_nothing():
+    assert (
+        decisions.decide_pull(4, 2, 0, T1, T1) == decisions.decide_pull(4, 2) == decisions.decide_pull(4, 2, 0, "", T2)
+    )
+    assert decisions.decide_pull(4, 4, 0, T1, T1).status == p.Status.UP_TO_DATE
+    assert decisions.decide_pull(4, 0, 0, T1, None).status == p.Status.OK  # a clone has no version to compare
+
+
+def test_a_pull_ahead_of_the_server_says_so_before_comparing_trees():
+    assert "clone again" in decisions.decide_pull(4, 7, 0, T1, None).message
+
+
+def test_the_blobs_of_an_older_target_that_the_client_lacks_are_sent():
+    old = {"a": fe("a3"), "b": fe("b")}
+    target = {"a": fe("a1"), "b": fe("b"), "c": fe("c")}
+    assert decisions.blobs_to_send(old, target) == sorted([(fe("a1").sha, 1), (fe("c").sha, 1)])
+    assert decisions.blobs_to_send(target, target) == []  # the tree alone
+    assert decisions.blobs_to_send(target, target, [fe("b").sha]) == [(fe("b").sha, 1)]
+
+
+# ---------------------------------------------------------------- log: changes and paths
+
+
+def change(path: str, kind: str, size: int = 1, mode: p.FileMode = p.FileMode.REGULAR) -> p.FileChange:
+    return p.FileChange(path=path, kind=p.ChangeKind(kind), size=size, mode=mode)
+
+
+def test_changes_between_two_manifests():
+    x = p.FileMode.EXECUTABLE
+    old = {"same": fe("s"), "edit": fe("e1"), "gone": p.FileEntry(fe("g").sha, 7, x), "chmod": fe("c")}
+    new = {"same": fe("s"), "edit": fe("e2", 2), "chmod": p.FileEntry(fe("c").sha, 1, x), "new/file": fe("n", 3)}
+    assert decisions.changes_between(old, new) == [
+        change("chmod", "M", 1, x),  # a mode change alone is a change
+        change("edit", "M", 2),
+        change("gone", "D", 7, x),  # a deletion: the size and mode it had
+        change("new/file", "A", 3),
+    ]
+    assert decisions.changes_between({}, {"a": fe("a")}) == [change("a", "A")]
+    assert decisions.changes_between(new, new) == []
+
+
+def test_a_symlink_becoming_a_file_with_the_same_content_is_modified():
+    link = p.FileEntry(fe("target").sha, 6, p.FileMode.SYMLINK)
+    assert decisions.changes_between({"l": link}, {"l": fe("target", 6)}) == [change("l", "M", 6)]
+
+
+@pytest.mark.parametrize(
+    "paths, touched",
+    [
+        ([], True),
+        (["src"], True),
+        (["src/a.py"], True),
+        (["docs", "src/a.py"], True),
+        (["sr"], False),  # a prefix that is not a directory
+        (["src/a"], False),
+        (["srcs"], False),
+        (["src/a.py/x"], False),
+        (["docs"], False),
+    ],
+)
+def test_a_version_touches_the_paths_equal_to_or_above_a_changed_file(paths, touched):
+    assert decisions.touches([change("src/a.py", "M"), change("README", "D")], paths) is touched
+
+
+def test_a_version_that_changed_nothing_touches_no_path_but_is_listed_without_paths():
+    assert decisions.touches([], ["a"]) is False
+    assert decisions.touches([], []) is True
+
+
+def test_changes_are_listed_up_to_the_cap_and_the_rest_counted():
+    many = [change(f"f{i:04}", "A") for i in range(p.MAX_LOG_CHANGES + 5)]
+    listed, more = decisions.listed_changes(many)
+    assert (len(listed), more, listed[0].path) == (p.MAX_LOG_CHANGES, 5, "f0000")
+    assert decisions.listed_changes(many[:3]) == (many[:3], 0)
+
+
+def entry(version: int, changes: int = 0, message: str = "m") -> p.LogEntry:
+    return p.LogEntry(
+        version=version,
+        author="alice",
+        time_ms=1,
+        message=message,
+        tree=T1,
+        changes=[change(f"dir/file-{i:05}", "A", i) for i in range(changes)],
+    )
+
+
+def test_a_log_keeps_at_most_limit_entries_newest_first():
+    entries = [entry(v) for v in (5, 4, 3, 2, 1)]
+    assert decisions.fit_log(entries, 2, 10_000) == entries[:2]
+    assert decisions.fit_log(entries, 100, 10_000) == entries
+    assert decisions.fit_log([], 3, 10_000) == []
+
+
+def test_a_log_reads_no_entry_beyond_its_limit():
+    read = []
+
+    def lazily():
+        for v in (3, 2, 1):
+            read.append(v)
+            yield entry(v)
+
+    decisions.fit_log(lazily(), 2, 10_000)
+    assert read == [3, 2]
+
+
+def test_a_log_drops_older_entries_first_when_the_bytes_run_out():
+    entries = [entry(v, message="x" * 300) for v in (3, 2, 1)]
+    one = decisions.entry_bytes(entries[0])
+    assert decisions.fit_log(entries, 10, 2 * one + 10) == entries[:2]
+
+
+def test_the_newest_entry_alone_too_large_keeps_the_changes_that_fit():
+    big = entry(9, changes=p.MAX_LOG_CHANGES)
+    budget = 5_000
+    [kept] = decisions.fit_log([big, entry(8)], 10, budget)
+    assert decisions.entry_bytes(kept) <= budget
+    assert 0 < len(kept.changes) < p.MAX_LOG_CHANGES
+    assert kept.changes == big.changes[: len(kept.changes)]
+    assert len(kept.changes) + kept.changes_more == p.MAX_LOG_CHANGES
+    counted = dataclasses.replace(big, changes_more=7)
+    [kept] = decisions.fit_log([counted], 10, budget)
+    assert len(kept.changes) + kept.changes_more == p.MAX_LOG_CHANGES + 7  # those left off before still count
+
+
+def test_an_entry_too_large_even_without_its_changes_is_left_out():
+    assert decisions.fit_log([entry(1, message="x" * 2000)], 10, 1000) == []
+
+
+@given(st.lists(st.integers(0, 40), min_size=1, max_size=12), st.integers(1, 12), st.integers(300, 6000))
+def test_a_log_reply_always_fits_and_keeps_a_prefix(change_counts, limit, budget):
+    entries = [entry(len(change_counts) - i, n) for i, n in enumerate(change_counts)]
+    kept = decisions.fit_log(entries, limit, budget)
+    assert len(kept) <= limit
+    assert sum(decisions.entry_bytes(e) for e in kept) <= budget
+    assert [e.version for e in kept] == [e.version for e in entries[: len(kept)]]
+    assert kept[1:] == entries[1 : len(kept)]  # only the newest may lose changes
+    if decisions.entry_bytes(dataclasses.replace(entries[0], changes=[], changes_more=99)) + 16 <= budget:
+        assert kept  # there are versions: the newest is always listed
+
+
+# ---------------------------------------------------------------- repository listings
+
+
+def repo_access(owner: str, visibility: str = "private", **members: str) -> RepoAccess:
+    return RepoAccess(owner, p.Visibility(visibility), {u: p.Access(level) for u, level in members.items()})
+
+
+@pytest.mark.parametrize(
+    "repo, word",
+    [
+        (repo_access("alice"), "owner"),
+        (repo_access("alice", "public"), "owner"),
+        (repo_access("bob", alice="admin"), "admin"),
+        (repo_access("bob", alice="write"), "write"),
+        (repo_access("bob", alice="read"), "read"),
+        (repo_access("bob", "public", alice="write"), "write"),  # a member of a public one: their level
+        (repo_access("bob", "public"), "public"),
+        (repo_access("bob", "public", carol="admin"), "public"),
+        (repo_access("bob"), None),
+        (repo_access("bob", carol="read"), None),
+    ],
+)
+def test_how_a_listing_names_a_user_s_access(repo, word):
+    assert access.listed_access("alice", repo) == word
+    readable = access.check_permission("alice", "pull", "r", repo) is None
+    assert readable == (word is not None)  # listed exactly when it may be read
+
+
+CANDIDATES = [
+    ("a-mine", repo_access("alice")),
+    ("b-secret", repo_access("bob")),
+    ("c-public", repo_access("bob", "public")),
+    ("d-shared", repo_access("carol", alice="read")),
+    ("e-secret", repo_access("carol", bob="admin")),
+    ("f-mine", repo_access("alice", "public")),
+]
+
+
+def test_a_listing_leaves_out_what_the_user_may_not_read():
+    page, more = decisions.repos_page("alice", CANDIDATES, 100)
+    assert page == [("a-mine", "owner"), ("c-public", "public"), ("d-shared", "read"), ("f-mine", "owner")]
+    assert more is False
+    assert decisions.repos_page("dave", CANDIDATES, 100) == ([("c-public", "public"), ("f-mine", "public")], False)
+
+
+def test_a_listing_pages_by_limit_and_says_when_more_follow():
+    assert decisions.repos_page("alice", CANDIDATES, 2) == ([("a-mine", "owner"), ("c-public", "public")], True)
+    assert decisions.repos_page("alice", CANDIDATES, 4) == (decisions.repos_page("alice", CANDIDATES, 100)[0], False)
+    assert decisions.repos_page("alice", CANDIDATES[:5], 3) == (
+        [("a-mine", "owner"), ("c-public", "public"), ("d-shared", "read")],
+        False,  # what follows is not the user's to read: no more
+    )
+
+
+def test_a_listing_reads_candidates_only_as_far_as_it_needs():
+    read = []
+
+    def lazily():
+        for name, repo in CANDIDATES:
+            read.append(name)
+            yield name, repo
+
+    decisions.repos_page("alice", lazily(), 1)
+    assert read == ["a-mine", "b-secret", "c-public"]  # the next readable one says "more"
+
+
+# ---------------------------------------------------------------- settling an outcome, deleting
+
+RID = "ab" * 16
+
+
+def stored(status: p.Status, head: int | None, version: int | None = None, message: str = "", repo: str = "r"):
+    return {**Outcome(status, head, version, message, request="k" * 64, repo=repo).to_json()}
+
+
+def trees(**by_version: str):
+    return lambda version: by_version.get(f"v{version}")
+
+
+def test_settling_an_unknown_request_cancels_it():
+    answer, cancel = decisions.decide_settle(None, "r", RID, T1, 4, trees())
+    assert answer == Outcome(p.Status.CANCELLED, 4, None, "never applied: it never will be now", repo="r")
+    assert cancel == answer  # stored for the request: the same words, whoever asks again
+
+
+def test_settling_an_accepted_push_of_the_same_tree():
+    known = stored(p.Status.ACCEPTED, 3, 3, "accepted as version 3")
+    answer, cancel = decisions.decide_settle(known, "r", RID, T1, 5, trees(v3=T1))
+    assert (answer, cancel) == (Outcome(p.Status.ACCEPTED, 5, 3, "accepted as version 3"), None)
+
+
+def test_settling_an_accepted_init_of_the_same_tree():
+    known = stored(p.Status.ACCEPTED, 1, 1, "created at version 1")
+    answer, _ = decisions.decide_settle(known, "r", RID, T1, 1, trees(v1=T1))
+    assert (answer.status, answer.version) == (p.Status.ACCEPTED, 1)
+
+
+@pytest.mark.parametrize(
+    "known",
+    [
+        stored(p.Status.ACCEPTED, 3, 3, "accepted as version 3"),  # another tree became version 3
+        stored(p.Status.ACCEPTED, 1, None, "bob now has write access to r"),  # not a push
+    ],
+)
+def test_settling_an_accepted_request_of_another_tree_is_what_a_retry_would_get(known):
+    answer, cancel = decisions.decide_settle(known, "r", RID, T1, 5, trees(v3=T2))
+    assert (answer, cancel) == (
+        Outcome(p.Status.INVALID, 5, message="request id already used by another request"),
+        None,
+    )
+
+
+def test_settling_a_push_whose_version_was_deleted_is_not_accepted():
+    known = stored(p.Status.ACCEPTED, 3, 3, "accepted as version 3")
+    answer, _ = decisions.decide_settle(known, "r", RID, T1, None, trees())
+    assert answer.status == p.Status.INVALID
+
+
+@pytest.mark.parametrize(
+    "status, head, message",
+    [
+        (p.Status.REJECTED, 4, "version mismatch: head is 4, push based on 2"),
+        (p.Status.MISSING_OBJECTS, 4, "1 object(s) were not uploaded completely"),
+        (p.Status.INVALID, 4, "invalid tree: not a minigit tree"),
+        (p.Status.UP_TO_DATE, 4, "nothing to push"),
+        (p.Status.DENIED, 4, "permission denied: bob may not push to r (read only)"),
+        (p.Status.NOT_FOUND, None, "no such repository"),
+        (p.Status.EXISTS, 2, "repository already exists"),
+    ],
+)
+def test_settling_a_refused_request_is_its_outcome(status, head, message):
+    answer, cancel = decisions.decide_settle(stored(status, head, None, message), "r", RID, T1, 9, trees(v4=T1))
+    assert (answer, cancel) == (Outcome(status, head, None, message), None)
+
+
+def test_settling_a_cancelled_request_again_is_cancelled():
+    known = stored(p.Status.CANCELLED, 2, message=decisions.NEVER_APPLIED)
+    answer, cancel = decisions.decide_settle(known, "r", RID, T1, 3, trees())
+    assert (answer, cancel) == (Outcome(p.Status.CANCELLED, 3, message=decisions.NEVER_APPLIED), None)
+
+
+def test_settling_a_request_to_another_repository_tells_nothing_of_it():
+    known = stored(p.Status.REJECTED, 7, message="version mismatch: head is 7, push based on 1", repo="secret")
+    answer, cancel = decisions.decide_settle(known, "r", RID, T1, 2, trees())
+    assert (answer, cancel) == (Outcome(p.Status.INVALID, 2, message=f"request {RID} was not a request to r"), None)
+
+
+def test_deleting():
+    assert decisions.decide_delete(None, "r") == Outcome(p.Status.NOT_FOUND, None, message="no such repository")
+    assert decisions.decide_delete(4, "r") == Outcome(
+        p.Status.ACCEPTED, None, message="r deleted (it was at version 4)"
+    )
+
+
+def test_outcomes_stored_before_they_named_their_repository_still_read():
+    old = {"status": "accepted", "head": 1, "version": 1, "message": "created at version 1", "request": "k"}
+    assert decisions.Outcome.from_json(old).repo == ""

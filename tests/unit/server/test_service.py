@@ -23,6 +23,7 @@ from signing import (
     NOW_MS,
     Client,
     admin_proposal,
+    delete_proposal,
     digest_of,
     key_text,
     make_service,
@@ -658,3 +659,354 @@ def test_an_unsigned_request_is_told_so_not_that_its_clock_is_off(u: Client) -> 
     request = u.request(p.LogRequest, "r")  # no signature, no signing time
     u.send(request, sign=False)
     assert u.answer(request.request_id).message.startswith("the request is not signed")
+
+
+# ---------------------------------------------------------------- history: versions, changes, listings, outcomes
+
+
+def commit_modes(
+    client: Client, cls: type[p.Request], repo: str, files: dict[str, tuple[bytes, p.FileMode]], **fields
+) -> p.Reply:
+    """Like Client.commit, with each file's mode."""
+    request_id = rid()
+    manifest = {
+        path: p.FileEntry(client.upload(request_id, repo, data), len(data), mode)
+        for path, (data, mode) in files.items()
+    }
+    tree = client.upload(request_id, repo, p.encode_tree(manifest))
+    client.send(client.request(cls, repo, request_id, tree=tree, **fields))
+    return client.answer(request_id)
+
+
+def pull(client: Client, repo: str, **fields) -> tuple[p.Reply, list[p.Chunk]]:
+    request = client.request(p.PullRequest, repo, **fields)
+    client.send(request)
+    reply, *chunks = client.answers(request.request_id)
+    return reply, chunks
+
+
+def tree_of(service: Service, repo: str, version: int) -> str:
+    return service.store.get_version(repo, version).tree
+
+
+@pytest.fixture
+def history(u: Client) -> Client:
+    """r: v1 {a: 1, b: b}; v2 {a: 2, b: b, c: c}; v3 {a: 3, c: c}."""
+    create(u, "r", {"a": b"1", "b": b"b"})
+    push(u, "r", 1, {"a": b"2", "b": b"b", "c": b"c"})
+    push(u, "r", 2, {"a": b"3", "c": b"c"})
+    return u
+
+
+def test_a_pull_to_an_older_version_sends_its_tree_and_the_blobs_the_client_lacks(history: Client) -> None:
+    reply, chunks = pull(history, "r", version=3, target=1)
+    assert (reply.status, reply.version, reply.head, reply.tree) == (
+        p.Status.OK,
+        1,
+        3,
+        tree_of(history.service, "r", 1),
+    )
+    assert reply.message == "version 1 (head is version 3)"
+    assert [c.sha for c in chunks] == [reply.tree, *sorted([p.hash_bytes(b"1"), p.hash_bytes(b"b")])]
+    assert reply.blob_count == 3 and reply.blob_bytes == sum(len(c.raw()) for c in chunks)
+
+
+def test_a_pull_to_a_newer_version_than_the_client_s_but_not_the_head(history: Client) -> None:
+    reply, chunks = pull(history, "r", version=1, target=2)
+    assert (reply.status, reply.version, reply.head) == (p.Status.OK, 2, 3)
+    assert [c.sha for c in chunks] == [reply.tree, *sorted([p.hash_bytes(b"2"), p.hash_bytes(b"c")])]
+
+
+def test_a_pull_to_the_client_s_own_version_sends_the_tree_alone_or_what_it_lost(history: Client) -> None:
+    reply, chunks = pull(history, "r", version=2, target=2)
+    assert (reply.status, reply.version, reply.blob_count) == (p.Status.OK, 2, 1)
+    assert [c.sha for c in chunks] == [tree_of(history.service, "r", 2)]
+    reply, chunks = pull(history, "r", version=2, target=2, lost=[p.hash_bytes(b"c"), p.hash_bytes(b"nope")])
+    assert [c.sha for c in chunks] == [reply.tree, p.hash_bytes(b"c")]  # only what the version holds
+
+
+def test_a_pull_to_the_head_as_a_target_is_ok_where_a_plain_pull_is_up_to_date(history: Client) -> None:
+    assert pull(history, "r", version=3)[0].status == p.Status.UP_TO_DATE
+    reply, chunks = pull(history, "r", version=3, target=3)
+    assert (reply.status, reply.version, len(chunks)) == (p.Status.OK, 3, 1)
+
+
+def test_a_pull_to_a_version_beyond_the_head_is_invalid(history: Client) -> None:
+    reply, chunks = pull(history, "r", version=1, target=4)
+    assert (reply.status, reply.head, reply.message, chunks) == (
+        p.Status.INVALID,
+        3,
+        "version 4 does not exist: the head is 3",
+        [],
+    )
+
+
+def test_a_pull_whose_base_tree_is_not_the_server_s_is_told_to_clone_again(history: Client) -> None:
+    service = history.service
+    assert pull(history, "r", version=2, base_tree=tree_of(service, "r", 2))[0].version == 3
+    for target in (0, 1):
+        reply, chunks = pull(history, "r", version=2, target=target, base_tree=tree_of(service, "r", 1))
+        assert (reply.status, chunks) == (p.Status.INVALID, [])
+        assert reply.message == (
+            "your version 2 is not the server's version 2 (the repository was deleted and created again?): "
+            "clone it again"
+        )
+
+
+def test_a_log_entry_names_its_tree(history: Client) -> None:
+    reply = history.call(p.LogRequest, "r")
+    assert [(e.version, e.tree) for e in reply.entries] == [(v, tree_of(history.service, "r", v)) for v in (3, 2, 1)]
+    assert all(e.changes == [] and e.changes_more == 0 for e in reply.entries)  # not asked
+
+
+def test_a_log_lists_each_version_s_changes(u: Client) -> None:
+    x = p.FileMode.EXECUTABLE
+    commit_modes(u, p.InitRequest, "r", {"run": (b"#!", p.FileMode.REGULAR), "doc/a": (b"a", p.FileMode.REGULAR)})
+    commit_modes(u, p.PushRequest, "r", {"run": (b"#!", x), "doc/a": (b"a", p.FileMode.REGULAR)}, base=1)
+    commit_modes(u, p.PushRequest, "r", {"run": (b"#!", x), "doc/b": (b"bb", p.FileMode.REGULAR)}, base=2)
+    reply = u.call(p.LogRequest, "r", changes=True)
+    change = p.FileChange
+    assert [(e.version, e.changes, e.changes_more) for e in reply.entries] == [
+        (3, [change(path="doc/a", kind="D", size=1), change(path="doc/b", kind="A", size=2)], 0),
+        (2, [change(path="run", kind="M", size=2, mode=x)], 0),  # a mode change alone
+        (1, [change(path="doc/a", kind="A", size=1), change(path="run", kind="A", size=2)], 0),
+    ]
+
+
+def test_a_log_by_paths_lists_only_the_versions_that_touched_them(u: Client) -> None:
+    create(u, "r", {"src/a.py": b"1", "README": b"r"})
+    push(u, "r", 1, {"src/a.py": b"1", "README": b"r2"})
+    push(u, "r", 2, {"src/a.py": b"2", "README": b"r2"})
+    push(u, "r", 3, {"README": b"r2"})
+    versions = lambda **fields: [e.version for e in u.call(p.LogRequest, "r", **fields).entries]  # noqa: E731
+    assert versions(paths=["src"]) == [4, 3, 1]
+    assert versions(paths=["src/a.py"]) == [4, 3, 1]
+    assert versions(paths=["README"]) == [2, 1]
+    assert versions(paths=["src", "README"]) == [4, 3, 2, 1]
+    assert versions(paths=["sr"]) == [] and versions(paths=["src/a.py/x"]) == []
+    assert versions(paths=["src"], limit=2) == [4, 3]
+    entries = u.call(p.LogRequest, "r", paths=["README"], changes=True).entries
+    assert [c.path for c in entries[0].changes] == ["README"]
+
+
+def test_a_log_lists_at_most_a_thousand_changes_per_version_and_counts_the_rest(u: Client) -> None:
+    files = {f"f/{n:04}": str(n).encode() for n in range(p.MAX_LOG_CHANGES + 3)}
+    create(u, "r", files)
+    [entry] = u.call(p.LogRequest, "r", changes=True).entries
+    assert (len(entry.changes), entry.changes_more) == (p.MAX_LOG_CHANGES, 3)
+    assert entry.changes[0].path == "f/0000" and entry.changes[-1].path == "f/0999"
+
+
+def test_a_log_with_changes_stays_one_record(u: Client, monkeypatch: pytest.MonkeyPatch) -> None:
+    from minigit_server import service as service_module
+
+    monkeypatch.setattr(service_module, "MAX_LOG_REPLY_BYTES", 4000)
+    files = {f"dir/file-{n:03}": b"x" for n in range(200)}
+    create(u, "r", files)
+    push(u, "r", 1, {**files, "a": b"1"})
+    push(u, "r", 2, {**files, "a": b"2"})
+    entries = u.call(p.LogRequest, "r", changes=True).entries
+    assert [e.version for e in entries] == [3, 2]  # the oldest, too large, is dropped first
+    [first] = u.call(p.LogRequest, "r", changes=True, paths=["dir"]).entries
+    assert first.version == 1 and 0 < len(first.changes) < 200 and len(first.changes) + first.changes_more == 200
+
+
+def test_a_log_does_not_serve_a_damaged_tree(history: Client) -> None:
+    service = history.service
+    partition = service.wire.log_partition("r")
+    tree = tree_of(service, "r", 2)
+    service.store.chunks[(partition, tree)][0] = codec.Piece(0, "raw", b"not the tree")
+    service.integrity.repair = lambda partition, sha: False  # type: ignore[method-assign]
+    request = history.request(p.LogRequest, "r", changes=True)
+    handled = history.send(request)
+    assert handled.status == "damaged" and history.answers(request.request_id) == []
+    assert history.call(p.LogRequest, "r").entries[0].version == 3  # without changes: no tree is read
+
+
+def repos(client: Client, **fields) -> p.Reply:
+    return client.call(p.ReposRequest, client.user, **fields)
+
+
+@pytest.fixture
+def listing(service: Service) -> Service:
+    """alice: a-lab (private), b-pub (public); bob: c-bob (private, alice reads),
+    d-bob (private), e-pub (public, alice writes); u: f-u (private)."""
+    alice, bob, u = Client(service, "alice"), Client(service, "bob"), Client(service, "u")
+    create(alice, "a-lab", {"a": b"a"})
+    create(alice, "b-pub", {"a": b"a"}, visibility=p.Visibility.PUBLIC)
+    create(bob, "c-bob", {"a": b"a"})
+    assert bob.call(p.ShareRequest, "c-bob", member="alice", level=p.Access.READ).status == p.Status.ACCEPTED
+    create(bob, "d-bob", {"a": b"a"})
+    create(bob, "e-pub", {"a": b"a"}, visibility=p.Visibility.PUBLIC)
+    assert bob.call(p.ShareRequest, "e-pub", member="alice", level=p.Access.WRITE).status == p.Status.ACCEPTED
+    push(bob, "e-pub", 1, {"a": b"b"})
+    create(u, "f-u", {"a": b"a"})
+    return service
+
+
+def test_a_listing_names_the_repositories_the_user_may_read_and_how(listing: Service) -> None:
+    reply = repos(Client(listing, "alice"))
+    assert (reply.status, reply.more) == (p.Status.OK, False)
+    assert [(r.name, r.access, r.visibility, r.head, r.author) for r in reply.repos] == [
+        ("a-lab", "owner", "private", 1, "alice"),
+        ("b-pub", "owner", "public", 1, "alice"),
+        ("c-bob", "read", "private", 1, "bob"),
+        ("e-pub", "write", "public", 2, "bob"),
+    ]
+    assert all(r.time_ms == NOW_MS for r in reply.repos)
+
+
+def test_a_listing_never_mentions_others_private_repositories(listing: Service) -> None:
+    reply = repos(Client(listing, "u"))
+    assert [(r.name, r.access) for r in reply.repos] == [("b-pub", "public"), ("e-pub", "public"), ("f-u", "owner")]
+    assert not any("bob" in r.name or "lab" in r.name for r in reply.repos)
+
+
+def test_a_listing_pages_with_after_and_limit(listing: Service) -> None:
+    alice = Client(listing, "alice")
+    first = repos(alice, limit=2)
+    assert ([r.name for r in first.repos], first.more) == (["a-lab", "b-pub"], True)
+    second = repos(alice, limit=2, after=first.repos[-1].name)
+    assert ([r.name for r in second.repos], second.more) == (["c-bob", "e-pub"], False)
+    assert (repos(alice, after="e-pub").repos, repos(alice, after="zzz").more) == ([], False)
+    assert [r.name for r in repos(alice, after="b").repos] == ["b-pub", "c-bob", "e-pub"]  # any name, taken or not
+
+
+def test_a_listing_is_sealed_to_the_asker(listing: Service) -> None:
+    alice = Client(listing, "alice")
+    request = alice.request(p.ReposRequest, "alice")
+    alice.send(request)
+    [(_, record)] = [(n, m) for n, m in listing.wire.replies if m.request_id == request.request_id]
+    assert isinstance(record, p.Sealed)
+    without = alice.request(p.ReposRequest, "alice", reply_key="")
+    alice.send(without)
+    reply = alice.answer(without.request_id)
+    assert (reply.status, reply.repos) == (p.Status.INVALID, [])
+    assert reply.message == "a repository listing is sent sealed, and this request has no valid reply_key"
+
+
+def test_a_listing_reads_every_log_partition_up_to_its_end(listing: Service) -> None:
+    waited = []
+    original = listing.applied.wait_for
+    listing.applied.wait_for = lambda partition, offset, timeout: (
+        waited.append(partition)
+        or original(  # type: ignore[method-assign]
+            partition, offset, timeout
+        )
+    )
+    repos(Client(listing, "alice"))
+    assert set(range(listing.wire.log_partition_count())) <= set(waited)
+
+
+def test_a_listing_is_not_answered_while_a_partition_lags(listing: Service) -> None:
+    listing.applied.wait_for = lambda partition, offset, timeout: partition != 2  # type: ignore[method-assign]
+    alice = Client(listing, "alice")
+    if listing.wire.log_partition("alice") == 2:
+        pytest.skip("alice's own partition")
+    request = alice.request(p.ReposRequest, "alice")
+    assert alice.send(request).status == "stalled" and alice.answers(request.request_id) == []
+
+
+def settle(client: Client, repo: str, of_request: str, tree: str, request_id: str | None = None) -> p.Reply:
+    request = client.request(p.OutcomeRequest, repo, request_id, of_request=of_request, tree=tree)
+    client.send(request)
+    return client.answer(request.request_id)
+
+
+def test_the_outcome_of_an_accepted_push_is_its_version(u: Client) -> None:
+    create(u, "r", {"a": b"1"})
+    pushed = rid()
+    push(u, "r", 1, {"a": b"2"}, pushed)
+    reply = settle(u, "r", pushed, tree_of(u.service, "r", 2))
+    assert (reply.status, reply.version, reply.head, reply.message) == (
+        p.Status.ACCEPTED,
+        2,
+        2,
+        "accepted as version 2",
+    )
+    other = settle(u, "r", pushed, tree_of(u.service, "r", 1))
+    assert (other.status, other.message) == (p.Status.INVALID, "request id already used by another request")
+
+
+def test_the_outcome_of_a_rejected_push_is_its_refusal(u: Client) -> None:
+    create(u, "r", {"a": b"1"})
+    push(u, "r", 1, {"a": b"2"})
+    stale = rid()
+    assert push(u, "r", 1, {"a": b"3"}, stale).status == p.Status.REJECTED
+    reply = settle(u, "r", stale, "e" * 64)
+    assert (reply.status, reply.head, reply.message) == (
+        p.Status.REJECTED,
+        2,
+        "version mismatch: head is 2, push based on 1",
+    )
+
+
+def test_the_outcome_of_an_unknown_push_cancels_it_and_the_late_push_changes_nothing(u: Client) -> None:
+    create(u, "r", {"a": b"1"})
+    late = rid()
+    reply = settle(u, "r", late, "e" * 64)
+    assert (reply.status, reply.head, reply.message) == (p.Status.CANCELLED, 1, "never applied: it never will be now")
+    arrived = push(u, "r", 1, {"a": b"2"}, late)
+    assert (arrived.status, arrived.message) == (p.Status.INVALID, "request id already used by another request")
+    assert u.service.store.get_repo("r").head == 1
+
+
+def test_an_outcome_asked_again_gets_the_same_answer(u: Client) -> None:
+    create(u, "r", {"a": b"1"})
+    late, settle_id = rid(), rid()
+    first = settle(u, "r", late, "e" * 64, settle_id)
+    proposed = len(proposals(u.service, "r"))
+    handled = u.resend(settle_id, received_ms=NOW_MS + 1000)
+    again = u.answer(settle_id)
+    assert "retry: original outcome" in handled.detail and len(proposals(u.service, "r")) == proposed
+    assert (again.status, again.message) == (first.status, first.message)
+    other = Client(make_service(u.service.store, users=()), "u")  # another replica of the same state
+    other.sent, other.reply_key, other.opener = u.sent, u.reply_key, u.opener
+    other.resend(settle_id)
+    assert other.answer(settle_id).status == p.Status.CANCELLED
+
+
+def test_the_outcome_of_a_push_needs_write_access(service: Service) -> None:
+    alice, bob = Client(service, "alice"), Client(service, "bob")
+    create(alice, "r", {"a": b"1"})
+    assert alice.call(p.ShareRequest, "r", member="bob", level=p.Access.READ).status == p.Status.ACCEPTED
+    late = rid()
+    reply = settle(bob, "r", late, "e" * 64)
+    assert reply.status == p.Status.DENIED and "bob may not settle a push to r (read only)" in reply.message
+    assert push(alice, "r", 1, {"a": b"2"}, late).status == p.Status.ACCEPTED  # nothing was cancelled
+
+
+def test_the_outcome_of_a_private_repository_s_push_is_sealed(u: Client) -> None:
+    create(u, "r", {"a": b"1"})
+    request = u.request(p.OutcomeRequest, "r", of_request=rid(), tree="e" * 64)
+    u.send(request)
+    sent = [m for _, m in u.service.wire.replies if m.request_id == request.request_id]
+    assert sent and all(isinstance(m, p.Sealed) for m in sent)
+
+
+def delete(service: Service, repo: str, **options) -> None:
+    proposal = delete_proposal(repo, **options)
+    service.wire.append_log(service.wire.log_partition(repo), repo.encode(), proposal.to_bytes(), True)
+
+
+def test_a_deleted_repository_is_created_again_at_version_1(history: Client) -> None:
+    service = history.service
+    old_tree = tree_of(service, "r", 2)
+    delete(service, "r")
+    for cls in (p.PullRequest, p.LogRequest):
+        assert history.call(cls, "r").status == p.Status.NOT_FOUND
+    reply = history.commit(p.InitRequest, "r", {"new": b"content"})
+    assert (reply.status, reply.version) == (p.Status.ACCEPTED, 1)
+    assert [e.version for e in history.call(p.LogRequest, "r").entries] == [1]
+    stale = pull(history, "r", version=1, base_tree=old_tree)[0]
+    assert stale.status == p.Status.INVALID and "clone it again" in stale.message
+
+
+def test_a_deletion_not_signed_by_the_service_changes_nothing(history: Client) -> None:
+    delete(history.service, "r", signer=user_key("u"))
+    assert history.service.store.get_repo("r").head == 3
+
+
+def test_a_deleted_repository_leaves_the_listing(listing: Service) -> None:
+    delete(listing, "c-bob")
+    assert [r.name for r in repos(Client(listing, "alice")).repos] == ["a-lab", "b-pub", "e-pub"]
