@@ -564,9 +564,11 @@ def print_verdicts(verdicts: list, replicas: list[str]) -> None:
         out.print("[bold green]All repositories are available![/]")
 
 
+from minigit_server.repo_cli import repo_app  # noqa: E402 - it takes its options from this module
 from minigit_server.users_cli import users_app  # noqa: E402 - it takes its options from this module
 
 app.add_typer(users_app)
+app.add_typer(repo_app)
 
 
 def main() -> None:

@@ -14,7 +14,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Annotated
 
@@ -97,12 +97,14 @@ def open_bus(settings: KafkaSettings, timeout: float):
 
 
 @contextlib.contextmanager
-def connected(settings: KafkaSettings, timeout: float) -> Iterator:
+def connected(settings: KafkaSettings, timeout: float, opener: Callable | None = None) -> Iterator:
+    """The service's Kafka connections (``opener``'s, else ``open_bus``'s), Kafka's
+    failures turned into the operator's errors."""
     from minigit.kafka_clients import INFRASTRUCTURE_ERRORS
 
     bus = None
     try:
-        bus = open_bus(settings, timeout)
+        bus = (opener or open_bus)(settings, timeout)
         yield bus
     except TimeoutError as error:  # reading the log took too long (an OSError too: caught first)
         raise ServerUnreachable(str(error), hint="raise --timeout") from None
