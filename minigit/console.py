@@ -8,17 +8,27 @@ retitle the window, or worse), and Unicode's bidirectional controls reorder what
 the user reads, so both are written out as escapes instead. A single-line field
 (a name, an author) shows every one of them, line breaks included, so that it
 cannot forge a line of its own; only a message body keeps its line breaks.
+
+Under ``--json`` a command prints one JSON document on stdout (``print_json``),
+success or failure: ``format`` (JSON_FORMAT) first, an ISO 8601 UTC ``time``
+beside every ``time_ms``, and, when the command failed, ``error``
+(``exit_on_error(json_output=True)``). docs/json.md is the contract.
 """
 
 from __future__ import annotations
 
 import contextlib
+import datetime
+import json
 import unicodedata
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
+from typing import Any
 
 import typer
 from rich.console import Console
+from rich.highlighter import JSONHighlighter
 from rich.markup import escape
+from rich.text import Text
 
 from minigit.errors import ExitCode, MinigitError
 
@@ -80,14 +90,93 @@ def print_error(error: MinigitError) -> None:
         err.print(f"[yellow]hint:[/] {escape(shown(error.hint, MESSAGE_KEEP))}")
 
 
-@contextlib.contextmanager
-def exit_on_error() -> Iterator[None]:
-    """Turn a MinigitError (or Ctrl-C) into one message and an exit code."""
+# The version of the JSON documents the commands print (docs/json.md): raised only
+# when a field changes meaning or goes away; new fields may come at any time.
+JSON_FORMAT = 1
+
+
+def iso_time(time_ms: int) -> str | None:
+    """Milliseconds since the epoch as ISO 8601 UTC: ``2026-11-27T23:04:05.123Z``
+    (None for a time no calendar holds)."""
     try:
-        yield
+        when = datetime.datetime(1970, 1, 1, tzinfo=datetime.UTC) + datetime.timedelta(milliseconds=time_ms)
+    except OverflowError:
+        return None
+    return when.isoformat(timespec="milliseconds").replace("+00:00", "Z")
+
+
+def is_time_ms(key: str, value: object) -> bool:
+    return (key == "time_ms" or key.endswith("_time_ms")) and isinstance(value, int) and not isinstance(value, bool)
+
+
+def with_iso_times(value: Any) -> Any:
+    """``value`` with, beside every ``time_ms`` (or ``*_time_ms``) integer of its
+    objects, the same time as ISO 8601 UTC under the name without ``_ms``."""
+    if isinstance(value, Mapping):
+        done: dict[str, Any] = {}
+        for key, item in value.items():
+            done[key] = with_iso_times(item)
+            if is_time_ms(key, item) and key[: -len("_ms")] not in value:
+                done[key[: -len("_ms")]] = iso_time(item)
+        return done
+    if isinstance(value, list | tuple):
+        return [with_iso_times(item) for item in value]
+    return value
+
+
+def json_document(doc: Mapping[str, Any]) -> dict[str, Any]:
+    """What a command prints under --json: ``format`` first, then ``doc`` with its times also in ISO 8601."""
+    return {"format": JSON_FORMAT, **with_iso_times(doc)}
+
+
+def _json_unsafe(char: str) -> bool:
+    # what JSON leaves as it is but a terminal would not just show: DEL, the C1
+    # controls, bidi controls, lone surrogates (undecodable file names), line
+    # separators. The line breaks of the indentation stay (in strings JSON escapes them).
+    return char != "\n" and (is_unsafe(char) or unicodedata.category(char) in ("Cs", "Zl", "Zp"))
+
+
+def json_text(doc: Mapping[str, Any]) -> str:
+    """``json_document(doc)`` as text: UTF-8 kept readable, and every character a
+    terminal would act on written as a ``\\uXXXX`` escape (valid JSON all the same)."""
+    text = json.dumps(json_document(doc), indent=2, ensure_ascii=False)
+    return "".join(f"\\u{ord(char):04x}" if _json_unsafe(char) else char for char in text)
+
+
+def print_json(doc: Mapping[str, Any]) -> None:
+    """The one JSON document of a command, on stdout (coloured only on a terminal)."""
+    out.print(JSONHighlighter()(Text(json_text(doc))), soft_wrap=True)
+
+
+def error_json(error: MinigitError) -> dict[str, Any]:
+    return {
+        "type": type(error).__name__,
+        "message": error.message,
+        "hint": error.hint,
+        "exit_code": int(error.exit_code),
+    }
+
+
+@contextlib.contextmanager
+def exit_on_error(json_output: bool = False) -> Iterator[dict[str, Any]]:
+    """Turn a MinigitError (or Ctrl-C) into one message and an exit code.
+
+    The message goes to stderr, always; with ``json_output`` (a command's --json)
+    stdout also gets a JSON document whose ``error`` says the same (its type,
+    message, hint and exit code), as the only document the command prints. The
+    context yields a dict the command may fill with what it found before it
+    failed (``log --verify``: the versions): that document holds it too."""
+    partial: dict[str, Any] = {}
+    try:
+        yield partial
     except MinigitError as error:
         print_error(error)
+        if json_output:
+            print_json({**partial, "error": error_json(error)})
         raise typer.Exit(int(error.exit_code)) from None
     except KeyboardInterrupt:
         err.print("interrupted")
+        if json_output:
+            interrupted = {"type": "Interrupted", "message": "interrupted", "hint": None}
+            print_json({**partial, "error": {**interrupted, "exit_code": int(ExitCode.INTERRUPTED)}})
         raise typer.Exit(int(ExitCode.INTERRUPTED)) from None
