@@ -152,8 +152,10 @@ def verify_repositories(beats: list[p.Heartbeat]) -> list[RepoVerdict]:
     must hold identical state for it: a different digest is a disagreement. A
     replica that has not applied that record yet is behind, by the number of log
     records between its position and the most advanced replica's (or that record,
-    when no replica has applied it). A replica that files the repository under
-    another log partition than the majority of its holders disagrees.
+    when no replica has applied it); so is a replica that holds a repository that
+    replicas further on no longer hold (deleted: it may not have applied that yet).
+    A replica that files the repository under another log partition than the
+    majority of its holders disagrees.
     """
     names = sorted({name for beat in beats for name in beat.repos})
     return [_verify_repository(beats, name) for name in names]
@@ -173,6 +175,13 @@ def _verify_repository(beats: list[p.Heartbeat], name: str) -> RepoVerdict:
     target = max(max(position.values()), last_change + 1)
     caught_up = [beat for beat in compared if position[beat.replica] > last_change]
     behind = {r: target - at for r, at in position.items() if at <= last_change}
+    # A deletion leaves no record of its own in a heartbeat: a replica still holding
+    # the repository behind one that no longer does may not have applied it yet.
+    gone = [position[beat.replica] for beat in caught_up if name not in beat.repos]
+    if gone and (furthest := max(gone)) > min(position[beat.replica] for beat in caught_up):
+        lagging = [beat for beat in caught_up if name in beat.repos and position[beat.replica] < furthest]
+        behind.update({beat.replica: furthest - position[beat.replica] for beat in lagging})
+        caught_up = [beat for beat in caught_up if beat not in lagging]
     digests = {beat.replica: beat.repos[name].digest if name in beat.repos else None for beat in caught_up}
     disagreeing = set(misplaced) | set(_minority(digests))
     status = Verdict.DISAGREE if disagreeing else Verdict.BEHIND if behind else Verdict.AGREE

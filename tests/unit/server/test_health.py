@@ -85,6 +85,25 @@ def test_a_replica_missing_a_repository_it_should_have_disagrees() -> None:
     assert (verdict.status, verdict.disagreeing, verdict.heads["2"]) == ("disagree", ["2"], None)
 
 
+@pytest.mark.parametrize("holders", [1, 2])
+def test_a_replica_that_has_not_applied_a_deletion_yet_is_behind_not_wrong(holders: int) -> None:
+    beats = [beat(r, {0: 12}, {}) for r in "123"[holders:]]
+    beats += [beat(r, {0: 10}, {"demo": (2, "d2", 6)}) for r in "123"[:holders]]
+    [verdict] = health.verify_repositories(beats)
+    assert (verdict.status, verdict.disagreeing) == ("behind", [])
+    assert verdict.behind == {r: 2 for r in "123"[:holders]}
+
+
+def test_a_replica_missing_a_repository_behind_the_ones_holding_it_disagrees() -> None:
+    beats = [
+        beat("1", {0: 12}, {"demo": (1, "d1", 3)}),
+        beat("2", {0: 10}, {}),
+        beat("3", {0: 12}, {"demo": (1, "d1", 3)}),
+    ]
+    [verdict] = health.verify_repositories(beats)
+    assert (verdict.status, verdict.disagreeing) == ("disagree", ["2"])
+
+
 def test_replica_states_and_lag() -> None:
     beats = [
         beat("1", {0: 10, 1: 4}, {}, sent_ms=10_000),
