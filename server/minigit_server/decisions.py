@@ -172,11 +172,17 @@ def changes_between(old: Mapping[str, p.FileEntry], new: Mapping[str, p.FileEntr
 
 
 def touches(changes: Iterable[p.FileChange], paths: Iterable[str]) -> bool:
-    """Whether a change is to a file equal to or under one of ``paths`` (none: any)."""
-    prefixes = list(paths)
-    if not prefixes:
+    """Whether a change is to a file equal to or under one of ``paths`` (none: any).
+    Each changed path is looked up with its parent directories, so the cost is the
+    changes' depth, not changes times paths."""
+    wanted = set(paths)
+    if not wanted:
         return True
-    return any(c.path == path or c.path.startswith(path + "/") for c in changes for path in prefixes)
+    for change in changes:
+        parts = change.path.split("/")
+        if any("/".join(parts[:depth]) in wanted for depth in range(1, len(parts) + 1)):
+            return True
+    return False
 
 
 def listed_changes(changes: list[p.FileChange], cap: int = p.MAX_LOG_CHANGES) -> tuple[list[p.FileChange], int]:

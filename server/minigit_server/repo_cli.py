@@ -38,6 +38,9 @@ repo_app = typer.Typer(
     rich_markup_mode="rich",
 )
 
+# The module, not its names: users_cli imports minigit_server.cli, which imports this
+# module at its end, so either may be the one still being imported.
+from minigit_server import users_cli  # noqa: E402
 from minigit_server.cli import (  # noqa: E402 - after repo_app: see above
     Bootstrap,
     DataDir,
@@ -46,13 +49,6 @@ from minigit_server.cli import (  # noqa: E402 - after repo_app: see above
     Namespace,
     kafka_settings,
     plain,
-)
-from minigit_server.users_cli import (  # noqa: E402
-    OperatorKeyPath,
-    check_same_key,
-    connected,
-    load_service_key,
-    quiet_apply_log,
 )
 
 DeleteTimeout = Annotated[
@@ -115,8 +111,8 @@ def delete(name: str, settings: KafkaSettings, key: Ed25519PrivateKey, timeout: 
     partition up to it, and report what every replica decides; exit 1 unless deleted."""
     authority = Authority(settings.namespace, identity.public_key_text(key.public_key()))
     deadline = time.monotonic() + timeout
-    with connected(settings, timeout, lambda s, t: open_bus(s, t)) as bus, quiet_apply_log():
-        check_same_key(bus.read_heartbeats(), authority.server_key, "skips this deletion")
+    with users_cli.connected(settings, timeout, lambda s, t: open_bus(s, t)) as bus, users_cli.quiet_apply_log():
+        users_cli.check_same_key(bus.read_heartbeats(), authority.server_key, "skips this deletion")
         partitions = bus.log_partition_count()
         partition = p.log_partition(name, partitions)
         proposal = p.DeleteProposal(
@@ -156,7 +152,7 @@ def delete_command(
         bool, typer.Option("--yes", "-y", help="Delete without asking (needed when not at a terminal).")
     ] = False,
     data_dir: DataDir = None,
-    server_key: OperatorKeyPath = None,
+    server_key: users_cli.OperatorKeyPath = None,
     bootstrap: Bootstrap = DEFAULT_BOOTSTRAP,
     namespace: Namespace = "",
     kafka_option: KafkaOption = None,
@@ -174,7 +170,7 @@ def delete_command(
     2: not confirmed (pass --yes when not at a terminal)."""
     with exit_on_error():
         p.check_name("repository", name)
-        key = load_service_key(data_dir, server_key)
+        key = users_cli.load_service_key(data_dir, server_key)
         settings = kafka_settings(bootstrap, namespace, kafka_option)
         confirm_deletion(name, yes)
         delete(name, settings, key, timeout, as_json)

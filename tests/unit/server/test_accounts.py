@@ -516,3 +516,29 @@ def test_the_fold_uses_the_authority_it_is_given() -> None:
     elsewhere = accounts.AccountsFold(PARTITIONS, Authority(NAMESPACE, key_text(user_key("other"))))
     elsewhere.feed(log.records)
     assert elsewhere.accounts() == [] and elsewhere.outcome(change) is None
+
+
+def settle(repo: str, of_request: str, user: str = "someone") -> p.Proposal:
+    return signed_proposal(
+        p.SettleProposal,
+        request_id=uuid.uuid4().hex,
+        repo=repo,
+        user=user,
+        of_request=of_request,
+        tree=TREE,
+        time_ms=4000,
+    )
+
+
+def test_a_request_id_a_settle_cancelled_is_used_for_the_fold_too() -> None:
+    """A settle of an unknown id (a repository named like the user: same partition)
+    stores it as cancelled: a registration arriving under it later is refused alike."""
+    log = Log()
+    late = uuid.uuid4().hex
+    log.account(settle(ALICE, late))
+    refused = log.account(register(ALICE, rid=late))
+    log.account(add(CAROL, rid=uuid.uuid4().hex))
+    deletion = log.account(dataclasses.replace(add(BOB), repo=BOB))  # an operator's change alongside
+    folded = assert_same(log.records, [refused, deletion])
+    assert folded.account(ALICE) is None
+    assert fold_outcome(folded, refused) == (p.Status.INVALID, "request id already used by another request")
