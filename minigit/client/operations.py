@@ -13,6 +13,7 @@ import functools
 import os
 import secrets
 import shutil
+import stat
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -23,7 +24,6 @@ from minigit.client import keys, known_servers
 from minigit.client import workspace as ws
 from minigit.client.changes import Changes, diff_manifests, plan_pull
 from minigit.client.exchange import Connector, Credentials, Link, Observer, Response
-from minigit.client.ignore import load_ignore
 from minigit.client.transport import Connection
 from minigit.config import KafkaSettings, ServerFlags, user_config_dir
 from minigit.console import shown
@@ -122,6 +122,7 @@ class PushResult:
     new_version: int
     changes: Changes
     bytes_sent: int
+    untrackable: list[tuple[str, str]] = field(default_factory=list)  # (path, why) of files not sent
 
     def to_json(self) -> dict:
         return {
@@ -132,6 +133,7 @@ class PushResult:
             "new_version": self.new_version,
             "changes": self.changes.to_json(),
             "bytes_sent": self.bytes_sent,
+            "untrackable": untrackable_json(self.untrackable),
         }
 
 
@@ -141,6 +143,7 @@ class StatusResult:
     version: int
     server: str
     changes: Changes
+    untrackable: list[tuple[str, str]] = field(default_factory=list)  # (path, why) of files that cannot be tracked
 
     def to_json(self) -> dict:
         return {
@@ -148,7 +151,12 @@ class StatusResult:
             "version": self.version,
             "server": self.server,
             "changes": self.changes.to_json(),
+            "untrackable": untrackable_json(self.untrackable),
         }
+
+
+def untrackable_json(untrackable: list[tuple[str, str]]) -> list[dict[str, str]]:
+    return [{"path": path, "reason": reason} for path, reason in untrackable]
 
 
 # ---------------------------------------------------------------- answers
@@ -270,7 +278,8 @@ def init_repository(
     if (directory / ws.METADATA_NAME).exists():
         raise UsageError(f"{directory} is already a minigit working directory")
     with ws.lock_workdir(directory):
-        manifest = ws.scan_worktree(directory, load_ignore(directory))
+        scan = ws.scan_workdir(directory, {})
+        manifest = scan.manifest
         tree, uploads = collect_uploads(directory, manifest, {})
         settings = options.settings()
         fields = {
@@ -285,8 +294,12 @@ def init_repository(
             raise RepositoryExists(name)
         expect_write_accepted(name, "init", reply)
         ws.write_metadata(directory, ws.Metadata(name, 1, settings.bootstrap, settings.namespace, manifest))
+        ws.save_index(directory, scan)  # only now: a failed init leaves nothing
         sent = sum(u.size for u in uploads)
-        return PushResult(name, settings.bootstrap, PushStatus.CREATED, 0, 1, Changes(added=sorted(manifest)), sent)
+        created = Changes(added=sorted(manifest))
+        return PushResult(
+            name, settings.bootstrap, PushStatus.CREATED, 0, 1, created, sent, untrackable=scan.untrackable
+        )
 
 
 def push_workdir(
@@ -297,12 +310,15 @@ def push_workdir(
     with ws.lock_workdir(root):
         meta = ws.read_metadata(root)
         require_finished(root, meta)
-        local = ws.scan_worktree(root, load_ignore(root))
+        scan = ws.scan_workdir(root, meta.manifest)
+        ws.save_index(root, scan)
+        local = scan.manifest
         changes = diff_manifests(meta.manifest, local)
         settings = options.settings(meta, root)
         unchanged = PushResult(
-            meta.repository, settings.bootstrap, PushStatus.UP_TO_DATE, meta.version, meta.version, changes, 0
-        )
+            meta.repository, settings.bootstrap, PushStatus.UP_TO_DATE, meta.version, meta.version, changes, 0,
+            scan.untrackable,
+        )  # fmt: skip
         if changes.empty:
             return unchanged
         tree, uploads = collect_uploads(root, local, meta.manifest)
@@ -317,8 +333,9 @@ def push_workdir(
         ws.write_metadata(root, ws.Metadata(meta.repository, reply.version, meta.bootstrap, meta.namespace, local))
         sent = sum(u.size for u in uploads)
         return PushResult(
-            meta.repository, settings.bootstrap, PushStatus.ACCEPTED, meta.version, reply.version, changes, sent
-        )
+            meta.repository, settings.bootstrap, PushStatus.ACCEPTED, meta.version, reply.version, changes, sent,
+            scan.untrackable,
+        )  # fmt: skip
 
 
 def send_write(
@@ -378,6 +395,8 @@ def apply_pull(root: Path, base: p.Manifest, local: p.Manifest, head: p.Manifest
         raise PullConflict(blocked)
     sources = {entry.sha: path for path, entry in local.items()}
     deleted = frozenset(plan.delete)
+    # links are checked against the tree as it will be: no link may lead outside, even through another
+    is_link = ws.links_after(root, {**{path: e for path, e in local.items() if path not in deleted}, **plan.write})
     with staging_area(root) as staging:
         staged = []
         for number, (path, entry) in enumerate(sorted(plan.write.items())):
@@ -389,33 +408,27 @@ def apply_pull(root: Path, base: p.Manifest, local: p.Manifest, head: p.Manifest
                 fill = functools.partial(ws.copy_local_blob, root, sources[entry.sha], entry.sha)
             else:
                 raise MinigitError(f"the server did not send the content of {path}", hint="run the command again")
-            target = staging / str(number)
-            with open(target, "wb") as out:
-                fill(out)
-            staged.append((target, path))
+            staged.append((ws.stage_blob(staging / str(number), path, entry, fill, is_link), path))
         for path in plan.delete:
             ws.remove_file(root, path)
         for target, path in staged:
-            ws.make_parents(root, path)
-            destination = ws.safe_target(root, path)
-            if destination.is_dir() and not destination.is_symlink():
-                shutil.rmtree(destination)  # only empty folders are left there (checked above)
-            os.replace(target, destination)
+            ws.install_staged(root, path, target)  # only empty folders are where files go (checked above)
     return plan
 
 
 def find_untracked_in_the_way(
     root: Path, write: Mapping[str, p.FileEntry], delete: list[str], local: p.Manifest
 ) -> list[str]:
-    """Files the scan did not track (ignored ones) that a pull would overwrite, or
-    that stand where it needs a directory: never overwrite them silently."""
+    """Files the scan did not track (ignored or untrackable ones: a link, a fifo...)
+    that a pull would overwrite, or that stand where it needs a directory: never
+    overwrite them silently."""
     blocked = set()
     deleted = set(delete)
     for path in write:
         if path in local:
             continue
         target = root / path
-        if target.is_symlink() or target.is_file():
+        if is_there_not_folder(target):
             blocked.add(path)
         elif target.is_dir():
             # a directory where the file goes: fine if the pull empties it
@@ -426,10 +439,17 @@ def find_untracked_in_the_way(
         parts = path.split("/")[:-1]
         for depth in range(1, len(parts) + 1):
             prefix = "/".join(parts[:depth])
-            parent = root / prefix
-            if prefix not in local and (parent.is_symlink() or parent.is_file()):
+            if prefix not in local and is_there_not_folder(root / prefix):
                 blocked.add(prefix)
     return sorted(blocked)
+
+
+def is_there_not_folder(path: Path) -> bool:
+    """Something is at ``path`` (a link, even dangling, a fifo...), and it is not a folder."""
+    try:
+        return not stat.S_ISDIR(os.lstat(path).st_mode)
+    except (FileNotFoundError, NotADirectoryError):
+        return False
 
 
 @contextlib.contextmanager
@@ -448,7 +468,9 @@ def pull_workdir(start: Path, options: ClientOptions, observer: Observer | None 
     root = ws.require_root(start)
     with ws.lock_workdir(root):
         meta = ws.read_metadata(root)
-        local = ws.scan_worktree(root, load_ignore(root))
+        scan = ws.scan_workdir(root, meta.manifest)
+        ws.save_index(root, scan)
+        local = scan.manifest
         base = installed_part(meta, local) if meta.unfinished else meta.manifest
         lost = lost_objects(base, local)
         with options.connect(options.settings(meta, root)) as connection:
@@ -602,8 +624,12 @@ def read_status(start: Path) -> StatusResult:
     if meta.unfinished and busy:
         raise WorkdirBusy(str(root))  # the clone is still running
     require_finished(root, meta)
-    local = ws.scan_worktree(root, load_ignore(root))
-    return StatusResult(meta.repository, meta.version, meta.bootstrap, diff_manifests(meta.manifest, local))
+    with ws.lock_unless_busy(root) as locked:  # the refreshed stat cache is saved only under the lock
+        scan = ws.scan_workdir(root, meta.manifest, locked=locked)
+        ws.save_index(root, scan)
+    return StatusResult(
+        meta.repository, meta.version, meta.bootstrap, diff_manifests(meta.manifest, scan.manifest), scan.untrackable
+    )
 
 
 def read_log(

@@ -361,6 +361,9 @@ RESERVED = "its name is reserved for minigit's own files"
 LINK_ABSOLUTE = "a symbolic link to an absolute path"
 LINK_OUTSIDE = "a symbolic link that leads outside the working directory"
 LINK_THROUGH_LINK = "a symbolic link whose target goes up out of another link"
+REGULAR, EXECUTABLE, SYMLINK = p.FileMode.REGULAR, p.FileMode.EXECUTABLE, p.FileMode.SYMLINK
+# A regular file holding a tracked link's target is that link (see stage_blob).
+LINK_AS_FILE = {REGULAR: SYMLINK, EXECUTABLE: None}
 SPECIAL_KINDS = {
     stat.S_IFIFO: "a named pipe",
     stat.S_IFSOCK: "a socket",
@@ -449,28 +452,30 @@ class Walk:
         self.folder(entry.path, rel + "/", ignores, ignored)
 
     def file(self, entry: os.DirEntry, rel: str, problem: str | None, ignores: Ignores, only_tracked: bool) -> None:
-        if rel not in self.tracked:
+        before = self.tracked.get(rel)
+        if before is None:
             if only_tracked or (ignores and ignores.ignored(rel, False)):
                 return
             problem = problem or name_problem(entry.name, rel)
         try:
             st = entry.stat(follow_symlinks=False)
             if problem is None and stat.S_ISREG(st.st_mode):
-                self.manifest[rel] = self.regular_file(entry.path, rel, st)
+                self.manifest[rel] = self.regular_file(entry.path, rel, st, before)
                 return
             if problem is None and stat.S_ISLNK(st.st_mode):
                 target = os.readlink(os.fsencode(entry.path))
                 problem = link_target_problem(rel, target, self.is_link)
                 if problem is None:
                     sha = hashlib.sha256(target).hexdigest()
-                    self.manifest[rel] = p.FileEntry(sha, len(target), p.FileMode.SYMLINK)
+                    self.manifest[rel] = p.FileEntry(sha, len(target), SYMLINK)
                     return
         except FileNotFoundError:
             return  # gone since listed
         kind = SPECIAL_KINDS.get(stat.S_IFMT(st.st_mode), "a special file")
         self.untrackable.append((rel, problem or f"{kind}: only files and symbolic links are tracked"))
 
-    def regular_file(self, path: str, rel: str, st: os.stat_result) -> p.FileEntry:
+    def regular_file(self, path: str, rel: str, st: os.stat_result, before: p.FileEntry | None) -> p.FileEntry:
+        """``before``: its entry in the tracked manifest, if it has one."""
         key = index.stat_key(st)
         record = self.cache.lookup(rel, key)
         if record is not None:
@@ -482,9 +487,10 @@ class Walk:
             self.hashed += 1
             if size == st.st_size:  # else it changed while it was read: not to be remembered
                 self.records[rel] = (*key, bytes.fromhex(sha))
-        mode = p.FileMode.EXECUTABLE if st.st_mode & stat.S_IXUSR else p.FileMode.REGULAR
-        if mode == p.FileMode.REGULAR and self.tracked.get(rel) == p.FileEntry(sha, size, p.FileMode.SYMLINK):
-            mode = p.FileMode.SYMLINK  # a link written as a file, where links cannot be made (stage_blob)
+        mode = EXECUTABLE if st.st_mode & stat.S_IXUSR else REGULAR
+        unchanged = before is not None and before.sha == sha and before.size == size
+        if unchanged and before.mode in (mode, LINK_AS_FILE[mode]):
+            return before  # or a tracked link written as a file, where links cannot be made (stage_blob)
         return p.FileEntry(sha, size, mode)
 
     def is_link(self, rel: str) -> bool:
@@ -597,7 +603,7 @@ def file_source(root: Path, rel: str, entry: p.FileEntry) -> codec.BlobSource:
     content is its target."""
 
     def read_pieces() -> Iterator[bytes]:
-        if entry.mode == p.FileMode.SYMLINK:
+        if entry.mode == SYMLINK:
             yield from codec.split_bytes(os.readlink(os.fsencode(root / rel)))
             return
         with open(root / rel, "rb") as file:
@@ -684,12 +690,13 @@ def stage_blob(
     staged: Path,
     rel: str,
     entry: p.FileEntry,
-    fill: Callable[[IO[bytes]], None],
+    fill: Callable[[IO[bytes]], object] | bytes,
     is_link: Callable[[str], bool] = lambda rel: False,
 ) -> Path:
     """Make, at ``staged`` (a new name in a staging area of the working
     directory), what ``entry`` is to become at ``rel``, its content written by
-    ``fill``; return where it is (``install_staged`` puts it in place).
+    ``fill`` (or ``fill`` itself, bytes); return where it is (``install_staged``
+    puts it in place).
 
     A regular file gets the permissions the umask leaves of 0o666, an executable
     one of 0o777. A link's content is its target: it is checked first
@@ -698,12 +705,15 @@ def stage_blob(
     cannot be made (``os.symlink`` fails as unsupported), the link is written as
     a regular file holding its target, as git does with ``core.symlinks=false``;
     the scan takes such a file, while its content is that target, for the link."""
-    if entry.mode == p.FileMode.SYMLINK and entry.size > MAX_LINK_TARGET:
+    if entry.mode == SYMLINK and entry.size > MAX_LINK_TARGET:
         raise UnsafePath(rel, "a symbolic link with a target no system can hold")
-    permissions = 0o777 if entry.mode == p.FileMode.EXECUTABLE else 0o666
+    permissions = 0o777 if entry.mode == EXECUTABLE else 0o666
     with open(os.open(staged, os.O_WRONLY | os.O_CREAT | os.O_EXCL, permissions), "wb") as out:
-        fill(out)
-    if entry.mode != p.FileMode.SYMLINK:
+        if isinstance(fill, bytes):
+            out.write(fill)
+        else:
+            fill(out)
+    if entry.mode != SYMLINK:
         return staged
     target = staged.read_bytes()
     if problem := link_target_problem(rel, target, is_link):
@@ -725,7 +735,7 @@ def links_after(root: Path, final: Mapping[str, p.FileEntry]) -> Callable[[str],
     """Which paths will be symbolic links once the files ``final`` are installed:
     theirs, and the links on disk that they do not name (ignored ones), for
     ``stage_blob``."""
-    links = {path for path, entry in final.items() if entry.mode == p.FileMode.SYMLINK}
+    links = {path for path, entry in final.items() if entry.mode == SYMLINK}
     return lambda rel: rel in links or (rel not in final and os.path.islink(root / rel))
 
 
