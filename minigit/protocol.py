@@ -674,17 +674,20 @@ class PushRequest(Request):
 @wire
 @dataclass(kw_only=True)
 class LogRequest(Request):
-    """The newest ``limit`` versions; with ``paths``, only those that added, changed
-    or deleted a file equal to or under one of them; with ``changes``, each listing
-    what it changed."""
+    """The newest ``limit`` versions (from version ``start`` down, when given); with
+    ``paths``, only those that added, changed or deleted a file equal to or under one
+    of them; with ``changes``, each listing what it changed."""
 
     action: ClassVar[str] = "log"
     limit: int = 100
     paths: list[str] = field(default_factory=list)
     changes: bool = False
+    start: int = 0  # the newest version to list (0: the head): how ``show V`` reaches any version
 
     def validate(self) -> None:
         super().validate()
+        if self.start < 0:
+            raise ProtocolError("start must be >= 0")
         if not 1 <= self.limit <= MAX_LOG_LIMIT:
             raise ProtocolError(f"limit must be between 1 and {MAX_LOG_LIMIT}")
         if len(self.paths) > MAX_LOG_PATHS:

@@ -206,7 +206,7 @@ PROPOSER_FIELDS = frozenset({"time_ms", "proposer", "signed", "operator_signatur
 _REQUEST_ONLY_FIELDS = frozenset(
     {
         *("reply_partition", "timeout_ms", "signed_ms", "chunks", "reply_key", "signature"),
-        *("lost", "version", "target", "base_tree", "limit", "paths", "changes", "after"),  # reads only
+        *("lost", "version", "target", "base_tree", "limit", "paths", "changes", "after", "start"),  # reads only
     }
 )
 

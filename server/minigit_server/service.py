@@ -620,6 +620,8 @@ class Service:
             return manifests[version]
 
         for info in reversed(versions):
+            if request.start and info.version > request.start:
+                continue
             signed = p.SignedWrite.from_text(info.signed) if info.signed else None
             entry = p.LogEntry(
                 version=info.version,

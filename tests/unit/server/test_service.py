@@ -789,6 +789,14 @@ def test_a_log_by_paths_lists_only_the_versions_that_touched_them(u: Client) -> 
     assert [c.path for c in entries[0].changes] == ["README"]
 
 
+def test_a_log_from_a_start_version_lists_that_version_down(history: Client) -> None:
+    versions = lambda **fields: [e.version for e in history.call(p.LogRequest, "r", **fields).entries]  # noqa: E731
+    assert versions(start=2) == [2, 1]
+    assert versions(start=2, limit=1) == [2]
+    assert versions(start=0) == versions() == [3, 2, 1]
+    assert versions(start=9) == [3, 2, 1]
+
+
 def test_a_log_lists_at_most_a_thousand_changes_per_version_and_counts_the_rest(u: Client) -> None:
     files = {f"f/{n:04}": str(n).encode() for n in range(p.MAX_LOG_CHANGES + 3)}
     create(u, "r", files)

@@ -70,6 +70,7 @@ FIELD_VALUES: dict[str, st.SearchStrategy] = {
     "base_tree": st.one_of(st.just(""), shas),
     "paths": st.lists(st.sampled_from(["a", "src/b.py", "docs"]), max_size=3),
     "changes": st.booleans(),
+    "start": ints,
     "after": st.one_of(st.just(""), names),
     "of_request": request_ids,
 }
