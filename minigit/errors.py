@@ -77,17 +77,51 @@ class PushRejected(MinigitError):
 
 
 class PullConflict(MinigitError):
-    """Local edits touch files that also changed upstream."""
+    """A pull (or checkout) would overwrite local files it cannot merge: files of
+    yours that are not tracked, or that stand where it needs a folder; for a
+    checkout, local edits to files the version changed. Nothing was touched."""
+
+    exit_code = ExitCode.REJECTED
+
+    def __init__(self, paths: list[str], action: str = "pull") -> None:
+        listed = "\n\t".join(paths)
+        hint = (
+            "push your changes first, or put those files back with 'minigit restore', then check out again"
+            if action == "checkout"
+            else "move those files out of the way (they are not tracked, or stand where a folder goes), then pull"
+        )
+        super().__init__(f"the following files of yours would be overwritten by {action}:\n\t{listed}", hint=hint)
+        self.paths, self.action = paths, action
+
+
+class UnresolvedConflicts(MinigitError):
+    """A pull left conflicts that are not resolved yet: push (and checkout) wait for them."""
 
     exit_code = ExitCode.REJECTED
 
     def __init__(self, paths: list[str]) -> None:
         listed = "\n\t".join(paths)
         super().__init__(
-            "your local changes to the following files would be overwritten by pull:\n\t" + listed,
-            hint="push is not possible either; save your edits elsewhere and restore those files, then pull",
+            f"you have unresolved conflicts:\n\t{listed}",
+            hint="edit those files to remove the <<<<<<< ======= >>>>>>> markers (or delete or rename "
+            "PATH.theirs once you chose), then run the command again",
         )
         self.paths = paths
+
+
+class MergeConflicts(MinigitError):
+    """The pull finished, at the new version, and left conflicts marked in files."""
+
+    exit_code = ExitCode.REJECTED
+
+    def __init__(self, version: int, paths: list[str]) -> None:
+        listed = "\n\t".join(paths)
+        super().__init__(
+            f"pulled version {version}, with conflicts in:\n\t{listed}",
+            hint="fix them (remove the markers, or choose between PATH and PATH.theirs), then push; "
+            "'minigit status' lists what is left",
+        )
+        self.version, self.paths = version, paths
 
 
 class ServerUnreachable(MinigitError):

@@ -111,5 +111,26 @@ as BryanSalgado "$b" minigit push -m "B's push, after pulling"
 as TheWillyrex "$c" minigit pull
 as TheWillyrex "$c" minigit log -n 3 --verify
 
+say "B and C change the same line of src/main.py; C pushes first, B is rejected"
+printf 'print("client, by C")\n' >"$c/src/main.py"
+as TheWillyrex "$c" minigit push -m "C's client"
+printf 'print("client, by B")\n' >"$b/src/main.py"
+as BryanSalgado "$b" minigit push -m "B's client"
+
+say "B pulls: the same line changed on both sides, so it is marked in the file (exit 3) and push waits"
+as BryanSalgado "$b" minigit pull
+printf '\033[1mBryanSalgado@bryan$ cat src/main.py\033[0m\n' && cat "$b/src/main.py"
+as BryanSalgado "$b" minigit status
+as BryanSalgado "$b" minigit push -m "too soon"
+
+say "B resolves the conflict, looks at the change, and pushes; C sees it"
+printf 'print("client, by B and C")\n' >"$b/src/main.py"
+as BryanSalgado "$b" minigit diff
+as BryanSalgado "$b" minigit push -m "client: B and C together"
+as TheWillyrex "$c" minigit pull
+as TheWillyrex "$c" minigit log --oneline -n 4
+as TheWillyrex "$c" minigit show 6 --stat
+as TheWillyrex "$c" minigit repos
+
 say "What the replicas logged (which replica served each request)"
 grep -E ' -> ' "$demo/server.out" || true

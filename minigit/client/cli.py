@@ -3,22 +3,25 @@
 from __future__ import annotations
 
 import getpass
-import json
 import time
 from pathlib import Path
 from typing import Annotated
 
 import typer
 from rich.markup import escape
+from rich.table import Table
+from rich.text import Text
 
-from minigit import __version__, identity
-from minigit.client import keys, operations
-from minigit.client.changes import Changes
+from minigit import __version__, console, identity
+from minigit.client import keys, operations, preflight, textdiff
+from minigit.client import versions as versions_mod
+from minigit.client.changes import Changes, Strategy
+from minigit.client.merging import ConflictReport
 from minigit.client.operations import PullStatus, PushStatus
 from minigit.client.progress import ProgressObserver
 from minigit.config import DEFAULT_BOOTSTRAP, MAX_TIMEOUT_S, MIN_TIMEOUT_S, ServerFlags, user_config_dir
 from minigit.console import MESSAGE_KEEP, err, exit_on_error, out, quoted_path, shown
-from minigit.errors import MinigitError, PushRejected, UsageError
+from minigit.errors import MergeConflicts, MinigitError, PushRejected, UsageError
 from minigit.protocol import Access, Visibility
 
 EXIT_CODES = """\b
@@ -99,8 +102,9 @@ def plain(value: str) -> str:
     return escape(shown(value))
 
 
-def print_json(doc: object) -> None:
-    out.print_json(json.dumps(doc))
+def print_json(doc: dict) -> None:
+    """The --json document: ``format`` and ISO times added, errors too (docs/json.md)."""
+    console.print_json(doc)
 
 
 def print_changes(changes: Changes, indent: str = " ") -> None:
@@ -111,6 +115,18 @@ def print_changes(changes: Changes, indent: str = " ") -> None:
     ):
         for path in paths:
             out.print(f"{indent}[{colour}]{code}[/] {escape(quoted_path(path))}")
+
+
+def display_path(path: str) -> str:
+    """A path from the disk as git shows it; bytes that are not UTF-8 (kept by the
+    scan as surrogate escapes) show as escapes too, never raw."""
+    raw = path.encode("utf-8", "surrogateescape")
+    return quoted_path(raw.decode("utf-8", "backslashreplace"))
+
+
+def warn_untrackable(untrackable: list[tuple[str, str]]) -> None:
+    for path, reason in untrackable:
+        err.print(f"[yellow]warning:[/] not tracked: {escape(display_path(path))} ({escape(shown(reason))})")
 
 
 def summarize(changes: Changes) -> str:
@@ -153,7 +169,7 @@ def init(
     as_json: Json = False,
 ) -> None:
     """Create repository NAME on the server from the files here (version 1); you own it."""
-    with exit_on_error():
+    with exit_on_error(json_output=as_json):
         options = client_options(user, bootstrap, namespace, timeout, kafka_option)
         visibility = Visibility.PUBLIC if public else Visibility.PRIVATE
         with ProgressObserver(err, not (quiet or as_json)) as observer:
@@ -182,9 +198,9 @@ def clone(
     as_json: Json = False,
 ) -> None:
     """Copy the head version of repository NAME into a new directory."""
-    with exit_on_error():
+    with exit_on_error(json_output=as_json):
         options = client_options(user, bootstrap, namespace, timeout, kafka_option)
-        target = directory or Path(operations.check_repo_name(name))
+        target = preflight.clone_destination(name, directory)  # before a word is printed
         if not (quiet or as_json):
             err.print(f"Cloning into '{plain(str(target))}'...")
         with ProgressObserver(err, not (quiet or as_json)) as observer:
@@ -203,14 +219,34 @@ def pull(
     namespace: Namespace = None,
     timeout: Timeout = 30.0,
     kafka_option: KafkaOption = None,
+    ours: Annotated[
+        bool, typer.Option("--ours", help="Files changed on both sides keep your version (no merge, no markers).")
+    ] = False,
+    theirs: Annotated[
+        bool,
+        typer.Option(
+            "--theirs", help="Files changed on both sides take upstream's version; yours is kept as PATH.orig."
+        ),
+    ] = False,
     quiet: Quiet = False,
     as_json: Json = False,
 ) -> None:
-    """Bring the working directory to the head version, keeping local edits."""
-    with exit_on_error():
+    """Bring the working directory to the head version, keeping local edits. A file changed on both
+    sides is merged line by line; overlapping edits are marked with <<<<<<< ======= >>>>>>> (exit 3)
+    and a file that is not text keeps yours, with upstream's beside it as PATH.theirs."""
+    with exit_on_error(json_output=as_json) as found:
+        if ours and theirs:
+            raise UsageError("choose one of --ours and --theirs")
+        strategy = Strategy.OURS if ours else Strategy.THEIRS if theirs else Strategy.MERGE
         options = client_options(user, bootstrap, namespace, timeout, kafka_option)
         with ProgressObserver(err, not (quiet or as_json)) as observer:
-            result = operations.pull_here(Path.cwd(), name, options, observer)
+            result = operations.pull_here(Path.cwd(), name, options, observer, strategy)
+        if result.unresolved:  # the pull is done; the error says what is left (its JSON holds the result)
+            if as_json:
+                found.update(result.to_json())
+            else:
+                report_pull(result, quiet, as_json=False)
+            raise MergeConflicts(result.new_version, result.unresolved)
         report_pull(result, quiet, as_json)
 
 
@@ -218,6 +254,8 @@ def report_pull(result: operations.PullResult, quiet: bool, as_json: bool) -> No
     if as_json:
         print_json(result.to_json())
         return
+    if result.settled:
+        err.print(f"note: {escape(result.settled)}")
     if quiet:
         return
     if result.status == PullStatus.UP_TO_DATE:
@@ -233,6 +271,25 @@ def report_pull(result: operations.PullResult, quiet: bool, as_json: bool) -> No
         out.print(f" {summarize(result.changes)}")
     if result.kept_local and result.status != PullStatus.CLONED:
         err.print(f"Kept your local changes to: {escape(', '.join(map(quoted_path, result.kept_local)))}")
+    for conflict in result.conflicts:
+        print_conflict(conflict)
+
+
+CONFLICT_LINES = {
+    "merged": ("green", "Auto-merging {path}"),
+    "conflict": ("red", "CONFLICT (content): merge conflict in {path}: {note}"),
+    "both": ("red", "CONFLICT (binary): {note}"),
+    "kept-yours": ("yellow", "CONFLICT (modify/delete): {path} {note}"),
+    "took-theirs": ("yellow", "CONFLICT (delete/modify): {path}: {note}"),
+    "ours": ("yellow", "Kept yours: {path}"),
+    "theirs": ("yellow", "{path}: {note}"),
+}
+
+
+def print_conflict(conflict: ConflictReport) -> None:
+    colour, text = CONFLICT_LINES[conflict.resolution]
+    line = text.format(path=quoted_path(conflict.path), note=conflict.note)
+    err.print(f"[{colour}]{escape(line)}[/]")
 
 
 @app.command()
@@ -247,7 +304,7 @@ def push(
     as_json: Json = False,
 ) -> None:
     """Send the local changes as the next version (only if you are at the head)."""
-    with exit_on_error():
+    with exit_on_error(json_output=as_json):
         options = client_options(user, bootstrap, namespace, timeout, kafka_option)
         try:
             with ProgressObserver(err, not (quiet or as_json)) as observer:
@@ -257,6 +314,10 @@ def push(
                 err.print(f"To {plain(rejected.server)} ({plain(rejected.repo)})")
                 err.print(f" [red]! \\[rejected][/]        version {rejected.base} (fetch first)")
             raise
+        if result.settled and not as_json:
+            err.print(f"note: {escape(result.settled)}")
+        if not as_json:
+            warn_untrackable(result.untrackable)
         if as_json:
             print_json(result.to_json())
         elif quiet:
@@ -269,18 +330,43 @@ def push(
 
 
 @app.command()
-def status(as_json: Json = False) -> None:
-    """Show local changes against the local version (does not contact the server)."""
-    with exit_on_error():
-        result = operations.read_status(Path.cwd())
+def status(
+    user: User = None,
+    bootstrap: Bootstrap = None,
+    namespace: Namespace = None,
+    timeout: Timeout = 30.0,
+    kafka_option: KafkaOption = None,
+    as_json: Json = False,
+) -> None:
+    """Show local changes against the local version (does not contact the server, unless a push
+    was interrupted: then it asks what became of it)."""
+    with exit_on_error(json_output=as_json):
+        options = client_options(user, bootstrap, namespace, timeout, kafka_option)
+        result = operations.read_status(Path.cwd(), options)
         if as_json:
             print_json(result.to_json())
             return
+        if result.settled:
+            err.print(f"note: {escape(result.settled)}")
         out.print(
             f"On repository [bold]{plain(result.repository)}[/], version {result.version} ({plain(result.server)})"
         )
+        if result.detached:
+            out.print(
+                f"[yellow]Viewing version {result.version}, an older version (read-only: push refuses here)[/]\n"
+                '  (use "minigit checkout --latest" to go back to the head)'
+            )
+        if result.conflicts:
+            out.print("Unresolved conflicts:\n  (fix them: remove the markers, or choose between PATH and PATH.theirs)")
+            for path in result.conflicts:
+                out.print(f"\t[red]both modified: {escape(quoted_path(path))}[/]")
+        if result.untrackable:
+            out.print("Files that cannot be tracked:\n  (rename them, or list them in .minigitignore)")
+            for path, reason in result.untrackable:
+                out.print(f"\t[red]{escape(display_path(path))}[/]: {escape(shown(reason))}")
         if result.changes.empty:
-            out.print("nothing to push, working directory clean")
+            if not result.conflicts:
+                out.print("nothing to push, working directory clean")
             return
         out.print('Changes not pushed yet:\n  (use "minigit push" to send them)')
         for label, colour, paths in (
@@ -294,8 +380,14 @@ def status(as_json: Json = False) -> None:
 
 @app.command()
 def log(
+    paths: Annotated[
+        list[str] | None,
+        typer.Argument(help="Only versions that changed these files or folders (after --).", show_default=False),
+    ] = None,
     max_count: Annotated[int, typer.Option("--max-count", "-n", min=1, max=1000, help="Show at most this many.")] = 100,
     repo: Annotated[str | None, typer.Option("--repo", help="A repository other than this directory's.")] = None,
+    stat: Annotated[bool, typer.Option("--stat", help="List the files each version changed.")] = False,
+    oneline: Annotated[bool, typer.Option("--oneline", help="One line per version.")] = False,
     user: User = None,
     bootstrap: Bootstrap = None,
     namespace: Namespace = None,
@@ -312,21 +404,42 @@ def log(
     as_json: Json = False,
 ) -> None:
     """Show the versions of the repository, newest first."""
-    with exit_on_error():
+    with exit_on_error(json_output=as_json) as found:
         options = client_options(user, bootstrap, namespace, timeout, kafka_option)
-        name, entries, problems = operations.read_log(Path.cwd(), options, max_count, repo)
+        name, entries, problems = operations.read_log(Path.cwd(), options, max_count, repo, paths or [], stat)
         if as_json:
             versions = [
                 {**e.to_dict(), "verified": problem is None} for e, problem in zip(entries, problems, strict=True)
             ]
-            print_json({"repository": name, "versions": versions})
+            found.update(repository=name, versions=versions)  # in the error's document too, if --verify fails
+        elif oneline:
+            for entry in entries:
+                first = (entry.message or "(no message)").split("\n", 1)[0]
+                out.print(f"[yellow]{entry.version}[/] {escape(shown(first))}")
+                print_entry_changes(entry, stat)
         else:
-            print_log(entries, problems if verify else None)
+            print_log(entries, problems if verify else None, stat)
         if verify and (bad := sum(problem is not None for problem in problems)):
-            raise MinigitError(f"{bad} of {len(entries)} versions failed verification", hint="see each version above")
+            hint = "see the versions whose 'verified' is false" if as_json else "see each version above"
+            raise MinigitError(f"{bad} of {len(entries)} versions failed verification", hint=hint)
+        if as_json:
+            print_json(found)
 
 
-def print_log(entries: list, problems: list[str | None] | None) -> None:
+def print_entry_changes(entry, stat: bool) -> None:
+    """The files a version changed (``log --stat``): A/M/D, the path, its size."""
+    if not stat:
+        return
+    for change in entry.changes:
+        colour = {"A": "green", "M": "yellow", "D": "red"}.get(change.kind, "")
+        out.print(f" [{colour}]{change.kind}[/] {escape(quoted_path(change.path))} ({human_bytes(change.size)})")
+    if entry.changes_more:
+        out.print(f" ... and {entry.changes_more} more")
+    count = len(entry.changes) + entry.changes_more
+    out.print(f" {count} file{'s' if count != 1 else ''} changed\n")
+
+
+def print_log(entries: list, problems: list[str | None] | None, stat: bool = False) -> None:
     for number, entry in enumerate(entries):
         when = time.strftime("%a %b %d %H:%M:%S %Y %z", time.localtime(entry.time_ms / 1000))
         out.print(f"[yellow]version {entry.version}[/]")
@@ -344,6 +457,7 @@ def print_log(entries: list, problems: list[str | None] | None) -> None:
         for line in shown(entry.message or "(no message)", MESSAGE_KEEP).rstrip("\n").split("\n"):
             out.print(f"    {escape(line)}")
         out.print()
+        print_entry_changes(entry, stat)
 
 
 @app.command()
@@ -411,6 +525,250 @@ def visibility(
             out.print(plain(reply.message))
 
 
+@app.command()
+def diff(
+    args: Annotated[
+        list[str] | None,
+        typer.Argument(
+            help="[V1 V2] [PATH...]: two versions on the server to compare (else your working files against "
+            "your local version), then the paths to limit it to.",
+            show_default=False,
+        ),
+    ] = None,
+    stat: Annotated[bool, typer.Option("--stat", help="Only how much each file changed.")] = False,
+    name_status: Annotated[bool, typer.Option("--name-status", help="Only each file's name and A/M/D.")] = False,
+    repo: Annotated[
+        str | None, typer.Option("--repo", help="With V1 V2: a repository other than this directory's.")
+    ] = None,
+    user: User = None,
+    bootstrap: Bootstrap = None,
+    namespace: Namespace = None,
+    timeout: Timeout = 30.0,
+    kafka_option: KafkaOption = None,
+    as_json: Json = False,
+) -> None:
+    """Show changes: your working files against your local version, or version V1 against V2.
+
+    The local version's bytes of the files you changed are fetched from the server (minigit keeps
+    no second copy of your files), so diff needs the server when you changed a file; status does not."""
+    with exit_on_error(json_output=as_json):
+        options = client_options(user, bootstrap, namespace, timeout, kafka_option)
+        versions, paths = split_versions(args or [])
+        if versions:
+            result = versions_mod.diff_versions(Path.cwd(), options, repo, versions[0], versions[1], paths)
+        else:
+            if repo is not None:
+                raise UsageError("--repo needs two versions: minigit diff --repo NAME V1 V2")
+            result = versions_mod.diff_workdir(Path.cwd(), options, paths)
+        if as_json:
+            print_json(result.to_json())
+        else:
+            print_diffs(result.files, stat, name_status)
+
+
+def split_versions(args: list[str]) -> tuple[tuple[int, int] | None, list[str]]:
+    """``V1 V2 PATH...`` or ``PATH...``: two leading whole numbers are versions."""
+    if len(args) >= 2 and all(arg.isdigit() for arg in args[:2]):
+        first, second = int(args[0]), int(args[1])
+        if first < 1 or second < 1:
+            raise UsageError("versions start at 1")
+        return (first, second), args[2:]
+    if args and args[0].isdigit() and not Path(args[0]).exists():
+        raise UsageError(f"give two versions to compare ({args[0]} and another), or none for your working files")
+    return None, args
+
+
+DIFF_STYLES = {"+": "green", "-": "red", "@": "cyan"}
+
+
+def print_diffs(files: list[textdiff.FileDiff], stat: bool, name_status: bool) -> None:
+    if name_status:
+        for line in textdiff.format_name_status(files):
+            out.print(escape(shown(line, "\t")))
+        return
+    if stat:
+        for line in textdiff.format_stat(files, width=max(40, min(out.width, 120))):
+            out.print(Text(shown(line)))
+        return
+    for file in files:
+        print_file_diff(file)
+
+
+def print_file_diff(file: textdiff.FileDiff) -> None:
+    """One file as git prints it: a header, then its hunks coloured on a terminal;
+    the content's control characters shown as escapes, never sent to the terminal."""
+    path = file.new_path or file.old_path or ""
+    out.print(Text(f"diff --minigit a/{shown(path)} b/{shown(path)}", style="bold"))
+    if file.old_path is None:
+        out.print(
+            Text(
+                f"new file mode {textdiff.GIT_MODES[file.mode_change[1]] if file.mode_change else '100644'}",
+                style="bold",
+            )
+        )
+    if file.mode_change and file.old_path and file.new_path:
+        out.print(Text(f"old mode {file.mode_change[0]}\nnew mode {file.mode_change[1]}", style="bold"))
+    if file.binary:
+        out.print(
+            f"Binary files {'a/' + shown(path) if file.old_path else '/dev/null'} and "
+            f"{'b/' + shown(path) if file.new_path else '/dev/null'} differ",
+            markup=False,
+        )
+        return
+    for line in file.lines:
+        style = "bold" if line.startswith(("--- ", "+++ ")) else DIFF_STYLES.get(line[:1], "")
+        out.print(Text(shown(line, "\t"), style=style))
+
+
+@app.command()
+def restore(
+    paths: Annotated[list[str], typer.Argument(help="Files or folders to put back ('.' for everything).")],
+    source: Annotated[
+        int | None,
+        typer.Option("--source", "-s", min=1, help="Take them from this version \\[default: your local version]."),
+    ] = None,
+    user: User = None,
+    bootstrap: Bootstrap = None,
+    namespace: Namespace = None,
+    timeout: Timeout = 30.0,
+    kafka_option: KafkaOption = None,
+    quiet: Quiet = False,
+    as_json: Json = False,
+) -> None:
+    """Put files back as they are in your local version (or --source V): your changes to them are
+    discarded. Only content no working file still holds is fetched from the server."""
+    with exit_on_error(json_output=as_json):
+        options = client_options(user, bootstrap, namespace, timeout, kafka_option)
+        result = versions_mod.restore_paths(Path.cwd(), options, paths, source)
+        if as_json:
+            print_json(result.to_json())
+        elif not quiet:
+            count = len(result.restored)
+            out.print(f"Restored {count} file{'s' if count != 1 else ''} from version {result.version}")
+
+
+@app.command("show")
+def show_command(
+    version: Annotated[int, typer.Argument(min=1, help="The version to show.")],
+    stat: Annotated[bool, typer.Option("--stat", help="Only how much each file changed.")] = False,
+    name_status: Annotated[bool, typer.Option("--name-status", help="Only each file's name and A/M/D.")] = False,
+    repo: Annotated[str | None, typer.Option("--repo", help="A repository other than this directory's.")] = None,
+    user: User = None,
+    bootstrap: Bootstrap = None,
+    namespace: Namespace = None,
+    timeout: Timeout = 30.0,
+    kafka_option: KafkaOption = None,
+    as_json: Json = False,
+) -> None:
+    """Show a version: its author, date and message, and what it changed."""
+    with exit_on_error(json_output=as_json):
+        options = client_options(user, bootstrap, namespace, timeout, kafka_option)
+        result = versions_mod.show_version(Path.cwd(), options, version, repo)
+        if as_json:
+            print_json({"entry": result.entry.to_dict(), "verified": result.problem is None, **result.diff.to_json()})
+            return
+        print_log([result.entry], [result.problem])
+        print_diffs(result.diff.files, stat, name_status)
+
+
+@app.command()
+def checkout(
+    version: Annotated[int | None, typer.Argument(min=1, help="The version to look at.", show_default=False)] = None,
+    latest: Annotated[bool, typer.Option("--latest", help="Back to the head version (pull).")] = False,
+    user: User = None,
+    bootstrap: Bootstrap = None,
+    namespace: Namespace = None,
+    timeout: Timeout = 30.0,
+    kafka_option: KafkaOption = None,
+    quiet: Quiet = False,
+    as_json: Json = False,
+) -> None:
+    """Put the working files at an older version, as a read-only view (push refuses there), or back at
+    the head with --latest. Your local changes come along unless the version changed the same files."""
+    with exit_on_error(json_output=as_json):
+        if (version is None) == (not latest):
+            raise UsageError("give a version to look at, or --latest to go back to the head")
+        options = client_options(user, bootstrap, namespace, timeout, kafka_option)
+        result = operations.checkout_version(Path.cwd(), options, version)
+        if as_json:
+            print_json(result.to_json())
+        elif quiet:
+            return
+        elif result.detached:
+            out.print(
+                f"You are viewing version {result.new_version} of {plain(result.repository)} "
+                f"(the head is {result.head}). This view is read-only: push refuses here."
+            )
+            err.print("hint: run 'minigit checkout --latest' to go back to the head")
+        else:
+            out.print(f"Back at the head of {plain(result.repository)}: version {result.new_version}")
+
+
+@app.command()
+def repos(
+    user: User = None,
+    bootstrap: Bootstrap = None,
+    namespace: Namespace = None,
+    timeout: Timeout = 30.0,
+    kafka_option: KafkaOption = None,
+    as_json: Json = False,
+) -> None:
+    """List the repositories you may read, with their head version and last change."""
+    with exit_on_error(json_output=as_json):
+        options = client_options(user, bootstrap, namespace, timeout, kafka_option)
+        result = versions_mod.list_repositories(Path.cwd(), options)
+        if as_json:
+            print_json(result.to_json())
+            return
+        if not result.repos:
+            err.print(f"No repositories you may read on {plain(result.server)}.")
+            return
+        table = Table(box=None, header_style="bold")
+        for column in ("repository", "head", "last change", "by", "visibility", "access"):
+            table.add_column(column, justify="right" if column == "head" else "left")
+        for info in result.repos:
+            when = time.strftime("%Y-%m-%d %H:%M", time.localtime(info.time_ms / 1000))
+            table.add_row(plain(info.name), str(info.head), when, plain(info.author), str(info.visibility), info.access)
+        out.print(table)
+
+
+remote_app = typer.Typer(
+    name="remote",
+    help="Show or change where this working directory's service is (its Kafka address, kept in .minigit).",
+    invoke_without_command=True,
+    rich_markup_mode="rich",
+)
+app.add_typer(remote_app)
+
+
+@remote_app.callback()
+def remote(ctx: typer.Context, as_json: Json = False) -> None:
+    """Show the repository and the service's address kept in .minigit."""
+    if ctx.invoked_subcommand is not None:
+        return
+    with exit_on_error(json_output=as_json):
+        result = versions_mod.show_remote(Path.cwd())
+        if as_json:
+            print_json(result.to_json())
+        else:
+            out.print(f"repository  {plain(result.repository)}")
+            out.print(f"bootstrap   {plain(result.bootstrap)}")
+            out.print(f"namespace   {plain(result.namespace) or '(none)'}")
+
+
+@remote_app.command("set-url")
+def set_url(
+    address: Annotated[str, typer.Argument(help="Kafka bootstrap servers, HOST:PORT[,HOST:PORT...].")],
+    namespace: Annotated[str | None, typer.Option("--namespace", help="Also change the topic prefix.")] = None,
+    quiet: Quiet = False,
+) -> None:
+    """Point this working directory at another address of the service."""
+    with exit_on_error():
+        result = versions_mod.set_remote(Path.cwd(), address, namespace)
+        if not quiet:
+            out.print(f"{plain(result.repository)} now uses {plain(result.bootstrap)}")
+
+
 auth_app = typer.Typer(
     name="auth",
     short_help="Your key pair, which proves who sends your requests.",
@@ -430,14 +788,14 @@ KeyUser = Annotated[
 @auth_app.command()
 def keygen(user: KeyUser = None, quiet: Quiet = False, as_json: Json = False) -> None:
     """Create your key pair (never replaces one: a new key is a new identity)."""
-    with exit_on_error():
+    with exit_on_error(json_output=as_json):
         report_key(keys.generate_key(user_config_dir(), user or default_user()), quiet, as_json)
 
 
 @auth_app.command()
 def show(user: KeyUser = None, as_json: Json = False) -> None:
     """Print your public key and its fingerprint (to give to whoever registers users)."""
-    with exit_on_error():
+    with exit_on_error(json_output=as_json):
         report_key(keys.key_info(user_config_dir(), user or default_user()), False, as_json)
 
 
@@ -471,7 +829,7 @@ def rotate(
 ) -> None:
     """Replace your registered key by a new one (the request is signed with the old key,
     which is kept as KEY.old)."""
-    with exit_on_error():
+    with exit_on_error(json_output=as_json):
         options = client_options(user, bootstrap, namespace, timeout, kafka_option)
         report_key(operations.rotate_key(Path.cwd(), options), quiet, as_json)
 

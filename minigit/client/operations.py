@@ -10,11 +10,12 @@ import contextlib
 import dataclasses
 import enum
 import functools
+import hashlib
 import os
 import secrets
 import shutil
 import stat
-from collections.abc import Callable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -22,8 +23,10 @@ from minigit import codec, identity
 from minigit import protocol as p
 from minigit.client import keys, known_servers
 from minigit.client import workspace as ws
-from minigit.client.changes import Changes, diff_manifests, plan_pull
+from minigit.client.changes import THEIRS_SUFFIX, Changes, PullPlan, Strategy, diff_manifests, plan_pull
 from minigit.client.exchange import Connector, Credentials, Link, Observer, Response
+from minigit.client.merge import has_conflict_markers
+from minigit.client.merging import ConflictReport, MergeWrites, needs_base, settle_conflicts
 from minigit.client.transport import Connection
 from minigit.config import KafkaSettings, ServerFlags, user_config_dir
 from minigit.console import shown
@@ -39,6 +42,8 @@ from minigit.errors import (
     PushRejected,
     RepositoryExists,
     RepositoryNotFound,
+    ServerUnreachable,
+    UnresolvedConflicts,
     UsageError,
     WorkdirBusy,
 )
@@ -99,9 +104,17 @@ class PullResult:
     changes: Changes
     kept_local: list[str]
     bytes_received: int
+    conflicts: list[ConflictReport] = field(default_factory=list)  # files changed on both sides, and how
+    settled: str | None = None  # what became of an interrupted push, if there was one
+
+    @property
+    def unresolved(self) -> list[str]:
+        return [c.path for c in self.conflicts if c.resolution in ("conflict", "both")]
 
     def to_json(self) -> dict:
         return {
+            "conflicts": [c.to_json() for c in self.conflicts],
+            "interrupted_push": self.settled,
             "repository": self.repository,
             "directory": self.directory,
             "status": self.status,
@@ -122,10 +135,12 @@ class PushResult:
     new_version: int
     changes: Changes
     bytes_sent: int
+    settled: str | None = None  # what became of an interrupted push, if there was one
     untrackable: list[tuple[str, str]] = field(default_factory=list)  # (path, why) of files not sent
 
     def to_json(self) -> dict:
         return {
+            "interrupted_push": self.settled,
             "repository": self.repository,
             "server": self.server,
             "status": self.status,
@@ -143,10 +158,16 @@ class StatusResult:
     version: int
     server: str
     changes: Changes
+    conflicts: list[str] = field(default_factory=list)  # unresolved conflicts a pull left
+    detached: bool = False
+    settled: str | None = None  # what became of an interrupted push, if there was one
     untrackable: list[tuple[str, str]] = field(default_factory=list)  # (path, why) of files that cannot be tracked
 
     def to_json(self) -> dict:
         return {
+            "conflicts": self.conflicts,
+            "detached": self.detached,
+            "interrupted_push": self.settled,
             "repository": self.repository,
             "version": self.version,
             "server": self.server,
@@ -219,16 +240,18 @@ def check_answer(request: p.Request, response: Response) -> None:
     wire schema (which the ReplyCollector checked). An answer that breaks it is
     malformed (ProtocolError, exit 1), and the command writes nothing.
 
-    * pull ``ok``: ``version`` >= 1 and above the version asked from, and its
-      ``tree``, among the blobs that came with it (decoded by the collector:
-      ``response.manifest``);
+    * pull ``ok``: ``version`` the ``target`` asked for, or (no target: the head)
+      >= 1 and above the version asked from, and its ``tree``, among the blobs
+      that came with it (decoded by the collector: ``response.manifest``);
     * push ``accepted``: ``version`` = ``base`` + 1; init ``accepted``: ``version`` 1;
     * push ``rejected``: the server's ``head``.
     """
     reply = response.reply
     problem = None
     if isinstance(request, p.PullRequest) and reply.status == Status.OK:
-        if reply.version is None or reply.version < 1 or reply.version <= request.version:
+        if request.target and reply.version != request.target:
+            problem = f"pull of version {request.target} answered with version {reply.version}"
+        elif not request.target and (reply.version is None or reply.version < 1 or reply.version <= request.version):
             problem = f"pull from version {request.version} answered ok at version {reply.version}"
         elif reply.tree is None or reply.tree not in response.blobs or response.manifest is None:
             problem = f"pull answered ok at version {reply.version} without its tree"
@@ -305,37 +328,71 @@ def init_repository(
 def push_workdir(
     start: Path, options: ClientOptions, message: str = "", observer: Observer | None = None
 ) -> PushResult:
-    """Send the local changes as the next version, if the server is still at ours."""
+    """Send the local changes as the next version, if the server is still at ours.
+    The push is recorded in ``.minigit`` before it is sent, so that if its answer
+    never comes (Ctrl-C, a crash), the next command learns what became of it."""
     root = ws.require_root(start)
     with ws.lock_workdir(root):
         meta = ws.read_metadata(root)
         require_finished(root, meta)
+        require_pushable(root, meta)
         scan = ws.scan_workdir(root, meta.manifest)
         ws.save_index(root, scan)
         local = scan.manifest
-        changes = diff_manifests(meta.manifest, local)
         settings = options.settings(meta, root)
+        settled = None
+        if meta.pending is not None:
+            with options.connect(settings) as connection:
+                meta, settled = settle_pending(connection, root, meta)
+        changes = diff_manifests(meta.manifest, local)
         unchanged = PushResult(
-            meta.repository, settings.bootstrap, PushStatus.UP_TO_DATE, meta.version, meta.version, changes, 0,
+            meta.repository, settings.bootstrap, PushStatus.UP_TO_DATE, meta.version, meta.version, changes, 0, settled,
             scan.untrackable,
         )  # fmt: skip
         if changes.empty:
             return unchanged
         tree, uploads = collect_uploads(root, local, meta.manifest)
-        fields = {"repo": meta.repository, "base": meta.version, "tree": p.hash_bytes(tree), "message": message}
+        tree_id = p.hash_bytes(tree)
+        fields = {"repo": meta.repository, "base": meta.version, "tree": tree_id, "message": message}
+
+        def record_pending(request: p.Request) -> None:
+            pending = ws.PendingPush(request.request_id, meta.version, tree_id, local)
+            ws.write_metadata(root, dataclasses.replace(meta, pending=pending))
+
         with options.connect(settings) as connection:
-            reply = send_write(connection, p.PushRequest, fields, uploads, observer)
+            reply = send_write(connection, p.PushRequest, fields, uploads, observer, record_pending)
+        ws.write_metadata(root, dataclasses.replace(meta, pending=None))  # answered: nothing is pending
         if reply.status == Status.REJECTED:
             raise PushRejected(meta.repository, settings.bootstrap, meta.version, reply.head)
         if reply.status == Status.UP_TO_DATE:
             return unchanged
         expect_write_accepted(meta.repository, "push", reply)
-        ws.write_metadata(root, ws.Metadata(meta.repository, reply.version, meta.bootstrap, meta.namespace, local))
+        ws.write_metadata(
+            root, dataclasses.replace(meta, version=reply.version, manifest=local, pending=None, conflicts={})
+        )
         sent = sum(u.size for u in uploads)
         return PushResult(
-            meta.repository, settings.bootstrap, PushStatus.ACCEPTED, meta.version, reply.version, changes, sent,
+            meta.repository,
+            settings.bootstrap,
+            PushStatus.ACCEPTED,
+            meta.version,
+            reply.version,
+            changes,
+            sent,
+            settled,
             scan.untrackable,
-        )  # fmt: skip
+        )
+
+
+def require_pushable(root: Path, meta: ws.Metadata) -> None:
+    """Not a read-only view of an older version, and no conflict left unresolved."""
+    if meta.detached:
+        raise UsageError(
+            f"you are viewing version {meta.version}, an older version: push refuses here",
+            hint="run 'minigit checkout --latest' to go back to the head (your changes come along), then push",
+        )
+    if unresolved := still_unresolved(root, meta.conflicts):
+        raise UnresolvedConflicts(sorted(unresolved))
 
 
 def send_write(
@@ -344,13 +401,18 @@ def send_write(
     fields: dict[str, object],
     uploads: list[codec.BlobSource],
     observer: Observer | None,
+    before_send: Callable[[p.Request], object] = lambda request: None,
 ) -> p.Reply:
-    """Send a write with its uploads. An upload cut short (its replica died
-    mid-way) is answered "missing objects": send it once more, whole, under a
-    new request id."""
-    reply = ask(connection, connection.new_request(kind, **fields), uploads, observer).reply
+    """Send a write with its uploads (``before_send`` is told each request first).
+    An upload cut short (its replica died mid-way) is answered "missing objects":
+    send it once more, whole, under a new request id."""
+    request = connection.new_request(kind, **fields)
+    before_send(request)
+    reply = ask(connection, request, uploads, observer).reply
     if reply.status == Status.MISSING_OBJECTS:
-        reply = ask(connection, connection.new_request(kind, **fields), uploads, observer).reply
+        request = connection.new_request(kind, **fields)
+        before_send(request)
+        reply = ask(connection, request, uploads, observer).reply
     return reply
 
 
@@ -365,10 +427,11 @@ def expect_write_accepted(repo: str, action: str, reply: p.Reply) -> None:
 
 
 def fetch_head(
-    connection: Link, repo: str, version: int, lost: list[str], observer: Observer | None
+    connection: Link, repo: str, version: int, lost: list[str], observer: Observer | None, base_tree: str = ""
 ) -> tuple[Response, p.Manifest] | None:
-    """Ask for the head; None if ``version`` is the head already."""
-    request = connection.new_request(p.PullRequest, repo=repo, version=version, lost=lost)
+    """Ask for the head; None if ``version`` is the head already. ``base_tree``: the
+    tree the client holds as ``version``, which the server checks is its own."""
+    request = connection.new_request(p.PullRequest, repo=repo, version=version, lost=lost, base_tree=base_tree)
     response = ask(connection, request, observer=observer)
     reply = response.reply
     if reply.status != Status.OK:
@@ -386,22 +449,40 @@ def lost_objects(base: p.Manifest, local: p.Manifest) -> list[str]:
     return sorted({e.sha for e in base.values()} - {e.sha for e in local.values()})
 
 
-def apply_pull(root: Path, base: p.Manifest, local: p.Manifest, head: p.Manifest, response: Response) -> tuple:
-    """Check, stage, then install: nothing is touched unless everything can be."""
+def apply_pull(
+    root: Path,
+    base: p.Manifest,
+    local: p.Manifest,
+    head: p.Manifest,
+    response: Response,
+    merges: MergeWrites | None = None,
+    more: Sequence[Response] = (),
+) -> PullPlan:
+    """Check, stage, then install: nothing is touched unless everything can be.
+    Files changed on both sides are refused, unless ``merges`` settles them (what
+    it writes comes from its bytes, ``response``, ``more`` answers, or working files)."""
     plan = plan_pull(base, local, head)
-    if plan.refused or plan.conflicts:  # conflicts: until pull merges them
-        raise PullConflict(sorted({*plan.collisions, *plan.conflicts}))
-    if blocked := find_untracked_in_the_way(root, plan.write, plan.delete, local):
+    if plan.refused or (plan.conflicts and merges is None):
+        raise PullConflict(plan.collisions or plan.conflicts)
+    merges = merges or MergeWrites()
+    write = {**plan.write, **merges.entries}
+    delete = [*plan.delete, *merges.delete]
+    if blocked := find_untracked_in_the_way(root, {**write, **dict.fromkeys(merges.contents)}, delete, local):
         raise PullConflict(blocked)
     sources = {entry.sha: path for path, entry in local.items()}
-    deleted = frozenset(plan.delete)
+    blobs = {sha: blob for answer in (*more, response) for sha, blob in answer.blobs.items()}
+    deleted = frozenset(delete)
     # links are checked against the tree as it will be: no link may lead outside, even through another
-    is_link = ws.links_after(root, {**{path: e for path, e in local.items() if path not in deleted}, **plan.write})
+    is_link = ws.links_after(root, {**{path: e for path, e in local.items() if path not in deleted}, **write})
     with staging_area(root) as staging:
         staged = []
-        for number, (path, entry) in enumerate(sorted(plan.write.items())):
+        for number, (path, (data, mode)) in enumerate(sorted(merges.contents.items())):
             ws.safe_target(root, path, removed=deleted)
-            blob = response.blobs.get(entry.sha)
+            entry = p.FileEntry(p.hash_bytes(data), len(data), mode)
+            staged.append((ws.stage_blob(staging / f"m{number}", path, entry, data, is_link), path))
+        for number, (path, entry) in enumerate(sorted(write.items())):
+            ws.safe_target(root, path, removed=deleted)
+            blob = blobs.get(entry.sha)
             if blob is not None:
                 fill: Callable = blob.copy_to
             elif entry.sha in sources:
@@ -409,7 +490,7 @@ def apply_pull(root: Path, base: p.Manifest, local: p.Manifest, head: p.Manifest
             else:
                 raise MinigitError(f"the server did not send the content of {path}", hint="run the command again")
             staged.append((ws.stage_blob(staging / str(number), path, entry, fill, is_link), path))
-        for path in plan.delete:
+        for path in delete:
             ws.remove_file(root, path)
         for target, path in staged:
             ws.install_staged(root, path, target)  # only empty folders are where files go (checked above)
@@ -462,32 +543,50 @@ def staging_area(root: Path) -> Iterator[Path]:
         shutil.rmtree(staging, ignore_errors=True)
 
 
-def pull_workdir(start: Path, options: ClientOptions, observer: Observer | None = None) -> PullResult:
-    """Bring the working directory to the head, keeping local edits that don't clash.
-    An unfinished clone (``.minigit`` at version 0) is finished."""
+def pull_workdir(
+    start: Path, options: ClientOptions, observer: Observer | None = None, strategy: Strategy = Strategy.MERGE
+) -> PullResult:
+    """Bring the working directory to the head, keeping local edits. A file changed
+    on both sides is merged (see ``merging``): what cannot merge cleanly is marked,
+    and recorded in ``.minigit`` until you resolve it. An unfinished clone (``.minigit``
+    at version 0) is finished."""
     root = ws.require_root(start)
     with ws.lock_workdir(root):
         meta = ws.read_metadata(root)
-        scan = ws.scan_workdir(root, meta.manifest)
-        ws.save_index(root, scan)
-        local = scan.manifest
-        base = installed_part(meta, local) if meta.unfinished else meta.manifest
-        lost = lost_objects(base, local)
-        with options.connect(options.settings(meta, root)) as connection:
-            version = meta.version if len(lost) <= MAX_LOST_OBJECTS else 0
-            fetched = fetch_head(connection, meta.repository, version, lost[:MAX_LOST_OBJECTS], observer)
-        if fetched is None:
-            kept = sorted(diff_manifests(meta.manifest, local).paths)
-            return PullResult(
-                meta.repository, str(root), PullStatus.UP_TO_DATE, meta.version, meta.version, Changes(), kept, 0
+        if meta.detached:
+            raise UsageError(
+                f"you are viewing version {meta.version} (a read-only view of an older version)",
+                hint="run 'minigit checkout --latest' to go back to the head",
             )
-        response, head = fetched
+        local = scan_local(root, meta)
+        more: list[Response] = []
+        with options.connect(options.settings(meta, root)) as connection:
+            meta, settled = settle_pending(connection, root, meta)  # may move us to the version it made
+            base = installed_part(meta, local) if meta.unfinished else meta.manifest
+            lost = lost_objects(base, local)
+            version = meta.version if len(lost) <= MAX_LOST_OBJECTS else 0
+            fetched = fetch_head(
+                connection, meta.repository, version, lost[:MAX_LOST_OBJECTS], observer, tree_of(meta, version)
+            )
+            if fetched is None:
+                kept = sorted(diff_manifests(meta.manifest, local).paths)
+                return PullResult(
+                    meta.repository, str(root), PullStatus.UP_TO_DATE, meta.version, meta.version, Changes(), kept, 0,
+                    settled=settled,
+                )  # fmt: skip
+            response, head = fetched
+            try:
+                merges = merge_conflicts(connection, root, meta, base, local, head, response, more, strategy)
+            except BaseException:
+                close_all(response, *more)
+                raise
         try:
-            plan = apply_pull(root, base, local, head, response)
+            plan = apply_pull(root, base, local, head, response, merges, more)
         finally:
-            response.close()
+            close_all(response, *more)
         new_version = response.reply.version
-        ws.write_metadata(root, ws.Metadata(meta.repository, new_version, meta.bootstrap, meta.namespace, head))
+        unresolved = {**still_unresolved(root, meta.conflicts), **merges.unresolved}
+        ws.write_metadata(root, dataclasses.replace(meta, version=new_version, manifest=head, conflicts=unresolved))
         return PullResult(
             meta.repository,
             str(root),
@@ -497,7 +596,152 @@ def pull_workdir(start: Path, options: ClientOptions, observer: Observer | None 
             Changes(added=sorted(head)) if meta.unfinished else plan.upstream,
             plan.kept_local,
             sum(b.size for b in response.blobs.values()),
+            conflicts=merges.reports,
+            settled=settled,
         )
+
+
+def close_all(*responses: Response) -> None:
+    for response in responses:
+        response.close()
+
+
+def tree_of(meta: ws.Metadata, version: int) -> str:
+    """The id of the tree the client holds as ``version``, for the server to check
+    it is the same version (a repository deleted and made again is not)."""
+    return p.hash_bytes(p.encode_tree(meta.manifest)) if version and version == meta.version else ""
+
+
+def merge_conflicts(
+    connection: Link,
+    root: Path,
+    meta: ws.Metadata,
+    base: p.Manifest,
+    local: p.Manifest,
+    head: p.Manifest,
+    response: Response,
+    more: list[Response],
+    strategy: Strategy,
+) -> MergeWrites:
+    """Settle the files changed on both sides; the local version's bytes a line
+    merge needs are fetched by hash (into ``more``)."""
+    conflicts = plan_pull(base, local, head).conflicts
+    if not conflicts:
+        return MergeWrites()
+    if strategy == Strategy.MERGE and (shas := missing_shas(needs_base(conflicts, base, local, head), local)):
+        more.append(fetch_version(connection, meta.repository, meta.version, meta.version, shas))
+    contents = Contents(root, local, [response, *more])
+    label = f"version {response.reply.version}"
+    return settle_conflicts(
+        conflicts, base, local, head, contents.read, strategy, label, taken=lambda path: os.path.lexists(root / path)
+    )
+
+
+def still_unresolved(root: Path, conflicts: Mapping[str, ws.ConflictKind]) -> dict[str, ws.ConflictKind]:
+    """The conflicts a pull left that are not resolved yet: markers still in the
+    file, or upstream's version still beside yours."""
+    left = {}
+    for path, kind in conflicts.items():
+        target = root / path
+        if kind == ws.ConflictKind.THEIRS:
+            if os.path.lexists(root / (path + THEIRS_SUFFIX)):
+                left[path] = kind
+        elif target.is_file() and not target.is_symlink():
+            with contextlib.suppress(OSError):
+                if has_conflict_markers(target.read_bytes()):
+                    left[path] = kind
+    return left
+
+
+# ---------------------------------------------------------------- an interrupted push
+
+
+def settle_pending(connection: Link, root: Path, meta: ws.Metadata) -> tuple[ws.Metadata, str | None]:
+    """Ask what became of a push whose answer never came (the command was
+    interrupted), and record it: accepted, the working directory is at the
+    version it made (nothing is downloaded: those files are here); otherwise it
+    will never be applied (asking settles it), and its changes are still here."""
+    pending = meta.pending
+    if pending is None:
+        return meta, None
+    request = connection.new_request(
+        p.OutcomeRequest, repo=meta.repository, of_request=pending.request_id, tree=pending.tree
+    )
+    reply = ask(connection, request).reply
+    if reply.status == Status.ACCEPTED and reply.version is not None:
+        meta = dataclasses.replace(meta, version=reply.version, manifest=pending.manifest, pending=None)
+        note = f"your interrupted push was accepted as version {reply.version}"
+    elif reply.status == Status.NOT_FOUND:
+        raise RepositoryNotFound(meta.repository)
+    else:
+        meta = dataclasses.replace(meta, pending=None)
+        note = f"your interrupted push was not applied ({said(reply)}); its changes are still in your files"
+    ws.write_metadata(root, meta)
+    return meta, note
+
+
+# ---------------------------------------------------------------- checkout
+
+
+@dataclass(frozen=True)
+class CheckoutResult:
+    repository: str
+    old_version: int
+    new_version: int
+    head: int
+    detached: bool
+    changes: Changes
+
+    def to_json(self) -> dict:
+        return {
+            "repository": self.repository,
+            "old_version": self.old_version,
+            "new_version": self.new_version,
+            "head": self.head,
+            "detached": self.detached,
+            "changes": self.changes.to_json(),
+        }
+
+
+def checkout_version(start: Path, options: ClientOptions, version: int | None) -> CheckoutResult:
+    """Put the working files at ``version`` (None: the head), carrying local edits
+    along unless that version changed the same files (then nothing is touched).
+    An older version is a read-only view: push refuses there."""
+    root = ws.require_root(start)
+    with ws.lock_workdir(root):
+        meta = ws.read_metadata(root)
+        require_finished(root, meta)
+        if unresolved := still_unresolved(root, meta.conflicts):
+            raise UnresolvedConflicts(sorted(unresolved))
+        local = scan_local(root, meta)
+        lost = lost_objects(meta.manifest, local)
+        have = meta.version if len(lost) <= MAX_LOST_OBJECTS else 0
+        with options.connect(options.settings(meta, root)) as connection:
+            if version is None:
+                fetched = fetch_head(
+                    connection, meta.repository, have, lost[:MAX_LOST_OBJECTS], None, tree_of(meta, have)
+                )
+                if fetched is None:
+                    ws.write_metadata(root, dataclasses.replace(meta, detached=False))
+                    return CheckoutResult(meta.repository, meta.version, meta.version, meta.version, False, Changes())
+                response = fetched[0]
+            else:
+                response = fetch_version(connection, meta.repository, have, version, lost[:MAX_LOST_OBJECTS])
+        try:
+            tree = response.manifest
+            plan = plan_pull(meta.manifest, local, tree)
+            if plan.conflicts:
+                raise PullConflict(plan.conflicts, action="checkout")
+            plan = apply_pull(root, meta.manifest, local, tree, response)
+        finally:
+            response.close()
+        reply = response.reply
+        head = reply.head if reply.head is not None else reply.version
+        detached = reply.version < head
+        ws.write_metadata(
+            root, dataclasses.replace(meta, version=reply.version, manifest=tree, detached=detached, conflicts={})
+        )
+        return CheckoutResult(meta.repository, meta.version, reply.version, head, detached, plan.upstream)
 
 
 def installed_part(meta: ws.Metadata, local: p.Manifest) -> p.Manifest:
@@ -516,7 +760,13 @@ def check_repo_name(name: str) -> str:
     return p.check_name("repository", name)
 
 
-def pull_here(start: Path, name: str | None, options: ClientOptions, observer: Observer | None = None) -> PullResult:
+def pull_here(
+    start: Path,
+    name: str | None,
+    options: ClientOptions,
+    observer: Observer | None = None,
+    strategy: Strategy = Strategy.MERGE,
+) -> PullResult:
     """``minigit pull [NAME]``: pull in a working directory; outside one, a first
     pull, which clones NAME into the current (empty) directory."""
     root = ws.find_root(start)
@@ -526,7 +776,7 @@ def pull_here(start: Path, name: str | None, options: ClientOptions, observer: O
         return clone_repository(name, start, options, observer)
     if name is not None and name != (held := ws.read_metadata(root).repository):
         raise UsageError(f"this working directory holds '{held}', not '{name}'")
-    return pull_workdir(root, options, observer)
+    return pull_workdir(root, options, observer, strategy)
 
 
 def clone_repository(
@@ -616,42 +866,88 @@ def clear_directory(directory: Path) -> None:
             child.unlink(missing_ok=True)
 
 
-def read_status(start: Path) -> StatusResult:
-    """Local changes against the local version; does not ask the server (like git)."""
+def read_status(start: Path, options: ClientOptions | None = None) -> StatusResult:
+    """Local changes against the local version; does not ask the server (like git),
+    unless a push was interrupted: then it asks what became of it (``options``
+    say how; without them, or when the service cannot be reached, it stays pending)."""
     root = ws.require_root(start)
     busy = ws.tidy_unless_busy(root)
     meta = ws.read_metadata(root)
     if meta.unfinished and busy:
         raise WorkdirBusy(str(root))  # the clone is still running
     require_finished(root, meta)
+    settled = None
+    if meta.pending is not None and options is not None and not busy:
+        meta, settled = settle_pending_quietly(root, meta, options)
     with ws.lock_unless_busy(root) as locked:  # the refreshed stat cache is saved only under the lock
         scan = ws.scan_workdir(root, meta.manifest, locked=locked)
         ws.save_index(root, scan)
     return StatusResult(
-        meta.repository, meta.version, meta.bootstrap, diff_manifests(meta.manifest, scan.manifest), scan.untrackable
+        meta.repository,
+        meta.version,
+        meta.bootstrap,
+        diff_manifests(meta.manifest, scan.manifest),
+        sorted(still_unresolved(root, meta.conflicts)),
+        meta.detached,
+        settled,
+        scan.untrackable,
     )
 
 
+def settle_pending_quietly(root: Path, meta: ws.Metadata, options: ClientOptions) -> tuple[ws.Metadata, str]:
+    """``settle_pending`` for status: under the lock, and a service out of reach
+    leaves the push pending (status works offline)."""
+    try:
+        with ws.lock_workdir(root):
+            meta = ws.read_metadata(root)
+            if meta.pending is None:
+                return meta, None
+            with options.connect(options.settings(meta, root)) as connection:
+                return settle_pending(connection, root, meta)
+    except (ServerUnreachable, WorkdirBusy) as error:
+        return meta, f"a push was interrupted; what became of it is not known yet ({error.message})"
+
+
 def read_log(
-    start: Path, options: ClientOptions, limit: int = 100, repo: str | None = None
+    start: Path,
+    options: ClientOptions,
+    limit: int = 100,
+    repo: str | None = None,
+    paths: Sequence[str] = (),
+    changes: bool = False,
 ) -> tuple[str, list[p.LogEntry], list[str | None]]:
     """The versions of the repository, newest first (asks the server), and for
-    each why its proof of authorship does not hold (None: it does)."""
+    each why its proof of authorship does not hold (None: it does). ``paths``:
+    only versions that changed a file at or under one of them; ``changes``: each
+    version lists the files it changed."""
     meta = root = None
     if repo is None:
         root = ws.require_root(start)
         meta = ws.read_metadata(root)
         repo = meta.repository
     p.check_name("repository", repo)
+    wanted = [relative_to_root(root, start, path) for path in paths] if root else [path.strip("/") for path in paths]
+    wanted = [] if "" in wanted else wanted  # the whole working directory: every version
     settings = options.settings(meta, root)
     with options.connect(settings) as connection:
-        reply = ask(connection, connection.new_request(p.LogRequest, repo=repo, limit=limit)).reply
+        request = connection.new_request(p.LogRequest, repo=repo, limit=limit, paths=wanted, changes=changes)
+        reply = ask(connection, request).reply
     if reply.status == Status.NOT_FOUND:
         raise RepositoryNotFound(repo)
     if reply.status != Status.OK:
         raise MinigitError(f"log failed: {said(reply)}")
     # reply.server_key is the pinned one: the reply's signature was checked against it
     return repo, reply.entries, [verify_entry(e, settings.namespace, reply.server_key) for e in reply.entries]
+
+
+def relative_to_root(root: Path, start: Path, given: str) -> str:
+    """A path given on the command line (relative to ``start``) as a repository path."""
+    absolute = Path(os.path.normpath(Path(start).absolute() / given))
+    try:
+        text = absolute.relative_to(root.absolute()).as_posix()
+    except ValueError:
+        raise UsageError(f"{given}: outside the working directory {root}") from None
+    return "" if text == "." else text
 
 
 # ---------------------------------------------------------------- who may do what
@@ -738,3 +1034,122 @@ def rotate_key(start: Path, options: ClientOptions) -> keys.KeyInfo:
 def ask_rotation(link: Link, user: str, new_key: str) -> p.Reply:
     with link as connection:
         return ask(connection, connection.new_request(p.RotateRequest, repo=user, new_key=new_key)).reply
+
+
+# ---------------------------------------------------------------- any version's files
+
+
+def fetch_version(
+    connection: Link,
+    repo: str,
+    have: int,
+    target: int,
+    lost: Sequence[str] = (),
+    observer: Observer | None = None,
+) -> Response:
+    """Version ``target``'s tree, and the blobs of it that a holder of version
+    ``have`` lacks, ``lost`` included (``have == target``: the tree, and the blobs
+    of ``lost`` it holds: how one version's files are fetched by hash)."""
+    request = connection.new_request(p.PullRequest, repo=repo, version=have, target=target, lost=list(lost))
+    response = ask(connection, request, observer=observer)
+    reply = response.reply
+    if reply.status == Status.OK:
+        return response
+    response.close()
+    if reply.status == Status.NOT_FOUND:
+        raise RepositoryNotFound(repo)
+    raise MinigitError(f"cannot read version {target} of {repo}: {said(reply)}")
+
+
+@dataclass
+class Contents:
+    """Where the bytes of a version's files come from: the blobs an answer
+    brought, else a working file that still holds them (checked as it is read)."""
+
+    root: Path | None
+    local: p.Manifest = field(default_factory=dict)
+    responses: list[Response] = field(default_factory=list)
+
+    def read(self, entry: p.FileEntry) -> bytes:
+        for response in self.responses:
+            if (blob := response.blobs.get(entry.sha)) is not None:
+                return blob.read()
+        for path, held in self.local.items():
+            if held.sha == entry.sha and self.root is not None:
+                return read_checked(self.root, path, held)
+        raise MinigitError(f"the service did not send object {entry.sha[:12]}", hint="run the command again")
+
+    def close(self) -> None:
+        for response in self.responses:
+            response.close()
+
+
+def read_checked(root: Path, rel: str, entry: p.FileEntry) -> bytes:
+    """A working file's (or link's) bytes, if they still hash to ``entry``."""
+    target = ws.safe_target(root, rel)
+    data = os.readlink(os.fsencode(target)) if entry.mode == p.FileMode.SYMLINK else target.read_bytes()
+    if hashlib.sha256(data).hexdigest() != entry.sha:
+        raise MinigitError(f"{rel} changed while minigit was reading it", hint="run the command again")
+    return data
+
+
+def missing_shas(entries: Iterable[p.FileEntry], local: Mapping[str, p.FileEntry]) -> list[str]:
+    """The contents among ``entries`` no working file holds, once each."""
+    held = {entry.sha for entry in local.values()}
+    return sorted({entry.sha for entry in entries} - held)
+
+
+# ---------------------------------------------------------------- shared by the version commands
+
+
+def scan_local(root: Path, meta: ws.Metadata, locked: bool = True) -> p.Manifest:
+    """The working files, tracked ones kept where an ignore file now matches them;
+    under the lock (``locked``) the refreshed stat cache is saved."""
+    scan = ws.scan_workdir(root, meta.manifest, locked=locked)
+    if locked:
+        ws.save_index(root, scan)
+    return scan.manifest
+
+
+def open_workdir(start: Path) -> tuple[Path, ws.Metadata, p.Manifest]:
+    """A finished working directory, its ``.minigit`` and its files, read without
+    the lock (like ``status``: a read that changes nothing)."""
+    root = ws.require_root(start)
+    meta = ws.read_metadata(root)
+    require_finished(root, meta)
+    return root, meta, scan_local(root, meta, locked=False)
+
+
+def read_workdir(root: Path) -> tuple[ws.Metadata, p.Manifest]:
+    """Under the lock: ``.minigit`` and the working files."""
+    meta = ws.read_metadata(root)
+    require_finished(root, meta)
+    return meta, scan_local(root, meta)
+
+
+def install_entries(
+    root: Path, entries: Mapping[str, p.FileEntry], local: p.Manifest, read: Callable[[p.FileEntry], bytes]
+) -> None:
+    """Put each of ``entries`` in place (with its mode; a link as a link, never
+    one leading outside), over what is there: all staged first, then installed."""
+    is_link = ws.links_after(root, {**local, **entries})
+    with staging_area(root) as staging:
+        staged = []
+        for number, (path, entry) in enumerate(sorted(entries.items())):
+            ws.safe_target(root, path)
+            staged.append((ws.stage_blob(staging / str(number), path, entry, read(entry), is_link), path))
+        for target, path in staged:
+            ws.install_staged(root, path, target)
+
+
+def options_link(options: ClientOptions, meta: ws.Metadata | None, root: Path | None) -> Link:
+    return options.connect(options.settings(meta, root))
+
+
+def resolve_repo(start: Path, repo: str | None) -> tuple[str, ws.Metadata | None, Path | None]:
+    """``repo`` if given (the flags say where the service is), else this working directory's."""
+    if repo is not None:
+        return p.check_name("repository", repo), None, None
+    root = ws.require_root(start)
+    meta = ws.read_metadata(root)
+    return meta.repository, meta, root

@@ -36,6 +36,7 @@ from minigit.errors import (
     RepositoryExists,
     RepositoryNotFound,
     ServerUnreachable,
+    UnresolvedConflicts,
     UsageError,
 )
 
@@ -231,7 +232,7 @@ def test_pull_applies_upstream_and_keeps_local_edits(server: InProcessServer, tm
     assert ws.read_metadata(mine).manifest == ws.scan_worktree(origin)
 
 
-def test_pull_is_refused_on_a_conflict_and_the_users_bytes_survive(server: InProcessServer, tmp_path: Path) -> None:
+def test_a_binary_conflict_keeps_both_and_the_users_bytes_survive(server: InProcessServer, tmp_path: Path) -> None:
     origin, mine = tmp_path / "origin", tmp_path / "mine"
     create(server, origin, {"a.txt": "base"})
     op.clone_repository("lab", mine, options(server))
@@ -239,13 +240,34 @@ def test_pull_is_refused_on_a_conflict_and_the_users_bytes_survive(server: InPro
     write(origin, "new.txt", "new")
     op.push_workdir(origin, options(server, "origin"))
     write(mine, "a.txt", b"mine \x00\xff")
+    result = op.pull_workdir(mine, options(server))
+    assert result.unresolved == ["a.txt"] and result.new_version == 2
+    assert files(mine) == {"a.txt": b"mine \x00\xff", "a.txt.theirs": b"theirs", "new.txt": b"new"}
+    meta = ws.read_metadata(mine)
+    assert meta.version == 2 and meta.conflicts == {"a.txt": ws.ConflictKind.THEIRS}
+    assert {e.name for e in mine.iterdir()} - {ws.INDEX_NAME} == {ws.METADATA_NAME, "a.txt", "a.txt.theirs", "new.txt"}
+    with pytest.raises(UnresolvedConflicts):  # push waits until the user chose
+        op.push_workdir(mine, options(server))
+    (mine / "a.txt.theirs").unlink()
+    assert op.push_workdir(mine, options(server)).new_version == 3
+    assert ws.read_metadata(mine).conflicts == {}
+
+
+def test_pull_is_refused_when_an_untracked_file_is_in_the_way(server: InProcessServer, tmp_path: Path) -> None:
+    origin, mine = tmp_path / "origin", tmp_path / "mine"
+    create(server, origin, {"a.txt": "base"})
+    op.clone_repository("lab", mine, options(server))
+    write(origin, "a.txt", "theirs")
+    write(origin, "debug.log", "upstream's")
+    op.push_workdir(origin, options(server, "origin"))
+    write(mine, ".minigitignore", "*.log\n")
+    write(mine, "debug.log", "mine, ignored")
     before = (mine / ws.METADATA_NAME).read_bytes()
     with pytest.raises(PullConflict) as conflict:
         op.pull_workdir(mine, options(server))
-    assert conflict.value.paths == ["a.txt"] and conflict.value.exit_code == ExitCode.REJECTED
-    assert files(mine) == {"a.txt": b"mine \x00\xff"}
+    assert conflict.value.paths == ["debug.log"] and conflict.value.exit_code == ExitCode.REJECTED
+    assert (mine / "debug.log").read_text() == "mine, ignored" and (mine / "a.txt").read_text() == "base"
     assert (mine / ws.METADATA_NAME).read_bytes() == before
-    assert {e.name for e in mine.iterdir()} - {ws.INDEX_NAME} == {ws.METADATA_NAME, "a.txt"}  # no staging, no lock file
 
 
 def test_pull_gets_back_content_the_client_lost(server: InProcessServer, tmp_path: Path) -> None:
@@ -518,7 +540,8 @@ def test_no_answer_is_unreachable_and_writes_nothing(server: InProcessServer, tm
     with pytest.raises(ServerUnreachable, match="no answer from the minigit service within 30s") as silent:
         op.push_workdir(tmp_path, options(server))
     assert silent.value.exit_code == ExitCode.UNREACHABLE
-    assert (tmp_path / ws.METADATA_NAME).read_bytes() == before
+    # only the push is recorded as pending, for the next command to ask what became of it
+    assert_only_pending(tmp_path, before)
 
 
 @pytest.mark.parametrize(
@@ -540,8 +563,15 @@ def test_push_answers_without_the_version_the_client_relies_on_are_malformed(
     with pytest.raises(ProtocolError) as bad:
         op.push_workdir(tmp_path, options(server))
     assert bad.value.message == f"the service sent a malformed answer: {problem}"
-    assert (tmp_path / ws.METADATA_NAME).read_bytes() == before
+    assert_only_pending(tmp_path, before)
     assert ws.read_metadata(tmp_path).version == 1  # every later command can still read it
+
+
+def assert_only_pending(root: Path, before: bytes) -> None:
+    """``.minigit`` is as ``before`` but for the push it records as pending."""
+    meta = ws.read_metadata(root)
+    assert meta.pending is not None
+    assert dataclasses.replace(meta, pending=None) == ws.parse_metadata(before.decode())
 
 
 @pytest.mark.parametrize("version", [None, 0, 2])
