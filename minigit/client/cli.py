@@ -582,9 +582,9 @@ DIFF_STYLES = {"+": "green", "-": "red", "@": "cyan"}
 
 
 def print_diffs(files: list[textdiff.FileDiff], stat: bool, name_status: bool) -> None:
-    if name_status:
+    if name_status:  # for scripts: tab-separated, as git writes it (rich would expand the tab)
         for line in textdiff.format_name_status(files):
-            out.print(escape(shown(line, "\t")))
+            typer.echo(shown(line, "\t"))
         return
     if stat:
         for line in textdiff.format_stat(files, width=max(40, min(out.width, 120))):

@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import json
 import os
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -20,6 +22,7 @@ from minigit.client.exchange import Observer
 from minigit.errors import PermissionDenied
 
 pytestmark = pytest.mark.integration
+BIN = Path(sys.executable).parent
 
 TEN = "".join(f"line {n}\n" for n in range(1, 11))
 
@@ -184,12 +187,39 @@ def test_repos_remote_and_delete(service, tmp_path: Path) -> None:
     assert "alices-secret" in table and "owner" in table
 
     remote = json.loads(ok(service.cli("remote", "--json", cwd=alice, user="alice")).stdout)
-    assert remote == {"repository": "listed", "bootstrap": service.bootstrap, "namespace": service.namespace}
+    assert remote == {
+        "format": 1,
+        "repository": "listed",
+        "bootstrap": service.bootstrap,
+        "namespace": service.namespace,
+    }
     bad = service.cli("remote", "set-url", "localhost:abc", cwd=alice, user="alice")
     assert bad.returncode == 2 and "Traceback" not in bad.stderr
     ok(service.cli("remote", "set-url", "localhost:1", cwd=alice, user="alice"))
     assert json.loads((alice / ".minigit").read_text())["server"]["bootstrap"] == "localhost:1"
     ok(service.cli("remote", "set-url", service.bootstrap, cwd=alice, user="alice"))
+
+    # an operator deletes it, alice makes it again: bob's old clone is told to clone again, not mixed up
+    where = ["--data-dir", str(service.data_dir), "--bootstrap", service.bootstrap, "--namespace", service.namespace]
+    deleted = subprocess.run(
+        [str(BIN / "minigit-server"), "repo", "delete", "listed", "--yes", *where],
+        capture_output=True,
+        text=True,
+        timeout=180,
+        env=service.env(),
+        stdin=subprocess.DEVNULL,
+    )
+    assert deleted.returncode == 0, deleted.stderr
+    again = tmp_path / "again"
+    again.mkdir()
+    write(again / "other.txt", "another history\n")
+    ok(service.cli("init", "listed", cwd=again, user="alice"))
+    write(again / "other.txt", "another history, v2\n")
+    ok(service.cli("push", cwd=again, user="alice"))
+    service.share("listed", "bob", owner="alice")
+    stale = service.cli("pull", cwd=tmp_path / "bob", user="bob")
+    assert stale.returncode == 1 and "clone it again" in stale.stderr, stale.stderr
+    assert (tmp_path / "bob" / "a.txt").read_text() == TEN  # untouched
 
 
 class InterruptAfterUpload(Observer):
