@@ -9,11 +9,14 @@ from __future__ import annotations
 
 import json
 import os
+import signal
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
+from kafka import KafkaConsumer, TopicPartition
 
 from minigit import protocol as p
 from minigit.client import operations
@@ -268,3 +271,49 @@ def test_someone_else_cannot_settle_your_push(service, tmp_path: Path) -> None:
         request = connection.new_request(p.OutcomeRequest, repo="settled", of_request="0" * 32, tree="0" * 64)
         with pytest.raises(PermissionDenied):
             operations.ask(connection, request)
+
+
+def test_a_push_killed_after_its_upload_is_found_by_the_next_command(service, tmp_path: Path) -> None:
+    """The client process is stopped the moment its push request is on Kafka (before
+    its answer can come back), then killed: the push was applied, the client never
+    knew. The next command finds it accepted and says so."""
+    alice, _ = two_clones(service, tmp_path, "killed")
+    topic = service.settings.topics.requests
+    consumer = KafkaConsumer(bootstrap_servers=service.bootstrap, enable_auto_commit=False)
+    parts = [TopicPartition(topic, n) for n in consumer.partitions_for_topic(topic)]
+    consumer.assign(parts)
+    consumer.seek_to_end()
+    try:
+        for attempt in range(3):  # the answer could beat the stop: then try again
+            write(alice / "a.txt", f"pushed, then killed ({attempt})\n")
+            client = subprocess.Popen(
+                [str(BIN / "minigit"), "push", "-m", "killed"], cwd=alice, env=service.env("alice")
+            )
+            caught = wait_for_push_request(consumer, client)
+            if caught:
+                client.send_signal(signal.SIGSTOP)
+            pending = ws.read_metadata(alice).pending
+            client.kill()
+            client.wait()
+            if caught and pending is not None:
+                break
+        else:
+            pytest.fail("the push's answer always came before the client could be stopped")
+    finally:
+        consumer.close()
+    version = ws.read_metadata(alice).version
+    status = ok(service.cli("status", cwd=alice, user="alice"))
+    assert f"your interrupted push was accepted as version {version + 1}" in status.stderr
+    assert "nothing to push" in status.stdout
+    log = ok(service.cli("log", "--oneline", cwd=alice, user="alice")).stdout.splitlines()
+    assert log[0] == f"{version + 1} killed"
+
+
+def wait_for_push_request(consumer, client: subprocess.Popen, timeout: float = 60.0) -> bool:
+    """Until a push request record is on the requests topic (True), or the client exits (False)."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline and client.poll() is None:
+        for records in consumer.poll(timeout_ms=5).values():
+            if any(b'"action":"push"' in record.value and b'"type":"request"' in record.value for record in records):
+                return True
+    return False
