@@ -107,7 +107,7 @@ def check_path(path: str) -> str:
         raise UnsafePath(path, "backslash")
     if path.startswith("/"):
         raise UnsafePath(path, "absolute path")
-    if any(0xD800 <= ord(c) <= 0xDFFF for c in path):
+    if not path.isascii() and any(0xD800 <= ord(c) <= 0xDFFF for c in path):  # (most paths: one fast test)
         raise UnsafePath(path, "not valid UTF-8")
     for part in path.split("/"):
         if part in ("", ".", ".."):
