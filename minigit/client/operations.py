@@ -894,7 +894,7 @@ def read_status(start: Path, options: ClientOptions | None = None) -> StatusResu
     )
 
 
-def settle_pending_quietly(root: Path, meta: ws.Metadata, options: ClientOptions) -> tuple[ws.Metadata, str]:
+def settle_pending_quietly(root: Path, meta: ws.Metadata, options: ClientOptions) -> tuple[ws.Metadata, str | None]:
     """``settle_pending`` for status: under the lock, and a service out of reach
     leaves the push pending (status works offline)."""
     try:
@@ -1070,13 +1070,15 @@ class Contents:
     local: p.Manifest = field(default_factory=dict)
     responses: list[Response] = field(default_factory=list)
 
+    def __post_init__(self) -> None:
+        self.holders = {held.sha: (path, held) for path, held in self.local.items()}
+
     def read(self, entry: p.FileEntry) -> bytes:
         for response in self.responses:
             if (blob := response.blobs.get(entry.sha)) is not None:
                 return blob.read()
-        for path, held in self.local.items():
-            if held.sha == entry.sha and self.root is not None:
-                return read_checked(self.root, path, held)
+        if self.root is not None and entry.sha in self.holders:
+            return read_checked(self.root, *self.holders[entry.sha])
         raise MinigitError(f"the service did not send object {entry.sha[:12]}", hint="run the command again")
 
     def close(self) -> None:

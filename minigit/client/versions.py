@@ -108,17 +108,10 @@ def diff_workdir(start: Path, options: ops.ClientOptions, paths: Sequence[str] =
             with ops.options_link(options, meta, root) as connection:
                 version = meta.version
                 contents.responses.append(ops.fetch_version(connection, meta.repository, version, version, shas))
-        diffs = diff_entries(meta.manifest, local, changes, contents.read, lambda e: read_checked_any(root, local, e))
+        diffs = diff_entries(meta.manifest, local, changes, contents.read, contents.read)
     finally:
         contents.close()
     return DiffResult(meta.repository, meta.version, None, diffs)
-
-
-def read_checked_any(root: Path, local: Mapping[str, p.FileEntry], entry: p.FileEntry) -> bytes:
-    for path, held in local.items():
-        if held == entry:
-            return ops.read_checked(root, path, held)
-    raise MinigitError(f"object {entry.sha[:12]} is not in the working directory")  # cannot happen: scanned
 
 
 def restrict(changes: Changes, paths: Sequence[str]) -> Changes:
