@@ -26,8 +26,8 @@ from minigit.protocol import Access, Visibility
 
 EXIT_CODES = """\b
 Exit codes: 0 success; 1 the operation failed (no such repository, corrupt .minigit, bad
-input); 2 usage error; 3 push rejected or pull refused; 4 Kafka or the server unreachable
-or timed out; 5 another minigit command is running in this directory; 6 permission denied
+input); 2 usage error; 3 push rejected, pull refused or left conflicts to resolve; 4 Kafka
+or the server unreachable or timed out; 5 another minigit command is running in this directory; 6 permission denied
 or not authenticated (unknown user, wrong key, the service's pinned key changed)."""
 
 app = typer.Typer(
