@@ -85,11 +85,10 @@ class PullConflict(MinigitError):
 
     def __init__(self, paths: list[str], action: str = "pull") -> None:
         listed = "\n\t".join(paths)
-        hint = (
-            "push your changes first, or put those files back with 'minigit restore', then check out again"
-            if action == "checkout"
-            else "move those files out of the way (they are not tracked, or stand where a folder goes), then pull"
-        )
+        hint = {
+            "checkout": "push your changes first, or put those files back with 'minigit restore', then check out again",
+            "restore": "they are not tracked (or stand where a file goes back): move them out of the way, then restore",
+        }.get(action, "move those files out of the way (they are not tracked, or stand where a folder goes), then pull")
         super().__init__(f"the following files of yours would be overwritten by {action}:\n\t{listed}", hint=hint)
         self.paths, self.action = paths, action
 

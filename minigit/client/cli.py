@@ -761,11 +761,14 @@ def set_url(
     address: Annotated[str, typer.Argument(help="Kafka bootstrap servers, HOST:PORT[,HOST:PORT...].")],
     namespace: Annotated[str | None, typer.Option("--namespace", help="Also change the topic prefix.")] = None,
     quiet: Quiet = False,
+    as_json: Json = False,
 ) -> None:
     """Point this working directory at another address of the service."""
-    with exit_on_error():
+    with exit_on_error(json_output=as_json):
         result = versions_mod.set_remote(Path.cwd(), address, namespace)
-        if not quiet:
+        if as_json:
+            print_json(result.to_json())
+        elif not quiet:
             out.print(f"{plain(result.repository)} now uses {plain(result.bootstrap)}")
 
 

@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import hashlib
 import os
+import stat
 import struct
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -31,6 +32,8 @@ MAGIC = b"MGINDEX1"
 HEADER = struct.Struct("<8sII")  # magic, number of records, bytes of the path block
 RECORD = struct.Struct("<qqqQI32s")  # size, mtime_ns, ctime_ns, inode, st_mode, sha256
 DIGEST_SIZE = 32
+# Far above what a tree of MAX_TREE_ENTRIES paths needs: a larger file is no index of ours.
+MAX_INDEX_BYTES = 256 * 1024 * 1024
 
 # What a file's lstat must still be for its recorded sha to hold: size, mtime_ns, ctime_ns, inode, st_mode.
 Stat = tuple[int, int, int, int, int]
@@ -101,10 +104,17 @@ def settled(records: Mapping[str, Record], clock_ns: int) -> dict[str, Record]:
 def load_index(path: Path) -> StatCache:
     """The stat cache at ``path``; an empty one if it is missing, unreadable or corrupt."""
     try:
-        with open(path, "rb") as file:
-            written_ns = os.fstat(file.fileno()).st_mtime_ns
-            data = file.read()
-        return StatCache(parse_index(data), written_ns)
+        # never a link followed, a fifo waited on, or a device read without end
+        fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK)
+    except OSError:
+        return StatCache()
+    try:
+        with os.fdopen(fd, "rb") as file:
+            info = os.fstat(file.fileno())
+            if not stat.S_ISREG(info.st_mode) or info.st_size > MAX_INDEX_BYTES:
+                return StatCache()
+            data = file.read(MAX_INDEX_BYTES + 1)
+        return StatCache(parse_index(data), info.st_mtime_ns)
     except (OSError, ValueError, struct.error):
         return StatCache()
 

@@ -136,7 +136,7 @@ def merge_one(
 def beside(path: str, suffix: str, taken: Callable[[str], bool]) -> str:
     """``PATH.theirs`` (or ``.orig``): refused if something is there already, rather
     than written over."""
-    name = path + suffix
+    name = p.check_path(path + suffix)  # a name too long for a file system is refused here, before any write
     if taken(name):
         raise PullConflict([name])
     return name

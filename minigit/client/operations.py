@@ -490,10 +490,22 @@ def apply_pull(
             else:
                 raise MinigitError(f"the server did not send the content of {path}", hint="run the command again")
             staged.append((ws.stage_blob(staging / str(number), path, entry, fill, is_link), path))
+        # the files this pull replaces or deletes are still as scanned: an edit made since is never lost
+        touched = sorted(({*write, *merges.contents, *delete}) & local.keys())
+        if changed := [path for path in touched if not ws.still_as_scanned(root, path, local[path])]:
+            raise MinigitError(
+                f"{', '.join(changed[:5])} changed while the pull ran; nothing was touched", hint="run it again"
+            )
+        # beside files first (PATH.orig holds your bytes): a pull killed midway never loses them
+        beside = set(merges.entries) - set(plan.write) - local.keys()
+        for target, path in staged:
+            if path in beside:
+                ws.install_staged(root, path, target)
         for path in delete:
             ws.remove_file(root, path)
         for target, path in staged:
-            ws.install_staged(root, path, target)  # only empty folders are where files go (checked above)
+            if path not in beside:
+                ws.install_staged(root, path, target)  # only empty folders are where files go (checked above)
     return plan
 
 
@@ -633,7 +645,15 @@ def merge_conflicts(
     contents = Contents(root, local, [response, *more])
     label = f"version {response.reply.version}"
     return settle_conflicts(
-        conflicts, base, local, head, contents.read, strategy, label, taken=lambda path: os.path.lexists(root / path)
+        conflicts,
+        base,
+        local,
+        head,
+        contents.read,
+        strategy,
+        label,
+        # on disk, or a file of either side: upstream's own PATH.theirs is never written over
+        taken=lambda path: path in head or path in local or os.path.lexists(root / path),
     )
 
 
@@ -1046,10 +1066,12 @@ def fetch_version(
     target: int,
     lost: Sequence[str] = (),
     observer: Observer | None = None,
+    asked: bool = False,
 ) -> Response:
     """Version ``target``'s tree, and the blobs of it that a holder of version
     ``have`` lacks, ``lost`` included (``have == target``: the tree, and the blobs
-    of ``lost`` it holds: how one version's files are fetched by hash)."""
+    of ``lost`` it holds: how one version's files are fetched by hash). ``asked``:
+    both numbers are versions the user named (diff V1 V2), not one the client holds."""
     request = connection.new_request(p.PullRequest, repo=repo, version=have, target=target, lost=list(lost))
     response = ask(connection, request, observer=observer)
     reply = response.reply
@@ -1058,6 +1080,8 @@ def fetch_version(
     response.close()
     if reply.status == Status.NOT_FOUND:
         raise RepositoryNotFound(repo)
+    if asked and reply.head is not None and max(have, target) > reply.head:
+        raise MinigitError(f"version {max(have, target)} of {repo} does not exist: the head is version {reply.head}")
     raise MinigitError(f"cannot read version {target} of {repo}: {said(reply)}")
 
 
@@ -1134,6 +1158,8 @@ def install_entries(
 ) -> None:
     """Put each of ``entries`` in place (with its mode; a link as a link, never
     one leading outside), over what is there: all staged first, then installed."""
+    if blocked := find_untracked_in_the_way(root, entries, [], local):
+        raise PullConflict(blocked, action="restore")  # a folder of yours, or an ignored file, stands there
     is_link = ws.links_after(root, {**local, **entries})
     with staging_area(root) as staging:
         staged = []

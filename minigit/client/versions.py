@@ -100,7 +100,9 @@ def diff_workdir(start: Path, options: ops.ClientOptions, paths: Sequence[str] =
     """The working files against the local version. The local version's bytes of
     the files you changed are fetched from the service (only those)."""
     root, meta, local = ops.open_workdir(start)
-    changes = restrict(diff_manifests(meta.manifest, local), paths)
+    changes = restrict(
+        diff_manifests(meta.manifest, local), [ops.relative_to_root(root, start, path) for path in paths]
+    )
     wanted = [meta.manifest[path] for path in changes.modified + changes.deleted if needs_bytes(meta.manifest[path])]
     contents = ops.Contents(root, local)
     try:
@@ -131,9 +133,11 @@ def diff_versions(
     """Two versions on the service: each answer brings one side's tree and the
     contents of it that the other side lacks, which are exactly those a diff shows."""
     repo, meta, root = ops.resolve_repo(start, repo)
+    if root is not None:  # paths as typed where the command runs
+        paths = [ops.relative_to_root(root, start, path) for path in paths]
     with ops.options_link(options, meta, root) as connection:
-        old_side = ops.fetch_version(connection, repo, new, old)
-        new_side = ops.fetch_version(connection, repo, old, new)
+        old_side = ops.fetch_version(connection, repo, new, old, asked=True)
+        new_side = ops.fetch_version(connection, repo, old, new, asked=True)
     contents = ops.Contents(None, responses=[old_side, new_side])
     try:
         changes = restrict(diff_manifests(old_side.manifest, new_side.manifest), paths)
@@ -163,16 +167,18 @@ def show_version(start: Path, options: ops.ClientOptions, version: int, repo: st
         reply = ops.ask(connection, request).reply
         if reply.status == Status.NOT_FOUND:
             raise RepositoryNotFound(repo)
-        if reply.status != Status.OK or not reply.entries or reply.entries[0].version != version:
-            raise MinigitError(f"no version {version} of {repo}: {ops.said(reply)}")
+        if reply.status != Status.OK:
+            raise MinigitError(f"cannot show version {version} of {repo}: {ops.said(reply)}")
+        if not reply.entries or reply.entries[0].version != version:
+            raise MinigitError(f"version {version} of {repo} does not exist: the head is version {reply.head}")
         entry = reply.entries[0]
         if version == 1:
             new_side = ops.fetch_version(connection, repo, 0, 1)
             old_manifest: p.Manifest = {}
             contents = ops.Contents(None, responses=[new_side])
         else:
-            old_side = ops.fetch_version(connection, repo, version, version - 1)
-            new_side = ops.fetch_version(connection, repo, version - 1, version)
+            old_side = ops.fetch_version(connection, repo, version, version - 1, asked=True)
+            new_side = ops.fetch_version(connection, repo, version - 1, version, asked=True)
             old_manifest = old_side.manifest
             contents = ops.Contents(None, responses=[old_side, new_side])
     try:

@@ -526,9 +526,11 @@ def name_problem(name: str, rel: str) -> str | None:
 def link_target_problem(rel: str, target: bytes, is_link: Callable[[str], bool]) -> str | None:
     """Why a working directory may not hold a symbolic link at ``rel`` to ``target``,
     or None: its target must be relative and stay inside, resolved lexically from
-    the link's folder. A '..' out of a folder that is itself a link (``is_link``)
-    would not go where the words say (``d/..`` is not ``.`` if ``d`` is a link
-    elsewhere): refused too, so that links chained through others cannot leave."""
+    the link's folder. A '..' below a folder that is a link, or that lies under one
+    (``is_link`` of any of its parents), does not go where the words say (``b/c/..``
+    leaves the working directory if ``b`` leads to a folder whose ``c`` is ``..``):
+    refused, so that links chained through others, each inside on its own, cannot
+    lead out. Down through a link is fine: that link's own target is checked."""
     if not target:
         return "a symbolic link with an empty target"
     if len(target) > MAX_LINK_TARGET or b"\0" in target:
@@ -543,7 +545,7 @@ def link_target_problem(rel: str, target: bytes, is_link: Callable[[str], bool])
             folder.append(os.fsdecode(part))
         elif not folder:
             return LINK_OUTSIDE
-        elif is_link("/".join(folder)):
+        elif any(is_link("/".join(folder[:depth])) for depth in range(1, len(folder) + 1)):
             return LINK_THROUGH_LINK
         else:
             folder.pop()
@@ -557,6 +559,23 @@ def hash_file(path: Path) -> p.FileEntry:
             digest.update(block)
             size += len(block)
     return p.FileEntry(digest.hexdigest(), size)
+
+
+def still_as_scanned(root: Path, rel: str, entry: p.FileEntry) -> bool:
+    """Whether the file at ``rel`` still is ``entry`` (content and mode): checked
+    again just before a command replaces or deletes it, so that an edit made while
+    the command ran is never overwritten."""
+    path = root / rel
+    try:
+        mode = os.lstat(path).st_mode
+        if entry.mode == p.FileMode.SYMLINK:
+            return stat.S_ISLNK(mode) and hashlib.sha256(os.readlink(os.fsencode(path))).hexdigest() == entry.sha
+        executable = bool(mode & stat.S_IXUSR)
+        if not stat.S_ISREG(mode) or executable != (entry.mode == p.FileMode.EXECUTABLE):
+            return False
+        return hash_file(path).sha == entry.sha
+    except OSError:
+        return False
 
 
 def filesystem_clock(root: Path) -> int | None:

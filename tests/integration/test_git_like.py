@@ -121,8 +121,16 @@ def test_diff_restore_show_log_and_checkout(service, tmp_path: Path) -> None:
     alice, bob = two_clones(service, tmp_path, "history")
     write(alice / "a.txt", TEN.replace("line 3\n", "line three\n"))
     write(alice / "new.txt", "new\n")
+    write(alice / "sub" / "f.txt", "in a folder\n")
     (alice / "run.sh").chmod(0o644)  # a mode change alone is a change
     ok(service.cli("push", "-m", "second", cwd=alice, user="alice"))
+
+    # paths are read where the command runs, as git reads them
+    write(alice / "sub" / "f.txt", "in a folder, edited\n")
+    here = ok(service.cli("diff", "--name-status", "f.txt", cwd=alice / "sub", user="alice")).stdout
+    assert here == "M\tsub/f.txt\n"
+    assert service.cli("diff", "/", cwd=alice / "sub", user="alice").returncode == 2
+    ok(service.cli("restore", "f.txt", cwd=alice / "sub", user="alice"))
 
     # diff of local changes: unified, --stat, --name-status; needs the local version's bytes
     write(alice / "a.txt", TEN.replace("line 3\n", "line three\n").replace("line 7\n", "line seven\n"))
@@ -146,6 +154,11 @@ def test_diff_restore_show_log_and_checkout(service, tmp_path: Path) -> None:
     ok(service.cli("restore", "run.sh", cwd=alice, user="alice"))
     missing = service.cli("restore", "nope.txt", cwd=alice, user="alice")
     assert missing.returncode == 1 and "did not match" in missing.stderr
+
+    # versions that do not exist are named as such
+    gone = service.cli("diff", "1", "99", cwd=bob, user="bob")
+    assert gone.returncode == 1 and "version 99 of history does not exist: the head is version 2" in gone.stderr
+    assert "does not exist: the head is version 2" in service.cli("show", "99", cwd=bob, user="bob").stderr
 
     # diff between versions, show, log --stat / --oneline / -- PATH
     between = ok(service.cli("diff", "1", "2", cwd=bob, user="bob")).stdout

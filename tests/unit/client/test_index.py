@@ -213,3 +213,13 @@ def test_links_are_read_every_time(tmp_path, hashed):
     os.unlink(tmp_path / "link")
     os.symlink("b.txt", tmp_path / "link")
     assert scan_and_save(tmp_path).manifest == {"link": fe(b"b.txt", p.FileMode.SYMLINK)} and hashed == []
+
+
+def test_an_index_that_is_a_fifo_a_link_or_a_device_is_ignored_without_waiting(tmp_path: Path) -> None:
+    fifo = tmp_path / "fifo"
+    os.mkfifo(fifo)
+    assert index.load_index(fifo).records == {}  # no writer: open() would wait forever
+    link = tmp_path / "link"
+    link.symlink_to("/dev/zero")
+    assert index.load_index(link).records == {}  # followed, it would be read without end
+    assert index.load_index(Path("/dev/zero")).records == {}

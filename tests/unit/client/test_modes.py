@@ -118,6 +118,9 @@ def test_link_target_problem():
     assert ws.link_target_problem("l", b"d/..", lambda rel: rel == "d") == ws.LINK_THROUGH_LINK
     # down through a link is fine: that link's own target is checked
     assert ws.link_target_problem("l", b"d/x", lambda rel: rel == "d") is None
+    # but not up again below it: b -> x, x/c -> .., then b/c/.. is outside (b/c is no path of the tree)
+    assert ws.link_target_problem("e", b"b/c/..", lambda rel: rel in ("b", "x/c")) == ws.LINK_THROUGH_LINK
+    assert ws.link_target_problem("f", b"b/c/../SECRET", lambda rel: rel in ("b", "x/c")) == ws.LINK_THROUGH_LINK
     for bad in (b"", b"a\0b", b"x" * (ws.MAX_LINK_TARGET + 1)):
         assert ws.link_target_problem("l", bad, no_links)
 

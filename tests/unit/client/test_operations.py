@@ -22,6 +22,7 @@ from minigit import protocol as p
 from minigit.client import keys
 from minigit.client import operations as op
 from minigit.client import workspace as ws
+from minigit.client.changes import Strategy
 from minigit.client.exchange import Credentials
 from minigit.config import DEFAULT_BOOTSTRAP, KafkaSettings, ServerFlags
 from minigit.errors import (
@@ -37,6 +38,7 @@ from minigit.errors import (
     RepositoryNotFound,
     ServerUnreachable,
     UnresolvedConflicts,
+    UnsafePath,
     UsageError,
 )
 
@@ -835,3 +837,81 @@ def test_a_rotation_cut_short_after_the_service_accepted_it_is_finished_by_runni
     assert server.store.get_account("alice").key == new_key
     assert op.rotate_key(root, options(server)).public_key == new_key  # signed by the old key: up to date
     assert keys.load_key(own_config_dir, "alice").private_bytes_raw() == following.private_bytes_raw()
+
+
+def push_tree(server: InProcessServer, repo: str, base: int, content: dict[str, tuple[bytes, p.FileMode]]) -> None:
+    """A push of any tree, made without the client's own checks (a hostile user's)."""
+    manifest = {path: p.FileEntry(p.hash_bytes(data), len(data), mode) for path, (data, mode) in content.items()}
+    tree = p.encode_tree(manifest)
+    uploads = [codec.BlobSource.from_bytes(tree), *(codec.BlobSource.from_bytes(d) for d, _ in content.values())]
+    fields = {"repo": repo, "base": base, "tree": p.hash_bytes(tree), "message": "hostile"}
+    with options(server, "mallory").connect(options(server).settings()) as connection:
+        reply = op.send_write(connection, p.PushRequest, fields, uploads, None)
+    assert reply.status == p.Status.ACCEPTED, reply
+
+
+def test_links_chained_to_lead_outside_are_never_made(server: InProcessServer, tmp_path: Path) -> None:
+    """b -> x and x/c -> .. are each inside; b/c/.. is the working directory's parent."""
+    origin, victim = tmp_path / "origin", tmp_path / "work" / "victim"
+    create(server, origin, {"a.txt": "a"})
+    server.grant("lab", p.Access.WRITE, "mallory")
+    link = p.FileMode.SYMLINK
+    push_tree(server, "lab", 1, {"b": (b"x", link), "x/c": (b"..", link), "e": (b"b/c/../SECRET", link)})
+    (tmp_path / "work" / "SECRET").parent.mkdir(parents=True)
+    with pytest.raises(UnsafePath, match="goes up out of another link"):
+        op.clone_repository("lab", victim, options(server))
+    assert not victim.exists()
+
+
+def test_an_edit_made_while_the_pull_runs_is_never_overwritten(
+    server: InProcessServer, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    origin, mine = tmp_path / "origin", tmp_path / "mine"
+    create(server, origin, {"a.txt": "base"})
+    op.clone_repository("lab", mine, options(server))
+    write(origin, "a.txt", "theirs")
+    op.push_workdir(origin, options(server, "origin"))
+    stage = ws.stage_blob
+
+    def edit_then_stage(*args, **kwargs):
+        write(mine, "a.txt", "typed while the pull downloaded")
+        return stage(*args, **kwargs)
+
+    monkeypatch.setattr(ws, "stage_blob", edit_then_stage)
+    with pytest.raises(MinigitError, match=r"a\.txt changed while the pull ran; nothing was touched"):
+        op.pull_workdir(mine, options(server))
+    assert (mine / "a.txt").read_text() == "typed while the pull downloaded"
+    assert ws.read_metadata(mine).version == 1
+
+
+@pytest.mark.parametrize("survives", [0, 1, 2])
+def test_pull_theirs_killed_between_installs_keeps_the_users_bytes(
+    server: InProcessServer, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, survives: int
+) -> None:
+    """Killed after ``survives`` files were put in place, for each point: yours is at PATH or PATH.orig."""
+    origin, mine = tmp_path / "origin", tmp_path / "mine"
+    create(server, origin, {"x": "base", "y": "base"})
+    op.clone_repository("lab", mine, options(server))
+    write(origin, "x", "theirs")
+    (origin / "y").unlink()
+    op.push_workdir(origin, options(server, "origin"))
+    write(mine, "x", "mine x")
+    write(mine, "y", "mine y")
+    steps: list[str] = []
+
+    def step_then_die(real):
+        def step(root: Path, rel: str, *rest) -> None:
+            if len(steps) == survives:
+                raise KeyboardInterrupt
+            real(root, rel, *rest)
+            steps.append(rel)
+
+        return step
+
+    monkeypatch.setattr(ws, "install_staged", step_then_die(ws.install_staged))
+    monkeypatch.setattr(ws, "remove_file", step_then_die(ws.remove_file))
+    with pytest.raises(KeyboardInterrupt):
+        op.pull_workdir(mine, options(server), strategy=Strategy.THEIRS)
+    on_disk = files(mine)
+    assert b"mine x" in (on_disk.get("x"), on_disk.get("x.orig"))
+    assert b"mine y" in (on_disk.get("y"), on_disk.get("y.orig"))
