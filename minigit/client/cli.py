@@ -723,12 +723,17 @@ def repos(
         if not result.repos:
             err.print(f"No repositories you may read on {plain(result.server)}.")
             return
+        # names are shown whole (folded if they must), never cut; visibility is in --json
+        longest = max(len(info.name) for info in result.repos)
         table = Table(box=None, header_style="bold")
-        for column in ("repository", "head", "last change", "by", "visibility", "access"):
-            table.add_column(column, justify="right" if column == "head" else "left")
+        table.add_column("repository", overflow="fold", min_width=min(longest, 24))
+        table.add_column("head", justify="right", no_wrap=True)
+        for column in ("last change", "by", "access"):
+            table.add_column(column, no_wrap=True)
         for info in result.repos:
             when = time.strftime("%Y-%m-%d %H:%M", time.localtime(info.time_ms / 1000))
-            table.add_row(plain(info.name), str(info.head), when, plain(info.author), str(info.visibility), info.access)
+            access = f"{info.access} ({info.visibility})" if info.access == "owner" else info.access
+            table.add_row(plain(info.name), str(info.head), when, plain(info.author), access)
         out.print(table)
 
 
