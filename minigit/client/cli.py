@@ -559,7 +559,7 @@ def diff(
         else:
             if repo is not None:
                 raise UsageError("--repo needs two versions: minigit diff --repo NAME V1 V2")
-            result = versions_mod.diff_workdir(Path.cwd(), options, paths)
+            result = versions_mod.diff_workdir(Path.cwd(), options, paths, content=not name_status)
         if as_json:
             print_json(result.to_json())
         else:

@@ -96,13 +96,21 @@ def diff_entries(
     return diffs
 
 
-def diff_workdir(start: Path, options: ops.ClientOptions, paths: Sequence[str] = ()) -> DiffResult:
+NO_BYTES = (lambda entry: b"", lambda entry: b"")  # a diff of names and modes only
+
+
+def diff_workdir(
+    start: Path, options: ops.ClientOptions, paths: Sequence[str] = (), content: bool = True
+) -> DiffResult:
     """The working files against the local version. The local version's bytes of
-    the files you changed are fetched from the service (only those)."""
+    the files you changed are fetched from the service (only those); without
+    ``content`` (names and A/M/D only) nothing is: that is known offline."""
     root, meta, local = ops.open_workdir(start)
     changes = restrict(
         diff_manifests(meta.manifest, local), [ops.relative_to_root(root, start, path) for path in paths]
     )
+    if not content:
+        return DiffResult(meta.repository, meta.version, None, diff_entries(meta.manifest, local, changes, *NO_BYTES))
     wanted = [meta.manifest[path] for path in changes.modified + changes.deleted if needs_bytes(meta.manifest[path])]
     contents = ops.Contents(root, local)
     try:
