@@ -23,7 +23,7 @@ import re
 import types
 import typing
 import uuid
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
 from typing import Any, ClassVar
 
@@ -238,6 +238,48 @@ def decode_tree(data: bytes) -> Manifest:
     return manifest
 
 
+def tree_entries(data: bytes) -> frozenset[bytes]:
+    """A tree's entries, each as its bytes in the tree (``path":{...``, without the
+    quote that opens the path and the brace that closes the entry), to compare two
+    trees without decoding them: the encoding is canonical, so a file unchanged has
+    the same bytes in both, and only the entries that differ need decoding
+    (``decode_tree_entries``). Decoding every entry of a tree of 30,000 files costs a
+    third of a second; cutting it apart costs milliseconds.
+
+    For a tree already checked (``decode_tree``: one that is a version): it is cut
+    where each entry ends (``},"``), which is right unless a path ends with ``},``;
+    then (as many cuts as entries tells) it is decoded whole instead."""
+    body = data[len(_TREE_HEAD) : len(data) - len(_TREE_TAIL)]
+    canonical = data.startswith(_TREE_HEAD) and data.endswith(_TREE_TAIL) and len(data) >= len(_TREE_HEAD + _TREE_TAIL)
+    if canonical and not body:
+        return frozenset()
+    if canonical and body.startswith(b'"') and body.endswith(b"}"):
+        # '"sha":"' opens every entry's fields, and never appears in a path (its quotes are escaped there)
+        parts = body[1:-1].split(b'},"')
+        if len(parts) == body.count(b'"sha":"'):
+            return frozenset(parts)
+    return frozenset(_entry_bytes(path, entry) for path, entry in decode_tree(data).items())
+
+
+def _entry_bytes(path: str, entry: FileEntry) -> bytes:
+    fields = json.dumps(encode_entry(entry), sort_keys=True, separators=(",", ":"))
+    return f"{json.dumps(path)[1:]}:{fields[:-1]}".encode()
+
+
+def decode_tree_entries(entries: Iterable[bytes]) -> Manifest:
+    """Paths and their entries, from entries of one tree as ``tree_entries`` gives
+    them: put back together as one JSON object, read at once."""
+    joined = b'},"'.join(entries)
+    if not joined:
+        return {}
+    files = json.loads(b'{"' + joined + b"}}")
+    regular = FileMode.REGULAR
+    return {
+        path: FileEntry(doc["sha"], doc["size"], FileMode(doc["mode"]) if "mode" in doc else regular)
+        for path, doc in files.items()
+    }
+
+
 def find_file_directory_clash(paths: Mapping[str, object]) -> str | None:
     for path in paths:
         parts = path.split("/")
@@ -360,12 +402,29 @@ def _encode(value: Any) -> Any:
     return value
 
 
+# Metadata of a field added to a record that is signed and kept in repo-log: it is left
+# out of the JSON while it holds its default, so a record written before it existed has
+# the same bytes, the same signature payload (identity.signing_payload) and the same
+# request key (decisions.request_key) as before. Every other field is always written.
+_ADDED_LATER = "added later: written only when set"
+
+
+def added_later(default: str) -> Any:
+    """A field with ``default``, left out of the record's JSON while it holds it."""
+    return field(default=default, metadata={_ADDED_LATER: True})
+
+
 @dataclass(kw_only=True)
 class Record:
     """A JSON object with a fixed schema: its dataclass fields, typed."""
 
     def to_dict(self) -> dict[str, Any]:
-        return {f.name: _encode(getattr(self, f.name)) for f in dataclasses.fields(self)}
+        doc = {}
+        for f in dataclasses.fields(self):
+            value = getattr(self, f.name)
+            if not (f.metadata.get(_ADDED_LATER) and value == f.default):
+                doc[f.name] = _encode(value)
+        return doc
 
     @classmethod
     def from_dict(cls, doc: dict[str, Any], owner: str | None = None, path: str = "") -> typing.Self:
@@ -662,6 +721,11 @@ class PushRequest(Request):
     base: int
     tree: str
     message: str = ""
+    # The tree the client holds as version ``base`` (""): not the server's one means
+    # the repository was deleted and created again since. Carried into the proposal,
+    # decided when it is applied. Not written while "": a push signed before it existed
+    # keeps its signature.
+    base_tree: str = added_later("")
 
     def validate(self) -> None:
         super().validate()
@@ -669,6 +733,8 @@ class PushRequest(Request):
         if self.base < 1:
             raise ProtocolError("base must be >= 1")
         _check_message_text(self.message)
+        if self.base_tree:
+            check_sha(self.base_tree)
 
 
 @wire
@@ -1017,6 +1083,12 @@ class CreateProposal(TreeProposal):
 class PushProposal(TreeProposal):
     action: ClassVar[str] = "push"
     base: int
+    base_tree: str = added_later("")  # the PushRequest's; "" (not written): not checked
+
+    def validate(self) -> None:
+        super().validate()
+        if self.base_tree:
+            check_sha(self.base_tree)
 
 
 @wire

@@ -206,14 +206,18 @@ PROPOSER_FIELDS = frozenset({"time_ms", "proposer", "signed", "operator_signatur
 _REQUEST_ONLY_FIELDS = frozenset(
     {
         *("reply_partition", "timeout_ms", "signed_ms", "chunks", "reply_key", "signature"),
-        *("lost", "version", "target", "base_tree", "limit", "paths", "changes", "after", "start"),  # reads only
+        *("lost", "version", "target", "limit", "paths", "changes", "after", "start"),  # reads only
     }
 )
+# A field a read shares by name with a write: a pull's ``base_tree`` says how to answer
+# it (a read is never proposed), a push's is decided when its proposal is applied.
+_READ_ONLY_FIELDS: dict[type[p.Request], frozenset[str]] = {p.PullRequest: frozenset({"base_tree"})}
 
 
 def proposal_fields(request: p.Request) -> dict:
     """The fields a proposal takes from its request (all but how to answer it)."""
-    return {f.name: getattr(request, f.name) for f in dataclasses.fields(request) if f.name not in _REQUEST_ONLY_FIELDS}
+    skipped = _REQUEST_ONLY_FIELDS | _READ_ONLY_FIELDS.get(type(request), frozenset())
+    return {f.name: getattr(request, f.name) for f in dataclasses.fields(request) if f.name not in skipped}
 
 
 def check_proposal(

@@ -14,6 +14,7 @@ its chunks), so that it reaches the outcome every replica reaches.
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 
@@ -54,16 +55,31 @@ class AccountsFold:
         partition, or whose proof does not hold, uses none."""
         if p.log_partition(proposal.repo, self.partitions) != record.partition:
             return
-        if self.store.get_outcome(record.partition, proposal.request_id) is not None:
+        found = self.store.get_outcome(record.partition, proposal.request_id)
+        if decisions.binding(found, proposal.user, proposal.repo) is not None:
             return
         if access.check_proposal(proposal, self.authority.namespace, self.authority.server_key) is not None:
             return
         used = decisions.Outcome(Status.OK, None, message=_USED, request=decisions.request_key(proposal)).to_json()
-        self.store.put_outcome(record.partition, proposal.request_id, used)
+        if found is None:
+            self.store.put_outcome(record.partition, proposal.request_id, used)
+        else:  # a cancellation by others' settles: this write's outcome replaces it
+            self.store.replace_outcome(record.partition, proposal.request_id, used)
         if isinstance(proposal, p.SettleProposal):
-            # A settle stores its ``of_request`` as cancelled unless one is stored, or
-            # the settler may not push to its repository (not folded: taken as used).
-            self.store.put_outcome(record.partition, proposal.of_request, used)
+            # A settle cancels its ``of_request`` for its user and repository unless an
+            # outcome is stored, or the settler may not push to its repository (not
+            # folded: taken as cancelled).
+            known = self.store.get_outcome(record.partition, proposal.of_request)
+            _, cancel = decisions.decide_settle(
+                known, proposal.repo, proposal.of_request, proposal.tree, None, lambda _: None, user=proposal.user
+            )
+            if cancel is None:
+                return
+            if known is None:
+                cancel = dataclasses.replace(cancel, request=decisions.request_key(proposal))
+                self.store.put_outcome(record.partition, proposal.of_request, cancel.to_json())
+            else:
+                self.store.replace_outcome(record.partition, proposal.of_request, cancel.to_json())
 
     def accounts(self) -> list[access.Account]:
         """Every name the log holds, by name (removed ones too: a removed name stays taken)."""

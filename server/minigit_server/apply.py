@@ -92,10 +92,13 @@ def apply_proposal(
     """Decide a write and store its outcome under its request id. A retry (the same
     request id and contents) gets its first outcome back; a proposal whose proof of
     authorship does not hold changes nothing and stores nothing, so a forged record
-    cannot use up someone else's request id."""
+    cannot use up someone else's request id. A cancellation stored by settles of other
+    users or repositories binds only theirs: this proposal is decided as if it were not
+    there, and its outcome replaces it."""
     repo = store.get_repo(proposal.repo)
     key = decisions.request_key(proposal)
-    if (known := store.get_outcome(record.partition, proposal.request_id)) is not None:
+    found = store.get_outcome(record.partition, proposal.request_id)
+    if (known := decisions.binding(found, proposal.user, proposal.repo)) is not None:
         return decisions.outcome_of(known, key, repo.head if repo else None)
     account = store.get_account(proposal.user) if isinstance(proposal, p.RotateProposal) else None
     if (why := access.check_proposal(proposal, authority.namespace, authority.server_key, account)) is not None:
@@ -111,7 +114,10 @@ def apply_proposal(
         return None
     outcome = APPLIERS[type(proposal)](store, proposal, record)
     stored = dataclasses.replace(outcome, request=key, repo=proposal.repo)
-    store.put_outcome(record.partition, proposal.request_id, stored.to_json())
+    if found is None:
+        store.put_outcome(record.partition, proposal.request_id, stored.to_json())
+    else:
+        store.replace_outcome(record.partition, proposal.request_id, stored.to_json())
     return outcome
 
 
@@ -263,6 +269,7 @@ def apply_push(store: Store, proposal: p.PushProposal, record: LogRecord) -> dec
     if (refused := permission_refused(store, proposal, repo)) is not None:
         return refused
     head_info = store.get_version(repo.name, repo.head) if repo else None
+    base_info = store.get_version(repo.name, proposal.base) if repo and proposal.base_tree else None
     problem = (
         check_tree(store, record.partition, proposal.tree, proposal.repo)
         if repo and proposal.base == repo.head
@@ -274,6 +281,8 @@ def apply_push(store: Store, proposal: p.PushProposal, record: LogRecord) -> dec
         proposal.base,
         proposal.tree,
         problem,
+        proposal.base_tree,
+        base_info.tree if base_info else None,
     )
     if outcome.status == Status.ACCEPTED:
         store.put_repo(dataclasses.replace(repo, head=outcome.version, changed_at=record.offset))
@@ -328,8 +337,9 @@ def apply_admin(store: Store, proposal: p.AdminProposal, record: LogRecord) -> d
 
 def apply_settle(store: Store, proposal: p.SettleProposal, record: LogRecord) -> decisions.Outcome:
     """Settle what became of the write ``of_request``: its outcome if one is stored,
-    else it is stored as cancelled (under this settle's request key), so that the
-    write, arriving later, is refused as "request id already used"."""
+    else it is stored as cancelled (under this settle's request key) for the settle's
+    user and repository, so that their write, arriving later, is refused as "request
+    id already used". A request of anyone else under that id is not cancelled by it."""
     repo = store.get_repo(proposal.repo)
     if (refused := permission_refused(store, proposal, repo)) is not None:
         return refused
@@ -340,11 +350,19 @@ def apply_settle(store: Store, proposal: p.SettleProposal, record: LogRecord) ->
 
     known = store.get_outcome(record.partition, proposal.of_request)
     outcome, cancel = decisions.decide_settle(
-        known, proposal.repo, proposal.of_request, proposal.tree, repo.head if repo else None, tree_of
+        known,
+        proposal.repo,
+        proposal.of_request,
+        proposal.tree,
+        repo.head if repo else None,
+        tree_of,
+        user=proposal.user,
     )
-    if cancel is not None:
+    if cancel is not None and known is None:
         stored = dataclasses.replace(cancel, request=decisions.request_key(proposal), repo=proposal.repo)
         store.put_outcome(record.partition, proposal.of_request, stored.to_json())
+    elif cancel is not None:  # a cancellation by others' settles: now this settle's user and repository's too
+        store.replace_outcome(record.partition, proposal.of_request, cancel.to_json())
     return outcome
 
 

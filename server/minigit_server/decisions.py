@@ -30,13 +30,23 @@ class Outcome:
     message: str = ""
     request: str = ""  # the request_key of the proposal decided (stored, not sent)
     repo: str = ""  # the repository the request named (stored, not sent): a settle answers for its own only
+    # A request id settled as cancelled before any request used it (stored, not sent):
+    # the (user, repository) pairs of the settles that cancelled it. Only a request of
+    # one of them is refused by it; any other is decided as if nothing were stored.
+    cancels: tuple[tuple[str, str], ...] = ()
 
     def to_json(self) -> dict:
-        return asdict(self)
+        doc = asdict(self)
+        if self.cancels:
+            doc["cancels"] = [list(pair) for pair in self.cancels]
+        else:
+            del doc["cancels"]  # an outcome of a request: stored as before cancels existed
+        return doc
 
     @classmethod
     def from_json(cls, doc: Mapping) -> Outcome:
-        return cls(**{**doc, "status": Status(doc["status"])})
+        cancels = tuple((user, repo) for user, repo in doc.get("cancels", ()))
+        return cls(**{**doc, "status": Status(doc["status"]), "cancels": cancels})
 
 
 def request_key(proposal: p.Proposal) -> str:
@@ -44,6 +54,16 @@ def request_key(proposal: p.Proposal) -> str:
     a request id met again with other contents is another request."""
     fields = {k: v for k, v in proposal.to_dict().items() if k not in access.PROPOSER_FIELDS}
     return hashlib.sha256(json.dumps(fields, sort_keys=True, ensure_ascii=False).encode()).hexdigest()
+
+
+def binding(known: Mapping | None, user: str, repo: str) -> Mapping | None:
+    """The stored outcome a request of ``user`` to ``repo`` meets under its request id:
+    ``known``, unless it is a cancellation by settles of other users or repositories,
+    which binds only theirs (None: decided as if nothing were stored, and its own
+    outcome replaces the cancellation). So a settle cancels no one else's request."""
+    if known is None or not known.get("cancels"):
+        return known
+    return known if [user, repo] in [list(pair) for pair in known["cancels"]] else None
 
 
 def outcome_of(known: Mapping, key: str, head: int | None) -> Outcome:
@@ -87,16 +107,32 @@ def decide_create(head: int | None, problem: tuple[Status, str] | None) -> Outco
     return Outcome(Status.ACCEPTED, 1, version=1, message="created at version 1")
 
 
+def not_the_server_s(version: int) -> str:
+    """Why a client's version ``version`` is refused: its tree is not the server's."""
+    return (
+        f"your version {version} is not the server's version {version} "
+        "(the repository was deleted and created again?): clone it again"
+    )
+
+
 def decide_push(
     head: int | None,
     head_tree: str | None,
     base: int,
     tree: str,
     problem: tuple[Status, str] | None,
+    base_tree: str = "",
+    server_base_tree: str | None = None,
 ) -> Outcome:
-    """Accepted only if the push was based on the head ("fetch first" otherwise)."""
+    """Accepted only if the push was based on the head ("fetch first" otherwise).
+    ``base_tree`` (when set) is the tree the client holds as version ``base``, and
+    ``server_base_tree`` the tree of the server's version ``base`` (None: there is
+    none): another one means the repository was deleted and created again since
+    the client got it, and the push would mix two histories."""
     if head is None:
         return Outcome(Status.NOT_FOUND, None, message="no such repository")
+    if base_tree and base <= head and base_tree != server_base_tree:
+        return Outcome(Status.INVALID, head, message=not_the_server_s(base))
     if base != head:
         return Outcome(Status.REJECTED, head, message=f"version mismatch: head is {head}, push based on {base}")
     if problem:
@@ -129,12 +165,7 @@ def decide_pull(
             Status.INVALID, head, f"you are at version {version} but the server's head is {head}: clone again"
         )
     if version and base_tree and base_tree != version_tree:
-        return PullDecision(
-            Status.INVALID,
-            head,
-            f"your version {version} is not the server's version {version} "
-            "(the repository was deleted and created again?): clone it again",
-        )
+        return PullDecision(Status.INVALID, head, not_the_server_s(version))
     if target:  # asked for a version: its tree is sent even if the client has it (to read it)
         return PullDecision(Status.OK, head, f"version {target} (head is version {head})", target)
     if version == head:
@@ -169,6 +200,13 @@ def changes_between(old: Mapping[str, p.FileEntry], new: Mapping[str, p.FileEntr
             kind = p.ChangeKind.ADDED if before is None else p.ChangeKind.MODIFIED
             found.append(p.FileChange(path=path, kind=kind, size=after.size, mode=after.mode))
     return found
+
+
+def changes_between_trees(old: frozenset[bytes], new: frozenset[bytes]) -> list[p.FileChange]:
+    """``changes_between`` two trees given by their entries (``protocol.tree_entries``):
+    an entry in both is the same file unchanged, so only the entries in one of them
+    are decoded. The cost is the entries that differ, not the files."""
+    return changes_between(p.decode_tree_entries(old - new), p.decode_tree_entries(new - old))
 
 
 def touches(changes: Iterable[p.FileChange], paths: Iterable[str]) -> bool:
@@ -260,14 +298,24 @@ def decide_settle(
     tree: str,
     head: int | None,
     tree_of: Callable[[int], str | None],
+    *,
+    user: str,
 ) -> tuple[Outcome, Outcome | None]:
-    """What became of the write ``of_request`` (that proposed ``tree`` to ``repo``):
-    the settle's own outcome, and the outcome to store for ``of_request`` now (None:
-    it has one). A write nothing was stored for is cancelled: stored so, it changes
-    nothing when it arrives later. ``tree_of`` gives a version's tree."""
+    """What became of the write ``of_request`` (that proposed ``tree`` to ``repo``), asked
+    by ``user``: the settle's own outcome, and the outcome to store for ``of_request``
+    now (None: nothing changes). A write nothing was stored for is cancelled: stored
+    so, it changes nothing when it arrives later, if it is ``user``'s to ``repo``. A
+    cancellation by others' settles binds only their requests: ``user`` is added to it
+    (it stays theirs too). ``tree_of`` gives a version's tree."""
+    if known is not None and known.get("cancels"):
+        stored = Outcome.from_json(known)
+        cancelled = Outcome(Status.CANCELLED, head, message=NEVER_APPLIED)
+        if (user, repo) in stored.cancels:
+            return cancelled, None
+        return cancelled, dataclasses.replace(stored, cancels=(*stored.cancels, (user, repo)))
     if known is None:
         cancelled = Outcome(Status.CANCELLED, head, message=NEVER_APPLIED, repo=repo)
-        return cancelled, cancelled
+        return cancelled, dataclasses.replace(cancelled, cancels=((user, repo),))
     stored = Outcome.from_json(known)
     if stored.repo != repo:
         return Outcome(Status.INVALID, head, message=f"request {of_request} was not a request to {repo}"), None

@@ -182,7 +182,13 @@ class Store(abc.ABC):
     def list_accounts(self) -> list[Account]: ...
 
     @abc.abstractmethod
-    def put_outcome(self, partition: int, request_id: str, outcome: dict) -> None: ...
+    def put_outcome(self, partition: int, request_id: str, outcome: dict) -> None:
+        """Store the first outcome of a request id; a later one is ignored."""
+
+    @abc.abstractmethod
+    def replace_outcome(self, partition: int, request_id: str, outcome: dict) -> None:
+        """Store ``outcome`` whatever was stored for the request id: only where what was
+        stored binds some requests only (a cancellation by settles, decisions.binding)."""
 
     def close(self) -> None:  # noqa: B027 - optional: only a store with connections has something to close
         pass
@@ -364,6 +370,9 @@ class MemoryStore(Store):
     def put_outcome(self, partition: int, request_id: str, outcome: dict) -> None:
         self.outcomes.setdefault((partition, request_id), outcome)
 
+    def replace_outcome(self, partition: int, request_id: str, outcome: dict) -> None:
+        self.outcomes[(partition, request_id)] = outcome
+
     def get_members(self, repo: str) -> dict[str, str]:
         return dict(self.members.get(repo, {}))
 
@@ -383,8 +392,10 @@ class MemoryStore(Store):
 # Version 2 keeps chunks, blobs and outcomes per log partition (version 1 shared them);
 # version 3 adds identity: accounts, owners, visibility, members, signed versions;
 # version 4 applies settle and delete records (an older replica skipped them) and
-# stores each outcome's repository: a store of version 3 is rebuilt from the log.
-SCHEMA_VERSION = 4
+# stores each outcome's repository: a store of version 3 is rebuilt from the log;
+# version 5 stores who a settle's cancellation binds (its user and repository: an
+# older store's cancellations bind everyone) and checks a push's base_tree.
+SCHEMA_VERSION = 5
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS applied (partition INTEGER PRIMARY KEY, next_offset INTEGER NOT NULL);
 CREATE TABLE IF NOT EXISTS chunks (
@@ -675,4 +686,9 @@ class SqliteStore(Store):
     def put_outcome(self, partition: int, request_id: str, outcome: dict) -> None:
         self._db().execute(
             "INSERT OR IGNORE INTO outcomes VALUES (?, ?, ?)", (partition, request_id, json.dumps(outcome))
+        )
+
+    def replace_outcome(self, partition: int, request_id: str, outcome: dict) -> None:
+        self._db().execute(
+            "INSERT OR REPLACE INTO outcomes VALUES (?, ?, ?)", (partition, request_id, json.dumps(outcome))
         )

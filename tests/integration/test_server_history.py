@@ -1,8 +1,9 @@
 """History against real replicas: a pull of an older version (its tree and the
 blobs the client lacks), a log with changes and by paths, the repositories a user
 may read, the outcome of an accepted push and of one never applied (which then
-changes nothing), and `minigit-server repo delete` followed by a new repository
-of the same name at version 1."""
+changes nothing), an outcome asked by another user (which cancels nothing of
+theirs), and `minigit-server repo delete` followed by a new repository of the same
+name at version 1 (which a push from a clone of the old one cannot mix into)."""
 
 from __future__ import annotations
 
@@ -21,6 +22,7 @@ from minigit.client.exchange import Response
 pytestmark = pytest.mark.integration
 SERVER = str(Path(sys.executable).with_name("minigit-server"))
 TIMEOUT = 60.0
+PARTITIONS = 3  # conftest.PARTITIONS: the log's partitions
 
 
 def commit(connection, cls: type[p.Request], repo: str, files: dict[str, bytes], **fields) -> Response:
@@ -85,12 +87,12 @@ def test_history_of_a_repository(service) -> None:
         assert ask(ann, p.LogRequest, repo="hist").reply.head == 3
 
 
-def connection_push(connection, request_id: str, files: dict[str, bytes], base: int) -> p.Reply:
+def connection_push(connection, request_id: str, files: dict[str, bytes], base: int, repo: str = "hist") -> p.Reply:
     """A push under a request id of our choosing (the one settled before it arrived)."""
     blobs = [codec.BlobSource.from_bytes(data) for data in files.values()]
     manifest = {path: p.FileEntry(b.sha, b.size) for path, b in zip(files, blobs, strict=True)}
     tree = codec.BlobSource.from_bytes(p.encode_tree(manifest))
-    request = connection.new_request(p.PushRequest, repo="hist", tree=tree.sha, base=base)
+    request = connection.new_request(p.PushRequest, repo=repo, tree=tree.sha, base=base)
     request = dataclasses.replace(request, request_id=request_id)
     return connection.call(request, [tree, *blobs]).reply
 
@@ -152,4 +154,53 @@ def test_a_deleted_repository_starts_again_at_version_1(service) -> None:
         assert stale.status == p.Status.INVALID  # beyond the new head: clone again
         clone = ask(ann, p.PullRequest, repo="doomed", version=1, base_tree=old_tree).reply
         assert clone.status == p.Status.INVALID and "deleted and created again" in clone.message
+    service.wait_converged(["1", "2", "3"])
+
+
+def test_a_push_from_a_clone_of_a_deleted_repository_is_told_to_clone_again(service) -> None:
+    """alice clones delr {a}; an operator deletes it; she creates delr again with {a, b};
+    from the stale clone she pushes an edited a on "version 1": it was accepted as
+    version 2 of the new delr, deleting b. The push names the tree it was made from."""
+    with service.connect("delr-ann", TIMEOUT) as ann:
+        operations.register_user(ann)
+        accepted(commit(ann, p.InitRequest, "delr", {"a": b"a"}), 1)
+        old_tree = ask(ann, p.LogRequest, repo="delr").reply.entries[0].tree
+        done = repo_delete(service, "delr", "--yes")
+        assert done.returncode == 0, done.stdout + done.stderr
+        accepted(commit(ann, p.InitRequest, "delr", {"a": b"a", "b": b"b"}), 1)
+        new_tree = ask(ann, p.LogRequest, repo="delr").reply.entries[0].tree
+
+        stale = commit(ann, p.PushRequest, "delr", {"a": b"edited"}, base=1, base_tree=old_tree).reply
+        assert (stale.status, stale.head, stale.message) == (
+            p.Status.INVALID,
+            1,
+            "your version 1 is not the server's version 1 (the repository was deleted and created again?): "
+            "clone it again",
+        )
+        log = ask(ann, p.LogRequest, repo="delr", changes=True).reply
+        assert [(e.version, e.tree) for e in log.entries] == [(1, new_tree)]  # b is still there
+        accepted(commit(ann, p.PushRequest, "delr", {"a": b"edited", "b": b"b"}, base=1, base_tree=new_tree), 2)
+    service.wait_converged(["1", "2", "3"])
+
+
+def test_an_outcome_asked_by_another_user_cancels_nothing_of_theirs(service) -> None:
+    """mallory names alice's request id in an outcome request for her own repository in
+    the same log partition: she hears "cancelled"; alice's push under that id, arriving
+    later, is accepted all the same."""
+    alices = "own-ann"
+    mallorys = next(
+        name
+        for name in (f"mal{n}" for n in range(1000))
+        if p.log_partition(name, PARTITIONS) == p.log_partition(alices, PARTITIONS)
+    )
+    with service.connect("own-ann", TIMEOUT) as ann, service.connect("own-mal", TIMEOUT) as mal:
+        operations.register_user(ann)
+        operations.register_user(mal)
+        accepted(commit(ann, p.InitRequest, alices, {"a": b"1"}), 1)
+        accepted(commit(mal, p.InitRequest, mallorys, {"m": b"1"}), 1)
+        in_flight = p.new_request_id()
+        settled = ask(mal, p.OutcomeRequest, repo=mallorys, of_request=in_flight, tree="e" * 64).reply
+        assert (settled.status, settled.message) == (p.Status.CANCELLED, "never applied: it never will be now")
+        pushed = connection_push(ann, in_flight, {"a": b"2"}, base=1, repo=alices)
+        assert (pushed.status, pushed.version) == (p.Status.ACCEPTED, 2), pushed
     service.wait_converged(["1", "2", "3"])

@@ -531,14 +531,27 @@ def settle(repo: str, of_request: str, user: str = "someone") -> p.Proposal:
 
 
 def test_a_request_id_a_settle_cancelled_is_used_for_the_fold_too() -> None:
-    """A settle of an unknown id (a repository named like the user: same partition)
-    stores it as cancelled: a registration arriving under it later is refused alike."""
+    """A settle of an unknown id (by the user, of a repository named like the user: same
+    partition) stores it as cancelled: a registration arriving under it later is refused alike."""
     log = Log()
     late = uuid.uuid4().hex
-    log.account(settle(ALICE, late))
+    log.account(settle(ALICE, late, user=ALICE))
     refused = log.account(register(ALICE, rid=late))
     log.account(add(CAROL, rid=uuid.uuid4().hex))
     deletion = log.account(dataclasses.replace(add(BOB), repo=BOB))  # an operator's change alongside
     folded = assert_same(log.records, [refused, deletion])
     assert folded.account(ALICE) is None
     assert fold_outcome(folded, refused) == (p.Status.INVALID, "request id already used by another request")
+
+
+def test_a_settle_by_another_user_cancels_no_account_change_in_the_fold_either() -> None:
+    """Someone's settle of an id cancels that id for their own requests to their own
+    repository only: alice's registration under it is decided, by replicas and fold alike."""
+    log = Log()
+    late = uuid.uuid4().hex
+    log.account(settle(ALICE, late))  # by "someone", of a repository named like alice
+    registered = log.account(register(ALICE, rid=late))
+    log.account(settle(ALICE, late, user=ALICE))  # alice asks: her registration's outcome stays
+    folded = assert_same(log.records, [registered])
+    assert folded.account(ALICE) is not None
+    assert fold_outcome(folded, registered) == (p.Status.ACCEPTED, "registered")

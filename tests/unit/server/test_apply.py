@@ -38,6 +38,7 @@ from minigit_server.apply import LogRecord
 from minigit_server.store import MemoryStore, SqliteStore, Store, VersionInfo
 
 REPO = "repo"
+T_ANY = "7" * 64
 # One log partition: every repository belongs to partition 0 (the tests of
 # partition rules say otherwise where they need to).
 PARTITIONS = 1
@@ -174,9 +175,12 @@ def pair(tmp_path):
 
 
 def outcome(store: Store, rid: str) -> decisions.Outcome | None:
-    """The stored outcome, without the key of the request it decided."""
+    """The stored outcome, without what is stored and not sent (the key of the request
+    it decided, its repository, whose requests a cancellation binds)."""
     found = store.get_outcome(0, rid)
-    return dataclasses.replace(decisions.Outcome.from_json(found), request="", repo="") if found is not None else None
+    if found is None:
+        return None
+    return dataclasses.replace(decisions.Outcome.from_json(found), request="", repo="", cancels=())
 
 
 def state(store: Store, rids=(), shas=()) -> dict:
@@ -1665,6 +1669,71 @@ def test_a_forged_settle_is_skipped_and_cancels_nothing(store):
     assert outcome(store, push).status == p.Status.ACCEPTED
 
 
+def test_a_settle_cancels_no_request_of_another_user_or_repository(store):
+    """mallory settles, in her own repository of the same partition, the id of alice's
+    push in flight (ids are seen on the topics): her settle is answered "cancelled",
+    and alice's push is decided as if it had not been, its outcome replacing the
+    cancellation. The same from bob, who may push to alice's repository."""
+    log = Log()
+    log.create(log.tree({"a": b"1"}))
+    log.share("bob", p.Access.WRITE)
+    log.create(log.tree({"m": b"1"}, repo="mal3"), repo="mal3", user="mallory")
+    first, second = log.rid(), log.rid()
+    t2, t3 = log.tree({"a": b"2"}), log.tree({"a": b"3"})
+    by_mallory = log.settle(first, t2, repo="mal3", user="mallory")
+    by_bob = log.settle(second, t3, user="bob")
+    log.push(1, t2, rid=first)
+    log.push(2, t3, rid=second)
+    apply_records(store, log.records, PARTITIONS)
+    cancelled = decisions.Outcome(p.Status.CANCELLED, 1, None, decisions.NEVER_APPLIED)
+    assert outcome(store, by_mallory) == outcome(store, by_bob) == cancelled  # their own answers: unaffected
+    assert outcome(store, first) == decisions.Outcome(p.Status.ACCEPTED, 2, 2, "accepted as version 2")
+    assert outcome(store, second) == decisions.Outcome(p.Status.ACCEPTED, 3, 3, "accepted as version 3")
+    assert decisions.Outcome.from_json(store.get_outcome(0, first)).cancels == ()  # replaced by the push's own
+    assert store.get_repo(REPO).head == 3
+
+
+def test_a_cancellation_holds_for_the_settler_whoever_else_settles_or_uses_the_id(store):
+    """alice settles her lost push: it is cancelled for her, whatever comes after under
+    that id (mallory's settle of it, mallory's own push under it). A cancellation by
+    mallory first does not keep alice from cancelling hers."""
+    log = Log()
+    log.create(log.tree({"a": b"1"}))
+    log.create(log.tree({"m": b"1"}, repo="mal3"), repo="mal3", user="mallory")
+    lost, squatted = log.rid(), log.rid()
+    t2 = log.tree({"a": b"2"})
+    mine = log.settle(lost, t2)
+    theirs = log.settle(lost, t2, repo="mal3", user="mallory")  # adds mallory: alice's stays
+    late = log.push(1, t2, rid=lost)
+    mallory_first = log.settle(squatted, t2, repo="mal3", user="mallory")
+    mine_after = log.settle(squatted, t2)
+    late_too = log.push(1, t2, rid=squatted)
+    apply_records(store, log.records, PARTITIONS)
+    cancelled = decisions.Outcome(p.Status.CANCELLED, 1, None, decisions.NEVER_APPLIED)
+    for settle in (mine, theirs, mallory_first, mine_after):
+        assert outcome(store, settle) == cancelled
+    assert decisions.Outcome.from_json(store.get_outcome(0, lost)).cancels == (("alice", REPO), ("mallory", "mal3"))
+    assert decisions.Outcome.from_json(store.get_outcome(0, squatted)).cancels == (
+        ("mallory", "mal3"),
+        ("alice", REPO),
+    )
+    for rid in (late, late_too):  # refused, as the late push is: "request id already used"
+        assert decisions.outcome_of(store.get_outcome(0, rid), "the push's own key", 1).status == p.Status.INVALID
+    assert store.get_repo(REPO).head == 1
+    # mallory's own push under alice's cancelled id: decided (it is not alice's), and alice's stays refused
+    log.push(1, log.tree({"m": b"2"}, repo="mal3"), repo="mal3", user="mallory", rid=log.rid())
+    other = log.rid()
+    log.settle(other, t2)
+    hers = log.push(2, log.tree({"m": b"3"}, repo="mal3"), repo="mal3", user="mallory", rid=other)
+    log.push(1, t2, rid=other)  # alice's, late
+    done = dict(apply_records(store, log.records, PARTITIONS))
+    assert outcome(store, hers) == decisions.Outcome(p.Status.ACCEPTED, 3, 3, "accepted as version 3")
+    assert done[log.records[-1]] is not None  # applied, and refused: the id holds mallory's push
+    late_again = apply_module.apply_proposal(store, done[log.records[-1]], log.records[-1], AUTHORITY)
+    assert (late_again.status, late_again.message) == (p.Status.INVALID, "request id already used by another request")
+    assert store.get_repo(REPO).head == 1 and store.get_repo("mal3").head == 3
+
+
 def test_settles_apply_alike_on_both_stores(pair):
     log = Log()
     log.create(log.tree({"a": b"1"}))
@@ -1672,7 +1741,14 @@ def test_settles_apply_alike_on_both_stores(pair):
     push = log.push(1, tree)
     late = log.rid()
     rids = [push, late, log.settle(push, tree), log.settle(late, tree), log.push(2, tree, rid=late)]
+    log.create(log.tree({"m": b"1"}, repo="mal3"), repo="mal3", user="mallory")
+    theirs, mine = log.rid(), log.rid()
+    rids += [theirs, mine, log.settle(theirs, tree, repo="mal3", user="mallory"), log.settle(mine, tree)]
+    rids += [log.settle(mine, tree, repo="mal3", user="mallory"), log.push(2, log.tree({"a": b"3"}), rid=theirs)]
+    rids += [log.push(1, log.tree({"m": b"2"}, repo="mal3"), repo="mal3", user="mallory", rid=mine)]
     apply_both(pair, log.records, rids)
+    assert pair[1].get_outcome(0, mine)["cancels"] == [["alice", REPO], ["mallory", "mal3"]]
+    assert pair[1].get_repo(REPO).head == 3 and pair[1].get_repo("mal3").head == 1
 
 
 # ---------------------------------------------------------------- deleting a repository
@@ -1695,6 +1771,54 @@ def test_deleting_a_repository_forgets_it_and_its_name_starts_again_at_version_1
     assert outcome(store, created).status == outcome(store, pushed).status == p.Status.ACCEPTED  # outcomes stay
     assert store.count_proven(0, REPO, t1) == 0  # its uploads prove nothing any more
     assert store.blob_size(0, t1) is not None  # content stays: other repositories of the partition may name it
+
+
+def test_a_push_from_a_clone_of_the_deleted_repository_is_refused_not_mixed_in(store):
+    """alice clones r at v1 {a}; r is deleted and created again with {a, b}; her stale
+    clone's push of an edited a, based on "v1", would be v2 of the new r without b."""
+    log = Log()
+    old_v1 = log.tree({"a": b"1"})
+    log.create(old_v1)
+    log.delete()
+    new_v1 = log.tree({"a": b"1", "b": b"new"})
+    log.create(new_v1)
+    edited = log.tree({"a": b"edited"})
+    stale = log.push(1, edited, base_tree=old_v1)
+    forged = signed_proposal(  # says another base_tree than the request alice signed: skipped
+        p.PushProposal, request_id=log.rid(), repo=REPO, user="alice", tree=edited, message="m", time_ms=2000, base=1,
+        base_tree=old_v1,
+    )  # fmt: skip
+    log.add(dataclasses.replace(forged, base_tree=new_v1).to_bytes())
+    apply_records(store, log.records, PARTITIONS)
+    assert outcome(store, stale) == decisions.Outcome(
+        p.Status.INVALID,
+        1,
+        None,
+        "your version 1 is not the server's version 1 (the repository was deleted and created again?): clone it again",
+    )
+    assert store.get_outcome(0, forged.request_id) is None
+    assert store.get_repo(REPO).head == 1 and [v.tree for v in store.list_versions(REPO)] == [new_v1]
+    fresh = log.push(1, log.tree({"a": b"edited", "b": b"new"}), base_tree=new_v1)  # from a new clone
+    unchecked = log.push(2, log.tree({"a": b"again", "b": b"new"}))  # no base_tree: as before it existed
+    apply_records(store, log.records, PARTITIONS)
+    assert outcome(store, fresh).status == outcome(store, unchecked).status == p.Status.ACCEPTED
+    assert store.get_repo(REPO).head == 3
+
+
+def test_a_push_without_base_tree_is_written_and_keyed_as_before_it_existed():
+    """Records in the log were signed before base_tree existed: their bytes, their
+    signatures and their request keys must not change."""
+    log = Log()
+    log.push(1, T_ANY)
+    old_style = p.parse_message(log.records[-1].value)
+    assert b"base_tree" not in log.records[-1].value
+    assert b"base_tree" not in old_style.signed.request.encode()
+    assert old_style.base_tree == "" and access.check_proposal(old_style, NAMESPACE, AUTHORITY.server_key) is None
+    log.push(1, T_ANY, base_tree=T_ANY)
+    new_style = p.parse_message(log.records[-1].value)
+    assert new_style.base_tree == T_ANY and b'"base_tree"' in log.records[-1].value
+    assert access.check_proposal(new_style, NAMESPACE, AUTHORITY.server_key) is None
+    assert decisions.request_key(old_style) != decisions.request_key(dataclasses.replace(old_style, base_tree=T_ANY))
 
 
 def test_a_repository_created_again_must_upload_its_content_again(store):

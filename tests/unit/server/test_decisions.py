@@ -75,6 +75,32 @@ def test_push_when_head_tree_unknown_is_accepted():
     assert decisions.decide_push(1, None, 1, T1, None).status == p.Status.ACCEPTED
 
 
+STALE_BASE = (
+    "your version 1 is not the server's version 1 (the repository was deleted and created again?): clone it again"
+)
+
+
+@pytest.mark.parametrize("head, base", [(1, 1), (3, 1), (3, 3)])
+def test_a_push_whose_base_tree_is_not_the_server_s_is_invalid(head, base):
+    """A stale clone of a repository deleted and created again: pushing from it would
+    make its tree the next version of another history (and delete what that one added)."""
+    outcome = decisions.decide_push(head, T1, base, T2, None, base_tree=T1, server_base_tree=T2)
+    assert outcome == Outcome(p.Status.INVALID, head, None, STALE_BASE.replace("1", str(base)))
+    # whatever else the push would have met: the tree it was made from is not the server's
+    assert decisions.decide_push(head, T1, base, T1, PROBLEM, base_tree=T1, server_base_tree=T2) == outcome
+
+
+def test_a_push_whose_base_tree_is_the_server_s_or_none_is_decided_as_before():
+    assert decisions.decide_push(2, T1, 2, T2, None, base_tree=T1, server_base_tree=T1) == decisions.decide_push(
+        2, T1, 2, T2, None
+    )
+    assert decisions.decide_push(2, T1, 2, T2, None, base_tree="", server_base_tree=T2).status == p.Status.ACCEPTED
+    assert decisions.decide_push(3, T1, 1, T2, None, base_tree=T1, server_base_tree=T1).status == p.Status.REJECTED
+    # based on a version the server does not have: "fetch first", whose pull then says "clone again"
+    assert decisions.decide_push(2, T1, 5, T2, None, base_tree=T1, server_base_tree=None).status == p.Status.REJECTED
+    assert decisions.decide_push(None, None, 1, T2, None, base_tree=T1).status == p.Status.NOT_FOUND
+
+
 # ---------------------------------------------------------------- create
 
 
@@ -492,8 +518,11 @@ def test_proposal_fields_are_what_a_request_says_to_do():
         "tree": T1,
         "message": "m",
         "base": 2,
+        "base_tree": "",  # decided when the push is applied
     }
-    pull = p.PullRequest(request_id="ab" * 16, repo="r", user="a", reply_partition=0, version=3, lost=[T1])
+    pull = p.PullRequest(
+        request_id="ab" * 16, repo="r", user="a", reply_partition=0, version=3, lost=[T1], base_tree=T2
+    )
     assert access.proposal_fields(pull) == {"request_id": "ab" * 16, "repo": "r", "user": "a"}
 
 
@@ -606,6 +635,47 @@ def test_changes_between_two_manifests():
     ]
     assert decisions.changes_between({}, {"a": fe("a")}) == [change("a", "A")]
     assert decisions.changes_between(new, new) == []
+
+
+# Paths that a tree's bytes make awkward: escapes, quotes, the separators of its entries
+# ('},"' after a path ending with "},", '":{' inside one), non-ASCII.
+AWKWARD_PATHS = ["a", "a b", "a!", "a/b", 'q"uote', "x},", 'y":{z', "}", ",", "é/ü", "tab\tx", "a},/b", "日本"]
+awkward_paths = st.one_of(
+    st.sampled_from(AWKWARD_PATHS),
+    st.text(st.characters(blacklist_categories=("Cs",), blacklist_characters="\x00\\/"), min_size=1, max_size=6),
+).filter(lambda path: path not in (".", "..") and not p.is_reserved_name(path))
+tree_files = st.builds(
+    p.FileEntry,
+    st.sampled_from([p.hash_bytes(bytes([i])) for i in range(4)]),
+    st.integers(0, 3),
+    st.sampled_from(p.FileMode),
+)
+tree_manifests = st.dictionaries(awkward_paths, tree_files, max_size=8).filter(
+    lambda manifest: not p.find_file_directory_clash(manifest)
+)
+
+
+@given(tree_manifests, tree_manifests)
+def test_changes_between_trees_by_their_bytes_are_the_changes_between_their_manifests(old, new):
+    old_tree, new_tree = p.encode_tree(old), p.encode_tree(new)
+    assert p.decode_tree(old_tree) == old and p.decode_tree(new_tree) == new
+    found = decisions.changes_between_trees(p.tree_entries(old_tree), p.tree_entries(new_tree))
+    assert found == decisions.changes_between(old, new)
+    assert p.decode_tree_entries(p.tree_entries(new_tree)) == new
+
+
+def test_a_tree_is_cut_into_its_entries_even_when_a_path_ends_like_an_entry():
+    plain = {"a": fe("a"), "b/c": p.FileEntry(fe("c").sha, 3, p.FileMode.EXECUTABLE)}
+    assert p.tree_entries(p.encode_tree(plain)) == {
+        b'a":{"sha":"' + fe("a").sha.encode() + b'","size":1',
+        b'b/c":{"mode":"x","sha":"' + fe("c").sha.encode() + b'","size":3',
+    }
+    assert p.tree_entries(p.encode_tree({})) == frozenset() and p.decode_tree_entries([]) == {}
+    tricky = {"x},": fe("x"), 'y":{"sha":"': fe("y"), "z": fe("z")}  # cut wrongly: decoded instead
+    entries = p.tree_entries(p.encode_tree(tricky))
+    assert len(entries) == 3 and p.decode_tree_entries(entries) == tricky
+    edited = {**tricky, "x},": fe("x2", 2)}
+    assert decisions.changes_between_trees(entries, p.tree_entries(p.encode_tree(edited))) == [change("x},", "M", 2)]
 
 
 def test_a_symlink_becoming_a_file_with_the_same_content_is_modified():
@@ -788,20 +858,21 @@ def trees(**by_version: str):
 
 
 def test_settling_an_unknown_request_cancels_it():
-    answer, cancel = decisions.decide_settle(None, "r", RID, T1, 4, trees())
+    answer, cancel = decisions.decide_settle(None, "r", RID, T1, 4, trees(), user="alice")
     assert answer == Outcome(p.Status.CANCELLED, 4, None, "never applied: it never will be now", repo="r")
-    assert cancel == answer  # stored for the request: the same words, whoever asks again
+    # stored for the request: the same words, whoever asks again; binding alice's requests to r only
+    assert cancel == dataclasses.replace(answer, cancels=(("alice", "r"),))
 
 
 def test_settling_an_accepted_push_of_the_same_tree():
     known = stored(p.Status.ACCEPTED, 3, 3, "accepted as version 3")
-    answer, cancel = decisions.decide_settle(known, "r", RID, T1, 5, trees(v3=T1))
+    answer, cancel = decisions.decide_settle(known, "r", RID, T1, 5, trees(v3=T1), user="alice")
     assert (answer, cancel) == (Outcome(p.Status.ACCEPTED, 5, 3, "accepted as version 3"), None)
 
 
 def test_settling_an_accepted_init_of_the_same_tree():
     known = stored(p.Status.ACCEPTED, 1, 1, "created at version 1")
-    answer, _ = decisions.decide_settle(known, "r", RID, T1, 1, trees(v1=T1))
+    answer, _ = decisions.decide_settle(known, "r", RID, T1, 1, trees(v1=T1), user="alice")
     assert (answer.status, answer.version) == (p.Status.ACCEPTED, 1)
 
 
@@ -813,7 +884,7 @@ def test_settling_an_accepted_init_of_the_same_tree():
     ],
 )
 def test_settling_an_accepted_request_of_another_tree_is_what_a_retry_would_get(known):
-    answer, cancel = decisions.decide_settle(known, "r", RID, T1, 5, trees(v3=T2))
+    answer, cancel = decisions.decide_settle(known, "r", RID, T1, 5, trees(v3=T2), user="alice")
     assert (answer, cancel) == (
         Outcome(p.Status.INVALID, 5, message="request id already used by another request"),
         None,
@@ -822,7 +893,7 @@ def test_settling_an_accepted_request_of_another_tree_is_what_a_retry_would_get(
 
 def test_settling_a_push_whose_version_was_deleted_is_not_accepted():
     known = stored(p.Status.ACCEPTED, 3, 3, "accepted as version 3")
-    answer, _ = decisions.decide_settle(known, "r", RID, T1, None, trees())
+    answer, _ = decisions.decide_settle(known, "r", RID, T1, None, trees(), user="alice")
     assert answer.status == p.Status.INVALID
 
 
@@ -839,20 +910,60 @@ def test_settling_a_push_whose_version_was_deleted_is_not_accepted():
     ],
 )
 def test_settling_a_refused_request_is_its_outcome(status, head, message):
-    answer, cancel = decisions.decide_settle(stored(status, head, None, message), "r", RID, T1, 9, trees(v4=T1))
+    answer, cancel = decisions.decide_settle(
+        stored(status, head, None, message), "r", RID, T1, 9, trees(v4=T1), user="alice"
+    )
     assert (answer, cancel) == (Outcome(status, head, None, message), None)
 
 
 def test_settling_a_cancelled_request_again_is_cancelled():
     known = stored(p.Status.CANCELLED, 2, message=decisions.NEVER_APPLIED)
-    answer, cancel = decisions.decide_settle(known, "r", RID, T1, 3, trees())
+    answer, cancel = decisions.decide_settle(known, "r", RID, T1, 3, trees(), user="alice")
     assert (answer, cancel) == (Outcome(p.Status.CANCELLED, 3, message=decisions.NEVER_APPLIED), None)
 
 
 def test_settling_a_request_to_another_repository_tells_nothing_of_it():
     known = stored(p.Status.REJECTED, 7, message="version mismatch: head is 7, push based on 1", repo="secret")
-    answer, cancel = decisions.decide_settle(known, "r", RID, T1, 2, trees())
+    answer, cancel = decisions.decide_settle(known, "r", RID, T1, 2, trees(), user="alice")
     assert (answer, cancel) == (Outcome(p.Status.INVALID, 2, message=f"request {RID} was not a request to r"), None)
+
+
+def cancelled_by(*pairs: tuple[str, str]) -> dict:
+    return Outcome(
+        p.Status.CANCELLED, 2, message=decisions.NEVER_APPLIED, request="k" * 64, repo=pairs[0][1], cancels=pairs
+    ).to_json()
+
+
+def test_a_cancellation_binds_only_requests_of_the_users_and_repositories_that_settled():
+    known = cancelled_by(("alice", "r"), ("bob", "s"))
+    assert decisions.binding(known, "alice", "r") == known
+    assert decisions.binding(known, "bob", "s") == known
+    for user, repo in (("mallory", "r"), ("alice", "s"), ("bob", "r"), ("mallory", "mal3")):
+        assert decisions.binding(known, user, repo) is None  # decided as if nothing were stored
+    request = stored(p.Status.ACCEPTED, 3, 3, "accepted as version 3")
+    assert decisions.binding(request, "mallory", "mal3") == request  # a request's outcome binds every other
+    own = stored(p.Status.CANCELLED, 2, message=decisions.NEVER_APPLIED)  # a settle's own outcome
+    assert decisions.binding(own, "mallory", "mal3") == own
+    assert decisions.binding(None, "alice", "r") is None
+
+
+def test_settling_a_request_cancelled_by_another_user_s_settle_cancels_it_for_this_user_too():
+    known = cancelled_by(("mallory", "mal3"))
+    answer, cancel = decisions.decide_settle(known, "r", RID, T1, 4, trees(), user="alice")
+    assert answer == Outcome(p.Status.CANCELLED, 4, message=decisions.NEVER_APPLIED)
+    assert Outcome.from_json(cancel.to_json()).cancels == (("mallory", "mal3"), ("alice", "r"))
+    assert (cancel.request, cancel.repo) == ("k" * 64, "mal3")  # the first settle's, as stored
+    # asked again by one it binds: cancelled, nothing changes
+    again, nothing = decisions.decide_settle(cancel.to_json(), "r", RID, T1, 5, trees(), user="alice")
+    assert (again, nothing) == (Outcome(p.Status.CANCELLED, 5, message=decisions.NEVER_APPLIED), None)
+
+
+def test_outcomes_are_stored_as_before_unless_they_cancel():
+    assert "cancels" not in Outcome(p.Status.ACCEPTED, 1, 1, "m").to_json()
+    doc = Outcome(p.Status.CANCELLED, 1, cancels=(("alice", "r"),)).to_json()
+    assert doc["cancels"] == [["alice", "r"]]
+    assert json.loads(json.dumps(doc)) == doc  # the same dict from either store
+    assert Outcome.from_json(doc).cancels == (("alice", "r"),)
 
 
 def test_deleting():

@@ -819,6 +819,51 @@ def test_a_log_with_changes_stays_one_record(u: Client, monkeypatch: pytest.Monk
     assert first.version == 1 and 0 < len(first.changes) < 200 and len(first.changes) + first.changes_more == 200
 
 
+def test_a_log_reads_each_tree_it_needs_once_and_a_log_asked_again_none(
+    u: Client, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A log of versions of 30,000 files read and decoded every tree in full (a third of a
+    second each), and a client that heard nothing for a second sent it again, served
+    again: it timed out. Trees are compared by their bytes now, each read once, and
+    what a pair of trees changed is kept for the next log."""
+    create(u, "r", {f"f/{n:03}": b"x" for n in range(300)})
+    for version in range(1, 5):
+        push(u, "r", version, {**{f"f/{n:03}": b"x" for n in range(300)}, "v": str(version).encode()})
+    store = u.service.store
+    reads: list[str] = []
+    original = store.read_blob
+    monkeypatch.setattr(store, "read_blob", lambda partition, sha: reads.append(sha) or original(partition, sha))
+    monkeypatch.setattr(p, "decode_tree", lambda data: pytest.fail("a log decodes no tree"))
+    entries = u.call(p.LogRequest, "r", changes=True, limit=2).entries
+    assert [(e.version, [(c.path, c.kind) for c in e.changes]) for e in entries] == [
+        (5, [("v", "M")]),
+        (4, [("v", "M")]),
+    ]
+    assert sorted(reads) == sorted(tree_of(u.service, "r", v) for v in (5, 4, 3))  # limit + 1 trees, once each
+    reads.clear()
+    again = u.call(p.LogRequest, "r", changes=True, limit=2).entries
+    assert again == entries and reads == []
+    by_path = u.call(p.LogRequest, "r", paths=["v"]).entries
+    assert [e.version for e in by_path] == [5, 4, 3, 2]  # version 1 did not touch v
+    assert sorted(reads) == sorted(tree_of(u.service, "r", v) for v in (3, 2, 1))  # 5 and 4: known
+    assert u.call(p.LogRequest, "r", changes=True, start=1).entries[0].changes_more == 0  # version 1: from the cache
+
+
+def test_the_changes_cache_keeps_the_most_recently_used_within_its_bound() -> None:
+    from minigit_server.service import ChangesCache
+
+    cache = ChangesCache(max_changes=4)
+    one = [p.FileChange(path="a", kind=p.ChangeKind.ADDED, size=1)]
+    cache.put("t0", "t1", one)
+    cache.put("t1", "t2", one * 2)
+    cache.put("t2", "t3", [])  # nothing changed: held as one
+    assert cache.get("t0", "t1") == one  # used: kept
+    cache.put("t3", "t4", one)  # over the bound: the least recently used goes
+    assert cache.get("t1", "t2") is None and cache.get("t0", "t1") == one and cache.get("t3", "t4") == one
+    cache.put("t4", "t5", one * 5)  # larger than the whole cache: not kept
+    assert cache.get("t4", "t5") is None and cache.get("t2", "t3") == []
+
+
 def test_a_log_does_not_serve_a_damaged_tree(history: Client) -> None:
     service = history.service
     partition = service.wire.log_partition("r")
@@ -990,6 +1035,55 @@ def test_the_outcome_of_a_private_repository_s_push_is_sealed(u: Client) -> None
     u.send(request)
     sent = [m for _, m in u.service.wire.replies if m.request_id == request.request_id]
     assert sent and all(isinstance(m, p.Sealed) for m in sent)
+
+
+def same_partition(service: Service, repo: str, prefix: str) -> str:
+    """A repository name in the log partition of ``repo``."""
+    return next(
+        name
+        for name in (f"{prefix}{n}" for n in range(1000))
+        if service.wire.log_partition(name) == service.wire.log_partition(repo)
+    )
+
+
+def test_another_user_s_outcome_request_does_not_cancel_a_push_in_flight() -> None:
+    """mallory names alice's request id (seen on the topics) in an outcome request for
+    her own repository of the same log partition: she is answered "cancelled", alice's
+    push is not (nor is it refused when it arrives)."""
+    service = make_service(users=("alice", "mallory"))
+    alice, mallory = Client(service, "alice"), Client(service, "mallory")
+    create(alice, "r", {"a": b"1"})
+    mal3 = same_partition(service, "r", "mal")
+    create(mallory, mal3, {"m": b"1"})
+    in_flight, settle_id = rid(), rid()
+    reply = settle(mallory, mal3, in_flight, "e" * 64, settle_id)
+    assert (reply.status, reply.message) == (p.Status.CANCELLED, "never applied: it never will be now")
+    pushed = push(alice, "r", 1, {"a": b"2"}, in_flight)
+    assert (pushed.status, pushed.version) == (p.Status.ACCEPTED, 2)
+    assert push(alice, "r", 1, {"a": b"2"}, in_flight).version == 2  # its retry: its own outcome
+    mallory.resend(settle_id, received_ms=NOW_MS + 1000)
+    assert mallory.answer(settle_id).status == p.Status.CANCELLED  # her settle's own answer stays
+    assert service.store.get_repo("r").head == 2
+
+
+def test_a_push_from_a_clone_of_a_deleted_repository_is_told_to_clone_again(history: Client) -> None:
+    """A clone of r at v3; r deleted, created again and pushed to v3: a push from that
+    clone, based on "v3", would replace the new r's files with the old r's."""
+    service = history.service
+    old_tree = tree_of(service, "r", 3)
+    delete(service, "r")
+    create(history, "r", {"a": b"new", "b": b"b"})
+    push(history, "r", 1, {"a": b"new", "b": b"b2"})
+    assert push(history, "r", 2, {"a": b"new", "b": b"b3"}).version == 3
+    stale = history.commit(p.PushRequest, "r", {"a": b"edited", "c": b"c"}, base=3, base_tree=old_tree)
+    assert (stale.status, stale.head, stale.message) == (
+        p.Status.INVALID,
+        3,
+        "your version 3 is not the server's version 3 (the repository was deleted and created again?): clone it again",
+    )
+    assert service.store.get_repo("r").head == 3
+    fresh = history.commit(p.PushRequest, "r", {"a": b"edited"}, base=3, base_tree=tree_of(service, "r", 3))
+    assert (fresh.status, fresh.version) == (p.Status.ACCEPTED, 4)
 
 
 def delete(service: Service, repo: str, **options) -> None:
