@@ -353,7 +353,13 @@ def push_workdir(
             return unchanged
         tree, uploads = collect_uploads(root, local, meta.manifest)
         tree_id = p.hash_bytes(tree)
-        fields = {"repo": meta.repository, "base": meta.version, "tree": tree_id, "message": message}
+        fields = {
+            "repo": meta.repository,
+            "base": meta.version,
+            "tree": tree_id,
+            "message": message,
+            "base_tree": tree_of(meta, meta.version),
+        }
 
         def record_pending(request: p.Request) -> None:
             pending = ws.PendingPush(request.request_id, meta.version, tree_id, local)
