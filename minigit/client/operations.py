@@ -502,6 +502,9 @@ def apply_pull(
             raise MinigitError(
                 f"{', '.join(changed[:5])} changed while the pull ran; nothing was touched", hint="run it again"
             )
+        # and nothing new of yours appeared where a file goes while it downloaded
+        if blocked := find_untracked_in_the_way(root, {**write, **dict.fromkeys(merges.contents)}, delete, local):
+            raise PullConflict(blocked)
         # beside files first (PATH.orig holds your bytes): a pull killed midway never loses them
         beside = set(merges.entries) - set(plan.write) - local.keys()
         for target, path in staged:
@@ -752,7 +755,10 @@ def checkout_version(start: Path, options: ClientOptions, version: int | None) -
                     return CheckoutResult(meta.repository, meta.version, meta.version, meta.version, False, Changes())
                 response = fetched[0]
             else:
-                response = fetch_version(connection, meta.repository, have, version, lost[:MAX_LOST_OBJECTS])
+                lost = lost[:MAX_LOST_OBJECTS]
+                response = fetch_version(
+                    connection, meta.repository, have, version, lost, None, False, tree_of(meta, have)
+                )
         try:
             tree = response.manifest
             plan = plan_pull(meta.manifest, local, tree)
@@ -1073,12 +1079,14 @@ def fetch_version(
     lost: Sequence[str] = (),
     observer: Observer | None = None,
     asked: bool = False,
+    base_tree: str = "",
 ) -> Response:
     """Version ``target``'s tree, and the blobs of it that a holder of version
     ``have`` lacks, ``lost`` included (``have == target``: the tree, and the blobs
     of ``lost`` it holds: how one version's files are fetched by hash). ``asked``:
     both numbers are versions the user named (diff V1 V2), not one the client holds."""
-    request = connection.new_request(p.PullRequest, repo=repo, version=have, target=target, lost=list(lost))
+    fields = {"version": have, "target": target, "lost": list(lost), "base_tree": base_tree}
+    request = connection.new_request(p.PullRequest, repo=repo, **fields)
     response = ask(connection, request, observer=observer)
     reply = response.reply
     if reply.status == Status.OK:

@@ -235,6 +235,8 @@ def test_repos_remote_and_delete(service, tmp_path: Path) -> None:
     service.share("listed", "bob", owner="alice")
     stale = service.cli("pull", cwd=tmp_path / "bob", user="bob")
     assert stale.returncode == 1 and "clone it again" in stale.stderr, stale.stderr
+    stale_view = service.cli("checkout", "1", cwd=tmp_path / "bob", user="bob")
+    assert stale_view.returncode == 1 and "clone it again" in stale_view.stderr, stale_view.stderr
     assert (tmp_path / "bob" / "a.txt").read_text() == TEN  # untouched
 
 

@@ -915,3 +915,24 @@ def test_pull_theirs_killed_between_installs_keeps_the_users_bytes(
     on_disk = files(mine)
     assert b"mine x" in (on_disk.get("x"), on_disk.get("x.orig"))
     assert b"mine y" in (on_disk.get("y"), on_disk.get("y.orig"))
+
+
+def test_a_file_of_yours_made_while_the_pull_downloads_is_never_overwritten(
+    server: InProcessServer, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    origin, mine = tmp_path / "origin", tmp_path / "mine"
+    create(server, origin, {"a.txt": "base"})
+    op.clone_repository("lab", mine, options(server))
+    write(origin, "n.txt", "upstream's new file")
+    op.push_workdir(origin, options(server, "origin"))
+    stage = ws.stage_blob
+
+    def create_then_stage(*args, **kwargs):
+        write(mine, "n.txt", "my new file")
+        return stage(*args, **kwargs)
+
+    monkeypatch.setattr(ws, "stage_blob", create_then_stage)
+    with pytest.raises(PullConflict) as refused:
+        op.pull_workdir(mine, options(server))
+    assert refused.value.paths == ["n.txt"] and (mine / "n.txt").read_text() == "my new file"
+    assert ws.read_metadata(mine).version == 1
