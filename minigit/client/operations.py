@@ -579,6 +579,8 @@ def pull_workdir(
                 f"you are viewing version {meta.version} (a read-only view of an older version)",
                 hint="run 'minigit checkout --latest' to go back to the head",
             )
+        if unresolved := still_unresolved(root, meta.conflicts):  # as git: merging again would nest markers
+            raise UnresolvedConflicts(sorted(unresolved))
         local = scan_local(root, meta)
         more: list[Response] = []
         with options.connect(options.settings(meta, root)) as connection:
@@ -606,8 +608,9 @@ def pull_workdir(
         finally:
             close_all(response, *more)
         new_version = response.reply.version
-        unresolved = {**still_unresolved(root, meta.conflicts), **merges.unresolved}
-        ws.write_metadata(root, dataclasses.replace(meta, version=new_version, manifest=head, conflicts=unresolved))
+        ws.write_metadata(
+            root, dataclasses.replace(meta, version=new_version, manifest=head, conflicts=merges.unresolved)
+        )
         return PullResult(
             meta.repository,
             str(root),

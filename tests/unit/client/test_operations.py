@@ -250,6 +250,8 @@ def test_a_binary_conflict_keeps_both_and_the_users_bytes_survive(server: InProc
     assert {e.name for e in mine.iterdir()} - {ws.INDEX_NAME} == {ws.METADATA_NAME, "a.txt", "a.txt.theirs", "new.txt"}
     with pytest.raises(UnresolvedConflicts):  # push waits until the user chose
         op.push_workdir(mine, options(server))
+    with pytest.raises(UnresolvedConflicts):  # and pull too, as git's: a merge over markers would nest them
+        op.pull_workdir(mine, options(server))
     (mine / "a.txt.theirs").unlink()
     assert op.push_workdir(mine, options(server)).new_version == 3
     assert ws.read_metadata(mine).conflicts == {}
