@@ -14,7 +14,6 @@ it), and ``--theirs`` keeps your version as ``PATH.orig``.
 
 from __future__ import annotations
 
-import hashlib
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 
@@ -140,7 +139,3 @@ def beside(path: str, suffix: str, taken: Callable[[str], bool]) -> str:
     if taken(name):
         raise PullConflict([name])
     return name
-
-
-def entry_of(content: bytes, mode: p.FileMode) -> p.FileEntry:
-    return p.FileEntry(hashlib.sha256(content).hexdigest(), len(content), mode)

@@ -606,13 +606,13 @@ def save_index(root: Path, scan: Scan) -> None:
         index.write_index(root / INDEX_NAME, temp, index.settled(scan.records, scan.clock_ns))
 
 
-def scan_worktree(root: Path, ignored: object = None) -> p.Manifest:
+def scan_worktree(root: Path) -> p.Manifest:
     """The working files as a manifest, nothing tracked before, no stat cache (for
-    tests and tools; ``ignored`` is not used: the scan reads every .minigitignore)."""
+    tests and tools)."""
     return scan_workdir(root, {}, locked=False).manifest
 
 
-def list_files(root: Path, ignored: object = None) -> list[str]:
+def list_files(root: Path) -> list[str]:
     """The paths ``scan_worktree`` tracks, sorted."""
     return sorted(scan_worktree(root))
 
