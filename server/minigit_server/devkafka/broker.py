@@ -520,8 +520,13 @@ def ensure_kafka_jars(version: str = KAFKA_VERSION, progress: Progress | None = 
 
 
 def new_cluster_id() -> str:
-    """A Kafka cluster id: a random UUID, base64url without padding (22 characters)."""
-    return base64.urlsafe_b64encode(uuid.uuid4().bytes).rstrip(b"=").decode("ascii")
+    """A Kafka cluster id: a random UUID, base64url without padding (22 characters),
+    never starting with '-': the storage tool would read such an id as an option
+    (one format in 64 failed), and Kafka's own Uuid.randomUuid draws again for it too."""
+    while True:
+        cluster_id = base64.urlsafe_b64encode(uuid.uuid4().bytes).rstrip(b"=").decode("ascii")
+        if not cluster_id.startswith("-"):
+            return cluster_id
 
 
 def render_server_properties(

@@ -3,8 +3,10 @@ starts: one node, a three-node cluster, and brokers reachable from other machine
 
 from __future__ import annotations
 
+import base64
 import json
 import socket
+import uuid
 from pathlib import Path
 
 import pytest
@@ -200,3 +202,10 @@ def test_a_restart_without_port_uses_the_last_starts(tmp_path):
         # checked (and found taken) before any JVM starts; were 9092 tried, node 1's controller port would be
         with pytest.raises(broker.BrokerError, match=f"port {port} on 127.0.0.1 is already in use"):
             broker.start_broker(data_dir=tmp_path / "kafka")
+
+
+def test_a_cluster_id_never_starts_with_a_dash(monkeypatch: pytest.MonkeyPatch) -> None:
+    """kafka-storage would read '-…' as an option: such a draw is drawn again, as Kafka's Uuid does."""
+    draws = iter([uuid.UUID(bytes=b"\xf8" + bytes(15)), uuid.UUID(bytes=b"\x01" + bytes(15))])
+    monkeypatch.setattr(broker.uuid, "uuid4", lambda: next(draws))
+    assert broker.new_cluster_id() == base64.urlsafe_b64encode(b"\x01" + bytes(15)).rstrip(b"=").decode()
