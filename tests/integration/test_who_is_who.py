@@ -71,6 +71,7 @@ def test_a_request_signed_by_bob_naming_alice_is_refused_and_changes_nothing(ser
         with pytest.raises(NotAuthenticated, match="does not match alice's registered key") as refused:
             operations.ask(link, request)
     assert refused.value.exit_code == ExitCode.AUTH
+    service.wait_converged(["1", "2", "3"])  # every replica applied the whole log, the creation included
     for replica in ("1", "2", "3"):
         assert service.store(replica).get_repo("lab").visibility == "private"
 
