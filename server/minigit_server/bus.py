@@ -4,6 +4,7 @@ and the producer. The rest of the server sees plain records and offsets.
 
 from __future__ import annotations
 
+import collections
 import contextlib
 import logging
 import threading
@@ -15,6 +16,7 @@ from kafka import ConsumerRebalanceListener, KafkaConsumer, TopicPartition
 from kafka.admin import NewTopic
 from kafka.coordinator.assignors.roundrobin import RoundRobinPartitionAssignor
 from kafka.errors import KafkaConnectionError, KafkaError, TopicAlreadyExistsError
+from kafka.producer.future import FutureRecordMetadata
 from kafka.structs import OffsetAndMetadata
 
 from minigit import protocol as p
@@ -28,6 +30,8 @@ log = logging.getLogger("minigit.bus")
 DAY_MS = 24 * 3600 * 1000
 # A heartbeat reports the log's end if a broker gives it within this; else it is skipped.
 HEARTBEAT_OFFSETS_TIMEOUT_S = 2.0
+# The longest a flush waits for Kafka to acknowledge what a thread sent.
+FLUSH_TIMEOUT_S = 60.0
 
 
 def topic_specs(topics: Topics, partitions: int, replication_factor: int, min_insync: int | None) -> list[NewTopic]:
@@ -75,10 +79,13 @@ def ensure_topics(
 
 
 class _Listener(ConsumerRebalanceListener):
-    def __init__(self, on_change: Callable[[list[int]], None]) -> None:
+    def __init__(self, on_change: Callable[[list[int]], None], before_revoke: Callable[[], None] | None = None) -> None:
         self.on_change = on_change
+        self.before_revoke = before_revoke
 
     def on_partitions_revoked(self, revoked: Iterable[TopicPartition]) -> None:
+        if self.before_revoke is not None:
+            self.before_revoke()  # still the owner: commit what was answered
         self.on_change([])
 
     def on_partitions_assigned(self, assigned: Iterable[TopicPartition]) -> None:
@@ -105,6 +112,7 @@ class Bus:
         if bootstrap_timeout_s:
             self.extra["bootstrap_timeout_ms"] = int(bootstrap_timeout_s * 1000)
         self.producer = open_producer(settings, **self.extra)
+        self._sent = threading.local()  # each thread's records not yet acknowledged (flush)
         self._offsets_lock = threading.Lock()
         self._offsets_consumer: KafkaConsumer | None = self._consumer()
         # The heartbeat's own: a heartbeat stuck on a broker that does not answer
@@ -193,29 +201,50 @@ class Bus:
     def append_log(self, partition: int, key: bytes, value: bytes, wait: bool) -> int | None:
         """Append to the replication log; with ``wait``, return the record's offset
         once the broker has it (and, by ordering, everything sent before it)."""
-        future = self.producer.send(self.topics.log, key=key, value=value, partition=partition)
+        future = self._send(self.topics.log, key=key, value=value, partition=partition)
         if wait:
             return future.get(timeout=60).offset
         return None
 
     def send_reply(self, partition: int, message: p.Message) -> None:
-        self.producer.send(self.topics.responses, value=message.to_bytes(), partition=partition)
+        self._send(self.topics.responses, value=message.to_bytes(), partition=partition)
 
     def publish_heartbeat(self, beat: p.Heartbeat) -> None:
-        self.producer.send(self.topics.replicas, key=beat.replica.encode(), value=beat.to_bytes())
+        self._send(self.topics.replicas, key=beat.replica.encode(), value=beat.to_bytes())
 
     def request_scrub(self, request: p.ScrubRequest) -> None:
         """Ask every replica to read and hash its whole store now (verify --deep)."""
-        self.producer.send(self.topics.replicas, key=p.SCRUB_REQUEST_KEY, value=request.to_bytes())
+        self._send(self.topics.replicas, key=p.SCRUB_REQUEST_KEY, value=request.to_bytes())
         self.flush()
 
     def forget_replica(self, replica_id: str) -> None:
         """A tombstone: compaction drops the replica's reports; status and verify forget it."""
-        self.producer.send(self.topics.replicas, key=replica_id.encode(), value=None)
+        self._send(self.topics.replicas, key=replica_id.encode(), value=None)
         self.flush()
 
-    def flush(self) -> None:
-        self.producer.flush(timeout=60)
+    def _send(self, topic: str, **record: object) -> FutureRecordMetadata:
+        """Send a record and remember it in the sending thread's own list (``flush``)."""
+        future = self.producer.send(topic, **record)
+        sent = getattr(self._sent, "futures", None)
+        if sent is None:
+            sent = self._sent.futures = collections.deque()
+        while sent and sent[0].is_done:  # bounded by what the producer holds
+            sent.popleft()
+        sent.append(future)
+        return future
+
+    def flush(self, timeout_s: float = FLUSH_TIMEOUT_S) -> None:
+        """Wait until Kafka acknowledged every record this thread sent (a reply
+        before its request is committed); raise the failure of one it refused.
+        Other threads' records are theirs to wait for: a handler does not wait
+        behind the replies of every other request in flight (producer.flush
+        would), and with linger_ms=0 nothing sits in a batch waiting to go."""
+        sent = getattr(self._sent, "futures", None)
+        deadline = time.monotonic() + timeout_s
+        while sent:
+            future = sent[0]
+            future.get(timeout=max(0.0, deadline - time.monotonic()))
+            sent.popleft()
 
     def close(self) -> None:
         try:
@@ -253,7 +282,9 @@ class Bus:
 
     # -- consuming
 
-    def open_request_consumer(self, on_assignment: Callable[[list[int]], None]) -> RequestConsumer:
+    def open_request_consumer(
+        self, on_assignment: Callable[[list[int]], None], before_revoke: Callable[[], None] | None = None
+    ) -> RequestConsumer:
         consumer = self._consumer(
             group_id=self.topics.group,
             # With no committed offset, serve what is already waiting: a request
@@ -267,7 +298,7 @@ class Bus:
             # partition reaches another replica (transport.Connection).
             partition_assignment_strategy=[RoundRobinPartitionAssignor],
         )
-        consumer.subscribe([self.topics.requests], listener=_Listener(on_assignment))
+        consumer.subscribe([self.topics.requests], listener=_Listener(on_assignment, before_revoke))
         return RequestConsumer(consumer, self.topics.requests)
 
     def open_log_reader(self, start_offsets: dict[int, int]) -> LogReader:
@@ -375,13 +406,32 @@ class RequestConsumer:
                 log.info("cannot rewind %s to %s: %s", partition, offset, error)
 
     def commit(self, partition: int, next_offset: int) -> None:
+        """Commit without waiting for the broker (the serve loop goes on): a commit
+        lost (a rebalance, a broker outage) only makes the next owner serve answered
+        requests again, which the outcome table answers the same way. Commits of a
+        partition reach the group coordinator in the order they were made."""
         tp = TopicPartition(self.topic, partition)
+
+        def failed(offsets: object, error: object) -> None:
+            if isinstance(error, BaseException):
+                log.info("commit of %s@%s failed: %s", partition, next_offset, error)
+
         try:
-            self.consumer.commit({tp: OffsetAndMetadata(next_offset, "", -1)})
+            self.consumer.commit_async({tp: OffsetAndMetadata(next_offset, "", -1)}, callback=failed)
+        except KafkaError as error:
+            log.info("commit of %s@%s failed: %s", partition, next_offset, error)
+
+    def commit_now(self, offsets: dict[int, int]) -> None:
+        """Commit and wait (leaving the partitions: their next owner reads from here)."""
+        if not offsets:
+            return
+        found = {TopicPartition(self.topic, n): OffsetAndMetadata(offset, "", -1) for n, offset in offsets.items()}
+        try:
+            self.consumer.commit(found)
         except KafkaError as error:
             # Lost the partition in a rebalance: its next owner serves the request
             # again, and the outcome table answers it the same way.
-            log.info("commit of %s@%s failed: %s", partition, next_offset, error)
+            log.info("commit of %s failed: %s", offsets, error)
 
     def close(self) -> None:
         self.consumer.close()

@@ -12,14 +12,18 @@
 
 from __future__ import annotations
 
+import concurrent.futures
 import contextlib
+import functools
 import logging
 import os
+import queue
 import socket
 import sqlite3
 import threading
 import time
 from collections.abc import Callable
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TypeVar
 
@@ -42,11 +46,21 @@ from minigit_server.service import (
     Service,
     Unanswered,
 )
+from minigit_server.serving import CommitTracker
 from minigit_server.store import SqliteStore, Store, StoreUnusable
 
 Polled = TypeVar("Polled")
 
 HEARTBEAT_INTERVAL_S = 2.0
+# Requests answered at once by one replica: reads side by side, writes waiting for
+# their proposal to be applied. Past MAX_IN_FLIGHT taken in and not answered, the
+# serve loop takes no more (backpressure). The poll is short while some are in
+# flight, so that their commits follow closely.
+SERVE_WORKERS = 32
+MAX_IN_FLIGHT = 64
+SERVE_POLL_BUSY_S = 0.05
+# How long a replica that stops, or loses its partitions, lets requests in flight end.
+SERVE_DRAIN_S = 10.0
 # The pause before serving again requests that met a Kafka failure.
 KAFKA_RETRY_S = 1.0
 # The background scrub: MiB/s it reads at (MINIGIT_SCRUB_RATE; 0 turns it off), and
@@ -151,8 +165,38 @@ def collect_repo_states(store: Store) -> tuple[dict[str, p.RepoReport], dict[int
         return reports, store.applied_offsets()
 
 
+@dataclass(frozen=True)
+class Answer:
+    """What a worker made of one request: a Handled, or what it raised."""
+
+    record: RequestRecord
+    epoch: int
+    outcome: Handled | BaseException
+    seconds: float
+
+
+@dataclass
+class ServeState:
+    """The serve loop's books: records taken in and not committed, requests in
+    flight, and the answers the workers finished. ``epoch`` changes when the
+    records are read again (a rewind, a rebalance): answers from before count for
+    the log, not for the commit."""
+
+    tracker: CommitTracker = field(default_factory=CommitTracker)
+    answers: queue.SimpleQueue[Answer] = field(default_factory=queue.SimpleQueue)
+    in_flight: int = 0
+    epoch: int = 0
+    kafka_failed: bool = False
+
+    def forget(self) -> None:
+        self.tracker.forget()
+        self.epoch += 1
+        self.kafka_failed = False
+
+
 class Replica:
     metrics: ReplicaMetrics | None = None  # only with --metrics-port
+    serve_pool: concurrent.futures.ThreadPoolExecutor | None = None  # the serve loop's workers
 
     def __init__(
         self,
@@ -282,11 +326,20 @@ class Replica:
                     raise
 
     def serve_loop(self) -> None:
-        consumer = self.bus.open_request_consumer(self.on_assignment)
+        """Take requests in and hand them to the workers (``serve_batch``); poll
+        briefly while some are in flight, so their commits follow closely."""
+        consumer = self.bus.open_request_consumer(self.on_assignment, lambda: self.settle_before_revoke(consumer))
+        self.serve_pool = concurrent.futures.ThreadPoolExecutor(SERVE_WORKERS, thread_name_prefix="serve")
         try:
             while not self.stop.is_set():
-                self.serve_batch(consumer, self.poll_through_outages("serve", consumer.poll, 0.5))
+                wait = SERVE_POLL_BUSY_S if self.serve_state().in_flight else 0.5
+                self.serve_batch(consumer, self.poll_through_outages("serve", consumer.poll, wait))
         finally:
+            # What is in flight ends (a write waiting for the apply loop, gone, is not
+            # answered), what was answered is committed, then the group is left.
+            self.drain(SERVE_DRAIN_S)
+            consumer.commit_now(self.serve_state().tracker.ready())
+            self.serve_pool.shutdown(wait=False)
             consumer.close()  # leaves the group: the partitions move at once
 
     def poll_through_outages(self, loop: str, poll: Callable[[float], list[Polled]], seconds: float) -> list[Polled]:
@@ -305,44 +358,143 @@ class Replica:
             self.log.info("%s loop: Kafka answers again", loop)
         return records
 
+    def serve_state(self) -> ServeState:
+        state = self.__dict__.get("_serve_state")
+        if state is None:
+            state = self.__dict__["_serve_state"] = ServeState()
+        return state
+
     def serve_batch(self, consumer: RequestConsumer, records: list[RequestRecord]) -> None:
-        """Handle one poll's records in order, committing each request once answered.
+        """Take in one poll's records, in order, and commit each request once answered.
+
+        A chunk goes to the log here, before the request that follows it; a request
+        goes to a worker (``serve_pool``; without one, it is answered here), several
+        at once, up to MAX_IN_FLIGHT (then this waits: backpressure). A partition is
+        committed up to its first request not yet answered (``CommitTracker``).
 
         Kafka failing (a broker outage) is not a request's fault, nor a reason to
-        stop: the consumer is rewound to the first record of each partition not
-        yet committed (the chunks before a request too), and they are served
-        again a moment later, once Kafka answers. The disk or the store failing
-        stops the replica, uncommitted; the supervisor restarts it."""
-        uncommitted: dict[int, int] = {}  # partition -> its first record handled but not committed
+        stop: what is in flight ends, what was answered is committed, the consumer
+        is rewound to the first record of each partition not yet committed (the
+        chunks before a request too), and they are served again a moment later,
+        once Kafka answers. The disk or the store failing stops the replica,
+        uncommitted; the supervisor restarts it."""
+        state = self.serve_state()
         for n, record in enumerate(records):
+            if self.stop.is_set() or state.kafka_failed:
+                break
+            while state.in_flight >= MAX_IN_FLIGHT and not self.stop.is_set():
+                self.collect_answers(wait_s=0.5)
             started = time.monotonic()
-            uncommitted.setdefault(record.partition, record.offset)
+            defer = functools.partial(self.queue_request, record, state.epoch, started)
             try:
-                handled = self.service.handle(record.timestamp_ms, record.value)
+                handled = self.service.handle(record.timestamp_ms, record.value, defer)
             except sqlite3.DatabaseError:
                 raise
             except (*INFRASTRUCTURE_ERRORS, ServerUnreachable) as error:
-                for later in records[n:]:
-                    uncommitted.setdefault(later.partition, later.offset)
-                self.log.warning(
-                    "Kafka failed while serving %d@%d (%s); serving it again in a moment",
-                    record.partition,
-                    record.offset,
-                    error,
-                )
-                consumer.rewind(uncommitted)
-                self.stop.wait(KAFKA_RETRY_S)
-                return
+                self.note_kafka_failure(record, error)
+                handled = None
             except Exception:
                 self.log.exception("request at %d@%d failed; skipped", record.partition, record.offset)
                 handled = Handled("?", "?", "?", Unanswered.FAILED, "see the traceback above")
-            if handled is None:
-                continue  # a chunk: the request it belongs to commits it
-            self.log_request(handled, record.partition, time.monotonic() - started)
-            consumer.commit(record.partition, record.offset + 1)
-            del uncommitted[record.partition]
-            if self.stop.is_set():
+            if state.kafka_failed:
+                for later in records[n:]:  # read again, with the failed record
+                    state.tracker.received(later.partition, later.offset, request=True)
+                break
+            state.tracker.received(record.partition, record.offset, request=handled is not None)
+            if isinstance(handled, Handled):  # answered (or not) at once
+                self.log_request(handled, record.partition, time.monotonic() - started)
+                state.tracker.answered(record.partition, record.offset)
+            self.collect_answers(wait_s=0)
+        self.collect_answers(wait_s=0)
+        if state.kafka_failed:
+            self.drain(None)
+            self.commit_answered(consumer)
+            consumer.rewind(state.tracker.unanswered())
+            state.forget()
+            self.stop.wait(KAFKA_RETRY_S)
+            return
+        self.commit_answered(consumer)
+
+    def queue_request(self, record: RequestRecord, epoch: int, started: float, job: Callable[[], Handled]) -> None:
+        """Hand a request's job to a worker (none: answer it now)."""
+        self.serve_state().in_flight += 1
+        work = functools.partial(self.run_request, job, record, epoch, started)
+        if self.serve_pool is None:
+            work()
+        else:
+            self.serve_pool.submit(work)
+
+    def run_request(self, job: Callable[[], Handled], record: RequestRecord, epoch: int, started: float) -> None:
+        """On a worker: answer one request; tell the serve loop how it went."""
+        try:
+            outcome: Handled | BaseException = job()
+        except BaseException as error:  # noqa: BLE001 - the serve loop decides (collect_answers)
+            outcome = error
+        self.serve_state().answers.put(Answer(record, epoch, outcome, time.monotonic() - started))
+
+    def collect_answers(self, wait_s: float | None) -> None:
+        """Take in the answers the workers finished (waiting up to ``wait_s`` for a
+        first one; None: as long as it takes)."""
+        state = self.serve_state()
+        block = wait_s is None or wait_s > 0
+        while state.in_flight:
+            try:
+                answer = state.answers.get(block=block, timeout=wait_s)
+            except queue.Empty:
                 return
+            block = False
+            state.in_flight -= 1
+            record, outcome = answer.record, answer.outcome
+            if isinstance(outcome, sqlite3.DatabaseError):
+                raise outcome
+            if isinstance(outcome, (*INFRASTRUCTURE_ERRORS, ServerUnreachable)):
+                self.note_kafka_failure(record, outcome)
+                continue
+            if isinstance(outcome, Exception):
+                self.log.error(
+                    "request at %d@%d failed; skipped",
+                    record.partition,
+                    record.offset,
+                    exc_info=(type(outcome), outcome, outcome.__traceback__),
+                )
+                outcome = Handled("?", "?", "?", Unanswered.FAILED, "see the traceback above")
+            elif isinstance(outcome, BaseException):
+                raise outcome
+            self.log_request(outcome, record.partition, answer.seconds)
+            if answer.epoch == state.epoch:  # else: read again since, and answered again
+                state.tracker.answered(record.partition, record.offset)
+
+    def note_kafka_failure(self, record: RequestRecord, error: BaseException) -> None:
+        state = self.serve_state()
+        if not state.kafka_failed:
+            self.log.warning(
+                "Kafka failed while serving %d@%d (%s); serving it again in a moment",
+                record.partition,
+                record.offset,
+                error,
+            )
+        state.kafka_failed = True
+
+    def drain(self, timeout_s: float | None) -> None:
+        """Wait until nothing is in flight (at most ``timeout_s``)."""
+        deadline = None if timeout_s is None else time.monotonic() + timeout_s
+        state = self.serve_state()
+        while state.in_flight:
+            left = None if deadline is None else deadline - time.monotonic()
+            if left is not None and left <= 0:
+                return
+            self.collect_answers(wait_s=left)
+
+    def commit_answered(self, consumer: RequestConsumer) -> None:
+        for partition, offset in sorted(self.serve_state().tracker.ready().items()):
+            consumer.commit(partition, offset)
+
+    def settle_before_revoke(self, consumer: RequestConsumer) -> None:
+        """Partitions are about to move: let what is in flight end (briefly), commit
+        what was answered, and forget the rest (the next owner serves it again)."""
+        self.drain(SERVE_DRAIN_S)
+        consumer.commit_now(self.serve_state().tracker.ready())
+        self.serve_state().forget()
 
     def heartbeat_loop(self) -> None:
         while not self.stop.wait(HEARTBEAT_INTERVAL_S):

@@ -8,6 +8,7 @@ from __future__ import annotations
 import collections
 import dataclasses
 import enum
+import functools
 import logging
 import threading
 import time
@@ -24,6 +25,7 @@ from minigit.errors import MinigitError
 from minigit.protocol import Status
 from minigit_server import access, decisions
 from minigit_server.apply import Authority, LogRecord, apply_chunk, apply_records, repo_access
+from minigit_server.serving import LogEndBarrier
 from minigit_server.store import DamageRecord, Store
 
 log = logging.getLogger("minigit.service")
@@ -376,6 +378,15 @@ class Pace:
             self.sleep(ahead)
 
 
+class Queued(enum.Enum):
+    """A request handed to ``Service.handle``'s ``defer``: answered later, by its job."""
+
+    QUEUED = "queued"
+
+
+QUEUED = Queued.QUEUED
+
+
 @dataclass(frozen=True)
 class Handled:
     """What happened to one record, for the request log."""
@@ -413,12 +424,22 @@ class Service:
         self.uploads = UploadMeter(max_push_bytes)
         self.integrity = Integrity(store, wire, applied, clock_ms)
         self.changes = ChangesCache()
+        # every partition's end in one lookup: a read of any repository may share it
+        self.log_ends = LogEndBarrier(lambda: self.wire.log_end_offsets())
+        self._serving = threading.local()  # the request a worker thread serves: when it arrived
 
     # -- dispatch
 
-    def handle(self, timestamp_ms: int, value: bytes) -> Handled | None:
+    def handle(
+        self, timestamp_ms: int, value: bytes, defer: Callable[[Callable[[], Handled]], object] | None = None
+    ) -> Handled | Queued | None:
         """Handle one record of repo-requests. Writes and reads of a repository
-        use its own log partition, whichever request partition brought them."""
+        use its own log partition, whichever request partition brought them.
+
+        What the record's order matters for is done here, in the caller's thread:
+        a chunk goes to the log before the request that follows it. The request is
+        then answered at once, or, with ``defer``, handed to it as a job
+        (``defer(job)``; the job returns the ``Handled``) and QUEUED is returned."""
         try:
             message = p.parse_message(value, allowed=p.REQUEST_TYPES)
         except MinigitError as error:
@@ -438,6 +459,17 @@ class Service:
             return Handled.of(request, Unanswered.MALFORMED, detail)
         if timestamp_ms + request.timeout_ms < self.clock_ms():
             return Handled.of(request, Unanswered.EXPIRED, "client gave up; not answered")
+        job = functools.partial(self.serve, partition, request, uploaded, time.monotonic())
+        if defer is None:
+            return job()
+        defer(job)
+        return QUEUED
+
+    def serve(self, partition: int, request: p.Request, uploaded: int, arrived: float) -> Handled:
+        """Answer a request taken in at ``arrived`` (monotonic): on the serve loop's
+        worker threads, several at once. Its read barrier needs a log end looked up
+        after ``arrived``, and shares it with the other reads (``LogEndBarrier``)."""
+        self._serving.arrived = arrived
         try:
             key = self.authenticate(request)
             return HANDLERS[type(request)](self, partition, request, Author(key, uploaded))
@@ -447,6 +479,8 @@ class Service:
             return Handled.of(request, refused.refusal.status, refused.refusal.message)
         except LogStalled:
             return Handled.of(request, Unanswered.STALLED, "accounts not applied in time; not answered")
+        finally:
+            self._serving.arrived = None
 
     # -- who asks
 
@@ -550,9 +584,12 @@ class Service:
             return None  # not a reply key: answered in clear, and a read is refused (Service.denied)
 
     def catch_up(self, partition: int) -> bool:
-        """The read barrier: apply everything in the log as of now before reading."""
-        end = self.wire.log_end_offsets([partition])[partition]
-        return self.applied.wait_for(partition, end, APPLY_WAIT_S)
+        """The read barrier: apply everything in the log as of the request's arrival
+        (as of now outside ``serve``) before reading. The log's end comes from a
+        lookup that started after that, shared with the reads around it."""
+        arrived = getattr(self._serving, "arrived", None)
+        ends = self.log_ends.ends_since(time.monotonic() if arrived is None else arrived)
+        return self.applied.wait_for(partition, ends.get(partition, 0), APPLY_WAIT_S)
 
     # -- reads
 

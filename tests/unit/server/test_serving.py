@@ -1,0 +1,152 @@
+"""Serving requests side by side: what may be committed (CommitTracker, exhaustively
+against a plain model) and the shared log-end lookup of the read barrier."""
+
+from __future__ import annotations
+
+import itertools
+import threading
+
+import pytest
+
+from minigit_server.serving import CommitTracker, LogEndBarrier
+
+
+def model_commit(kinds: str, answered: set[int], start: int) -> int:
+    """The offset a partition may be committed to: before the first record that is
+    a request not answered, or a chunk whose request (the next request) is not
+    answered or has not come yet."""
+    for n in range(len(kinds)):
+        owner = next((m for m in range(n, len(kinds)) if kinds[m] == "r"), None)
+        if owner is None or owner not in answered:
+            return start + n
+    return start + len(kinds)
+
+
+def shapes(max_length: int):
+    for length in range(1, max_length + 1):
+        yield from ("".join(kinds) for kinds in itertools.product("cr", repeat=length))
+
+
+@pytest.mark.parametrize("kinds", list(shapes(6)))
+def test_a_partition_is_committed_up_to_its_first_record_not_answered_in_every_answer_order(kinds: str) -> None:
+    """Every sequence of up to 6 chunks (c) and requests (r), every order in which
+    any of its requests are answered: after each answer the commit is exactly the
+    model's, it never passes a request not answered nor a chunk whose request is
+    not, and it only moves forward."""
+    start = 10
+    requests = [n for n, kind in enumerate(kinds) if kind == "r"]
+    for count in range(len(requests) + 1):
+        for order in itertools.permutations(requests, count):
+            tracker = CommitTracker()
+            for n, kind in enumerate(kinds):
+                tracker.received(3, start + n, request=kind == "r")
+            committed, answered = start, set()
+            for n in order:
+                answered.add(n)
+                tracker.answered(3, start + n)
+                moved = tracker.ready()
+                expected = model_commit(kinds, answered, start)
+                if expected > committed:
+                    assert moved == {3: expected}
+                    committed = expected
+                else:
+                    assert moved == {}
+            # read again from: the first record not committed
+            left = model_commit(kinds, answered, start)
+            assert tracker.unanswered() == ({3: left} if left < start + len(kinds) else {})
+            assert tracker.pending() == start + len(kinds) - left
+
+
+def test_partitions_are_tracked_apart_and_a_request_not_received_changes_nothing() -> None:
+    tracker = CommitTracker()
+    tracker.received(0, 5, request=False)
+    tracker.received(0, 6, request=True)
+    tracker.received(1, 3, request=True)
+    tracker.answered(1, 3)
+    tracker.answered(0, 99)  # an answer to a record read before a rewind: forgotten
+    assert tracker.ready() == {1: 4}
+    assert tracker.unanswered() == {0: 5}
+    tracker.answered(0, 6)
+    assert tracker.ready() == {0: 7}
+    assert tracker.ready() == {}
+
+
+def test_forgotten_records_are_not_committed_and_a_commit_never_goes_back() -> None:
+    tracker = CommitTracker()
+    tracker.received(0, 5, request=True)
+    tracker.answered(0, 5)
+    assert tracker.ready() == {0: 6}
+    tracker.received(0, 6, request=True)
+    tracker.forget()  # a rewind: read again from 6
+    tracker.answered(0, 6)
+    assert tracker.ready() == {} and tracker.pending() == 0
+    tracker.received(0, 4, request=True)  # read again from before what was committed
+    tracker.answered(0, 4)
+    assert tracker.ready() == {}
+
+
+def test_the_log_end_comes_from_a_lookup_started_after_the_read_arrived() -> None:
+    clock = iter(range(100, 1000))
+    lookups = []
+
+    def lookup() -> dict[int, int]:
+        lookups.append(1)
+        return {0: len(lookups)}
+
+    barrier = LogEndBarrier(lookup, clock=lambda: next(clock))
+    assert barrier.ends_since(50) == {0: 1}  # the lookup started at 100
+    assert barrier.ends_since(100) == {0: 1}  # arrived as it started: it counts
+    assert barrier.ends_since(101) == {0: 2}  # arrived after: a new one
+    assert len(lookups) == 2
+
+
+def test_reads_that_arrive_during_a_lookup_share_the_next_one() -> None:
+    """One lookup under way (started at 1); reads arriving at 2 and 3 must not use
+    it, and both are served by the one lookup that starts after it."""
+    now = [1.0]
+    release, entered = threading.Event(), threading.Event()
+    calls = []
+
+    def lookup() -> dict[int, int]:
+        calls.append(now[0])
+        if len(calls) == 1:
+            entered.set()
+            release.wait(10)
+        return {0: len(calls)}
+
+    barrier = LogEndBarrier(lookup, clock=lambda: now[0])
+    results: dict[str, dict[int, int]] = {}
+    first = threading.Thread(target=lambda: results.__setitem__("first", barrier.ends_since(1.0)))
+    first.start()
+    assert entered.wait(10)
+    now[0] = 2.0
+    later = [
+        threading.Thread(target=lambda name=name, at=at: results.__setitem__(name, barrier.ends_since(at)))
+        for name, at in (("a", 2.0), ("b", 2.0))
+    ]
+    for thread in later:
+        thread.start()
+    release.set()
+    for thread in (first, *later):
+        thread.join(10)
+    assert results == {"first": {0: 1}, "a": {0: 2}, "b": {0: 2}} or (
+        # b may have arrived after the second lookup began: then a third
+        results["first"] == {0: 1} and results["a"][0] >= 2 and results["b"][0] >= 2
+    )
+    assert calls[0] == 1.0 and all(at >= 2.0 for at in calls[1:])
+
+
+def test_a_failed_lookup_fails_the_reads_that_waited_for_it_and_the_next_read_tries_again() -> None:
+    outcomes = iter([TimeoutError("no broker"), {0: 7}])
+
+    def lookup() -> dict[int, int]:
+        outcome = next(outcomes)
+        if isinstance(outcome, Exception):
+            raise outcome
+        return outcome
+
+    clock = iter(range(1, 100))
+    barrier = LogEndBarrier(lookup, clock=lambda: next(clock))
+    with pytest.raises(TimeoutError):
+        barrier.ends_since(0)
+    assert barrier.ends_since(5) == {0: 7}
