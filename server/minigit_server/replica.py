@@ -187,6 +187,7 @@ class ServeState:
     in_flight: int = 0
     epoch: int = 0
     kafka_failed: bool = False
+    fatal: BaseException | None = None  # a failure of the store met while partitions moved
 
     def forget(self) -> None:
         self.tracker.forget()
@@ -337,10 +338,12 @@ class Replica:
         finally:
             # What is in flight ends (a write waiting for the apply loop, gone, is not
             # answered), what was answered is committed, then the group is left.
-            self.drain(SERVE_DRAIN_S)
-            consumer.commit_now(self.serve_state().tracker.ready())
-            self.serve_pool.shutdown(wait=False)
-            consumer.close()  # leaves the group: the partitions move at once
+            try:
+                self.drain(SERVE_DRAIN_S)
+                consumer.commit_now(self.serve_state().tracker.ready())
+            finally:
+                self.serve_pool.shutdown(wait=False)
+                consumer.close()  # leaves the group: the partitions move at once
 
     def poll_through_outages(self, loop: str, poll: Callable[[float], list[Polled]], seconds: float) -> list[Polled]:
         """``poll(seconds)``; nothing (after a pause) while Kafka fails: a broker
@@ -379,11 +382,17 @@ class Replica:
         once Kafka answers. The disk or the store failing stops the replica,
         uncommitted; the supervisor restarts it."""
         state = self.serve_state()
+        if state.fatal is not None:  # met in a rebalance callback, which Kafka would swallow
+            raise state.fatal
         for n, record in enumerate(records):
-            if self.stop.is_set() or state.kafka_failed:
-                break
-            while state.in_flight >= MAX_IN_FLIGHT and not self.stop.is_set():
+            while state.in_flight >= MAX_IN_FLIGHT and not self.stop.is_set() and not state.kafka_failed:
                 self.collect_answers(wait_s=0.5)
+            if self.stop.is_set():
+                break
+            if state.kafka_failed:
+                for later in records[n:]:  # read again
+                    state.tracker.received(later.partition, later.offset, request=True)
+                break
             started = time.monotonic()
             defer = functools.partial(self.queue_request, record, state.epoch, started)
             try:
@@ -392,14 +401,12 @@ class Replica:
                 raise
             except (*INFRASTRUCTURE_ERRORS, ServerUnreachable) as error:
                 self.note_kafka_failure(record, error)
-                handled = None
-            except Exception:
-                self.log.exception("request at %d@%d failed; skipped", record.partition, record.offset)
-                handled = Handled("?", "?", "?", Unanswered.FAILED, "see the traceback above")
-            if state.kafka_failed:
                 for later in records[n:]:  # read again, with the failed record
                     state.tracker.received(later.partition, later.offset, request=True)
                 break
+            except Exception:
+                self.log.exception("request at %d@%d failed; skipped", record.partition, record.offset)
+                handled = Handled("?", "?", "?", Unanswered.FAILED, "see the traceback above")
             state.tracker.received(record.partition, record.offset, request=handled is not None)
             if isinstance(handled, Handled):  # answered (or not) at once
                 self.log_request(handled, record.partition, time.monotonic() - started)
@@ -492,9 +499,13 @@ class Replica:
     def settle_before_revoke(self, consumer: RequestConsumer) -> None:
         """Partitions are about to move: let what is in flight end (briefly), commit
         what was answered, and forget the rest (the next owner serves it again)."""
-        self.drain(SERVE_DRAIN_S)
-        consumer.commit_now(self.serve_state().tracker.ready())
-        self.serve_state().forget()
+        state = self.serve_state()
+        try:
+            self.drain(SERVE_DRAIN_S)
+            consumer.commit_now(state.tracker.ready())
+        except BaseException as error:  # noqa: BLE001 - raised by the serve loop, not lost in Kafka's callback
+            state.fatal = error
+        state.forget()
 
     def heartbeat_loop(self) -> None:
         while not self.stop.wait(HEARTBEAT_INTERVAL_S):

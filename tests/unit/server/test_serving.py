@@ -3,11 +3,17 @@ against a plain model) and the shared log-end lookup of the read barrier."""
 
 from __future__ import annotations
 
+import concurrent.futures
 import itertools
+import logging
 import threading
 
 import pytest
 
+from minigit.protocol import Status
+from minigit_server.bus import RequestRecord
+from minigit_server.replica import Replica
+from minigit_server.service import QUEUED, Handled
 from minigit_server.serving import CommitTracker, LogEndBarrier
 
 
@@ -150,3 +156,54 @@ def test_a_failed_lookup_fails_the_reads_that_waited_for_it_and_the_next_read_tr
     with pytest.raises(TimeoutError):
         barrier.ends_since(0)
     assert barrier.ends_since(5) == {0: 7}
+
+
+class GatedService:
+    """Each request (its value is its offset) is answered on a worker once its gate opens."""
+
+    def __init__(self, offsets: list[int]) -> None:
+        self.gates = {offset: threading.Event() for offset in offsets}
+
+    def handle(self, timestamp_ms: int, value: bytes, defer=None):
+        gate = self.gates[int(value)]
+
+        def job() -> Handled:
+            assert gate.wait(10)
+            return Handled("u", "pull", "r", Status.OK)
+
+        defer(job)
+        return QUEUED
+
+
+class CommitLog:
+    def __init__(self) -> None:
+        self.commits: list[tuple[int, int]] = []
+
+    def commit(self, partition: int, next_offset: int) -> None:
+        self.commits.append((partition, next_offset))
+
+
+def test_requests_answered_out_of_order_by_the_workers_are_committed_up_to_the_first_not_answered() -> None:
+    replica = object.__new__(Replica)
+    replica.log = logging.getLogger("test.replica")
+    replica.stop = threading.Event()
+    replica.service = GatedService([1, 2, 3])
+    replica.serve_pool = concurrent.futures.ThreadPoolExecutor(4)
+    consumer = CommitLog()
+    try:
+        replica.serve_batch(consumer, [RequestRecord(0, n, 0, b"r", str(n).encode()) for n in (1, 2, 3)])
+        assert replica.serve_state().in_flight == 3 and consumer.commits == []
+        replica.service.gates[2].set()
+        replica.service.gates[3].set()
+        while replica.serve_state().in_flight > 1:
+            replica.collect_answers(wait_s=10)
+        replica.commit_answered(consumer)
+        assert consumer.commits == []  # 1 is not answered: nothing after it is committed
+        replica.service.gates[1].set()
+        replica.drain(10)
+        replica.commit_answered(consumer)
+        assert consumer.commits == [(0, 4)]
+    finally:
+        for gate in replica.service.gates.values():
+            gate.set()
+        replica.serve_pool.shutdown(wait=True)
