@@ -206,6 +206,8 @@ def client_process(
         ready.put(index)
         go.wait()
         end = started.value + seconds
+        if index == indices[0]:
+            cpu_at_start[0] = process_cpu_s(os.getpid())
         try:
             while not error and time.time() < end:
                 before = time.perf_counter()
@@ -219,14 +221,25 @@ def client_process(
                 client.close()
         results.put((index, latencies, error))
 
+    cpu_at_start = [0.0]
     threads = [threading.Thread(target=run, args=(n,)) for n in indices]
     for thread in threads:
         thread.start()
     for thread in threads:
         thread.join()
+    results.put(("cpu", process_cpu_s(os.getpid()) - cpu_at_start[0], ""))
 
 
-def measure(kind: str, bootstrap: str, namespace: str, clients: int, processes: int, seconds: float) -> dict:
+def process_cpu_s(pid: int) -> float:
+    """CPU seconds (user + system) a process has used so far (Linux /proc)."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def measure(
+    kind: str, bootstrap: str, namespace: str, clients: int, processes: int, seconds: float, servers: list[int]
+) -> dict:
+    """One row; ``servers``: the pids whose CPU time is the server side's."""
     context = multiprocessing.get_context("spawn")
     ready, results, go = context.Queue(), context.Queue(), context.Event()
     started = context.Value("d", 0.0)
@@ -244,14 +257,23 @@ def measure(kind: str, bootstrap: str, namespace: str, clients: int, processes: 
     for _ in range(clients):
         ready.get(timeout=300)
     started.value = time.time() + 0.2
+    server_cpu = sum(process_cpu_s(pid) for pid in servers)
     go.set()
-    rows = [results.get(timeout=seconds + 120) for _ in range(clients)]
+    time.sleep(0.2 + seconds)
+    server_cpu = sum(process_cpu_s(pid) for pid in servers) - server_cpu
+    found = [results.get(timeout=120) for _ in range(clients + len(workers))]
     for worker in workers:
         worker.join(timeout=30)
+    rows = [row for row in found if row[0] != "cpu"]
+    client_cpu = sum(row[1] for row in found if row[0] == "cpu")
     latencies = sorted(x for _, found, _ in rows for x in found)
     errors = sorted({error for _, _, error in rows if error})
     row = {"kind": kind, "clients": clients, "seconds": seconds, "ops": len(latencies), "errors": errors}
     row["ops_per_s"] = len(latencies) / seconds
+    # CPU per operation: the server side's (replicas, or the echo server) and the clients'
+    # (their setup and closing included: an upper bound)
+    row["server_cpu_ms_per_op"] = 1000 * server_cpu / max(1, len(latencies))
+    row["client_cpu_ms_per_op"] = 1000 * client_cpu / max(1, len(latencies))
     if latencies:
         row["p50_ms"] = 1000 * statistics.median(latencies)
         row["p99_ms"] = 1000 * latencies[min(len(latencies) - 1, round(0.99 * (len(latencies) - 1)))]
@@ -311,7 +333,7 @@ def main() -> None:
                 raise RuntimeError("the echo server did not join its group within 60 s")
             for clients in client_counts:
                 console.print(f"echo, {clients} clients")
-                row = measure("echo", bootstrap, namespace, clients, args.client_processes, args.seconds)
+                row = measure("echo", bootstrap, namespace, clients, args.client_processes, args.seconds, [server.pid])
                 rows.append({**row, "replicas": 0})
             stop.set()
             server.join(timeout=30)
@@ -325,7 +347,10 @@ def main() -> None:
                         continue
                     for clients in client_counts:
                         console.print(f"{kind}, {count} replicas, {clients} clients")
-                        row = measure(kind, bootstrap, replicas.namespace, clients, args.client_processes, args.seconds)
+                        pids = [process.pid for process in replicas.processes.values()]
+                        row = measure(
+                            kind, bootstrap, replicas.namespace, clients, args.client_processes, args.seconds, pids
+                        )
                         rows.append({**row, "replicas": count})
             finally:
                 replicas.stop()
@@ -353,7 +378,18 @@ def main() -> None:
 
 def report(rows: list[dict]) -> None:
     table = Table(title="server throughput (ops/s, latency; ratio = ops/s / echo's with as many clients)")
-    for column in ("measure", "replicas", "clients", "ops/s", "p50 ms", "p99 ms", "ratio to echo", "errors"):
+    columns = (
+        "measure",
+        "replicas",
+        "clients",
+        "ops/s",
+        "p50 ms",
+        "p99 ms",
+        "ratio to echo",
+        "server CPU ms/op",
+        "errors",
+    )
+    for column in columns:
         table.add_column(column, justify="left" if column in ("measure", "errors") else "right")
     for row in rows:
         table.add_row(
@@ -364,6 +400,7 @@ def report(rows: list[dict]) -> None:
             f"{row.get('p50_ms', 0):.0f}",
             f"{row.get('p99_ms', 0):.0f}",
             f"{row['ratio_to_echo']:.2f}" if "ratio_to_echo" in row else "",
+            f"{row['server_cpu_ms_per_op']:.1f}",
             "; ".join(row["errors"])[:80],
         )
     Console(width=140).print(table)

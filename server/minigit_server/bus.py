@@ -85,7 +85,7 @@ class _Listener(ConsumerRebalanceListener):
 
     def on_partitions_revoked(self, revoked: Iterable[TopicPartition]) -> None:
         if self.before_revoke is not None:
-            self.before_revoke()  # still the owner: commit what was answered
+            self.before_revoke()  # on Kafka's network thread: must not block
         self.on_change([])
 
     def on_partitions_assigned(self, assigned: Iterable[TopicPartition]) -> None:

@@ -187,7 +187,7 @@ class ServeState:
     in_flight: int = 0
     epoch: int = 0
     kafka_failed: bool = False
-    fatal: BaseException | None = None  # a failure of the store met while partitions moved
+    rebalanced: bool = False  # partitions were revoked: what was taken in is read again
 
     def forget(self) -> None:
         self.tracker.forget()
@@ -329,7 +329,7 @@ class Replica:
     def serve_loop(self) -> None:
         """Take requests in and hand them to the workers (``serve_batch``); poll
         briefly while some are in flight, so their commits follow closely."""
-        consumer = self.bus.open_request_consumer(self.on_assignment, lambda: self.settle_before_revoke(consumer))
+        consumer = self.bus.open_request_consumer(self.on_assignment, self.partitions_revoked)
         self.serve_pool = concurrent.futures.ThreadPoolExecutor(SERVE_WORKERS, thread_name_prefix="serve")
         try:
             while not self.stop.is_set():
@@ -382,8 +382,9 @@ class Replica:
         once Kafka answers. The disk or the store failing stops the replica,
         uncommitted; the supervisor restarts it."""
         state = self.serve_state()
-        if state.fatal is not None:  # met in a rebalance callback, which Kafka would swallow
-            raise state.fatal
+        if state.rebalanced:  # the consumer reads from the committed offsets now
+            state.rebalanced = False
+            state.forget()
         for n, record in enumerate(records):
             while state.in_flight >= MAX_IN_FLIGHT and not self.stop.is_set() and not state.kafka_failed:
                 self.collect_answers(wait_s=0.5)
@@ -496,16 +497,12 @@ class Replica:
         for partition, offset in sorted(self.serve_state().tracker.ready().items()):
             consumer.commit(partition, offset)
 
-    def settle_before_revoke(self, consumer: RequestConsumer) -> None:
-        """Partitions are about to move: let what is in flight end (briefly), commit
-        what was answered, and forget the rest (the next owner serves it again)."""
-        state = self.serve_state()
-        try:
-            self.drain(SERVE_DRAIN_S)
-            consumer.commit_now(state.tracker.ready())
-        except BaseException as error:  # noqa: BLE001 - raised by the serve loop, not lost in Kafka's callback
-            state.fatal = error
-        state.forget()
+    def partitions_revoked(self) -> None:
+        """Partitions move (called on Kafka's network thread, which must not block:
+        no commit here). The serve loop forgets what it took in before: the next
+        owner of a partition reads from its last commit, made at most one poll
+        after the last answer, and what it serves again is answered the same way."""
+        self.serve_state().rebalanced = True
 
     def heartbeat_loop(self) -> None:
         while not self.stop.wait(HEARTBEAT_INTERVAL_S):
