@@ -421,13 +421,15 @@ class RequestConsumer:
         except KafkaError as error:
             log.info("commit of %s@%s failed: %s", partition, next_offset, error)
 
-    def commit_now(self, offsets: dict[int, int]) -> None:
-        """Commit and wait (leaving the partitions: their next owner reads from here)."""
+    def commit_now(self, offsets: dict[int, int], timeout_s: float = 5.0) -> None:
+        """Commit and wait, ``timeout_s`` at most (leaving the group: the next owner
+        of these partitions reads from here). Not from a rebalance listener: it runs
+        on kafka-python's network thread, where a blocking call raises."""
         if not offsets:
             return
         found = {TopicPartition(self.topic, n): OffsetAndMetadata(offset, "", -1) for n, offset in offsets.items()}
         try:
-            self.consumer.commit(found)
+            self.consumer.commit(found, timeout_ms=int(timeout_s * 1000))
         except KafkaError as error:
             # Lost the partition in a rebalance: its next owner serves the request
             # again, and the outcome table answers it the same way.

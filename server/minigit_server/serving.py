@@ -42,15 +42,19 @@ class CommitTracker:
         """The request at ``offset`` was answered (or handled without an answer:
         malformed, expired, failed), with the chunks received just before it."""
         entries = self._entries.get(partition, ())
-        found = False
-        for entry in reversed(entries):
-            if not found:
-                if entry.offset == offset and entry.request:
-                    entry.answered = found = True
-            elif entry.request:
+        # the first such record not answered: a record taken in twice (read again
+        # after a rebalance that raced a poll) is answered twice
+        at = next(
+            (n for n, e in enumerate(entries) if e.offset == offset and e.request and not e.answered),
+            None,
+        )
+        if at is None:
+            return
+        entries[at].answered = True
+        for n in range(at - 1, -1, -1):
+            if entries[n].request:
                 break
-            else:
-                entry.answered = True
+            entries[n].answered = True
 
     def ready(self) -> dict[int, int]:
         """Per partition, the offset that may be committed now, where it moved

@@ -207,3 +207,15 @@ def test_requests_answered_out_of_order_by_the_workers_are_committed_up_to_the_f
         for gate in replica.service.gates.values():
             gate.set()
         replica.serve_pool.shutdown(wait=True)
+
+
+def test_a_record_taken_in_twice_is_committed_once_both_are_answered() -> None:
+    """A poll that raced a rebalance: records 5 and 6 taken in, then read again."""
+    tracker = CommitTracker()
+    for _ in range(2):
+        tracker.received(0, 5, request=False)
+        tracker.received(0, 6, request=True)
+    tracker.answered(0, 6)
+    assert tracker.ready() == {0: 7}
+    tracker.answered(0, 6)
+    assert tracker.ready() == {} and tracker.pending() == 0
