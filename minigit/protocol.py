@@ -1233,6 +1233,78 @@ class RepoReport(Record):
     changed_at: int  # log offset of the record that last changed it
 
 
+# A replica reports its repositories in pages of their own records, not in its
+# heartbeat: each log partition's repositories are spread over REPORT_PAGES pages by
+# a hash of their name (report_page_of), so that a change republishes one page only.
+# A page holds at most MAX_PAGE_REPORTS reports (about 0.7 MB at the longest names),
+# which bounds a replica's repositories at REPORT_PAGES * MAX_PAGE_REPORTS per partition.
+REPORT_PAGES = 64
+MAX_PAGE_REPORTS = 4000
+MAX_REPORTED_PARTITIONS = 1024
+PAGE_DIGEST_LENGTH = 16
+
+
+def report_page_of(name: str) -> int:
+    """The report page a repository is listed on (the same on every replica)."""
+    return int(hash_bytes(name.encode())[:8], 16) % REPORT_PAGES
+
+
+def report_page_key(replica: str, partition: int, page: int) -> bytes:
+    """The repo-replicas key of a report page ('/' is in no replica name)."""
+    return f"{replica}/{partition}/{page}".encode()
+
+
+@dataclass(kw_only=True)
+class PartitionReport(Record):
+    """A replica's repositories of one log partition, in a heartbeat: how many, a
+    digest of them all, and the digest of each report page ("": an empty page). A
+    page record whose digest is the heartbeat's holds what the replica held when it
+    had applied the heartbeat's ``applied`` offset."""
+
+    repos: int
+    digest: str
+    pages: list[str]
+
+    def validate(self) -> None:
+        if len(self.pages) != REPORT_PAGES:
+            raise ProtocolError(f"a partition report lists {len(self.pages)} pages, not {REPORT_PAGES}")
+        if len(self.digest) > 64 or any(len(page) > PAGE_DIGEST_LENGTH for page in self.pages):
+            raise ProtocolError("a partition report's digest is too long")
+
+
+@wire
+@dataclass(kw_only=True)
+class RepoPage(Message):
+    """One page of a replica's repository reports, on repo-replicas under the key
+    ``report_page_key``; published when its digest changes, a tombstone once empty.
+    ``applied`` is the partition's next offset to apply when the page was read."""
+
+    type: ClassVar[str] = "repo-page"
+    replica: str
+    partition: int
+    page: int
+    applied: int
+    digest: str
+    repos: dict[str, RepoReport]
+
+    def validate(self) -> None:
+        check_name("replica", self.replica)
+        if not 0 <= self.page < REPORT_PAGES or not 0 <= self.partition < MAX_REPORTED_PARTITIONS:
+            raise ProtocolError(f"no report page {self.partition}/{self.page}")
+        if len(self.digest) > PAGE_DIGEST_LENGTH:
+            raise ProtocolError("a page digest is too long")
+        if len(self.repos) > MAX_PAGE_REPORTS:
+            raise ProtocolError(f"a report page lists more than {MAX_PAGE_REPORTS} repositories")
+        for name in self.repos:
+            check_name("repository", name)
+            if report_page_of(name) != self.page:
+                raise ProtocolError(f"repository {name!r} is not on report page {self.page}")
+
+    @property
+    def key(self) -> bytes:
+        return report_page_key(self.replica, self.partition, self.page)
+
+
 # A heartbeat lists at most this many damaged objects (it counts them all).
 MAX_DAMAGE_LISTED = 50
 MAX_PROBLEM_LENGTH = 200
@@ -1316,7 +1388,10 @@ class Heartbeat(Message):
     serving: list[int]  # request partitions this replica owns now
     applied: dict[int, int]  # log partition -> next offset to apply
     log_end: dict[int, int]  # log partition -> log end offset seen ({}: the lookup failed)
-    repos: dict[str, RepoReport]
+    # Repositories reported inline (an older replica, or a handful); a replica lists
+    # them in RepoPage records instead, summed up here per log partition.
+    repos: dict[str, RepoReport] = field(default_factory=dict)
+    partitions: dict[int, PartitionReport] = field(default_factory=dict)
     stopping: bool = False
     quarantined: list[DamagedObject] = field(default_factory=list)  # damaged now, not repaired
     quarantined_count: int = 0
@@ -1328,4 +1403,10 @@ class Heartbeat(Message):
         _check_key_text("server_key", self.server_key)
         for name in self.repos:
             check_name("repository", name)
+        if len(self.repos) > MAX_PAGE_REPORTS:
+            raise ProtocolError(f"a heartbeat lists more than {MAX_PAGE_REPORTS} repositories")
+        if len(self.partitions) > MAX_REPORTED_PARTITIONS or any(
+            not 0 <= n < MAX_REPORTED_PARTITIONS for n in self.partitions
+        ):
+            raise ProtocolError("a heartbeat reports partitions out of range")
         _check_damage_list("Heartbeat", self.quarantined, self.quarantined_count)

@@ -265,13 +265,15 @@ Json = Annotated[bool, typer.Option("--json", help="Print the result as JSON (fo
 
 
 def read_cluster(settings: KafkaSettings) -> tuple[list, dict[int, int]]:
-    """The latest heartbeat of every replica, and the log end offsets now."""
+    """The latest heartbeat of every replica, seen with its report pages
+    (``health.ReplicaView``), and the log end offsets now."""
     from minigit.kafka_clients import INFRASTRUCTURE_ERRORS
     from minigit_server.bus import Bus
 
     bus = Bus(settings, client_id="minigit-server-status", bootstrap_timeout_s=10)
     try:
-        return bus.read_heartbeats(), bus.log_end_offsets()
+        beats, pages = bus.read_reports()
+        return health.replica_views(beats, pages), bus.log_end_offsets()
     except INFRASTRUCTURE_ERRORS as error:
         raise settings.unreachable(error) from None
     finally:
@@ -299,8 +301,7 @@ def status(
         beats, log_end = read_cluster(settings)
         now_ms = int(time.time() * 1000)
         rows = health.describe_replicas(beats, now_ms, log_end, HEARTBEAT_INTERVAL_S)
-        repos = sorted({name for beat in beats for name in beat.repos})
-        heads = {name: health.heads_of(beats, name) for name in repos}
+        heads = health.all_heads(beats)
         if as_json:
             out.print_json(data={"replicas": [r.to_json() for r in rows], "repositories": heads, "log_end": log_end})
         elif rows:
