@@ -18,6 +18,7 @@ import base64
 import binascii
 import dataclasses
 import enum
+import functools
 import json
 import re
 import types
@@ -342,20 +343,23 @@ def _decode(annotation: Any, value: Any, owner: str, path: str) -> Any:
         annotation = next(a for a in options if a is not type(None))
         origin = typing.get_origin(annotation)
     label = f"{owner}: field '{path}'"
-    wrong = ProtocolError(f"{label} must be {getattr(origin or annotation, '__name__', annotation)}")
+
+    def wrong() -> ProtocolError:  # made only when needed: most fields parse
+        return ProtocolError(f"{label} must be {getattr(origin or annotation, '__name__', annotation)}")
+
     if annotation is int:
         if not _is_int(value):
-            raise wrong
+            raise wrong()
         if not 0 <= value < MAX_INT:
             raise ProtocolError(f"{label} is out of range")
         return value
     if annotation is bool:
         if not isinstance(value, bool):
-            raise wrong
+            raise wrong()
         return value
     if annotation is str or (isinstance(annotation, type) and issubclass(annotation, enum.Enum)):
         if not isinstance(value, str):
-            raise wrong
+            raise wrong()
         if not _is_utf8(value):
             raise ProtocolError(f"{label} is not valid UTF-8 text")
         if annotation is str:
@@ -366,19 +370,19 @@ def _decode(annotation: Any, value: Any, owner: str, path: str) -> Any:
             raise ProtocolError(f"{label} has an unknown value {value[:40]!r}") from None
     if origin is list:
         if not isinstance(value, list):
-            raise wrong
+            raise wrong()
         (item,) = typing.get_args(annotation)
         return [_decode(item, v, owner, f"{path}[{i}]") for i, v in enumerate(value)]
     if origin is dict:
         if not isinstance(value, dict):
-            raise wrong
+            raise wrong()
         key_type, item = typing.get_args(annotation)
         return {
             _decode_key(key_type, k, owner, path): _decode(item, v, owner, f"{path}[{k!r}]") for k, v in value.items()
         }
     if isinstance(annotation, type) and issubclass(annotation, Record):
         if not isinstance(value, dict):
-            raise wrong
+            raise wrong()
         return annotation.from_dict(value, owner, f"{path}.")
     raise TypeError(f"no wire decoding for {annotation!r}")  # a schema bug, not bad input
 
@@ -431,9 +435,9 @@ class Record:
         """Check every field against its annotation, then the record's own rules.
         Unknown fields are ignored (a newer writer may add some)."""
         owner = owner or cls.__name__
-        hints = typing.get_type_hints(cls)
+        hints, fields = _schema_of(cls)
         values = {}
-        for f in dataclasses.fields(cls):
+        for f in fields:
             if f.name in doc:
                 values[f.name] = _decode(hints[f.name], doc[f.name], owner, path + f.name)
             elif f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING:
@@ -444,6 +448,13 @@ class Record:
 
     def validate(self) -> None:
         """Rules beyond types; raise ProtocolError (or UnsafePath)."""
+
+
+@functools.cache
+def _schema_of(cls: type[Record]) -> tuple[dict[str, Any], tuple[dataclasses.Field, ...]]:
+    """A record class's resolved annotations and fields, worked out once (resolving
+    the annotations compiles each of them: most of the time of parsing a small record)."""
+    return typing.get_type_hints(cls), dataclasses.fields(cls)
 
 
 # ---------------------------------------------------------------- messages
