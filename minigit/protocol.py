@@ -343,20 +343,23 @@ def _decode(annotation: Any, value: Any, owner: str, path: str) -> Any:
         annotation = next(a for a in options if a is not type(None))
         origin = typing.get_origin(annotation)
     label = f"{owner}: field '{path}'"
-    wrong = ProtocolError(f"{label} must be {getattr(origin or annotation, '__name__', annotation)}")
+
+    def wrong() -> ProtocolError:  # made only when needed: most fields parse
+        return ProtocolError(f"{label} must be {getattr(origin or annotation, '__name__', annotation)}")
+
     if annotation is int:
         if not _is_int(value):
-            raise wrong
+            raise wrong()
         if not 0 <= value < MAX_INT:
             raise ProtocolError(f"{label} is out of range")
         return value
     if annotation is bool:
         if not isinstance(value, bool):
-            raise wrong
+            raise wrong()
         return value
     if annotation is str or (isinstance(annotation, type) and issubclass(annotation, enum.Enum)):
         if not isinstance(value, str):
-            raise wrong
+            raise wrong()
         if not _is_utf8(value):
             raise ProtocolError(f"{label} is not valid UTF-8 text")
         if annotation is str:
@@ -367,19 +370,19 @@ def _decode(annotation: Any, value: Any, owner: str, path: str) -> Any:
             raise ProtocolError(f"{label} has an unknown value {value[:40]!r}") from None
     if origin is list:
         if not isinstance(value, list):
-            raise wrong
+            raise wrong()
         (item,) = typing.get_args(annotation)
         return [_decode(item, v, owner, f"{path}[{i}]") for i, v in enumerate(value)]
     if origin is dict:
         if not isinstance(value, dict):
-            raise wrong
+            raise wrong()
         key_type, item = typing.get_args(annotation)
         return {
             _decode_key(key_type, k, owner, path): _decode(item, v, owner, f"{path}[{k!r}]") for k, v in value.items()
         }
     if isinstance(annotation, type) and issubclass(annotation, Record):
         if not isinstance(value, dict):
-            raise wrong
+            raise wrong()
         return annotation.from_dict(value, owner, f"{path}.")
     raise TypeError(f"no wire decoding for {annotation!r}")  # a schema bug, not bad input
 
@@ -415,14 +418,6 @@ def added_later(default: str) -> Any:
     return field(default=default, metadata={_ADDED_LATER: True})
 
 
-@functools.cache
-def _type_hints(cls: type) -> dict[str, Any]:
-    """A record class's field types, evaluated once: ``typing.get_type_hints`` evaluates
-    every annotation string of the class again on each call (about 0.5 ms a class,
-    several times per request and per log record)."""
-    return typing.get_type_hints(cls)
-
-
 @dataclass(kw_only=True)
 class Record:
     """A JSON object with a fixed schema: its dataclass fields, typed."""
@@ -440,9 +435,9 @@ class Record:
         """Check every field against its annotation, then the record's own rules.
         Unknown fields are ignored (a newer writer may add some)."""
         owner = owner or cls.__name__
-        hints = _type_hints(cls)
+        hints, fields = _schema_of(cls)
         values = {}
-        for f in dataclasses.fields(cls):
+        for f in fields:
             if f.name in doc:
                 values[f.name] = _decode(hints[f.name], doc[f.name], owner, path + f.name)
             elif f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING:
@@ -453,6 +448,13 @@ class Record:
 
     def validate(self) -> None:
         """Rules beyond types; raise ProtocolError (or UnsafePath)."""
+
+
+@functools.cache
+def _schema_of(cls: type[Record]) -> tuple[dict[str, Any], tuple[dataclasses.Field, ...]]:
+    """A record class's resolved annotations and fields, worked out once (resolving
+    the annotations compiles each of them: most of the time of parsing a small record)."""
+    return typing.get_type_hints(cls), dataclasses.fields(cls)
 
 
 # ---------------------------------------------------------------- messages
@@ -1242,6 +1244,78 @@ class RepoReport(Record):
     changed_at: int  # log offset of the record that last changed it
 
 
+# A replica reports its repositories in pages of their own records, not in its
+# heartbeat: each log partition's repositories are spread over REPORT_PAGES pages by
+# a hash of their name (report_page_of), so that a change republishes one page only.
+# A page holds at most MAX_PAGE_REPORTS reports (about 0.7 MB at the longest names),
+# which bounds a replica's repositories at REPORT_PAGES * MAX_PAGE_REPORTS per partition.
+REPORT_PAGES = 64
+MAX_PAGE_REPORTS = 4000
+MAX_REPORTED_PARTITIONS = 1024
+PAGE_DIGEST_LENGTH = 16
+
+
+def report_page_of(name: str) -> int:
+    """The report page a repository is listed on (the same on every replica)."""
+    return int(hash_bytes(name.encode())[:8], 16) % REPORT_PAGES
+
+
+def report_page_key(replica: str, partition: int, page: int) -> bytes:
+    """The repo-replicas key of a report page ('/' is in no replica name)."""
+    return f"{replica}/{partition}/{page}".encode()
+
+
+@dataclass(kw_only=True)
+class PartitionReport(Record):
+    """A replica's repositories of one log partition, in a heartbeat: how many, a
+    digest of them all, and the digest of each report page ("": an empty page). A
+    page record whose digest is the heartbeat's holds what the replica held when it
+    had applied the heartbeat's ``applied`` offset."""
+
+    repos: int
+    digest: str
+    pages: list[str]
+
+    def validate(self) -> None:
+        if len(self.pages) != REPORT_PAGES:
+            raise ProtocolError(f"a partition report lists {len(self.pages)} pages, not {REPORT_PAGES}")
+        if len(self.digest) > 64 or any(len(page) > PAGE_DIGEST_LENGTH for page in self.pages):
+            raise ProtocolError("a partition report's digest is too long")
+
+
+@wire
+@dataclass(kw_only=True)
+class RepoPage(Message):
+    """One page of a replica's repository reports, on repo-replicas under the key
+    ``report_page_key``; published when its digest changes, a tombstone once empty.
+    ``applied`` is the partition's next offset to apply when the page was read."""
+
+    type: ClassVar[str] = "repo-page"
+    replica: str
+    partition: int
+    page: int
+    applied: int
+    digest: str
+    repos: dict[str, RepoReport]
+
+    def validate(self) -> None:
+        check_name("replica", self.replica)
+        if not 0 <= self.page < REPORT_PAGES or not 0 <= self.partition < MAX_REPORTED_PARTITIONS:
+            raise ProtocolError(f"no report page {self.partition}/{self.page}")
+        if len(self.digest) > PAGE_DIGEST_LENGTH:
+            raise ProtocolError("a page digest is too long")
+        if len(self.repos) > MAX_PAGE_REPORTS:
+            raise ProtocolError(f"a report page lists more than {MAX_PAGE_REPORTS} repositories")
+        for name in self.repos:
+            check_name("repository", name)
+            if report_page_of(name) != self.page:
+                raise ProtocolError(f"repository {name!r} is not on report page {self.page}")
+
+    @property
+    def key(self) -> bytes:
+        return report_page_key(self.replica, self.partition, self.page)
+
+
 # A heartbeat lists at most this many damaged objects (it counts them all).
 MAX_DAMAGE_LISTED = 50
 MAX_PROBLEM_LENGTH = 200
@@ -1325,7 +1399,10 @@ class Heartbeat(Message):
     serving: list[int]  # request partitions this replica owns now
     applied: dict[int, int]  # log partition -> next offset to apply
     log_end: dict[int, int]  # log partition -> log end offset seen ({}: the lookup failed)
-    repos: dict[str, RepoReport]
+    # Repositories reported inline (an older replica, or a handful); a replica lists
+    # them in RepoPage records instead, summed up here per log partition.
+    repos: dict[str, RepoReport] = field(default_factory=dict)
+    partitions: dict[int, PartitionReport] = field(default_factory=dict)
     stopping: bool = False
     quarantined: list[DamagedObject] = field(default_factory=list)  # damaged now, not repaired
     quarantined_count: int = 0
@@ -1337,4 +1414,10 @@ class Heartbeat(Message):
         _check_key_text("server_key", self.server_key)
         for name in self.repos:
             check_name("repository", name)
+        if len(self.repos) > MAX_PAGE_REPORTS:
+            raise ProtocolError(f"a heartbeat lists more than {MAX_PAGE_REPORTS} repositories")
+        if len(self.partitions) > MAX_REPORTED_PARTITIONS or any(
+            not 0 <= n < MAX_REPORTED_PARTITIONS for n in self.partitions
+        ):
+            raise ProtocolError("a heartbeat reports partitions out of range")
         _check_damage_list("Heartbeat", self.quarantined, self.quarantined_count)

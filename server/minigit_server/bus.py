@@ -28,6 +28,15 @@ from minigit_server.apply import LogRecord
 log = logging.getLogger("minigit.bus")
 
 DAY_MS = 24 * 3600 * 1000
+# repo-replicas keeps the latest record of each key: segments roll every minute (or
+# 16 MiB), so that compaction, which never touches the active segment, keeps what
+# status and verify read from its beginning small (Kafka's defaults: a week, 1 GiB).
+REPLICAS_TOPIC_CONFIG = {
+    "cleanup.policy": "compact",
+    "segment.ms": str(60_000),
+    "segment.bytes": str(16 * 1024 * 1024),
+    "min.cleanable.dirty.ratio": "0.1",
+}
 # A heartbeat reports the log's end if a broker gives it within this; else it is skipped.
 HEARTBEAT_OFFSETS_TIMEOUT_S = 2.0
 # The longest a flush waits for Kafka to acknowledge what a thread sent.
@@ -48,7 +57,7 @@ def topic_specs(topics: Topics, partitions: int, replication_factor: int, min_in
             replication_factor,
             topic_configs={"retention.ms": "-1", "retention.bytes": "-1", **durable},
         ),
-        NewTopic(topics.replicas, 1, replication_factor, topic_configs={"cleanup.policy": "compact"}),
+        NewTopic(topics.replicas, 1, replication_factor, topic_configs=REPLICAS_TOPIC_CONFIG),
     ]
 
 
@@ -212,14 +221,27 @@ class Bus:
     def publish_heartbeat(self, beat: p.Heartbeat) -> None:
         self._send(self.topics.replicas, key=beat.replica.encode(), value=beat.to_bytes())
 
+    def publish_repo_pages(self, replica: str, pages: list[p.RepoPage], emptied: list[tuple[int, int]]) -> None:
+        """Publish report pages, and tombstones for pages now empty; return once the
+        broker has them all, so that the heartbeat naming their digests follows them."""
+        topic = self.topics.replicas
+        sent = [self.producer.send(topic, key=page.key, value=page.to_bytes()) for page in pages]
+        sent += [self.producer.send(topic, key=p.report_page_key(replica, n, page), value=None) for n, page in emptied]
+        for future in sent:
+            future.get(timeout=30)
+
     def request_scrub(self, request: p.ScrubRequest) -> None:
         """Ask every replica to read and hash its whole store now (verify --deep)."""
         self._send(self.topics.replicas, key=p.SCRUB_REQUEST_KEY, value=request.to_bytes())
         self.flush()
 
     def forget_replica(self, replica_id: str) -> None:
-        """A tombstone: compaction drops the replica's reports; status and verify forget it."""
-        self._send(self.topics.replicas, key=replica_id.encode(), value=None)
+        """Tombstones for the replica's heartbeat and every report page it published:
+        compaction drops them; status and verify forget it."""
+        prefix = f"{replica_id}/".encode()
+        pages = [key for key in self._latest_records() if key.startswith(prefix)]
+        for key in [replica_id.encode(), *pages]:
+            self._send(self.topics.replicas, key=key, value=None)
         self.flush()
 
     def _send(self, topic: str, **record: object) -> FutureRecordMetadata:
@@ -351,6 +373,24 @@ class Bus:
         key names (a tombstone, a malformed value, another replica's name) leaves
         that key with none, whether or not compaction has run yet.
         """
+        return self.read_reports(settle_s, pages=False)[0]
+
+    def read_reports(self, settle_s: float = 1.0, pages: bool = True) -> tuple[list[p.Heartbeat], list[p.RepoPage]]:
+        """The latest heartbeat of every replica, and (``pages``) the latest report page
+        under each page key, each checked against its key as heartbeats are."""
+        latest = self._latest_records(settle_s)
+        beats, found = [], []
+        for key, value in latest.items():
+            if b"/" not in key:
+                if (beat := _heartbeat_of(key, value)) is not None:
+                    beats.append(beat)
+            elif pages and (page := _page_of(key, value)) is not None:
+                found.append(page)
+        return sorted(beats, key=lambda beat: beat.replica), found
+
+    def _latest_records(self, settle_s: float = 1.0) -> dict[bytes, bytes]:
+        """The latest value under every key of repo-replicas (tombstoned keys left out),
+        unparsed: only what compaction would keep is decoded."""
         self.partition_count(self.topics.replicas, wait_s=0)  # a clear error if the service never ran here
         consumer = self._consumer(group_id=None)
         try:
@@ -358,17 +398,28 @@ class Bus:
             consumer.assign([tp])
             consumer.seek_to_beginning(tp)
             end = consumer.end_offsets([tp])[tp]
-            latest: dict[bytes | None, p.Heartbeat] = {}
+            latest: dict[bytes, bytes] = {}
             deadline = time.monotonic() + max(settle_s, 5.0)
             while consumer.position(tp) < end and time.monotonic() < deadline:
                 for records in consumer.poll(timeout_ms=200).values():
                     for record in records:
+                        if record.key is None:
+                            continue
                         latest.pop(record.key, None)
-                        if (beat := _heartbeat_of(record.key, record.value)) is not None:
-                            latest[record.key] = beat
-            return sorted(latest.values(), key=lambda beat: beat.replica)
+                        if record.value is not None:
+                            latest[record.key] = record.value
+            return latest
         finally:
             consumer.close()
+
+
+def _page_of(key: bytes, value: bytes) -> p.RepoPage | None:
+    """The report page a repo-replicas record holds, if it is the one its key names."""
+    try:
+        page = p.parse_message(value, allowed=(p.RepoPage,))
+    except MinigitError:
+        return None
+    return page if key == page.key else None
 
 
 def _heartbeat_of(key: bytes | None, value: bytes | None) -> p.Heartbeat | None:

@@ -262,16 +262,26 @@ def ping(
 
 
 Json = Annotated[bool, typer.Option("--json", help="Print the result as JSON (for scripts).")]
+# Beyond this many repositories, the text output lists only those that need a look.
+LISTED_IN_FULL = 100
+ListAll = Annotated[
+    bool,
+    typer.Option(
+        "--all", help=f"List every repository (beyond {LISTED_IN_FULL}, only those needing a look are listed)."
+    ),
+]
 
 
 def read_cluster(settings: KafkaSettings) -> tuple[list, dict[int, int]]:
-    """The latest heartbeat of every replica, and the log end offsets now."""
+    """The latest heartbeat of every replica, seen with its report pages
+    (``health.ReplicaView``), and the log end offsets now."""
     from minigit.kafka_clients import INFRASTRUCTURE_ERRORS
     from minigit_server.bus import Bus
 
     bus = Bus(settings, client_id="minigit-server-status", bootstrap_timeout_s=10)
     try:
-        return bus.read_heartbeats(), bus.log_end_offsets()
+        beats, pages = bus.read_reports()
+        return health.replica_views(beats, pages), bus.log_end_offsets()
     except INFRASTRUCTURE_ERRORS as error:
         raise settings.unreachable(error) from None
     finally:
@@ -288,6 +298,7 @@ def status(
     namespace: Namespace = "",
     kafka_option: KafkaOption = None,
     as_json: Json = False,
+    list_all: ListAll = False,
 ) -> None:
     """Show the replicas (health, partitions served, applied offsets and lag) and
     each repository's head version on every replica. Exit code 0: a replica is up;
@@ -299,13 +310,12 @@ def status(
         beats, log_end = read_cluster(settings)
         now_ms = int(time.time() * 1000)
         rows = health.describe_replicas(beats, now_ms, log_end, HEARTBEAT_INTERVAL_S)
-        repos = sorted({name for beat in beats for name in beat.repos})
-        heads = {name: health.heads_of(beats, name) for name in repos}
+        heads = health.all_heads(beats)
         if as_json:
             out.print_json(data={"replicas": [r.to_json() for r in rows], "repositories": heads, "log_end": log_end})
         elif rows:
             out.print(replica_table(rows, now_ms, health.check_server_keys(beats).differing))
-            out.print(repository_table(heads, [r.replica for r in rows]))
+            out.print(repository_table(heads, [r.replica for r in rows], list_all))
         if not rows:
             raise ServerUnreachable(
                 f"no replica has reported on {plain(bootstrap)} (namespace {namespace!r})",
@@ -345,17 +355,27 @@ def replica_table(rows: list, now_ms: int, odd_keys: list[str] | None = None) ->
     return table
 
 
-def repository_table(heads: dict, replicas: list[str]) -> Table:
+def repository_table(heads: dict, replicas: list[str], list_all: bool = True) -> Table:
+    """Every repository's head on each replica; beyond LISTED_IN_FULL (unless
+    ``list_all``), only those whose heads differ, and a count of the others."""
     table = Table(title="repositories (head version on each replica)", title_justify="left")
     table.add_column("repository")
     for replica in replicas:
         table.add_column(f"replica {plain(replica)}", justify="right")
+    brief = not list_all and len(heads) > LISTED_IN_FULL
+    same = 0
     for name, by_replica in heads.items():
         values = {v for v in by_replica.values()}
+        if brief and len(values) == 1 and len(by_replica) == len(replicas):
+            same += 1
+            continue
         cells = [str(by_replica.get(r)) if by_replica.get(r) is not None else "-" for r in replicas]
         if len(values) > 1:
             cells = [f"[yellow]{c}[/]" for c in cells]
         table.add_row(plain(name), *cells)
+    if same:
+        table.caption = f"and {same} more repositories at the same head on every replica (--all lists them)"
+        table.caption_justify = "left"
     return table
 
 
@@ -384,6 +404,7 @@ def verify(
     ] = False,
     kafka_option: KafkaOption = None,
     as_json: Json = False,
+    list_all: ListAll = False,
 ) -> None:
     """Check that the replicas agree on every repository, comparing their state
     digests at the same log position, and that every replica that ever reported
@@ -442,7 +463,7 @@ def verify(
                 hint="start the service with 'minigit-server start'",
             )
         if not as_json:
-            print_verdicts(verdicts, sorted(b.replica for b in live))
+            print_verdicts(verdicts, sorted(b.replica for b in live), list_all)
             print_keys(keys)
             print_deep(scrubs, wait)
             print_missing(down, len(live), expect, now_ms)
@@ -545,12 +566,18 @@ def print_missing(down: list, live: int, expect: int, now_ms: int) -> None:
         out.print(f"[red]MISSING[/]   {expect - live} of the {expect} replicas expected are not up")
 
 
-def print_verdicts(verdicts: list, replicas: list[str]) -> None:
-    """Replica and repository names come from heartbeats: escaped, never markup."""
+def print_verdicts(verdicts: list, replicas: list[str], list_all: bool = True) -> None:
+    """Replica and repository names come from heartbeats: escaped, never markup.
+    Beyond LISTED_IN_FULL repositories (unless ``list_all``) the agreeing ones are counted, not listed."""
     out.print(f"Checked {len(verdicts)} repositories on replicas {plain(', '.join(replicas))}")
+    brief = not list_all and len(verdicts) > LISTED_IN_FULL
+    agreeing = 0
     for verdict in verdicts:
         head = max((h for h in verdict.heads.values() if h is not None), default=None)
         repo = plain(verdict.repo)
+        if verdict.status == Verdict.AGREE and brief:
+            agreeing += 1
+            continue
         if verdict.status == Verdict.AGREE:
             line = f"[green]ok[/]        {repo} (version {head}): {len(verdict.heads)} replicas agree"
         elif verdict.status == Verdict.DISAGREE:
@@ -560,6 +587,8 @@ def print_verdicts(verdicts: list, replicas: list[str]) -> None:
             lagging = plain(", ".join(f"replica {r} by {n} records" for r, n in sorted(verdict.behind.items())))
             line = f"[yellow]behind[/]    {repo} (version {head}): {lagging}"
         out.print(line)
+    if agreeing:
+        out.print(f"[green]ok[/]        {agreeing} more repositories: every replica agrees (--all lists them)")
     if all(v.status == Verdict.AGREE for v in verdicts):
         out.print("[bold green]All repositories are available![/]")
 

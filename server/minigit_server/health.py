@@ -145,7 +145,70 @@ class RepoVerdict:
         return asdict(self)
 
 
-def verify_repositories(beats: list[p.Heartbeat]) -> list[RepoVerdict]:
+@dataclass(frozen=True)
+class ReplicaView:
+    """One replica's heartbeat with the repositories it reports, inline or in report
+    pages, and the log position each report page describes its store at."""
+
+    beat: p.Heartbeat
+    repos: dict[str, p.RepoReport]
+    positions: dict[tuple[int, int], int] = field(default_factory=dict)  # (partition, page) -> next offset
+
+    def __getattr__(self, name: str) -> object:
+        # Everything else is the heartbeat's: a view goes wherever a heartbeat does.
+        if name == "beat":
+            raise AttributeError(name)
+        return getattr(self.beat, name)
+
+    def position(self, partition: int, name: str) -> int:
+        """How far the replica had applied ``partition`` when it reported the page of
+        ``name`` (the heartbeat's position when that page is current)."""
+        found = self.positions.get((partition, p.report_page_of(name)))
+        return self.beat.applied.get(partition, 0) if found is None else found
+
+    @classmethod
+    def of(cls, beat: p.Heartbeat, pages: dict[tuple[int, int], p.RepoPage] | None = None) -> ReplicaView:
+        """The view of ``beat`` given the latest page records of its replica.
+
+        A page whose digest is the one the heartbeat names holds what the replica held
+        at the heartbeat's position; an empty page ("") holds nothing there; a page of
+        another digest (a newer one not read yet, or lost) is taken at the position it
+        names itself, no later than the heartbeat's; a page the heartbeat names but
+        that cannot be found holds nothing known: position 0, so the replica looks
+        behind on every repository of it, never in agreement.
+        """
+        pages = pages or {}
+        repos = dict(beat.repos)
+        positions: dict[tuple[int, int], int] = {}
+        for partition, report in beat.partitions.items():
+            at = beat.applied.get(partition, 0)
+            for number, digest in enumerate(report.pages):
+                key = (partition, number)
+                page = pages.get(key)
+                if not digest:
+                    positions[key] = at
+                elif page is None:
+                    positions[key] = 0
+                else:
+                    positions[key] = at if page.digest == digest else min(page.applied, at)
+                    repos.update(page.repos)
+        return cls(beat, repos, positions)
+
+
+def replica_views(beats: list[p.Heartbeat], pages: list[p.RepoPage]) -> list[ReplicaView]:
+    """Each heartbeat's view, with its own replica's pages (a page of a replica with no
+    heartbeat here, say one forgotten or not up, is not looked at)."""
+    by_replica: dict[str, dict[tuple[int, int], p.RepoPage]] = {}
+    for page in pages:
+        by_replica.setdefault(page.replica, {})[(page.partition, page.page)] = page
+    return [ReplicaView.of(beat, by_replica.get(beat.replica)) for beat in beats]
+
+
+def _views(beats: list[p.Heartbeat] | list[ReplicaView]) -> list[ReplicaView]:
+    return [b if isinstance(b, ReplicaView) else ReplicaView.of(b) for b in beats]
+
+
+def verify_repositories(beats: list[p.Heartbeat] | list[ReplicaView]) -> list[RepoVerdict]:
     """Compare each repository's digest on replicas that applied the same records.
 
     Two replicas that both applied the record that last changed a repository
@@ -157,18 +220,19 @@ def verify_repositories(beats: list[p.Heartbeat]) -> list[RepoVerdict]:
     A replica that files the repository under another log partition than the
     majority of its holders disagrees.
     """
-    names = sorted({name for beat in beats for name in beat.repos})
-    return [_verify_repository(beats, name) for name in names]
+    views = _views(beats)
+    names = sorted({name for view in views for name in view.repos})
+    return [_verify_repository(views, name) for name in names]
 
 
-def _verify_repository(beats: list[p.Heartbeat], name: str) -> RepoVerdict:
+def _verify_repository(beats: list[ReplicaView], name: str) -> RepoVerdict:
     holders = [beat for beat in beats if name in beat.repos]
     heads = heads_of(beats, name)
     partition, misplaced = _majority_partition(holders, name)
     if misplaced is None:  # a tie: no partition to trust, so no position to compare at
         return RepoVerdict(name, partition, Verdict.DISAGREE, heads, {}, sorted(b.replica for b in holders))
     compared = [beat for beat in beats if beat.replica not in misplaced]
-    position = {beat.replica: beat.applied.get(partition, 0) for beat in compared}
+    position = {beat.replica: beat.position(partition, name) for beat in compared}
     # The most recent change of this repository that a replica filing it there has seen.
     last_change = max(beat.repos[name].changed_at for beat in compared if name in beat.repos)
     # Caught up means past that record; if nobody is, everybody is behind it.
@@ -188,7 +252,7 @@ def _verify_repository(beats: list[p.Heartbeat], name: str) -> RepoVerdict:
     return RepoVerdict(name, partition, status, heads, behind, sorted(disagreeing))
 
 
-def _majority_partition(holders: list[p.Heartbeat], name: str) -> tuple[int, list[str] | None]:
+def _majority_partition(holders: list[ReplicaView], name: str) -> tuple[int, list[str] | None]:
     """The log partition most holders file ``name`` under, and the replicas that
     file it elsewhere (None when two partitions tie for the most holders)."""
     votes = Counter(beat.repos[name].partition for beat in holders)
@@ -210,9 +274,16 @@ def _minority(digests: dict[str, str | None]) -> list[str]:
     return [replica for replica, digest in digests.items() if digest != majority]
 
 
-def heads_of(beats: list[p.Heartbeat], name: str) -> dict[str, int | None]:
+def heads_of(beats: list[p.Heartbeat] | list[ReplicaView], name: str) -> dict[str, int | None]:
     """Each replica's head of repository ``name`` (None: not there yet)."""
     return {beat.replica: beat.repos[name].head if name in beat.repos else None for beat in beats}
+
+
+def all_heads(beats: list[p.Heartbeat] | list[ReplicaView]) -> dict[str, dict[str, int | None]]:
+    """Every repository's head on each replica, by name (``status``)."""
+    views = _views(beats)
+    names = sorted({name for view in views for name in view.repos})
+    return {name: heads_of(views, name) for name in names}
 
 
 class DeepState(enum.StrEnum):

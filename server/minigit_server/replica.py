@@ -4,8 +4,9 @@
 * serve: a member of the consumer group on repo-requests, answering requests
   for the partitions Kafka assigned to it (load balancing and failover);
 * heartbeat: publishes who it is, what it serves, how far it applied, a
-  digest per repository, what it holds quarantined and its last scrub to
-  repo-replicas;
+  summary of its repositories per log partition (their reports go in pages of
+  their own, when they change), what it holds quarantined and its last scrub
+  to repo-replicas;
 * scrub: reads and hashes every stored blob, slowly in the background and at
   once when ``verify --deep`` asks, repairing damage from the log.
 """
@@ -36,6 +37,7 @@ from minigit_server.apply import LogRecord, StoreDamaged, apply_records
 from minigit_server.bus import Bus, RequestConsumer, RequestRecord
 from minigit_server.logs import formatter_for, log_handlers
 from minigit_server.metrics import ReplicaMetrics
+from minigit_server.reports import RepoReporter, RepoReports
 from minigit_server.server_key import load_or_create_server_key
 from minigit_server.service import (
     DEFAULT_MAX_PUSH_BYTES,
@@ -150,19 +152,10 @@ def store_bytes(path: Path) -> int:
     return total
 
 
-def collect_repo_states(store: Store) -> tuple[dict[str, p.RepoReport], dict[int, int]]:
-    """Each repository's head and digest, with the log offsets they correspond to."""
-    with store.snapshot():
-        reports = {
-            repo.name: p.RepoReport(
-                head=repo.head,
-                digest=store.repo_digest(repo.name),
-                partition=repo.partition,
-                changed_at=repo.changed_at,
-            )
-            for repo in store.list_repos()
-        }
-        return reports, store.applied_offsets()
+def collect_repo_states(store: Store, reporter: RepoReporter) -> RepoReports:
+    """The repositories' summaries per log partition and the report pages changed since
+    ``reporter`` last published them, with the log offsets they correspond to."""
+    return reporter.collect(store)
 
 
 @dataclass(frozen=True)
@@ -198,6 +191,7 @@ class ServeState:
 class Replica:
     metrics: ReplicaMetrics | None = None  # only with --metrics-port
     serve_pool: concurrent.futures.ThreadPoolExecutor | None = None  # the serve loop's workers
+    reporter: RepoReporter | None = None  # made by the first heartbeat
 
     def __init__(
         self,
@@ -609,7 +603,12 @@ class Replica:
 
     def publish_heartbeat(self, stopping: bool = False) -> None:
         try:
-            repos, applied = collect_repo_states(self.store)
+            if self.reporter is None:
+                self.reporter = RepoReporter(self.replica_id)
+            if not stopping:
+                self.reporter.audit(self.store)
+            reports = collect_repo_states(self.store, self.reporter)
+            applied = reports.applied
             quarantined, quarantined_count = self.service.integrity.quarantined()
             if self.metrics is not None:
                 self.record_store_metrics(self.metrics, applied, quarantined_count)
@@ -625,13 +624,16 @@ class Replica:
                 serving=list(self.serving),
                 applied=dict(sorted(applied.items())),
                 log_end=log_end,
-                repos=repos,
+                partitions=reports.partitions,
                 stopping=stopping,
                 quarantined=quarantined,
                 quarantined_count=quarantined_count,
                 scrub=self.last_scrub,
                 server_key=self.service.server.public_key,
             )
+            if reports.pages or reports.emptied:
+                self.bus.publish_repo_pages(self.replica_id, reports.pages, reports.emptied)
+                self.reporter.sent(reports)
             self.bus.publish_heartbeat(beat)
             if stopping:
                 self.bus.flush()

@@ -31,7 +31,11 @@ from minigit import codec
 from minigit import protocol as p
 from minigit.codec import Piece
 from minigit.errors import MinigitError
+from minigit_server import digests
 from minigit_server.access import Account
+
+# The digest of a repository a store does not hold.
+ABSENT_DIGEST = hashlib.sha256(b"no such repository\n").hexdigest()
 
 
 @dataclass(frozen=True)
@@ -190,6 +194,28 @@ class Store(abc.ABC):
         """Store ``outcome`` whatever was stored for the request id: only where what was
         stored binds some requests only (a cancellation by settles, decisions.binding)."""
 
+    # -- repository digests and report pages (kept by put_repo, add_version,
+    # set_members and delete_repo, in their transaction: see minigit_server.digests)
+
+    @abc.abstractmethod
+    def digest_state(self, name: str) -> tuple[str, str] | None:
+        """A repository's stored (history fold, digest); None if there is no such repository."""
+
+    @abc.abstractmethod
+    def set_digest_state(self, name: str, history: str, digest: str) -> None: ...
+
+    @abc.abstractmethod
+    def adjust_page(self, partition: int, page: int, count: int, delta: int) -> None:
+        """Add ``count`` repositories and ``delta`` (mod 2**256) to a report page's sum."""
+
+    @abc.abstractmethod
+    def report_pages(self) -> dict[tuple[int, int], tuple[int, int]]:
+        """Every report page ever used: (partition, page) -> (repositories, sum)."""
+
+    @abc.abstractmethod
+    def page_reports(self, partition: int, page: int) -> dict[str, p.RepoReport]:
+        """The reports of the repositories on one page (an index, not a scan)."""
+
     def close(self) -> None:  # noqa: B027 - optional: only a store with connections has something to close
         pass
 
@@ -238,18 +264,67 @@ class Store(abc.ABC):
 
     def repo_digest(self, name: str) -> str:
         """A digest of everything a repository's history holds, computed from the rows
-        themselves (not cached), so a damaged store shows a different digest."""
-        digest = hashlib.sha256()
+        themselves (not the kept one), so a damaged store shows a different digest."""
+        fresh = self.recompute_digest(name)
+        return fresh[1] if fresh else ABSENT_DIGEST
+
+    def kept_digest(self, name: str) -> str | None:
+        """The repository's digest as kept at apply time, which heartbeats report
+        (None: no such repository). It equals ``repo_digest`` unless the store was
+        changed behind the replica's back (``audit_digest`` finds that)."""
+        state = self.digest_state(name)
+        return state[1] if state else None
+
+    def recompute_digest(self, name: str) -> tuple[str, str] | None:
+        """(history fold, digest) computed afresh from the rows; None if no such repository."""
         repo = self.get_repo(name)
-        digest.update(f"head={repo.head if repo else None}\n".encode())
-        if repo is not None:
-            access = [repo.owner, repo.visibility, sorted(self.get_members(name).items())]
-            digest.update(json.dumps(access, ensure_ascii=False).encode() + b"\n")
-        for v in self.list_versions(name):
-            row = [v.version, v.tree, v.author, v.message, v.time_ms, v.request_id, v.signed]
-            digest.update(json.dumps(row, ensure_ascii=False).encode() + b"\n")
-            digest.update(f"tree-present={self.blob_size(repo.partition, v.tree) is not None}\n".encode())
-        return digest.hexdigest()
+        if repo is None:
+            return None
+        versions = ((v, self.blob_size(repo.partition, v.tree) is not None) for v in self.list_versions(name))
+        history = digests.fold_history(versions)
+        return history, digests.repo_digest(repo.head, repo.owner, repo.visibility, self.get_members(name), history)
+
+    def _report_element(self, name: str) -> tuple[int, int] | None:
+        repo, state = self.get_repo(name), self.digest_state(name)
+        if repo is None or state is None:
+            return None
+        return repo.partition, digests.report_element(name, repo.head, state[1], repo.changed_at)
+
+    def _maintain(self, name: str, change: Callable[[], None], added: VersionInfo | None = None) -> None:
+        """Make ``change`` to repository ``name``, then bring its digest and its report
+        page's sum up to date: ``added`` is a version the change appended."""
+        before = self._report_element(name)
+        change()
+        repo, state = self.get_repo(name), self.digest_state(name)
+        if repo is not None and state is not None:
+            history = state[0]
+            if added is not None:
+                history = digests.history_step(history, added, self.blob_size(repo.partition, added.tree) is not None)
+            digest = digests.repo_digest(repo.head, repo.owner, repo.visibility, self.get_members(name), history)
+            self.set_digest_state(name, history, digest)
+        self._move_element(name, before, self._report_element(name))
+
+    def _move_element(self, name: str, before: tuple[int, int] | None, after: tuple[int, int] | None) -> None:
+        if before == after:
+            return
+        page = p.report_page_of(name)
+        if before is not None:
+            self.adjust_page(before[0], page, -1, -before[1])
+        if after is not None:
+            self.adjust_page(after[0], page, 1, after[1])
+
+    def audit_digest(self, name: str) -> bool:
+        """Check a repository's kept digest against its rows; if they differ (the store
+        was changed behind the replica's back), keep the rows' digest, so that the
+        damage shows as a disagreement with the other replicas. True if they matched.
+        Call it inside a transaction."""
+        fresh = self.recompute_digest(name)
+        if fresh is None or fresh == self.digest_state(name):
+            return True
+        before = self._report_element(name)
+        self.set_digest_state(name, *fresh)
+        self._move_element(name, before, self._report_element(name))
+        return False
 
 
 class MemoryStore(Store):
@@ -266,6 +341,8 @@ class MemoryStore(Store):
         self.members: dict[str, dict[str, str]] = {}
         self.accounts: dict[str, Account] = {}
         self.proofs: set[tuple[int, str, str, int]] = set()  # (partition, repo, sha, index)
+        self.digest_states: dict[str, tuple[str, str]] = {}  # repo -> (history fold, digest)
+        self.pages: dict[tuple[int, int], tuple[int, int]] = {}  # (partition, page) -> (repositories, sum)
 
     @contextlib.contextmanager
     def transaction(self) -> Iterator[None]:
@@ -346,16 +423,47 @@ class MemoryStore(Store):
         return [self.repos[name] for name in sorted(self.repos) if name > after][:limit]
 
     def put_repo(self, repo: RepoState) -> None:
-        self.repos[repo.name] = repo
+        def change() -> None:
+            self.repos[repo.name] = repo
+            self.digest_states.setdefault(repo.name, (digests.EMPTY_HISTORY, ""))
+
+        self._maintain(repo.name, change)
 
     def delete_repo(self, name: str) -> None:
-        self.repos.pop(name, None)
-        self.versions.pop(name, None)
-        self.members.pop(name, None)
-        self.proofs = {proof for proof in self.proofs if proof[1] != name}
+        def change() -> None:
+            self.repos.pop(name, None)
+            self.versions.pop(name, None)
+            self.members.pop(name, None)
+            self.digest_states.pop(name, None)
+            self.proofs = {proof for proof in self.proofs if proof[1] != name}
+
+        self._maintain(name, change)
 
     def add_version(self, repo: str, info: VersionInfo) -> None:
-        self.versions.setdefault(repo, {})[info.version] = info
+        self._maintain(repo, lambda: self.versions.setdefault(repo, {}).__setitem__(info.version, info), info)
+
+    def digest_state(self, name: str) -> tuple[str, str] | None:
+        return self.digest_states.get(name) if name in self.repos else None
+
+    def set_digest_state(self, name: str, history: str, digest: str) -> None:
+        self.digest_states[name] = (history, digest)
+
+    def adjust_page(self, partition: int, page: int, count: int, delta: int) -> None:
+        had, total = self.pages.get((partition, page), (0, 0))
+        self.pages[(partition, page)] = (had + count, (total + delta) % digests.PAGE_MODULUS)
+
+    def report_pages(self) -> dict[tuple[int, int], tuple[int, int]]:
+        return dict(self.pages)
+
+    def page_reports(self, partition: int, page: int) -> dict[str, p.RepoReport]:
+        found = {}
+        for name in sorted(self.repos):
+            repo = self.repos[name]
+            if repo.partition == partition and p.report_page_of(name) == page:
+                found[name] = p.RepoReport(
+                    head=repo.head, digest=self.digest_states[name][1], partition=partition, changed_at=repo.changed_at
+                )
+        return found
 
     def get_version(self, repo: str, version: int) -> VersionInfo | None:
         return self.versions.get(repo, {}).get(version)
@@ -377,7 +485,7 @@ class MemoryStore(Store):
         return dict(self.members.get(repo, {}))
 
     def set_members(self, repo: str, members: dict[str, str]) -> None:
-        self.members[repo] = dict(members)
+        self._maintain(repo, lambda: self.members.__setitem__(repo, dict(members)))
 
     def get_account(self, name: str) -> Account | None:
         return self.accounts.get(name)
@@ -394,8 +502,10 @@ class MemoryStore(Store):
 # version 4 applies settle and delete records (an older replica skipped them) and
 # stores each outcome's repository: a store of version 3 is rebuilt from the log;
 # version 5 stores who a settle's cancellation binds (its user and repository: an
-# older store's cancellations bind everyone) and checks a push's base_tree.
-SCHEMA_VERSION = 5
+# older store's cancellations bind everyone) and checks a push's base_tree;
+# version 6 keeps each repository's digest (and its history fold, and its report
+# page) with its row, and the sums of the report pages, all kept at apply time.
+SCHEMA_VERSION = 6
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS applied (partition INTEGER PRIMARY KEY, next_offset INTEGER NOT NULL);
 CREATE TABLE IF NOT EXISTS chunks (
@@ -406,7 +516,12 @@ CREATE TABLE IF NOT EXISTS blobs (
     PRIMARY KEY (partition, sha));
 CREATE TABLE IF NOT EXISTS repos (
     name TEXT PRIMARY KEY, head INTEGER NOT NULL, partition INTEGER NOT NULL, changed_at INTEGER NOT NULL,
-    owner TEXT NOT NULL, visibility TEXT NOT NULL);
+    owner TEXT NOT NULL, visibility TEXT NOT NULL,
+    page INTEGER NOT NULL, history TEXT NOT NULL, digest TEXT NOT NULL);
+CREATE INDEX IF NOT EXISTS repos_by_page ON repos (partition, page);
+CREATE TABLE IF NOT EXISTS report_pages (
+    partition INTEGER NOT NULL, page INTEGER NOT NULL, repos INTEGER NOT NULL, total TEXT NOT NULL,
+    PRIMARY KEY (partition, page));
 CREATE TABLE IF NOT EXISTS versions (
     repo TEXT NOT NULL, version INTEGER NOT NULL, tree TEXT NOT NULL, author TEXT NOT NULL,
     message TEXT NOT NULL, time_ms INTEGER NOT NULL, request_id TEXT NOT NULL, signed TEXT,
@@ -622,20 +737,54 @@ class SqliteStore(Store):
 
     def delete_repo(self, name: str) -> None:
         db = self._db()
-        for table in ("repos WHERE name", "versions WHERE repo", "members WHERE repo", "piece_proofs WHERE repo"):
-            db.execute(f"DELETE FROM {table} = ?", (name,))
+
+        def change() -> None:
+            for table in ("repos WHERE name", "versions WHERE repo", "members WHERE repo", "piece_proofs WHERE repo"):
+                db.execute(f"DELETE FROM {table} = ?", (name,))
+
+        self._maintain(name, change)
 
     def put_repo(self, repo: RepoState) -> None:
-        self._db().execute(
-            "INSERT OR REPLACE INTO repos VALUES (?, ?, ?, ?, ?, ?)",
-            (repo.name, repo.head, repo.partition, repo.changed_at, repo.owner, repo.visibility),
+        # An upsert, not a replace: the row's digest columns carry over.
+        query = (
+            "INSERT INTO repos VALUES (?, ?, ?, ?, ?, ?, ?, ?, '') ON CONFLICT(name) DO UPDATE SET "
+            "head = excluded.head, partition = excluded.partition, changed_at = excluded.changed_at, "
+            "owner = excluded.owner, visibility = excluded.visibility"
         )
+        values = (repo.name, repo.head, repo.partition, repo.changed_at, repo.owner, repo.visibility)
+        row = (*values, p.report_page_of(repo.name), digests.EMPTY_HISTORY)
+        self._maintain(repo.name, lambda: self._db().execute(query, row))
 
     def add_version(self, repo: str, info: VersionInfo) -> None:
-        self._db().execute(
-            "INSERT INTO versions VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
-            (repo, info.version, info.tree, info.author, info.message, info.time_ms, info.request_id, info.signed),
+        row = (repo, info.version, info.tree, info.author, info.message, info.time_ms, info.request_id, info.signed)
+        self._maintain(
+            repo, lambda: self._db().execute("INSERT INTO versions VALUES (?, ?, ?, ?, ?, ?, ?, ?)", row), info
         )
+
+    def digest_state(self, name: str) -> tuple[str, str] | None:
+        row = self._db().execute("SELECT history, digest FROM repos WHERE name = ?", (name,)).fetchone()
+        return (row[0], row[1]) if row else None
+
+    def set_digest_state(self, name: str, history: str, digest: str) -> None:
+        self._db().execute("UPDATE repos SET history = ?, digest = ? WHERE name = ?", (history, digest, name))
+
+    def adjust_page(self, partition: int, page: int, count: int, delta: int) -> None:
+        db = self._db()
+        row = db.execute(
+            "SELECT repos, total FROM report_pages WHERE partition = ? AND page = ?", (partition, page)
+        ).fetchone()
+        had, total = (row[0], int(row[1], 16)) if row else (0, 0)
+        total = f"{(total + delta) % digests.PAGE_MODULUS:064x}"
+        db.execute("INSERT OR REPLACE INTO report_pages VALUES (?, ?, ?, ?)", (partition, page, had + count, total))
+
+    def report_pages(self) -> dict[tuple[int, int], tuple[int, int]]:
+        rows = self._db().execute("SELECT partition, page, repos, total FROM report_pages")
+        return {(r[0], r[1]): (r[2], int(r[3], 16)) for r in rows}
+
+    def page_reports(self, partition: int, page: int) -> dict[str, p.RepoReport]:
+        query = "SELECT name, head, digest, changed_at FROM repos WHERE partition = ? AND page = ? ORDER BY name"
+        rows = self._db().execute(query, (partition, page))
+        return {r[0]: p.RepoReport(head=r[1], digest=r[2], partition=partition, changed_at=r[3]) for r in rows}
 
     def get_members(self, repo: str) -> dict[str, str]:
         rows = self._db().execute("SELECT user, level FROM members WHERE repo = ? ORDER BY user", (repo,))
@@ -643,8 +792,12 @@ class SqliteStore(Store):
 
     def set_members(self, repo: str, members: dict[str, str]) -> None:
         db = self._db()
-        db.execute("DELETE FROM members WHERE repo = ?", (repo,))
-        db.executemany("INSERT INTO members VALUES (?, ?, ?)", [(repo, u, level) for u, level in members.items()])
+
+        def change() -> None:
+            db.execute("DELETE FROM members WHERE repo = ?", (repo,))
+            db.executemany("INSERT INTO members VALUES (?, ?, ?)", [(repo, u, level) for u, level in members.items()])
+
+        self._maintain(repo, change)
 
     def get_account(self, name: str) -> Account | None:
         row = self._db().execute("SELECT name, key, removed, since FROM accounts WHERE name = ?", (name,)).fetchone()

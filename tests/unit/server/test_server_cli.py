@@ -253,3 +253,21 @@ def test_verify_expect_counts_the_replicas_up(runner: CliRunner, monkeypatch) ->
     assert runner.invoke(cli.app, ["verify", "--wait", "0", "--expect", "2"]).exit_code == 0
     done = runner.invoke(cli.app, ["verify", "--wait", "0", "--expect", "3", "--json"])
     assert done.exit_code == 3 and '"expected": 3' in done.output
+
+
+def test_with_many_repositories_status_and_verify_list_only_those_needing_a_look(
+    runner: CliRunner, monkeypatch
+) -> None:
+    repos = {f"r{n:03d}": report() for n in range(150)}
+    beats = [heartbeat("1", repos=repos), heartbeat("2", repos={**repos, "r007": report(head=4, digest="x")})]
+    monkeypatch.setattr(cli, "read_cluster", lambda settings: (beats, {0: 10}))
+    done = runner.invoke(cli.app, ["status"])
+    assert done.exit_code == 0, done.output
+    assert "r007" in done.output and "r008" not in done.output
+    assert "and 149 more repositories at the same head on every replica (--all lists them)" in done.output
+    assert "r008" in runner.invoke(cli.app, ["status", "--all"]).output
+    done = runner.invoke(cli.app, ["verify", "--wait", "0"])
+    assert done.exit_code == 3, done.output
+    assert "DISAGREE  r007 (version 4)" in done.output and "r008" not in done.output
+    assert "ok        149 more repositories: every replica agrees (--all lists them)" in done.output
+    assert "ok        r008 (version 3): 2 replicas agree" in runner.invoke(cli.app, ["verify", "--all"]).output

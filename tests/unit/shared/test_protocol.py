@@ -186,6 +186,7 @@ def samples() -> dict[type[p.Message], p.Message]:
             applied={0: 10},
             log_end={0: 12},
             repos={"repo": p.RepoReport(head=3, digest="d", partition=0, changed_at=9)},
+            partitions={1: p.PartitionReport(repos=1, digest="e" * 64, pages=[""] * (p.REPORT_PAGES - 1) + ["ab"])},
             stopping=True,
             quarantined=[p.DamagedObject(partition=0, sha=SHA, problem="does not match", repaired=False)],
             quarantined_count=3,
@@ -200,6 +201,14 @@ def samples() -> dict[type[p.Message], p.Message]:
             ),
         ),
         p.ScrubRequest: p.ScrubRequest(request=RID, requested_ms=1_700_000_000_000),
+        p.RepoPage: p.RepoPage(
+            replica="r0",
+            partition=1,
+            page=p.report_page_of("repo"),
+            applied=12,
+            digest="0123456789abcdef",
+            repos={"repo": p.RepoReport(head=3, digest="d", partition=1, changed_at=9)},
+        ),
     }
 
 

@@ -1,0 +1,308 @@
+"""Many repositories: what the replicas report, and what status, verify and repos cost.
+
+    .venv/bin/python bench/repos.py [--bootstrap HOST:PORT] [--checkpoints 100,1000,3000,10000] [--threads 8]
+
+Starts a local Kafka (unless --bootstrap is given) and three replica processes
+(bench/bench.py's helpers), then creates repositories (one small file each) with
+in-process clients on --threads threads, each keeping its connection. At every
+checkpoint (repository count) it waits until every replica has applied every
+creation, then measures:
+
+* the records on repo-replicas: each replica's latest heartbeat (bytes, and how
+  old it is: a heartbeat that stopped being sent grows old), and the total bytes
+  and count of the latest record of every key (heartbeats and report pages);
+* `minigit-server status --json` and `verify --json --wait 30` wall time (the CLI,
+  a new process each, as an operator runs them), their exit codes and whether
+  every repository was checked;
+* `minigit repos` wall time (the CLI: it pages through every repository);
+* replica CPU (user + system, from /proc) per created repository while creating,
+  and per second while idle (the heartbeat's own cost, the apply loop polling).
+
+The first checkpoint is the reference of the same run. Figures are development
+figures: the machine is shared. Results are written to bench/results/repos-<timestamp>.json.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+from rich.console import Console
+from rich.table import Table
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+from bench import BIN, Replicas, free_port, use_own_config_dir
+from minigit import protocol as p
+from minigit.client import operations
+from minigit.config import ServerFlags
+from minigit.kafka_clients import open_consumer
+
+console = Console(stderr=True)
+USER = "bench"
+TICKS = os.sysconf("SC_CLK_TCK")
+
+
+def cpu_seconds(pid: int) -> float:
+    """User + system CPU of a process so far."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / TICKS
+
+
+def replicas_cpu(replicas: Replicas) -> dict[str, float]:
+    return {rid: cpu_seconds(proc.pid) for rid, proc in replicas.processes.items()}
+
+
+def create_repos(replicas: Replicas, root: Path, names: list[str], threads: int) -> float:
+    """Create ``names`` (one small file each) on ``threads`` threads, each with one
+    connection; seconds taken."""
+    options = operations.ClientOptions(USER, ServerFlags(replicas.bootstrap, replicas.namespace), timeout=120)
+    settings = options.settings()
+    shares = [names[n::threads] for n in range(threads)]
+    work = root / "work"
+    work.mkdir(exist_ok=True)
+
+    def create(share: list[str]) -> None:
+        with options.connect(settings) as connection:
+            for name in share:
+                folder = work / name
+                folder.mkdir()
+                (folder / "README").write_text(f"repository {name}\n")
+                manifest = {"README": operations.ws.scan_workdir(folder, {}).manifest["README"]}
+                tree, uploads = operations.collect_uploads(folder, manifest, {})
+                fields = {
+                    "repo": name,
+                    "tree": p.hash_bytes(tree),
+                    "message": "bench",
+                    "visibility": p.Visibility.PRIVATE,
+                }
+                reply = operations.send_write(connection, p.InitRequest, fields, uploads, None)
+                operations.expect_write_accepted(name, "init", reply)
+                shutil.rmtree(folder)
+
+    started = time.perf_counter()
+    with ThreadPoolExecutor(threads) as pool:
+        for done in [pool.submit(create, share) for share in shares if share]:
+            done.result()
+    return time.perf_counter() - started
+
+
+def latest_records(replicas: Replicas) -> dict[bytes, bytes]:
+    """The latest value of every key on repo-replicas (what compaction keeps)."""
+    topic = f"{replicas.namespace}repo-replicas"
+    consumer = open_consumer(replicas.settings, group_id=None, enable_auto_commit=False)
+    try:
+        from kafka import TopicPartition
+
+        tp = TopicPartition(topic, 0)
+        consumer.assign([tp])
+        consumer.seek_to_beginning(tp)
+        end = consumer.end_offsets([tp])[tp]
+        latest: dict[bytes, bytes] = {}
+        deadline = time.monotonic() + 120
+        while consumer.position(tp) < end and time.monotonic() < deadline:
+            for batch in consumer.poll(timeout_ms=500).values():
+                for record in batch:
+                    if record.value is None:
+                        latest.pop(record.key, None)
+                    else:
+                        latest[record.key] = record.value
+        return latest
+    finally:
+        consumer.close()
+
+
+def wait_applied(replicas: Replicas, count: int, timeout: float = 900) -> float:
+    """Wait until every replica's store holds ``count`` repositories (its heartbeat
+    says so, or, if heartbeats stopped, its store file does)."""
+    import sqlite3
+
+    started = time.perf_counter()
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        counts = []
+        for rid in replicas.processes:
+            path = replicas.data_dir / f"replica-{rid}" / "store.sqlite"
+            with sqlite3.connect(f"file:{path}?mode=ro", uri=True, timeout=30) as db:
+                counts.append(db.execute("SELECT COUNT(*) FROM repos").fetchone()[0])
+        if all(c >= count for c in counts):
+            return time.perf_counter() - started
+        time.sleep(1)
+    raise RuntimeError(f"replicas did not apply {count} creations in {timeout:g}s")
+
+
+def run_timed(command: list[str], env: dict | None = None, cwd: Path | None = None) -> tuple[float, int, str]:
+    started = time.perf_counter()
+    done = subprocess.run(command, capture_output=True, text=True, env=env, cwd=cwd, timeout=600)
+    return time.perf_counter() - started, done.returncode, done.stdout
+
+
+def measure(replicas: Replicas, root: Path, count: int, idle_s: float) -> dict:
+    kafka = ["--bootstrap", replicas.bootstrap, "--namespace", replicas.namespace]
+    # Let one heartbeat interval pass after the last apply, so every report is current.
+    time.sleep(3)
+    records = latest_records(replicas)
+    now_ms = int(time.time() * 1000)
+    beats = {}
+    for key, value in records.items():
+        try:
+            message = json.loads(value)
+        except ValueError:
+            continue
+        if message.get("type") == "heartbeat":
+            beats[key.decode()] = {"bytes": len(value), "age_s": (now_ms - message["sent_ms"]) / 1000}
+    result: dict = {
+        "repos": count,
+        "heartbeats": beats,
+        "largest_heartbeat_bytes": max((b["bytes"] for b in beats.values()), default=0),
+        "replica_records": len(records),
+        "replica_records_bytes": sum(len(v) for v in records.values()),
+        "largest_record_bytes": max((len(v) for v in records.values()), default=0),
+    }
+    server = str(BIN / "minigit-server")
+    seconds, code, out = run_timed([server, "status", "--json", *kafka])
+    listed = json.loads(out)["repositories"] if code in (0, 4) and out.strip() else {}
+    result["status"] = {"seconds": seconds, "exit": code, "repositories": len(listed)}
+    seconds, code, out = run_timed([server, "verify", "--json", "--wait", "30", *kafka])
+    verdicts = json.loads(out)["repositories"] if out.strip() else []
+    words: dict[str, int] = {}
+    for verdict in verdicts:
+        words[verdict["status"]] = words.get(verdict["status"], 0) + 1
+    result["verify"] = {"seconds": seconds, "exit": code, "repositories": len(verdicts), "verdicts": words}
+    env = {**os.environ, "MINIGIT_USER": USER}
+    seconds, code, out = run_timed([str(BIN / "minigit"), "repos", "--json", *kafka], env=env, cwd=root)
+    listed_repos = len(json.loads(out)["repositories"]) if code == 0 else 0
+    result["repos_cli"] = {"seconds": seconds, "exit": code, "repositories": listed_repos}
+    before = replicas_cpu(replicas)
+    time.sleep(idle_s)
+    after = replicas_cpu(replicas)
+    result["idle_cpu_per_s"] = {rid: (after[rid] - before[rid]) / idle_s for rid in before}
+    return result
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--bootstrap", help="use this broker instead of starting one")
+    parser.add_argument(
+        "--checkpoints", default="100,1000,3000,10000", help="repository counts to measure at (comma-separated)"
+    )
+    parser.add_argument("--threads", type=int, default=8, help="client threads creating repositories")
+    parser.add_argument("--idle", type=float, default=10.0, help="seconds of idle replica CPU measured")
+    args = parser.parse_args()
+    checkpoints = sorted({int(n) for n in args.checkpoints.split(",")})
+
+    root = Path(tempfile.mkdtemp(prefix="minigit-bench-repos-"))
+    use_own_config_dir(root)
+    kafka_dir = root / "kafka"
+    bootstrap = args.bootstrap
+    results: dict = {
+        "machine": {"cpus": os.cpu_count(), "python": sys.version.split()[0]},
+        "threads": args.threads,
+        "checkpoints": [],
+    }
+    stop_sampling = threading.Event()
+    try:
+        if bootstrap is None:
+            port = free_port()
+            subprocess.run(
+                [
+                    str(BIN / "minigit-server"),
+                    "kafka",
+                    "start",
+                    "--port",
+                    str(port),
+                    "--controller-port",
+                    str(free_port()),
+                    "--data-dir",
+                    str(kafka_dir),
+                ],
+                check=True,
+            )
+            bootstrap = f"127.0.0.1:{port}"
+        replicas = Replicas(bootstrap, f"benchrepos{int(time.time())}-", root / "server")
+        started_ms = int(time.time() * 1000)
+        for replica_id in ("1", "2", "3"):
+            replicas.start(replica_id)
+        replicas.wait_settled(started_ms)
+        replicas.serving("warmup")
+        made = 0
+        for count in checkpoints:
+            names = [f"r{n:06d}" for n in range(made, count)]
+            cpu_before = replicas_cpu(replicas)
+            seconds = create_repos(replicas, root, names, args.threads)
+            applied_after = wait_applied(replicas, count)
+            cpu_after = replicas_cpu(replicas)
+            made = count
+            console.print(f"[bold]{count}[/] repositories ({len(names)} created in {seconds:.0f} s); measuring")
+            row = measure(replicas, root, count, args.idle)
+            row["created"] = len(names)
+            row["create_s"] = seconds
+            row["create_per_s"] = len(names) / seconds if seconds else None
+            row["apply_wait_s"] = applied_after
+            row["cpu_ms_per_created_repo"] = {
+                rid: 1000 * (cpu_after[rid] - cpu_before[rid]) / max(1, len(names)) for rid in cpu_before
+            }
+            results["checkpoints"].append(row)
+            report_row(row)
+        replicas.stop()
+    finally:
+        stop_sampling.set()
+        if args.bootstrap is None:
+            subprocess.run(
+                [str(BIN / "minigit-server"), "kafka", "stop", "--data-dir", str(kafka_dir)], capture_output=True
+            )
+        shutil.rmtree(root, ignore_errors=True)
+        out_dir = Path(__file__).parent / "results"
+        out_dir.mkdir(exist_ok=True)
+        (out_dir / f"repos-{time.strftime('%Y%m%d-%H%M%S')}.json").write_text(json.dumps(results, indent=1))
+    report(results)
+
+
+def report_row(row: dict) -> None:
+    console.print(json.dumps({k: v for k, v in row.items() if k != "heartbeats"}))
+
+
+def report(results: dict) -> None:
+    table = Table(title="many repositories (3 replicas, local broker)")
+    columns = (
+        "repos",
+        "largest heartbeat B",
+        "heartbeat age s",
+        "repo-replicas B",
+        "status s",
+        "verify s (exit)",
+        "verify verdicts",
+        "minigit repos s",
+        "idle CPU %",
+        "CPU ms / created repo",
+    )
+    for column in columns:
+        table.add_column(column, justify="right")
+    for row in results["checkpoints"]:
+        ages = [b["age_s"] for b in row["heartbeats"].values()]
+        table.add_row(
+            str(row["repos"]),
+            str(row["largest_heartbeat_bytes"]),
+            f"{max(ages):.1f}" if ages else "-",
+            str(row["replica_records_bytes"]),
+            f"{row['status']['seconds']:.2f} ({row['status']['repositories']})",
+            f"{row['verify']['seconds']:.2f} ({row['verify']['exit']})",
+            ", ".join(f"{k} {v}" for k, v in sorted(row["verify"]["verdicts"].items())),
+            f"{row['repos_cli']['seconds']:.2f} ({row['repos_cli']['repositories']})",
+            "/".join(f"{100 * v:.0f}" for v in row["idle_cpu_per_s"].values()),
+            "/".join(f"{v:.0f}" for v in row["cpu_ms_per_created_repo"].values()),
+        )
+    Console(width=220).print(table)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,243 @@
+"""Digests kept at apply time and the report pages a heartbeat summarises: what
+is kept incrementally equals what the rows give afresh, on both stores; the
+reporter publishes changed pages only; status and verify read pages as they
+read inline reports."""
+
+from __future__ import annotations
+
+import tempfile
+from pathlib import Path
+
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from minigit import protocol as p
+from minigit_server import digests, health
+from minigit_server.reports import RepoReporter
+from minigit_server.store import MemoryStore, RepoState, SqliteStore, Store, VersionInfo
+
+NAMES = ["a", "b", "c", "repo-1", "zz"]
+SHA = "a" * 64
+
+# One step of what applying does to repositories: (kind, name, value).
+steps = st.lists(
+    st.tuples(
+        st.sampled_from(["create", "push", "members", "visibility", "delete"]),
+        st.sampled_from(NAMES),
+        st.integers(0, 3),
+    ),
+    max_size=40,
+)
+
+
+def run_steps(store: Store, ops: list[tuple[str, str, int]], start: int = 0) -> None:
+    """Apply-like changes, each in its own transaction: as applying does, a version is
+    appended in order, and only once its tree is in the store."""
+    for offset, (kind, name, value) in enumerate(ops, start):
+        with store.transaction():
+            repo = store.get_repo(name)
+            partition = value % 2
+            if kind == "create" and repo is None:
+                store.put_blob(partition, SHA, 1, 1)
+                store.put_repo(RepoState(name, 1, partition, offset, owner="ann", visibility="private"))
+                store.add_version(name, VersionInfo(1, SHA, "ann", "first", offset, f"{offset:032x}"))
+            elif repo is None:
+                continue
+            elif kind == "push":
+                head = repo.head + 1
+                tree = SHA if value % 2 else "b" * 64
+                store.put_blob(repo.partition, tree, 1, 1)
+                store.put_repo(RepoState(name, head, repo.partition, offset, repo.owner, repo.visibility))
+                store.add_version(name, VersionInfo(head, tree, "bob", f"v{value}", offset, f"{offset:032x}"))
+            elif kind == "members":
+                store.set_members(name, {f"user{n}": "write" for n in range(value)})
+                store.put_repo(RepoState(name, repo.head, repo.partition, offset, repo.owner, repo.visibility))
+            elif kind == "visibility":
+                visibility = "public" if value % 2 else "private"
+                store.put_repo(RepoState(name, repo.head, repo.partition, offset, repo.owner, visibility))
+            elif kind == "delete":
+                store.delete_repo(name)
+            for partition in (0, 1):
+                store.set_applied(partition, offset + 1)
+
+
+def expected_pages(store: Store) -> dict[tuple[int, int], tuple[int, int]]:
+    """Every page's (count, sum) from the rows afresh (pages once used stay, empty)."""
+    elements: dict[tuple[int, int], list[int]] = {}
+    for repo in store.list_repos():
+        _, digest = store.recompute_digest(repo.name)
+        key = (repo.partition, p.report_page_of(repo.name))
+        elements.setdefault(key, []).append(digests.report_element(repo.name, repo.head, digest, repo.changed_at))
+    return {key: digests.page_sum(found) for key, found in elements.items()}
+
+
+def check_kept_equals_recomputed(store: Store) -> None:
+    for repo in store.list_repos():
+        assert store.digest_state(repo.name) == store.recompute_digest(repo.name), repo.name
+        assert store.kept_digest(repo.name) == store.repo_digest(repo.name)
+    pages = {key: value for key, value in store.report_pages().items() if value[0]}
+    assert pages == expected_pages(store)
+    assert all(total == 0 for count, total in store.report_pages().values() if count == 0)
+
+
+@settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(steps)
+def test_kept_digests_and_page_sums_equal_what_the_rows_give(ops):
+    memory = MemoryStore()
+    run_steps(memory, ops)
+    check_kept_equals_recomputed(memory)
+    with tempfile.TemporaryDirectory() as folder:
+        sqlite = SqliteStore(Path(folder) / "store.sqlite")
+        try:
+            run_steps(sqlite, ops)
+            check_kept_equals_recomputed(sqlite)
+            # Both stores keep the same: the digests depend only on what was applied.
+            assert {r.name: sqlite.kept_digest(r.name) for r in sqlite.list_repos()} == {
+                r.name: memory.kept_digest(r.name) for r in memory.list_repos()
+            }
+            assert {k: v for k, v in sqlite.report_pages().items() if v[0]} == {
+                k: v for k, v in memory.report_pages().items() if v[0]
+            }
+        finally:
+            sqlite.close()
+
+
+def test_a_tree_lost_later_changes_the_rows_digest_and_the_audit_reports_that():
+    store = MemoryStore()
+    run_steps(store, [("create", "a", 0), ("create", "b", 0)])
+    kept = store.kept_digest("a")
+    reporter = RepoReporter("1")
+    assert reporter.audit(store) == []
+    del store.blobs[(0, SHA)]  # a damaged store: the tree of both is gone
+    assert store.repo_digest("a") != kept == store.kept_digest("a")
+    assert reporter.audit(store) == ["a", "b"]
+    assert store.kept_digest("a") == store.repo_digest("a") != kept
+    check_kept_equals_recomputed(store)
+    store.put_blob(0, SHA, 1, 1)  # repaired: the audit goes back to the applied digest
+    assert reporter.audit(store) == ["a", "b"] and store.kept_digest("a") == kept
+
+
+def test_the_audit_goes_round_the_repositories_a_few_at_a_time():
+    store = MemoryStore()
+    run_steps(store, [("create", name, 0) for name in NAMES])
+    reporter = RepoReporter("1")
+    seen = []
+    for _ in range(3):
+        before = reporter.audit_after
+        reporter.audit(store, limit=2)
+        seen.append((before, reporter.audit_after))
+    assert seen == [("", "b"), ("b", "repo-1"), ("repo-1", "")]
+
+
+# ---------------------------------------------------------------- report pages
+
+
+def beat_of(reporter_store: Store, reports, replica: str = "1", repos=None) -> p.Heartbeat:
+    """The heartbeat of ``reports``; with ``repos``, one of an older replica, listing them inline."""
+    return p.Heartbeat(
+        replica=replica,
+        host="h",
+        pid=1,
+        started_ms=1,
+        sent_ms=2,
+        serving=[],
+        applied=reports.applied,
+        log_end={},
+        partitions={} if repos else reports.partitions,
+        repos=repos or {},
+    )
+
+
+def make_store(count: int) -> MemoryStore:
+    """``count`` repositories, created directly (a MemoryStore transaction copies it all)."""
+    store = MemoryStore()
+    for n in range(count):
+        name = f"r{n:04d}"
+        store.put_blob(n % 2, SHA, 1, 1)
+        store.put_repo(RepoState(name, 1, n % 2, n, owner="ann", visibility="private"))
+        store.add_version(name, VersionInfo(1, SHA, "ann", "first", n, f"{n:032x}"))
+    for partition in (0, 1):
+        store.set_applied(partition, count)
+    return store
+
+
+def test_a_heartbeat_stays_small_and_pages_stay_under_the_limit_with_many_repositories():
+    store = make_store(2000)
+    reports = RepoReporter("1").collect(store)
+    beat = beat_of(store, reports)
+    assert len(beat.to_bytes()) < 20_000
+    assert sum(len(page.repos) for page in reports.pages) == 2000
+    assert max(len(page.to_bytes()) for page in reports.pages) < 100_000
+    assert {n: r.repos for n, r in reports.partitions.items()} == {0: 1000, 1: 1000}
+    for page in reports.pages:  # every page record parses back as it went
+        assert p.parse_message(page.to_bytes(), allowed=(p.RepoPage,)) == page
+
+
+def test_the_reporter_publishes_only_changed_pages_and_a_tombstone_for_an_emptied_one():
+    store = make_store(200)
+    reporter = RepoReporter("1")
+    first = reporter.collect(store)
+    reporter.sent(first)
+    assert len(first.pages) == len([d for d in first.digests.values() if d])
+    assert reporter.collect(store).pages == []  # nothing changed: nothing to publish
+    run_steps(store, [("push", "r0007", 0)], start=200)
+    changed = reporter.collect(store)
+    assert [(page.partition, page.page) for page in changed.pages] == [(1, p.report_page_of("r0007"))]
+    assert changed.pages[0].repos["r0007"].head == 2
+    reporter.sent(changed)
+    alone = [r.name for r in store.list_repos() if p.report_page_of(r.name) == p.report_page_of("r0007")]
+    run_steps(store, [("delete", name, 0) for name in alone if store.get_repo(name).partition == 1], start=201)
+    emptied = reporter.collect(store)
+    assert emptied.emptied == [(1, p.report_page_of("r0007"))] and emptied.pages == []
+
+
+def views_and_inline(stores: dict[str, Store]) -> tuple[list, list]:
+    views, inline = [], []
+    for rid, store in stores.items():
+        reports = RepoReporter(rid).collect(store)
+        views += health.replica_views([beat_of(store, reports, rid)], reports.pages)
+        repos = {}
+        for page in reports.pages:
+            repos.update(page.repos)
+        inline.append(beat_of(store, reports, rid, repos))
+    return views, inline
+
+
+def test_verify_reads_pages_as_it_reads_inline_reports():
+    stores = {rid: make_store(300) for rid in ("1", "2", "3")}
+    run_steps(stores["2"], [("push", "r0005", 0)], start=300)  # replica 2 alone applied one more write
+    views, inline = views_and_inline(stores)
+    by_pages = {v.repo: v for v in health.verify_repositories(views)}
+    assert by_pages == {v.repo: v for v in health.verify_repositories(inline)}
+    assert len(by_pages) == 300
+    assert by_pages["r0005"].status == health.Verdict.BEHIND and by_pages["r0005"].behind == {"1": 1, "3": 1}
+    assert {v.status for name, v in by_pages.items() if name != "r0005"} == {health.Verdict.AGREE}
+    assert health.all_heads(views)["r0005"] == {"1": 1, "2": 2, "3": 1}
+    # the same write applied differently on replica 3: it disagrees
+    run_steps(stores["1"], [("push", "r0005", 0)], start=300)
+    run_steps(stores["3"], [("push", "r0005", 1)], start=300)
+    views, inline = views_and_inline(stores)
+    by_pages = {v.repo: v for v in health.verify_repositories(views)}
+    assert by_pages == {v.repo: v for v in health.verify_repositories(inline)}
+    assert by_pages["r0005"].status == health.Verdict.DISAGREE and by_pages["r0005"].disagreeing == ["3"]
+
+
+def test_a_stale_or_missing_page_counts_as_behind_never_as_agreement():
+    store = make_store(50)
+    reports = RepoReporter("1").collect(store)
+    old = {(page.partition, page.page): page for page in reports.pages}
+    run_steps(store, [("push", "r0003", 1)], start=60)
+    store.set_applied(1, 500)
+    newer = RepoReporter("1").collect(store)
+    key = (1, p.report_page_of("r0003"))
+    beat = beat_of(store, newer)
+    stale = health.ReplicaView.of(beat, old)  # the newer page has not been read
+    assert stale.position(1, "r0003") == old[key].applied < beat.applied[1]
+    assert stale.repos["r0003"].head == 1
+    missing = health.ReplicaView.of(beat, {k: v for k, v in old.items() if k != key})
+    assert missing.position(1, "r0003") == 0 and "r0003" not in missing.repos
+    current = health.ReplicaView.of(
+        beat, {**old, key: next(pg for pg in newer.pages if (pg.partition, pg.page) == key)}
+    )
+    assert current.position(1, "r0003") == 500 and current.repos["r0003"].head == 2
+    assert current.sent_ms == beat.sent_ms  # a view reads as its heartbeat everywhere else
