@@ -595,10 +595,12 @@ def print_verdicts(verdicts: list, replicas: list[str]) -> None:
 
 
 from minigit_server.repo_cli import repo_app  # noqa: E402 - it takes its options from this module
+from minigit_server.snapshot_cli import snapshot_app  # noqa: E402 - it takes its options from this module
 from minigit_server.users_cli import users_app  # noqa: E402 - it takes its options from this module
 
 app.add_typer(users_app)
 app.add_typer(repo_app)
+app.add_typer(snapshot_app)
 
 
 def main() -> None:
