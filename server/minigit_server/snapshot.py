@@ -24,7 +24,10 @@ from minigit.errors import MinigitError
 from minigit_server.store import SCHEMA_VERSION, SqliteStore, StoreUnusable
 
 # The tables a store must have (its schema, and the applied offsets).
-REQUIRED_TABLES = ("applied", "chunks", "blobs", "repos", "versions", "members", "piece_proofs", "accounts", "outcomes")
+REQUIRED_TABLES = (
+    *("applied", "chunks", "blobs", "repos", "versions", "members", "piece_proofs", "accounts", "outcomes"),
+    *("uploads", "refs", "clocks"),
+)
 
 
 @dataclass(frozen=True)
