@@ -57,6 +57,7 @@ def apply_records(
             done.append((record, apply_record(store, record, partitions, authority)))
             offsets[record.partition] = record.offset + 1
             store.set_applied(record.partition, record.offset + 1)
+    store.reclaim_space()  # what collection deleted, given back to the disk
     return done
 
 

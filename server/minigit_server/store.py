@@ -242,6 +242,11 @@ class Store(abc.ABC):
     def close(self) -> None:  # noqa: B027 - optional: only a store with connections has something to close
         pass
 
+    def reclaim_space(self) -> int:
+        """Give the space of deleted content back to the file system (outside any
+        transaction; nothing the log decides). The bytes given back."""
+        return 0
+
     # -- derived reads, the same for every store
 
     def count_present_chunks(self, partition: int, sha: str, count: int) -> int:
@@ -604,6 +609,9 @@ class SqliteStore(Store):
         db = getattr(self._local, "db", None)
         if db is None:
             db = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False, timeout=30)
+            # A new file only (before WAL writes its header): collected content gives
+            # its pages back to the file system (reclaim_space), not just to SQLite.
+            db.execute("PRAGMA auto_vacuum=INCREMENTAL")
             db.execute("PRAGMA journal_mode=WAL")
             # The log is the source of truth: after a power cut we may lose the last
             # transactions, and with them their offsets, so they are applied again.
@@ -886,3 +894,16 @@ class SqliteStore(Store):
     def stored_objects(self) -> list[tuple[int, str]]:
         query = "SELECT DISTINCT partition, sha FROM chunks ORDER BY partition, sha"
         return [(row[0], row[1]) for row in self._db().execute(query)]
+
+    # Below this much free space (pages of 4 KiB) a store keeps it, to be reused.
+    RECLAIM_PAGES = 1024
+
+    def reclaim_space(self) -> int:
+        db = self._db()
+        if db.in_transaction:
+            return 0
+        free, page = db.execute("PRAGMA freelist_count").fetchone()[0], db.execute("PRAGMA page_size").fetchone()[0]
+        if free < self.RECLAIM_PAGES or db.execute("PRAGMA auto_vacuum").fetchone()[0] != 2:
+            return 0
+        db.executescript("PRAGMA incremental_vacuum;")  # executescript: every step (execute takes one page)
+        return (free - db.execute("PRAGMA freelist_count").fetchone()[0]) * page

@@ -313,3 +313,23 @@ def test_every_store_keeps_the_same_objects_in_any_batching_and_never_one_a_vers
     finally:
         sqlite.close()
         batched.close()
+
+
+def test_collected_content_gives_its_disk_space_back(tmp_path: Path) -> None:
+    import os
+
+    store = SqliteStore(tmp_path / "space.db")
+    try:
+        log = Client()
+        log.create(log.upload("c1", {"a": b"1"}), rid="c1")
+        big = os.urandom(8 * 1024 * 1024)  # incompressible: 8 MiB stored
+        log.push(9, log.upload("p2", {"a": b"1", "big": big}, known={"a": b"1"}), rid="p2")  # rejected
+        apply_records(store, log.records[:-1], 1)
+        store._db().execute("PRAGMA wal_checkpoint(TRUNCATE)")
+        full = store.path.stat().st_size
+        apply_records(store, log.records, 1)
+        store._db().execute("PRAGMA wal_checkpoint(TRUNCATE)")
+        assert p.hash_bytes(big) not in objects(store)
+        assert store.path.stat().st_size < full - 7 * 1024 * 1024
+    finally:
+        store.close()
