@@ -134,6 +134,23 @@ def topic_configs(settings: KafkaSettings, names: Iterable[str]) -> dict[str, di
         admin.close()
 
 
+def topic_sizes(settings: KafkaSettings, names: Iterable[str]) -> dict[str, int]:
+    """Bytes each topic holds on the brokers' disks (every partition, every copy),
+    as the brokers report them (for benchmarks and operators)."""
+    names = list(names)
+    admin = open_admin(settings)
+    try:
+        sizes = dict.fromkeys(names, 0)
+        for broker in admin.describe_log_dirs(names):
+            for log_dir in broker.get("log_dirs", []):
+                for topic in log_dir.get("topics", []):
+                    if topic["name"] in sizes:
+                        sizes[topic["name"]] += sum(part["partition_size"] for part in topic["partitions"])
+        return sizes
+    finally:
+        admin.close()
+
+
 class _Listener(ConsumerRebalanceListener):
     def __init__(self, on_change: Callable[[list[int]], None]) -> None:
         self.on_change = on_change

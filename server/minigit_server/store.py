@@ -616,6 +616,8 @@ class SqliteStore(Store):
             # The log is the source of truth: after a power cut we may lose the last
             # transactions, and with them their offsets, so they are applied again.
             db.execute("PRAGMA synchronous=NORMAL")
+            # A large batch grows the WAL; once checkpointed it is cut back to this.
+            db.execute("PRAGMA journal_size_limit=67108864")
             self._local.db = db
             with self._lock:
                 self._connections.append(db)
