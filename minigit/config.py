@@ -386,5 +386,79 @@ class MetricsSettings:
         return ["--metrics-host", self.host, "--metrics-port", str(self.port)]
 
 
+# Retention of the transient topics (repo-requests, repo-responses). A request is
+# served, and a reply read, within its client's timeout (at most MAX_TIMEOUT_S, an
+# hour; a hedged resend is a new record, so it restarts the clock): requests are kept
+# four times that, which covers a large upload sent before its request record, and
+# replies twice that. Kafka deletes whole closed segments only, by their newest
+# record: a segment is closed after SEGMENT_SHARE of the retention time (or bytes),
+# so nothing is kept much longer than asked, and nothing younger than asked is deleted.
+DEFAULT_REQUESTS_RETENTION_MS = 4 * 3600 * 1000
+DEFAULT_RESPONSES_RETENTION_MS = 2 * 3600 * 1000
+# Bytes kept per partition. A disk cap for a flood, not the guarantee (time is): it
+# must hold several pushes of the largest size a replica accepts, so that a request
+# waiting behind them is never deleted first (TopicRetention.parse checks it).
+DEFAULT_RETENTION_BYTES = 8 * 1024**3
+SEGMENT_SHARE = 4
+MIN_SEGMENT_BYTES = 1024 * 1024  # Kafka 4 refuses smaller segments
+MAX_SEGMENT_BYTES = 1024**3  # Kafka's default segment size
+MIN_RETENTION_MS = 60 * 1000
+
+
+@dataclass(frozen=True)
+class TopicRetention:
+    """How long (ms) and how much (bytes per partition) Kafka keeps of the transient
+    topics: ``requests_ms``/``responses_ms`` and ``bytes`` (the same for both). The
+    log (``repo-log``) is the source of truth and keeps everything whatever these say."""
+
+    requests_ms: int = DEFAULT_REQUESTS_RETENTION_MS
+    responses_ms: int = DEFAULT_RESPONSES_RETENTION_MS
+    bytes: int = DEFAULT_RETENTION_BYTES
+
+    @classmethod
+    def parse(
+        cls, requests_ms: int, responses_ms: int, per_partition_bytes: int, max_push_bytes: int = 0
+    ) -> TopicRetention:
+        """The raw --requests-retention-ms, --responses-retention-ms and
+        --transient-retention-bytes values (or their MINIGIT_* variables, which Typer
+        merged), checked against the push size limit of the replicas."""
+        for flag, value in (("--requests-retention-ms", requests_ms), ("--responses-retention-ms", responses_ms)):
+            if value < MIN_RETENTION_MS:
+                raise UsageError(
+                    f"bad {flag} {value}: keep at least {MIN_RETENTION_MS} ms",
+                    hint="a request or reply must outlive its client's wait; the default is hours",
+                )
+        floor = max(2 * max_push_bytes, 4 * MIN_SEGMENT_BYTES)
+        if per_partition_bytes < floor:
+            raise UsageError(
+                f"bad --transient-retention-bytes {per_partition_bytes}: keep at least {floor} bytes per partition",
+                hint="a partition must hold two pushes of --max-push-bytes, or a request could be deleted unserved",
+            )
+        return cls(requests_ms, responses_ms, per_partition_bytes)
+
+    def topic_configs(self, retention_ms: int) -> dict[str, str]:
+        """Kafka topic settings of a transient topic kept ``retention_ms``."""
+        segment_bytes = min(MAX_SEGMENT_BYTES, max(MIN_SEGMENT_BYTES, self.bytes // SEGMENT_SHARE))
+        return {
+            "cleanup.policy": "delete",
+            "retention.ms": str(retention_ms),
+            "retention.bytes": str(self.bytes),
+            "segment.ms": str(max(1000, retention_ms // SEGMENT_SHARE)),
+            "segment.bytes": str(segment_bytes),
+        }
+
+    def flags(self) -> list[str]:
+        """These settings as the flags of a replica the supervisor starts."""
+        return [
+            "--requests-retention-ms",
+            str(self.requests_ms),
+            "--responses-retention-ms",
+            str(self.responses_ms),
+            "--transient-retention-bytes",
+            str(self.bytes),
+        ]
+
+
 DEFAULT_LOGS = LogSettings()
 NO_METRICS = MetricsSettings()
+DEFAULT_RETENTION = TopicRetention()

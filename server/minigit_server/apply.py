@@ -14,7 +14,7 @@ from minigit import codec
 from minigit import protocol as p
 from minigit.errors import MinigitError
 from minigit.protocol import Status
-from minigit_server import access, decisions
+from minigit_server import access, collection, decisions
 from minigit_server.store import RepoState, Store, VersionInfo
 
 log = logging.getLogger("minigit.apply")
@@ -57,6 +57,7 @@ def apply_records(
             done.append((record, apply_record(store, record, partitions, authority)))
             offsets[record.partition] = record.offset + 1
             store.set_applied(record.partition, record.offset + 1)
+    store.reclaim_space()  # what collection deleted, given back to the disk
     return done
 
 
@@ -80,7 +81,7 @@ def apply_record(store: Store, record: LogRecord, partitions: int, authority: Au
         )
         return None
     if isinstance(message, p.Chunk):
-        apply_chunk(store, record.partition, message)
+        apply_chunk(store, record.partition, message, record.offset)
     elif isinstance(message, p.Proposal):
         apply_proposal(store, message, record, authority)
     return message
@@ -99,6 +100,7 @@ def apply_proposal(
     key = decisions.request_key(proposal)
     found = store.get_outcome(record.partition, proposal.request_id)
     if (known := decisions.binding(found, proposal.user, proposal.repo)) is not None:
+        collect_garbage(store, proposal, record)  # a retry: what it uploaded again is not needed
         return decisions.outcome_of(known, key, repo.head if repo else None)
     account = store.get_account(proposal.user) if isinstance(proposal, p.RotateProposal) else None
     if (why := access.check_proposal(proposal, authority.namespace, authority.server_key, account)) is not None:
@@ -118,10 +120,40 @@ def apply_proposal(
         store.put_outcome(record.partition, proposal.request_id, stored.to_json())
     else:
         store.replace_outcome(record.partition, proposal.request_id, stored.to_json())
+    collect_garbage(store, proposal, record)
     return outcome
 
 
-def apply_chunk(store: Store, partition: int, chunk: p.Chunk) -> None:
+def collect_garbage(store: Store, proposal: p.Proposal, record: LogRecord) -> int:
+    """After a proposal (minigit_server.collection): its request's uploads are no
+    longer pending, the partition's log time moves to the proposal's, and uploads
+    whose proposal never came in time expire; objects left with nothing pending and
+    nothing referring to them are deleted. From the log only: every replica deletes
+    the same objects at the same record. The bytes deleted."""
+    partition = record.partition
+    released = store.release_uploads(partition, proposal.request_id)
+    clock = store.advance_clock(partition, proposal.time_ms)
+    expired = store.expire_uploads(partition, collection.expiry_floors(clock, record.offset, collection.DEFAULT_BOUNDS))
+    return collect(store, partition, [*released, *expired])
+
+
+def collect(store: Store, partition: int, candidates: list[str]) -> int:
+    doomed = collection.collectable(
+        candidates, lambda sha: store.is_pending(partition, sha), lambda sha: store.is_referenced(partition, sha)
+    )
+    freed = sum(store.delete_object(partition, sha) for sha in doomed)
+    if doomed:
+        log.info("collected %d unreferenced objects (%d bytes) of log partition %d", len(doomed), freed, partition)
+    return freed
+
+
+def refer(store: Store, partition: int, repo: str, tree: str) -> None:
+    """A version of ``repo`` now refers to ``tree`` and every blob it names."""
+    manifest = p.decode_tree(read_sound_blob(store, partition, tree))
+    store.add_references(partition, repo, collection.references(tree, manifest))
+
+
+def apply_chunk(store: Store, partition: int, chunk: p.Chunk, offset: int = 0) -> None:
     """Store a piece (the first copy of each), complete its blob when the last one
     is in, and prove that an upload to the chunk's repository carried it: a tree
     may name only content uploaded to its own repository (``check_tree``), never
@@ -130,6 +162,7 @@ def apply_chunk(store: Store, partition: int, chunk: p.Chunk) -> None:
         piece = chunk.piece()
     except MinigitError:
         return
+    store.note_upload(partition, chunk.sha, chunk.request_id, offset)  # pending until its proposal
     complete = store.blob_size(partition, chunk.sha) is not None
     if not complete:
         store.put_chunk(partition, chunk.sha, piece)
@@ -261,6 +294,7 @@ def apply_create(store: Store, proposal: p.CreateProposal, record: LogRecord) ->
         created = RepoState(proposal.repo, 1, record.partition, record.offset, proposal.user, proposal.visibility)
         store.put_repo(created)
         store.add_version(proposal.repo, version_of(proposal, 1))
+        refer(store, record.partition, proposal.repo, proposal.tree)
     return outcome
 
 
@@ -287,6 +321,7 @@ def apply_push(store: Store, proposal: p.PushProposal, record: LogRecord) -> dec
     if outcome.status == Status.ACCEPTED:
         store.put_repo(dataclasses.replace(repo, head=outcome.version, changed_at=record.offset))
         store.add_version(proposal.repo, version_of(proposal, outcome.version))
+        refer(store, record.partition, proposal.repo, proposal.tree)
     return outcome
 
 
@@ -373,6 +408,9 @@ def apply_delete(store: Store, proposal: p.DeleteProposal, record: LogRecord) ->
     outcome = decisions.decide_delete(repo.head if repo else None, proposal.repo)
     if outcome.status == Status.ACCEPTED:
         store.delete_repo(proposal.repo)
+        # its content goes with it, unless another version (or a pending upload) needs it
+        dropped = store.drop_references(proposal.repo)
+        collect(store, record.partition, [sha for partition, sha in dropped if partition == record.partition])
     return outcome
 
 

@@ -13,14 +13,14 @@ from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 
 from kafka import ConsumerRebalanceListener, KafkaConsumer, TopicPartition
-from kafka.admin import NewTopic
+from kafka.admin import ConfigResource, ConfigResourceType, NewTopic
 from kafka.coordinator.assignors.roundrobin import RoundRobinPartitionAssignor
 from kafka.errors import KafkaConnectionError, KafkaError, TopicAlreadyExistsError
 from kafka.producer.future import FutureRecordMetadata
 from kafka.structs import OffsetAndMetadata
 
 from minigit import protocol as p
-from minigit.config import KafkaSettings, Topics
+from minigit.config import DEFAULT_RETENTION, KafkaSettings, TopicRetention, Topics
 from minigit.errors import MinigitError, ProtocolError, ServerUnreachable
 from minigit.kafka_clients import INFRASTRUCTURE_ERRORS, close_producer, open_admin, open_consumer, open_producer
 from minigit_server.apply import LogRecord
@@ -43,13 +43,27 @@ HEARTBEAT_OFFSETS_TIMEOUT_S = 2.0
 FLUSH_TIMEOUT_S = 60.0
 
 
-def topic_specs(topics: Topics, partitions: int, replication_factor: int, min_insync: int | None) -> list[NewTopic]:
+def topic_specs(
+    topics: Topics,
+    partitions: int,
+    replication_factor: int,
+    min_insync: int | None,
+    retention: TopicRetention = DEFAULT_RETENTION,
+) -> list[NewTopic]:
     durable = {"min.insync.replicas": str(min_insync)} if min_insync else {}
     return [
         NewTopic(
-            topics.requests, partitions, replication_factor, topic_configs={"retention.ms": str(DAY_MS), **durable}
+            topics.requests,
+            partitions,
+            replication_factor,
+            topic_configs={**transient_configs(topics, retention)[topics.requests], **durable},
         ),
-        NewTopic(topics.responses, partitions, replication_factor, topic_configs={"retention.ms": str(DAY_MS // 24)}),
+        NewTopic(
+            topics.responses,
+            partitions,
+            replication_factor,
+            topic_configs=transient_configs(topics, retention)[topics.responses],
+        ),
         # The log is the source of truth (a replica rebuilds from it): keep it forever.
         NewTopic(
             topics.log,
@@ -61,10 +75,25 @@ def topic_specs(topics: Topics, partitions: int, replication_factor: int, min_in
     ]
 
 
+def transient_configs(topics: Topics, retention: TopicRetention) -> dict[str, dict[str, str]]:
+    """The retention settings of the two transient topics, by topic name. Only these
+    two are ever altered: the log's infinite retention is never touched."""
+    return {
+        topics.requests: retention.topic_configs(retention.requests_ms),
+        topics.responses: retention.topic_configs(retention.responses_ms),
+    }
+
+
 def ensure_topics(
-    settings: KafkaSettings, partitions: int, replication_factor: int, min_insync: int | None = None
+    settings: KafkaSettings,
+    partitions: int,
+    replication_factor: int,
+    min_insync: int | None = None,
+    retention: TopicRetention = DEFAULT_RETENTION,
 ) -> list[str]:
     """Create the service's topics that are missing; return the names created.
+    The transient topics that existed already get ``retention`` (an incremental
+    change: their other settings stay).
 
     Never relies on broker auto-creation. Running it twice is harmless.
     """
@@ -72,7 +101,7 @@ def ensure_topics(
     try:
         existing = set(admin.list_topics())
         created = []
-        for spec in topic_specs(settings.topics, partitions, replication_factor, min_insync):
+        for spec in topic_specs(settings.topics, partitions, replication_factor, min_insync, retention):
             if spec.name in existing:
                 continue
             try:
@@ -80,9 +109,57 @@ def ensure_topics(
                 created.append(spec.name)
             except TopicAlreadyExistsError:
                 pass  # another replica created it first
+        altered = [
+            ConfigResource(ConfigResourceType.TOPIC, name, configs=configs)
+            for name, configs in transient_configs(settings.topics, retention).items()
+            if name in existing
+        ]
+        if altered:
+            answers = admin.alter_configs(altered)
+            failed = [str(answer) for answer in _config_errors(answers)]
+            if failed:
+                raise MinigitError(f"could not set the retention of the minigit topics: {'; '.join(failed)}")
         return created
     except KafkaError as error:
         raise MinigitError(f"could not create the minigit topics: {error}") from None
+    finally:
+        admin.close()
+
+
+def _config_errors(answers: object) -> list[object]:
+    """The errors in alter_configs' answer ({type: {name: error or result}})."""
+    found = []
+    for by_name in (answers or {}).values() if isinstance(answers, dict) else ():
+        for name, result in by_name.items():
+            if isinstance(result, Exception) or (getattr(result, "errno", 0) or 0) != 0:
+                found.append(f"{name}: {result}")
+    return found
+
+
+def topic_configs(settings: KafkaSettings, names: Iterable[str]) -> dict[str, dict[str, str]]:
+    """The settings of topics as the broker has them (for tests and benchmarks)."""
+    admin = open_admin(settings)
+    try:
+        resources = [ConfigResource(ConfigResourceType.TOPIC, name) for name in names]
+        found = admin.describe_configs(resources, config_filter="all")["topic"]
+        return {name: {key: entry["value"] for key, entry in configs.items()} for name, configs in found.items()}
+    finally:
+        admin.close()
+
+
+def topic_sizes(settings: KafkaSettings, names: Iterable[str]) -> dict[str, int]:
+    """Bytes each topic holds on the brokers' disks (every partition, every copy),
+    as the brokers report them (for benchmarks and operators)."""
+    names = list(names)
+    admin = open_admin(settings)
+    try:
+        sizes = dict.fromkeys(names, 0)
+        for broker in admin.describe_log_dirs(names):
+            for log_dir in broker.get("log_dirs", []):
+                for topic in log_dir.get("topics", []):
+                    if topic["name"] in sizes:
+                        sizes[topic["name"]] += sum(part["partition_size"] for part in topic["partitions"])
+        return sizes
     finally:
         admin.close()
 

@@ -20,12 +20,16 @@ from minigit.config import (
     DEFAULT_LOG_BACKUPS,
     DEFAULT_LOG_MAX_BYTES,
     DEFAULT_METRICS_HOST,
+    DEFAULT_REQUESTS_RETENTION_MS,
+    DEFAULT_RESPONSES_RETENTION_MS,
+    DEFAULT_RETENTION_BYTES,
     MAX_TIMEOUT_S,
     MIN_TIMEOUT_S,
     KafkaSettings,
     LogSettings,
     MetricsSettings,
     ServerFlags,
+    TopicRetention,
 )
 from minigit.console import err, exit_on_error, out, shown
 from minigit.errors import ExitCode, MinigitError, ServerUnreachable
@@ -164,6 +168,28 @@ def start(
     log_format: LogFormat = "text",
     log_max_bytes: LogMaxBytes = DEFAULT_LOG_MAX_BYTES,
     log_backups: LogBackups = DEFAULT_LOG_BACKUPS,
+    requests_retention_ms: Annotated[
+        int,
+        typer.Option(
+            envvar="MINIGIT_REQUESTS_RETENTION_MS",
+            help="How long Kafka keeps repo-requests (ms; set on the topic, also when it exists).",
+        ),
+    ] = DEFAULT_REQUESTS_RETENTION_MS,
+    responses_retention_ms: Annotated[
+        int,
+        typer.Option(
+            envvar="MINIGIT_RESPONSES_RETENTION_MS",
+            help="How long Kafka keeps repo-responses (ms; set on the topic, also when it exists).",
+        ),
+    ] = DEFAULT_RESPONSES_RETENTION_MS,
+    transient_retention_bytes: Annotated[
+        int,
+        typer.Option(
+            envvar="MINIGIT_TRANSIENT_RETENTION_BYTES",
+            help="Most bytes Kafka keeps per partition of repo-requests and of repo-responses "
+            "(repo-log keeps everything).",
+        ),
+    ] = DEFAULT_RETENTION_BYTES,
 ) -> None:
     """Start the replicated service in the foreground (Ctrl-C or SIGTERM stops every replica)."""
     from minigit import identity
@@ -179,8 +205,11 @@ def start(
         served = MetricsSettings.parse(metrics_host, metrics_port, count)
         if served.port is not None:  # each replica listens on its own: a port in use fails now, not in a crash loop
             metrics.check_ports_free(served.host, range(served.port, served.port + count))
+        retention = TopicRetention.parse(
+            requests_retention_ms, responses_retention_ms, transient_retention_bytes, max_push_bytes
+        )
         settings = kafka_settings(bootstrap, namespace, kafka_option)
-        created = bus.ensure_topics(settings, partitions, replication_factor, min_insync_replicas)
+        created = bus.ensure_topics(settings, partitions, replication_factor, min_insync_replicas, retention)
         if created:
             err.print(f"created topics: {plain(', '.join(created))}")
         is_open = registration == Registration.OPEN
@@ -193,6 +222,7 @@ def start(
             err.print(f"created the service's key: {identity.fingerprint(key.public_key())}")
         passed = ["--data-dir", str(data_dir), "--bootstrap", bootstrap, "--namespace", namespace]
         passed += ["--max-push-bytes", str(max_push_bytes), "--registration", str(registration), *logs.flags()]
+        passed += retention.flags()  # each replica sets the topics' retention again as it starts: the same
         if server_key is not None:
             passed += ["--server-key", str(server_key)]
         err.print(f"starting {replicas} replicas on {plain(bootstrap)}; data and logs in {plain(str(data_dir))}")
@@ -594,10 +624,12 @@ def print_verdicts(verdicts: list, replicas: list[str], list_all: bool = True) -
 
 
 from minigit_server.repo_cli import repo_app  # noqa: E402 - it takes its options from this module
+from minigit_server.snapshot_cli import snapshot_app  # noqa: E402 - it takes its options from this module
 from minigit_server.users_cli import users_app  # noqa: E402 - it takes its options from this module
 
 app.add_typer(users_app)
 app.add_typer(repo_app)
+app.add_typer(snapshot_app)
 
 
 def main() -> None:

@@ -31,8 +31,9 @@ from minigit import codec
 from minigit import protocol as p
 from minigit.codec import Piece
 from minigit.errors import MinigitError
-from minigit_server import digests
+from minigit_server import collection, digests
 from minigit_server.access import Account
+from minigit_server.collection import Floors, Upload
 
 # The digest of a repository a store does not hold.
 ABSENT_DIGEST = hashlib.sha256(b"no such repository\n").hexdigest()
@@ -215,9 +216,60 @@ class Store(abc.ABC):
     @abc.abstractmethod
     def page_reports(self, partition: int, page: int) -> dict[str, p.RepoReport]:
         """The reports of the repositories on one page (an index, not a scan)."""
+    # -- what collection keeps and deletes (minigit_server.collection)
+
+    @abc.abstractmethod
+    def note_upload(self, partition: int, sha: str, request_id: str, offset: int) -> None:
+        """Request ``request_id`` carried a piece of ``sha`` (at log ``offset``): pending
+        until its proposal is applied. The first note of a request and object stays."""
+
+    @abc.abstractmethod
+    def release_uploads(self, partition: int, request_id: str) -> list[str]:
+        """A request's proposal was applied: forget its pending uploads; the objects they were of."""
+
+    @abc.abstractmethod
+    def advance_clock(self, partition: int, time_ms: int) -> int:
+        """The partition's log time after a proposal of ``time_ms`` (collection.advance_clock);
+        the uploads not dated yet are dated with it."""
+
+    @abc.abstractmethod
+    def expire_uploads(self, partition: int, floors: Floors) -> list[str]:
+        """Forget the uploads that are stale (collection.is_stale); the objects they were of."""
+
+    @abc.abstractmethod
+    def list_uploads(self, partition: int) -> list[Upload]:
+        """The pending uploads of a partition, by object and request."""
+
+    @abc.abstractmethod
+    def is_pending(self, partition: int, sha: str) -> bool: ...
+
+    @abc.abstractmethod
+    def add_references(self, partition: int, repo: str, shas: Iterable[str]) -> None:
+        """A version of ``repo`` refers to these objects."""
+
+    @abc.abstractmethod
+    def drop_references(self, repo: str) -> list[tuple[int, str]]:
+        """Forget what ``repo``'s versions referred to; (partition, sha) of each, sorted."""
+
+    @abc.abstractmethod
+    def is_referenced(self, partition: int, sha: str) -> bool: ...
+
+    @abc.abstractmethod
+    def delete_object(self, partition: int, sha: str) -> int:
+        """Collect an object: its pieces, its row, the proofs of its uploads and any
+        quarantine record; the bytes its pieces held."""
+
+    @abc.abstractmethod
+    def stored_objects(self) -> list[tuple[int, str]]:
+        """Every (partition, sha) with pieces stored, complete or not, sorted."""
 
     def close(self) -> None:  # noqa: B027 - optional: only a store with connections has something to close
         pass
+
+    def reclaim_space(self) -> int:
+        """Give the space of deleted content back to the file system (outside any
+        transaction; nothing the log decides). The bytes given back."""
+        return 0
 
     # -- derived reads, the same for every store
 
@@ -343,6 +395,11 @@ class MemoryStore(Store):
         self.proofs: set[tuple[int, str, str, int]] = set()  # (partition, repo, sha, index)
         self.digest_states: dict[str, tuple[str, str]] = {}  # repo -> (history fold, digest)
         self.pages: dict[tuple[int, int], tuple[int, int]] = {}  # (partition, page) -> (repositories, sum)
+        self.uploads: dict[
+            tuple[int, str, str], tuple[int, int | None]
+        ] = {}  # (partition, sha, request) -> (offset, clock)
+        self.references: set[tuple[int, str, str]] = set()  # (partition, sha, repo)
+        self.clocks: dict[int, int] = {}
 
     @contextlib.contextmanager
     def transaction(self) -> Iterator[None]:
@@ -496,6 +553,63 @@ class MemoryStore(Store):
     def list_accounts(self) -> list[Account]:
         return [self.accounts[name] for name in sorted(self.accounts)]
 
+    def note_upload(self, partition: int, sha: str, request_id: str, offset: int) -> None:
+        self.uploads.setdefault((partition, sha, request_id), (offset, None))
+
+    def release_uploads(self, partition: int, request_id: str) -> list[str]:
+        mine = [key for key in self.uploads if key[0] == partition and key[2] == request_id]
+        for key in mine:
+            del self.uploads[key]
+        return sorted({key[1] for key in mine})
+
+    def advance_clock(self, partition: int, time_ms: int) -> int:
+        clock = collection.advance_clock(self.clocks.get(partition), time_ms)
+        self.clocks[partition] = clock
+        for key, (offset, dated) in self.uploads.items():
+            if key[0] == partition and dated is None:
+                self.uploads[key] = (offset, clock)
+        return clock
+
+    def expire_uploads(self, partition: int, floors: Floors) -> list[str]:
+        stale = [key for key in self.list_upload_keys(partition) if collection.is_stale(self._upload(key), floors)]
+        for key in stale:
+            del self.uploads[key]
+        return sorted({key[1] for key in stale})
+
+    def list_upload_keys(self, partition: int) -> list[tuple[int, str, str]]:
+        return sorted(key for key in self.uploads if key[0] == partition)
+
+    def _upload(self, key: tuple[int, str, str]) -> Upload:
+        offset, clock = self.uploads[key]
+        return Upload(key[1], key[2], offset, clock)
+
+    def list_uploads(self, partition: int) -> list[Upload]:
+        return [self._upload(key) for key in self.list_upload_keys(partition)]
+
+    def is_pending(self, partition: int, sha: str) -> bool:
+        return any(key[:2] == (partition, sha) for key in self.uploads)
+
+    def add_references(self, partition: int, repo: str, shas: Iterable[str]) -> None:
+        self.references.update((partition, sha, repo) for sha in shas)
+
+    def drop_references(self, repo: str) -> list[tuple[int, str]]:
+        mine = {ref for ref in self.references if ref[2] == repo}
+        self.references -= mine
+        return sorted({ref[:2] for ref in mine})
+
+    def is_referenced(self, partition: int, sha: str) -> bool:
+        return any(ref[:2] == (partition, sha) for ref in self.references)
+
+    def delete_object(self, partition: int, sha: str) -> int:
+        held = sum(len(piece.payload) for piece in self.chunks.get((partition, sha), {}).values())
+        self.delete_chunks(partition, sha)
+        self.blobs.pop((partition, sha), None)
+        self.damage.pop((partition, sha), None)
+        return held
+
+    def stored_objects(self) -> list[tuple[int, str]]:
+        return sorted(key for key, pieces in self.chunks.items() if pieces)
+
 
 # Version 2 keeps chunks, blobs and outcomes per log partition (version 1 shared them);
 # version 3 adds identity: accounts, owners, visibility, members, signed versions;
@@ -504,7 +618,10 @@ class MemoryStore(Store):
 # version 5 stores who a settle's cancellation binds (its user and repository: an
 # older store's cancellations bind everyone) and checks a push's base_tree;
 # version 6 keeps each repository's digest (and its history fold, and its report
-# page) with its row, and the sums of the report pages, all kept at apply time.
+# page) with its row, and the sums of the report pages, all kept at apply time; and
+# it collects content nothing refers to (minigit_server.collection): it keeps
+# pending uploads, the references of versions and each partition's log time, which
+# an older store lacks (it would keep its orphans, and decide no collection alike).
 SCHEMA_VERSION = 6
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS applied (partition INTEGER PRIMARY KEY, next_offset INTEGER NOT NULL);
@@ -535,6 +652,17 @@ CREATE TABLE IF NOT EXISTS accounts (
     name TEXT PRIMARY KEY, key TEXT NOT NULL, removed INTEGER NOT NULL, since INTEGER NOT NULL);
 CREATE TABLE IF NOT EXISTS outcomes (
     partition INTEGER NOT NULL, request_id TEXT NOT NULL, outcome TEXT NOT NULL, PRIMARY KEY (partition, request_id));
+CREATE TABLE IF NOT EXISTS uploads (
+    partition INTEGER NOT NULL, sha TEXT NOT NULL, request_id TEXT NOT NULL, first_offset INTEGER NOT NULL,
+    clock_ms INTEGER, PRIMARY KEY (partition, sha, request_id)) WITHOUT ROWID;
+CREATE INDEX IF NOT EXISTS uploads_by_request ON uploads (partition, request_id);
+CREATE INDEX IF NOT EXISTS uploads_by_clock ON uploads (partition, clock_ms);
+CREATE INDEX IF NOT EXISTS uploads_by_offset ON uploads (partition, first_offset);
+CREATE TABLE IF NOT EXISTS refs (
+    partition INTEGER NOT NULL, sha TEXT NOT NULL, repo TEXT NOT NULL,
+    PRIMARY KEY (partition, sha, repo)) WITHOUT ROWID;
+CREATE INDEX IF NOT EXISTS refs_by_repo ON refs (repo);
+CREATE TABLE IF NOT EXISTS clocks (partition INTEGER PRIMARY KEY, time_ms INTEGER NOT NULL);
 """
 # This replica's own findings, not state made by the log (no digest covers it): added
 # to a schema-2 store on open, so that a store need not be rebuilt to get it.
@@ -594,10 +722,15 @@ class SqliteStore(Store):
         db = getattr(self._local, "db", None)
         if db is None:
             db = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False, timeout=30)
+            # A new file only (before WAL writes its header): collected content gives
+            # its pages back to the file system (reclaim_space), not just to SQLite.
+            db.execute("PRAGMA auto_vacuum=INCREMENTAL")
             db.execute("PRAGMA journal_mode=WAL")
             # The log is the source of truth: after a power cut we may lose the last
             # transactions, and with them their offsets, so they are applied again.
             db.execute("PRAGMA synchronous=NORMAL")
+            # A large batch grows the WAL; once checkpointed it is cut back to this.
+            db.execute("PRAGMA journal_size_limit=67108864")
             self._local.db = db
             with self._lock:
                 self._connections.append(db)
@@ -845,3 +978,85 @@ class SqliteStore(Store):
         self._db().execute(
             "INSERT OR REPLACE INTO outcomes VALUES (?, ?, ?)", (partition, request_id, json.dumps(outcome))
         )
+
+    def note_upload(self, partition: int, sha: str, request_id: str, offset: int) -> None:
+        self._db().execute(
+            "INSERT OR IGNORE INTO uploads VALUES (?, ?, ?, ?, NULL)", (partition, sha, request_id, offset)
+        )
+
+    def release_uploads(self, partition: int, request_id: str) -> list[str]:
+        db = self._db()
+        where = "FROM uploads WHERE partition = ? AND request_id = ?"
+        shas = sorted({row[0] for row in db.execute(f"SELECT sha {where}", (partition, request_id))})
+        if shas:
+            db.execute(f"DELETE {where}", (partition, request_id))
+        return shas
+
+    def advance_clock(self, partition: int, time_ms: int) -> int:
+        db = self._db()
+        row = db.execute("SELECT time_ms FROM clocks WHERE partition = ?", (partition,)).fetchone()
+        clock = collection.advance_clock(row[0] if row else None, time_ms)
+        db.execute("INSERT OR REPLACE INTO clocks VALUES (?, ?)", (partition, clock))
+        db.execute("UPDATE uploads SET clock_ms = ? WHERE partition = ? AND clock_ms IS NULL", (clock, partition))
+        return clock
+
+    def expire_uploads(self, partition: int, floors: Floors) -> list[str]:
+        # collection.is_stale, as two indexed conditions (an undated upload has a NULL clock: never below)
+        db = self._db()
+        where = "FROM uploads WHERE partition = ? AND (first_offset < ? OR clock_ms < ?)"
+        arguments = (partition, floors.offset, floors.clock_ms)
+        shas = sorted({row[0] for row in db.execute(f"SELECT sha {where}", arguments)})
+        if shas:
+            db.execute(f"DELETE {where}", arguments)
+        return shas
+
+    def list_uploads(self, partition: int) -> list[Upload]:
+        query = (
+            "SELECT sha, request_id, first_offset, clock_ms FROM uploads WHERE partition = ? ORDER BY sha, request_id"
+        )
+        return [Upload(*row) for row in self._db().execute(query, (partition,))]
+
+    def is_pending(self, partition: int, sha: str) -> bool:
+        query = "SELECT 1 FROM uploads WHERE partition = ? AND sha = ? LIMIT 1"
+        return self._db().execute(query, (partition, sha)).fetchone() is not None
+
+    def add_references(self, partition: int, repo: str, shas: Iterable[str]) -> None:
+        self._db().executemany("INSERT OR IGNORE INTO refs VALUES (?, ?, ?)", [(partition, sha, repo) for sha in shas])
+
+    def drop_references(self, repo: str) -> list[tuple[int, str]]:
+        db = self._db()
+        found = sorted(
+            {(row[0], row[1]) for row in db.execute("SELECT partition, sha FROM refs WHERE repo = ?", (repo,))}
+        )
+        db.execute("DELETE FROM refs WHERE repo = ?", (repo,))
+        return found
+
+    def is_referenced(self, partition: int, sha: str) -> bool:
+        query = "SELECT 1 FROM refs WHERE partition = ? AND sha = ? LIMIT 1"
+        return self._db().execute(query, (partition, sha)).fetchone() is not None
+
+    def delete_object(self, partition: int, sha: str) -> int:
+        db = self._db()
+        query = "SELECT COALESCE(SUM(LENGTH(payload)), 0) FROM chunks WHERE partition = ? AND sha = ?"
+        held = db.execute(query, (partition, sha)).fetchone()[0]
+        self.delete_chunks(partition, sha)
+        db.execute("DELETE FROM blobs WHERE partition = ? AND sha = ?", (partition, sha))
+        db.execute("DELETE FROM damaged WHERE partition = ? AND sha = ?", (partition, sha))
+        return held
+
+    def stored_objects(self) -> list[tuple[int, str]]:
+        query = "SELECT DISTINCT partition, sha FROM chunks ORDER BY partition, sha"
+        return [(row[0], row[1]) for row in self._db().execute(query)]
+
+    # Below this much free space (pages of 4 KiB) a store keeps it, to be reused.
+    RECLAIM_PAGES = 1024
+
+    def reclaim_space(self) -> int:
+        db = self._db()
+        if db.in_transaction:
+            return 0
+        free, page = db.execute("PRAGMA freelist_count").fetchone()[0], db.execute("PRAGMA page_size").fetchone()[0]
+        if free < self.RECLAIM_PAGES or db.execute("PRAGMA auto_vacuum").fetchone()[0] != 2:
+            return 0
+        db.executescript("PRAGMA incremental_vacuum;")  # executescript: every step (execute takes one page)
+        return (free - db.execute("PRAGMA freelist_count").fetchone()[0]) * page

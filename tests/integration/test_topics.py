@@ -64,3 +64,30 @@ def test_start_creates_topics_with_the_given_partitions(kafka_bootstrap: str, na
         assert bus.partition_count(Topics.for_namespace(namespace).log, wait_s=10) == 2
     finally:
         bus.close()
+
+
+def test_transient_topics_get_bounded_retention_also_when_they_exist(kafka_bootstrap: str, namespace: str) -> None:
+    from minigit.config import TopicRetention
+    from minigit_server.bus import topic_configs
+
+    settings = KafkaSettings(kafka_bootstrap, namespace)
+    topics = Topics.for_namespace(namespace)
+    ensure_topics(settings, partitions=2, replication_factor=1)
+    names = (topics.requests, topics.responses, topics.log, topics.replicas)
+    first = topic_configs(settings, names)
+    defaults = TopicRetention()
+    assert first[topics.requests]["retention.ms"] == str(defaults.requests_ms)
+    assert first[topics.responses]["retention.ms"] == str(defaults.responses_ms)
+    for name in (topics.requests, topics.responses):
+        assert first[name]["retention.bytes"] == str(defaults.bytes)
+        assert int(first[name]["segment.ms"]) < int(first[name]["retention.ms"])  # segments close: retention deletes
+
+    # the topics exist now: a start with other settings alters them, and only them
+    shorter = TopicRetention.parse(60_000, 120_000, 16 * 1024**2)
+    assert ensure_topics(settings, partitions=2, replication_factor=1, retention=shorter) == []
+    then = topic_configs(settings, names)
+    assert then[topics.requests]["retention.ms"] == "60000" and then[topics.responses]["retention.ms"] == "120000"
+    assert then[topics.requests]["retention.bytes"] == then[topics.responses]["retention.bytes"] == str(16 * 1024**2)
+    assert int(then[topics.requests]["segment.bytes"]) <= 8 * 1024**2
+    assert then[topics.log]["retention.ms"] == then[topics.log]["retention.bytes"] == "-1"  # the log keeps everything
+    assert then[topics.replicas]["cleanup.policy"] == "compact"

@@ -271,3 +271,49 @@ def test_with_many_repositories_status_and_verify_list_only_those_needing_a_look
     assert "DISAGREE  r007 (version 4)" in done.output and "r008" not in done.output
     assert "ok        149 more repositories: every replica agrees (--all lists them)" in done.output
     assert "ok        r008 (version 3): 2 replicas agree" in runner.invoke(cli.app, ["verify", "--all"]).output
+# -- retention of the transient topics
+
+
+@pytest.mark.parametrize(
+    ("args", "env", "message"),
+    [
+        (["--requests-retention-ms", "1000"], {}, "bad --requests-retention-ms 1000"),
+        ([], {"MINIGIT_RESPONSES_RETENTION_MS": "5"}, "bad --responses-retention-ms 5"),
+        (["--transient-retention-bytes", "1048576"], {}, "bad --transient-retention-bytes 1048576"),
+        # the size cap must hold two pushes of the largest size the replicas accept
+        (["--max-push-bytes", str(2 * 1024**3), "--transient-retention-bytes", str(3 * 1024**3)], {}, "keep at least"),
+    ],
+)
+def test_start_refuses_a_retention_that_could_delete_what_is_needed(runner: CliRunner, monkeypatch, args, env, message):
+    created = []
+    monkeypatch.setattr(bus, "ensure_topics", lambda *a, **k: created.append(a) or [])
+    done = runner.invoke(cli.app, ["start", "--replica-id", "1", *args], env=env)
+    assert done.exit_code == 2, done.output
+    assert message in done.output
+    assert created == []
+
+
+def test_start_sets_retention_from_flags_over_the_environment_and_passes_it_to_every_replica(
+    runner: CliRunner, monkeypatch, tmp_path
+) -> None:
+    from minigit.config import TopicRetention
+    from minigit_server import supervisor
+
+    told, commands = [], []
+    monkeypatch.setattr(bus, "ensure_topics", lambda *a, **k: told.append(a[4] if len(a) > 4 else k["retention"]) or [])
+
+    class Chief:
+        def __init__(self, ids, command_for, *args, **kwargs) -> None:
+            commands.extend(command_for(replica_id) for replica_id in ids)
+
+        def run(self) -> int:
+            return 0
+
+    monkeypatch.setattr(supervisor, "Supervisor", Chief)
+    env = {"MINIGIT_REQUESTS_RETENTION_MS": "70000", "MINIGIT_RESPONSES_RETENTION_MS": "80000"}
+    args = ["start", "--replicas", "2", "--data-dir", str(tmp_path), "--responses-retention-ms", "90000"]
+    done = runner.invoke(cli.app, args, env=env)
+    assert done.exit_code == 0, done.output
+    expected = TopicRetention(requests_ms=70000, responses_ms=90000)  # the flag wins over its variable
+    assert told == [expected]
+    assert len(commands) == 2 and all(" ".join(expected.flags()) in " ".join(c) for c in commands)

@@ -367,3 +367,60 @@ def test_a_misspelt_security_setting_is_a_usage_error_not_plaintext(name, value)
 def test_a_flag_that_fixes_a_misspelt_variable_wins():
     env = {"MINIGIT_KAFKA_SECURITY_PROTOCOL": "SASL-SSL"}
     assert read_kafka_options(["security_protocol=SASL_SSL"], env) == {"security_protocol": "SASL_SSL"}
+
+
+# ---------------------------------------------------------------- retention of the transient topics
+
+
+def test_retention_defaults_outlive_every_client_wait() -> None:
+    from minigit.config import MAX_TIMEOUT_S, TopicRetention
+
+    retention = TopicRetention()
+    # a request or reply is useless after its client's timeout: kept well beyond the longest one
+    assert retention.requests_ms >= 2 * MAX_TIMEOUT_S * 1000
+    assert retention.responses_ms >= 2 * MAX_TIMEOUT_S * 1000
+
+
+def test_retention_segments_close_well_before_retention_so_that_kafka_deletes() -> None:
+    from minigit.config import MIN_SEGMENT_BYTES, TopicRetention
+
+    retention = TopicRetention.parse(60_000, 120_000, 16 * MIN_SEGMENT_BYTES)
+    configs = retention.topic_configs(retention.requests_ms)
+    assert configs["retention.ms"] == "60000" and configs["retention.bytes"] == str(16 * MIN_SEGMENT_BYTES)
+    assert int(configs["segment.ms"]) <= 60_000 // 2
+    assert MIN_SEGMENT_BYTES <= int(configs["segment.bytes"]) <= 16 * MIN_SEGMENT_BYTES // 2
+    assert configs["cleanup.policy"] == "delete"
+
+
+def test_retention_flags_round_trip() -> None:
+    from minigit.config import TopicRetention
+
+    retention = TopicRetention.parse(70_000, 80_000, 64 * 1024**2)
+    flags = retention.flags()
+    assert flags == [
+        "--requests-retention-ms",
+        "70000",
+        "--responses-retention-ms",
+        "80000",
+        "--transient-retention-bytes",
+        str(64 * 1024**2),
+    ]
+
+
+@pytest.mark.parametrize(
+    ("requests_ms", "responses_ms", "size", "max_push", "word"),
+    [
+        (1000, 3_600_000, 1024**3, 1024, "--requests-retention-ms"),
+        (3_600_000, 0, 1024**3, 1024, "--responses-retention-ms"),
+        (3_600_000, 3_600_000, 1024, 1024, "--transient-retention-bytes"),
+        # smaller than two pushes of the largest size: a request could be deleted unserved
+        (3_600_000, 3_600_000, 1024**3, 1024**3, "--transient-retention-bytes"),
+    ],
+)
+def test_retention_that_could_delete_what_is_still_needed_is_refused(
+    requests_ms: int, responses_ms: int, size: int, max_push: int, word: str
+) -> None:
+    from minigit.config import TopicRetention
+
+    with pytest.raises(UsageError, match=re.escape(word)):
+        TopicRetention.parse(requests_ms, responses_ms, size, max_push)
