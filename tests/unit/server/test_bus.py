@@ -183,13 +183,13 @@ def test_an_offset_lookup_that_fails_is_made_next_time_on_a_new_consumer(
 
 def test_only_the_transient_topics_get_bounded_retention_and_the_log_keeps_everything() -> None:
     from minigit.config import TopicRetention, Topics
-    from minigit_server.bus import topic_specs, transient_configs
+    from minigit_server.bus import REPLICAS_TOPIC_CONFIG, topic_specs, transient_configs
 
     topics = Topics.for_namespace("t-")
     retention = TopicRetention.parse(60_000, 90_000, 64 * 1024**2)
     specs = {spec.name: spec.topic_configs for spec in topic_specs(topics, 3, 1, 2, retention)}
     assert specs[topics.log] == {"retention.ms": "-1", "retention.bytes": "-1", "min.insync.replicas": "2"}
-    assert specs[topics.replicas] == {"cleanup.policy": "compact"}
+    assert specs[topics.replicas] == REPLICAS_TOPIC_CONFIG and REPLICAS_TOPIC_CONFIG["cleanup.policy"] == "compact"
     assert specs[topics.requests]["retention.ms"] == "60000" and specs[topics.requests]["min.insync.replicas"] == "2"
     assert specs[topics.responses]["retention.ms"] == "90000"
     assert specs[topics.requests]["retention.bytes"] == specs[topics.responses]["retention.bytes"] == str(64 * 1024**2)
