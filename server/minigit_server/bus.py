@@ -191,8 +191,16 @@ class Bus:
     """One replica's connections. The producer is shared by its threads (kafka-python's
     producer is thread-safe); each consumer belongs to one thread."""
 
-    def __init__(self, settings: KafkaSettings, client_id: str, bootstrap_timeout_s: float | None = None) -> None:
+    def __init__(
+        self,
+        settings: KafkaSettings,
+        client_id: str,
+        bootstrap_timeout_s: float | None = None,
+        flush_own_records: bool = False,
+    ) -> None:
         self.settings = settings
+        # A replica's threads each flush only what they sent (``flush``).
+        self.flush_own_records = flush_own_records
         self.topics = settings.topics
         self.extra: dict[str, object] = {"client_id": client_id}
         if bootstrap_timeout_s:
@@ -324,6 +332,8 @@ class Bus:
     def _send(self, topic: str, **record: object) -> FutureRecordMetadata:
         """Send a record and remember it in the sending thread's own list (``flush``)."""
         future = self.producer.send(topic, **record)
+        if not self.flush_own_records:
+            return future
         sent = getattr(self._sent, "futures", None)
         if sent is None:
             sent = self._sent.futures = collections.deque()
@@ -333,17 +343,19 @@ class Bus:
         return future
 
     def flush(self, timeout_s: float = FLUSH_TIMEOUT_S) -> None:
-        """Wait until Kafka acknowledged every record this thread sent (a reply
-        before its request is committed); raise the failure of one it refused.
-        Other threads' records are theirs to wait for: a handler does not wait
-        behind the replies of every other request in flight (producer.flush
-        would), and with linger_ms=0 nothing sits in a batch waiting to go."""
+        """Wait until Kafka has what was sent. With ``flush_own_records`` (a
+        replica): every record this thread sent through the bus (a reply before its
+        request is committed), raising the failure of one Kafka refused; other
+        threads' records are theirs to wait for, so a handler does not wait behind
+        the replies of every request in flight (producer.flush would). Otherwise
+        every record of the producer."""
+        if not self.flush_own_records:
+            self.producer.flush(timeout=timeout_s)
+            return
         sent = getattr(self._sent, "futures", None)
         deadline = time.monotonic() + timeout_s
-        while sent:
-            future = sent[0]
-            future.get(timeout=max(0.0, deadline - time.monotonic()))
-            sent.popleft()
+        while sent:  # a failure is raised once: the request it served is served again
+            sent.popleft().get(timeout=max(0.0, deadline - time.monotonic()))
 
     def close(self) -> None:
         try:

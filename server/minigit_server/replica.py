@@ -208,7 +208,7 @@ class Replica:
         self.metrics = metrics
         self.log = logging.getLogger("minigit.replica")
         self.store = open_store(store_path(data_dir, replica_id), self.log)
-        self.bus = Bus(settings, client_id=f"minigit-replica-{replica_id}")
+        self.bus = Bus(settings, client_id=f"minigit-replica-{replica_id}", flush_own_records=True)
         self.stop = threading.Event()
         # a handler waiting for the apply loop gives up when the replica stops
         self.applied = AppliedOffsets(self.store.applied_offsets(), self.stop)
