@@ -20,6 +20,12 @@ creation, then measures:
 * replica CPU (user + system, from /proc) per created repository while creating,
   and per second while idle (the heartbeat's own cost, the apply loop polling).
 
+With --store-only, no Kafka and no replica: a store of each checkpoint's size is
+filled in this process, and the CPU of one heartbeat's work on it now (summaries,
+changed pages, the audit of 200 repositories) is printed next to what every
+heartbeat did before (fold every repository's digest from its rows), with the
+sizes of the heartbeat and page records.
+
 The first checkpoint is the reference of the same run. Figures are development
 figures: the machine is shared. Results are written to bench/results/repos-<timestamp>.json.
 """
@@ -206,6 +212,75 @@ def measure(replicas: Replicas, root: Path, count: int, idle_s: float) -> dict:
     return result
 
 
+def store_figures(counts: list[int]) -> list[dict]:
+    """Without Kafka, in this process: a store of N repositories (one version each),
+    and the CPU of what a heartbeat does with it now (collect the summaries, fold 200
+    repositories again) next to what each heartbeat did before (every digest folded
+    again from the rows), and the sizes of the records it makes."""
+    import tempfile as tmp
+
+    from minigit_server.reports import RepoReporter
+    from minigit_server.store import RepoState, SqliteStore, VersionInfo
+
+    rows = []
+    for count in counts:
+        with tmp.TemporaryDirectory() as folder:
+            store = SqliteStore(Path(folder) / "store.sqlite")
+            started = time.process_time()
+            with store.transaction():
+                for n in range(count):
+                    name = f"r{n:06d}"
+                    store.put_blob(n % 6, "a" * 64, 1, 1)
+                    store.put_repo(RepoState(name, 1, n % 6, n, "bench", "private"))
+                    store.add_version(name, VersionInfo(1, "a" * 64, "bench", "first", n, f"{n:032x}"))
+                for partition in range(6):
+                    store.set_applied(partition, count)
+            apply_cpu = time.process_time() - started
+            reporter = RepoReporter("1")
+            started = time.process_time()
+            first = reporter.collect(store)
+            first_cpu = time.process_time() - started
+            reporter.sent(first)
+            started = time.process_time()
+            reporter.audit(store)
+            again = reporter.collect(store)
+            beat_cpu = time.process_time() - started
+            started = time.process_time()
+            with store.snapshot():
+                for repo in store.list_repos():
+                    store.repo_digest(repo.name)
+            before_cpu = time.process_time() - started
+            beat = p.Heartbeat(
+                replica="1",
+                host="h",
+                pid=1,
+                started_ms=1,
+                sent_ms=2,
+                serving=[],
+                applied=first.applied,
+                log_end={},
+                partitions=first.partitions,
+            )
+            pages = [len(page.to_bytes()) for page in first.pages]
+            rows.append(
+                {
+                    "repos": count,
+                    "store_writes_cpu_ms_per_repo": 1000 * apply_cpu / count,
+                    "heartbeat_cpu_ms_now": 1000 * beat_cpu,
+                    "heartbeat_changed_pages_now": len(again.pages),
+                    "first_heartbeat_cpu_ms_all_pages": 1000 * first_cpu,
+                    "heartbeat_cpu_ms_before_all_digests": 1000 * before_cpu,
+                    "heartbeat_bytes_now": len(beat.to_bytes()),
+                    "pages": len(pages),
+                    "largest_page_bytes": max(pages, default=0),
+                    "pages_bytes": sum(pages),
+                }
+            )
+            store.close()
+            console.print(json.dumps(rows[-1]))
+    return rows
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--bootstrap", help="use this broker instead of starting one")
@@ -214,8 +289,19 @@ def main() -> None:
     )
     parser.add_argument("--threads", type=int, default=8, help="client threads creating repositories")
     parser.add_argument("--idle", type=float, default=10.0, help="seconds of idle replica CPU measured")
+    parser.add_argument(
+        "--store-only",
+        action="store_true",
+        help="no Kafka: measure a store and the heartbeat's work at each checkpoint, in this process",
+    )
     args = parser.parse_args()
     checkpoints = sorted({int(n) for n in args.checkpoints.split(",")})
+    if args.store_only:
+        rows = store_figures(checkpoints)
+        out_dir = Path(__file__).parent / "results"
+        out_dir.mkdir(exist_ok=True)
+        (out_dir / f"repos-store-{time.strftime('%Y%m%d-%H%M%S')}.json").write_text(json.dumps(rows, indent=1))
+        return
 
     root = Path(tempfile.mkdtemp(prefix="minigit-bench-repos-"))
     use_own_config_dir(root)
