@@ -15,8 +15,16 @@ creation, then measures:
   a new process each, as an operator runs them), their exit codes and whether
   every repository was checked;
 * `minigit repos` wall time (the CLI: it pages through every repository);
+* for each command, also its CPU seconds: on a loaded machine the wall time is
+  mostly waiting for a core;
 * replica CPU (user + system, from /proc) per created repository while creating,
   and per second while idle (the heartbeat's own cost, the apply loop polling).
+
+With --store-only, no Kafka and no replica: a store of each checkpoint's size is
+filled in this process, and the CPU of one heartbeat's work on it now (summaries,
+changed pages, the audit of 200 repositories) is printed next to what every
+heartbeat did before (fold every repository's digest from its rows), with the
+sizes of the heartbeat and page records.
 
 The first checkpoint is the reference of the same run. Figures are development
 figures: the machine is shared. Results are written to bench/results/repos-<timestamp>.json.
@@ -27,6 +35,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import resource
 import shutil
 import subprocess
 import sys
@@ -140,9 +149,17 @@ def wait_applied(replicas: Replicas, count: int, timeout: float = 900) -> float:
     raise RuntimeError(f"replicas did not apply {count} creations in {timeout:g}s")
 
 
+CPU_OF_LAST_RUN = [0.0]
+
+
 def run_timed(command: list[str], env: dict | None = None, cwd: Path | None = None) -> tuple[float, int, str]:
+    """Wall seconds, exit code and output of a command; its CPU seconds (user + system)
+    go to CPU_OF_LAST_RUN: on a loaded machine wall time is mostly waiting for a core."""
+    before = resource.getrusage(resource.RUSAGE_CHILDREN)
     started = time.perf_counter()
     done = subprocess.run(command, capture_output=True, text=True, env=env, cwd=cwd, timeout=600)
+    after = resource.getrusage(resource.RUSAGE_CHILDREN)
+    CPU_OF_LAST_RUN[0] = (after.ru_utime - before.ru_utime) + (after.ru_stime - before.ru_stime)
     return time.perf_counter() - started, done.returncode, done.stdout
 
 
@@ -171,22 +188,97 @@ def measure(replicas: Replicas, root: Path, count: int, idle_s: float) -> dict:
     server = str(BIN / "minigit-server")
     seconds, code, out = run_timed([server, "status", "--json", *kafka])
     listed = json.loads(out)["repositories"] if code in (0, 4) and out.strip() else {}
-    result["status"] = {"seconds": seconds, "exit": code, "repositories": len(listed)}
+    result["status"] = {"seconds": seconds, "cpu_s": CPU_OF_LAST_RUN[0], "exit": code, "repositories": len(listed)}
     seconds, code, out = run_timed([server, "verify", "--json", "--wait", "30", *kafka])
     verdicts = json.loads(out)["repositories"] if out.strip() else []
     words: dict[str, int] = {}
     for verdict in verdicts:
         words[verdict["status"]] = words.get(verdict["status"], 0) + 1
-    result["verify"] = {"seconds": seconds, "exit": code, "repositories": len(verdicts), "verdicts": words}
+    result["verify"] = {
+        "seconds": seconds,
+        "cpu_s": CPU_OF_LAST_RUN[0],
+        "exit": code,
+        "repositories": len(verdicts),
+        "verdicts": words,
+    }
     env = {**os.environ, "MINIGIT_USER": USER}
     seconds, code, out = run_timed([str(BIN / "minigit"), "repos", "--json", *kafka], env=env, cwd=root)
     listed_repos = len(json.loads(out)["repositories"]) if code == 0 else 0
-    result["repos_cli"] = {"seconds": seconds, "exit": code, "repositories": listed_repos}
+    result["repos_cli"] = {"seconds": seconds, "cpu_s": CPU_OF_LAST_RUN[0], "exit": code, "repositories": listed_repos}
     before = replicas_cpu(replicas)
     time.sleep(idle_s)
     after = replicas_cpu(replicas)
     result["idle_cpu_per_s"] = {rid: (after[rid] - before[rid]) / idle_s for rid in before}
     return result
+
+
+def store_figures(counts: list[int]) -> list[dict]:
+    """Without Kafka, in this process: a store of N repositories (one version each),
+    and the CPU of what a heartbeat does with it now (collect the summaries, fold 200
+    repositories again) next to what each heartbeat did before (every digest folded
+    again from the rows), and the sizes of the records it makes."""
+    import tempfile as tmp
+
+    from minigit_server.reports import RepoReporter
+    from minigit_server.store import RepoState, SqliteStore, VersionInfo
+
+    rows = []
+    for count in counts:
+        with tmp.TemporaryDirectory() as folder:
+            store = SqliteStore(Path(folder) / "store.sqlite")
+            started = time.process_time()
+            with store.transaction():
+                for n in range(count):
+                    name = f"r{n:06d}"
+                    store.put_blob(n % 6, "a" * 64, 1, 1)
+                    store.put_repo(RepoState(name, 1, n % 6, n, "bench", "private"))
+                    store.add_version(name, VersionInfo(1, "a" * 64, "bench", "first", n, f"{n:032x}"))
+                for partition in range(6):
+                    store.set_applied(partition, count)
+            apply_cpu = time.process_time() - started
+            reporter = RepoReporter("1")
+            started = time.process_time()
+            first = reporter.collect(store)
+            first_cpu = time.process_time() - started
+            reporter.sent(first)
+            started = time.process_time()
+            reporter.audit(store)
+            again = reporter.collect(store)
+            beat_cpu = time.process_time() - started
+            started = time.process_time()
+            with store.snapshot():
+                for repo in store.list_repos():
+                    store.repo_digest(repo.name)
+            before_cpu = time.process_time() - started
+            beat = p.Heartbeat(
+                replica="1",
+                host="h",
+                pid=1,
+                started_ms=1,
+                sent_ms=2,
+                serving=[],
+                applied=first.applied,
+                log_end={},
+                partitions=first.partitions,
+            )
+            pages = [len(page.to_bytes()) for page in first.pages]
+            rows.append(
+                {
+                    "repos": count,
+                    "store_writes_cpu_ms_per_repo": 1000 * apply_cpu / count,
+                    "heartbeat_cpu_ms_now": 1000 * beat_cpu,
+                    "heartbeat_changed_pages_now": len(again.pages),
+                    "first_heartbeat_cpu_ms_all_pages": 1000 * first_cpu,
+                    "heartbeat_cpu_ms_before_all_digests": 1000 * before_cpu,
+                    "heartbeat_bytes_now": len(beat.to_bytes()),
+                    "pages": len(pages),
+                    "largest_page_bytes": max(pages, default=0),
+                    "pages_bytes": sum(pages),
+                }
+            )
+            store.close()
+            console.print(json.dumps(rows[-1]))
+    return rows
 
 
 def main() -> None:
@@ -197,8 +289,19 @@ def main() -> None:
     )
     parser.add_argument("--threads", type=int, default=8, help="client threads creating repositories")
     parser.add_argument("--idle", type=float, default=10.0, help="seconds of idle replica CPU measured")
+    parser.add_argument(
+        "--store-only",
+        action="store_true",
+        help="no Kafka: measure a store and the heartbeat's work at each checkpoint, in this process",
+    )
     args = parser.parse_args()
     checkpoints = sorted({int(n) for n in args.checkpoints.split(",")})
+    if args.store_only:
+        rows = store_figures(checkpoints)
+        out_dir = Path(__file__).parent / "results"
+        out_dir.mkdir(exist_ok=True)
+        (out_dir / f"repos-store-{time.strftime('%Y%m%d-%H%M%S')}.json").write_text(json.dumps(rows, indent=1))
+        return
 
     root = Path(tempfile.mkdtemp(prefix="minigit-bench-repos-"))
     use_own_config_dir(root)
@@ -278,8 +381,8 @@ def report(results: dict) -> None:
         "largest heartbeat B",
         "heartbeat age s",
         "repo-replicas B",
-        "status s",
-        "verify s (exit)",
+        "status s (CPU s)",
+        "verify s (CPU s, exit)",
         "verify verdicts",
         "minigit repos s",
         "idle CPU %",
@@ -294,8 +397,8 @@ def report(results: dict) -> None:
             str(row["largest_heartbeat_bytes"]),
             f"{max(ages):.1f}" if ages else "-",
             str(row["replica_records_bytes"]),
-            f"{row['status']['seconds']:.2f} ({row['status']['repositories']})",
-            f"{row['verify']['seconds']:.2f} ({row['verify']['exit']})",
+            f"{row['status']['seconds']:.2f} ({row['status'].get('cpu_s', 0):.2f})",
+            f"{row['verify']['seconds']:.2f} ({row['verify'].get('cpu_s', 0):.2f}, {row['verify']['exit']})",
             ", ".join(f"{k} {v}" for k, v in sorted(row["verify"]["verdicts"].items())),
             f"{row['repos_cli']['seconds']:.2f} ({row['repos_cli']['repositories']})",
             "/".join(f"{100 * v:.0f}" for v in row["idle_cpu_per_s"].values()),

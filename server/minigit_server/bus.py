@@ -497,6 +497,7 @@ class Bus:
                         latest.pop(record.key, None)
                         if record.value is not None:
                             latest[record.key] = record.value
+            self.reports_read_ms = int(time.time() * 1000)
             return latest
         finally:
             consumer.close()

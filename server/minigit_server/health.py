@@ -172,10 +172,11 @@ class ReplicaView:
 
         A page whose digest is the one the heartbeat names holds what the replica held
         at the heartbeat's position; an empty page ("") holds nothing there; a page of
-        another digest (a newer one not read yet, or lost) is taken at the position it
-        names itself, no later than the heartbeat's; a page the heartbeat names but
-        that cannot be found holds nothing known: position 0, so the replica looks
-        behind on every repository of it, never in agreement.
+        another digest is taken at the position it names itself (one newer than the
+        heartbeat, read between the page and the heartbeat that follows it; or older,
+        its successor lost); a page the heartbeat names but that cannot be found holds
+        nothing known: position 0, so the replica looks behind on every repository of
+        it, never in agreement.
         """
         pages = pages or {}
         repos = dict(beat.repos)
@@ -190,7 +191,7 @@ class ReplicaView:
                 elif page is None:
                     positions[key] = 0
                 else:
-                    positions[key] = at if page.digest == digest else min(page.applied, at)
+                    positions[key] = at if page.digest == digest else page.applied
                     repos.update(page.repos)
         return cls(beat, repos, positions)
 

@@ -241,3 +241,20 @@ def test_a_stale_or_missing_page_counts_as_behind_never_as_agreement():
     )
     assert current.position(1, "r0003") == 500 and current.repos["r0003"].head == 2
     assert current.sent_ms == beat.sent_ms  # a view reads as its heartbeat everywhere else
+
+
+def test_a_page_newer_than_its_heartbeat_counts_at_its_own_position():
+    """Read between a page and the heartbeat that follows it, the page is newer than
+    the heartbeat: a deletion it already shows is not a disagreement with a replica
+    that has not applied the deletion yet (taken at the heartbeat's older position,
+    replica 1 would look caught up without the repository: a tie of digests)."""
+    stores = {rid: make_store(20) for rid in ("1", "2")}
+    old_beat = beat_of(stores["1"], RepoReporter("1").collect(stores["1"]))
+    run_steps(stores["1"], [("delete", "r0004", 0)], start=20)  # replica 1 applied the deletion, offset 20
+    newer = RepoReporter("1").collect(stores["1"])
+    view_1 = health.ReplicaView.of(old_beat, {(pg.partition, pg.page): pg for pg in newer.pages})
+    reports_2 = RepoReporter("2").collect(stores["2"])  # replica 2 has not applied it yet
+    view_2 = health.replica_views([beat_of(stores["2"], reports_2, "2")], reports_2.pages)[0]
+    assert "r0004" not in view_1.repos and view_1.position(0, "r0004") == 21 > old_beat.applied[0]
+    verdict = {v.repo: v for v in health.verify_repositories([view_1, view_2])}["r0004"]
+    assert verdict.status == health.Verdict.BEHIND and verdict.behind == {"2": 1} and verdict.disagreeing == []

@@ -271,6 +271,8 @@ def test_with_many_repositories_status_and_verify_list_only_those_needing_a_look
     assert "DISAGREE  r007 (version 4)" in done.output and "r008" not in done.output
     assert "ok        149 more repositories: every replica agrees (--all lists them)" in done.output
     assert "ok        r008 (version 3): 2 replicas agree" in runner.invoke(cli.app, ["verify", "--all"]).output
+
+
 # -- retention of the transient topics
 
 
@@ -317,3 +319,20 @@ def test_start_sets_retention_from_flags_over_the_environment_and_passes_it_to_e
     expected = TopicRetention(requests_ms=70000, responses_ms=90000)  # the flag wins over its variable
     assert told == [expected]
     assert len(commands) == 2 and all(" ".join(expected.flags()) in " ".join(c) for c in commands)
+
+
+def test_a_heartbeat_is_as_old_as_it_was_when_read_not_once_parsed(runner: CliRunner, monkeypatch) -> None:
+    """Parsing thousands of reports on a loaded machine takes seconds: the replicas
+    were up when their records were read."""
+    read_ms = wall_ms() - 60_000
+    beats = [heartbeat(r, sent_ms=read_ms - 500, repos={"demo": report()}) for r in ("1", "2")]
+
+    def read_cluster(settings):
+        cli.READ_AT_MS[0] = read_ms
+        return beats, {0: 10}
+
+    monkeypatch.setattr(cli, "read_cluster", read_cluster)
+    done = runner.invoke(cli.app, ["status", "--json"])
+    assert done.exit_code == 0 and '"state": "up"' in done.output, done.output
+    done = runner.invoke(cli.app, ["verify", "--wait", "0"])
+    assert done.exit_code == 0, done.output
