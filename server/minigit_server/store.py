@@ -123,7 +123,8 @@ class Store(abc.ABC):
 
     @abc.abstractmethod
     def restore_blob(self, partition: int, sha: str, size: int, count: int, pieces: Iterable[Piece]) -> None:
-        """Replace a blob's pieces and row with ``pieces`` (a repair, in one transaction)."""
+        """Replace a blob's pieces and row with ``pieces`` (a repair, in one transaction);
+        nothing if the store no longer holds the object (``holds``: it was collected)."""
 
     @abc.abstractmethod
     def scratch(self) -> contextlib.AbstractContextManager[Store]:
@@ -241,6 +242,11 @@ class Store(abc.ABC):
 
     def close(self) -> None:  # noqa: B027 - optional: only a store with connections has something to close
         pass
+
+    def holds(self, partition: int, sha: str) -> bool:
+        """Whether the log says this store keeps the object: a version refers to it or
+        an upload of it is pending. Anything else was collected (or never came)."""
+        return self.is_referenced(partition, sha) or self.is_pending(partition, sha)
 
     def reclaim_space(self) -> int:
         """Give the space of deleted content back to the file system (outside any
@@ -380,6 +386,8 @@ class MemoryStore(Store):
 
     def restore_blob(self, partition: int, sha: str, size: int, count: int, pieces: Iterable[Piece]) -> None:
         with self.transaction():
+            if not self.holds(partition, sha):
+                return  # collected meanwhile (by the applier): a repair must not bring it back
             self.chunks[(partition, sha)] = {piece.index: piece for piece in pieces}
             self.blobs[(partition, sha)] = (size, count)
 
@@ -712,6 +720,8 @@ class SqliteStore(Store):
     def restore_blob(self, partition: int, sha: str, size: int, count: int, pieces: Iterable[Piece]) -> None:
         db = self._db()
         with self.transaction():
+            if not self.holds(partition, sha):
+                return  # collected meanwhile (by the applier): a repair must not bring it back
             self.delete_chunks(partition, sha)
             for piece in pieces:
                 self.put_chunk(partition, sha, piece)
