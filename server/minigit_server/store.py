@@ -860,14 +860,17 @@ class SqliteStore(Store):
         return clock
 
     def expire_uploads(self, partition: int, floors: Floors) -> list[str]:
-        # collection.is_stale, as two indexed conditions (an undated upload has a NULL clock: never below)
+        # collection.is_stale, as two conditions each searched by its index (an upload
+        # not dated yet has a NULL clock: never below the floor)
         db = self._db()
-        where = "FROM uploads WHERE partition = ? AND (first_offset < ? OR clock_ms < ?)"
-        arguments = (partition, floors.offset, floors.clock_ms)
-        shas = sorted({row[0] for row in db.execute(f"SELECT sha {where}", arguments)})
-        if shas:
-            db.execute(f"DELETE {where}", arguments)
-        return shas
+        shas: set[str] = set()
+        for column, floor in (("first_offset", floors.offset), ("clock_ms", floors.clock_ms)):
+            where = f"FROM uploads WHERE partition = ? AND {column} < ?"
+            found = {row[0] for row in db.execute(f"SELECT sha {where}", (partition, floor))}
+            if found:
+                db.execute(f"DELETE {where}", (partition, floor))
+                shas |= found
+        return sorted(shas)
 
     def list_uploads(self, partition: int) -> list[Upload]:
         query = (
