@@ -90,10 +90,11 @@ def ensure_topics(
     replication_factor: int,
     min_insync: int | None = None,
     retention: TopicRetention = DEFAULT_RETENTION,
+    warn: Callable[[str], object] = log.warning,
 ) -> list[str]:
     """Create the service's topics that are missing; return the names created.
     The transient topics that existed already get ``retention`` (an incremental
-    change: their other settings stay).
+    change: their other settings stay); if the broker refuses, ``warn`` is told why.
 
     Never relies on broker auto-creation. Running it twice is harmless.
     """
@@ -115,10 +116,17 @@ def ensure_topics(
             if name in existing
         ]
         if altered:
-            answers = admin.alter_configs(altered)
-            failed = [str(answer) for answer in _config_errors(answers)]
+            # Best effort: a principal without AlterConfigs on the topics (ACLs) still
+            # runs the service, with the retention the topics have.
+            try:
+                failed = [str(answer) for answer in _config_errors(admin.alter_configs(altered))]
+            except KafkaError as error:
+                failed = [str(error)]
             if failed:
-                raise MinigitError(f"could not set the retention of the minigit topics: {'; '.join(failed)}")
+                warn(
+                    f"could not set the retention of {', '.join(r.name for r in altered)}: {'; '.join(failed)} "
+                    "(grant AlterConfigs on them, or set retention.ms/retention.bytes with kafka-configs.sh)"
+                )
         return created
     except KafkaError as error:
         raise MinigitError(f"could not create the minigit topics: {error}") from None

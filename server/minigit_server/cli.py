@@ -209,7 +209,14 @@ def start(
             requests_retention_ms, responses_retention_ms, transient_retention_bytes, max_push_bytes
         )
         settings = kafka_settings(bootstrap, namespace, kafka_option)
-        created = bus.ensure_topics(settings, partitions, replication_factor, min_insync_replicas, retention)
+        created = bus.ensure_topics(
+            settings,
+            partitions,
+            replication_factor,
+            min_insync_replicas,
+            retention,
+            warn=lambda text: err.print(f"warning: {plain(text)}"),
+        )
         if created:
             err.print(f"created topics: {plain(', '.join(created))}")
         is_open = registration == Registration.OPEN

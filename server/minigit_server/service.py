@@ -301,6 +301,8 @@ class Integrity:
                     pace(size)
 
                 problem = self.store.check_blob(partition, sha, counted)
+                if problem is not None and not self.store.holds(partition, sha):
+                    continue  # collected since it was listed: not damage, and not to be repaired
                 tally.objects += 1
                 if problem is not None:
                     repaired = self.quarantine_and_repair(partition, sha, problem, "scrubbing")

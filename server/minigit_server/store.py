@@ -126,7 +126,8 @@ class Store(abc.ABC):
 
     @abc.abstractmethod
     def restore_blob(self, partition: int, sha: str, size: int, count: int, pieces: Iterable[Piece]) -> None:
-        """Replace a blob's pieces and row with ``pieces`` (a repair, in one transaction)."""
+        """Replace a blob's pieces and row with ``pieces`` (a repair, in one transaction);
+        nothing if the store no longer holds the object (``holds``: it was collected)."""
 
     @abc.abstractmethod
     def scratch(self) -> contextlib.AbstractContextManager[Store]:
@@ -265,6 +266,11 @@ class Store(abc.ABC):
 
     def close(self) -> None:  # noqa: B027 - optional: only a store with connections has something to close
         pass
+
+    def holds(self, partition: int, sha: str) -> bool:
+        """Whether the log says this store keeps the object: a version refers to it or
+        an upload of it is pending. Anything else was collected (or never came)."""
+        return self.is_referenced(partition, sha) or self.is_pending(partition, sha)
 
     def reclaim_space(self) -> int:
         """Give the space of deleted content back to the file system (outside any
@@ -455,6 +461,8 @@ class MemoryStore(Store):
 
     def restore_blob(self, partition: int, sha: str, size: int, count: int, pieces: Iterable[Piece]) -> None:
         with self.transaction():
+            if not self.holds(partition, sha):
+                return  # collected meanwhile (by the applier): a repair must not bring it back
             self.chunks[(partition, sha)] = {piece.index: piece for piece in pieces}
             self.blobs[(partition, sha)] = (size, count)
 
@@ -825,6 +833,8 @@ class SqliteStore(Store):
     def restore_blob(self, partition: int, sha: str, size: int, count: int, pieces: Iterable[Piece]) -> None:
         db = self._db()
         with self.transaction():
+            if not self.holds(partition, sha):
+                return  # collected meanwhile (by the applier): a repair must not bring it back
             self.delete_chunks(partition, sha)
             for piece in pieces:
                 self.put_chunk(partition, sha, piece)
@@ -1001,14 +1011,17 @@ class SqliteStore(Store):
         return clock
 
     def expire_uploads(self, partition: int, floors: Floors) -> list[str]:
-        # collection.is_stale, as two indexed conditions (an undated upload has a NULL clock: never below)
+        # collection.is_stale, as two conditions each searched by its index (an upload
+        # not dated yet has a NULL clock: never below the floor)
         db = self._db()
-        where = "FROM uploads WHERE partition = ? AND (first_offset < ? OR clock_ms < ?)"
-        arguments = (partition, floors.offset, floors.clock_ms)
-        shas = sorted({row[0] for row in db.execute(f"SELECT sha {where}", arguments)})
-        if shas:
-            db.execute(f"DELETE {where}", arguments)
-        return shas
+        shas: set[str] = set()
+        for column, floor in (("first_offset", floors.offset), ("clock_ms", floors.clock_ms)):
+            where = f"FROM uploads WHERE partition = ? AND {column} < ?"
+            found = {row[0] for row in db.execute(f"SELECT sha {where}", (partition, floor))}
+            if found:
+                db.execute(f"DELETE {where}", (partition, floor))
+                shas |= found
+        return sorted(shas)
 
     def list_uploads(self, partition: int) -> list[Upload]:
         query = (

@@ -194,3 +194,31 @@ def test_only_the_transient_topics_get_bounded_retention_and_the_log_keeps_every
     assert specs[topics.responses]["retention.ms"] == "90000"
     assert specs[topics.requests]["retention.bytes"] == specs[topics.responses]["retention.bytes"] == str(64 * 1024**2)
     assert set(transient_configs(topics, retention)) == {topics.requests, topics.responses}  # never the log
+
+
+def test_a_broker_refusing_to_alter_retention_is_a_warning_not_a_failure(monkeypatch) -> None:
+    """A principal without AlterConfigs (ACLs) still starts the service."""
+    from kafka.errors import TopicAuthorizationFailedError
+
+    from minigit.config import KafkaSettings
+    from minigit_server import bus as bus_module
+
+    settings = KafkaSettings("localhost:9092", "ns-")
+
+    class RefusingAdmin:
+        def list_topics(self):
+            topics = settings.topics
+            return [topics.requests, topics.responses, topics.log, topics.replicas]
+
+        def alter_configs(self, resources):
+            assert {r.name for r in resources} == {settings.topics.requests, settings.topics.responses}  # never the log
+            raise TopicAuthorizationFailedError()
+
+        def close(self):
+            pass
+
+    monkeypatch.setattr(bus_module, "open_admin", lambda settings: RefusingAdmin())
+    warnings: list[str] = []
+    assert bus_module.ensure_topics(settings, 3, 1, warn=warnings.append) == []
+    [warning] = warnings
+    assert "could not set the retention of ns-repo-requests, ns-repo-responses" in warning and "AlterConfigs" in warning

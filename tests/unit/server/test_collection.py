@@ -333,3 +333,22 @@ def test_collected_content_gives_its_disk_space_back(tmp_path: Path) -> None:
         assert store.path.stat().st_size < full - 7 * 1024 * 1024
     finally:
         store.close()
+
+
+def test_a_repair_never_brings_back_a_collected_object(store) -> None:
+    """The scrub lists objects, the applier collects one, the scrub finds it "not in
+    the store": restoring it from the log would keep on this replica alone what every
+    other one deleted."""
+    log = Client()
+    log.create(log.upload("c1", {"a": b"1"}), rid="c1")
+    log.push(9, log.upload("p2", {"a": b"1", "gone": b"rejected content"}, known={"a": b"1"}), rid="p2")
+    apply_records(store, log.records, 1)
+    gone = p.hash_bytes(b"rejected content")
+    assert gone not in objects(store) and not store.holds(0, gone)
+    piece = codec.Piece(0, "raw", b"rejected content")
+    store.restore_blob(0, gone, len(b"rejected content"), 1, [piece])
+    assert gone not in objects(store) and store.blob_size(0, gone) is None
+    kept = p.hash_bytes(b"1")
+    assert store.holds(0, kept)
+    store.restore_blob(0, kept, 1, 1, [codec.Piece(0, "raw", b"1")])  # a held object is restored as before
+    assert store.read_blob(0, kept) == b"1"
