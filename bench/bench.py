@@ -1,10 +1,14 @@
 """Benchmarks of minigit against git on the same machine, in the same run.
 
-    .venv/bin/python bench/bench.py [--bootstrap HOST:PORT] [--rounds 30] [--skip-clone] [--only failover]
+    .venv/bin/python bench/bench.py [--bootstrap HOST:PORT] [--rounds 30] [--skip-clone]
+                                    [--only startup|latency|failover]
 
 Starts a local Kafka (unless --bootstrap is given) and three replica processes,
 then measures, printing figures (not pass/fail):
 
+* start-up: `minigit --version`/`--help` and `minigit-server --version`/`--help`
+  (median of --startup-rounds runs) next to `git --version` and `python -c pass`;
+  needs no broker (`--only startup` runs nothing else);
 * push and pull latency of a one-file change (median, p95): the `minigit` CLI
   as a user runs it, the same operation in-process (no interpreter start-up),
   and `git push` / `git pull` against a local bare repository;
@@ -112,6 +116,31 @@ class Replicas:
             process.terminate()
         for process in self.processes.values():
             process.wait(timeout=30)
+
+
+STARTUP_COMMANDS = {
+    "minigit_version": [str(BIN / "minigit"), "--version"],
+    "minigit_help": [str(BIN / "minigit"), "--help"],
+    "server_version": [str(BIN / "minigit-server"), "--version"],
+    "server_help": [str(BIN / "minigit-server"), "--help"],
+    "git_version": ["git", "--version"],
+    "python_pass": [sys.executable, "-c", "pass"],
+}
+
+
+def bench_startup(root: Path, rounds: int) -> dict:
+    """Wall time of commands that only start and print (interpreter, imports,
+    building the commands), each next to references of the same run. The commands
+    take turns, so that a burst of load from elsewhere hits them all alike."""
+    samples: dict[str, list[float]] = {key: [] for key in STARTUP_COMMANDS}
+    exit_codes: dict[str, int] = {}
+    for _ in range(rounds):
+        for key, command in STARTUP_COMMANDS.items():
+            started = time.perf_counter()
+            done = subprocess.run(command, cwd=root, capture_output=True)
+            samples[key].append(time.perf_counter() - started)
+            exit_codes[key] = done.returncode  # (an older version without the option exits 2)
+    return {key: {**summary(values), "exit_code": exit_codes[key]} for key, values in samples.items()}
 
 
 def bench_latency(replicas: Replicas, root: Path, rounds: int) -> dict:
@@ -245,7 +274,8 @@ def main() -> None:
     parser.add_argument("--mib", type=int, default=100)
     parser.add_argument("--failover-trials", type=int, default=3)
     parser.add_argument("--skip-clone", action="store_true")
-    parser.add_argument("--only", choices=["failover"], help="run only this benchmark")
+    parser.add_argument("--startup-rounds", type=int, default=30)
+    parser.add_argument("--only", choices=["startup", "latency", "failover"], help="run only this benchmark")
     args = parser.parse_args()
 
     root = Path(tempfile.mkdtemp(prefix="minigit-bench-"))
@@ -254,6 +284,11 @@ def main() -> None:
     bootstrap = args.bootstrap
     results: dict = {"machine": {"cpus": os.cpu_count(), "python": sys.version.split()[0]}}
     try:
+        if args.only in (None, "startup"):
+            console.print("[bold]start-up[/] (--version, --help)")
+            results["startup"] = bench_startup(root, args.startup_rounds)
+        if args.only == "startup":
+            return finish(results)
         if bootstrap is None:
             port = free_port()
             subprocess.run(
@@ -277,30 +312,54 @@ def main() -> None:
             replicas.start(replica_id)
         replicas.wait_settled(started_ms)
         replicas.serving("warmup")
-        if args.only is None:
+        if args.only in (None, "latency"):
             console.print("[bold]latency[/] (one-file change, 100-file repository)")
             results["latency"] = bench_latency(replicas, root, args.rounds)
         if not args.skip_clone and args.only is None:
             console.print(f"[bold]clone[/] ({args.files} files, {args.mib} MiB)")
             results["clone"] = bench_clone(replicas, root, args.files, args.mib)
-        console.print("[bold]failover[/] (SIGKILL of the serving replica -> next accepted push)")
-        results["failover"] = bench_failover(replicas, root, args.failover_trials, hedge=True)
-        console.print("[bold]failover, rebalance only[/] (the same, the client never hedging)")
-        results["failover_rebalance_only"] = bench_failover(replicas, root, args.failover_trials, hedge=False)
+        if args.only in (None, "failover"):
+            console.print("[bold]failover[/] (SIGKILL of the serving replica -> next accepted push)")
+            results["failover"] = bench_failover(replicas, root, args.failover_trials, hedge=True)
+            console.print("[bold]failover, rebalance only[/] (the same, the client never hedging)")
+            results["failover_rebalance_only"] = bench_failover(replicas, root, args.failover_trials, hedge=False)
         replicas.stop()
     finally:
-        if args.bootstrap is None:
+        if args.bootstrap is None and kafka_dir.exists():
             subprocess.run(
                 [str(BIN / "minigit-server"), "kafka", "stop", "--data-dir", str(kafka_dir)], capture_output=True
             )
         shutil.rmtree(root, ignore_errors=True)
+    finish(results)
+
+
+def finish(results: dict) -> None:
     report(results)
     out_dir = Path(__file__).parent / "results"
     out_dir.mkdir(exist_ok=True)
     (out_dir / f"{time.strftime('%Y%m%d-%H%M%S')}.json").write_text(json.dumps(results, indent=1))
 
 
+STARTUP_LABELS = {
+    "minigit_version": "minigit --version",
+    "minigit_help": "minigit --help",
+    "server_version": "minigit-server --version",
+    "server_help": "minigit-server --help",
+    "git_version": "git --version (reference)",
+    "python_pass": "python -c pass (reference)",
+}
+
+
 def report(results: dict) -> None:
+    if "startup" in results:
+        startup = Table(title="start-up (commands that only print)")
+        for column in ("command", "median ms", "p95 ms", "n"):
+            startup.add_column(column, justify="right" if column != "command" else "left")
+        for key, label in STARTUP_LABELS.items():
+            row = results["startup"][key]
+            failed = f" (exit {row['exit_code']})" if row.get("exit_code") else ""
+            startup.add_row(label + failed, f"{row['median_ms']:.0f}", f"{row['p95_ms']:.0f}", str(row["n"]))
+        Console().print(startup)
     table = Table(title="push / pull latency, one-file change (3 replicas, local broker)")
     for column in ("operation", "median ms", "p95 ms", "n"):
         table.add_column(column, justify="right" if column != "operation" else "left")
@@ -325,6 +384,8 @@ def report(results: dict) -> None:
             f"(minigit init/push of it: {c['minigit_init_s']:.1f} s)"
         )
     for key, how in (("failover", "hedged"), ("failover_rebalance_only", "rebalance only")):
+        if key not in results:
+            continue
         f = results[key]
         gaps = ", ".join(f"{s:.1f}" for s in f["seconds"])
         Console().print(

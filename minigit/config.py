@@ -25,6 +25,8 @@ KAFKA_ENV_PREFIX = "MINIGIT_KAFKA_"
 # The bounds of the client's --timeout (seconds), and of minigit-server ping's.
 MIN_TIMEOUT_S = 0.1
 MAX_TIMEOUT_S = 3600.0
+# What one push may upload (compressed), unless `minigit-server start --max-push-bytes` says otherwise.
+DEFAULT_MAX_PUSH_BYTES = 1024**3
 
 # The user's own files (keys, known servers) live in this directory.
 CONFIG_DIR_ENV = "MINIGIT_CONFIG_DIR"

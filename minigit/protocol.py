@@ -418,6 +418,15 @@ def added_later(default: str) -> Any:
     return field(default=default, metadata={_ADDED_LATER: True})
 
 
+@functools.cache
+def _typed_fields(cls: type) -> tuple[tuple[dataclasses.Field, Any], ...]:
+    """A record class's fields, each with its annotation resolved: once per class, as
+    ``typing.get_type_hints`` evaluates every annotation's text again at each call
+    (it was over half of a clone's time, a call per record received)."""
+    hints = typing.get_type_hints(cls)
+    return tuple((f, hints[f.name]) for f in dataclasses.fields(cls))
+
+
 @dataclass(kw_only=True)
 class Record:
     """A JSON object with a fixed schema: its dataclass fields, typed."""
@@ -435,11 +444,10 @@ class Record:
         """Check every field against its annotation, then the record's own rules.
         Unknown fields are ignored (a newer writer may add some)."""
         owner = owner or cls.__name__
-        hints, fields = _schema_of(cls)
         values = {}
-        for f in fields:
+        for f, annotation in _typed_fields(cls):
             if f.name in doc:
-                values[f.name] = _decode(hints[f.name], doc[f.name], owner, path + f.name)
+                values[f.name] = _decode(annotation, doc[f.name], owner, path + f.name)
             elif f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING:
                 raise ProtocolError(f"{owner}: missing field '{path}{f.name}'")
         record = cls(**values)
@@ -448,13 +456,6 @@ class Record:
 
     def validate(self) -> None:
         """Rules beyond types; raise ProtocolError (or UnsafePath)."""
-
-
-@functools.cache
-def _schema_of(cls: type[Record]) -> tuple[dict[str, Any], tuple[dataclasses.Field, ...]]:
-    """A record class's resolved annotations and fields, worked out once (resolving
-    the annotations compiles each of them: most of the time of parsing a small record)."""
-    return typing.get_type_hints(cls), dataclasses.fields(cls)
 
 
 # ---------------------------------------------------------------- messages

@@ -2,27 +2,30 @@
 
 from __future__ import annotations
 
+import enum
 import getpass
+import sys
 import time
 from pathlib import Path
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated
 
 import typer
 from rich.markup import escape
-from rich.table import Table
 from rich.text import Text
 
-from minigit import __version__, console, identity
-from minigit.client import keys, operations, preflight, textdiff
-from minigit.client import versions as versions_mod
-from minigit.client.changes import Changes, Strategy
-from minigit.client.merging import ConflictReport
-from minigit.client.operations import PullStatus, PushStatus
-from minigit.client.progress import ProgressObserver
+from minigit import __version__, console
 from minigit.config import DEFAULT_BOOTSTRAP, MAX_TIMEOUT_S, MIN_TIMEOUT_S, ServerFlags, user_config_dir
 from minigit.console import MESSAGE_KEEP, err, exit_on_error, out, quoted_path, shown
 from minigit.errors import MergeConflicts, MinigitError, PushRejected, UsageError
-from minigit.protocol import Access, Visibility
+
+# What a command does is imported when it runs, not here: `minigit --version` and
+# `--help` (and every command) would otherwise pay for Kafka, cryptography, the
+# wire format and the working directory code before doing anything
+# (tests/unit/client/test_cli_imports.py checks it).
+if TYPE_CHECKING:
+    from minigit.client import keys, operations, textdiff
+    from minigit.client.changes import Changes
+    from minigit.client.merging import ConflictReport
 
 EXIT_CODES = """\b
 Exit codes: 0 success; 1 the operation failed (no such repository, corrupt .minigit, bad
@@ -88,6 +91,8 @@ Json = Annotated[bool, typer.Option("--json", help="Print the result as JSON (fo
 def client_options(
     user: str | None, bootstrap: str | None, namespace: str | None, timeout: float, kafka_option: list[str] | None
 ) -> operations.ClientOptions:
+    from minigit.client import operations
+
     return operations.ClientOptions(
         user=user or default_user(),
         flags=ServerFlags.parse(bootstrap, namespace, kafka_option),
@@ -169,6 +174,10 @@ def init(
     as_json: Json = False,
 ) -> None:
     """Create repository NAME on the server from the files here (version 1); you own it."""
+    from minigit.client import operations
+    from minigit.client.progress import ProgressObserver
+    from minigit.protocol import Visibility
+
     with exit_on_error(json_output=as_json):
         options = client_options(user, bootstrap, namespace, timeout, kafka_option)
         visibility = Visibility.PUBLIC if public else Visibility.PRIVATE
@@ -198,6 +207,9 @@ def clone(
     as_json: Json = False,
 ) -> None:
     """Copy the head version of repository NAME into a new directory."""
+    from minigit.client import operations, preflight
+    from minigit.client.progress import ProgressObserver
+
     with exit_on_error(json_output=as_json):
         options = client_options(user, bootstrap, namespace, timeout, kafka_option)
         target = preflight.clone_destination(name, directory)  # before a word is printed
@@ -234,6 +246,10 @@ def pull(
     """Bring the working directory to the head version, keeping local edits. A file changed on both
     sides is merged line by line; overlapping edits are marked with <<<<<<< ======= >>>>>>> (exit 3)
     and a file that is not text keeps yours, with upstream's beside it as PATH.theirs."""
+    from minigit.client import operations
+    from minigit.client.changes import Strategy
+    from minigit.client.progress import ProgressObserver
+
     with exit_on_error(json_output=as_json) as found:
         if ours and theirs:
             raise UsageError("choose one of --ours and --theirs")
@@ -251,6 +267,8 @@ def pull(
 
 
 def report_pull(result: operations.PullResult, quiet: bool, as_json: bool) -> None:
+    from minigit.client.operations import PullStatus
+
     if as_json:
         print_json(result.to_json())
         return
@@ -304,6 +322,10 @@ def push(
     as_json: Json = False,
 ) -> None:
     """Send the local changes as the next version (only if you are at the head)."""
+    from minigit.client import operations
+    from minigit.client.operations import PushStatus
+    from minigit.client.progress import ProgressObserver
+
     with exit_on_error(json_output=as_json):
         options = client_options(user, bootstrap, namespace, timeout, kafka_option)
         try:
@@ -340,6 +362,8 @@ def status(
 ) -> None:
     """Show local changes against the local version (does not contact the server, unless a push
     was interrupted: then it asks what became of it)."""
+    from minigit.client import operations
+
     with exit_on_error(json_output=as_json):
         options = client_options(user, bootstrap, namespace, timeout, kafka_option)
         result = operations.read_status(Path.cwd(), options)
@@ -404,6 +428,8 @@ def log(
     as_json: Json = False,
 ) -> None:
     """Show the versions of the repository, newest first."""
+    from minigit.client import operations
+
     with exit_on_error(json_output=as_json) as found:
         options = client_options(user, bootstrap, namespace, timeout, kafka_option)
         name, entries, problems = operations.read_log(Path.cwd(), options, max_count, repo, paths or [], stat)
@@ -440,6 +466,8 @@ def print_entry_changes(entry, stat: bool) -> None:
 
 
 def print_log(entries: list, problems: list[str | None] | None, stat: bool = False) -> None:
+    from minigit import identity
+
     for number, entry in enumerate(entries):
         when = time.strftime("%a %b %d %H:%M:%S %Y %z", time.localtime(entry.time_ms / 1000))
         out.print(f"[yellow]version {entry.version}[/]")
@@ -475,6 +503,9 @@ def share(
     quiet: Quiet = False,
 ) -> None:
     """Give MEMBER read, write or admin access to repository NAME."""
+    from minigit.client import operations
+    from minigit.protocol import Access
+
     with exit_on_error():
         levels = [
             level for level, chosen in ((Access.READ, read), (Access.WRITE, write), (Access.ADMIN, admin)) if chosen
@@ -499,6 +530,9 @@ def unshare(
     quiet: Quiet = False,
 ) -> None:
     """Take MEMBER's access to repository NAME away (a public one stays readable)."""
+    from minigit.client import operations
+    from minigit.protocol import Access
+
     with exit_on_error():
         options = client_options(user, bootstrap, namespace, timeout, kafka_option)
         reply = operations.share_repository(Path.cwd(), options, name, member, Access.NONE)
@@ -506,10 +540,20 @@ def unshare(
             out.print(plain(reply.message))
 
 
+class VisibilityLevel(enum.StrEnum):
+    """The choices of `minigit visibility`: protocol.Visibility's values, copied so that
+    building the commands (for --help too) does not import the wire format."""
+
+    PUBLIC = "public"
+    PRIVATE = "private"
+
+
 @app.command()
 def visibility(
     name: Annotated[str, typer.Argument(help="Repository (you need admin on it).")],
-    level: Annotated[Visibility, typer.Argument(help="public: every registered user reads it; private: members only.")],
+    level: Annotated[
+        VisibilityLevel, typer.Argument(help="public: every registered user reads it; private: members only.")
+    ],
     user: User = None,
     bootstrap: Bootstrap = None,
     namespace: Namespace = None,
@@ -518,9 +562,12 @@ def visibility(
     quiet: Quiet = False,
 ) -> None:
     """Make repository NAME public or private."""
+    from minigit.client import operations
+    from minigit.protocol import Visibility
+
     with exit_on_error():
         options = client_options(user, bootstrap, namespace, timeout, kafka_option)
-        reply = operations.set_visibility(Path.cwd(), options, name, level)
+        reply = operations.set_visibility(Path.cwd(), options, name, Visibility(level))
         if not quiet:
             out.print(plain(reply.message))
 
@@ -551,6 +598,8 @@ def diff(
 
     The local version's bytes of the files you changed are fetched from the server (minigit keeps
     no second copy of your files), so diff needs the server when you changed a file; status does not."""
+    from minigit.client import versions as versions_mod
+
     with exit_on_error(json_output=as_json):
         options = client_options(user, bootstrap, namespace, timeout, kafka_option)
         versions, paths = split_versions(args or [])
@@ -582,6 +631,8 @@ DIFF_STYLES = {"+": "green", "-": "red", "@": "cyan"}
 
 
 def print_diffs(files: list[textdiff.FileDiff], stat: bool, name_status: bool) -> None:
+    from minigit.client import textdiff
+
     if name_status:  # for scripts: tab-separated, as git writes it (rich would expand the tab)
         for line in textdiff.format_name_status(files):
             typer.echo(shown(line, "\t"))
@@ -597,6 +648,8 @@ def print_diffs(files: list[textdiff.FileDiff], stat: bool, name_status: bool) -
 def print_file_diff(file: textdiff.FileDiff) -> None:
     """One file as git prints it: a header, then its hunks coloured on a terminal;
     the content's control characters shown as escapes, never sent to the terminal."""
+    from minigit.client import textdiff
+
     path = file.new_path or file.old_path or ""
     out.print(Text(f"diff --minigit a/{shown(path)} b/{shown(path)}", style="bold"))
     if file.old_path is None:
@@ -637,6 +690,8 @@ def restore(
 ) -> None:
     """Put files back as they are in your local version (or --source V): your changes to them are
     discarded. Only content no working file still holds is fetched from the server."""
+    from minigit.client import versions as versions_mod
+
     with exit_on_error(json_output=as_json):
         options = client_options(user, bootstrap, namespace, timeout, kafka_option)
         result = versions_mod.restore_paths(Path.cwd(), options, paths, source)
@@ -661,6 +716,8 @@ def show_command(
     as_json: Json = False,
 ) -> None:
     """Show a version: its author, date and message, and what it changed."""
+    from minigit.client import versions as versions_mod
+
     with exit_on_error(json_output=as_json):
         options = client_options(user, bootstrap, namespace, timeout, kafka_option)
         result = versions_mod.show_version(Path.cwd(), options, version, repo)
@@ -685,6 +742,8 @@ def checkout(
 ) -> None:
     """Put the working files at an older version, as a read-only view (push refuses there), or back at
     the head with --latest. Your local changes come along unless the version changed the same files."""
+    from minigit.client import operations
+
     with exit_on_error(json_output=as_json):
         if (version is None) == (not latest):
             raise UsageError("give a version to look at, or --latest to go back to the head")
@@ -714,6 +773,10 @@ def repos(
     as_json: Json = False,
 ) -> None:
     """List the repositories you may read, with their head version and last change."""
+    from rich.table import Table
+
+    from minigit.client import versions as versions_mod
+
     with exit_on_error(json_output=as_json):
         options = client_options(user, bootstrap, namespace, timeout, kafka_option)
         result = versions_mod.list_repositories(Path.cwd(), options)
@@ -749,6 +812,8 @@ app.add_typer(remote_app)
 @remote_app.callback()
 def remote(ctx: typer.Context, as_json: Json = False) -> None:
     """Show the repository and the service's address kept in .minigit."""
+    from minigit.client import versions as versions_mod
+
     if ctx.invoked_subcommand is not None:
         return
     with exit_on_error(json_output=as_json):
@@ -769,6 +834,8 @@ def set_url(
     as_json: Json = False,
 ) -> None:
     """Point this working directory at another address of the service."""
+    from minigit.client import versions as versions_mod
+
     with exit_on_error(json_output=as_json):
         result = versions_mod.set_remote(Path.cwd(), address, namespace)
         if as_json:
@@ -796,6 +863,8 @@ KeyUser = Annotated[
 @auth_app.command()
 def keygen(user: KeyUser = None, quiet: Quiet = False, as_json: Json = False) -> None:
     """Create your key pair (never replaces one: a new key is a new identity)."""
+    from minigit.client import keys
+
     with exit_on_error(json_output=as_json):
         report_key(keys.generate_key(user_config_dir(), user or default_user()), quiet, as_json)
 
@@ -803,6 +872,8 @@ def keygen(user: KeyUser = None, quiet: Quiet = False, as_json: Json = False) ->
 @auth_app.command()
 def show(user: KeyUser = None, as_json: Json = False) -> None:
     """Print your public key and its fingerprint (to give to whoever registers users)."""
+    from minigit.client import keys
+
     with exit_on_error(json_output=as_json):
         report_key(keys.key_info(user_config_dir(), user or default_user()), False, as_json)
 
@@ -818,6 +889,8 @@ def register(
 ) -> None:
     """Register your public key under your user name on the service (first come claims a name,
     where registration is open; any command does it for you on first use)."""
+    from minigit.client import operations
+
     with exit_on_error():
         options = client_options(user, bootstrap, namespace, timeout, kafka_option)
         reply = operations.register_account(Path.cwd(), options)
@@ -837,6 +910,8 @@ def rotate(
 ) -> None:
     """Replace your registered key by a new one (the request is signed with the old key,
     which is kept as KEY.old)."""
+    from minigit.client import operations
+
     with exit_on_error(json_output=as_json):
         options = client_options(user, bootstrap, namespace, timeout, kafka_option)
         report_key(operations.rotate_key(Path.cwd(), options), quiet, as_json)
@@ -855,9 +930,13 @@ def report_key(info: keys.KeyInfo, quiet: bool, as_json: bool) -> None:
         out.print(f"key file     {escape(quoted_path(str(info.path)))}")
 
 
+def print_version() -> None:
+    out.print(f"minigit {__version__}")
+
+
 def show_version(value: bool) -> None:
     if value:
-        out.print(f"minigit {__version__}")
+        print_version()
         raise typer.Exit()
 
 
@@ -870,5 +949,10 @@ def main_options(
     """A git-like client for a replicated repository service reached through Apache Kafka."""
 
 
-def main() -> None:
-    app()
+def main(args: list[str] | None = None) -> None:
+    """The `minigit` command. A bare `minigit --version` answers before Typer builds
+    every command's options (a third of its time); anything else goes through Typer."""
+    if (sys.argv[1:] if args is None else args) == ["--version"]:
+        print_version()
+        return
+    app(args)

@@ -27,7 +27,6 @@ from minigit.client.changes import THEIRS_SUFFIX, Changes, PullPlan, Strategy, d
 from minigit.client.exchange import Connector, Credentials, Link, Observer, Response
 from minigit.client.merge import has_conflict_markers
 from minigit.client.merging import ConflictReport, MergeWrites, needs_base, settle_conflicts
-from minigit.client.transport import Connection
 from minigit.config import KafkaSettings, ServerFlags, user_config_dir
 from minigit.console import shown
 from minigit.errors import (
@@ -61,7 +60,7 @@ class ClientOptions:
     user: str
     flags: ServerFlags = field(default_factory=ServerFlags)
     timeout: float = 30.0
-    connector: Connector = Connection
+    connector: Connector | None = None  # None: Kafka (transport.Connection), imported only when a command connects
     config_dir: Path | None = None  # keys and known_servers (default: minigit.config.user_config_dir())
 
     def settings(self, meta: ws.Metadata | None = None, root: Path | None = None) -> KafkaSettings:
@@ -72,7 +71,12 @@ class ClientOptions:
         return self.flags.resolve((meta.bootstrap, meta.namespace), where)
 
     def connect(self, settings: KafkaSettings) -> Link:
-        return self.connector(settings, self.credentials(settings), self.timeout)
+        connector = self.connector
+        if connector is None:
+            from minigit.client.transport import Connection
+
+            connector = Connection
+        return connector(settings, self.credentials(settings), self.timeout)
 
     def credentials(self, settings: KafkaSettings) -> Credentials:
         """The user's key (created on first use) and the service's pinned key."""

@@ -15,8 +15,9 @@ from __future__ import annotations
 import collections
 import math
 import random
+import threading
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any
 
 from kafka import TopicPartition
@@ -92,6 +93,39 @@ class Acknowledgements:
             self.object_failed = False
 
 
+class ProducerStart(threading.Thread):
+    """Opens the producer on its own thread, then, if told the topic exists
+    (``learn_partitions``), asks for its partitions. After ``finish`` (which waits
+    for it), ``producer`` is the producer (None if it could not be opened) and
+    ``error`` what went wrong, if anything."""
+
+    def __init__(self, open_producer: Callable[[], Any], topic: str) -> None:
+        super().__init__(name="minigit-producer-start", daemon=True)
+        self.open_producer, self.topic = open_producer, topic
+        self.producer: Any = None
+        self.partitions: set[int] | None = None
+        self.error: BaseException | None = None
+        self.decided = threading.Event()
+        self.wanted = False
+
+    def run(self) -> None:
+        try:
+            self.producer = self.open_producer()
+            self.decided.wait()
+            if self.wanted:
+                self.partitions = self.producer.partitions_for(self.topic)
+        except Exception as error:  # noqa: BLE001 - re-raised on the command's thread
+            self.error = error
+
+    def learn_partitions(self) -> None:
+        self.wanted = True
+        self.decided.set()
+
+    def finish(self) -> None:
+        self.decided.set()
+        self.join()
+
+
 class Connection:
     """A client's link to the service: one producer, one self-assigned reply partition."""
 
@@ -116,18 +150,37 @@ class Connection:
     def _open(self) -> None:
         # An unreachable broker fails within the timeout (kafka-python waits 30 s by default).
         bootstrap_timeout_ms = int(min(self.timeout, 10.0) * 1000)
-        self.producer = open_producer(self.settings, bootstrap_timeout_ms=bootstrap_timeout_ms)
-        self.consumer = open_consumer(self.settings, group_id=None, bootstrap_timeout_ms=bootstrap_timeout_ms)
-        partitions = self.consumer.partitions_for_topic(self.topics.responses)
-        # (the producer waits for a topic that does not exist: ask only if the other one does)
-        self.request_partitions = len((partitions and self.producer.partitions_for(self.topics.requests)) or ())
-        if not partitions or not self.request_partitions:
+        # The producer starts beside the consumer: each bootstrap is a connection and a few
+        # round trips to the broker, and a command used to wait for one, then the other.
+        producer_start = ProducerStart(
+            lambda: open_producer(self.settings, bootstrap_timeout_ms=bootstrap_timeout_ms), self.topics.requests
+        )
+        producer_start.start()
+        topics_exist = False
+        try:
+            self.consumer = open_consumer(self.settings, group_id=None, bootstrap_timeout_ms=bootstrap_timeout_ms)
+            partitions = self.consumer.partitions_for_topic(self.topics.responses)
+            # one metadata answer holds both topics (the producer waits for a topic that
+            # does not exist: it is asked for its partitions only once the topic is known)
+            topics_exist = bool(partitions and self.consumer.partitions_for_topic(self.topics.requests))
+            if topics_exist:
+                producer_start.learn_partitions()
+                self._seek_reply_partition(random.choice(sorted(partitions)))
+        finally:
+            producer_start.finish()
+            self.producer = producer_start.producer  # (whatever happened, close() closes it)
+        if producer_start.error is not None:
+            raise producer_start.error
+        self.request_partitions = len(producer_start.partitions or ())
+        if not topics_exist or not self.request_partitions:
             raise ServerUnreachable(
                 f"the minigit topics do not exist on {self.settings.bootstrap}",
                 hint="start the service with 'minigit-server start' (it creates them)",
             )
-        self.reply_partition = random.choice(sorted(partitions))
-        tp = TopicPartition(self.topics.responses, self.reply_partition)
+
+    def _seek_reply_partition(self, partition: int) -> None:
+        self.reply_partition = partition
+        tp = TopicPartition(self.topics.responses, partition)
         self.consumer.assign([tp])
         # A broker answered; the partition's leader may not (one killed in a cluster and not
         # yet replaced): nothing is sent yet, so ask again until the command's timeout.

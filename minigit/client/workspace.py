@@ -640,30 +640,41 @@ def safe_target(root: Path, rel: str, removed: Collection[str] = frozenset()) ->
     that is one of the files in ``removed`` (deleted before ``rel`` is written) is
     no obstacle: what is below it is made new."""
     p.check_path(rel)
-    current = root
-    for part in rel.split("/")[:-1]:
-        current = current / part
-        if current.relative_to(root).as_posix() in removed:
+    base = os.fspath(root)
+    for parent in parents_of(rel):  # (strings, not Paths: this runs for every file a pull writes)
+        if parent in removed:
             break
         try:
-            mode = os.lstat(current).st_mode
+            mode = os.lstat(os.path.join(base, parent)).st_mode
         except FileNotFoundError:
             continue
         if stat.S_ISLNK(mode):
-            raise UnsafePath(rel, f"{current.relative_to(root)} is a symbolic link")
+            raise UnsafePath(rel, f"{parent} is a symbolic link")
         if not stat.S_ISDIR(mode):
-            raise UnsafePath(rel, f"{current.relative_to(root)} is not a directory")
+            raise UnsafePath(rel, f"{parent} is not a directory")
     return root / rel
 
 
+def parents_of(rel: str) -> Iterator[str]:
+    """``a``, ``a/b`` for ``a/b/c``: the folders ``rel`` is in, from the top."""
+    end = rel.find("/")
+    while end != -1:
+        yield rel[:end]
+        end = rel.find("/", end + 1)
+
+
 def make_parents(root: Path, rel: str) -> None:
-    current = root
-    for part in rel.split("/")[:-1]:
-        current = current / part
+    base = os.fspath(root)
+    for parent in parents_of(rel):
+        current = os.path.join(base, parent)
         with contextlib.suppress(FileExistsError):
             os.mkdir(current)
-        if os.path.islink(current) or not current.is_dir():
-            raise UnsafePath(rel, f"{current.relative_to(root)} is not a directory")
+        try:
+            is_folder = stat.S_ISDIR(os.lstat(current).st_mode)  # (a link to a folder is not one)
+        except FileNotFoundError:
+            is_folder = False
+        if not is_folder:
+            raise UnsafePath(rel, f"{parent} is not a directory")
 
 
 def remove_file(root: Path, rel: str) -> None:

@@ -6,19 +6,21 @@ import enum
 import functools
 import os
 import random
+import sys
 import time
 from pathlib import Path
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated
 
 import typer
 from rich.markup import escape
 from rich.table import Table
 
-from minigit import protocol as p
+from minigit import __version__
 from minigit.config import (
     DEFAULT_BOOTSTRAP,
     DEFAULT_LOG_BACKUPS,
     DEFAULT_LOG_MAX_BYTES,
+    DEFAULT_MAX_PUSH_BYTES,
     DEFAULT_METRICS_HOST,
     DEFAULT_REQUESTS_RETENTION_MS,
     DEFAULT_RESPONSES_RETENTION_MS,
@@ -33,10 +35,12 @@ from minigit.config import (
 )
 from minigit.console import err, exit_on_error, out, shown
 from minigit.errors import ExitCode, MinigitError, ServerUnreachable
-from minigit_server import health
 from minigit_server.devkafka.cli import kafka_app
-from minigit_server.health import ReplicaState, Verdict
-from minigit_server.service import DEFAULT_MAX_PUSH_BYTES
+
+# The wire format, the health computations and the service are imported by the
+# commands that use them, not here: `minigit-server --version` and `--help` need none.
+if TYPE_CHECKING:
+    from minigit_server import health
 
 app = typer.Typer(
     name="minigit-server",
@@ -193,6 +197,7 @@ def start(
 ) -> None:
     """Start the replicated service in the foreground (Ctrl-C or SIGTERM stops every replica)."""
     from minigit import identity
+    from minigit import protocol as p
     from minigit_server import bus, metrics, supervisor
     from minigit_server.server_key import load_or_create_server_key
 
@@ -258,6 +263,7 @@ def ping(
     kafka_option: KafkaOption = None,
 ) -> None:
     """Send one request through Kafka and print which replica answered, and how fast."""
+    from minigit import protocol as p
     from minigit.kafka_clients import INFRASTRUCTURE_ERRORS
     from minigit_server.bus import Bus
 
@@ -353,6 +359,8 @@ def status(
     """Show the replicas (health, partitions served, applied offsets and lag) and
     each repository's head version on every replica. Exit code 0: a replica is up;
     4: none is (so that status works as a health check)."""
+    from minigit_server import health
+    from minigit_server.health import ReplicaState
     from minigit_server.replica import HEARTBEAT_INTERVAL_S
 
     with exit_on_error():
@@ -383,6 +391,8 @@ def age(now_ms: int, then_ms: int) -> str:
 def replica_table(rows: list, now_ms: int, odd_keys: list[str] | None = None) -> Table:
     """Every value from a heartbeat is escaped: the wire is not markup. A replica
     in ``odd_keys`` checks the log with another service key than the others."""
+    from minigit_server.health import ReplicaState
+
     table = Table(title="replicas", title_justify="left")
     columns = ("replica", "state", "host", "pid", "up since", "last heartbeat", "serves", "applied / lag")
     for column in (*columns, "service key"):
@@ -464,6 +474,8 @@ def verify(
     service key it checks the log with), lags more than --max-lag records, is
     down, fewer than --expect are up, or (--deep) holds damaged objects or did not
     finish reading in time; 4: no replica answers."""
+    from minigit_server import health
+    from minigit_server.health import ReplicaState, Verdict
     from minigit_server.replica import HEARTBEAT_INTERVAL_S
 
     with exit_on_error():
@@ -527,6 +539,7 @@ DEEP_WAIT_S = 600.0
 
 def ask_for_scrub(settings: KafkaSettings) -> str:
     """Ask every replica to scrub now; the request id its answer will carry."""
+    from minigit import protocol as p
     from minigit.kafka_clients import INFRASTRUCTURE_ERRORS
     from minigit_server.bus import Bus
 
@@ -561,6 +574,8 @@ def print_keys(keys: health.ServerKeyCheck) -> None:
 
 def print_deep(results: list, wait: float) -> None:
     """One line per replica; one more per damaged object (its sha names it)."""
+    from minigit_server import health
+
     for result in results:
         replica = plain(result.replica)
         if result.state == health.DeepState.CLEAN:
@@ -588,6 +603,7 @@ def forget(
     kafka_option: KafkaOption = None,
 ) -> None:
     """Drop a removed replica from status and verify (its data is untouched)."""
+    from minigit import protocol as p
     from minigit.kafka_clients import INFRASTRUCTURE_ERRORS
     from minigit_server.bus import Bus
 
@@ -619,6 +635,8 @@ def print_missing(down: list, live: int, expect: int, now_ms: int) -> None:
 def print_verdicts(verdicts: list, replicas: list[str], list_all: bool = True) -> None:
     """Replica and repository names come from heartbeats: escaped, never markup.
     Beyond LISTED_IN_FULL repositories (unless ``list_all``) the agreeing ones are counted, not listed."""
+    from minigit_server.health import Verdict
+
     out.print(f"Checked {len(verdicts)} repositories on replicas {plain(', '.join(replicas))}")
     brief = not list_all and len(verdicts) > LISTED_IN_FULL
     agreeing = 0
@@ -652,8 +670,31 @@ app.add_typer(repo_app)
 app.add_typer(snapshot_app)
 
 
-def main() -> None:
-    app()
+def print_version() -> None:
+    out.print(f"minigit-server {__version__}")
+
+
+def show_version(value: bool) -> None:
+    if value:
+        print_version()
+        raise typer.Exit()
+
+
+@app.callback()
+def main_options(
+    version: Annotated[
+        bool, typer.Option("--version", callback=show_version, is_eager=True, help="Show the version and exit.")
+    ] = False,
+) -> None:
+    """Run the replicated minigit repository service and a local Apache Kafka."""
+
+
+def main(args: list[str] | None = None) -> None:
+    """The `minigit-server` command; a bare `--version` answers before Typer builds every command."""
+    if (sys.argv[1:] if args is None else args) == ["--version"]:
+        print_version()
+        return
+    app(args)
 
 
 if __name__ == "__main__":

@@ -21,6 +21,7 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 from minigit import identity, sealing
 from minigit import protocol as p
+from minigit.config import DEFAULT_MAX_PUSH_BYTES as DEFAULT_MAX_PUSH_BYTES
 from minigit.errors import MinigitError
 from minigit.protocol import Status
 from minigit_server import access, decisions
@@ -33,8 +34,6 @@ log = logging.getLogger("minigit.service")
 # Bounds a log reply's entries, as their JSON is written (escapes included), so that
 # the reply is one record under Kafka's 1 MiB, sealed too (base64: 4/3 of it).
 MAX_LOG_REPLY_BYTES = 600_000
-# What one push may upload (compressed), unless `minigit-server start --max-push-bytes` says otherwise.
-DEFAULT_MAX_PUSH_BYTES = 1024**3
 # What the push limit counts for a chunk record at least, however small its payload.
 RECORD_CHARGE = 1024
 APPLY_WAIT_S = 120.0

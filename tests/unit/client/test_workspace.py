@@ -633,3 +633,8 @@ def test_every_path_the_protocol_accepts_is_tracked(tmp_path, rel):
     assert p.check_path(rel) == rel  # the server accepts it in a tree
     write(tmp_path, rel, b"content")
     assert ws.list_files(tmp_path) == [rel]
+
+
+def test_parents_of_lists_the_folders_a_path_is_in_from_the_top() -> None:
+    assert list(ws.parents_of("a/b/c.txt")) == ["a", "a/b"]
+    assert list(ws.parents_of("top.txt")) == []
