@@ -303,18 +303,24 @@ def main() -> None:
             replicas.start(replica_id)
         replicas.wait_settled(started_ms)
         replicas.serving("warmup")
-        if args.only in (None, "push"):
-            console.print(f"[bold]push[/] ({args.push_files} files, {args.push_mib} MiB, half compressible)")
-            results["push"] = bench_push(replicas, root, args.push_files, args.push_mib)
-            content += args.push_mib * MIB
-        if args.only in (None, "clone"):
-            console.print(f"[bold]clone[/] ({args.clone_files} files, {args.clone_mib} MiB, random)")
-            results["clone"] = bench_clone(replicas, root, args.clone_files, args.clone_mib, args.clone_rounds)
-            content += args.clone_mib * MIB
-        if args.memory or args.only == "memory":
-            console.print(f"[bold]memory[/] (push and clone of {args.memory_mib} MiB)")
-            results["memory"] = bench_memory(replicas, root, args.memory_mib)
-            content += args.memory_mib * MIB
+        sections = [
+            ("push", args.only in (None, "push"), args.push_mib, f"{args.push_files} files, {args.push_mib} MiB",
+             lambda: bench_push(replicas, root, args.push_files, args.push_mib)),
+            ("clone", args.only in (None, "clone"), args.clone_mib, f"{args.clone_files} files, {args.clone_mib} MiB",
+             lambda: bench_clone(replicas, root, args.clone_files, args.clone_mib, args.clone_rounds)),
+            ("memory", args.memory or args.only == "memory", args.memory_mib, f"{args.memory_mib} MiB",
+             lambda: bench_memory(replicas, root, args.memory_mib)),
+        ]  # fmt: skip
+        for name, wanted, mib, what, run in sections:
+            if not wanted:
+                continue
+            console.print(f"[bold]{name}[/] ({what})")
+            content += mib * MIB
+            try:
+                results[name] = run()
+            except (RuntimeError, OSError, subprocess.CalledProcessError) as error:  # a failure is a figure too
+                console.print(f"[red]{name} failed:[/] {error}")
+                results[f"{name}_failed"] = str(error)[-2000:]
         results["replica_rss"] = {rid: peak_rss(proc.pid) for rid, proc in replicas.processes.items()}
         replicas.stop()
         results["disk"] = disk_usage(replicas.settings, kafka_dir, root / "server", content)
