@@ -3,9 +3,10 @@ back, on every topic and in every store.
 
 A blob of ``size`` bytes is cut into ``count_chunks(size)`` pieces of at most
 CHUNK_SIZE raw bytes; an empty blob is one empty piece. Each piece is stored
-and sent encoded (``raw``, or ``zlib`` when that pays), and a blob is whole
-only when its pieces, decoded in order, hash to its name (sha256). Nothing
-here touches Kafka; ``split_stream`` reads whatever it is given.
+and sent encoded (``raw``, or ``lz4`` when that pays; ``zlib`` pieces written
+before lz4 are still read), and a blob is whole only when its pieces, decoded
+in order, hash to its name (sha256). Nothing here touches Kafka;
+``split_stream`` reads whatever it is given.
 """
 
 from __future__ import annotations
@@ -16,16 +17,24 @@ import zlib
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 
+import lz4.block
+
 from minigit.errors import ProtocolError
 
-# 512 KiB of raw bytes is about 700 KB once base64-encoded: under Kafka's default
-# message.max.bytes (1 MiB) with room for the JSON around it.
+# A piece's raw bytes. A chunk record carries them in binary after a small header
+# (protocol.Chunk), sealed or not, well under Kafka's default message.max.bytes
+# (1 MiB). The size is part of every stored blob's piece count: changing it would
+# split a blob pushed again differently from the copy already stored.
 CHUNK_SIZE = 512 * 1024
 MAX_RECORD_BYTES = 1_000_000  # what any record minigit writes must stay under (tests check chunks)
 
 RAW = "raw"
-ZLIB = "zlib"
-ENCODINGS = (RAW, ZLIB)
+ZLIB = "zlib"  # written before lz4: still read (old logs and stores), no longer written
+LZ4 = "lz4"  # an LZ4 block without its size in front: the piece's raw size is at most CHUNK_SIZE
+ENCODINGS = (RAW, ZLIB, LZ4)
+# What encode_piece compresses first, to skip content that does not shrink (random,
+# already compressed) at the cost of compressing this much of it.
+SAMPLE_BYTES = 16384
 
 
 def hash_bytes(data: bytes) -> str:
@@ -81,22 +90,33 @@ class Piece:
 
 
 def encode_piece(index: int, raw: bytes) -> Piece:
-    """Compress when it pays; already-compressed content is kept as it is."""
-    sample = raw[:16384]
-    if len(raw) > 4 * len(sample) and len(zlib.compress(sample, 1)) > 0.9 * len(sample):
-        return Piece(index, RAW, raw)  # a sample did not shrink: skip a whole zlib pass over noise
-    packed = zlib.compress(raw, 1)
-    if len(packed) < len(raw):
-        return Piece(index, ZLIB, packed)
+    """Compress (lz4, hundreds of MB/s) when it pays; already-compressed content is
+    kept as it is. A piece is never stored larger than its raw bytes."""
+    if len(raw) > CHUNK_SIZE:
+        raise ValueError(f"a piece holds at most {CHUNK_SIZE} bytes")
+    sample = raw[:SAMPLE_BYTES]
+    if len(raw) > 4 * len(sample) and len(lz4.block.compress(sample, store_size=False)) > 0.9 * len(sample):
+        return Piece(index, RAW, raw)  # a sample did not shrink: skip a whole pass over noise
+    packed = lz4.block.compress(raw, store_size=False) if raw else b""
+    if len(packed) < 0.97 * len(raw):
+        return Piece(index, LZ4, packed)
     return Piece(index, RAW, raw)
 
 
 def decode_piece(piece: Piece) -> bytes:
     """The raw bytes of a piece; never more than CHUNK_SIZE of them, whatever it claims."""
+    if len(piece.payload) > CHUNK_SIZE:  # no encoding writes a piece larger than its raw bytes
+        raise ProtocolError("chunk larger than CHUNK_SIZE")
     if piece.encoding == RAW:
-        if len(piece.payload) > CHUNK_SIZE:
-            raise ProtocolError("chunk larger than CHUNK_SIZE")
         return piece.payload
+    if piece.encoding == LZ4:
+        if not piece.payload:
+            raise ProtocolError("corrupt chunk: an empty lz4 block")
+        try:
+            # the output buffer is CHUNK_SIZE: a block that would inflate further fails
+            return lz4.block.decompress(piece.payload, uncompressed_size=CHUNK_SIZE)
+        except lz4.block.LZ4BlockError:
+            raise ProtocolError("corrupt chunk: not an lz4 block of at most CHUNK_SIZE bytes") from None
     if piece.encoding == ZLIB:
         try:
             decoder = zlib.decompressobj()

@@ -161,8 +161,8 @@ class ChunkDigest:
 
     @classmethod
     def of(cls, chunk: Chunk) -> ChunkDigest:
-        """The digest of a chunk record (``ProtocolError`` if its data is not base64)."""
-        return cls(chunk.sha, chunk.index, chunk.count, chunk.encoding, hash_bytes(chunk.piece().payload))
+        """The digest of a chunk record: its piece's bytes as they travel (encoded)."""
+        return cls(chunk.sha, chunk.index, chunk.count, chunk.encoding, hash_bytes(chunk.payload))
 
 
 def chunks_digest(chunk_digests: Iterable[ChunkDigest]) -> str:

@@ -4,9 +4,14 @@ Imported by the client and by the server alike, so the two cannot drift.
 Nothing here touches Kafka or the disk.
 
 Every record value is one UTF-8 JSON object with ``"v": PROTOCOL_VERSION`` and a
-``"type"``. Bulk bytes (file contents and trees) never ride inside a control
+``"type"``, or, for the two messages that carry bulk bytes (``chunk`` and
+``sealed``), a binary frame: FRAME_MAGIC, the length of a header, the header (that
+same JSON object without the bytes) and the bytes themselves (``frame``,
+``unframe``). Bulk bytes (file contents and trees) never ride inside a control
 message: they travel as ``chunk`` records of at most codec.CHUNK_SIZE raw bytes,
 so every record stays under Kafka's default 1 MiB limit whatever the file size.
+Chunk records in the JSON form of before (base64 in ``data``) are still read:
+a replica rebuilding from an old log meets them.
 Each message is a dataclass whose annotations are its schema: ``parse_message``
 checks every field, nested records included, before anything uses it.
 docs/protocol.md describes each message; keep it in step with this module.
@@ -21,6 +26,7 @@ import enum
 import functools
 import json
 import re
+import struct
 import types
 import typing
 import uuid
@@ -55,9 +61,18 @@ MAX_KEY_TEXT = 60
 MAX_SIGNATURE_TEXT = 88
 # A signed request carried into the log (SignedWrite.request): a write request's JSON.
 MAX_SIGNED_REQUEST_BYTES = 64 * 1024
-# A sealed record's box: a chunk record (CHUNK_SIZE raw bytes in base64, ~700 KB of
-# JSON) sealed and in base64 again is ~933 KB, under Kafka's default 1 MiB.
+# A sealed record's box, in bytes: a chunk record (CHUNK_SIZE bytes and a header)
+# or a reply, sealed (16 more bytes), under Kafka's default 1 MiB.
+MAX_SEALED_BOX_BYTES = codec.MAX_RECORD_BYTES
+# The same box in the JSON form of before (base64), still read.
 MAX_SEALED_BOX_CHARS = 1024 * 1024
+
+# A binary record: FRAME_MAGIC, the header's length (2 bytes, big-endian), the
+# header (a message's JSON without its bytes), then the bytes. A JSON record starts
+# with '{', never with NUL, so the first byte tells the two forms apart.
+FRAME_MAGIC = b"\x00mg1"
+_FRAME_PREFIX = struct.Struct(">4sH")
+MAX_FRAME_HEADER = 2048  # a chunk's or sealed record's header is about 300 bytes
 
 _NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*$")
 _SHA_RE = re.compile(r"^[0-9a-f]{64}$")
@@ -427,26 +442,76 @@ def _typed_fields(cls: type) -> tuple[tuple[dataclasses.Field, Any], ...]:
     return tuple((f, hints[f.name]) for f in dataclasses.fields(cls))
 
 
+# Metadata of a message's bulk bytes: never in its JSON, carried after its header in
+# a binary frame (at most one such field per message).
+_BINARY = "carried as the bytes of a binary frame"
+
+
+def binary_field() -> Any:
+    return field(repr=False, metadata={_BINARY: True})
+
+
+def frame(header: Mapping[str, Any], payload: bytes) -> bytes:
+    """A binary record: the header as compact JSON, then ``payload`` as it is."""
+    head = json.dumps(header, separators=(",", ":"), ensure_ascii=False).encode()
+    if len(head) > MAX_FRAME_HEADER:
+        raise ProtocolError(f"frame header longer than {MAX_FRAME_HEADER} bytes")
+    return _FRAME_PREFIX.pack(FRAME_MAGIC, len(head)) + head + payload
+
+
+def is_frame(value: bytes | None) -> bool:
+    return value is not None and value[:4] == FRAME_MAGIC
+
+
+def unframe(value: bytes) -> tuple[dict[str, Any], bytes]:
+    """A binary record's header (a JSON object) and bytes; ProtocolError for
+    anything else: a wrong magic, a length past the record or the bound, a header
+    that is not one JSON object."""
+    if len(value) < _FRAME_PREFIX.size:
+        raise ProtocolError("malformed frame: shorter than its prefix")
+    magic, length = _FRAME_PREFIX.unpack_from(value)
+    if magic != FRAME_MAGIC:
+        raise ProtocolError("malformed frame: wrong magic")
+    if length > MAX_FRAME_HEADER:
+        raise ProtocolError(f"malformed frame: header longer than {MAX_FRAME_HEADER} bytes")
+    end = _FRAME_PREFIX.size + length
+    if end > len(value):
+        raise ProtocolError("malformed frame: truncated header")
+    header = load_json(bytes(value[_FRAME_PREFIX.size : end]))
+    if not isinstance(header, dict):
+        raise ProtocolError("malformed frame: its header is not a JSON object")
+    return header, bytes(value[end:])
+
+
 @dataclass(kw_only=True)
 class Record:
     """A JSON object with a fixed schema: its dataclass fields, typed."""
 
     def to_dict(self) -> dict[str, Any]:
+        """The record's JSON object (without its bulk bytes, if it has any)."""
         doc = {}
         for f in dataclasses.fields(self):
             value = getattr(self, f.name)
+            if f.metadata.get(_BINARY):
+                continue
             if not (f.metadata.get(_ADDED_LATER) and value == f.default):
                 doc[f.name] = _encode(value)
         return doc
 
     @classmethod
-    def from_dict(cls, doc: dict[str, Any], owner: str | None = None, path: str = "") -> typing.Self:
+    def from_dict(
+        cls, doc: dict[str, Any], owner: str | None = None, path: str = "", payload: bytes | None = None
+    ) -> typing.Self:
         """Check every field against its annotation, then the record's own rules.
-        Unknown fields are ignored (a newer writer may add some)."""
+        Unknown fields are ignored (a newer writer may add some). The bulk bytes
+        field takes ``payload`` (a frame's bytes), or, for a record in JSON, what
+        ``legacy_payload`` finds in ``doc``."""
         owner = owner or cls.__name__
         values = {}
         for f, annotation in _typed_fields(cls):
-            if f.name in doc:
+            if f.metadata.get(_BINARY):
+                values[f.name] = payload if payload is not None else cls.legacy_payload(doc, owner)
+            elif f.name in doc:
                 values[f.name] = _decode(annotation, doc[f.name], owner, path + f.name)
             elif f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING:
                 raise ProtocolError(f"{owner}: missing field '{path}{f.name}'")
@@ -456,6 +521,23 @@ class Record:
 
     def validate(self) -> None:
         """Rules beyond types; raise ProtocolError (or UnsafePath)."""
+
+    @classmethod
+    def legacy_payload(cls, doc: dict[str, Any], owner: str) -> bytes:
+        """A record with bulk bytes, in JSON: where its bytes were (none here)."""
+        raise ProtocolError(f"{owner}: its bytes travel in a binary frame, not in JSON")
+
+
+def _strict_base64(text: Any, max_chars: int, label: str) -> bytes:
+    """Bytes from canonical base64 text, its length bounded before decoding."""
+    if not isinstance(text, str):
+        raise ProtocolError(f"{label} must be str")
+    if len(text) > max_chars:
+        raise ProtocolError(f"{label} is longer than {max_chars} characters")
+    try:
+        return base64.b64decode(text, validate=True)
+    except (binascii.Error, ValueError):
+        raise ProtocolError(f"{label} is not base64") from None
 
 
 # ---------------------------------------------------------------- messages
@@ -483,7 +565,12 @@ class Message(Record):
             doc["action"] = self.action
         return {**doc, **super().to_dict()}
 
+    binary: ClassVar[bool] = False  # carried as a binary frame (it has a binary_field)
+
     def to_bytes(self) -> bytes:
+        if self.binary:
+            payload = next(getattr(self, f.name) for f in dataclasses.fields(self) if f.metadata.get(_BINARY))
+            return frame(self.to_dict(), payload)
         return json.dumps(self.to_dict(), separators=(",", ":"), ensure_ascii=False).encode()
 
 
@@ -500,8 +587,13 @@ def load_json(value: bytes | None) -> Any:
 
 
 def parse_message(value: bytes | None, *, allowed: tuple[type[Message], ...] = ()) -> Message:
-    """Decode and validate one record value; raise ProtocolError on anything else."""
-    doc = load_json(value)
+    """Decode and validate one record value, JSON or a binary frame; raise
+    ProtocolError on anything else."""
+    payload = None
+    if is_frame(value):
+        doc, payload = unframe(value)
+    else:
+        doc = load_json(value)
     if not isinstance(doc, dict):
         raise ProtocolError("malformed message: not a JSON object")
     version = doc.get("v")
@@ -515,13 +607,15 @@ def parse_message(value: bytes | None, *, allowed: tuple[type[Message], ...] = (
         raise ProtocolError(f"unknown message type {doc.get('type')!r} action {doc.get('action')!r}")
     if allowed and not issubclass(cls, allowed):
         raise ProtocolError(f"message type {cls.type!r} is not expected here")
-    return cls.from_dict(doc)
+    if payload is not None and not cls.binary:
+        raise ProtocolError(f"message type {cls.type!r} does not travel in a binary frame")
+    return cls.from_dict(doc, payload=payload)
 
 
 def _peek(value: bytes | None) -> dict[str, Any]:
-    """The top-level object of a record that failed validation, or {}."""
+    """The top-level object (a frame's header) of a record that failed validation, or {}."""
     try:
-        doc = load_json(value)
+        doc = unframe(value)[0] if is_frame(value) else load_json(value)
     except ProtocolError:
         return {}
     return doc if isinstance(doc, dict) else {}
@@ -572,19 +666,26 @@ class Access(enum.StrEnum):
 class Chunk(Message):
     """One piece of a blob (a file's content or a tree), on any topic.
 
-    ``data`` is base64 of the encoded piece; the chunk is piece ``index`` of
-    ``count`` of the blob whose raw content hashes to ``sha`` (see minigit.codec).
+    ``payload`` is the encoded piece, the frame's bytes (base64 in ``data`` in the
+    JSON form of before, still read); the chunk is piece ``index`` of ``count`` of
+    the blob whose raw content hashes to ``sha`` (see minigit.codec).
     """
 
     type: ClassVar[str] = "chunk"
+    binary: ClassVar[bool] = True
     request_id: str
     repo: str
     sha: str
     index: int
     count: int
     encoding: str
-    data: str
+    payload: bytes = binary_field()
     stream: str | None = None
+
+    @classmethod
+    def legacy_payload(cls, doc: dict[str, Any], owner: str) -> bytes:
+        # base64 of at most CHUNK_SIZE bytes, checked again by validate
+        return _strict_base64(doc.get("data"), 4 * (codec.CHUNK_SIZE // 3 + 1), f"{owner}: field 'data'")
 
     def validate(self) -> None:
         _check_request_id(self.request_id)
@@ -596,6 +697,8 @@ class Chunk(Message):
             raise ProtocolError(f"chunk count too large: a blob holds at most {MAX_BLOB_BYTES} bytes")
         if self.encoding not in codec.ENCODINGS:
             raise ProtocolError(f"unknown chunk encoding {self.encoding!r}")
+        if not isinstance(self.payload, bytes) or len(self.payload) > codec.CHUNK_SIZE:
+            raise ProtocolError(f"chunk payload larger than {codec.CHUNK_SIZE} bytes")
 
     @classmethod
     def of_piece(
@@ -608,16 +711,12 @@ class Chunk(Message):
             index=piece.index,
             count=count,
             encoding=piece.encoding,
-            data=base64.b64encode(piece.payload).decode("ascii"),
+            payload=piece.payload,
             stream=stream,
         )
 
     def piece(self) -> codec.Piece:
-        try:
-            payload = base64.b64decode(self.data, validate=True)
-        except (binascii.Error, ValueError):
-            raise ProtocolError("chunk data is not base64") from None
-        return codec.Piece(self.index, self.encoding, payload)
+        return codec.Piece(self.index, self.encoding, self.payload)
 
     def raw(self) -> bytes:
         return codec.decode_piece(self.piece())
@@ -1209,24 +1308,30 @@ REQUEST_TYPES = (Chunk, Request)
 @dataclass(kw_only=True)
 class Sealed(Message):
     """A reply record about a private repository, sealed to the request's
-    ``reply_key`` (minigit.sealing): ``box`` holds the JSON of a Reply or Chunk,
-    readable only by the requester. ``sender_key`` is the server's ephemeral
-    X25519 key for this stream; ``nonce`` is this record's."""
+    ``reply_key`` (minigit.sealing): ``box`` holds the bytes of a Reply or Chunk
+    record, readable only by the requester; it is the frame's bytes (base64 in
+    the JSON form of before, still read). ``sender_key`` is the server's
+    ephemeral X25519 key for this stream; ``nonce`` is this record's."""
 
     type: ClassVar[str] = "sealed"
+    binary: ClassVar[bool] = True
     request_id: str
     stream: str
     sender_key: str
     nonce: str
-    box: str
+    box: bytes = binary_field()
+
+    @classmethod
+    def legacy_payload(cls, doc: dict[str, Any], owner: str) -> bytes:
+        return _strict_base64(doc.get("box"), MAX_SEALED_BOX_CHARS, f"{owner}: field 'box'")
 
     def validate(self) -> None:
         _check_request_id(self.request_id)
         _check_key_text("sender_key", self.sender_key)
         if len(self.nonce) > 32:
             raise ProtocolError("nonce longer than 32 characters")
-        if len(self.box) > MAX_SEALED_BOX_CHARS:
-            raise ProtocolError(f"sealed box longer than {MAX_SEALED_BOX_CHARS} characters")
+        if not isinstance(self.box, bytes) or len(self.box) > MAX_SEALED_BOX_BYTES:
+            raise ProtocolError(f"sealed box longer than {MAX_SEALED_BOX_BYTES} bytes")
 
 
 REPLY_TYPES = (Chunk, Reply, Sealed)

@@ -14,10 +14,11 @@ from __future__ import annotations
 
 import collections
 import math
+import queue
 import random
 import threading
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from typing import Any
 
 from kafka import TopicPartition
@@ -40,6 +41,52 @@ from minigit.kafka_clients import INFRASTRUCTURE_ERRORS, close_producer, open_co
 
 # The pause between two tries at the end of the reply partition while opening.
 OPEN_RETRY_S = 0.5
+# Chunk records made ready ahead of the one being sent (read, compressed, framed
+# and hashed in another thread): at most this many pieces, 512 KiB each, wait.
+READ_AHEAD = 8
+
+
+def read_ahead(items: Iterable, depth: int = READ_AHEAD) -> Iterator:
+    """``items`` as they come, made by a thread of their own at most ``depth`` ahead
+    of the caller: reading files, lz4 and SHA-256 release the interpreter, so
+    they overlap the producer's work. An exception in the maker is raised here;
+    a caller that stops early stops the maker too."""
+    ready: queue.Queue = queue.Queue(maxsize=depth)
+    stop = threading.Event()
+    done = object()
+
+    def offer(entry: tuple) -> bool:
+        """Queue ``entry`` unless the caller stopped; whether it was queued."""
+        while not stop.is_set():
+            try:
+                ready.put(entry, timeout=0.1)
+                return True
+            except queue.Full:
+                continue
+        return False
+
+    def make() -> None:
+        try:
+            for item in items:
+                if not offer((item, None)):
+                    return
+            offer((done, None))
+        except BaseException as error:  # noqa: BLE001 - handed to the caller, raised there
+            offer((done, error))
+
+    maker = threading.Thread(target=make, name="read-ahead", daemon=True)
+    maker.start()
+    try:
+        while True:
+            item, error = ready.get()
+            if item is done:
+                if error is not None:
+                    raise error
+                return
+            yield item
+    finally:
+        stop.set()
+        maker.join()
 
 
 class Acknowledgements:
@@ -256,12 +303,11 @@ class Connection:
         if uploads:
             observer.uploading(sum(u.size for u in uploads), len(uploads))
         digests: list[ChunkDigest] = []
-        for upload in uploads:
-            for chunk in p.blob_chunks(request.request_id, request.repo, upload):
-                future = self.producer.send(self.topics.requests, key=key, value=chunk.to_bytes(), partition=partition)
-                acks.track(future, codec.piece_size(upload.size, chunk.index), last=chunk.index == chunk.count - 1)
-                digests.append(ChunkDigest.of(chunk))
-                acks.collect()
+        for value, digest, nbytes in read_ahead(upload_records(request, uploads)):
+            future = self.producer.send(self.topics.requests, key=key, value=value, partition=partition)
+            acks.track(future, nbytes, last=digest.index == digest.count - 1)
+            digests.append(digest)
+            acks.collect()
         signed = sign_request(self.credentials, request, digests, self.settings.namespace)
         # Same partition, idempotent producer: the request lands after its chunks.
         sent = self.producer.send(self.topics.requests, key=key, value=signed.to_bytes(), partition=partition)
@@ -273,3 +319,11 @@ class Connection:
         """The values of the records that arrive on the reply partition within ``seconds``."""
         batches = self.consumer.poll(timeout_ms=max(1, math.ceil(seconds * 1000)))
         return [record.value for records in batches.values() for record in records]
+
+
+def upload_records(request: p.Request, uploads: Sequence[codec.BlobSource]) -> Iterator[tuple[bytes, ChunkDigest, int]]:
+    """Each chunk record of ``uploads`` as it is sent, its digest (for the request's
+    signature) and the raw bytes it carries."""
+    for upload in uploads:
+        for chunk in p.blob_chunks(request.request_id, request.repo, upload):
+            yield chunk.to_bytes(), ChunkDigest.of(chunk), codec.piece_size(upload.size, chunk.index)

@@ -164,12 +164,14 @@ def apply_chunk(store: Store, partition: int, chunk: p.Chunk, offset: int = 0) -
         return
     store.note_upload(partition, chunk.sha, chunk.request_id, offset)  # pending until its proposal
     complete = store.blob_size(partition, chunk.sha) is not None
-    if not complete:
-        store.put_chunk(partition, chunk.sha, piece)
-    if carries_stored_piece(store, partition, chunk.sha, piece):
+    # (a piece just stored is the stored piece: no need to read it back and compare)
+    stored_now = not complete and store.put_chunk(partition, chunk.sha, piece)
+    if stored_now or carries_stored_piece(store, partition, chunk.sha, piece):
         store.prove_piece(partition, chunk.repo, chunk.sha, piece.index)
     if not complete and store.count_present_chunks(partition, chunk.sha, chunk.count) == chunk.count:
-        complete_blob(store, partition, chunk.sha, chunk.count)
+        # a one-piece blob just stored is checked from the piece in hand
+        pieces = [piece] if stored_now and chunk.count == 1 else None
+        complete_blob(store, partition, chunk.sha, chunk.count, pieces)
 
 
 def carries_stored_piece(store: Store, partition: int, sha: str, piece: codec.Piece) -> bool:
@@ -185,11 +187,12 @@ def carries_stored_piece(store: Store, partition: int, sha: str, piece: codec.Pi
         return False
 
 
-def complete_blob(store: Store, partition: int, sha: str, count: int) -> None:
-    """All pieces are here: keep the blob only if its content hashes to its name."""
+def complete_blob(store: Store, partition: int, sha: str, count: int, pieces: list[codec.Piece] | None = None) -> None:
+    """All pieces are here (``pieces``, or read from the store): keep the blob only
+    if its content hashes to its name."""
     assembler = codec.Assembler(sha, count)
     try:
-        for piece in store.iter_chunks(partition, sha, count):
+        for piece in store.iter_chunks(partition, sha, count) if pieces is None else pieces:
             assembler.add(piece)
         whole = assembler.complete
     except MinigitError:

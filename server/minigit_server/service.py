@@ -176,8 +176,7 @@ class UploadMeter:
         total, seen = self._seen.pop(chunk.request_id, (0, set()))
         if (chunk.sha, chunk.index) not in seen:
             seen.add((chunk.sha, chunk.index))
-            payload = len(chunk.data) * 3 // 4 - chunk.data[-2:].count("=")
-            total += max(payload, RECORD_CHARGE)  # an empty chunk is a record too
+            total += max(len(chunk.payload), RECORD_CHARGE)  # an empty chunk is a record too
         self._seen[chunk.request_id] = (total, seen)
         while len(self._seen) > self.tracked:
             self._seen.popitem(last=False)

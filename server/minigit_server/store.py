@@ -92,8 +92,9 @@ class Store(abc.ABC):
         """The raw size of a complete, verified blob; None if absent."""
 
     @abc.abstractmethod
-    def put_chunk(self, partition: int, sha: str, chunk: Piece) -> None:
-        """Keep the first copy of a chunk; later copies of the same piece are ignored."""
+    def put_chunk(self, partition: int, sha: str, chunk: Piece) -> bool:
+        """Keep the first copy of a chunk; later copies of the same piece are ignored.
+        Whether this one was kept (the applier need not read it back then)."""
 
     @abc.abstractmethod
     def iter_chunks(self, partition: int, sha: str, count: int) -> Iterator[Piece]:
@@ -217,6 +218,7 @@ class Store(abc.ABC):
     @abc.abstractmethod
     def page_reports(self, partition: int, page: int) -> dict[str, p.RepoReport]:
         """The reports of the repositories on one page (an index, not a scan)."""
+
     # -- what collection keeps and deletes (minigit_server.collection)
 
     @abc.abstractmethod
@@ -433,8 +435,9 @@ class MemoryStore(Store):
         found = self.blobs.get((partition, sha))
         return found[1] if found else None
 
-    def put_chunk(self, partition: int, sha: str, chunk: Piece) -> None:
-        self.chunks.setdefault((partition, sha), {}).setdefault(chunk.index, chunk)
+    def put_chunk(self, partition: int, sha: str, chunk: Piece) -> bool:
+        pieces = self.chunks.setdefault((partition, sha), {})
+        return pieces.setdefault(chunk.index, chunk) is chunk
 
     def iter_chunks(self, partition: int, sha: str, count: int) -> Iterator[Piece]:
         pieces = self.chunks.get((partition, sha), {})
@@ -788,11 +791,12 @@ class SqliteStore(Store):
         row = self._db().execute("SELECT count FROM blobs WHERE partition = ? AND sha = ?", (partition, sha)).fetchone()
         return row[0] if row else None
 
-    def put_chunk(self, partition: int, sha: str, chunk: Piece) -> None:
-        self._db().execute(
+    def put_chunk(self, partition: int, sha: str, chunk: Piece) -> bool:
+        inserted = self._db().execute(
             "INSERT OR IGNORE INTO chunks VALUES (?, ?, ?, ?, ?)",
             (partition, sha, chunk.index, chunk.encoding, chunk.payload),
         )
+        return inserted.rowcount == 1
 
     def count_present_chunks(self, partition: int, sha: str, count: int) -> int:
         query = "SELECT COUNT(*) FROM chunks WHERE partition = ? AND sha = ? AND idx < ?"

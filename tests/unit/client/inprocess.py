@@ -18,7 +18,6 @@ swap, inject, failover, edit_reply, chain), and with the uploads of the next att
 
 from __future__ import annotations
 
-import base64
 import dataclasses
 import json
 import time
@@ -338,9 +337,7 @@ def corrupt(index: int) -> Tamper:
         raw = chunk.raw()
         raw = bytes([raw[0] ^ 1]) + raw[1:] if raw else b"?"
         piece = codec.encode_piece(chunk.index, raw)
-        changed = dataclasses.replace(
-            chunk, encoding=piece.encoding, data=base64.b64encode(piece.payload).decode("ascii")
-        )
+        changed = dataclasses.replace(chunk, encoding=piece.encoding, payload=piece.payload)
         return [*records[:at], changed.to_bytes(), *records[at + 1 :]]
 
     return hook

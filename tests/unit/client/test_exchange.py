@@ -6,6 +6,7 @@ real ReplyCollector, as transport.Connection feeds what it polls.
 
 from __future__ import annotations
 
+import base64
 import io
 import json
 import random
@@ -222,14 +223,23 @@ def test_a_chunk_out_of_order_drops_the_answer(order: list[int]) -> None:
     assert collector.answer is None and collector.response is None
 
 
-def test_chunk_data_that_is_not_base64_drops_the_answer() -> None:
+def test_a_piece_that_does_not_decode_drops_the_answer() -> None:
     request_id = rid()
     _, records = answer(request_id, [b"data"])
-    doc = json.loads(records[1])
-    doc["data"] = "%%%"
+    header, _ = p.unframe(records[1])
     collector = ReplyCollector(request_id, RecordingObserver())
-    feed_all(collector, [records[0], json.dumps(doc).encode()])
+    feed_all(collector, [records[0], p.frame({**header, "encoding": "lz4"}, b"\xff" * 40)])
     assert collector.answer is None and collector.response is None
+
+
+def test_chunk_data_that_is_not_base64_is_a_malformed_record() -> None:
+    request_id = rid()
+    _, records = answer(request_id, [b"data"])
+    doc = {**p.unframe(records[1])[0], "data": "%%%"}  # the JSON form of before, its base64 broken
+    collector = ReplyCollector(request_id, RecordingObserver())
+    feed_all(collector, [records[0]])
+    with pytest.raises(ProtocolError, match="field 'data' is not base64"):
+        collector.feed(json.dumps(doc).encode())
 
 
 # ---------------------------------------------------------------- the blobs an answer may carry
@@ -389,7 +399,8 @@ def test_whatever_the_sizes_memory_stays_within_the_budget(sizes: list[int], bud
 def malformed(request_id: str) -> list[bytes]:
     """Records that carry ``request_id`` but break the reply schema."""
     good_reply = reply(request_id).to_dict()
-    good_chunk = json.loads(chunks(request_id, b"x", "s")[0])
+    header, payload = p.unframe(chunks(request_id, b"x", "s")[0])
+    good_chunk = {**header, "data": base64.b64encode(payload).decode()}  # the JSON form of before
     no_time = reply(request_id, entries=[p.LogEntry(version=1, author="a", time_ms=5, message="m")]).to_dict()
     del no_time["entries"][0]["time_ms"]
     cases = [
@@ -402,7 +413,12 @@ def malformed(request_id: str) -> list[bytes]:
         {**good_chunk, "encoding": "lzma"},
         {"v": 1, "type": "request", "action": "pull", "request_id": request_id},  # not a reply type
     ]
-    return [json.dumps(case).encode() for case in cases]
+    frames = [
+        p.frame({**header, "index": 1}, payload),
+        p.frame({**header, "encoding": "lzma"}, payload),
+        p.frame({**good_reply}, b"bytes"),  # a reply is never a frame
+    ]
+    return [json.dumps(case).encode() for case in cases] + frames
 
 
 @pytest.mark.parametrize("case", range(len(malformed(rid()))))

@@ -457,3 +457,45 @@ def test_acknowledgements_that_never_come_are_kafka_unreachable(connect) -> None
     with pytest.raises(ServerUnreachable, match="cannot reach Kafka"):
         connection.call(request, uploads, observer)
     assert observer.named("uploaded") == [] and observer.named("waiting") == []
+
+
+# ---------------------------------------------------------------- read_ahead
+
+
+def test_read_ahead_gives_every_item_in_order() -> None:
+    from minigit.client.transport import read_ahead
+
+    assert list(read_ahead(iter(range(100)), depth=3)) == list(range(100))
+    assert list(read_ahead(iter([]))) == []
+
+
+def test_read_ahead_raises_the_makers_error_where_it_is_read() -> None:
+    from minigit.client.transport import read_ahead
+
+    def items():
+        yield 1
+        raise OSError("the file went away")
+
+    got = []
+    with pytest.raises(OSError, match="went away"):
+        for item in read_ahead(items()):
+            got.append(item)
+    assert got == [1]
+
+
+def test_read_ahead_stops_its_maker_when_the_reader_stops() -> None:
+    import threading
+
+    from minigit.client.transport import read_ahead
+
+    made = []
+
+    def items():
+        for n in range(1000):
+            made.append(n)
+            yield n
+
+    reader = read_ahead(items(), depth=2)
+    assert next(reader) == 0
+    reader.close()  # joins the maker
+    assert len(made) <= 5 and not any(t.name == "read-ahead" for t in threading.enumerate())

@@ -9,7 +9,6 @@ the request's reply key) before a test looks at it.
 
 from __future__ import annotations
 
-import base64
 import dataclasses
 import json
 import os
@@ -249,9 +248,9 @@ def test_the_upload_meter_forgets_the_oldest_requests_beyond_its_bound() -> None
     from minigit_server.service import RECORD_CHARGE, UploadMeter
 
     meter = UploadMeter(limit=2000, tracked=2)
-    chunk = p.Chunk(request_id="0" * 32, repo="r", sha="a" * 64, index=0, count=1, encoding="raw", data="A" * 4000)
+    chunk = p.Chunk(request_id="0" * 32, repo="r", sha="a" * 64, index=0, count=1, encoding="raw", payload=b"A" * 3000)
     assert not meter.admit(chunk)  # 3000 bytes: over
-    empty = {n: dataclasses.replace(chunk, request_id=f"{n:032x}", data="") for n in (1, 2)}
+    empty = {n: dataclasses.replace(chunk, request_id=f"{n:032x}", payload=b"") for n in (1, 2)}
     for n in (1, 2):
         assert meter.admit(empty[n])  # counted as one record
     forgotten = meter.settle("0" * 32)  # so not refused: its chunks never reached the log anyway
@@ -282,7 +281,7 @@ def test_empty_chunks_count_against_the_push_limit_as_records() -> None:
     request_id, partition = rid(), service.wire.log_partition("r")
     for index in range(50):  # 50 records of nothing: a flood of the log, not a push
         u.send_chunk(
-            p.Chunk(request_id=request_id, repo="r", sha="a" * 64, index=index, count=50, encoding="raw", data="")
+            p.Chunk(request_id=request_id, repo="r", sha="a" * 64, index=index, count=50, encoding="raw", payload=b"")
         )
     assert len(service.wire.log.get(partition, [])) == 10
     u.send(u.request(p.PushRequest, "r", request_id, base=1, tree="b" * 64))
@@ -351,7 +350,7 @@ def test_a_signature_covers_the_namespace_and_the_chunks(u: Client) -> None:
     request_id = rid()
     [chunk] = p.blob_chunks(request_id, "r", codec.BlobSource.from_bytes(p.encode_tree({})))
     init = signed(u.request(p.InitRequest, "r", request_id, tree=chunk.sha), u.key, [chunk])
-    altered = dataclasses.replace(chunk, data=base64.b64encode(b"something else").decode())
+    altered = dataclasses.replace(chunk, payload=b"something else")
     assert service.handle(NOW_MS, altered.to_bytes()) is None
     service.handle(NOW_MS, init.to_bytes())
     reply = u.answer(request_id)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import base64
 import io
+import json
 import os
 import zlib
 
@@ -80,7 +81,7 @@ def test_blob_chunks_round_trip(size, kind):
     for c in chunks[:-1]:
         assert len(c.raw()) == codec.CHUNK_SIZE
     if kind == "zeros":
-        assert all(c.encoding == "zlib" for c in chunks if len(c.raw()) > 1000)
+        assert all(c.encoding == "lz4" for c in chunks if len(c.raw()) > 1000)
     if kind == "random":
         assert all(c.encoding == "raw" for c in chunks if len(c.raw()) > 1000)
 
@@ -98,7 +99,7 @@ def test_blob_chunks_round_trip_property(content):
 
 
 def test_encode_piece_only_compresses_when_it_pays():
-    assert codec.encode_piece(0, b"a" * 1000).encoding == "zlib"
+    assert codec.encode_piece(0, b"a" * 1000).encoding == "lz4"
     random = os.urandom(1000)
     assert codec.encode_piece(3, random) == codec.Piece(3, "raw", random)
     assert codec.encode_piece(0, b"") == codec.Piece(0, "raw", b"")
@@ -123,11 +124,65 @@ def test_zlib_bomb_is_rejected():
     assert len(big_bomb) < 100_000
     with pytest.raises(ProtocolError, match="larger than CHUNK_SIZE"):
         codec.decode_piece(codec.Piece(0, "zlib", big_bomb))
-    chunk = p.Chunk(
-        request_id=RID, repo="r", sha=SHA, index=0, count=1, encoding="zlib", data=base64.b64encode(bomb).decode()
-    )
+    for value in (legacy_chunk_json("zlib", base64.b64encode(bomb).decode()), binary_chunk("zlib", bomb)):
+        with pytest.raises(ProtocolError, match="larger than CHUNK_SIZE"):
+            p.parse_message(value).raw()
+
+
+def legacy_chunk_json(encoding: str, data: str) -> bytes:
+    """A chunk record in the JSON form of before (base64 in ``data``), as old logs hold."""
+    doc = {"v": 1, "type": "chunk", "request_id": RID, "repo": "r", "sha": SHA, "index": 0, "count": 1}
+    return json.dumps({**doc, "encoding": encoding, "data": data}).encode()
+
+
+def binary_chunk(encoding: str, payload: bytes) -> bytes:
+    return p.Chunk(request_id=RID, repo="r", sha=SHA, index=0, count=1, encoding=encoding, payload=payload).to_bytes()
+
+
+def test_an_old_json_chunk_record_is_still_read():
+    value = legacy_chunk_json("zlib", base64.b64encode(zlib.compress(b"hello" * 100)).decode())
+    chunk = p.parse_message(value, allowed=p.LOG_RECORD_TYPES)
+    assert chunk.raw() == b"hello" * 100 and chunk.encoding == "zlib"
+    assert p.parse_message(chunk.to_bytes()) == chunk  # written again, as a frame
+
+
+def test_lz4_bomb_is_rejected():
+    """An lz4 block inflates about 255 times at most: one that would pass CHUNK_SIZE fails, bounded."""
+    import lz4.block
+
+    for size in (codec.CHUNK_SIZE + 1, 64 * 1024 * 1024):
+        bomb = lz4.block.compress(bytes(size), store_size=False)
+        if len(bomb) <= codec.CHUNK_SIZE:
+            with pytest.raises(ProtocolError, match="corrupt chunk"):
+                codec.decode_piece(codec.Piece(0, "lz4", bomb))
+    # a bomb of more than CHUNK_SIZE compressed bytes is refused before decoding
     with pytest.raises(ProtocolError, match="larger than CHUNK_SIZE"):
-        p.parse_message(chunk.to_bytes()).raw()
+        codec.decode_piece(codec.Piece(0, "lz4", bytes(codec.CHUNK_SIZE + 1)))
+    with pytest.raises(ProtocolError, match="payload larger than"):
+        p.parse_message(binary_chunk("lz4", bytes(codec.CHUNK_SIZE + 1)))
+
+
+def test_lz4_exactly_chunk_size_is_accepted():
+    import lz4.block
+
+    data = lz4.block.compress(bytes(codec.CHUNK_SIZE), store_size=False)
+    assert codec.decode_piece(codec.Piece(0, "lz4", data)) == bytes(codec.CHUNK_SIZE)
+
+
+@pytest.mark.parametrize("data", [b"", b"\xff" * 40, b"\x00"])  # (lz4 has no check: the blob hash is it)
+def test_corrupt_lz4_is_rejected(data):
+    if data == b"\x00":  # the block of an empty input: decodes to nothing, which is fine
+        assert codec.decode_piece(codec.Piece(0, "lz4", data)) == b""
+        return
+    with pytest.raises(ProtocolError, match="corrupt chunk"):
+        codec.decode_piece(codec.Piece(0, "lz4", data))
+
+
+def test_truncated_lz4_is_rejected():
+    piece = codec.encode_piece(0, b"hello world " * 1000)
+    assert piece.encoding == "lz4"
+    with pytest.raises(ProtocolError, match="corrupt chunk"):
+        codec.decode_piece(codec.Piece(0, "lz4", piece.payload[: len(piece.payload) // 2]))
 
 
 def test_zlib_exactly_chunk_size_is_accepted():
@@ -154,9 +209,8 @@ def test_unknown_encoding_is_rejected():
 
 @pytest.mark.parametrize("data", ["not base64!", "aGVsbG8", "aGVs\nbG8="])
 def test_chunk_with_bad_base64(data):
-    chunk = p.Chunk(request_id=RID, repo="r", sha=SHA, index=0, count=1, encoding="raw", data=data)
     with pytest.raises(ProtocolError, match="not base64"):
-        chunk.raw()
+        p.parse_message(legacy_chunk_json("raw", data))
 
 
 # ---------------------------------------------------------------- splitting and assembling
