@@ -7,8 +7,8 @@ Starts a local Kafka (unless --bootstrap is given), then measures, in one run:
 
 * echo: a raw kafka-python request/reply echo, the ceiling of any service that
   answers over Kafka: one server process in a consumer group on a requests topic
-  sends each request's value back to the reply partition it names (replies sent,
-  flushed and the offsets committed once per poll); each client assigns itself a
+  sends each request's value back to the reply partition it names (replies sent
+  and flushed once per poll, offsets committed without waiting, as a replica does); each client assigns itself a
   reply partition and seeks to its end, sends a request to a partition of the
   requests topic, waits for Kafka's acknowledgement, and waits for the reply
   carrying its id, exactly as minigit's client does (minigit/client/transport.py).
@@ -88,7 +88,7 @@ def echo_server(bootstrap: str, namespace: str, ready: multiprocessing.Event, st
                     request = json.loads(record.value)
                     producer.send(topics.responses, value=record.value, partition=request["reply"])
             producer.flush()
-            consumer.commit()
+            consumer.commit_async()  # as a replica commits: the next poll does not wait for it
     finally:
         consumer.close()
         producer.close(timeout=5)
