@@ -324,6 +324,64 @@ def test_opening_asks_again_while_a_partition_leader_does_not_answer(monkeypatch
         assert consumer.asked > 10
 
 
+class NoTopicsConsumer(OpeningConsumer):
+    def partitions_for_topic(self, topic: str) -> set[int]:
+        return set()
+
+
+class CountingProducer(OpeningProducer):
+    def __init__(self) -> None:
+        self.asked: list[str] = []
+        self.closed = False
+
+    def partitions_for(self, topic: str) -> set[int]:
+        self.asked.append(topic)
+        return super().partitions_for(topic)
+
+    def close(self, timeout: float | None = None) -> None:
+        self.closed = True
+
+
+def test_where_the_topics_do_not_exist_the_producer_is_not_asked_for_them(monkeypatch) -> None:
+    """(kafka-python's producer waits for a topic that does not exist until max_block_ms.)"""
+    import minigit.client.transport as transport
+
+    producer = CountingProducer()
+    monkeypatch.setattr(transport, "open_consumer", lambda settings, **extra: NoTopicsConsumer(0))
+    monkeypatch.setattr(transport, "open_producer", lambda settings, **extra: producer)
+    with pytest.raises(ServerUnreachable, match="the minigit topics do not exist"):
+        Connection(KafkaSettings(), ALICE, timeout=5)
+    assert producer.asked == [] and producer.closed
+
+
+def test_the_producer_opens_beside_the_consumer_and_learns_the_request_partitions(monkeypatch) -> None:
+    import minigit.client.transport as transport
+
+    producer = CountingProducer()
+    monkeypatch.setattr(transport, "open_consumer", lambda settings, **extra: OpeningConsumer(0))
+    monkeypatch.setattr(transport, "open_producer", lambda settings, **extra: producer)
+    connection = Connection(KafkaSettings(), ALICE, timeout=5)
+    assert connection.producer is producer and producer.asked == [KafkaSettings().topics.requests]
+    assert connection.request_partitions == 3
+
+
+def test_a_producer_that_cannot_open_fails_the_connection(monkeypatch) -> None:
+    import minigit.client.transport as transport
+
+    consumer = OpeningConsumer(0)
+    closed = []
+    consumer.close = lambda: closed.append(True)
+
+    def unreachable(settings, **extra):
+        raise ServerUnreachable("cannot reach Kafka at localhost:9092")
+
+    monkeypatch.setattr(transport, "open_consumer", lambda settings, **extra: consumer)
+    monkeypatch.setattr(transport, "open_producer", unreachable)
+    with pytest.raises(ServerUnreachable, match="cannot reach Kafka"):
+        Connection(KafkaSettings(), ALICE, timeout=5)
+    assert closed == [True]
+
+
 # ---------------------------------------------------------------- what the upload bar is told
 
 
