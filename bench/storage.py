@@ -355,6 +355,7 @@ def main() -> None:
     parser.add_argument("--skip-join", action="store_true")
     args = parser.parse_args()
 
+    stamp = time.strftime("%Y%m%d-%H%M%S")
     root = Path(tempfile.mkdtemp(prefix="minigit-bench-storage-"))
     use_own_config_dir(root)
     kafka_dir = root / "kafka"
@@ -381,9 +382,12 @@ def main() -> None:
         if not args.skip_storage:
             console.print(f"[bold]storage[/] ({args.content_mib} MiB of content, retention {args.retention_ms} ms)")
             results["storage"] = bench_storage(replicas, root, args.content_mib, args.retention_wait)
+            save(results, stamp)  # a long join phase may be stopped: this part is kept
+            report({"storage": results["storage"]})
         if not args.skip_join:
             console.print(f"[bold]join[/] ({args.join_mib} MiB of history: replay against snapshot)")
             results["join"] = bench_join(replicas, root, args.join_mib)
+            save(results, stamp)
         replicas.stop()
     finally:
         if args.bootstrap is None:
@@ -391,10 +395,15 @@ def main() -> None:
                 [str(BIN / "minigit-server"), "kafka", "stop", "--data-dir", str(kafka_dir)], capture_output=True
             )
         shutil.rmtree(root, ignore_errors=True)
-    report(results)
+    if "join" in results:
+        report({"join": results["join"]})
+    save(results, stamp)
+
+
+def save(results: dict, stamp: str) -> None:
     out_dir = Path(__file__).parent / "results"
     out_dir.mkdir(exist_ok=True)
-    (out_dir / f"storage-{time.strftime('%Y%m%d-%H%M%S')}.json").write_text(json.dumps(results, indent=1))
+    (out_dir / f"storage-{stamp}.json").write_text(json.dumps(results, indent=1))
 
 
 if __name__ == "__main__":

@@ -162,6 +162,11 @@ def apply_chunk(store: Store, partition: int, chunk: p.Chunk, offset: int = 0) -
         piece = chunk.piece()
     except MinigitError:
         return
+    known = store.get_outcome(partition, chunk.request_id)
+    if known is not None and not known.get("cancels"):
+        # A late copy of a decided request's upload (a hedged resend the second owner
+        # copied after the first's proposal): no proposal can use it any more.
+        return
     store.note_upload(partition, chunk.sha, chunk.request_id, offset)  # pending until its proposal
     complete = store.blob_size(partition, chunk.sha) is not None
     # (a piece just stored is the stored piece: no need to read it back and compare)

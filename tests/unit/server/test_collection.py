@@ -227,6 +227,19 @@ def test_deleting_a_repository_collects_what_only_it_named(store) -> None:
     assert objects(store) == needed(store)
 
 
+def test_a_late_copy_of_a_decided_requests_upload_is_not_kept(store) -> None:
+    """A hedged resend: a second owner copies the same request's chunks into the log
+    after the first owner's proposal was applied, and proposes nothing (it finds the
+    outcome). Nothing will ever use them: they are not stored, nothing is pending."""
+    log = Client()
+    log.create(log.upload("c1", {"a": b"1"}), rid="c1")
+    rejected = log.push(5, log.upload("p2", {"a": b"x"}, known={"a": b"1"}), rid="p2")
+    log.upload("p2", {"a": b"x"}, known={"a": b"1"})  # the late copy, no proposal after it
+    apply_records(store, log.records, 1)
+    assert store.get_outcome(0, rejected)["status"] == p.Status.REJECTED
+    assert objects(store) == needed(store) and store.list_uploads(0) == []
+
+
 def test_a_retry_after_its_outcome_collects_what_it_uploaded_again(store) -> None:
     log = Client()
     log.create(log.upload("c1", {"a": b"1"}), rid="c1")
