@@ -318,6 +318,7 @@ def main() -> None:
             content += mib * MIB
             try:
                 results[name] = run()
+                console.print_json(json.dumps(results[name]))  # each section's figures as soon as they are in
             except (RuntimeError, OSError, subprocess.CalledProcessError) as error:  # a failure is a figure too
                 console.print(f"[red]{name} failed:[/] {error}")
                 results[f"{name}_failed"] = str(error)[-2000:]
