@@ -295,6 +295,7 @@ def main() -> None:
     kafka_dir = None if args.bootstrap else root / "kafka"
     results: dict = {"machine": {"cpus": os.cpu_count(), "python": sys.version.split()[0]}, "label": args.label}
     content = 0
+    replicas = None
     try:
         bootstrap = args.bootstrap or start_kafka(kafka_dir)
         replicas = Replicas(bootstrap, f"transfer{int(time.time())}-", root / "server")
@@ -318,6 +319,7 @@ def main() -> None:
             content += mib * MIB
             try:
                 results[name] = run()
+                console.print_json(json.dumps(results[name]))  # each section's figures as soon as they are in
             except (RuntimeError, OSError, subprocess.CalledProcessError) as error:  # a failure is a figure too
                 console.print(f"[red]{name} failed:[/] {error}")
                 results[f"{name}_failed"] = str(error)[-2000:]
@@ -325,6 +327,10 @@ def main() -> None:
         replicas.stop()
         results["disk"] = disk_usage(replicas.settings, kafka_dir, root / "server", content)
     finally:
+        if replicas is not None:  # stopped already, or left running by an error or Ctrl-C
+            for process in replicas.processes.values():
+                if process.poll() is None:
+                    process.kill()
         if kafka_dir is not None:
             subprocess.run(
                 [str(BIN / "minigit-server"), "kafka", "stop", "--data-dir", str(kafka_dir)], capture_output=True

@@ -528,6 +528,13 @@ class Record:
         raise ProtocolError(f"{owner}: its bytes travel in a binary frame, not in JSON")
 
 
+def _legacy_bytes(doc: dict[str, Any], name: str, max_chars: int, owner: str) -> bytes:
+    """A JSON record's bytes field of before: ``name``, base64 of at most ``max_chars``."""
+    if name not in doc:
+        raise ProtocolError(f"{owner}: missing field '{name}'")
+    return _strict_base64(doc[name], max_chars, f"{owner}: field '{name}'")
+
+
 def _strict_base64(text: Any, max_chars: int, label: str) -> bytes:
     """Bytes from canonical base64 text, its length bounded before decoding."""
     if not isinstance(text, str):
@@ -685,7 +692,7 @@ class Chunk(Message):
     @classmethod
     def legacy_payload(cls, doc: dict[str, Any], owner: str) -> bytes:
         # base64 of at most CHUNK_SIZE bytes, checked again by validate
-        return _strict_base64(doc.get("data"), 4 * (codec.CHUNK_SIZE // 3 + 1), f"{owner}: field 'data'")
+        return _legacy_bytes(doc, "data", 4 * (codec.CHUNK_SIZE // 3 + 1), owner)
 
     def validate(self) -> None:
         _check_request_id(self.request_id)
@@ -1323,7 +1330,7 @@ class Sealed(Message):
 
     @classmethod
     def legacy_payload(cls, doc: dict[str, Any], owner: str) -> bytes:
-        return _strict_base64(doc.get("box"), MAX_SEALED_BOX_CHARS, f"{owner}: field 'box'")
+        return _legacy_bytes(doc, "box", MAX_SEALED_BOX_CHARS, owner)
 
     def validate(self) -> None:
         _check_request_id(self.request_id)

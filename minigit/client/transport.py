@@ -44,6 +44,12 @@ OPEN_RETRY_S = 0.5
 # Chunk records made ready ahead of the one being sent (read, compressed, framed
 # and hashed in another thread): at most this many pieces, 512 KiB each, wait.
 READ_AHEAD = 8
+# Upload bytes handed to the producer and not yet acknowledged, at most: a window,
+# not a round trip per chunk. Beyond it the next send waits for the oldest
+# acknowledgement, so that a slow broker never leaves a piece in the producer's
+# buffer until it expires (delivery_timeout_ms) or blocks a send (max_block_ms),
+# and the producer holds at most this much of a large push.
+UNACKED_BYTES = 16 * 1024 * 1024
 
 
 def read_ahead(items: Iterable, depth: int = READ_AHEAD) -> Iterator:
@@ -104,7 +110,7 @@ class Acknowledgements:
     def __init__(self, observer: Observer) -> None:
         self.observer = observer
         self.pending: collections.deque[tuple[Any, int, bool]] = collections.deque()  # future, bytes, ends an object
-        self.sent_bytes = self.acknowledged_bytes = 0
+        self.sent_bytes = self.acknowledged_bytes = self.settled_bytes = 0
         self.object_failed = False  # a chunk of the object being acknowledged was refused
 
     def track(self, future: Any, nbytes: int, last: bool) -> None:
@@ -116,9 +122,10 @@ class Acknowledgements:
         while self.pending and self.pending[0][0].is_done:
             self._settled(*self.pending.popleft())
 
-    def wait(self, deadline: float) -> None:
-        """Wait until every chunk is settled; KafkaTimeoutError past ``deadline``."""
-        while self.pending:
+    def wait(self, deadline: float, unsettled_bytes: int = 0) -> None:
+        """Wait until at most ``unsettled_bytes`` of the chunks sent are not settled
+        (none by default); KafkaTimeoutError past ``deadline``."""
+        while self.pending and self.sent_bytes - self.settled_bytes > unsettled_bytes:
             future = self.pending[0][0]
             if not future.is_done:
                 try:
@@ -129,6 +136,7 @@ class Acknowledgements:
             self._settled(*self.pending.popleft())
 
     def _settled(self, future: Any, nbytes: int, last: bool) -> None:
+        self.settled_bytes += nbytes
         if future.succeeded():
             self.acknowledged_bytes += nbytes
             self.observer.uploaded(nbytes)
@@ -308,6 +316,8 @@ class Connection:
             acks.track(future, nbytes, last=digest.index == digest.count - 1)
             digests.append(digest)
             acks.collect()
+            if acks.sent_bytes - acks.settled_bytes > UNACKED_BYTES:
+                acks.wait(time.monotonic() + self.timeout, UNACKED_BYTES)
         signed = sign_request(self.credentials, request, digests, self.settings.namespace)
         # Same partition, idempotent producer: the request lands after its chunks.
         sent = self.producer.send(self.topics.requests, key=key, value=signed.to_bytes(), partition=partition)

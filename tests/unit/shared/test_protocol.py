@@ -410,6 +410,8 @@ def _required_fields(cls):
 )
 def test_parse_rejects_missing_fields(cls, name):
     doc = sample_doc(cls)
+    if LEGACY_FIELDS.get(cls, (None, None))[1] == name:  # a frame's bytes: missing from the JSON form
+        name = LEGACY_FIELDS[cls][0]
     del doc[name]
     with pytest.raises(ProtocolError, match=f"missing field '{name}'"):
         p.parse_message(encode(doc))
