@@ -119,8 +119,11 @@ def ensure_topics(
             # Best effort: a principal without AlterConfigs on the topics (ACLs) still
             # runs the service, with the retention the topics have.
             try:
-                failed = [str(answer) for answer in _config_errors(admin.alter_configs(altered))]
-            except KafkaError as error:
+                # raise_on_unknown=False: kafka-python's own check compares the names with
+                # the topic's *dynamic* configs, none on a fresh topic; the broker checks them.
+                answers = admin.alter_configs(altered, raise_on_unknown=False, incremental=True)
+                failed = [str(answer) for answer in _config_errors(answers)]
+            except (KafkaError, ValueError) as error:
                 failed = [str(error)]
             if failed:
                 warn(

@@ -331,6 +331,7 @@ def read_cluster(settings: KafkaSettings) -> tuple[list, dict[int, int]]:
     """The latest heartbeat of every replica, seen with its report pages
     (``health.ReplicaView``), and the log end offsets now."""
     from minigit.kafka_clients import INFRASTRUCTURE_ERRORS
+    from minigit_server import health
     from minigit_server.bus import Bus
 
     bus = Bus(settings, client_id="minigit-server-status", bootstrap_timeout_s=10)

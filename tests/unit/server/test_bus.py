@@ -210,7 +210,7 @@ def test_a_broker_refusing_to_alter_retention_is_a_warning_not_a_failure(monkeyp
             topics = settings.topics
             return [topics.requests, topics.responses, topics.log, topics.replicas]
 
-        def alter_configs(self, resources):
+        def alter_configs(self, resources, **options):
             assert {r.name for r in resources} == {settings.topics.requests, settings.topics.responses}  # never the log
             raise TopicAuthorizationFailedError()
 
@@ -222,3 +222,33 @@ def test_a_broker_refusing_to_alter_retention_is_a_warning_not_a_failure(monkeyp
     assert bus_module.ensure_topics(settings, 3, 1, warn=warnings.append) == []
     [warning] = warnings
     assert "could not set the retention of ns-repo-requests, ns-repo-responses" in warning and "AlterConfigs" in warning
+
+
+def test_retention_is_altered_incrementally_without_the_client_side_name_check(monkeypatch) -> None:
+    """kafka-python checks the names against the topic's *dynamic* configs first, and
+    a topic that has none (a fresh secured cluster) made start fail with ValueError;
+    the broker checks the names itself. Incremental: the topics' other settings stay."""
+    from minigit.config import KafkaSettings
+    from minigit_server import bus as bus_module
+
+    settings = KafkaSettings("localhost:9092", "ns-")
+    calls: list[dict] = []
+
+    class ClientCheckingAdmin:
+        def list_topics(self):
+            topics = settings.topics
+            return [topics.requests, topics.responses, topics.log, topics.replicas]
+
+        def alter_configs(self, resources, raise_on_unknown=True, incremental=None):
+            calls.append({"raise_on_unknown": raise_on_unknown, "incremental": incremental})
+            if raise_on_unknown:
+                raise ValueError("Unrecognized configs: {'retention.ms'}")
+            return {"topic": {r.name: "OK" for r in resources}}
+
+        def close(self):
+            pass
+
+    monkeypatch.setattr(bus_module, "open_admin", lambda settings: ClientCheckingAdmin())
+    warnings: list[str] = []
+    assert bus_module.ensure_topics(settings, 3, 1, warn=warnings.append) == []
+    assert warnings == [] and calls == [{"raise_on_unknown": False, "incremental": True}]
