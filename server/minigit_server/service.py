@@ -269,7 +269,7 @@ class Integrity:
         token = sha.encode()
         with self.store.scratch() as scratch:
             for record in self.wire.scan_log(partition, end, REPAIR_WAIT_S):
-                if token not in record.value:  # most records carry other blobs: skip them unparsed
+                if record.value is None or token not in record.value:  # a tombstone; another blob: skip unparsed
                     continue
                 try:
                     message = p.parse_message(record.value, allowed=(p.Chunk,))

@@ -285,3 +285,21 @@ def test_a_damaged_tree_a_decision_reads_is_repaired_before_deciding(service: Se
     replica.apply_soundly([record], service.wire.log_partitions)
     assert service.store.get_repo("r").head == 3 and service.store.check_blob(partition, first) is None
     assert service.store.get_version("r", 3).tree == first
+
+
+def test_a_tombstone_in_the_log_does_not_stop_a_repair(service: Service, monkeypatch) -> None:
+    """Anyone who may write repo-log can write a record without a value; a repair
+    reading past one must skip it, not fail (an outside tester's finding)."""
+    create(service, "r", {"big.bin": BIG})
+    partition, sha = service.wire.log_partition("r"), codec.hash_bytes(BIG)
+    records = service.wire.scan_log
+
+    def with_a_tombstone_first(partition: int, end_offset: int, timeout_s: float):
+        yield LogRecord(partition, 0, None)
+        yield from records(partition, end_offset, timeout_s)
+
+    monkeypatch.setattr(service.wire, "scan_log", with_a_tombstone_first)
+    flip(service.store, partition, sha, index=1)
+    handled, sent = clone(service, "r")
+    assert handled.status == p.Status.OK and blobs_sent(sent)[sha] == BIG
+    assert service.store.check_blob(partition, sha) is None
