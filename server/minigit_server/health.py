@@ -14,6 +14,7 @@ from dataclasses import asdict, dataclass, field
 from minigit import identity
 from minigit import protocol as p
 from minigit.errors import MinigitError
+from minigit_server import digests
 
 # A replica silent for this many heartbeat intervals is considered down.
 SILENT_AFTER_INTERVALS = 3
@@ -170,13 +171,14 @@ class ReplicaView:
     def of(cls, beat: p.Heartbeat, pages: dict[tuple[int, int], p.RepoPage] | None = None) -> ReplicaView:
         """The view of ``beat`` given the latest page records of its replica.
 
-        A page whose digest is the one the heartbeat names holds what the replica held
-        at the heartbeat's position; an empty page ("") holds nothing there; a page of
-        another digest is taken at the position it names itself (one newer than the
-        heartbeat, read between the page and the heartbeat that follows it; or older,
-        its successor lost); a page the heartbeat names but that cannot be found holds
-        nothing known: position 0, so the replica looks behind on every repository of
-        it, never in agreement.
+        A page whose digest is the one the heartbeat names (and whose reports hash to
+        it: ``page_is_sound``) holds what the replica held at the heartbeat's
+        position; an empty page ("") holds nothing there. Any other page (one newer
+        than the heartbeat, read between the page and the heartbeat that follows it;
+        one older, its successor lost; one forged) or none holds nothing known:
+        position 0, so the replica looks behind on every repository of it, never in
+        agreement, until a heartbeat names the page read (pages are published again
+        every ``reports.REPUBLISH_EVERY`` heartbeats).
         """
         pages = pages or {}
         repos = dict(beat.repos)
@@ -188,12 +190,23 @@ class ReplicaView:
                 page = pages.get(key)
                 if not digest:
                     positions[key] = at
-                elif page is None:
+                elif page is None or page.digest != digest or not page_is_sound(page, partition):
                     positions[key] = 0
                 else:
-                    positions[key] = at if page.digest == digest else page.applied
+                    positions[key] = at
                     repos.update(page.repos)
         return cls(beat, repos, positions)
+
+
+def page_is_sound(page: p.RepoPage, partition: int) -> bool:
+    """Whether a page's reports hash to its digest and are all filed under its own
+    partition. Anyone who may write repo-replicas may write a page: only the page
+    its heartbeat names, holding what hashes to that name, is read (a forged page
+    made a diverged replica agree)."""
+    if page.partition != partition or any(report.partition != partition for report in page.repos.values()):
+        return False
+    elements = (digests.report_element(name, r.head, r.digest, r.changed_at) for name, r in page.repos.items())
+    return digests.page_digest(*digests.page_sum(elements)) == page.digest
 
 
 def replica_views(beats: list[p.Heartbeat], pages: list[p.RepoPage]) -> list[ReplicaView]:

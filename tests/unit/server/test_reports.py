@@ -5,6 +5,7 @@ read inline reports."""
 
 from __future__ import annotations
 
+import dataclasses
 import tempfile
 from pathlib import Path
 
@@ -13,7 +14,7 @@ from hypothesis import strategies as st
 
 from minigit import protocol as p
 from minigit_server import digests, health
-from minigit_server.reports import RepoReporter
+from minigit_server.reports import REPUBLISH_EVERY, RepoReporter
 from minigit_server.store import MemoryStore, RepoState, SqliteStore, Store, VersionInfo
 
 NAMES = ["a", "b", "c", "repo-1", "zz"]
@@ -232,8 +233,7 @@ def test_a_stale_or_missing_page_counts_as_behind_never_as_agreement():
     key = (1, p.report_page_of("r0003"))
     beat = beat_of(store, newer)
     stale = health.ReplicaView.of(beat, old)  # the newer page has not been read
-    assert stale.position(1, "r0003") == old[key].applied < beat.applied[1]
-    assert stale.repos["r0003"].head == 1
+    assert stale.position(1, "r0003") == 0 and "r0003" not in stale.repos  # not what the heartbeat names: unknown
     missing = health.ReplicaView.of(beat, {k: v for k, v in old.items() if k != key})
     assert missing.position(1, "r0003") == 0 and "r0003" not in missing.repos
     current = health.ReplicaView.of(
@@ -243,11 +243,11 @@ def test_a_stale_or_missing_page_counts_as_behind_never_as_agreement():
     assert current.sent_ms == beat.sent_ms  # a view reads as its heartbeat everywhere else
 
 
-def test_a_page_newer_than_its_heartbeat_counts_at_its_own_position():
+def test_a_page_newer_than_its_heartbeat_counts_as_behind_never_as_a_disagreement():
     """Read between a page and the heartbeat that follows it, the page is newer than
-    the heartbeat: a deletion it already shows is not a disagreement with a replica
-    that has not applied the deletion yet (taken at the heartbeat's older position,
-    replica 1 would look caught up without the repository: a tie of digests)."""
+    the heartbeat: it is not the page the heartbeat names, so what it says is not
+    taken (anyone may write a page); the replica looks behind on it until the next
+    heartbeat names it, and a deletion it already shows is never a disagreement."""
     stores = {rid: make_store(20) for rid in ("1", "2")}
     old_beat = beat_of(stores["1"], RepoReporter("1").collect(stores["1"]))
     run_steps(stores["1"], [("delete", "r0004", 0)], start=20)  # replica 1 applied the deletion, offset 20
@@ -255,6 +255,58 @@ def test_a_page_newer_than_its_heartbeat_counts_at_its_own_position():
     view_1 = health.ReplicaView.of(old_beat, {(pg.partition, pg.page): pg for pg in newer.pages})
     reports_2 = RepoReporter("2").collect(stores["2"])  # replica 2 has not applied it yet
     view_2 = health.replica_views([beat_of(stores["2"], reports_2, "2")], reports_2.pages)[0]
-    assert "r0004" not in view_1.repos and view_1.position(0, "r0004") == 21 > old_beat.applied[0]
+    assert "r0004" not in view_1.repos and view_1.position(0, "r0004") == 0
     verdict = {v.repo: v for v in health.verify_repositories([view_1, view_2])}["r0004"]
-    assert verdict.status == health.Verdict.BEHIND and verdict.behind == {"2": 1} and verdict.disagreeing == []
+    assert verdict.status == health.Verdict.BEHIND and set(verdict.behind) == {"1"} and verdict.disagreeing == []
+
+
+def test_a_forged_page_never_makes_a_diverged_replica_agree():
+    """An outside tester hid a repository and copied another replica's report into
+    pages of a diverged replica: verify said every repository agreed. Only the page
+    a heartbeat names, whose content hashes to that name, with every report filed
+    under the page's own partition, is read."""
+    good, bad = make_store(30), make_store(30)
+    run_steps(bad, [("push", "r0002", 1)], start=30)  # replica 2 diverged on r0002
+    for store in (good, bad):
+        store.set_applied(0, 40)
+        store.set_applied(1, 40)
+    reports_1, reports_2 = RepoReporter("1").collect(good), RepoReporter("2").collect(bad)
+    view_1 = health.replica_views([beat_of(good, reports_1, "1")], reports_1.pages)[0]
+    beat_2 = beat_of(bad, reports_2, "2")
+    key = (good.get_repo("r0002").partition, p.report_page_of("r0002"))
+    honest = {(pg.partition, pg.page): pg for pg in reports_2.pages}
+    copied = {(pg.partition, pg.page): pg for pg in reports_1.pages}[key]
+
+    def verdict(page: p.RepoPage) -> health.RepoVerdict:
+        view_2 = health.replica_views([beat_2], [*(pg for k, pg in honest.items() if k != key), page])[0]
+        return {v.repo: v for v in health.verify_repositories([view_1, view_2])}["r0002"]
+
+    assert verdict(honest[key]).status == health.Verdict.DISAGREE
+    forged = [
+        dataclasses.replace(copied, replica="2", applied=10**9),  # replica 1's page, another digest
+        dataclasses.replace(copied, replica="2", digest=honest[key].digest),  # claims the named digest
+        dataclasses.replace(honest[key], repos={}),  # hides every repository of the page
+    ]
+    for page in forged:
+        assert verdict(page).status != health.Verdict.AGREE, page
+    moved = {
+        name: dataclasses.replace(report, partition=report.partition + 1) for name, report in honest[key].repos.items()
+    }
+    view_2 = health.replica_views([beat_2], [dataclasses.replace(honest[key], repos=moved)])[0]
+    assert view_2.position(*key[:1], "r0002") == 0 and "r0002" not in view_2.repos
+
+
+def test_every_page_is_published_again_now_and_then():
+    """A tombstone someone wrote over a page (or a page lost) is mended without a
+    change to the page: every REPUBLISH_EVERY heartbeats, every page goes again."""
+    store = make_store(40)
+    reporter = RepoReporter("1")
+    first = reporter.collect(store)
+    reporter.sent(first)
+    quiet = [reporter.collect(store) for _ in range(REPUBLISH_EVERY - 1)]
+    for reports in quiet:
+        reporter.sent(reports)
+    assert all(reports.pages == [] for reports in quiet)
+    again = reporter.collect(store)
+    keys = sorted((pg.partition, pg.page) for pg in first.pages)
+    assert sorted((pg.partition, pg.page) for pg in again.pages) == keys
