@@ -405,6 +405,8 @@ SEGMENT_SHARE = 4
 MIN_SEGMENT_BYTES = 1024 * 1024  # Kafka 4 refuses smaller segments
 MAX_SEGMENT_BYTES = 1024**3  # Kafka's default segment size
 MIN_RETENTION_MS = 60 * 1000
+# The largest value of a Kafka LONG setting (retention.ms, retention.bytes).
+KAFKA_LONG_MAX = 2**63 - 1
 
 
 @dataclass(frozen=True)
@@ -429,6 +431,16 @@ class TopicRetention:
                 raise UsageError(
                     f"bad {flag} {value}: keep at least {MIN_RETENTION_MS} ms",
                     hint="a request or reply must outlive its client's wait; the default is hours",
+                )
+        for flag, value in (
+            ("--requests-retention-ms", requests_ms),
+            ("--responses-retention-ms", responses_ms),
+            ("--transient-retention-bytes", per_partition_bytes),
+        ):
+            if value > KAFKA_LONG_MAX:
+                raise UsageError(
+                    f"bad {flag} {value}: keep at most {KAFKA_LONG_MAX} (Kafka's largest setting)",
+                    hint="these topics are transient: hours and gigabytes are plenty",
                 )
         floor = max(2 * max_push_bytes, 4 * MIN_SEGMENT_BYTES)
         if per_partition_bytes < floor:

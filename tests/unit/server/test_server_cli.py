@@ -282,6 +282,9 @@ def test_with_many_repositories_status_and_verify_list_only_those_needing_a_look
         (["--requests-retention-ms", "1000"], {}, "bad --requests-retention-ms 1000"),
         ([], {"MINIGIT_RESPONSES_RETENTION_MS": "5"}, "bad --responses-retention-ms 5"),
         (["--transient-retention-bytes", "1048576"], {}, "bad --transient-retention-bytes 1048576"),
+        # past what Kafka's LONG holds: a CreateTopics error of hundreds of characters before
+        (["--requests-retention-ms", str(2**63)], {}, "keep at most"),
+        (["--transient-retention-bytes", str(2**63)], {}, "keep at most"),
         # the size cap must hold two pushes of the largest size the replicas accept
         (["--max-push-bytes", str(2 * 1024**3), "--transient-retention-bytes", str(3 * 1024**3)], {}, "keep at least"),
     ],
