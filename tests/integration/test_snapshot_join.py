@@ -68,3 +68,37 @@ def test_a_replica_seeded_from_a_snapshot_converges_with_the_others(bare_service
     clone = tmp_path / "clone"
     operations.clone_repository("joined", clone, service.options(timeout=60))
     assert (clone / "f1.txt").read_text() == "after the snapshot\n"
+
+
+def test_a_snapshot_of_another_service_is_refused(bare_service, kafka_bootstrap: str, tmp_path: Path) -> None:
+    """A snapshot's offsets point into its own service's log: restored into another
+    namespace (other key, other partition count) it would skip records and hold
+    repositories that do not exist there."""
+    from conftest import Service
+
+    from minigit_server.server_key import load_or_create_server_key
+
+    target = bare_service  # 3 log partitions
+    load_or_create_server_key(target.data_dir)
+    other_dir = tmp_path / "other"
+    other_dir.mkdir()
+    other = Service(kafka_bootstrap, target.namespace.rstrip("-") + "x3-", other_dir, partitions=6)
+    try:
+        other.start("1")
+        work = tmp_path / "work"
+        work.mkdir()
+        (work / "a.txt").write_text("theirs\n")
+        operations.init_repository(work, "theirs", other.options(timeout=60))
+        other.wait_converged(["1"])
+        taken = snapshot_cli(other, "create", str(tmp_path / "theirs.snapshot"), "--replica", "1")
+        assert taken.returncode == 0, taken.stdout + taken.stderr
+    finally:
+        other.stop_all()
+        other.bus.close()
+
+    refused = snapshot_cli(target, "restore", str(tmp_path / "theirs.snapshot"), "--replica", "3")
+    assert refused.returncode == 1, refused.stdout + refused.stderr
+    said = refused.stdout + refused.stderr
+    assert "another service" in said and "namespace" in said and "service key" in said, said
+    assert "6 log partitions" in said, said
+    assert not list((target.data_dir).glob("replica-3*/store.sqlite*"))
