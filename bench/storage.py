@@ -259,15 +259,26 @@ def bench_join(replicas: RetainedReplicas, root: Path, join_mib: int) -> dict:
     console.print("  seeding a new replica from a snapshot of replica 1 (running)")
     snapshot = root / "r1.snapshot"
     server = str(BIN / "minigit-server")
+    service = ["--bootstrap", replicas.bootstrap, "--namespace", replicas.namespace]  # whose snapshot it is
     started = time.monotonic()
     subprocess.run(
-        [server, "snapshot", "create", str(snapshot), "--replica", "1", "--data-dir", str(replicas.data_dir)],
+        [server, "snapshot", "create", str(snapshot), "--replica", "1", "--data-dir", str(replicas.data_dir), *service],
         check=True,
         capture_output=True,
     )
     created_s = time.monotonic() - started
     subprocess.run(
-        [server, "snapshot", "restore", str(snapshot), "--replica", "seeded", "--data-dir", str(replicas.data_dir)],
+        [
+            server,
+            "snapshot",
+            "restore",
+            str(snapshot),
+            "--replica",
+            "seeded",
+            "--data-dir",
+            str(replicas.data_dir),
+            *service,
+        ],
         check=True,
         capture_output=True,
     )
