@@ -74,11 +74,10 @@ def test_a_snapshot_of_another_service_is_refused(bare_service, kafka_bootstrap:
     """A snapshot's offsets point into its own service's log: restored into another
     namespace (other key, other partition count) it would skip records and hold
     repositories that do not exist there."""
-    from conftest import Service
-
     from minigit_server.server_key import load_or_create_server_key
 
     target = bare_service  # 3 log partitions
+    Service = type(bare_service)  # (not "from conftest import": another conftest may be imported by that name)
     load_or_create_server_key(target.data_dir)
     other_dir = tmp_path / "other"
     other_dir.mkdir()
