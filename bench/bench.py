@@ -57,6 +57,15 @@ def free_port() -> int:
         return sock.getsockname()[1]
 
 
+def start_kafka(kafka_dir: Path) -> str:
+    """A development broker on free ports in ``kafka_dir`` (every benchmark's own); its bootstrap."""
+    port = free_port()
+    command = [str(BIN / "minigit-server"), "kafka", "start", "--port", str(port)]
+    command += ["--controller-port", str(free_port()), "--data-dir", str(kafka_dir)]
+    subprocess.run(command, check=True)
+    return f"127.0.0.1:{port}"
+
+
 def timed(command: list[str], cwd: Path, env: dict | None = None) -> float:
     started = time.perf_counter()
     subprocess.run(command, cwd=cwd, env=env, check=True, capture_output=True)
@@ -290,22 +299,7 @@ def main() -> None:
         if args.only == "startup":
             return finish(results)
         if bootstrap is None:
-            port = free_port()
-            subprocess.run(
-                [
-                    str(BIN / "minigit-server"),
-                    "kafka",
-                    "start",
-                    "--port",
-                    str(port),
-                    "--controller-port",
-                    str(free_port()),
-                    "--data-dir",
-                    str(kafka_dir),
-                ],
-                check=True,
-            )
-            bootstrap = f"127.0.0.1:{port}"
+            bootstrap = start_kafka(kafka_dir)
         replicas = Replicas(bootstrap, f"bench{int(time.time())}-", root / "server")
         started_ms = int(time.time() * 1000)
         for replica_id in ("1", "2", "3"):

@@ -331,14 +331,6 @@ def bench_tree(tree: Tree, name: str, replicas: bench.Replicas, rounds: int) -> 
 # ---------------------------------------------------------------- main
 
 
-def start_kafka(kafka_dir: Path) -> str:
-    port = bench.free_port()
-    command = [str(BIN / "minigit-server"), "kafka", "start", "--port", str(port)]
-    command += ["--controller-port", str(bench.free_port()), "--data-dir", str(kafka_dir)]
-    subprocess.run(command, check=True)
-    return f"127.0.0.1:{port}"
-
-
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--bootstrap", help="use this broker (127.0.0.1) instead of starting one")
@@ -357,7 +349,7 @@ def main() -> None:
     results["machine"]["load_average_before"] = os.getloadavg()
     replicas = None
     try:
-        bootstrap = args.bootstrap or start_kafka(kafka_dir)
+        bootstrap = args.bootstrap or bench.start_kafka(kafka_dir)
         replicas = bench.Replicas(bootstrap, f"diff{int(time.time())}-", root / "server")
         started_ms = int(time.time() * 1000)
         for replica_id in ("1", "2", "3"):

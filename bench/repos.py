@@ -50,7 +50,7 @@ from rich.table import Table
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from bench import BIN, Replicas, free_port, use_own_config_dir
+from bench import BIN, Replicas, start_kafka, use_own_config_dir
 from minigit import protocol as p
 from minigit.client import operations
 from minigit.config import ServerFlags
@@ -315,22 +315,7 @@ def main() -> None:
     stop_sampling = threading.Event()
     try:
         if bootstrap is None:
-            port = free_port()
-            subprocess.run(
-                [
-                    str(BIN / "minigit-server"),
-                    "kafka",
-                    "start",
-                    "--port",
-                    str(port),
-                    "--controller-port",
-                    str(free_port()),
-                    "--data-dir",
-                    str(kafka_dir),
-                ],
-                check=True,
-            )
-            bootstrap = f"127.0.0.1:{port}"
+            bootstrap = start_kafka(kafka_dir)
         replicas = Replicas(bootstrap, f"benchrepos{int(time.time())}-", root / "server")
         started_ms = int(time.time() * 1000)
         for replica_id in ("1", "2", "3"):

@@ -41,7 +41,7 @@ from pathlib import Path
 from rich.console import Console
 from rich.table import Table
 
-from bench import BIN, Replicas, free_port, use_own_config_dir
+from bench import BIN, Replicas, start_kafka, use_own_config_dir
 from minigit import codec
 from minigit import protocol as p
 from minigit.client import operations
@@ -378,10 +378,7 @@ def main() -> None:
     }
     try:
         if bootstrap is None:
-            port = free_port()
-            command = [str(BIN / "minigit-server"), "kafka", "start", "--port", str(port)]
-            subprocess.run([*command, "--controller-port", str(free_port()), "--data-dir", str(kafka_dir)], check=True)
-            bootstrap = f"127.0.0.1:{port}"
+            bootstrap = start_kafka(kafka_dir)
         retention = TopicRetention.parse(args.retention_ms, args.retention_ms, 2 * MAX_PUSH, MAX_PUSH)
         (root / "server").mkdir()
         replicas = RetainedReplicas(bootstrap, f"benchstorage{int(time.time())}-", root / "server", retention)

@@ -58,7 +58,7 @@ from minigit.kafka_clients import open_consumer, open_producer
 from minigit_server.bus import ensure_topics
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from bench import BIN, Replicas, free_port, use_own_config_dir  # bench/bench.py
+from bench import BIN, Replicas, start_kafka, use_own_config_dir  # bench/bench.py
 
 console = Console(stderr=True)
 PARTITIONS = 6
@@ -315,13 +315,7 @@ def main() -> None:
     rows: list[dict] = []
     try:
         if bootstrap is None:
-            port = free_port()
-            kafka = [str(BIN / "minigit-server"), "kafka", "start", "--port", str(port)]
-            subprocess.run(
-                [*kafka, "--controller-port", str(free_port()), "--data-dir", str(kafka_dir)],
-                check=True,
-            )
-            bootstrap = f"127.0.0.1:{port}"
+            bootstrap = start_kafka(kafka_dir)
         if "echo" in kinds:
             namespace = f"tp{int(time.time())}echo-"
             ensure_topics(KafkaSettings(bootstrap, namespace), PARTITIONS, 1)

@@ -36,7 +36,7 @@ from pathlib import Path
 from rich.console import Console
 from rich.table import Table
 
-from bench import BIN, Replicas, free_port, use_own_config_dir
+from bench import BIN, Replicas, start_kafka, use_own_config_dir
 from minigit.client import operations
 from minigit.config import KafkaSettings, ServerFlags
 from minigit_server.bus import Bus
@@ -264,14 +264,6 @@ def disk_usage(settings: KafkaSettings, kafka_dir: Path | None, server_dir: Path
         total = dir_bytes(store)
         out["stores"][store.name] = {"bytes": total, "per_content_byte": total / max(1, content_bytes)}
     return out
-
-
-def start_kafka(kafka_dir: Path) -> str:
-    port = free_port()
-    command = [str(BIN / "minigit-server"), "kafka", "start", "--port", str(port)]
-    command += ["--controller-port", str(free_port()), "--data-dir", str(kafka_dir)]
-    subprocess.run(command, check=True)
-    return f"127.0.0.1:{port}"
 
 
 def main() -> None:

@@ -34,7 +34,7 @@ from rich.console import Console
 from rich.table import Table
 from status import GIT_ENV, machine, make_small
 
-from bench import BIN, Replicas, free_port, use_own_config_dir
+from bench import BIN, Replicas, start_kafka, use_own_config_dir
 from minigit.client import workspace as ws
 
 console = Console(stderr=True)
@@ -150,10 +150,7 @@ def main() -> None:
     replicas = None
     try:
         if bootstrap is None:
-            port = free_port()
-            start = ["kafka", "start", "--port", str(port), "--controller-port", str(free_port())]
-            subprocess.run([str(BIN / "minigit-server"), *start, "--data-dir", str(kafka_dir)], check=True)
-            bootstrap = f"127.0.0.1:{port}"
+            bootstrap = start_kafka(kafka_dir)
         replicas = Replicas(bootstrap, f"trees{int(time.time())}-", root / "server")
         started_ms = int(time.time() * 1000)
         for replica_id in ("1", "2", "3"):
