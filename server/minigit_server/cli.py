@@ -662,6 +662,7 @@ def print_verdicts(verdicts: list, replicas: list[str], list_all: bool = True) -
         out.print("[bold green]All repositories are available![/]")
 
 
+from minigit_server import audit_cli  # noqa: E402, F401 - its commands (audit) take this module's options
 from minigit_server.repo_cli import repo_app  # noqa: E402 - it takes its options from this module
 from minigit_server.snapshot_cli import snapshot_app  # noqa: E402 - it takes its options from this module
 from minigit_server.users_cli import users_app  # noqa: E402 - it takes its options from this module

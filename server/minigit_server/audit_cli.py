@@ -1,0 +1,252 @@
+"""`minigit-server audit`: every repository recomputed from repo-log alone, with the
+replicas' own apply code, and compared with what the replicas report
+(minigit_server.audit); `--engine spark` folds the log in Apache Spark
+(minigit_server.sparkjobs), `--engine local` in this process. Both give the same
+result. Heavy modules (the wire format, Kafka, PySpark) are imported by the
+command itself, not here: `minigit-server --help` needs none of them.
+"""
+
+from __future__ import annotations
+
+import enum
+import time
+from pathlib import Path
+from typing import Annotated
+
+import typer
+from rich.table import Table
+
+from minigit.config import DEFAULT_BOOTSTRAP, MAX_TIMEOUT_S, MIN_TIMEOUT_S, KafkaSettings
+from minigit.console import err, exit_on_error, out
+from minigit.errors import ExitCode, MinigitError, ServerUnreachable
+from minigit_server.cli import (
+    Bootstrap,
+    DataDir,
+    Json,
+    KafkaOption,
+    ListAll,
+    Namespace,
+    app,
+    default_data_dir,
+    kafka_settings,
+    plain,
+)
+
+
+class Engine(enum.StrEnum):
+    SPARK = "spark"
+    LOCAL = "local"
+
+
+EngineOption = Annotated[
+    Engine,
+    typer.Option("--engine", help="Fold the log in Apache Spark (the 'spark' extra, Java 17+) or in this process."),
+]
+MasterOption = Annotated[
+    str,
+    typer.Option(
+        "--master", envvar="MINIGIT_SPARK_MASTER", help="Spark master URL (spark://host:7077, yarn, local[N])."
+    ),
+]
+AuditKeyPath = Annotated[
+    Path | None,
+    typer.Option(
+        "--server-key",
+        envvar="MINIGIT_SERVER_KEY",
+        help="The service's key file: its public key checks the log's signatures as the replicas do "
+        "(without it and DATA_DIR/keys/server.key, the key every live replica reports is used).",
+        show_default="DATA_DIR/keys/server.key",
+    ),
+]
+
+
+def audit_authority(settings: KafkaSettings, data_dir: Path | None, path: Path | None, beats: list):
+    """The namespace and service key the log is checked with, and where the key came
+    from: the key file given or in the data dir, else the one every live replica reports."""
+    from minigit import identity, key_files
+    from minigit_server import health
+    from minigit_server.apply import Authority
+    from minigit_server.server_key import ELSEWHERE, load_server_key, server_key_path
+
+    if path is not None:
+        key = load_server_key(path)
+        return Authority(settings.namespace, identity.public_key_text(key.public_key())), str(path)
+    default = server_key_path(data_dir or default_data_dir())
+    if (key := key_files.load_key_file(default, ELSEWHERE)) is not None:
+        return Authority(settings.namespace, identity.public_key_text(key.public_key())), str(default)
+    keys = {beat.server_key for beat in beats if beat.server_key}
+    check = health.check_server_keys(beats)
+    if len(keys) != 1 or not check.agree:
+        raise MinigitError(
+            "no service key to check the log with: none in "
+            f"{default}, and the live replicas do not all report the same one",
+            hint="give the service's --server-key (or --data-dir)",
+        )
+    return Authority(settings.namespace, keys.pop()), "the replicas' heartbeats"
+
+
+def fold_log(engine: Engine, master: str, settings: KafkaSettings, bus, ends: dict[int, int], authority, timeout):
+    """The log folded up to ``ends`` by ``engine``: a PartitionAudit per partition."""
+    from minigit_server import audit
+
+    if engine == Engine.LOCAL:
+        with audit.quiet_apply_log():
+            return audit.audit_log(lambda n, end: bus.scan_log(n, end, timeout), ends, authority)
+    from minigit_server.sparkjobs import audit_job, runtime
+
+    session = runtime.get_session(master, "minigit-audit", progress=lambda line: err.print(line))
+    options = runtime.spark_kafka_options(settings.bootstrap, dict(settings.options))
+    return audit_job.audit_log(session, options, settings.topics.log, ends, authority)
+
+
+@app.command()
+def audit(
+    engine: EngineOption = Engine.SPARK,
+    master: MasterOption = "local[*]",
+    bootstrap: Bootstrap = DEFAULT_BOOTSTRAP,
+    namespace: Namespace = "",
+    data_dir: DataDir = None,
+    server_key: AuditKeyPath = None,
+    max_lag: Annotated[int, typer.Option(min=0, help="Records a replica may be behind without failing.")] = 0,
+    wait: Annotated[
+        float, typer.Option(min=0, help="Seconds to let lagging replicas reach the log's end first.")
+    ] = 10.0,
+    timeout: Annotated[
+        float, typer.Option(min=MIN_TIMEOUT_S, max=MAX_TIMEOUT_S, help="Seconds to read each log partition (local).")
+    ] = 600.0,
+    kafka_option: KafkaOption = None,
+    as_json: Json = False,
+    list_all: ListAll = False,
+) -> None:
+    """Recompute every repository's history and head from repo-log alone, with the
+    rules every replica applies, and compare them with what each live replica
+    reports: agree / disagree / behind, per repository. Unlike 'verify', which
+    compares the replicas with each other, this catches a state every replica
+    holds alike but the log does not make. Exit code 0: every replica agrees with
+    the log; 3: a replica disagrees with it, or lags more than --max-lag records;
+    4: Kafka or every replica is unreachable; 1: the audit could not run (Spark,
+    Java or its Kafka connector missing: the hint says what to install)."""
+    from minigit.kafka_clients import INFRASTRUCTURE_ERRORS
+    from minigit_server import audit as auditing
+    from minigit_server import health
+    from minigit_server.bus import Bus
+    from minigit_server.health import Verdict
+    from minigit_server.replica import HEARTBEAT_INTERVAL_S
+
+    with exit_on_error():
+        settings = kafka_settings(bootstrap, namespace, kafka_option)
+        if engine == Engine.SPARK:
+            from minigit_server.sparkjobs import runtime
+
+            runtime.check_ready(progress=lambda line: err.print(line))  # before reading anything
+        bus = Bus(settings, client_id="minigit-server-audit", bootstrap_timeout_s=10)
+        try:
+            ends = bus.log_end_offsets()
+            deadline = time.monotonic() + wait
+            while True:
+                beats, pages = bus.read_reports()
+                views = health.replica_views(beats, pages)
+                live = health.live_beats(views, bus.reports_read_ms, HEARTBEAT_INTERVAL_S)
+                caught_up = all(view.applied.get(n, 0) >= end for view in live for n, end in ends.items())
+                if (live and caught_up) or time.monotonic() >= deadline:
+                    break
+                time.sleep(HEARTBEAT_INTERVAL_S / 2)
+            authority, key_source = audit_authority(settings, data_dir, server_key, live)
+            started = time.monotonic()
+            audits = fold_log(engine, master, settings, bus, ends, authority, timeout)
+            seconds = time.monotonic() - started
+        except TimeoutError as error:
+            raise ServerUnreachable(str(error), hint="raise --timeout") from None
+        except INFRASTRUCTURE_ERRORS as error:
+            raise settings.unreachable(error) from None
+        finally:
+            bus.close()
+        verdicts = auditing.compare(audits, live)
+        replicas = sorted(view.replica for view in live)
+        incomplete = [a.partition for a in audits if not a.complete]
+        failed = [
+            v for v in verdicts if v.status == Verdict.DISAGREE or (v.behind and max(v.behind.values()) > max_lag)
+        ]
+        if as_json:
+            out.print_json(
+                data={
+                    "engine": str(engine),
+                    "seconds": round(seconds, 3),
+                    "service_key": key_source,
+                    "replicas": replicas,
+                    "partitions": [a.to_json() | {"repos": len(a.repos)} for a in audits],
+                    "incomplete": incomplete,
+                    "repositories": [v.to_json() for v in verdicts],
+                }
+            )
+        else:
+            records = sum(a.records for a in audits)
+            out.print(
+                f"Audited {records} log records of {len(audits)} partitions ({engine} engine, {seconds:.1f}s): "
+                f"{sum(len(a.repos) for a in audits)} repositories, against replicas {plain(', '.join(replicas))}"
+            )
+            print_audit(verdicts, replicas, list_all)
+        for partition in incomplete:
+            err.print(
+                f"warning: log partition {partition} no longer starts at offset 0 (retention deleted records): "
+                "its repositories could not be recomputed from their beginning"
+            )
+        if not live:
+            raise ServerUnreachable(
+                "no replica answers: no heartbeat in the last few seconds",
+                hint="start the service with 'minigit-server start'",
+            )
+        if failed or incomplete:
+            raise typer.Exit(int(ExitCode.REJECTED))
+
+
+# Beyond this many repositories the agreeing ones are counted, not listed (unless --all).
+LISTED_IN_FULL = 100
+
+
+def print_audit(verdicts: list, replicas: list[str], list_all: bool) -> None:
+    """A table: the log's head and history length, the verdict, each replica's head.
+    Names come from the log and from heartbeats: escaped, never markup."""
+    from minigit_server.health import Verdict
+
+    table = Table(title="repositories: the log's state against each replica's", title_justify="left")
+    for column in ("repository", "partition", "log head", "versions", "verdict"):
+        table.add_column(column, justify="right" if column in ("partition", "log head", "versions") else "left")
+    for replica in replicas:
+        table.add_column(f"replica {plain(replica)}", justify="right")
+    brief = not list_all and len(verdicts) > LISTED_IN_FULL
+    agreeing = 0
+    colours = {Verdict.AGREE: "green", Verdict.DISAGREE: "red", Verdict.BEHIND: "yellow"}
+    for verdict in verdicts:
+        if brief and verdict.status == Verdict.AGREE:
+            agreeing += 1
+            continue
+        cells = []
+        for replica in replicas:
+            head = verdict.heads.get(replica)
+            text = "-" if head is None else str(head)
+            if replica in verdict.disagreeing:
+                text = f"[red]{text} differs[/]"
+            elif replica in verdict.behind:
+                text = f"[yellow]{text} (behind {verdict.behind[replica]})[/]"
+            elif replica in verdict.newer:
+                text = f"[dim]{text} (newer)[/]"
+            cells.append(text)
+        table.add_row(
+            plain(verdict.repo),
+            str(verdict.partition),
+            "-" if verdict.head is None else str(verdict.head),
+            str(verdict.versions),
+            f"[{colours[verdict.status]}]{verdict.status}[/]",
+            *cells,
+        )
+    if agreeing:
+        table.caption = f"and {agreeing} more repositories: every replica agrees with the log (--all lists them)"
+        table.caption_justify = "left"
+    out.print(table)
+    for verdict in verdicts:
+        if verdict.status == Verdict.DISAGREE:
+            names = plain(", ".join(verdict.disagreeing))
+            out.print(f"[red]DISAGREE[/]  {plain(verdict.repo)}: replica {names} differs from the log")
+    if verdicts and all(v.status == Verdict.AGREE for v in verdicts):
+        out.print("[bold green]Every replica agrees with the log![/]")
