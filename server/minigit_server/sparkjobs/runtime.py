@@ -249,3 +249,26 @@ def spark_kafka_options(bootstrap: str, options: dict[str, object]) -> dict[str,
     if options.get("ssl_check_hostname") in (False, "false", "False"):
         found["kafka.ssl.endpoint.identification.algorithm"] = ""
     return found
+
+
+def main(argv: list[str]) -> int:
+    """``python -m minigit_server.sparkjobs.runtime fetch``: check PySpark and Java and
+    fetch the connector now (scripts/setup.sh), not at a job's first run."""
+    from minigit.console import err, exit_on_error
+
+    if argv != ["fetch"]:
+        err.print("usage: python -m minigit_server.sparkjobs.runtime fetch")
+        return 2
+    import typer
+
+    try:
+        with exit_on_error():
+            jars = check_ready(progress=lambda line: err.print(line))
+    except typer.Exit as error:
+        return error.exit_code
+    err.print(f"Spark {SPARK_VERSION} and its Kafka connector are ready ({len(jars)} jars in {jars[0].parent})")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))
