@@ -2,8 +2,10 @@
 and compared with what the replicas report (``minigit-server audit``). No Kafka here.
 
 A log partition is folded with the very code every replica applies it with
-(``apply.apply_records`` into a fresh in-memory store: the decisions of
-minigit_server.decisions, not a copy of them), in offset order, and from nothing
+(``apply.apply_records`` into a fresh store of the replicas' own kind, a scratch
+SQLite file: the decisions of minigit_server.decisions, not a copy of them, and
+the store's indexes: the in-memory twin scans every upload proof per lookup), in
+offset order, and from nothing
 else: records of different partitions never decide each other's repositories. The
 fold shares no state with any replica, so a bug or a hand that changed every
 replica's store alike shows here as a disagreement with the log.
@@ -20,14 +22,16 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import tempfile
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import asdict, dataclass, field
+from pathlib import Path
 
 from minigit import protocol as p
 from minigit_server import apply, health
 from minigit_server.apply import Authority, LogRecord
 from minigit_server.health import Verdict
-from minigit_server.store import MemoryStore
+from minigit_server.store import SqliteStore, Store
 
 
 @dataclass(frozen=True)
@@ -72,13 +76,30 @@ class PartitionAudit:
         return cls(**{**doc, "repos": [AuditedRepo(**repo) for repo in doc["repos"]]})
 
 
+@contextlib.contextmanager
+def scratch_store() -> Iterator[Store]:
+    """An empty store of the replicas' kind in a temporary directory, removed after."""
+    with tempfile.TemporaryDirectory(prefix="minigit-audit-") as directory:
+        store = SqliteStore(Path(directory) / "fold.db")
+        try:
+            yield store
+        finally:
+            store.close()
+
+
 def audit_partition(
     partition: int, records: Iterable[tuple[int, bytes]], partitions: int, authority: Authority, end: int = 0
 ) -> PartitionAudit:
     """Fold one partition's records, given as (offset, value) in offset order, with
     the replicas' own apply code into an empty store. ``end``: the offset the read
     stopped at (the last record's next offset when larger or not given)."""
-    store = MemoryStore()
+    with scratch_store() as store:
+        return fold_into(store, partition, records, partitions, authority, end)
+
+
+def fold_into(
+    store: Store, partition: int, records: Iterable[tuple[int, bytes]], partitions: int, authority: Authority, end: int
+) -> PartitionAudit:
     first, count, last = None, 0, -1
 
     def log_records() -> Iterator[LogRecord]:

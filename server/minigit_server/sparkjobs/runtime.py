@@ -197,6 +197,7 @@ def get_session(
         .appName(app_name)
         .config("spark.jars", ",".join(str(jar) for jar in jars))
         .config("spark.ui.enabled", "false")
+        .config("spark.ui.showConsoleProgress", "false")
         .config("spark.sql.shuffle.partitions", "4")
         .config("spark.sql.session.timeZone", "UTC")
         .config("spark.driver.extraJavaOptions", "-Dlog4j2.level=WARN")
