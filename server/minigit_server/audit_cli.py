@@ -1,9 +1,14 @@
-"""`minigit-server audit`: every repository recomputed from repo-log alone, with the
+"""The Spark jobs' commands.
+
+`minigit-server audit`: every repository recomputed from repo-log alone, with the
 replicas' own apply code, and compared with what the replicas report
 (minigit_server.audit); `--engine spark` folds the log in Apache Spark
 (minigit_server.sparkjobs), `--engine local` in this process. Both give the same
-result. Heavy modules (the wire format, Kafka, PySpark) are imported by the
-command itself, not here: `minigit-server --help` needs none of them.
+result. `minigit-server activity`: live figures per minute (minigit_server.activity,
+a Structured Streaming job), and `--show` to watch them.
+
+Heavy modules (the wire format, Kafka, PySpark) are imported by the commands
+themselves, not here: `minigit-server --help` needs none of them.
 """
 
 from __future__ import annotations
@@ -250,3 +255,163 @@ def print_audit(verdicts: list, replicas: list[str], list_all: bool) -> None:
             out.print(f"[red]DISAGREE[/]  {plain(verdict.repo)}: replica {names} differs from the log")
     if verdicts and all(v.status == Verdict.AGREE for v in verdicts):
         out.print("[bold green]Every replica agrees with the log![/]")
+
+
+# ---------------------------------------------------------------- activity
+
+
+def read_figures(settings: KafkaSettings) -> list[dict]:
+    """The latest figures of every (scope, name, minute) on the activity topic, oldest
+    minute first. A record that is not such figures is left out (anyone who may
+    write the topic may write anything there)."""
+    import json
+
+    from minigit_server.bus import latest_values
+    from minigit_server.sparkjobs.activity_job import activity_topic
+
+    found = []
+    for key, value in latest_values(settings, activity_topic(settings.topics)).items():
+        if len(value) > MAX_FIGURES_BYTES:
+            continue
+        try:
+            doc = json.loads(value)
+        except ValueError:
+            continue
+        if not isinstance(doc, dict) or not doc.keys() >= FIGURE_FIELDS:
+            continue
+        if key.decode("utf-8", "replace") != f"{doc['scope']}/{doc['minute']}/{doc['name']}":
+            continue
+        found.append(doc)
+    return sorted(found, key=lambda doc: (str(doc["minute"]), str(doc["scope"]), str(doc["name"])))
+
+
+MAX_FIGURES_BYTES = 64 * 1024
+FIGURE_FIELDS = {"scope", "name", "minute", "requests", "pushes_accepted", "pushes_rejected", "pulls", "clones"}
+FIGURE_FIELDS |= {"bytes_in", "bytes_out", "latency_ms"}
+
+
+def figures_table(figures: list[dict], minutes: int) -> Table:
+    """The last ``minutes`` minutes' figures: repositories, then users."""
+    shown = sorted({str(doc["minute"]) for doc in figures})[-minutes:]
+    table = Table(title=f"activity per minute (UTC), last {len(shown)} minutes", title_justify="left")
+    for column in ("minute", "scope", "name", "requests", "pushes ok/rejected", "pulls", "clones"):
+        table.add_column(column, justify="right" if column in ("pulls", "clones") else "left")
+    for column in ("bytes in", "bytes out", "latency p50/p95 ms"):
+        table.add_column(column, justify="right")
+    for doc in figures:
+        if str(doc["minute"]) not in shown:
+            continue
+        requests = " ".join(f"{plain(str(a))}:{n}" for a, n in sorted(doc["requests"].items()))
+        latency = " ".join(
+            f"{plain(str(key))} {v.get('p50')}/{v.get('p95')}"
+            for key, v in sorted(doc["latency_ms"].items())
+            if isinstance(v, dict)
+        )
+        table.add_row(
+            plain(str(doc["minute"])),
+            plain(str(doc["scope"])),
+            plain(str(doc["name"])),
+            requests,
+            f"{doc['pushes_accepted']}/{doc['pushes_rejected']}",
+            str(doc["pulls"]),
+            str(doc["clones"]),
+            str(doc["bytes_in"]),
+            str(doc["bytes_out"]),
+            latency,
+        )
+    return table
+
+
+@app.command()
+def activity(
+    show: Annotated[
+        bool, typer.Option("--show", help="Show the figures as a table that refreshes (reads the topic; no Spark).")
+    ] = False,
+    once: Annotated[
+        bool, typer.Option("--once", help="Fold what the topics hold now, write its figures, and stop.")
+    ] = False,
+    master: MasterOption = "local[*]",
+    bootstrap: Bootstrap = DEFAULT_BOOTSTRAP,
+    namespace: Namespace = "",
+    data_dir: DataDir = None,
+    server_key: AuditKeyPath = None,
+    interval: Annotated[float, typer.Option(min=0.5, help="Seconds between micro-batches, or refreshes.")] = 2.0,
+    minutes: Annotated[int, typer.Option(min=1, help="Minutes shown by --show.")] = 5,
+    kafka_option: KafkaOption = None,
+    as_json: Json = False,
+) -> None:
+    """Live figures per minute, per repository and per user: requests by action,
+    pushes accepted and rejected, pulls and clones, bytes in and out, latency of the
+    first answer by action and replica. Without --show/--json: runs the Structured
+    Streaming job (Apache Spark) over repo-requests, repo-log and repo-responses,
+    writing the figures to the compacted topic repo-activity, until Ctrl-C (or, with
+    --once, until it has read what the topics hold). --json prints the figures on
+    the topic now; --show shows them, refreshed. Exit code 0; 1: Spark, Java or its
+    Kafka connector missing; 4: Kafka unreachable."""
+    from minigit.kafka_clients import INFRASTRUCTURE_ERRORS
+
+    with exit_on_error():
+        settings = kafka_settings(bootstrap, namespace, kafka_option)
+        try:
+            if as_json:
+                out.print_json(data={"figures": read_figures(settings)})
+                return
+            if show:
+                show_figures(settings, interval, minutes)
+                return
+            run_activity(settings, master, data_dir, server_key, once, interval)
+        except TimeoutError as error:
+            raise ServerUnreachable(str(error)) from None
+        except INFRASTRUCTURE_ERRORS as error:
+            raise settings.unreachable(error) from None
+
+
+def show_figures(settings: KafkaSettings, interval: float, minutes: int) -> None:
+    from rich.live import Live
+
+    with Live(figures_table(read_figures(settings), minutes), console=out, auto_refresh=False) as live:
+        try:
+            while True:
+                time.sleep(interval)
+                live.update(figures_table(read_figures(settings), minutes), refresh=True)
+        except KeyboardInterrupt:
+            return
+
+
+def run_activity(
+    settings: KafkaSettings, master: str, data_dir: Path | None, server_key: Path | None, once: bool, interval: float
+) -> None:
+    import shutil
+
+    from minigit_server.bus import Bus, ensure_compacted_topic
+    from minigit_server.sparkjobs import activity_job, runtime
+
+    runtime.check_ready(progress=lambda line: err.print(line))
+    bus = Bus(settings, client_id="minigit-server-activity", bootstrap_timeout_s=10)
+    try:
+        partitions = bus.log_partition_count()
+        beats = bus.read_heartbeats()
+    finally:
+        bus.close()
+    authority, _ = audit_authority(settings, data_dir, server_key, beats)
+    topic = activity_job.activity_topic(settings.topics)
+    ensure_compacted_topic(settings, topic)
+    session = runtime.get_session(master, "minigit-activity")
+    options = runtime.spark_kafka_options(settings.bootstrap, dict(settings.options))
+
+    def told(batch_id: int, written: dict[str, str]) -> None:
+        if written:
+            err.print(f"batch {batch_id}: {len(written)} figures written to {topic}")
+
+    query, tracker, checkpoint = activity_job.start(
+        session, options, settings.topics, partitions, authority, once=once, interval_s=interval, on_batch=told
+    )
+    err.print(f"activity: reading {settings.topics.requests}, {settings.topics.log}, {settings.topics.responses}")
+    try:
+        query.awaitTermination()
+    except KeyboardInterrupt:
+        pass
+    finally:
+        query.stop()
+        tracker.close()
+        shutil.rmtree(checkpoint, ignore_errors=True)

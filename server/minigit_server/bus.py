@@ -137,6 +137,50 @@ def ensure_topics(
         admin.close()
 
 
+def ensure_compacted_topic(settings: KafkaSettings, name: str, replication_factor: int = 1) -> bool:
+    """A compacted topic of one partition (the activity figures: the latest record of
+    each key is what counts); True if it was created now."""
+    admin = open_admin(settings)
+    try:
+        if name in set(admin.list_topics()):
+            return False
+        try:
+            admin.create_topics([NewTopic(name, 1, replication_factor, topic_configs=REPLICAS_TOPIC_CONFIG)])
+        except TopicAlreadyExistsError:
+            return False
+        return True
+    except KafkaError as error:
+        raise MinigitError(f"could not create topic {name}: {error}") from None
+    finally:
+        admin.close()
+
+
+def latest_values(settings: KafkaSettings, topic: str, timeout_s: float = 10.0) -> dict[bytes, bytes]:
+    """The latest value under every key of a one-partition compacted topic, read from
+    its beginning to its end now (tombstoned keys left out)."""
+    consumer = open_consumer(settings, group_id=None, enable_auto_commit=False)
+    try:
+        tp = TopicPartition(topic, 0)
+        consumer.assign([tp])
+        consumer.seek_to_beginning(tp)
+        end = consumer.end_offsets([tp])[tp]
+        latest: dict[bytes, bytes] = {}
+        deadline = time.monotonic() + timeout_s
+        while consumer.position(tp) < end:
+            if time.monotonic() > deadline:
+                raise TimeoutError(f"reading {topic} took over {timeout_s:g}s")
+            for records in consumer.poll(timeout_ms=200).values():
+                for record in records:
+                    if record.key is None:
+                        continue
+                    latest.pop(record.key, None)
+                    if record.value is not None:
+                        latest[record.key] = record.value
+        return latest
+    finally:
+        consumer.close()
+
+
 def _config_errors(answers: object) -> list[object]:
     """The errors in alter_configs' answer ({type: {name: error or result}})."""
     found = []

@@ -214,3 +214,57 @@ def test_audit_agrees_then_names_a_tampered_replica(service, tmp_path: Path, spa
     )
     assert text.returncode == 3, text.stdout + text.stderr
     assert "DISAGREE" in text.stdout and "lab: replica 2 differs from the log" in text.stdout
+
+
+def test_activity_counts_a_scripted_sequence_exactly(service, tmp_path: Path, spark) -> None:
+    """tester creates a repository and shares it with bob; bob clones; tester pushes
+    twice; bob's stale push is rejected, he pulls and pushes again."""
+    from minigit_server import activity
+    from minigit_server.audit_cli import read_figures
+    from minigit_server.bus import ensure_compacted_topic
+    from minigit_server.sparkjobs import activity_job, runtime
+
+    origin, bob = tmp_path / "origin", tmp_path / "bob"
+    origin.mkdir()
+    (origin / "a.txt").write_text("a\n")
+    operations.init_repository(origin, "act", service.options())
+    service.register("bob")
+    service.share("act", "bob")
+    operations.clone_repository("act", bob, service.options(user="bob"))
+    for n in range(2):
+        (origin / "a.txt").write_text(f"a {n}\n")
+        operations.push_workdir(origin, service.options(), f"tester {n}")
+    (bob / "b.txt").write_text("b\n")
+    with pytest.raises(PushRejected):
+        operations.push_workdir(bob, service.options(user="bob"), "stale")
+    operations.pull_workdir(bob, service.options(user="bob"))
+    operations.push_workdir(bob, service.options(user="bob"), "bob")
+    service.wait_converged(REPLICAS)
+
+    topic = activity_job.activity_topic(service.settings.topics)
+    ensure_compacted_topic(service.settings, topic)
+    options = runtime.spark_kafka_options(service.bootstrap, {})
+    partitions = service.bus.log_partition_count()
+    query, tracker, _ = activity_job.start(
+        spark, options, service.settings.topics, partitions, authority_of(service), once=True
+    )
+    try:
+        query.awaitTermination(300)
+    finally:
+        query.stop()
+        tracker.close()
+    figures = read_figures(service.settings)
+    totals = activity.totals(figures)
+    print(json.dumps({f"{k[0]}/{k[1]}": v for k, v in totals.items()}, indent=1))
+    assert {key for key in totals if key[0] == "repo"} == {("repo", "act")}  # registrations are users' only
+    repo = totals[("repo", "act")]
+    assert (repo["pushes_accepted"], repo["pushes_rejected"], repo["clones"], repo["pulls"]) == (3, 1, 1, 1)
+    assert repo["requests"]["push"] == 4 and repo["requests"]["init"] == 1
+    bob_figures = totals[("user", "bob")]
+    assert (bob_figures["pushes_accepted"], bob_figures["pushes_rejected"]) == (1, 1)
+    assert (bob_figures["clones"], bob_figures["pulls"]) == (1, 1)
+    tester = totals[("user", "tester")]
+    assert (tester["pushes_accepted"], tester["pushes_rejected"], tester["clones"]) == (2, 0, 0)
+    assert repo["bytes_in"] > 0 and repo["bytes_out"] > 0
+    latencies = [doc["latency_ms"] for doc in figures if doc["scope"] == "repo" and doc["name"] == "act"]
+    assert sum(v["count"] for by_key in latencies for k, v in by_key.items() if k.startswith("push@")) == 4
