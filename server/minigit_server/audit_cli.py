@@ -90,16 +90,16 @@ def audit_authority(settings: KafkaSettings, data_dir: Path | None, path: Path |
     return Authority(settings.namespace, keys.pop()), "the replicas' heartbeats"
 
 
-def fold_log(engine: Engine, master: str, settings: KafkaSettings, bus, ends: dict[int, int], authority, timeout):
-    """The log folded up to ``ends`` by ``engine``: a PartitionAudit per partition."""
+def fold_log(session, settings: KafkaSettings, bus, ends: dict[int, int], authority, timeout):
+    """The log folded up to ``ends`` in Spark (``session``), or in this process (None):
+    a PartitionAudit per partition."""
     from minigit_server import audit
 
-    if engine == Engine.LOCAL:
+    if session is None:
         with audit.quiet_apply_log():
             return audit.audit_log(lambda n, end: bus.scan_log(n, end, timeout), ends, authority)
     from minigit_server.sparkjobs import audit_job, runtime
 
-    session = runtime.get_session(master, "minigit-audit", progress=lambda line: err.print(line))
     options = runtime.spark_kafka_options(settings.bootstrap, dict(settings.options))
     return audit_job.audit_log(session, options, settings.topics.log, ends, authority)
 
@@ -140,10 +140,13 @@ def audit(
 
     with exit_on_error():
         settings = kafka_settings(bootstrap, namespace, kafka_option)
-        if engine == Engine.SPARK:
+        session, session_s = None, 0.0
+        if engine == Engine.SPARK:  # before reading anything: a missing Spark fails first
             from minigit_server.sparkjobs import runtime
 
-            runtime.check_ready(progress=lambda line: err.print(line))  # before reading anything
+            started = time.monotonic()
+            session = runtime.get_session(master, "minigit-audit", progress=lambda line: err.print(line))
+            session_s = time.monotonic() - started
         bus = Bus(settings, client_id="minigit-server-audit", bootstrap_timeout_s=10)
         try:
             ends = bus.log_end_offsets()
@@ -158,7 +161,7 @@ def audit(
                 time.sleep(HEARTBEAT_INTERVAL_S / 2)
             authority, key_source = audit_authority(settings, data_dir, server_key, live)
             started = time.monotonic()
-            audits = fold_log(engine, master, settings, bus, ends, authority, timeout)
+            audits = fold_log(session, settings, bus, ends, authority, timeout)
             seconds = time.monotonic() - started
         except TimeoutError as error:
             raise ServerUnreachable(str(error), hint="raise --timeout") from None
@@ -177,6 +180,7 @@ def audit(
                 data={
                     "engine": str(engine),
                     "seconds": round(seconds, 3),
+                    "spark_session_seconds": round(session_s, 3),
                     "service_key": key_source,
                     "replicas": replicas,
                     "partitions": [a.to_json() | {"repos": len(a.repos)} for a in audits],
@@ -187,7 +191,9 @@ def audit(
         else:
             records = sum(a.records for a in audits)
             out.print(
-                f"Audited {records} log records of {len(audits)} partitions ({engine} engine, {seconds:.1f}s): "
+                f"Audited {records} log records of {len(audits)} partitions ({engine} engine, {seconds:.1f}s"
+                + (f", after {session_s:.1f}s starting Spark" if session is not None else "")
+                + "): "
                 f"{sum(len(a.repos) for a in audits)} repositories, against replicas {plain(', '.join(replicas))}"
             )
             print_audit(verdicts, replicas, list_all)

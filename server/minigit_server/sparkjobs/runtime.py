@@ -190,6 +190,8 @@ def get_session(
     jars = check_ready(progress)
     from pyspark.sql import SparkSession
 
+    if master.startswith("local"):  # this machine: no need to look for a network address
+        os.environ.setdefault("SPARK_LOCAL_IP", "127.0.0.1")
     os.environ.setdefault("PYSPARK_PYTHON", sys.executable)
     os.environ.setdefault("PYSPARK_DRIVER_PYTHON", sys.executable)
     builder = (
