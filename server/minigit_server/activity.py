@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import math
 from collections import defaultdict
 from dataclasses import dataclass, field
 
@@ -70,7 +71,7 @@ def percentiles(values: list[int]) -> dict[str, int]:
     ordered = sorted(values)
 
     def rank(q: float) -> int:
-        return ordered[min(len(ordered) - 1, max(0, round(q * len(ordered) + 0.5) - 1))]
+        return ordered[min(len(ordered) - 1, max(0, math.ceil(q * len(ordered)) - 1))]
 
     return {"count": len(ordered), "p50": rank(0.5), "p95": rank(0.95), "max": ordered[-1]}
 
