@@ -134,3 +134,6 @@ as TheWillyrex "$c" minigit repos
 
 say "What the replicas logged (which replica served each request)"
 grep -E ' -> ' "$demo/server.out" || true
+
+say "An auditor that shares nothing with the replicas: Apache Spark folds the whole log again, with the replicas' rules, and compares"
+as operator "$demo" minigit-server audit --engine spark --master 'local[2]' --data-dir "$demo/server"
