@@ -160,6 +160,11 @@ def audit(
                     break
                 time.sleep(HEARTBEAT_INTERVAL_S / 2)
             authority, key_source = audit_authority(settings, data_dir, server_key, live)
+            if others := sorted(view.replica for view in live if view.server_key not in ("", authority.server_key)):
+                err.print(
+                    f"warning: replicas {plain(', '.join(others))} check the log with another service key than "
+                    f"{plain(key_source)}: every write they apply looks forged to this audit"
+                )
             started = time.monotonic()
             audits = fold_log(session, settings, bus, ends, authority, timeout)
             seconds = time.monotonic() - started

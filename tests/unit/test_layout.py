@@ -76,6 +76,17 @@ def test_only_a_few_modules_import_kafka():
     assert importers == KAFKA_MODULES
 
 
+def test_only_the_spark_jobs_import_pyspark():
+    """PySpark is an optional extra: only minigit_server.sparkjobs may import it (the
+    commands import those modules when they run a job)."""
+    importers = {
+        name
+        for name, path in source_modules().items()
+        if any(m == "pyspark" or m.startswith("pyspark.") for m in imported_modules(path))
+    }
+    assert importers and all(name.startswith("minigit_server.sparkjobs.") for name in importers), importers
+
+
 def test_test_modules_have_unique_basenames():
     """pytest imports test modules by basename (rootdir mode, no packages): two of
     one name fail the collection of whichever comes second, in a fresh clone only."""
