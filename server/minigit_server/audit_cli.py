@@ -225,9 +225,14 @@ def print_audit(verdicts: list, replicas: list[str], list_all: bool) -> None:
     Names come from the log and from heartbeats: escaped, never markup."""
     from minigit_server.health import Verdict
 
-    table = Table(title="repositories: the log's state against each replica's", title_justify="left")
-    for column in ("repository", "partition", "log head", "versions", "verdict"):
-        table.add_column(column, justify="right" if column in ("partition", "log head", "versions") else "left")
+    table = Table(
+        title="repositories: the log's head and verdict, and the head each replica reports", title_justify="left"
+    )
+    longest = max((len(v.repo) for v in verdicts), default=10)
+    table.add_column("repository", min_width=min(longest, 40), overflow="fold")
+    table.add_column("log part.", justify="right")
+    table.add_column("log head", justify="right")
+    table.add_column("verdict")
     for replica in replicas:
         table.add_column(f"replica {plain(replica)}", justify="right")
     brief = not list_all and len(verdicts) > LISTED_IN_FULL
@@ -252,7 +257,6 @@ def print_audit(verdicts: list, replicas: list[str], list_all: bool) -> None:
             plain(verdict.repo),
             str(verdict.partition),
             "-" if verdict.head is None else str(verdict.head),
-            str(verdict.versions),
             f"[{colours[verdict.status]}]{verdict.status}[/]",
             *cells,
         )
