@@ -1,7 +1,9 @@
 """`minigit-server audit`: the log folded with the replicas' own code, in Apache
 Spark (local mode, one session for the test session) and in-process, against real
 replicas on real Kafka. Both engines must give the same result; a replica whose
-store was changed behind its back is named.
+store was changed behind its back is named, and so is every replica when all were
+changed alike (which `verify`, comparing replicas with each other, cannot see).
+`minigit-server activity`'s figures match a scripted sequence of operations exactly.
 
 Without PySpark (the 'spark' extra) or Java the Spark half is skipped, except
 under CI=true, where it fails: CI installs the extra (scripts/setup.sh).
@@ -214,6 +216,25 @@ def test_audit_agrees_then_names_a_tampered_replica(service, tmp_path: Path, spa
     )
     assert text.returncode == 3, text.stdout + text.stderr
     assert "DISAGREE" in text.stdout and "lab: replica 2 differs from the log" in text.stdout
+
+    # The same change on the other two: the replicas agree with each other again
+    # (verify passes), but not with the log, and the audit names all three.
+    for replica in ("1", "3"):
+        with sqlite3.connect(store_path(service.data_dir, replica), timeout=30) as db:
+            db.execute("UPDATE versions SET message = 'tampered' WHERE repo = 'lab' AND version = 2")
+
+    def all_three_differ():
+        verdicts = {v.repo: v for v in audit_with(service, "local")[1]}
+        return verdicts["lab"] if verdicts["lab"].disagreeing == REPLICAS else None
+
+    wait_for(all_three_differ, what="every replica's reports to show the changed row")
+    verify = subprocess.run(
+        [SERVER, "verify", "--wait", "0"], capture_output=True, text=True, timeout=120, env=service.env()
+    )
+    assert verify.returncode == 0, verify.stdout + verify.stderr  # alike: verify cannot tell
+    _, spark_verdicts = audit_with(service, "spark", spark)
+    lab = {v.repo: v for v in spark_verdicts}["lab"]
+    assert lab.status == health.Verdict.DISAGREE and lab.disagreeing == REPLICAS
 
 
 def test_activity_counts_a_scripted_sequence_exactly(service, tmp_path: Path, spark) -> None:
