@@ -25,6 +25,9 @@ if TYPE_CHECKING:
     from pyspark.sql.streaming import StreamingQuery
 
 
+MAX_RECORDS_PER_BATCH = 20_000
+
+
 def activity_topic(topics: Topics) -> str:
     """The compacted topic of the figures, beside the service's (``<namespace>repo-activity``)."""
     return topics.log.removesuffix("repo-log") + "repo-activity"
@@ -54,6 +57,8 @@ def start(
         .option("subscribe", ",".join((topics.requests, topics.log, topics.responses)))
         .option("startingOffsets", "earliest")
         .option("failOnDataLoss", "false")
+        # each batch is collected to the driver: a backlog is read in bounded batches
+        .option("maxOffsetsPerTrigger", MAX_RECORDS_PER_BATCH)
         .load()
         .select(
             "topic",
