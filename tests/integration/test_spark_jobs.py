@@ -275,6 +275,10 @@ def test_activity_counts_a_scripted_sequence_exactly(service, tmp_path: Path, sp
         query.stop()
         tracker.close()
     figures = read_figures(service.settings)
+    shown = subprocess.run(
+        [SERVER, "activity", "--json"], capture_output=True, text=True, timeout=120, env=service.env()
+    )
+    assert shown.returncode == 0 and json.loads(shown.stdout) == {"figures": figures}, shown.stderr
     totals = activity.totals(figures)
     print(json.dumps({f"{k[0]}/{k[1]}": v for k, v in totals.items()}, indent=1))
     assert {key for key in totals if key[0] == "repo"} == {("repo", "act")}  # registrations are users' only
