@@ -21,6 +21,7 @@ verdict words of ``minigit-server verify``.
 from __future__ import annotations
 
 import contextlib
+import itertools
 import logging
 import tempfile
 from collections.abc import Callable, Iterable, Iterator
@@ -32,6 +33,10 @@ from minigit_server import apply, health
 from minigit_server.apply import Authority, LogRecord
 from minigit_server.health import Verdict
 from minigit_server.store import SqliteStore, Store
+
+# Records applied in one transaction by the fold (the replicas apply what one poll
+# brought; where a transaction ends changes nothing in what the log makes).
+FOLD_BATCH_RECORDS = 500
 
 
 @dataclass(frozen=True)
@@ -111,12 +116,15 @@ def fold_into(
             count, last = count + 1, offset
             yield LogRecord(partition, offset, value)
 
-    done = apply.apply_records(store, log_records(), partitions, authority)
-    deleted = {
-        message.repo: record.offset
-        for record, message in done
-        if isinstance(message, p.DeleteProposal) and store.get_repo(message.repo) is None
-    }
+    deletions: dict[str, int] = {}
+    pending = log_records()
+    # in batches: one transaction per batch, and at most a batch of records (chunk
+    # payloads included) held at once, however long the log
+    while batch := list(itertools.islice(pending, FOLD_BATCH_RECORDS)):
+        for record, message in apply.apply_records(store, batch, partitions, authority):
+            if isinstance(message, p.DeleteProposal):
+                deletions[message.repo] = record.offset
+    deleted = {name: offset for name, offset in deletions.items() if store.get_repo(name) is None}
     repos = []
     for page in range(p.REPORT_PAGES):
         for name, report in store.page_reports(partition, page).items():

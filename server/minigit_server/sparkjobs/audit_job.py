@@ -2,15 +2,18 @@
 batch of Spark's Kafka source, each partition folded in offset order in a Python
 worker with the replicas' own apply code (minigit_server.audit.audit_partition).
 
-The records of a log partition are grouped on one Spark partition and sorted by
-offset there: Kafka orders a partition, and a fold in any other order would make
+The records of a log partition are brought to one Spark partition and sorted by
+offset there (Spark's sort spills to disk; the worker folds the rows as they
+stream by): Kafka orders a partition, and a fold in any other order would make
 another history. Partitions are folded in parallel, as many at a time as Spark
 has cores.
 """
 
 from __future__ import annotations
 
+import itertools
 import json
+from collections.abc import Iterator
 from typing import TYPE_CHECKING
 
 from minigit_server import audit
@@ -20,14 +23,15 @@ if TYPE_CHECKING:
     from pyspark.sql import SparkSession
 
 
-def fold_partition(item: tuple[int, object], partitions: int, namespace: str, server_key: str) -> dict:
-    """In a Python worker: one log partition's (offset, value) records, folded in
-    offset order. Returns JSON-ready data (what travels back to the driver)."""
-    partition, records = item
-    ordered = sorted(records)  # (offset, value): offsets are unique in a partition
-    with audit.quiet_apply_log():
-        folded = audit.audit_partition(partition, ordered, partitions, Authority(namespace, server_key))
-    return folded.to_json()
+def fold_partitions(rows: Iterator, partitions: int, namespace: str, server_key: str) -> Iterator[dict]:
+    """In a Python worker: the rows of one Spark partition, sorted by (log partition,
+    offset), each log partition folded in offset order as the rows stream by (never
+    all of them in memory). Yields JSON-ready data (what travels back to the driver)."""
+    authority = Authority(namespace, server_key)
+    for partition, group in itertools.groupby(rows, key=lambda row: row.partition):
+        records = ((row.offset, bytes(row.value)) for row in group)
+        with audit.quiet_apply_log():
+            yield audit.audit_partition(partition, records, partitions, authority).to_json()
 
 
 def audit_log(
@@ -55,9 +59,9 @@ def audit_log(
         namespace, server_key = authority.namespace, authority.server_key
         folded = (
             frame.select("partition", "offset", "value")
-            .rdd.map(lambda row: (row.partition, (row.offset, bytes(row.value))))
-            .groupByKey(numPartitions=max(1, len(read)))
-            .map(lambda item: fold_partition(item, partitions, namespace, server_key))
+            .repartition(max(1, len(read)), "partition")
+            .sortWithinPartitions("partition", "offset")
+            .rdd.mapPartitions(lambda rows: fold_partitions(rows, partitions, namespace, server_key))
             .collect()
         )
         for doc in folded:
