@@ -13,7 +13,7 @@ import typer
 from rich.markup import escape
 from rich.text import Text
 
-from minigit import __version__, console
+from minigit import __version__, cli_values, console
 from minigit.config import DEFAULT_BOOTSTRAP, MAX_TIMEOUT_S, MIN_TIMEOUT_S, ServerFlags, user_config_dir
 from minigit.console import MESSAGE_KEEP, err, exit_on_error, out, quoted_path, shown
 from minigit.errors import MergeConflicts, MinigitError, PushRejected, UsageError
@@ -26,6 +26,9 @@ if TYPE_CHECKING:
     from minigit.client import keys, operations, textdiff
     from minigit.client.changes import Changes
     from minigit.client.merging import ConflictReport
+
+# Typer checks option values with pydantic (90 ms to import): plain values are checked without it.
+cli_values.install()
 
 EXIT_CODES = """\b
 Exit codes: 0 success; 1 the operation failed (no such repository, corrupt .minigit, bad
