@@ -88,13 +88,25 @@ def topic_partitions(consumer: KafkaConsumer, topics: list[str], timeout_ms: int
     otherwise create it where the broker auto-creates topics (a mistyped namespace).
     KafkaTimeoutError after ``timeout_ms``."""
     cluster, net, manager = consumer._cluster, consumer._net, consumer._manager
-    if cluster.metadata_refresh_in_progress:  # an answer about other topics is on its way: let it land first
-        net.run(manager.wait_for, cluster.request_update(), timeout_ms)
-    update = cluster.set_topics(topics)
-    if update.is_done and any(cluster.partitions_for_topic(topic) is None for topic in topics):
-        update = cluster.request_update()  # (already tracked, never answered)
+
+    async def refresh() -> None:  # (on the consumer's network thread)
+        if cluster.metadata_refresh_in_progress:  # an answer about other topics: let it land first
+            await cluster.refresh_metadata()
+        update = cluster.set_topics(topics)
+        if update.is_done:  # (already tracked)
+            update = cluster.request_update()
+        # Asked now: left to kafka-python's refresh loop, the request would first wait
+        # out retry_backoff_ms since the bootstrap's own (8 of a connection's 25 ms).
+        # Should it fail, that loop asks again, after its backoff.
+        with contextlib.suppress(KafkaError):
+            await cluster.refresh_metadata()
+        await update
+
+    async def refresh_within_timeout() -> None:
+        await manager.wait_for(net.call_soon_with_future(refresh), timeout_ms)
+
     with contextlib.suppress(TOPIC_ERRORS):  # an answer about one topic fails with its error: it is not there
-        net.run(manager.wait_for, update, timeout_ms)
+        net.run(refresh_within_timeout)
     return {topic: cluster.partitions_for_topic(topic) for topic in topics}
 
 
