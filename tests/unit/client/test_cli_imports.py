@@ -83,6 +83,11 @@ def test_a_command_s_plain_values_are_checked_without_pydantic(args: list[str]) 
     assert heavy_among(loaded, ("pydantic",)) == []
 
 
+def test_the_version_is_printed_without_rich() -> None:
+    """(minigit.console makes its rich consoles when first used: about 30 ms)"""
+    assert heavy_among(modules_loaded("minigit.client.cli", "minigit", ["--version"]), ("rich",)) == []
+
+
 def test_the_probe_sees_what_a_command_imports() -> None:
     """The check is real: the modules a command needs do show up."""
     loaded = modules_loaded("minigit.client.cli", "minigit", ["status"])  # (outside a working directory: exit 1)
