@@ -397,6 +397,7 @@ def test_a_connection_never_has_the_broker_create_the_topics_it_asks_about(monke
     Connection(KafkaSettings(), ALICE, timeout=5)
     assert options["consumer"]["allow_auto_create_topics"] is False
     assert options["producer"]["allow_auto_create_topics"] is False
+    assert options["consumer"]["metrics_enabled"] is options["producer"]["metrics_enabled"] is False
 
 
 def test_a_producer_that_cannot_open_fails_the_connection(monkeypatch) -> None:
