@@ -98,6 +98,8 @@ def test_the_probe_sees_what_a_command_imports() -> None:
 def test_the_server_version_imports_nothing_heavy(args: list[str]) -> None:
     loaded = modules_loaded("minigit_server.cli", "minigit-server", args)
     assert not {"kafka", "minigit_server.service", "minigit_server.replica"} & loaded
+    # nor the operator commands' keys, wire format and store (users_cli, repo_cli)
+    assert heavy_among(loaded, ("cryptography", "minigit.protocol", "minigit.identity", "minigit_server.store")) == []
 
 
 def test_the_visibility_choices_are_the_protocols() -> None:
