@@ -9,6 +9,7 @@ be reached is one ``ServerUnreachable`` error whichever side met it.
 from __future__ import annotations
 
 import contextlib
+import inspect
 import logging
 import selectors
 from typing import Any
@@ -87,7 +88,15 @@ def topic_partitions(consumer: KafkaConsumer, topics: list[str], timeout_ms: int
     consumer ``allow_auto_create_topics=False``: asking about a topic by name would
     otherwise create it where the broker auto-creates topics (a mistyped namespace).
     KafkaTimeoutError after ``timeout_ms``."""
-    cluster, net, manager = consumer._cluster, consumer._net, consumer._manager
+    cluster = getattr(consumer, "_cluster", None)
+    net, manager = getattr(consumer, "_net", None), getattr(consumer, "_manager", None)
+    if not (
+        inspect.iscoroutinefunction(getattr(cluster, "refresh_metadata", None))
+        and hasattr(cluster, "metadata_refresh_in_progress")
+        and hasattr(net, "call_soon_with_future")
+        and hasattr(manager, "wait_for")
+    ):  # a kafka-python built otherwise than 3.0.12: its own way, every topic's metadata
+        return {topic: consumer.partitions_for_topic(topic) for topic in topics}
 
     async def refresh() -> None:  # (on the consumer's network thread)
         if cluster.metadata_refresh_in_progress:  # an answer about other topics: let it land first
