@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import copy
 import enum
 import getpass
 import sys
@@ -965,10 +966,27 @@ def main_options(
     """A git-like client for a replicated repository service reached through Apache Kafka."""
 
 
+def command_name(info: typer.models.CommandInfo) -> str:
+    return info.name or typer.main.get_command_name(info.callback.__name__)
+
+
+def app_for(argv: list[str]) -> typer.Typer:
+    """The app that runs ``minigit ARGV``: for one of the commands (not a group such as
+    `auth`), the app with that command alone, since Typer builds the options of every
+    command it holds before it runs one (14 ms of CPU, 4% of a push); else the whole app."""
+    chosen = [info for info in app.registered_commands if argv and command_name(info) == argv[0]]
+    if len(chosen) != 1:
+        return app
+    narrow = copy.copy(app)
+    narrow.registered_commands, narrow.registered_groups = chosen, []
+    return narrow
+
+
 def main(args: list[str] | None = None) -> None:
     """The `minigit` command. A bare `minigit --version` answers before Typer builds
     every command's options (a third of its time); anything else goes through Typer."""
-    if (sys.argv[1:] if args is None else args) == ["--version"]:
+    argv = sys.argv[1:] if args is None else args
+    if argv == ["--version"]:
         print_version()
         return
-    app(args)
+    app_for(argv)(args)
