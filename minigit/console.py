@@ -22,18 +22,50 @@ import datetime
 import json
 import unicodedata
 from collections.abc import Iterator, Mapping
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import typer
-from rich.console import Console
-from rich.highlighter import JSONHighlighter
-from rich.markup import escape
-from rich.text import Text
 
 from minigit.errors import ExitCode, MinigitError
 
-out = Console(highlight=False, soft_wrap=True)
-err = Console(stderr=True, highlight=False, soft_wrap=True)
+if TYPE_CHECKING:
+    from rich.console import Console
+
+# ``out`` (stdout) and ``err`` (stderr): rich consoles, made when first used
+# (``from minigit.console import out`` makes it): importing rich is about 30 ms, which
+# a command that prints nothing (-q) or only its version need not pay. Code of this
+# module writes through ``stdout()`` and ``stderr()``.
+CONSOLES: dict[str, Console] = {}
+
+
+def stdout() -> Console:
+    return _console("out")
+
+
+def stderr() -> Console:
+    return _console("err")
+
+
+def _console(name: str) -> Console:
+    console = CONSOLES.get(name)
+    if console is None:
+        from rich.console import Console
+
+        console = CONSOLES[name] = Console(stderr=name == "err", highlight=False, soft_wrap=True)
+    return console
+
+
+def __getattr__(name: str) -> Any:
+    if name in ("out", "err"):
+        return _console(name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
+
+def escape(markup: str) -> str:
+    """``markup`` that rich prints as it is (rich.markup.escape, imported when first needed)."""
+    from rich.markup import escape as rich_escape
+
+    return rich_escape(markup)
 
 
 _C_ESCAPES = {"\a": "\\a", "\b": "\\b", "\t": "\\t", "\n": "\\n", "\v": "\\v", "\f": "\\f", "\r": "\\r"}
@@ -85,9 +117,9 @@ def quoted_path(path: str) -> str:
 
 def print_error(error: MinigitError) -> None:
     # minigit's own messages may run over several lines; text from the server in them is one line already
-    err.print(f"[bold red]error:[/] {escape(shown(error.message, MESSAGE_KEEP))}")
+    stderr().print(f"[bold red]error:[/] {escape(shown(error.message, MESSAGE_KEEP))}")
     if error.hint:
-        err.print(f"[yellow]hint:[/] {escape(shown(error.hint, MESSAGE_KEEP))}")
+        stderr().print(f"[yellow]hint:[/] {escape(shown(error.hint, MESSAGE_KEEP))}")
 
 
 # The version of the JSON documents the commands print (docs/json.md): raised only
@@ -145,7 +177,10 @@ def json_text(doc: Mapping[str, Any]) -> str:
 
 def print_json(doc: Mapping[str, Any]) -> None:
     """The one JSON document of a command, on stdout (coloured only on a terminal)."""
-    out.print(JSONHighlighter()(Text(json_text(doc))), soft_wrap=True)
+    from rich.highlighter import JSONHighlighter
+    from rich.text import Text
+
+    stdout().print(JSONHighlighter()(Text(json_text(doc))), soft_wrap=True)
 
 
 def error_json(error: MinigitError) -> dict[str, Any]:
@@ -175,7 +210,7 @@ def exit_on_error(json_output: bool = False) -> Iterator[dict[str, Any]]:
             print_json({**partial, "error": error_json(error)})
         raise typer.Exit(int(error.exit_code)) from None
     except KeyboardInterrupt:
-        err.print("interrupted")
+        stderr().print("interrupted")
         if json_output:
             interrupted = {"type": "Interrupted", "message": "interrupted", "hint": None}
             print_json({**partial, "error": {**interrupted, "exit_code": int(ExitCode.INTERRUPTED)}})

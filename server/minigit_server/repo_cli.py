@@ -15,19 +15,22 @@ import sys
 import tempfile
 import time
 from pathlib import Path
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated
 
 import typer
-from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
-from minigit import identity
-from minigit import protocol as p
 from minigit.config import DEFAULT_BOOTSTRAP, MAX_TIMEOUT_S, MIN_TIMEOUT_S, KafkaSettings
 from minigit.console import exit_on_error, out
 from minigit.errors import MinigitError, UsageError
-from minigit_server import access, apply, decisions
-from minigit_server.apply import Authority
-from minigit_server.store import SqliteStore
+
+# The keys, the wire format, the rules and the store are imported by the command that
+# uses them: `minigit-server --version` and `--help` need none.
+if TYPE_CHECKING:
+    from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+
+    from minigit import protocol as p
+    from minigit_server import decisions
+    from minigit_server.apply import Authority
 
 # Defined before the shared options are imported from minigit_server.cli, which
 # adds this app to its own at its end: either module may be imported first.
@@ -94,6 +97,10 @@ def replay_outcome(
     """What every replica decides for ``proposal``, from its partition's records up
     to it: applied into a temporary store (on disk: the partition's content may not
     fit in memory); None if every replica skips it."""
+    from minigit import protocol as p
+    from minigit_server import apply, decisions
+    from minigit_server.store import SqliteStore
+
     with tempfile.TemporaryDirectory(prefix="minigit-repo-delete-") as folder:
         store = SqliteStore(Path(folder) / "replay.sqlite")
         try:
@@ -109,6 +116,11 @@ def replay_outcome(
 def delete(name: str, settings: KafkaSettings, key: Ed25519PrivateKey, timeout: float, as_json: bool) -> None:
     """Append the signed deletion of ``name`` to its log partition, replay that
     partition up to it, and report what every replica decides; exit 1 unless deleted."""
+    from minigit import identity
+    from minigit import protocol as p
+    from minigit_server import access
+    from minigit_server.apply import Authority
+
     authority = Authority(settings.namespace, identity.public_key_text(key.public_key()))
     deadline = time.monotonic() + timeout
     with users_cli.connected(settings, timeout, lambda s, t: open_bus(s, t)) as bus, users_cli.quiet_apply_log():
@@ -168,6 +180,8 @@ def delete_command(
 
     Exit code 0: deleted; 1: refused (no such repository), with the reason;
     2: not confirmed (pass --yes when not at a terminal)."""
+    from minigit import protocol as p
+
     with exit_on_error():
         p.check_name("repository", name)
         key = users_cli.load_service_key(data_dir, server_key)

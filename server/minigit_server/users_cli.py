@@ -16,21 +16,22 @@ import logging
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated
 
 import typer
-from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
-from rich.table import Table
 
-from minigit import identity, key_files
-from minigit import protocol as p
 from minigit.config import DEFAULT_BOOTSTRAP, MAX_TIMEOUT_S, MIN_TIMEOUT_S, KafkaSettings
 from minigit.console import err, exit_on_error, out
 from minigit.errors import MinigitError, ServerUnreachable
-from minigit_server import access, health
-from minigit_server.accounts import AccountsFold
-from minigit_server.apply import Authority
-from minigit_server.server_key import ELSEWHERE, load_server_key, server_key_path
+
+# The keys, the wire format, the accounts' rules and the health checks are imported
+# by the commands that use them: `minigit-server --version` and `--help` need none
+# (cryptography, the wire format and the store were ~40 ms of them).
+if TYPE_CHECKING:
+    from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+
+    from minigit import protocol as p
+    from minigit_server import access
 
 # Defined before the shared options are imported from minigit_server.cli, which
 # adds this app to its own at its end: either module may be imported first.
@@ -76,6 +77,9 @@ def load_service_key(data_dir: Path | None, path: Path | None) -> Ed25519Private
     """The key the replicas use: ``path``, else ``<data_dir>/keys/server.key``. Never
     created here: a change signed with a key the replicas do not check is skipped
     by every one of them."""
+    from minigit import key_files
+    from minigit_server.server_key import ELSEWHERE, load_server_key, server_key_path
+
     if path is not None:
         return load_server_key(path)
     default = server_key_path(data_dir or default_data_dir())
@@ -133,6 +137,7 @@ def check_same_key(beats: list[p.Heartbeat], public_key: str, odd_ones: str) -> 
     which in their heartbeats): they would skip every change it signs. A replica
     alone with another key is named, ``odd_ones`` saying what that means (verify
     fails on it), not obeyed."""
+    from minigit_server import health
     from minigit_server.replica import HEARTBEAT_INTERVAL_S
 
     live = health.live_beats(beats, int(time.time() * 1000), HEARTBEAT_INTERVAL_S)
@@ -155,6 +160,9 @@ def check_same_key(beats: list[p.Heartbeat], public_key: str, odd_ones: str) -> 
 
 
 def account_json(account: access.Account | None, partitions: int) -> dict | None:
+    from minigit import protocol as p
+    from minigit_server import health
+
     if account is None:
         return None
     return {
@@ -168,6 +176,9 @@ def account_json(account: access.Account | None, partitions: int) -> dict | None
 
 
 def describe(name: str, account: access.Account | None, partitions: int) -> str:
+    from minigit import protocol as p
+    from minigit_server import health
+
     where = f"log partition {p.log_partition(name, partitions)}"
     if account is None:
         return f"{plain(name)} has no account ({where})"
@@ -188,6 +199,12 @@ def change(
 ) -> None:
     """Append the signed change of ``name`` to its log partition, fold that partition
     up to it, and report what every replica decides; exit 1 unless it is done."""
+    from minigit import identity
+    from minigit import protocol as p
+    from minigit_server import access
+    from minigit_server.accounts import AccountsFold
+    from minigit_server.apply import Authority
+
     authority = Authority(settings.namespace, identity.public_key_text(key.public_key()))
     deadline = time.monotonic() + timeout
     with connected(settings, timeout) as bus, quiet_apply_log():
@@ -250,6 +267,9 @@ def add(
 
     Prints the account as every replica will hold it. Exit code 0: done (or already
     so); 1: refused, with the reason."""
+    from minigit import identity
+    from minigit import protocol as p
+
     with exit_on_error():
         p.check_name("user", name)
         identity.parse_public_key(public_key)
@@ -274,6 +294,8 @@ def remove(
     Whoever claimed the name next would inherit what was shared with it, so nobody
     can ('users add' gives it back). Exit code 0: removed; 1: refused (no such
     user), with the reason."""
+    from minigit import protocol as p
+
     with exit_on_error():
         p.check_name("user", name)
         key = load_service_key(data_dir, server_key)
@@ -295,6 +317,12 @@ def list_users(
 
     Folded from the whole log with the rules every replica applies: what every
     replica holds once it has applied the log."""
+    from rich.table import Table
+
+    from minigit import identity
+    from minigit_server.accounts import AccountsFold
+    from minigit_server.apply import Authority
+
     with exit_on_error():
         key = load_service_key(data_dir, server_key)
         settings = kafka_settings(bootstrap, namespace, kafka_option)

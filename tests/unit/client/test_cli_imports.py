@@ -67,6 +67,27 @@ def test_the_version_and_the_top_help_do_not_build_typer_s_value_checks(args: li
     assert heavy_among(modules_loaded("minigit.client.cli", "minigit", args), ("pydantic",)) == []
 
 
+@pytest.mark.parametrize(
+    "args",
+    [
+        ["push", "-q", "-m", "a message", "--timeout", "5", "--kafka-option", "client_id=x", "-u", "alice"],
+        ["pull", "--timeout", "7.5", "--namespace", "ns-"],
+        ["log", "-n", "3", "--oneline"],
+    ],
+)
+def test_a_command_s_plain_values_are_checked_without_pydantic(args: list[str]) -> None:
+    """(minigit.cli_values; outside a working directory the command fails after
+    its values were checked)"""
+    loaded = modules_loaded("minigit.client.cli", "minigit", args)
+    assert "minigit.client.operations" in loaded  # it got past the checks
+    assert heavy_among(loaded, ("pydantic",)) == []
+
+
+def test_the_version_is_printed_without_rich() -> None:
+    """(minigit.console makes its rich consoles when first used: about 30 ms)"""
+    assert heavy_among(modules_loaded("minigit.client.cli", "minigit", ["--version"]), ("rich",)) == []
+
+
 def test_the_probe_sees_what_a_command_imports() -> None:
     """The check is real: the modules a command needs do show up."""
     loaded = modules_loaded("minigit.client.cli", "minigit", ["status"])  # (outside a working directory: exit 1)
@@ -77,6 +98,8 @@ def test_the_probe_sees_what_a_command_imports() -> None:
 def test_the_server_version_imports_nothing_heavy(args: list[str]) -> None:
     loaded = modules_loaded("minigit_server.cli", "minigit-server", args)
     assert not {"kafka", "minigit_server.service", "minigit_server.replica"} & loaded
+    # nor the operator commands' keys, wire format and store (users_cli, repo_cli)
+    assert heavy_among(loaded, ("cryptography", "minigit.protocol", "minigit.identity", "minigit_server.store")) == []
 
 
 def test_the_visibility_choices_are_the_protocols() -> None:

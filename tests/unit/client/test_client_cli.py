@@ -329,3 +329,19 @@ def test_auth_without_a_command_shows_its_commands() -> None:
     listed = minigit("auth")
     assert listed.exit_code == ExitCode.USAGE  # as plain 'minigit': a command is missing
     assert "keygen" in listed.output and "show" in listed.output
+
+
+@pytest.mark.parametrize("name", [cli.command_name(info) for info in cli.app.registered_commands])
+@pytest.mark.parametrize("extra", [["--help"], ["--no-such-option"]])
+def test_the_app_of_one_command_answers_as_the_whole_app(name: str, extra: list[str]) -> None:
+    """(cli.app_for: Typer builds only the command that runs)"""
+    narrow = cli.app_for([name, *extra])
+    assert narrow is not cli.app and len(narrow.registered_commands) == 1
+    whole = CliRunner().invoke(cli.app, [name, *extra], env={"COLUMNS": "100"})
+    alone = CliRunner().invoke(narrow, [name, *extra], env={"COLUMNS": "100"})
+    assert (alone.exit_code, alone.output) == (whole.exit_code, whole.output)
+
+
+@pytest.mark.parametrize("argv", [[], ["--help"], ["auth", "show"], ["remote"], ["no-such-command"]])
+def test_groups_and_the_top_level_run_in_the_whole_app(argv: list[str]) -> None:
+    assert cli.app_for(argv) is cli.app

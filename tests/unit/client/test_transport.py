@@ -271,6 +271,19 @@ def test_a_slow_answer_that_keeps_coming_is_waited_for(connect) -> None:
 # ---------------------------------------------------------------- opening
 
 
+@pytest.fixture(autouse=True)
+def fake_topic_metadata(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The fake consumers below say what topics exist (kafka_clients.topic_partitions
+    reads a real consumer's metadata cache)."""
+    import minigit.client.transport as transport
+
+    monkeypatch.setattr(
+        transport,
+        "topic_partitions",
+        lambda consumer, topics, timeout_ms: {t: consumer.partitions_for_topic(t) for t in topics},
+    )
+
+
 class OpeningConsumer:
     """A consumer whose reply partition's leader does not answer the first ``failures`` times."""
 
@@ -363,6 +376,28 @@ def test_the_producer_opens_beside_the_consumer_and_learns_the_request_partition
     connection = Connection(KafkaSettings(), ALICE, timeout=5)
     assert connection.producer is producer and producer.asked == [KafkaSettings().topics.requests]
     assert connection.request_partitions == 3
+
+
+def test_a_connection_never_has_the_broker_create_the_topics_it_asks_about(monkeypatch) -> None:
+    """Asked about by name, a topic is created where the broker auto-creates topics:
+    a mistyped --namespace would make a service's topics."""
+    import minigit.client.transport as transport
+
+    options: dict[str, dict] = {}
+
+    def opening(kind, client):
+        def open_client(settings, **extra):
+            options[kind] = extra
+            return client
+
+        return open_client
+
+    monkeypatch.setattr(transport, "open_consumer", opening("consumer", OpeningConsumer(0)))
+    monkeypatch.setattr(transport, "open_producer", opening("producer", CountingProducer()))
+    Connection(KafkaSettings(), ALICE, timeout=5)
+    assert options["consumer"]["allow_auto_create_topics"] is False
+    assert options["producer"]["allow_auto_create_topics"] is False
+    assert options["consumer"]["metrics_enabled"] is options["producer"]["metrics_enabled"] is False
 
 
 def test_a_producer_that_cannot_open_fails_the_connection(monkeypatch) -> None:

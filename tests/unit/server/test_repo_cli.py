@@ -195,7 +195,7 @@ def test_a_key_the_replicas_do_not_use_is_refused(fake, data_dir) -> None:
 
 def test_a_deletion_the_replicas_skip_is_reported_as_skipped(fake, data_dir, monkeypatch) -> None:
     create(fake, data_dir)
-    monkeypatch.setattr(repo_cli.access, "sign_operator", lambda key, proposal, namespace: proposal)  # unsigned
+    monkeypatch.setattr(access, "sign_operator", lambda key, proposal, namespace: proposal)  # unsigned
     done = run("delete", LAB, "--yes")
     assert done.exit_code == 1
     assert f"every replica skips this deletion of {LAB}: not signed by the service's key" in done.output

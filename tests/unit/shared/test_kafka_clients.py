@@ -57,3 +57,15 @@ def test_a_producer_closed_with_no_broker_gives_up_its_records_without_raising()
     producer = UnflushableProducer()
     kafka_clients.close_producer(producer, timeout_s=0.1)
     assert producer.forced and producer._closed
+
+
+class EveryTopicConsumer:
+    """A consumer without kafka-python 3.0.12's metadata internals."""
+
+    def partitions_for_topic(self, topic: str) -> set[int] | None:
+        return {0, 1} if topic == "there" else None
+
+
+def test_topic_partitions_of_another_kafka_python_falls_back_to_its_own_way() -> None:
+    found = kafka_clients.topic_partitions(EveryTopicConsumer(), ["there", "missing"], 1000)
+    assert found == {"there": {0, 1}, "missing": None}
