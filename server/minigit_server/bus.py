@@ -375,14 +375,17 @@ class Bus:
         self._send(self.topics.replicas, key=p.SCRUB_REQUEST_KEY, value=request.to_bytes())
         self.flush()
 
-    def forget_replica(self, replica_id: str) -> None:
+    def forget_replica(self, replica_id: str) -> bool:
         """Tombstones for the replica's heartbeat and every report page it published:
-        compaction drops them; status and verify forget it."""
+        compaction drops them; status and verify forget it. False, and nothing
+        written, when repo-replicas holds nothing of that replica."""
         prefix = f"{replica_id}/".encode()
-        pages = [key for key in self._latest_records() if key.startswith(prefix)]
-        for key in [replica_id.encode(), *pages]:
+        latest = self._latest_records()
+        keys = [key for key in latest if key == replica_id.encode() or key.startswith(prefix)]
+        for key in keys:
             self._send(self.topics.replicas, key=key, value=None)
         self.flush()
+        return bool(keys)
 
     def _send(self, topic: str, **record: object) -> FutureRecordMetadata:
         """Send a record and remember it in the sending thread's own list (``flush``)."""

@@ -617,11 +617,16 @@ def forget(
         bus = Bus(settings, client_id="minigit-server-forget", bootstrap_timeout_s=10)
         try:
             bus.partition_count(bus.topics.replicas, wait_s=0)
-            bus.forget_replica(replica_id)
+            known = bus.forget_replica(replica_id)
         except INFRASTRUCTURE_ERRORS as error:
             raise settings.unreachable(error) from None
         finally:
             bus.close()
+        if not known:
+            raise MinigitError(
+                f"no replica {plain(replica_id)} is known to this service",
+                hint="minigit-server status lists the replicas it knows",
+            )
         out.print(f"forgot replica {plain(replica_id)}")
 
 

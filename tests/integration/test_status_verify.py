@@ -134,6 +134,10 @@ def test_verify_fails_when_no_replica_answers_and_forget_drops_a_replica(service
     assert replica_states(service) == {"1": "stopped", "2": "stopped", "3": "stopped"}
     assert server_cli(service, "forget", "2").returncode == 0
     assert replica_states(service) == {"1": "stopped", "3": "stopped"}
+    # a replica it never knew (a typo) is not "forgotten": nothing is written, exit 1
+    done = server_cli(service, "forget", "9")
+    assert done.returncode == 1 and "no replica 9 is known" in done.stderr, (done.stdout, done.stderr)
+    assert "forgot" not in done.stdout
 
 
 def run_cli(program: str, bootstrap: str, namespace: str, *args: str, cwd: Path | None = None):
