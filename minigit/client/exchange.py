@@ -436,11 +436,16 @@ def attempt_window(timeout: float) -> float:
 # keeps its partitions until the consumer group notices (seconds).
 HEDGE_AFTER_S = 1.0
 # The pace at which a replica takes in an upload it was sent: the first hedge
-# of a request with uploads waits this much longer per byte uploaded.
+# of a request with uploads waits this much longer per byte uploaded, and per
+# record: a replica copies each chunk record into the log before it reaches the
+# request, so 10,000 small files take seconds to take in for few bytes.
 UPLOAD_INTAKE_BYTES_PER_S = 32 * 1024 * 1024
+UPLOAD_INTAKE_RECORDS_PER_S = 1000
 
 
-def resend_delay(attempt: int, timeout: float, upload_bytes: int = 0, answering: bool = False) -> float:
+def resend_delay(
+    attempt: int, timeout: float, upload_bytes: int = 0, answering: bool = False, upload_records: int = 0
+) -> float:
     """Seconds of silence after which attempt number ``attempt`` (1, 2, ...) is
     sent. While no answer has begun: the hedge first, then doubling, up to the
     attempt window. While an answer is coming (``answering``), its replica is
@@ -448,12 +453,18 @@ def resend_delay(attempt: int, timeout: float, upload_bytes: int = 0, answering:
     window = attempt_window(timeout)
     if answering:
         return window
-    hedge = HEDGE_AFTER_S + upload_bytes / UPLOAD_INTAKE_BYTES_PER_S
+    hedge = HEDGE_AFTER_S + upload_bytes / UPLOAD_INTAKE_BYTES_PER_S + upload_records / UPLOAD_INTAKE_RECORDS_PER_S
     return min(hedge * 2 ** (attempt - 1), max(hedge, window))
 
 
 def resend_due(
-    collector: ReplyCollector, attempt: int, sent: float, broken: int, timeout: float, upload_bytes: int
+    collector: ReplyCollector,
+    attempt: int,
+    sent: float,
+    broken: int,
+    timeout: float,
+    upload_bytes: int,
+    upload_records: int = 0,
 ) -> float:
     """When attempt number ``attempt`` is due, the last having been sent at
     ``sent`` when ``broken`` answers had broken. An answer coming (its reply
@@ -461,10 +472,10 @@ def resend_due(
     has begun to answer is hedged after a short silence; so is one whose answer
     broke since it was last sent (it came from a replica that serves damage)."""
     if len(collector.broken) > broken:
-        return sent + resend_delay(attempt, timeout, upload_bytes)
+        return sent + resend_delay(attempt, timeout, upload_bytes, upload_records=upload_records)
     if collector.answer is not None:
         return max(sent, collector.last_news) + resend_delay(attempt, timeout, upload_bytes, answering=True)
-    return max(sent, collector.last_alive) + resend_delay(attempt, timeout, upload_bytes)
+    return max(sent, collector.last_alive) + resend_delay(attempt, timeout, upload_bytes, upload_records=upload_records)
 
 
 class _WaitingClock:
@@ -496,6 +507,7 @@ def await_answer(
     clock: Callable[[], float] | None = None,
     upload_bytes: int = 0,
     guard: ReplyGuard | None = None,
+    upload_records: int = 0,
 ) -> Response:
     """Send a request and wait for its answer.
 
@@ -523,7 +535,7 @@ def await_answer(
                 if guard is not None and guard.key_changed is not None and collector.reached == 0:
                     raise guard.key_changed  # only replies by another key came: that is the news
                 raise no_answer(timeout, collector.broken)
-            due = resend_due(collector, attempt + 1, sent, broken, timeout, upload_bytes)
+            due = resend_due(collector, attempt + 1, sent, broken, timeout, upload_bytes, upload_records)
             if now >= due:
                 attempt += 1
                 log.info("no answer to %s after %.1fs; sending it again (attempt %d)", request_id, now - sent, attempt)

@@ -656,6 +656,18 @@ def test_the_first_hedge_of_an_upload_waits_for_the_replica_to_take_it_in() -> N
     assert exchange.resend_delay(1, 30, answering=True) == exchange.attempt_window(30)
 
 
+def test_the_first_hedge_of_many_small_files_waits_for_their_records_to_be_taken_in() -> None:
+    """10,000 small files are few bytes but 10,000 records the replica copies into
+    the log before it reaches the request: sending them all again after a second
+    (to the same busy replica, or to another that copies them too) only doubles the work."""
+    records = 10_000
+    delay = exchange.resend_delay(1, 600, 1_000_000, upload_records=records)
+    assert delay >= records / exchange.UPLOAD_INTAKE_RECORDS_PER_S
+    assert exchange.resend_delay(1, 600, 1_000_000, answering=True, upload_records=records) == exchange.attempt_window(
+        600
+    )
+
+
 def test_time_spent_sending_is_not_silence() -> None:
     clock = Clock()
     request_id = rid()
