@@ -274,6 +274,20 @@ def test_pull_is_refused_when_an_untracked_file_is_in_the_way(server: InProcessS
     assert (mine / ws.METADATA_NAME).read_bytes() == before
 
 
+def test_what_stands_in_the_way_is_found_once_for_files_that_share_folders(tmp_path: Path) -> None:
+    """Each folder is looked at once (a pull of 10,000 files in 100 folders), and
+    still every file or link in the way is found, whichever file needs the folder."""
+    (tmp_path / "a").write_text("an ignored file where a folder goes")
+    (tmp_path / "b" / "c").mkdir(parents=True)
+    (tmp_path / "b" / "c" / "x.txt").write_text("untracked, where a file goes")
+    (tmp_path / "d").symlink_to("b")
+    entry = p.FileEntry(p.hash_bytes(b""), 0)
+    write_set = {path: entry for path in ("a/1", "a/2", "b/c/x.txt", "b/c/y.txt", "d/e/1", "d/e/2", "f/g/h")}
+    assert op.find_untracked_in_the_way(tmp_path, write_set, [], {}) == ["a", "b/c/x.txt", "d"]
+    # tracked files are the pull's own to replace
+    assert op.find_untracked_in_the_way(tmp_path, write_set, [], {"a": entry, "b/c/x.txt": entry, "d": entry}) == []
+
+
 def test_pull_gets_back_content_the_client_lost(server: InProcessServer, tmp_path: Path) -> None:
     origin, mine = tmp_path / "origin", tmp_path / "mine"
     create(server, origin, {"a.txt": "shared"})
