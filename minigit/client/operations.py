@@ -887,6 +887,7 @@ def clone_beside(directory: Path, meta: ws.Metadata, response: Response) -> None
     with ws.clone_staging(directory.parent) as staging:
         apply_pull(staging, {}, {}, meta.manifest, response)
         ws.write_metadata(staging, meta)
+        ws.save_index_of_clone(staging, meta.manifest)
         ws.install_clone(staging, directory)
 
 

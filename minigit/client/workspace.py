@@ -606,6 +606,31 @@ def save_index(root: Path, scan: Scan) -> None:
         index.write_index(root / INDEX_NAME, temp, index.settled(scan.records, scan.clock_ns))
 
 
+def save_index_of_clone(staging: Path, manifest: p.Manifest) -> None:
+    """The stat cache of a clone just written in its staging directory (``clone_staging``:
+    hidden, locked, nobody else's to write in), so that its first status hashes
+    nothing, as git's checkout fills its index: each regular file's stat now, with
+    the sha its content was checked against as it arrived. The racy-git guards of a
+    scan hold: the clock is read after the last file was written, and a file whose
+    mtime is not older is left out (hashed by the next scan)."""
+    clock = filesystem_clock(staging)
+    if clock is None:
+        return
+    base = os.fspath(staging)
+    records: dict[str, index.Record] = {}
+    for rel, entry in manifest.items():
+        try:
+            st = os.lstat(os.path.join(base, rel))
+        except OSError:
+            continue
+        # (a link written as a file where links cannot be made holds its target: its sha too)
+        if stat.S_ISREG(st.st_mode) and st.st_size == entry.size:
+            records[rel] = (*index.stat_key(st), bytes.fromhex(entry.sha))
+    temp = staging / f"{TEMP_MARK}{secrets.token_hex(4)}"
+    with contextlib.suppress(OSError):
+        index.write_index(staging / INDEX_NAME, temp, index.settled(records, clock))
+
+
 def scan_worktree(root: Path) -> p.Manifest:
     """The working files as a manifest, nothing tracked before, no stat cache (for
     tests and tools)."""

@@ -9,8 +9,10 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import os
 import random
 import sys
+import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -440,6 +442,42 @@ def test_clone_copies_the_head(server: InProcessServer, tmp_path: Path) -> None:
     assert observer.named("downloading") == [("downloading", result.bytes_received, 4)]
     assert observer.total("downloaded") == result.bytes_received and len(observer.named("downloaded_object")) == 4
     assert ws.read_metadata(copy).manifest == ws.scan_worktree(tmp_path / "origin")
+
+
+def test_a_clone_leaves_a_stat_cache_so_its_first_status_hashes_nothing(
+    server: InProcessServer, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    create(server, tmp_path / "origin", {"a.txt": "a", "d/e/f.txt": "f", "empty": b""})
+    copy = tmp_path / "copy"
+    # Where file times are coarse, files written in the granule of the clock (or of the
+    # index's own mtime) are rightly left to be hashed: both are put past it here.
+    later_ns = time.time_ns() + 10**10
+    monkeypatch.setattr(ws, "filesystem_clock", lambda root: later_ns)
+    op.clone_repository("lab", copy, options(server))
+    os.utime(copy / ws.INDEX_NAME, ns=(later_ns, later_ns))
+    hashed: list[str] = []
+    real = ws.hash_file
+    monkeypatch.setattr(ws, "hash_file", lambda path: hashed.append(path.name) or real(path))
+    assert op.read_status(copy).changes.empty and hashed == []
+    # edited after the clone, same size, its mtime put back: its ctime tells
+    before = os.stat(copy / "a.txt")
+    write(copy, "a.txt", "b")
+    os.utime(copy / "a.txt", ns=(before.st_atime_ns, before.st_mtime_ns))
+    assert op.read_status(copy).changes.modified == ["a.txt"] and hashed == ["a.txt"]
+
+
+def test_a_clone_leaves_out_of_its_stat_cache_files_as_new_as_its_clock(
+    server: InProcessServer, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Racy git: a file whose mtime is not older than the clock read after the writes
+    may have changed in the same granule: it is not remembered, but hashed."""
+    create(server, tmp_path / "origin", {"a.txt": "a", "b.txt": "b"})
+    monkeypatch.setattr(ws, "filesystem_clock", lambda root: 0)
+    op.clone_repository("lab", tmp_path / "copy", options(server))
+    hashed: list[str] = []
+    real = ws.hash_file
+    monkeypatch.setattr(ws, "hash_file", lambda path: hashed.append(path.name) or real(path))
+    assert op.read_status(tmp_path / "copy").changes.empty and sorted(hashed) == ["a.txt", "b.txt"]
 
 
 def test_clone_into_a_non_empty_directory_is_refused(server: InProcessServer, tmp_path: Path) -> None:
