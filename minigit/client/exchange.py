@@ -66,18 +66,25 @@ class Observer:
 
 @dataclass
 class ReceivedBlob:
+    """A received blob's bytes: ``size`` of them at ``offset`` in ``file`` (blobs past
+    the memory budget share one file: one each ran out of file descriptors at 100,000
+    small files)."""
+
     sha: str
     size: int
     file: IO[bytes]
+    offset: int = 0
 
     def read(self) -> bytes:
-        self.file.seek(0)
-        return self.file.read()
+        self.file.seek(self.offset)
+        return self.file.read(self.size)
 
     def copy_to(self, out: IO[bytes]) -> None:
-        self.file.seek(0)
-        while piece := self.file.read(1024 * 1024):
+        self.file.seek(self.offset)
+        left = self.size
+        while left and (piece := self.file.read(min(left, 1024 * 1024))):
             out.write(piece)
+            left -= len(piece)
 
 
 @dataclass
@@ -217,9 +224,11 @@ class _Answer:
         self.before = before
         self.done: dict[str, ReceivedBlob] = {}
         self.pieces_done = 0  # pieces of the blobs in ``done``
-        self.current: tuple[codec.Assembler, IO[bytes], int] | None = None  # and its memory budget
+        self.current: tuple[codec.Assembler, IO[bytes], int, int] | None = None  # its file, budget, offset
+        self.spill: IO[bytes] | None = None  # the one file of every blob past the memory budget
         self.manifest: p.Manifest | None = None
         self.listed: frozenset[str] = frozenset()  # the blobs the tree lists
+        self.sizes: dict[str, int] = {}  # and their sizes
         self.memory_left = SPOOL_BYTES  # of the in-memory budget, after the blobs in ``done``
         if reply.blob_count:
             observer.downloading(reply.blob_bytes, reply.blob_count)
@@ -239,20 +248,27 @@ class _Answer:
         if chunk.index == 0:
             self.expect(chunk)
             self.discard_current()
-            budget = self.memory_left
-            # a SpooledTemporaryFile moves to disk once it holds more than its budget
-            file = tempfile.SpooledTemporaryFile(budget) if budget > 0 else tempfile.TemporaryFile()  # noqa: SIM115
-            self.current = (codec.Assembler(chunk.sha, chunk.count, file.write), file, budget)
+            budget, offset = self.memory_left, 0
+            size = self.sizes.get(chunk.sha)  # (as the tree says: the tree itself comes first)
+            if budget > 0 and (size is None or size <= budget):
+                # a SpooledTemporaryFile moves to disk once it holds more than its budget
+                file: IO[bytes] = tempfile.SpooledTemporaryFile(budget)  # noqa: SIM115
+            else:
+                budget = 0
+                file = self.spill = self.spill or tempfile.TemporaryFile()  # noqa: SIM115
+                offset = file.seek(0, 2)  # (after what a broken blob left: never read)
+            self.current = (codec.Assembler(chunk.sha, chunk.count, file.write), file, budget, offset)
         if self.current is None or self.current[0].sha != chunk.sha:
             raise ProtocolError(f"chunk {chunk.index} of {chunk.sha[:12]} arrived out of order")
-        assembler, file, budget = self.current
+        assembler, file, budget, offset = self.current
         raw = assembler.add(chunk.piece())
         self.observer.downloaded(len(raw))
         if assembler.complete:
-            blob = ReceivedBlob(chunk.sha, assembler.size, file)  # the Response closes its file
+            blob = ReceivedBlob(chunk.sha, assembler.size, file, offset)  # the Response closes its file
             if chunk.sha == self.reply.tree:
                 self.manifest = decode_received_tree(blob)
                 self.listed = frozenset(entry.sha for entry in self.manifest.values())
+                self.sizes = {entry.sha: entry.size for entry in self.manifest.values()}
             self.done[chunk.sha] = blob
             self.pieces_done += assembler.count
             self.current = None
@@ -275,13 +291,16 @@ class _Answer:
 
     def discard_current(self) -> None:
         if self.current is not None:
-            self.current[1].close()
+            if self.current[1] is not self.spill:  # (the spill file holds finished blobs too)
+                self.current[1].close()
             self.current = None
 
     def discard(self) -> None:
         for blob in self.done.values():
             blob.file.close()
         self.discard_current()
+        if self.spill is not None:
+            self.spill.close()
 
 
 class BadTree(Exception):
