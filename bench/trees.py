@@ -107,6 +107,7 @@ def bench_trees(replicas: Replicas, root: Path, files: int, rounds: int) -> dict
         samples["minigit_status_warm"].append(timed([str(BIN / "minigit"), "status"], clone, env))
         shutil.rmtree(work)
         shutil.rmtree(clone)
+        console.print({key: round(values[-1], 2) for key, values in samples.items() if values})
 
         console.print(f"round {n + 1}: git")
         work, bare, clone = root / f"git-{n}", root / f"git-{n}.git", root / f"git-clone-{n}"
@@ -124,8 +125,9 @@ def bench_trees(replicas: Replicas, root: Path, files: int, rounds: int) -> dict
         samples["git_push"].append(push_s)
         samples["git_clone"].append(timed(["git", "clone", "-q", "--no-local", str(bare), str(clone)], root, git_env))
         samples["git_status"].append(timed(["git", "status", "--porcelain"], clone, git_env))
+        console.print({key: round(values[-1], 2) for key, values in samples.items() if key.startswith("git")})
         for path in (work, bare, clone):
-            shutil.rmtree(path)
+            shutil.rmtree(path, ignore_errors=True)  # (git's gc --auto may still be removing loose objects)
     return {"files": files, **{key: median(values) for key, values in samples.items()}}
 
 
