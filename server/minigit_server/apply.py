@@ -49,6 +49,7 @@ def apply_records(
     restart) and are skipped too.
     """
     done: list[tuple[LogRecord, p.Message | None]] = []
+    store.expect_bulk_writes()
     with store.transaction():
         offsets = store.applied_offsets()
         for record in records:
