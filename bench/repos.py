@@ -26,6 +26,12 @@ changed pages, the audit of 200 repositories) is printed next to what every
 heartbeat did before (fold every repository's digest from its rows), with the
 sizes of the heartbeat and page records.
 
+With --reports-only, no replica either: what three replicas holding N repositories
+each (one store, filled in this process) publish on repo-replicas is written there,
+heartbeats kept fresh every 2 s, and `minigit-server status` and `verify` are timed
+against it (with and without --json): their own cost at N repositories, in seconds
+instead of the hour it takes to create 10,000 repositories on a loaded machine.
+
 The first checkpoint is the reference of the same run. Figures are development
 figures: the machine is shared. Results are written to bench/results/repos-<timestamp>.json.
 """
@@ -281,6 +287,80 @@ def store_figures(counts: list[int]) -> list[dict]:
     return rows
 
 
+def keep_beating(bus, reports: dict, server_key: str, stop: threading.Event) -> None:
+    """Each replica's heartbeat every 2 s, as a running replica sends it, until ``stop``."""
+    while not stop.is_set():
+        for rid, made in reports.items():
+            serving = list(range(6)) if rid == "1" else []
+            now_ms = int(time.time() * 1000)
+            beat = p.Heartbeat(
+                replica=rid, host="bench", pid=1, started_ms=1, sent_ms=now_ms, serving=serving,
+                applied=made.applied, log_end={}, partitions=made.partitions, server_key=server_key,
+            )  # fmt: skip
+            bus.publish_heartbeat(beat)
+        bus.flush()
+        stop.wait(2)
+
+
+def reports_figures(bootstrap: str, counts: list[int]) -> list[dict]:
+    """Status and verify against the reports of three replicas of N repositories,
+    written to repo-replicas by this process (no replica runs)."""
+    import tempfile as tmp
+
+    from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+
+    from minigit import identity
+    from minigit.config import KafkaSettings
+    from minigit_server.bus import Bus, ensure_topics
+    from minigit_server.reports import RepoReporter
+    from minigit_server.store import RepoState, SqliteStore, VersionInfo
+
+    rows = []
+    server_key = identity.public_key_text(Ed25519PrivateKey.generate().public_key())
+    for count in counts:
+        namespace = f"benchreports{count}x{int(time.time())}-"
+        settings = KafkaSettings(bootstrap, namespace)
+        ensure_topics(settings, 6, 1)
+        with tmp.TemporaryDirectory() as folder:
+            store = SqliteStore(Path(folder) / "store.sqlite")
+            with store.transaction():
+                for n in range(count):
+                    name = f"r{n:06d}"
+                    partition = p.log_partition(name, 6)
+                    store.put_blob(partition, "a" * 64, 1, 1)
+                    store.put_repo(RepoState(name, 1, partition, n, USER, "private"))
+                    store.add_version(name, VersionInfo(1, "a" * 64, USER, "first", n, f"{n:032x}"))
+                for partition in range(6):
+                    store.set_applied(partition, count + 1)
+            bus = Bus(settings, client_id="bench-reports")
+            reports = {rid: RepoReporter(rid).collect(store) for rid in ("1", "2", "3")}
+            store.close()
+        for rid, made in reports.items():
+            bus.publish_repo_pages(rid, made.pages, made.emptied)
+
+        stop = threading.Event()
+        beating = threading.Thread(target=keep_beating, args=(bus, reports, server_key, stop), daemon=True)
+        beating.start()
+        time.sleep(3)
+        kafka = ["--bootstrap", bootstrap, "--namespace", namespace]
+        row: dict = {"repos": count, "load": os.getloadavg()}
+        server = str(BIN / "minigit-server")
+        for label, command in (
+            ("status_json", ["status", "--json"]),
+            ("verify_json", ["verify", "--json", "--wait", "30"]),
+            ("status", ["status"]),
+            ("verify", ["verify", "--wait", "30"]),
+        ):
+            seconds, code, out = run_timed([server, *command, *kafka])
+            row[label] = {"seconds": seconds, "cpu_s": CPU_OF_LAST_RUN[0], "exit": code, "stdout_bytes": len(out)}
+        stop.set()
+        beating.join()
+        bus.close()
+        rows.append(row)
+        console.print(json.dumps(row))
+    return rows
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--bootstrap", help="use this broker instead of starting one")
@@ -294,8 +374,35 @@ def main() -> None:
         action="store_true",
         help="no Kafka: measure a store and the heartbeat's work at each checkpoint, in this process",
     )
+    parser.add_argument(
+        "--reports-only",
+        action="store_true",
+        help="no replica: write three replicas' reports of N repositories to repo-replicas, time status and verify",
+    )
     args = parser.parse_args()
     checkpoints = sorted({int(n) for n in args.checkpoints.split(",")})
+    if args.reports_only:
+        kafka_dir = Path(tempfile.mkdtemp(prefix="minigit-bench-reports-")) / "kafka"
+        bootstrap = args.bootstrap or start_kafka(kafka_dir)
+        try:
+            rows = reports_figures(bootstrap, checkpoints)
+        finally:
+            if args.bootstrap is None:
+                stop = [str(BIN / "minigit-server"), "kafka", "stop", "--data-dir", str(kafka_dir)]
+                subprocess.run(stop, capture_output=True)
+            shutil.rmtree(kafka_dir.parent, ignore_errors=True)
+        table = Table(title="status / verify against three replicas' reports (no replica runs)")
+        for column in ("repos", "status --json", "verify --json", "status", "verify", "load"):
+            table.add_column(column, justify="right")
+        for row in rows:
+            cells = [f"{row[k]['seconds']:.2f} s (CPU {row[k]['cpu_s']:.2f}, exit {row[k]['exit']})"
+                     for k in ("status_json", "verify_json", "status", "verify")]  # fmt: skip
+            table.add_row(str(row["repos"]), *cells, f"{row['load'][0]:.1f}")
+        Console(width=200).print(table)
+        out_dir = Path(__file__).parent / "results"
+        out_dir.mkdir(exist_ok=True)
+        (out_dir / f"repos-reports-{time.strftime('%Y%m%d-%H%M%S')}.json").write_text(json.dumps(rows, indent=1))
+        return
     if args.store_only:
         rows = store_figures(checkpoints)
         out_dir = Path(__file__).parent / "results"

@@ -172,15 +172,24 @@ def json_text(doc: Mapping[str, Any]) -> str:
     """``json_document(doc)`` as text: UTF-8 kept readable, and every character a
     terminal would act on written as a ``\\uXXXX`` escape (valid JSON all the same)."""
     text = json.dumps(json_document(doc), indent=2, ensure_ascii=False)
+    if text.isascii():  # (the common case, fast: JSON escaped the C0 controls of strings already)
+        return text.replace("\x7f", "\\u007f")
     return "".join(f"\\u{ord(char):04x}" if _json_unsafe(char) else char for char in text)
 
 
 def print_json(doc: Mapping[str, Any]) -> None:
-    """The one JSON document of a command, on stdout (coloured only on a terminal)."""
-    from rich.highlighter import JSONHighlighter
-    from rich.text import Text
+    """The one JSON document of a command, on stdout (coloured only on a terminal:
+    elsewhere written as it is, since rich takes seconds to lay out a large one)."""
+    text = json_text(doc)
+    console = stdout()
+    if console.is_terminal:
+        from rich.highlighter import JSONHighlighter
+        from rich.text import Text
 
-    stdout().print(JSONHighlighter()(Text(json_text(doc))), soft_wrap=True)
+        console.print(JSONHighlighter()(Text(text)), soft_wrap=True)
+    else:
+        console.file.write(text + "\n")
+        console.file.flush()
 
 
 def error_json(error: MinigitError) -> dict[str, Any]:

@@ -66,18 +66,25 @@ class Observer:
 
 @dataclass
 class ReceivedBlob:
+    """A received blob's bytes: ``size`` of them at ``offset`` in ``file`` (blobs past
+    the memory budget share one file: one each ran out of file descriptors at 100,000
+    small files)."""
+
     sha: str
     size: int
     file: IO[bytes]
+    offset: int = 0
 
     def read(self) -> bytes:
-        self.file.seek(0)
-        return self.file.read()
+        self.file.seek(self.offset)
+        return self.file.read(self.size)
 
     def copy_to(self, out: IO[bytes]) -> None:
-        self.file.seek(0)
-        while piece := self.file.read(1024 * 1024):
+        self.file.seek(self.offset)
+        left = self.size
+        while left and (piece := self.file.read(min(left, 1024 * 1024))):
             out.write(piece)
+            left -= len(piece)
 
 
 @dataclass
@@ -217,9 +224,11 @@ class _Answer:
         self.before = before
         self.done: dict[str, ReceivedBlob] = {}
         self.pieces_done = 0  # pieces of the blobs in ``done``
-        self.current: tuple[codec.Assembler, IO[bytes], int] | None = None  # and its memory budget
+        self.current: tuple[codec.Assembler, IO[bytes], int, int] | None = None  # its file, budget, offset
+        self.spill: IO[bytes] | None = None  # the one file of every blob past the memory budget
         self.manifest: p.Manifest | None = None
         self.listed: frozenset[str] = frozenset()  # the blobs the tree lists
+        self.sizes: dict[str, int] = {}  # and their sizes
         self.memory_left = SPOOL_BYTES  # of the in-memory budget, after the blobs in ``done``
         if reply.blob_count:
             observer.downloading(reply.blob_bytes, reply.blob_count)
@@ -239,20 +248,27 @@ class _Answer:
         if chunk.index == 0:
             self.expect(chunk)
             self.discard_current()
-            budget = self.memory_left
-            # a SpooledTemporaryFile moves to disk once it holds more than its budget
-            file = tempfile.SpooledTemporaryFile(budget) if budget > 0 else tempfile.TemporaryFile()  # noqa: SIM115
-            self.current = (codec.Assembler(chunk.sha, chunk.count, file.write), file, budget)
+            budget, offset = self.memory_left, 0
+            size = self.sizes.get(chunk.sha)  # (as the tree says: the tree itself comes first)
+            if budget > 0 and (size is None or size <= budget):
+                # a SpooledTemporaryFile moves to disk once it holds more than its budget
+                file: IO[bytes] = tempfile.SpooledTemporaryFile(budget)  # noqa: SIM115
+            else:
+                budget = 0
+                file = self.spill = self.spill or tempfile.TemporaryFile()  # noqa: SIM115
+                offset = file.seek(0, 2)  # (after what a broken blob left: never read)
+            self.current = (codec.Assembler(chunk.sha, chunk.count, file.write), file, budget, offset)
         if self.current is None or self.current[0].sha != chunk.sha:
             raise ProtocolError(f"chunk {chunk.index} of {chunk.sha[:12]} arrived out of order")
-        assembler, file, budget = self.current
+        assembler, file, budget, offset = self.current
         raw = assembler.add(chunk.piece())
         self.observer.downloaded(len(raw))
         if assembler.complete:
-            blob = ReceivedBlob(chunk.sha, assembler.size, file)  # the Response closes its file
+            blob = ReceivedBlob(chunk.sha, assembler.size, file, offset)  # the Response closes its file
             if chunk.sha == self.reply.tree:
                 self.manifest = decode_received_tree(blob)
                 self.listed = frozenset(entry.sha for entry in self.manifest.values())
+                self.sizes = {entry.sha: entry.size for entry in self.manifest.values()}
             self.done[chunk.sha] = blob
             self.pieces_done += assembler.count
             self.current = None
@@ -275,13 +291,16 @@ class _Answer:
 
     def discard_current(self) -> None:
         if self.current is not None:
-            self.current[1].close()
+            if self.current[1] is not self.spill:  # (the spill file holds finished blobs too)
+                self.current[1].close()
             self.current = None
 
     def discard(self) -> None:
         for blob in self.done.values():
             blob.file.close()
         self.discard_current()
+        if self.spill is not None:
+            self.spill.close()
 
 
 class BadTree(Exception):
@@ -436,11 +455,16 @@ def attempt_window(timeout: float) -> float:
 # keeps its partitions until the consumer group notices (seconds).
 HEDGE_AFTER_S = 1.0
 # The pace at which a replica takes in an upload it was sent: the first hedge
-# of a request with uploads waits this much longer per byte uploaded.
+# of a request with uploads waits this much longer per byte uploaded, and per
+# record: a replica copies each chunk record into the log before it reaches the
+# request, so 10,000 small files take seconds to take in for few bytes.
 UPLOAD_INTAKE_BYTES_PER_S = 32 * 1024 * 1024
+UPLOAD_INTAKE_RECORDS_PER_S = 1000
 
 
-def resend_delay(attempt: int, timeout: float, upload_bytes: int = 0, answering: bool = False) -> float:
+def resend_delay(
+    attempt: int, timeout: float, upload_bytes: int = 0, answering: bool = False, upload_records: int = 0
+) -> float:
     """Seconds of silence after which attempt number ``attempt`` (1, 2, ...) is
     sent. While no answer has begun: the hedge first, then doubling, up to the
     attempt window. While an answer is coming (``answering``), its replica is
@@ -448,12 +472,18 @@ def resend_delay(attempt: int, timeout: float, upload_bytes: int = 0, answering:
     window = attempt_window(timeout)
     if answering:
         return window
-    hedge = HEDGE_AFTER_S + upload_bytes / UPLOAD_INTAKE_BYTES_PER_S
+    hedge = HEDGE_AFTER_S + upload_bytes / UPLOAD_INTAKE_BYTES_PER_S + upload_records / UPLOAD_INTAKE_RECORDS_PER_S
     return min(hedge * 2 ** (attempt - 1), max(hedge, window))
 
 
 def resend_due(
-    collector: ReplyCollector, attempt: int, sent: float, broken: int, timeout: float, upload_bytes: int
+    collector: ReplyCollector,
+    attempt: int,
+    sent: float,
+    broken: int,
+    timeout: float,
+    upload_bytes: int,
+    upload_records: int = 0,
 ) -> float:
     """When attempt number ``attempt`` is due, the last having been sent at
     ``sent`` when ``broken`` answers had broken. An answer coming (its reply
@@ -461,10 +491,10 @@ def resend_due(
     has begun to answer is hedged after a short silence; so is one whose answer
     broke since it was last sent (it came from a replica that serves damage)."""
     if len(collector.broken) > broken:
-        return sent + resend_delay(attempt, timeout, upload_bytes)
+        return sent + resend_delay(attempt, timeout, upload_bytes, upload_records=upload_records)
     if collector.answer is not None:
         return max(sent, collector.last_news) + resend_delay(attempt, timeout, upload_bytes, answering=True)
-    return max(sent, collector.last_alive) + resend_delay(attempt, timeout, upload_bytes)
+    return max(sent, collector.last_alive) + resend_delay(attempt, timeout, upload_bytes, upload_records=upload_records)
 
 
 class _WaitingClock:
@@ -496,6 +526,7 @@ def await_answer(
     clock: Callable[[], float] | None = None,
     upload_bytes: int = 0,
     guard: ReplyGuard | None = None,
+    upload_records: int = 0,
 ) -> Response:
     """Send a request and wait for its answer.
 
@@ -523,7 +554,7 @@ def await_answer(
                 if guard is not None and guard.key_changed is not None and collector.reached == 0:
                     raise guard.key_changed  # only replies by another key came: that is the news
                 raise no_answer(timeout, collector.broken)
-            due = resend_due(collector, attempt + 1, sent, broken, timeout, upload_bytes)
+            due = resend_due(collector, attempt + 1, sent, broken, timeout, upload_bytes, upload_records)
             if now >= due:
                 attempt += 1
                 log.info("no answer to %s after %.1fs; sending it again (attempt %d)", request_id, now - sent, attempt)

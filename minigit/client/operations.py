@@ -484,14 +484,15 @@ def apply_pull(
     deleted = frozenset(delete)
     # links are checked against the tree as it will be: no link may lead outside, even through another
     is_link = ws.links_after(root, {**{path: e for path, e in local.items() if path not in deleted}, **write})
+    checked: set[str] = set()  # folders found sound while staging (nothing is changed meanwhile)
     with staging_area(root) as staging:
         staged = []
         for number, (path, (data, mode)) in enumerate(sorted(merges.contents.items())):
-            ws.safe_target(root, path, removed=deleted)
+            ws.safe_target(root, path, removed=deleted, folders=checked)
             entry = p.FileEntry(p.hash_bytes(data), len(data), mode)
             staged.append((ws.stage_blob(staging / f"m{number}", path, entry, data, is_link), path))
         for number, (path, entry) in enumerate(sorted(write.items())):
-            ws.safe_target(root, path, removed=deleted)
+            ws.safe_target(root, path, removed=deleted, folders=checked)
             blob = blobs.get(entry.sha)
             if blob is not None:
                 fill: Callable = blob.copy_to
@@ -516,9 +517,10 @@ def apply_pull(
                 ws.install_staged(root, path, target)
         for path in delete:
             ws.remove_file(root, path)
+        made: set[str] = set()  # folders made or found by this loop, which removes none
         for target, path in staged:
             if path not in beside:
-                ws.install_staged(root, path, target)  # only empty folders are where files go (checked above)
+                ws.install_staged(root, path, target, made)  # only empty folders are where files go (checked above)
     return plan
 
 
@@ -527,30 +529,38 @@ def find_untracked_in_the_way(
 ) -> list[str]:
     """Files the scan did not track (ignored or untrackable ones: a link, a fifo...)
     that a pull would overwrite, or that stand where it needs a directory: never
-    overwrite them silently."""
+    overwrite them silently. Each folder is looked at once, whatever the number of
+    files written in it."""
     blocked = set()
     deleted = set(delete)
+    looked: set[str] = set()
+    base = os.fspath(root)
     for path in write:
         if path in local:
             continue
-        target = root / path
-        if is_there_not_folder(target):
+        target = os.path.join(base, path)
+        try:
+            mode: int | None = os.lstat(target).st_mode
+        except (FileNotFoundError, NotADirectoryError):
+            mode = None
+        if mode is not None and not stat.S_ISDIR(mode):
             blocked.add(path)
-        elif target.is_dir():
+        elif mode is not None:
             # a directory where the file goes: fine if the pull empties it
-            for below in target.rglob("*"):
+            for below in Path(target).rglob("*"):
                 rel = below.relative_to(root).as_posix()
                 if (not below.is_dir() or below.is_symlink()) and rel not in deleted:
                     blocked.add(rel)
-        parts = path.split("/")[:-1]
-        for depth in range(1, len(parts) + 1):
-            prefix = "/".join(parts[:depth])
-            if prefix not in local and is_there_not_folder(root / prefix):
+        for prefix in ws.parents_of(path):
+            if prefix in looked:
+                continue
+            looked.add(prefix)
+            if prefix not in local and is_there_not_folder(os.path.join(base, prefix)):
                 blocked.add(prefix)
     return sorted(blocked)
 
 
-def is_there_not_folder(path: Path) -> bool:
+def is_there_not_folder(path: Path | str) -> bool:
     """Something is at ``path`` (a link, even dangling, a fifo...), and it is not a folder."""
     try:
         return not stat.S_ISDIR(os.lstat(path).st_mode)
@@ -877,6 +887,7 @@ def clone_beside(directory: Path, meta: ws.Metadata, response: Response) -> None
     with ws.clone_staging(directory.parent) as staging:
         apply_pull(staging, {}, {}, meta.manifest, response)
         ws.write_metadata(staging, meta)
+        ws.save_index_of_clone(staging, meta.manifest)
         ws.install_clone(staging, directory)
 
 

@@ -295,10 +295,18 @@ class Connection:
             self._send(request, uploads, Observer() if attempt else observer, attempt)
 
         upload_bytes = sum(u.size for u in uploads)
+        upload_records = sum(codec.count_chunks(u.size) for u in uploads)
         guard = ReplyGuard(self.settings.namespace, self.credentials, self.reply_key)
         try:
             return await_answer(
-                request.request_id, send, self._poll, self.timeout, observer, upload_bytes=upload_bytes, guard=guard
+                request.request_id,
+                send,
+                self._poll,
+                self.timeout,
+                observer,
+                upload_bytes=upload_bytes,
+                guard=guard,
+                upload_records=upload_records,
             )
         except INFRASTRUCTURE_ERRORS as error:
             raise self.settings.unreachable(error) from None

@@ -606,6 +606,31 @@ def save_index(root: Path, scan: Scan) -> None:
         index.write_index(root / INDEX_NAME, temp, index.settled(scan.records, scan.clock_ns))
 
 
+def save_index_of_clone(staging: Path, manifest: p.Manifest) -> None:
+    """The stat cache of a clone just written in its staging directory (``clone_staging``:
+    hidden, locked, nobody else's to write in), so that its first status hashes
+    nothing, as git's checkout fills its index: each regular file's stat now, with
+    the sha its content was checked against as it arrived. The racy-git guards of a
+    scan hold: the clock is read after the last file was written, and a file whose
+    mtime is not older is left out (hashed by the next scan)."""
+    clock = filesystem_clock(staging)
+    if clock is None:
+        return
+    base = os.fspath(staging)
+    records: dict[str, index.Record] = {}
+    for rel, entry in manifest.items():
+        try:
+            st = os.lstat(os.path.join(base, rel))
+        except OSError:
+            continue
+        # (a link written as a file where links cannot be made holds its target: its sha too)
+        if stat.S_ISREG(st.st_mode) and st.st_size == entry.size:
+            records[rel] = (*index.stat_key(st), bytes.fromhex(entry.sha))
+    temp = staging / f"{TEMP_MARK}{secrets.token_hex(4)}"
+    with contextlib.suppress(OSError):
+        index.write_index(staging / INDEX_NAME, temp, index.settled(records, clock))
+
+
 def scan_worktree(root: Path) -> p.Manifest:
     """The working files as a manifest, nothing tracked before, no stat cache (for
     tests and tools)."""
@@ -634,16 +659,20 @@ def file_source(root: Path, rel: str, entry: p.FileEntry) -> codec.BlobSource:
 # ---------------------------------------------------------------- writing files
 
 
-def safe_target(root: Path, rel: str, removed: Collection[str] = frozenset()) -> Path:
+def safe_target(root: Path, rel: str, removed: Collection[str] = frozenset(), folders: set[str] | None = None) -> Path:
     """The absolute path for ``rel``, refusing anything that would leave ``root``:
     a path the protocol forbids, or a parent directory that is a symlink. A parent
     that is one of the files in ``removed`` (deleted before ``rel`` is written) is
-    no obstacle: what is below it is made new."""
+    no obstacle: what is below it is made new. ``folders``: parents found to be
+    real folders by earlier calls of the same pass, not looked at again (a pass
+    over 10,000 files in 100 folders looks at each folder once), and added to."""
     p.check_path(rel)
     base = os.fspath(root)
     for parent in parents_of(rel):  # (strings, not Paths: this runs for every file a pull writes)
         if parent in removed:
             break
+        if folders is not None and parent in folders:
+            continue
         try:
             mode = os.lstat(os.path.join(base, parent)).st_mode
         except FileNotFoundError:
@@ -652,6 +681,8 @@ def safe_target(root: Path, rel: str, removed: Collection[str] = frozenset()) ->
             raise UnsafePath(rel, f"{parent} is a symbolic link")
         if not stat.S_ISDIR(mode):
             raise UnsafePath(rel, f"{parent} is not a directory")
+        if folders is not None:
+            folders.add(parent)
     return root / rel
 
 
@@ -663,9 +694,13 @@ def parents_of(rel: str) -> Iterator[str]:
         end = rel.find("/", end + 1)
 
 
-def make_parents(root: Path, rel: str) -> None:
+def make_parents(root: Path, rel: str, folders: set[str] | None = None) -> None:
+    """Make the folders ``rel`` is in. ``folders``: those made or found by earlier
+    calls of the same pass (nothing of the pass removes a folder), skipped."""
     base = os.fspath(root)
     for parent in parents_of(rel):
+        if folders is not None and parent in folders:
+            continue
         current = os.path.join(base, parent)
         with contextlib.suppress(FileExistsError):
             os.mkdir(current)
@@ -675,6 +710,8 @@ def make_parents(root: Path, rel: str) -> None:
             is_folder = False
         if not is_folder:
             raise UnsafePath(rel, f"{parent} is not a directory")
+        if folders is not None:
+            folders.add(parent)
 
 
 def remove_file(root: Path, rel: str) -> None:
@@ -769,11 +806,16 @@ def links_after(root: Path, final: Mapping[str, p.FileEntry]) -> Callable[[str],
     return lambda rel: rel in links or (rel not in final and os.path.islink(root / rel))
 
 
-def install_staged(root: Path, rel: str, staged: Path) -> None:
+def install_staged(root: Path, rel: str, staged: Path, folders: set[str] | None = None) -> None:
     """Put what ``stage_blob`` made in place at ``rel``, replacing what is there
-    (a file, a link, or a folder the caller checked is empty of files)."""
-    make_parents(root, rel)
-    destination = safe_target(root, rel)
-    if destination.is_dir() and not destination.is_symlink():
+    (a file, a link, or a folder the caller checked is empty of files).
+    ``folders``: as ``make_parents``'s, for a pass that installs many files."""
+    make_parents(root, rel, folders)
+    destination = safe_target(root, rel, folders=folders)
+    try:
+        is_folder = stat.S_ISDIR(os.lstat(destination).st_mode)  # (a link to a folder is not one)
+    except FileNotFoundError:
+        is_folder = False
+    if is_folder:
         shutil.rmtree(destination)
     os.replace(staged, destination)

@@ -49,6 +49,7 @@ def apply_records(
     restart) and are skipped too.
     """
     done: list[tuple[LogRecord, p.Message | None]] = []
+    store.expect_bulk_writes()
     with store.transaction():
         offsets = store.applied_offsets()
         for record in records:
@@ -173,10 +174,14 @@ def apply_chunk(store: Store, partition: int, chunk: p.Chunk, offset: int = 0) -
     stored_now = not complete and store.put_chunk(partition, chunk.sha, piece)
     if stored_now or carries_stored_piece(store, partition, chunk.sha, piece):
         store.prove_piece(partition, chunk.repo, chunk.sha, piece.index)
-    if not complete and store.count_present_chunks(partition, chunk.sha, chunk.count) == chunk.count:
-        # a one-piece blob just stored is checked from the piece in hand
-        pieces = [piece] if stored_now and chunk.count == 1 else None
-        complete_blob(store, partition, chunk.sha, chunk.count, pieces)
+    if complete:
+        return
+    if stored_now and chunk.count == 1:
+        # a one-piece blob just stored (a small file: most of them) is all there, and
+        # is checked from the piece in hand, without counting or reading its pieces
+        complete_blob(store, partition, chunk.sha, 1, [piece])
+    elif store.count_present_chunks(partition, chunk.sha, chunk.count) == chunk.count:
+        complete_blob(store, partition, chunk.sha, chunk.count)
 
 
 def carries_stored_piece(store: Store, partition: int, sha: str, piece: codec.Piece) -> bool:

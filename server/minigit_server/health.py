@@ -143,7 +143,15 @@ class RepoVerdict:
     disagreeing: list[str] = field(default_factory=list)  # replicas whose state differs from the majority
 
     def to_json(self) -> dict:
-        return asdict(self)
+        # asdict's deep copies took half a second for 10,000 repositories
+        return {
+            "repo": self.repo,
+            "partition": self.partition,
+            "status": self.status,
+            "heads": dict(self.heads),
+            "behind": dict(self.behind),
+            "disagreeing": list(self.disagreeing),
+        }
 
 
 @dataclass(frozen=True)

@@ -37,6 +37,10 @@ MAX_LOG_REPLY_BYTES = 600_000
 # What the push limit counts for a chunk record at least, however small its payload.
 RECORD_CHARGE = 1024
 APPLY_WAIT_S = 120.0
+# A pull of many objects checks each against its hash before its reply goes (seconds
+# for 100,000 files): the client hears "working" this often meanwhile, or it takes the
+# silence for a dead replica and asks another, which sends a second whole answer.
+WORKING_NOTICE_S = 0.5
 # How long a repair may read the log for one object before it gives up.
 REPAIR_WAIT_S = 300.0
 
@@ -599,6 +603,7 @@ class Service:
         return Handled.of(request, Status.OK)
 
     def handle_pull(self, partition: int, request: p.PullRequest, author: Author) -> Handled:
+        started = time.monotonic()
         if not self.catch_up(partition):
             return Handled.of(request, Unanswered.STALLED, "log not applied in time; not answered")
         if (refused := self.denied(request, partition)) is not None:
@@ -623,7 +628,12 @@ class Service:
         new = self.store.read_manifest(request.repo, decision.version)
         wanted = [(target.tree, self.store.blob_size(partition, target.tree))]
         wanted += [(sha, size) for sha, size in decisions.blobs_to_send(old, new, request.lost) if sha != target.tree]
+        noticed = started
         for sha, _ in wanted[1:]:
+            if time.monotonic() - noticed >= WORKING_NOTICE_S:
+                self.answer(request, Status.WORKING)
+                self.wire.flush()
+                noticed = time.monotonic()
             if not self.integrity.ensure_sound(partition, sha, why):
                 return Handled.of(request, Unanswered.DAMAGED, f"object {sha[:12]} damaged; not answered")
         sealer = self.sealer_for(request)  # one stream: the reply and its chunks

@@ -279,6 +279,11 @@ class Store(abc.ABC):
         transaction; nothing the log decides). The bytes given back."""
         return 0
 
+    def expect_bulk_writes(self) -> None:
+        """The calling thread applies the log: many rows per transaction, at places
+        spread by content hash (a store may keep more pages in memory for it)."""
+        return None
+
     # -- derived reads, the same for every store
 
     def count_present_chunks(self, partition: int, sha: str, count: int) -> int:
@@ -1067,6 +1072,19 @@ class SqliteStore(Store):
 
     # Below this much free space (pages of 4 KiB) a store keeps it, to be reused.
     RECLAIM_PAGES = 1024
+
+    # Pages the applying thread's connection keeps in memory (SQLite's default is 2 MiB):
+    # 10,000 small files touch about eight B-trees each at places spread by their hash,
+    # and with the default every batch read and wrote back the same pages again
+    # (apply of 30,000 one-piece chunks: 3.3 s of CPU, 2.6 s with this). Only this one
+    # connection: each serving thread has its own, and all of them together would not
+    # stay within a replica's memory bound.
+    APPLY_CACHE_KIB = 32 * 1024
+
+    def expect_bulk_writes(self) -> None:
+        if not getattr(self._local, "bulk", False):
+            self._db().execute(f"PRAGMA cache_size=-{self.APPLY_CACHE_KIB}")
+            self._local.bulk = True
 
     def reclaim_space(self) -> int:
         db = self._db()

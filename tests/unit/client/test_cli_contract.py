@@ -129,6 +129,14 @@ def test_json_text_is_safe_on_a_terminal_and_still_the_same_json() -> None:
     assert "é 日本" in text  # UTF-8 stays readable
 
 
+def test_json_text_of_ascii_only_is_safe_too() -> None:
+    """(ASCII text takes a shorter way: only DEL is left for it to escape)"""
+    hostile = "x\x1b]0;PWNED\x07\x7f\x00 end"
+    text = console.json_text({"message": hostile, "more": ["\x7f"]})
+    assert text.isascii() and json.loads(text)["message"] == hostile
+    assert not any(console.is_unsafe(char) for char in text.replace("\n", ""))
+
+
 def test_a_failure_under_json_is_a_json_error_on_stdout_and_one_line_on_stderr(
     server: InProcessServer, tmp_path: Path
 ) -> None:

@@ -362,6 +362,33 @@ def in_memory(blob: ReceivedBlob) -> bool:
     return isinstance(file, tempfile.SpooledTemporaryFile) and not file._rolled
 
 
+def test_small_blobs_past_the_memory_budget_share_one_file(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A clone of 100,000 small files ran out of file descriptors (exit 4): every blob
+    past SPOOL_BYTES had a temporary file of its own, all open until the end."""
+    monkeypatch.setattr(exchange, "SPOOL_BYTES", 1000)
+    opened: list[object] = []
+    real = tempfile.TemporaryFile
+
+    def counted(*args, **kwargs):
+        opened.append(file := real(*args, **kwargs))
+        return file
+
+    monkeypatch.setattr(tempfile, "TemporaryFile", counted)
+    request_id = rid()
+    files = [f"file {n}\n".encode() * 10 for n in range(300)]  # 25 kB in all, 80 B and more each
+    _, records = answer(request_id, files)
+    collector = ReplyCollector(request_id, RecordingObserver())
+    feed_all(collector, records)
+    assert contents(collector) == {p.hash_bytes(data): data for data in files}
+    # the tree (larger than the budget: rolled over to a file of its own), and one for all the rest
+    assert len(opened) == 2 and sum(in_memory(blob) for blob in collector.response.blobs.values()) >= 10
+    out = io.BytesIO()
+    collector.response.blobs[p.hash_bytes(files[-1])].copy_to(out)
+    assert out.getvalue() == files[-1]
+    collector.response.close()
+    assert all(file.closed for file in opened)
+
+
 def test_an_answer_holds_at_most_spool_bytes_in_memory_the_rest_on_disk() -> None:
     request_id = rid()
     files = [random.Random(n).randbytes(3 * 1024 * 1024 + n) for n in range(5)]  # 15 MiB, each under SPOOL_BYTES
@@ -654,6 +681,18 @@ def test_the_first_hedge_of_an_upload_waits_for_the_replica_to_take_it_in() -> N
     assert exchange.resend_delay(1, 30, big) == exchange.HEDGE_AFTER_S + big / exchange.UPLOAD_INTAKE_BYTES_PER_S
     assert exchange.resend_delay(9, 30) == exchange.attempt_window(30)  # doubling stops at the window
     assert exchange.resend_delay(1, 30, answering=True) == exchange.attempt_window(30)
+
+
+def test_the_first_hedge_of_many_small_files_waits_for_their_records_to_be_taken_in() -> None:
+    """10,000 small files are few bytes but 10,000 records the replica copies into
+    the log before it reaches the request: sending them all again after a second
+    (to the same busy replica, or to another that copies them too) only doubles the work."""
+    records = 10_000
+    delay = exchange.resend_delay(1, 600, 1_000_000, upload_records=records)
+    assert delay >= records / exchange.UPLOAD_INTAKE_RECORDS_PER_S
+    assert exchange.resend_delay(1, 600, 1_000_000, answering=True, upload_records=records) == exchange.attempt_window(
+        600
+    )
 
 
 def test_time_spent_sending_is_not_silence() -> None:

@@ -9,8 +9,10 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import os
 import random
 import sys
+import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -274,6 +276,20 @@ def test_pull_is_refused_when_an_untracked_file_is_in_the_way(server: InProcessS
     assert (mine / ws.METADATA_NAME).read_bytes() == before
 
 
+def test_what_stands_in_the_way_is_found_once_for_files_that_share_folders(tmp_path: Path) -> None:
+    """Each folder is looked at once (a pull of 10,000 files in 100 folders), and
+    still every file or link in the way is found, whichever file needs the folder."""
+    (tmp_path / "a").write_text("an ignored file where a folder goes")
+    (tmp_path / "b" / "c").mkdir(parents=True)
+    (tmp_path / "b" / "c" / "x.txt").write_text("untracked, where a file goes")
+    (tmp_path / "d").symlink_to("b")
+    entry = p.FileEntry(p.hash_bytes(b""), 0)
+    write_set = {path: entry for path in ("a/1", "a/2", "b/c/x.txt", "b/c/y.txt", "d/e/1", "d/e/2", "f/g/h")}
+    assert op.find_untracked_in_the_way(tmp_path, write_set, [], {}) == ["a", "b/c/x.txt", "d"]
+    # tracked files are the pull's own to replace
+    assert op.find_untracked_in_the_way(tmp_path, write_set, [], {"a": entry, "b/c/x.txt": entry, "d": entry}) == []
+
+
 def test_pull_gets_back_content_the_client_lost(server: InProcessServer, tmp_path: Path) -> None:
     origin, mine = tmp_path / "origin", tmp_path / "mine"
     create(server, origin, {"a.txt": "shared"})
@@ -426,6 +442,42 @@ def test_clone_copies_the_head(server: InProcessServer, tmp_path: Path) -> None:
     assert observer.named("downloading") == [("downloading", result.bytes_received, 4)]
     assert observer.total("downloaded") == result.bytes_received and len(observer.named("downloaded_object")) == 4
     assert ws.read_metadata(copy).manifest == ws.scan_worktree(tmp_path / "origin")
+
+
+def test_a_clone_leaves_a_stat_cache_so_its_first_status_hashes_nothing(
+    server: InProcessServer, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    create(server, tmp_path / "origin", {"a.txt": "a", "d/e/f.txt": "f", "empty": b""})
+    copy = tmp_path / "copy"
+    # Where file times are coarse, files written in the granule of the clock (or of the
+    # index's own mtime) are rightly left to be hashed: both are put past it here.
+    later_ns = time.time_ns() + 10**10
+    monkeypatch.setattr(ws, "filesystem_clock", lambda root: later_ns)
+    op.clone_repository("lab", copy, options(server))
+    os.utime(copy / ws.INDEX_NAME, ns=(later_ns, later_ns))
+    hashed: list[str] = []
+    real = ws.hash_file
+    monkeypatch.setattr(ws, "hash_file", lambda path: hashed.append(path.name) or real(path))
+    assert op.read_status(copy).changes.empty and hashed == []
+    # edited after the clone, same size, its mtime put back: its ctime tells
+    before = os.stat(copy / "a.txt")
+    write(copy, "a.txt", "b")
+    os.utime(copy / "a.txt", ns=(before.st_atime_ns, before.st_mtime_ns))
+    assert op.read_status(copy).changes.modified == ["a.txt"] and hashed == ["a.txt"]
+
+
+def test_a_clone_leaves_out_of_its_stat_cache_files_as_new_as_its_clock(
+    server: InProcessServer, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Racy git: a file whose mtime is not older than the clock read after the writes
+    may have changed in the same granule: it is not remembered, but hashed."""
+    create(server, tmp_path / "origin", {"a.txt": "a", "b.txt": "b"})
+    monkeypatch.setattr(ws, "filesystem_clock", lambda root: 0)
+    op.clone_repository("lab", tmp_path / "copy", options(server))
+    hashed: list[str] = []
+    real = ws.hash_file
+    monkeypatch.setattr(ws, "hash_file", lambda path: hashed.append(path.name) or real(path))
+    assert op.read_status(tmp_path / "copy").changes.empty and sorted(hashed) == ["a.txt", "b.txt"]
 
 
 def test_clone_into_a_non_empty_directory_is_refused(server: InProcessServer, tmp_path: Path) -> None:

@@ -160,6 +160,21 @@ def test_pull_streams_the_tree_and_only_what_changed(u: Client) -> None:
     assert reply.blob_count == 3 and p.hash_bytes(b"same") in {c.sha for c in chunks}
 
 
+def test_a_pull_slow_to_check_its_objects_says_it_is_working_meanwhile(
+    u: Client, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Checking 100,000 objects takes seconds before the reply goes: silent, the
+    client asked another replica after a second, which sent a second whole answer."""
+    from minigit_server import service as service_module
+
+    create(u, "r", {f"f{n}.txt": f"file {n}".encode() for n in range(5)})
+    monkeypatch.setattr(service_module, "WORKING_NOTICE_S", 0.0)  # every check is slow
+    request = u.request(p.PullRequest, "r", version=0)
+    u.send(request)
+    statuses = [m.status for m in u.records(request.request_id) if isinstance(m, p.Reply)]
+    assert statuses == [p.Status.WORKING] * 5 + [p.Status.OK]
+
+
 @pytest.mark.parametrize("version, status", [(2, p.Status.UP_TO_DATE), (5, p.Status.INVALID)])
 def test_pull_at_or_past_the_head(u: Client, version: int, status: str) -> None:
     create(u, "r", {"a": b"a"})
