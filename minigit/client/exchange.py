@@ -10,11 +10,14 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import itertools
 import logging
+import os
 import tempfile
 import time
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import IO, Any, Protocol
 
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
@@ -66,18 +69,50 @@ class Observer:
 
 @dataclass
 class ReceivedBlob:
+    """One blob of an answer, verified: in ``file`` (memory, or a temporary file),
+    or, when the answer was received into a spool directory, in a file of its own
+    at ``path`` (``file`` None), which ``move_or_copy`` renames into place once."""
+
     sha: str
     size: int
-    file: IO[bytes]
+    file: IO[bytes] | None
+    path: Path | None = None
+    moved: bool = False  # ``path`` was renamed by ``move_or_copy``: it is the caller's now
 
     def read(self) -> bytes:
+        if self.file is None:
+            return self.path.read_bytes()
         self.file.seek(0)
         return self.file.read()
 
     def copy_to(self, out: IO[bytes]) -> None:
+        if self.file is None:
+            with open(self.path, "rb") as source:
+                while piece := source.read(1024 * 1024):
+                    out.write(piece)
+            return
         self.file.seek(0)
         while piece := self.file.read(1024 * 1024):
             out.write(piece)
+
+    def move_or_copy(self, target: Path, out: IO[bytes]) -> None:
+        """Put the blob's content at ``target``, a new file ``out`` is open on: the
+        first time, by renaming the blob's own file over it (the spool is made beside
+        where files go, on the same filesystem), so a received byte is written once;
+        otherwise (in memory, a temporary file, or moved already) by copying it into
+        ``out``. Once moved, the content is read from ``target``."""
+        if self.path is None or self.moved:
+            self.copy_to(out)
+            return
+        os.replace(self.path, target)
+        self.path, self.moved = target, True
+
+    def close(self) -> None:
+        if self.file is not None:
+            self.file.close()
+        elif not self.moved:
+            with contextlib.suppress(OSError):
+                os.unlink(self.path)
 
 
 @dataclass
@@ -91,7 +126,7 @@ class Response:
 
     def close(self) -> None:
         for blob in self.blobs.values():
-            blob.file.close()
+            blob.close()
 
 
 @dataclass(frozen=True)
@@ -112,13 +147,19 @@ class Credentials:
 
 class Link(Protocol):
     """A connection to the service, as the operations use it. ``call`` signs the
-    request (with the digest of its uploads) before it sends it."""
+    request (with the digest of its uploads) before it sends it; with ``spool`` (an
+    empty directory of the caller's, removed by it), the answer's blobs are written
+    there, each in a file of its own (``ReceivedBlob.move_or_copy``)."""
 
     credentials: Credentials
 
     def new_request(self, cls: type[p.Request], **fields: Any) -> p.Request: ...
     def call(
-        self, request: p.Request, uploads: Sequence[codec.BlobSource] = (), observer: Observer | None = None
+        self,
+        request: p.Request,
+        uploads: Sequence[codec.BlobSource] = (),
+        observer: Observer | None = None,
+        spool: Path | None = None,
     ) -> Response: ...
     def close(self) -> None: ...
     def __enter__(self) -> Link: ...
@@ -208,16 +249,22 @@ class _Answer:
     is decoded once, when it is complete (``manifest``); a tree that does not
     decode is the answer the service meant, which no retry mends (BadTree).
 
-    At most SPOOL_BYTES of the answer's content is held in memory, all its blobs
-    together; blobs beyond that go to temporary files."""
+    With a ``spool`` directory, each blob is written there as it arrives, in a file
+    of its own (``ReceivedBlob.path``): the caller renames it into place, so a
+    received byte is written to disk once. Without one, at most SPOOL_BYTES of the
+    answer's content is held in memory, all its blobs together; blobs beyond that
+    go to temporary files."""
 
-    def __init__(self, reply: p.Reply, observer: Observer, before: tuple[int, float]) -> None:
+    def __init__(
+        self, reply: p.Reply, observer: Observer, before: tuple[int, float], spool: Path | None = None
+    ) -> None:
         self.reply = reply
         self.observer = observer
         self.before = before
+        self.spool = spool
         self.done: dict[str, ReceivedBlob] = {}
         self.pieces_done = 0  # pieces of the blobs in ``done``
-        self.current: tuple[codec.Assembler, IO[bytes], int] | None = None  # and its memory budget
+        self.current: tuple[codec.Assembler, IO[bytes], int, Path | None] | None = None  # budget, spool file
         self.manifest: p.Manifest | None = None
         self.listed: frozenset[str] = frozenset()  # the blobs the tree lists
         self.memory_left = SPOOL_BYTES  # of the in-memory budget, after the blobs in ``done``
@@ -239,26 +286,39 @@ class _Answer:
         if chunk.index == 0:
             self.expect(chunk)
             self.discard_current()
-            budget = self.memory_left
-            # a SpooledTemporaryFile moves to disk once it holds more than its budget
-            file = tempfile.SpooledTemporaryFile(budget) if budget > 0 else tempfile.TemporaryFile()  # noqa: SIM115
-            self.current = (codec.Assembler(chunk.sha, chunk.count, file.write), file, budget)
+            self.current = self.open_blob(chunk)
         if self.current is None or self.current[0].sha != chunk.sha:
             raise ProtocolError(f"chunk {chunk.index} of {chunk.sha[:12]} arrived out of order")
-        assembler, file, budget = self.current
+        assembler, file, budget, path = self.current
         raw = assembler.add(chunk.piece())
         self.observer.downloaded(len(raw))
         if assembler.complete:
-            blob = ReceivedBlob(chunk.sha, assembler.size, file)  # the Response closes its file
+            if path is not None:
+                file.close()
+                blob = ReceivedBlob(chunk.sha, assembler.size, None, path)
+            else:
+                blob = ReceivedBlob(chunk.sha, assembler.size, file)  # the Response closes its file
             if chunk.sha == self.reply.tree:
                 self.manifest = decode_received_tree(blob)
                 self.listed = frozenset(entry.sha for entry in self.manifest.values())
             self.done[chunk.sha] = blob
             self.pieces_done += assembler.count
             self.current = None
-            if budget > 0 and assembler.size <= budget:  # it never left memory
+            if path is None and budget > 0 and assembler.size <= budget:  # it never left memory
                 self.memory_left -= assembler.size
             self.observer.downloaded_object()
+
+    def open_blob(self, chunk: p.Chunk) -> tuple[codec.Assembler, IO[bytes], int, Path | None]:
+        """Where the blob that ``chunk`` starts is written as it arrives."""
+        if self.spool is not None:
+            # a name of its own: the answer's blobs are distinct (``add`` drops a repeat)
+            path = self.spool / f"{next(_spooled)}-{chunk.sha[:16]}"
+            file = open(path, "xb")  # noqa: SIM115 - closed when complete, or by discard
+            return codec.Assembler(chunk.sha, chunk.count, file.write), file, 0, path
+        budget = self.memory_left
+        # a SpooledTemporaryFile moves to disk once it holds more than its budget
+        file = tempfile.SpooledTemporaryFile(budget) if budget > 0 else tempfile.TemporaryFile()  # noqa: SIM115
+        return codec.Assembler(chunk.sha, chunk.count, file.write), file, budget, None
 
     def expect(self, chunk: p.Chunk) -> None:
         """Raise ProtocolError unless ``chunk`` starts the blob that may come next:
@@ -275,13 +335,21 @@ class _Answer:
 
     def discard_current(self) -> None:
         if self.current is not None:
-            self.current[1].close()
+            _, file, _, path = self.current
+            file.close()
+            if path is not None:
+                with contextlib.suppress(OSError):
+                    os.unlink(path)
             self.current = None
 
     def discard(self) -> None:
         for blob in self.done.values():
-            blob.file.close()
+            blob.close()
         self.discard_current()
+
+
+# Names the spooled blobs of a process apart (an answer that starts over writes anew).
+_spooled = itertools.count()
 
 
 class BadTree(Exception):
@@ -334,9 +402,11 @@ class ReplyCollector:
         observer: Observer,
         clock: Callable[[], float] = time.monotonic,
         guard: ReplyGuard | None = None,
+        spool: Path | None = None,
     ) -> None:
         self.request_id = request_id
         self.guard = guard
+        self.spool = spool
         self.observer = observer
         self.clock = clock
         self.answer: _Answer | None = None
@@ -370,7 +440,7 @@ class ReplyCollector:
             if message.status == p.Status.WORKING:
                 return self._advance(WORKING_STEP)
             self.abandon()
-            self.answer = _Answer(message, self.observer, (self.reached, self.last_news))
+            self.answer = _Answer(message, self.observer, (self.reached, self.last_news), self.spool)
             return self._advance(self.answer.steps)
         if self.answer is None or message.stream != self.answer.reply.stream:
             return False
@@ -496,8 +566,10 @@ def await_answer(
     clock: Callable[[], float] | None = None,
     upload_bytes: int = 0,
     guard: ReplyGuard | None = None,
+    spool: Path | None = None,
 ) -> Response:
-    """Send a request and wait for its answer.
+    """Send a request and wait for its answer (its blobs written into ``spool``,
+    when given: see ``_Answer``).
 
     ``send(attempt)`` sends the request (its uploads, then the request itself):
     attempt 0 first, then 1, 2, ... each to the next partition of the requests
@@ -510,7 +582,7 @@ def await_answer(
     ServerUnreachable, within a poll of that moment.
     """
     waited = _WaitingClock(clock or time.monotonic)
-    collector = ReplyCollector(request_id, observer, waited, guard)
+    collector = ReplyCollector(request_id, observer, waited, guard, spool)
     attempt = 0
     try:
         with waited.paused():

@@ -19,6 +19,7 @@ import random
 import threading
 import time
 from collections.abc import Callable, Iterable, Iterator, Sequence
+from pathlib import Path
 from typing import Any
 
 from kafka import TopicPartition
@@ -268,12 +269,16 @@ class Connection:
         return make_request(cls, self.user, self.reply_partition, self.timeout, reply_key, **fields)
 
     def call(
-        self, request: p.Request, uploads: Sequence[codec.BlobSource] = (), observer: Observer | None = None
+        self,
+        request: p.Request,
+        uploads: Sequence[codec.BlobSource] = (),
+        observer: Observer | None = None,
+        spool: Path | None = None,
     ) -> Response:
         """Send ``request`` (after its uploads) and wait for its answer
-        (``exchange.await_answer``): sent again, same id, to the next request
-        partition after each silence; given up after ``timeout`` seconds
-        without news."""
+        (``exchange.await_answer``; its blobs written into ``spool``, when given):
+        sent again, same id, to the next request partition after each silence;
+        given up after ``timeout`` seconds without news."""
         observer = observer or Observer()
 
         def send(attempt: int) -> None:
@@ -283,7 +288,14 @@ class Connection:
         guard = ReplyGuard(self.settings.namespace, self.credentials, self.reply_key)
         try:
             return await_answer(
-                request.request_id, send, self._poll, self.timeout, observer, upload_bytes=upload_bytes, guard=guard
+                request.request_id,
+                send,
+                self._poll,
+                self.timeout,
+                observer,
+                upload_bytes=upload_bytes,
+                guard=guard,
+                spool=spool,
             )
         except INFRASTRUCTURE_ERRORS as error:
             raise self.settings.unreachable(error) from None

@@ -393,6 +393,46 @@ def test_whatever_the_sizes_memory_stays_within_the_budget(sizes: list[int], bud
     response.close()
 
 
+def test_an_answer_received_into_a_spool_writes_each_blob_to_a_file_of_its_own(tmp_path) -> None:
+    """Nothing of it in memory or in temporary files: each blob is a file in the
+    spool, renamed once to where it goes, copied for any other path after that."""
+    request_id = rid()
+    files = [random.Random(n).randbytes(codec.CHUNK_SIZE + 1000 * n) for n in range(3)] + [b""]
+    _, records = answer(request_id, files)
+    collector = ReplyCollector(request_id, RecordingObserver(), spool=tmp_path)
+    feed_all(collector, records)
+    response = collector.response
+    assert all(blob.file is None and blob.path.parent == tmp_path for blob in response.blobs.values())
+    assert sorted(path.name for path in tmp_path.iterdir()) == sorted(b.path.name for b in response.blobs.values())
+    assert contents(collector) == {p.hash_bytes(data): data for data in files}
+
+    blob = response.blobs[p.hash_bytes(files[0])]
+    placed, other = tmp_path / "placed", io.BytesIO()
+    with open(placed, "wb") as out:  # as a stage_blob would open it
+        blob.move_or_copy(placed, out)
+    assert placed.read_bytes() == files[0] and blob.moved
+    blob.move_or_copy(tmp_path / "unused", other)  # a second path with the same content: copied
+    assert other.getvalue() == files[0] and blob.read() == files[0]
+    response.close()  # the files not moved go; the one moved is the caller's
+    assert sorted(path.name for path in tmp_path.iterdir()) == ["placed"]
+
+
+def test_a_broken_answer_leaves_nothing_in_the_spool(tmp_path) -> None:
+    request_id = rid()
+    files = [b"one", random.Random(1).randbytes(2 * codec.CHUNK_SIZE)]
+    _, records = answer(request_id, files)
+    collector = ReplyCollector(request_id, RecordingObserver(), spool=tmp_path)
+    feed_all(collector, records[:-1])  # the tree, the first blob, half of the second
+    assert len(list(tmp_path.iterdir())) == 3
+    _, again = answer(request_id, files)  # a failover: the answer starts over
+    feed_all(collector, again[:1])
+    assert list(tmp_path.iterdir()) == []
+    feed_all(collector, again[1:])
+    assert contents(collector) == {p.hash_bytes(data): data for data in files}
+    collector.abandon()
+    assert list(tmp_path.iterdir()) == []
+
+
 # ---------------------------------------------------------------- malformed records
 
 
