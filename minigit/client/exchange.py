@@ -438,7 +438,8 @@ class ReplyCollector:
         if isinstance(message, p.Reply):
             self.last_alive = self.clock()
             if message.status == p.Status.WORKING:
-                return self._advance(WORKING_STEP)
+                # an upload notice says a replica is taking in the upload; the request has not arrived
+                return message.action != p.UPLOAD_NOTICE and self._advance(WORKING_STEP)
             self.abandon()
             self.answer = _Answer(message, self.observer, (self.reached, self.last_news), self.spool)
             return self._advance(self.answer.steps)
@@ -567,6 +568,7 @@ def await_answer(
     upload_bytes: int = 0,
     guard: ReplyGuard | None = None,
     spool: Path | None = None,
+    send_request: Callable[[int], None] | None = None,
 ) -> Response:
     """Send a request and wait for its answer (its blobs written into ``spool``,
     when given: see ``_Answer``).
@@ -580,6 +582,11 @@ def await_answer(
     (about a second while no answer has begun; see ``resend_due``). After ``timeout``
     seconds without news (ReplyCollector) the command gives up with
     ServerUnreachable, within a poll of that moment.
+
+    Once the request itself has reached a replica (a ``working`` reply that is not
+    an upload notice), that replica had taken its upload into the log, which every
+    replica reads: later attempts go through ``send_request(attempt)``, which sends
+    the request alone, when given, and are not delayed for the upload's size.
     """
     waited = _WaitingClock(clock or time.monotonic)
     collector = ReplyCollector(request_id, observer, waited, guard, spool)
@@ -595,12 +602,13 @@ def await_answer(
                 if guard is not None and guard.key_changed is not None and collector.reached == 0:
                     raise guard.key_changed  # only replies by another key came: that is the news
                 raise no_answer(timeout, collector.broken)
-            due = resend_due(collector, attempt + 1, sent, broken, timeout, upload_bytes)
+            uploaded = collector.reached >= WORKING_STEP  # into the log, by the replica that said so
+            due = resend_due(collector, attempt + 1, sent, broken, timeout, 0 if uploaded else upload_bytes)
             if now >= due:
                 attempt += 1
                 log.info("no answer to %s after %.1fs; sending it again (attempt %d)", request_id, now - sent, attempt)
                 with waited.paused():
-                    send(attempt)
+                    (send_request if uploaded and send_request is not None else send)(attempt)
                 observer.waiting()
                 sent, broken = waited(), len(collector.broken)
                 continue

@@ -284,6 +284,9 @@ class Connection:
         def send(attempt: int) -> None:
             self._send(request, uploads, Observer() if attempt else observer, attempt)
 
+        def send_request(attempt: int) -> None:  # its uploads are in the log already
+            self._send(request, (), Observer(), attempt)
+
         upload_bytes = sum(u.size for u in uploads)
         guard = ReplyGuard(self.settings.namespace, self.credentials, self.reply_key)
         try:
@@ -296,6 +299,7 @@ class Connection:
                 upload_bytes=upload_bytes,
                 guard=guard,
                 spool=spool,
+                send_request=send_request if uploads else None,
             )
         except INFRASTRUCTURE_ERRORS as error:
             raise self.settings.unreachable(error) from None
@@ -347,5 +351,6 @@ def upload_records(request: p.Request, uploads: Sequence[codec.BlobSource]) -> I
     """Each chunk record of ``uploads`` as it is sent, its digest (for the request's
     signature) and the raw bytes it carries."""
     for upload in uploads:
-        for chunk in p.blob_chunks(request.request_id, request.repo, upload):
+        # with the reply partition: the replica that takes them in says so there (upload notices)
+        for chunk in p.blob_chunks(request.request_id, request.repo, upload, reply_partition=request.reply_partition):
             yield chunk.to_bytes(), ChunkDigest.of(chunk), codec.piece_size(upload.size, chunk.index)

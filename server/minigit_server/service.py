@@ -164,27 +164,43 @@ class MemoryWire:
 
 class UploadMeter:
     """Bytes uploaded per request (as stored: compressed, each chunk counted once
-    however often a retry sends it), against the server's push size limit. It
-    keeps the requests in flight only, and forgets the oldest beyond a bound."""
+    however often a retry sends it), against the server's push size limit, and when
+    the request's client was last told its upload is being taken in (``notice_due``).
+    It keeps the requests in flight only, and forgets the oldest beyond a bound."""
 
     def __init__(self, limit: int, tracked: int = 1000) -> None:
         self.limit, self.tracked = limit, tracked
-        self._seen: collections.OrderedDict[str, tuple[int, set[tuple[str, int]]]] = collections.OrderedDict()
+        # request id -> bytes counted, the pieces counted, when its last notice went (ms; None: never)
+        self._seen: collections.OrderedDict[str, tuple[int, set[tuple[str, int]], int | None]] = (
+            collections.OrderedDict()
+        )
 
     def admit(self, chunk: p.Chunk) -> bool:
         """Count the chunk; False once its request is over the limit."""
-        total, seen = self._seen.pop(chunk.request_id, (0, set()))
+        total, seen, noticed = self._seen.pop(chunk.request_id, (0, set(), None))
         if (chunk.sha, chunk.index) not in seen:
             seen.add((chunk.sha, chunk.index))
             total += max(len(chunk.payload), RECORD_CHARGE)  # an empty chunk is a record too
-        self._seen[chunk.request_id] = (total, seen)
+        self._seen[chunk.request_id] = (total, seen, noticed)
         while len(self._seen) > self.tracked:
             self._seen.popitem(last=False)
         return total <= self.limit
 
+    def notice_due(self, request_id: str, now_ms: int) -> int | None:
+        """The bytes taken in for ``request_id`` if a notice is due now (the first
+        chunk, then at most one per UPLOAD_NOTICE_S), and mark it sent; else None."""
+        found = self._seen.get(request_id)
+        if found is None:
+            return None
+        total, seen, noticed = found
+        if noticed is not None and 0 <= now_ms - noticed < p.UPLOAD_NOTICE_S * 1000:
+            return None
+        self._seen[request_id] = (total, seen, now_ms)
+        return total
+
     def settle(self, request_id: str) -> int:
         """Forget a request that arrived; the bytes it uploaded."""
-        total, _ = self._seen.pop(request_id, (0, set()))
+        total, _, _ = self._seen.pop(request_id, (0, set(), None))
         return total
 
 
@@ -451,6 +467,7 @@ class Service:
             # push size limit they are dropped, and the request is refused.
             if self.uploads.admit(message):
                 self.wire.append_log(partition, message.repo.encode(), value, wait=False)
+                self.notice_upload(message)
             return None
         request = message
         uploaded = self.uploads.settle(request.request_id)
@@ -464,6 +481,19 @@ class Service:
             return job()
         defer(job)
         return QUEUED
+
+    def notice_upload(self, chunk: p.Chunk) -> None:
+        """Tell the client its upload is being taken in (a ``working`` reply with
+        action UPLOAD_NOTICE, at most every UPLOAD_NOTICE_S), where its chunks say:
+        the request comes after them, and a client that heard nothing for a second
+        would send the whole upload again to another replica. Not sealed: it says
+        nothing but the request id and a byte count."""
+        if chunk.reply_partition is None or chunk.reply_partition >= self.wire.reply_partitions():
+            return
+        taken = self.uploads.notice_due(chunk.request_id, self.clock_ms())
+        if taken is not None:
+            message = f"taking in the upload: {taken} bytes so far"
+            self.reply(chunk.reply_partition, chunk.request_id, p.UPLOAD_NOTICE, Status.WORKING, message)
 
     def serve(self, partition: int, request: p.Request, uploaded: int, arrived: float) -> Handled:
         """Answer a request taken in at ``arrived`` (monotonic): on the serve loop's

@@ -718,6 +718,53 @@ def test_a_working_notice_is_hedged_after_a_silence_and_an_answer_after_it_is_ta
     assert clock.now == pytest.approx(1.5)
 
 
+def test_upload_notices_keep_the_upload_from_being_sent_again_and_are_not_news() -> None:
+    """A replica slow to take in a big upload says so every half second: the client
+    does not send the whole upload to another replica meanwhile; the notices alone
+    never count as news (they cannot hold a command past its timeout)."""
+    clock = Clock()
+    request_id = rid()
+    notice = reply(request_id, status=p.Status.WORKING, action=p.UPLOAD_NOTICE).to_bytes()
+    done = reply(request_id, status=p.Status.ACCEPTED, action="push", version=2, head=2).to_bytes()
+    notices = [(0.5 * n, notice) for n in range(1, 13)]  # 6 s of taking in after the upload was sent
+    service = Service(lambda number: [*notices, (6.3, done)] if number == 1 else [], clock)
+    assert wait(service, request_id, 30).status == p.Status.ACCEPTED
+    assert service.sent == [(0, 0)] and clock.now == pytest.approx(6.3)
+
+    collector = ReplyCollector(request_id, RecordingObserver(), clock.at(0))
+    assert collector.feed(notice) is False and collector.reached == 0
+    assert clock.at(3) and collector.feed(notice) is False and collector.last_alive == 3
+
+    clock = Clock()
+    service = Service(lambda number: notices if number == 1 else [], clock)  # notices, then nothing
+    with pytest.raises(ServerUnreachable):
+        wait(service, request_id, 8)
+    assert clock.now == pytest.approx(8)
+    assert [at for at, _ in service.sent] == [0, pytest.approx(7.0)]  # a second after the last notice
+
+
+def test_once_a_replica_has_the_request_it_is_sent_again_without_its_upload() -> None:
+    """Its "working" reply says the upload is in the log (every replica reads it):
+    the hedge is the request alone, a second after, whatever the upload's size."""
+    clock = Clock()
+    request_id = rid()
+    working = reply(request_id, status=p.Status.WORKING, action="push").to_bytes()
+    done = reply(request_id, status=p.Status.ACCEPTED, action="push", version=2, head=2).to_bytes()
+    service = Service(lambda number: [(0.2, working)] if number == 1 else [(0.3, done)], clock)
+    alone: list[tuple[float, int]] = []
+
+    def send_request(attempt: int) -> None:
+        alone.append((clock.now, attempt))
+        service.send(attempt)
+
+    big = 640 * 1024 * 1024  # 20 s of intake allowance, were the upload sent again
+    response = await_answer(
+        request_id, service.send, service.poll, 30, RecordingObserver(), clock, big, send_request=send_request
+    )
+    assert response.reply.status == p.Status.ACCEPTED
+    assert service.sent == [(0, 0), (pytest.approx(1.2), 1)] and alone == [(pytest.approx(1.2), 1)]
+
+
 def test_an_answer_in_progress_is_waited_for_a_whole_window() -> None:
     """Once a replica's reply has come, a pause in its content is not a reason
     to ask another: only a window without news is (news restarts the wait)."""

@@ -288,6 +288,38 @@ def test_empty_chunks_count_against_the_push_limit_as_records() -> None:
     assert u.answer(request_id).message.startswith("push too large")
 
 
+def test_chunks_that_say_where_to_reply_get_upload_notices_at_most_every_half_second() -> None:
+    """While it takes in an upload, a replica says so on the request's reply
+    partition: the first chunk, then at most one notice per UPLOAD_NOTICE_S; an
+    answer's chunks (no reply partition) or one naming a partition that does not
+    exist get none. Each notice is signed, in clear, and says the bytes taken in."""
+    now = [NOW_MS]
+    service = make_service(clock_ms=lambda: now[0])
+    request_id = rid()
+    blob = codec.BlobSource.from_bytes(os.urandom(3 * codec.CHUNK_SIZE))
+    chunks = list(p.blob_chunks(request_id, "r", blob, reply_partition=5))
+    for chunk, at in zip(chunks, (0, 100, 600), strict=True):
+        now[0] = NOW_MS + at
+        assert service.handle(now[0], chunk.to_bytes()) is None
+    notices = [(partition, message) for partition, message in service.wire.replies]
+    assert [partition for partition, _ in notices] == [5, 5]  # at 0 ms and 600 ms, not at 100 ms
+    first, second = (message for _, message in notices)
+    assert (first.status, first.action, first.request_id) == (p.Status.WORKING, p.UPLOAD_NOTICE, request_id)
+    assert first.message == f"taking in the upload: {codec.CHUNK_SIZE} bytes so far"
+    assert second.message == f"taking in the upload: {3 * codec.CHUNK_SIZE} bytes so far"
+    assert sealing.reply_signed_by(service.server.public_key, first, service.server.namespace)
+    assert len(service.wire.log[service.wire.log_partition("r")]) == 3  # and each went to the log
+
+    service.wire.replies.clear()
+    quiet = [
+        dataclasses.replace(chunks[0], request_id=rid(), reply_partition=None),
+        dataclasses.replace(chunks[0], request_id=rid(), reply_partition=service.wire.reply_partitions()),
+    ]
+    for chunk in quiet:
+        assert service.handle(now[0], chunk.to_bytes()) is None
+    assert service.wire.replies == []
+
+
 # ---------------------------------------------------------------- who asks
 
 
