@@ -366,6 +366,8 @@ def main() -> None:
 
     root = Path(tempfile.mkdtemp(prefix="minigit-transfer-"))
     use_own_config_dir(root)
+    # the replicas' push limit (1 GiB by default) would refuse the 1 GiB push: its tree and README are over it
+    os.environ.setdefault("MINIGIT_MAX_PUSH_BYTES", str(max(2 * args.memory_mib * MIB, 1024**3)))
     kafka_dir = None if args.bootstrap else root / "kafka"
     results: dict = {"machine": {"cpus": os.cpu_count(), "python": sys.version.split()[0]}, "label": args.label}
     content = 0

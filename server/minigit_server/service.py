@@ -891,8 +891,10 @@ class Service:
         # What the request meets under its id; a cancellation by others' settles is not its (apply_proposal).
         stored = self.stored_outcome(partition, request)
         if stored is None:
-            self.answer(request, Status.WORKING)
             offset = self.wire.append_log(partition, request.repo.encode(), proposal.to_bytes(), wait=True)
+            # Said once the proposal is in the log, so the upload before it is too (one producer,
+            # one partition, in order): a client hedges with the request alone after this.
+            self.answer(request, Status.WORKING)
             if not self.applied.wait_for(partition, offset + 1, APPLY_WAIT_S):
                 return Handled.of(request, Unanswered.STALLED, "not applied in time; not answered")
             stored = self.stored_outcome(partition, request)

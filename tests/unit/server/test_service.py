@@ -35,7 +35,7 @@ from minigit import codec, identity, sealing
 from minigit import protocol as p
 from minigit.errors import SealBroken
 from minigit_server import access
-from minigit_server.service import AppliedOffsets, Service
+from minigit_server.service import AppliedOffsets, MemoryWire, Service
 
 WINDOW = access.REPLAY_WINDOW_MS
 
@@ -318,6 +318,27 @@ def test_chunks_that_say_where_to_reply_get_upload_notices_at_most_every_half_se
     for chunk in quiet:
         assert service.handle(now[0], chunk.to_bytes()) is None
     assert service.wire.replies == []
+
+
+def test_a_write_says_working_only_once_its_proposal_and_so_its_upload_is_in_the_log() -> None:
+    """After "working" the client hedges with the request alone (the upload is in the
+    log): said before the owner's chunks were in the log, another replica's proposal
+    could land first and fail as missing objects (seen under load: a 200 MiB push)."""
+    events: list[str] = []
+
+    class Recording(MemoryWire):
+        def append_log(self, partition: int, key: bytes, value: bytes, wait: bool) -> int:
+            events.append("proposal" if b'"type":"propose"' in value else "chunk")
+            return super().append_log(partition, key, value, wait)
+
+        def send_reply(self, partition: int, message: p.Message) -> None:
+            events.append(str(getattr(message, "status", "sealed")))
+            super().send_reply(partition, message)
+
+    service = make_service(wire_class=Recording)
+    reply = Client(service, "u").commit(p.InitRequest, "r", {"a.txt": b"a"}, visibility=p.Visibility.PUBLIC)
+    assert reply.status == p.Status.ACCEPTED
+    assert events[events.index("proposal") :] == ["proposal", "working", "accepted"]
 
 
 # ---------------------------------------------------------------- who asks
