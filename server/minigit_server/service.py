@@ -37,6 +37,12 @@ MAX_LOG_REPLY_BYTES = 600_000
 # What the push limit counts for a chunk record at least, however small its payload.
 RECORD_CHARGE = 1024
 APPLY_WAIT_S = 120.0
+# Bytes a replica hands its producer and lets wait for the broker, at most: of one
+# answer (a clone of 1 GiB), and of the uploads it copies into the log. kafka-python's
+# producer bounds nothing (3.0 has no buffer.memory): a replica that reads its store,
+# or the requests topic, faster than the broker takes records held what it read.
+ANSWER_WINDOW_BYTES = 8 * 1024 * 1024
+INTAKE_WINDOW_BYTES = 16 * 1024 * 1024
 # How long a repair may read the log for one object before it gives up.
 REPAIR_WAIT_S = 300.0
 
@@ -443,6 +449,7 @@ class Service:
         # every partition's end in one lookup: a read of any repository may share it
         self.log_ends = LogEndBarrier(lambda: self.wire.log_end_offsets())
         self._serving = threading.local()  # the request a worker thread serves: when it arrived
+        self.intake_unflushed = 0  # upload bytes appended by ``handle`` since its last flush
 
     # -- dispatch
 
@@ -468,6 +475,10 @@ class Service:
             if self.uploads.admit(message):
                 self.wire.append_log(partition, message.repo.encode(), value, wait=False)
                 self.notice_upload(message)
+                self.intake_unflushed += len(value)
+                if self.intake_unflushed > INTAKE_WINDOW_BYTES:
+                    self.wire.flush()  # the caller's records: the intake keeps the broker's pace
+                    self.intake_unflushed = 0
             return None
         request = message
         uploaded = self.uploads.settle(request.request_id)
@@ -670,6 +681,7 @@ class Service:
             blob_count=len(wanted),
             blob_bytes=sum(size for _, size in wanted),
         )
+        self._serving.unflushed = 0
         for sha, _ in wanted:
             self.stream_blob(partition, request, reply.stream, sha, sealer)
         self.wire.flush()
@@ -684,6 +696,10 @@ class Service:
         for piece in self.store.iter_chunks(partition, sha, count):
             chunk = p.Chunk.of_piece(request.request_id, request.repo, sha, count, piece, stream)
             self.wire.send_reply(request.reply_partition, sealer.seal(chunk) if sealer else chunk)
+            self._serving.unflushed = getattr(self._serving, "unflushed", 0) + len(piece.payload)
+            if self._serving.unflushed > ANSWER_WINDOW_BYTES:
+                self.wire.flush()  # this thread's records: the answer waits for the broker, not memory
+                self._serving.unflushed = 0
 
     def handle_log(self, partition: int, request: p.LogRequest, author: Author) -> Handled:
         if not self.catch_up(partition):

@@ -341,6 +341,43 @@ def test_a_write_says_working_only_once_its_proposal_and_so_its_upload_is_in_the
     assert events[events.index("proposal") :] == ["proposal", "working", "accepted"]
 
 
+def test_an_answer_and_an_upload_wait_for_the_broker_every_few_mib_not_at_the_end() -> None:
+    """kafka-python's producer holds whatever it is given: a replica streaming a
+    clone, or copying an upload into the log, waits for the broker's
+    acknowledgements (``flush``) every ANSWER_WINDOW_BYTES / INTAKE_WINDOW_BYTES, so
+    it never holds more than that of it in memory."""
+    from minigit_server import service as serving
+
+    flushed: list[int] = []
+
+    class Counting(MemoryWire):
+        held = 0
+
+        def append_log(self, partition: int, key: bytes, value: bytes, wait: bool) -> int:
+            self.held += len(value)
+            return super().append_log(partition, key, value, wait)
+
+        def send_reply(self, partition: int, message: p.Message) -> None:
+            self.held += len(message.to_bytes())
+            super().send_reply(partition, message)
+
+        def flush(self) -> None:
+            flushed.append(self.held)
+            self.held = 0
+
+    service = make_service(wire_class=Counting)
+    data = os.urandom(3 * serving.INTAKE_WINDOW_BYTES)
+    u = Client(service, "u")
+    assert u.commit(p.InitRequest, "r", {"big.bin": data}).status == p.Status.ACCEPTED
+    intake = flushed[:]
+    assert len(intake) >= 2 and max(intake) <= serving.INTAKE_WINDOW_BYTES + 2 * codec.CHUNK_SIZE
+    flushed.clear()
+    reader = Client(service, "u", reply_partition=3)
+    assert reader.send(reader.request(p.PullRequest, "r")).status == p.Status.OK
+    assert len(flushed) >= len(data) // serving.ANSWER_WINDOW_BYTES
+    assert max(flushed) <= serving.ANSWER_WINDOW_BYTES + 2 * codec.CHUNK_SIZE
+
+
 # ---------------------------------------------------------------- who asks
 
 
