@@ -664,9 +664,11 @@ class Service:
         new = self.store.read_manifest(request.repo, decision.version)
         wanted = [(target.tree, self.store.blob_size(partition, target.tree))]
         wanted += [(sha, size) for sha, size in decisions.blobs_to_send(old, new, request.lost) if sha != target.tree]
+        said = time.monotonic()
         for sha, _ in wanted[1:]:
             if not self.integrity.ensure_sound(partition, sha, why):
                 return Handled.of(request, Unanswered.DAMAGED, f"object {sha[:12]} damaged; not answered")
+            said = self.still_working(request, said, f"checking the {len(wanted)} objects to send")
         sealer = self.sealer_for(request)  # one stream: the reply and its chunks
         reply = self.reply(
             request.reply_partition,
@@ -688,6 +690,16 @@ class Service:
         sent = sum(size for _, size in wanted)
         detail = f"v{request.version}->v{decision.version}, {len(wanted)} objects, {sent} bytes"
         return Handled.of(request, Status.OK, detail)
+
+    def still_working(self, request: p.Request, said: float, message: str) -> float:
+        """Say "working" when UPLOAD_NOTICE_S have passed since ``said`` (a long check
+        before an answer: a client that heard nothing for a second asks another
+        replica, which checks and answers all over again); when it was last said."""
+        now = time.monotonic()
+        if now - said < p.UPLOAD_NOTICE_S:
+            return said
+        self.answer(request, Status.WORKING, message)
+        return now
 
     def stream_blob(
         self, partition: int, request: p.Request, stream: str, sha: str, sealer: sealing.StreamSealer | None

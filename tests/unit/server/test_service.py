@@ -378,6 +378,24 @@ def test_an_answer_and_an_upload_wait_for_the_broker_every_few_mib_not_at_the_en
     assert max(flushed) <= serving.ANSWER_WINDOW_BYTES + 2 * codec.CHUNK_SIZE
 
 
+def test_a_pull_that_checks_its_objects_for_long_says_it_is_working(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Checking a big answer's objects before a byte is sent takes seconds: the
+    replica says "working" every half second meanwhile, so the client does not ask
+    another replica to check and send it all again (a 1 GiB clone was sent three times)."""
+    from minigit_server import service as serving
+
+    service = make_service()
+    files = {f"f{n}.bin": os.urandom(1000 + n) for n in range(4)}
+    assert Client(service, "u").commit(p.InitRequest, "r", files).status == p.Status.ACCEPTED
+    ticks = iter(range(0, 10**6))
+    monkeypatch.setattr(serving.time, "monotonic", lambda: next(ticks) * 0.3)  # 0.3 s a look at the clock
+    reader = Client(service, "u", reply_partition=3)
+    request = reader.request(p.PullRequest, "r")
+    assert reader.send(request).status == p.Status.OK
+    statuses = [m.status for m in reader.records(request.request_id) if isinstance(m, p.Reply)]
+    assert statuses[:-1] and set(statuses[:-1]) == {p.Status.WORKING} and statuses[-1] == p.Status.OK
+
+
 # ---------------------------------------------------------------- who asks
 
 
