@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import multiprocessing
 import os
 import random
 import shutil
@@ -33,13 +34,16 @@ import tempfile
 import time
 from pathlib import Path
 
+from kafka import TopicPartition
 from rich.console import Console
 from rich.table import Table
 
 from bench import BIN, Replicas, start_kafka, use_own_config_dir
+from minigit import codec
 from minigit.client import operations
 from minigit.config import KafkaSettings, ServerFlags
-from minigit_server.bus import Bus
+from minigit.kafka_clients import open_admin, open_consumer, open_producer
+from minigit_server.bus import Bus, ensure_topics
 
 console = Console(stderr=True)
 MIB = 1024 * 1024
@@ -203,6 +207,8 @@ def bench_clone(replicas: Replicas, root: Path, files: int, mib: int, rounds: in
     for path in (work, root / "clone-git", bare, source):
         shutil.rmtree(path)
     best = min(s for s, _ in samples)
+    raw = raw_kafka_pipeline(replicas.bootstrap, mib)
+    disk = disk_write(root, files, mib)
     return {
         "files": files,
         "mib": mib,
@@ -212,7 +218,83 @@ def bench_clone(replicas: Replicas, root: Path, files: int, mib: int, rounds: in
         "minigit_clone_client_rss": max(r for _, r in samples),
         "git_clone_no_local_s": git_s,
         "git_clone_mb_s": mib * MIB / git_s / 1e6,
+        "raw_kafka_pipeline_mb_s": raw["mb_s"],
+        "raw_kafka_pipeline": raw,
+        "disk_write_mb_s": disk["mb_s"],
+        "load_average": os.getloadavg(),
     }
+
+
+RAW_RECORD = codec.CHUNK_SIZE + 300  # a chunk record: a piece and its frame's header
+
+
+def raw_producer(bootstrap: str, topic: str, records: int, go) -> None:
+    """(In a process of its own, as a replica is.) Sends ``records`` records of
+    RAW_RECORD random bytes to partition 0 of ``topic`` once ``go`` is set."""
+    producer = open_producer(KafkaSettings(bootstrap))
+    producer.partitions_for(topic)
+    payload = os.urandom(RAW_RECORD)
+    go.wait()
+    for _ in range(records):
+        producer.send(topic, value=payload, partition=0)
+    producer.flush()
+    producer.close()
+
+
+def raw_kafka_pipeline(bootstrap: str, mib: int) -> dict:
+    """The bound a clone's bytes path has on this machine and broker: a bare
+    kafka-python producer process sending ``mib`` MiB as chunk-sized records while
+    a bare consumer (this process, minigit's consumer settings) reads them, both
+    running at once, as a replica's answer and a client do. No minigit code, no
+    hashing, no disk: the records are only counted."""
+    settings = KafkaSettings(bootstrap, f"rawpipe{int(time.time())}-")
+    topic = settings.topics.responses
+    ensure_topics(settings, 1, 1)
+    records = mib * MIB // codec.CHUNK_SIZE
+    consumer = open_consumer(settings, group_id=None)
+    tp = TopicPartition(topic, 0)
+    consumer.assign([tp])
+    consumer.seek(tp, consumer.end_offsets([tp])[tp])
+    go = multiprocessing.Event()
+    producer = multiprocessing.Process(target=raw_producer, args=(bootstrap, topic, records, go))
+    producer.start()
+    time.sleep(3.0)  # the producer connected and knows the partition
+    cpu, started = time.process_time(), time.perf_counter()
+    go.set()
+    received = count = 0
+    while count < records and time.perf_counter() - started < 300:
+        for batch in consumer.poll(timeout_ms=1000).values():
+            count += len(batch)
+            received += sum(len(record.value) for record in batch)
+    elapsed = time.perf_counter() - started
+    consumer_cpu = time.process_time() - cpu
+    producer.join(60)
+    consumer.close()
+    admin = open_admin(settings)
+    try:
+        admin.delete_topics([topic for topic in (settings.topics.requests, settings.topics.responses,
+                                                 settings.topics.log, settings.topics.replicas)])  # fmt: skip
+    finally:
+        admin.close()
+    return {"bytes": received, "s": elapsed, "mb_s": received / elapsed / 1e6, "consumer_cpu_s": consumer_cpu}
+
+
+def disk_write(root: Path, files: int, mib: int) -> dict:
+    """Writing ``files`` new files of ``mib`` MiB in all (random bytes, made first)
+    into a new directory, each opened, written and closed, as a clone does (no
+    fsync, like a clone and git)."""
+    size = mib * MIB // files
+    blocks = [os.urandom(size) for _ in range(min(files, 16))]
+    target = root / "disk-write"
+    started = time.perf_counter()
+    for n in range(files):
+        folder = target / f"dir{n % 10}"
+        folder.mkdir(parents=True, exist_ok=True)
+        with open(folder / f"file{n:05}.bin", "xb") as out:
+            out.write(blocks[n % len(blocks)])
+    elapsed = time.perf_counter() - started
+    shutil.rmtree(target)
+    return {"s": elapsed, "mb_s": mib * MIB / elapsed / 1e6}
 
 
 def bench_memory(replicas: Replicas, root: Path, mib: int) -> dict:
@@ -244,8 +326,19 @@ def bench_memory(replicas: Replicas, root: Path, mib: int) -> dict:
     }
 
 
+def register(replicas: Replicas) -> None:
+    """Register the benchmark's user first: a user's first request is answered
+    "unknown user", and sent again, uploads and all, once the key is registered, so a
+    first request of 100 MiB would be uploaded twice (a ping does not register)."""
+    options = operations.ClientOptions("bench", ServerFlags(replicas.bootstrap, replicas.namespace), 60)
+    with options.connect(replicas.settings) as connection:
+        operations.register_user(connection)
+
+
 def dir_bytes(path: Path) -> int:
-    return sum(f.stat().st_size for f in path.rglob("*") if f.is_file())
+    """Bytes allocated on disk: Kafka preallocates each active segment's index files
+    (10 MiB each, sparse), which their sizes would count as data."""
+    return sum(f.stat().st_blocks * 512 for f in path.rglob("*") if f.is_file())
 
 
 def disk_usage(settings: KafkaSettings, kafka_dir: Path | None, server_dir: Path, content_bytes: int) -> dict:
@@ -284,6 +377,8 @@ def main() -> None:
 
     root = Path(tempfile.mkdtemp(prefix="minigit-transfer-"))
     use_own_config_dir(root)
+    # the replicas' push limit (1 GiB by default) would refuse the 1 GiB push: its tree and README are over it
+    os.environ.setdefault("MINIGIT_MAX_PUSH_BYTES", str(max(2 * args.memory_mib * MIB, 1024**3)))
     kafka_dir = None if args.bootstrap else root / "kafka"
     results: dict = {"machine": {"cpus": os.cpu_count(), "python": sys.version.split()[0]}, "label": args.label}
     content = 0
@@ -296,6 +391,7 @@ def main() -> None:
             replicas.start(replica_id)
         replicas.wait_settled(started_ms)
         replicas.serving("warmup")
+        register(replicas)
         sections = [
             ("push", args.only in (None, "push"), args.push_mib, f"{args.push_files} files, {args.push_mib} MiB",
              lambda: bench_push(replicas, root, args.push_files, args.push_mib)),
@@ -361,7 +457,9 @@ def report(results: dict) -> None:
             f"clone of {c['files']} files / {c['mib']} MiB (random): "
             f"minigit clone {c['minigit_clone_best_mb_s']:.0f} MB/s "
             f"(best of {runs} s; client peak RSS {c['minigit_clone_client_rss'] / MIB:.0f} MiB), "
-            f"git clone --no-local {c['git_clone_mb_s']:.0f} MB/s ({c['git_clone_no_local_s']:.2f} s)"
+            f"git clone --no-local {c['git_clone_mb_s']:.0f} MB/s ({c['git_clone_no_local_s']:.2f} s); "
+            f"bounds: bare kafka-python producer -> consumer at once {c['raw_kafka_pipeline_mb_s']:.0f} MB/s, "
+            f"writing the files {c['disk_write_mb_s']:.0f} MB/s"
         )
     if "memory" in results:
         m = results["memory"]

@@ -676,6 +676,10 @@ class Chunk(Message):
     ``payload`` is the encoded piece, the frame's bytes (base64 in ``data`` in the
     JSON form of before, still read); the chunk is piece ``index`` of ``count`` of
     the blob whose raw content hashes to ``sha`` (see minigit.codec).
+
+    An upload's chunks carry their request's ``reply_partition`` (left out when
+    null: an answer's chunks, and uploads written before it existed), where the
+    replica taking them in sends upload notices (``UPLOAD_NOTICE``).
     """
 
     type: ClassVar[str] = "chunk"
@@ -688,6 +692,7 @@ class Chunk(Message):
     encoding: str
     payload: bytes = binary_field()
     stream: str | None = None
+    reply_partition: int | None = added_later(None)
 
     @classmethod
     def legacy_payload(cls, doc: dict[str, Any], owner: str) -> bytes:
@@ -729,11 +734,15 @@ class Chunk(Message):
         return codec.decode_piece(self.piece())
 
 
-def blob_chunks(request_id: str, repo: str, blob: codec.BlobSource, stream: str | None = None) -> Iterator[Chunk]:
-    """The chunk records that carry ``blob``, in order."""
+def blob_chunks(
+    request_id: str, repo: str, blob: codec.BlobSource, stream: str | None = None, reply_partition: int | None = None
+) -> Iterator[Chunk]:
+    """The chunk records that carry ``blob``, in order (an upload's: with its request's ``reply_partition``)."""
     count = codec.count_chunks(blob.size)
     for index, raw in enumerate(blob.read_pieces()):
-        yield Chunk.of_piece(request_id, repo, blob.sha, count, codec.encode_piece(index, raw), stream)
+        chunk = Chunk.of_piece(request_id, repo, blob.sha, count, codec.encode_piece(index, raw), stream)
+        chunk.reply_partition = reply_partition
+        yield chunk
 
 
 # -- requests: client -> repo-requests (key = repository name)
@@ -985,6 +994,13 @@ ACCOUNT_REQUESTS = (RegisterRequest, RotateRequest)
 
 
 # -- replies: replica -> repo-responses (partition chosen by the client)
+
+# The ``action`` of an upload notice: a ``working`` reply a replica sends, at most every
+# UPLOAD_NOTICE_S per request, while it takes in chunks of the request's upload, before
+# the request itself arrives. The client is not waiting on a dead replica then, and
+# does not send the upload again to another (see docs/protocol.md, "Retries and hedging").
+UPLOAD_NOTICE = "upload"
+UPLOAD_NOTICE_S = 0.5
 
 
 class Status(enum.StrEnum):

@@ -10,11 +10,14 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import itertools
 import logging
+import os
 import tempfile
 import time
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import IO, Any, Protocol
 
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
@@ -66,25 +69,55 @@ class Observer:
 
 @dataclass
 class ReceivedBlob:
-    """A received blob's bytes: ``size`` of them at ``offset`` in ``file`` (blobs past
-    the memory budget share one file: one each ran out of file descriptors at 100,000
-    small files)."""
+    """One blob of an answer, verified: ``size`` bytes at ``offset`` in ``file``
+    (memory, or a temporary file; blobs past the memory budget share one file: one
+    each ran out of file descriptors at 100,000 small files), or, when the answer
+    was received into a spool directory, in a file of its own at ``path`` (``file``
+    None), which ``move_or_copy`` renames into place once."""
 
     sha: str
     size: int
-    file: IO[bytes]
+    file: IO[bytes] | None
     offset: int = 0
+    path: Path | None = None
+    moved: bool = False  # ``path`` was renamed by ``move_or_copy``: it is the caller's now
 
     def read(self) -> bytes:
+        if self.file is None:
+            return self.path.read_bytes()
         self.file.seek(self.offset)
         return self.file.read(self.size)
 
     def copy_to(self, out: IO[bytes]) -> None:
+        if self.file is None:
+            with open(self.path, "rb") as source:
+                while piece := source.read(1024 * 1024):
+                    out.write(piece)
+            return
         self.file.seek(self.offset)
         left = self.size
         while left and (piece := self.file.read(min(left, 1024 * 1024))):
             out.write(piece)
             left -= len(piece)
+
+    def move_or_copy(self, target: Path, out: IO[bytes]) -> None:
+        """Put the blob's content at ``target``, a new file ``out`` is open on: the
+        first time, by renaming the blob's own file over it (the spool is made beside
+        where files go, on the same filesystem), so a received byte is written once;
+        otherwise (in memory, a temporary file, or moved already) by copying it into
+        ``out``. Once moved, the content is read from ``target``."""
+        if self.path is None or self.moved:
+            self.copy_to(out)
+            return
+        os.replace(self.path, target)
+        self.path, self.moved = target, True
+
+    def close(self) -> None:
+        if self.file is not None:
+            self.file.close()
+        elif not self.moved:
+            with contextlib.suppress(OSError):
+                os.unlink(self.path)
 
 
 @dataclass
@@ -98,7 +131,7 @@ class Response:
 
     def close(self) -> None:
         for blob in self.blobs.values():
-            blob.file.close()
+            blob.close()
 
 
 @dataclass(frozen=True)
@@ -119,13 +152,19 @@ class Credentials:
 
 class Link(Protocol):
     """A connection to the service, as the operations use it. ``call`` signs the
-    request (with the digest of its uploads) before it sends it."""
+    request (with the digest of its uploads) before it sends it; with ``spool`` (an
+    empty directory of the caller's, removed by it), the answer's blobs are written
+    there, each in a file of its own (``ReceivedBlob.move_or_copy``)."""
 
     credentials: Credentials
 
     def new_request(self, cls: type[p.Request], **fields: Any) -> p.Request: ...
     def call(
-        self, request: p.Request, uploads: Sequence[codec.BlobSource] = (), observer: Observer | None = None
+        self,
+        request: p.Request,
+        uploads: Sequence[codec.BlobSource] = (),
+        observer: Observer | None = None,
+        spool: Path | None = None,
     ) -> Response: ...
     def close(self) -> None: ...
     def __enter__(self) -> Link: ...
@@ -215,16 +254,23 @@ class _Answer:
     is decoded once, when it is complete (``manifest``); a tree that does not
     decode is the answer the service meant, which no retry mends (BadTree).
 
-    At most SPOOL_BYTES of the answer's content is held in memory, all its blobs
-    together; blobs beyond that go to temporary files."""
+    With a ``spool`` directory, each blob is written there as it arrives, in a file
+    of its own (``ReceivedBlob.path``): the caller renames it into place, so a
+    received byte is written to disk once. Without one, at most SPOOL_BYTES of the
+    answer's content is held in memory, all its blobs together; blobs beyond that
+    go to temporary files."""
 
-    def __init__(self, reply: p.Reply, observer: Observer, before: tuple[int, float]) -> None:
+    def __init__(
+        self, reply: p.Reply, observer: Observer, before: tuple[int, float], spool: Path | None = None
+    ) -> None:
         self.reply = reply
         self.observer = observer
         self.before = before
+        self.spool = spool
         self.done: dict[str, ReceivedBlob] = {}
         self.pieces_done = 0  # pieces of the blobs in ``done``
-        self.current: tuple[codec.Assembler, IO[bytes], int, int] | None = None  # its file, budget, offset
+        self.current: tuple[codec.Assembler, IO[bytes], int, int, Path | None] | None = None
+        # (its file, memory budget, offset in that file, spool path)
         self.spill: IO[bytes] | None = None  # the one file of every blob past the memory budget
         self.manifest: p.Manifest | None = None
         self.listed: frozenset[str] = frozenset()  # the blobs the tree lists
@@ -248,23 +294,18 @@ class _Answer:
         if chunk.index == 0:
             self.expect(chunk)
             self.discard_current()
-            budget, offset = self.memory_left, 0
-            size = self.sizes.get(chunk.sha)  # (as the tree says: the tree itself comes first)
-            if budget > 0 and (size is None or size <= budget):
-                # a SpooledTemporaryFile moves to disk once it holds more than its budget
-                file: IO[bytes] = tempfile.SpooledTemporaryFile(budget)  # noqa: SIM115
-            else:
-                budget = 0
-                file = self.spill = self.spill or tempfile.TemporaryFile()  # noqa: SIM115
-                offset = file.seek(0, 2)  # (after what a broken blob left: never read)
-            self.current = (codec.Assembler(chunk.sha, chunk.count, file.write), file, budget, offset)
+            self.current = self.open_blob(chunk)
         if self.current is None or self.current[0].sha != chunk.sha:
             raise ProtocolError(f"chunk {chunk.index} of {chunk.sha[:12]} arrived out of order")
-        assembler, file, budget, offset = self.current
+        assembler, file, budget, offset, path = self.current
         raw = assembler.add(chunk.piece())
         self.observer.downloaded(len(raw))
         if assembler.complete:
-            blob = ReceivedBlob(chunk.sha, assembler.size, file, offset)  # the Response closes its file
+            if path is not None:
+                file.close()
+                blob = ReceivedBlob(chunk.sha, assembler.size, None, path=path)
+            else:
+                blob = ReceivedBlob(chunk.sha, assembler.size, file, offset)  # the Response closes its file
             if chunk.sha == self.reply.tree:
                 self.manifest = decode_received_tree(blob)
                 self.listed = frozenset(entry.sha for entry in self.manifest.values())
@@ -272,9 +313,28 @@ class _Answer:
             self.done[chunk.sha] = blob
             self.pieces_done += assembler.count
             self.current = None
-            if budget > 0 and assembler.size <= budget:  # it never left memory
+            if path is None and budget > 0 and assembler.size <= budget:  # it never left memory
                 self.memory_left -= assembler.size
             self.observer.downloaded_object()
+
+    def open_blob(self, chunk: p.Chunk) -> tuple[codec.Assembler, IO[bytes], int, int, Path | None]:
+        """Where the blob that ``chunk`` starts is written as it arrives: its
+        assembler, file, memory budget, offset in that file, and spool path."""
+        if self.spool is not None:
+            # a name of its own: the answer's blobs are distinct (``add`` drops a repeat)
+            path = self.spool / f"{next(_spooled)}-{chunk.sha[:16]}"
+            file = open(path, "xb")  # noqa: SIM115 - closed when complete, or by discard
+            return codec.Assembler(chunk.sha, chunk.count, file.write), file, 0, 0, path
+        budget, offset = self.memory_left, 0
+        size = self.sizes.get(chunk.sha)  # (as the tree says: the tree itself comes first)
+        if budget > 0 and (size is None or size <= budget):
+            # a SpooledTemporaryFile moves to disk once it holds more than its budget
+            file: IO[bytes] = tempfile.SpooledTemporaryFile(budget)  # noqa: SIM115
+        else:
+            budget = 0
+            file = self.spill = self.spill or tempfile.TemporaryFile()  # noqa: SIM115
+            offset = file.seek(0, 2)  # (after what a broken blob left: never read)
+        return codec.Assembler(chunk.sha, chunk.count, file.write), file, budget, offset, None
 
     def expect(self, chunk: p.Chunk) -> None:
         """Raise ProtocolError unless ``chunk`` starts the blob that may come next:
@@ -291,16 +351,24 @@ class _Answer:
 
     def discard_current(self) -> None:
         if self.current is not None:
-            if self.current[1] is not self.spill:  # (the spill file holds finished blobs too)
-                self.current[1].close()
+            _, file, _, _, path = self.current
+            if file is not self.spill:  # (the spill file holds finished blobs too)
+                file.close()
+            if path is not None:
+                with contextlib.suppress(OSError):
+                    os.unlink(path)
             self.current = None
 
     def discard(self) -> None:
         for blob in self.done.values():
-            blob.file.close()
+            blob.close()
         self.discard_current()
         if self.spill is not None:
             self.spill.close()
+
+
+# Names the spooled blobs of a process apart (an answer that starts over writes anew).
+_spooled = itertools.count()
 
 
 class BadTree(Exception):
@@ -353,9 +421,11 @@ class ReplyCollector:
         observer: Observer,
         clock: Callable[[], float] = time.monotonic,
         guard: ReplyGuard | None = None,
+        spool: Path | None = None,
     ) -> None:
         self.request_id = request_id
         self.guard = guard
+        self.spool = spool
         self.observer = observer
         self.clock = clock
         self.answer: _Answer | None = None
@@ -387,9 +457,10 @@ class ReplyCollector:
         if isinstance(message, p.Reply):
             self.last_alive = self.clock()
             if message.status == p.Status.WORKING:
-                return self._advance(WORKING_STEP)
+                # an upload notice says a replica is taking in the upload; the request has not arrived
+                return message.action != p.UPLOAD_NOTICE and self._advance(WORKING_STEP)
             self.abandon()
-            self.answer = _Answer(message, self.observer, (self.reached, self.last_news))
+            self.answer = _Answer(message, self.observer, (self.reached, self.last_news), self.spool)
             return self._advance(self.answer.steps)
         if self.answer is None or message.stream != self.answer.reply.stream:
             return False
@@ -527,8 +598,11 @@ def await_answer(
     upload_bytes: int = 0,
     guard: ReplyGuard | None = None,
     upload_records: int = 0,
+    spool: Path | None = None,
+    send_request: Callable[[int], None] | None = None,
 ) -> Response:
-    """Send a request and wait for its answer.
+    """Send a request and wait for its answer (its blobs written into ``spool``,
+    when given: see ``_Answer``).
 
     ``send(attempt)`` sends the request (its uploads, then the request itself):
     attempt 0 first, then 1, 2, ... each to the next partition of the requests
@@ -539,9 +613,14 @@ def await_answer(
     (about a second while no answer has begun; see ``resend_due``). After ``timeout``
     seconds without news (ReplyCollector) the command gives up with
     ServerUnreachable, within a poll of that moment.
+
+    Once the request itself has reached a replica (a ``working`` reply that is not
+    an upload notice), that replica had taken its upload into the log, which every
+    replica reads: later attempts go through ``send_request(attempt)``, which sends
+    the request alone, when given, and are not delayed for the upload's size.
     """
     waited = _WaitingClock(clock or time.monotonic)
-    collector = ReplyCollector(request_id, observer, waited, guard)
+    collector = ReplyCollector(request_id, observer, waited, guard, spool)
     attempt = 0
     try:
         with waited.paused():
@@ -554,12 +633,21 @@ def await_answer(
                 if guard is not None and guard.key_changed is not None and collector.reached == 0:
                     raise guard.key_changed  # only replies by another key came: that is the news
                 raise no_answer(timeout, collector.broken)
-            due = resend_due(collector, attempt + 1, sent, broken, timeout, upload_bytes, upload_records)
+            uploaded = collector.reached >= WORKING_STEP  # into the log, by the replica that said so
+            due = resend_due(
+                collector,
+                attempt + 1,
+                sent,
+                broken,
+                timeout,
+                0 if uploaded else upload_bytes,
+                0 if uploaded else upload_records,
+            )
             if now >= due:
                 attempt += 1
                 log.info("no answer to %s after %.1fs; sending it again (attempt %d)", request_id, now - sent, attempt)
                 with waited.paused():
-                    send(attempt)
+                    (send_request if uploaded and send_request is not None else send)(attempt)
                 observer.waiting()
                 sent, broken = waited(), len(collector.broken)
                 continue

@@ -188,12 +188,18 @@ def untrackable_json(untrackable: list[tuple[str, str]]) -> list[dict[str, str]]
 
 
 def ask(
-    connection: Link, request: p.Request, uploads: Sequence[codec.BlobSource] = (), observer: Observer | None = None
+    connection: Link,
+    request: p.Request,
+    uploads: Sequence[codec.BlobSource] = (),
+    observer: Observer | None = None,
+    spool: Path | None = None,
 ) -> Response:
     """Send ``request`` and return its answer, checked (``check_answer``). A user
     the service does not know yet registers its key (where registration is open)
-    and asks again; a refusal raises (exit code 6)."""
-    response = connection.call(request, uploads, observer)
+    and asks again; a refusal raises (exit code 6). ``spool``: where the answer's
+    blobs are written (``Link.call``)."""
+    received = {"spool": spool} if spool is not None else {}
+    response = connection.call(request, uploads, observer, **received)
     if response.reply.status == Status.UNKNOWN_USER and not isinstance(request, p.RegisterRequest):
         register_user(connection)
         # The same request, same id: a copy of it still on its way (a hedge), applied once the
@@ -201,7 +207,7 @@ def ask(
         # "unknown user" answer to an earlier sending may still come first: ask again.
         for _ in range(UNKNOWN_USER_RETRIES):
             response.close()
-            response = connection.call(request, uploads, observer)
+            response = connection.call(request, uploads, observer, **received)
             if response.reply.status != Status.UNKNOWN_USER:
                 break
     try:
@@ -437,12 +443,20 @@ def expect_write_accepted(repo: str, action: str, reply: p.Reply) -> None:
 
 
 def fetch_head(
-    connection: Link, repo: str, version: int, lost: list[str], observer: Observer | None, base_tree: str = ""
+    connection: Link,
+    repo: str,
+    version: int,
+    lost: list[str],
+    observer: Observer | None,
+    base_tree: str = "",
+    spool: Path | None = None,
 ) -> tuple[Response, p.Manifest] | None:
     """Ask for the head; None if ``version`` is the head already. ``base_tree``: the
-    tree the client holds as ``version``, which the server checks is its own."""
+    tree the client holds as ``version``, which the server checks is its own.
+    ``spool``: a directory beside where the files go, to receive them in (each
+    then renamed into place: written once)."""
     request = connection.new_request(p.PullRequest, repo=repo, version=version, lost=lost, base_tree=base_tree)
-    response = ask(connection, request, observer=observer)
+    response = ask(connection, request, observer=observer, spool=spool)
     reply = response.reply
     if reply.status != Status.OK:
         response.close()
@@ -494,8 +508,11 @@ def apply_pull(
         for number, (path, entry) in enumerate(sorted(write.items())):
             ws.safe_target(root, path, removed=deleted, folders=checked)
             blob = blobs.get(entry.sha)
-            if blob is not None:
-                fill: Callable = blob.copy_to
+            if blob is not None and entry.mode == p.FileMode.REGULAR:
+                # received into a file of its own beside the staging area: renamed there, not copied
+                fill: Callable = functools.partial(blob.move_or_copy, staging / str(number))
+            elif blob is not None:
+                fill = blob.copy_to
             elif entry.sha in sources:
                 fill = functools.partial(ws.copy_local_blob, root, sources[entry.sha], entry.sha)
             else:
@@ -586,7 +603,7 @@ def pull_workdir(
     and recorded in ``.minigit`` until you resolve it. An unfinished clone (``.minigit``
     at version 0) is finished."""
     root = ws.require_root(start)
-    with ws.lock_workdir(root):
+    with ws.lock_workdir(root), contextlib.ExitStack() as spooling:
         meta = ws.read_metadata(root)
         if meta.detached:
             raise UsageError(
@@ -596,6 +613,7 @@ def pull_workdir(
         if unresolved := still_unresolved(root, meta.conflicts):  # as git: merging again would nest markers
             raise UnresolvedConflicts(sorted(unresolved))
         local = scan_local(root, meta)
+        spool = spooling.enter_context(staging_area(root))  # the files come here, then are renamed into place
         more: list[Response] = []
         with options.connect(options.settings(meta, root)) as connection:
             meta, settled = settle_pending(connection, root, meta)  # may move us to the version it made
@@ -603,7 +621,7 @@ def pull_workdir(
             lost = lost_objects(base, local)
             version = meta.version if len(lost) <= MAX_LOST_OBJECTS else 0
             fetched = fetch_head(
-                connection, meta.repository, version, lost[:MAX_LOST_OBJECTS], observer, tree_of(meta, version)
+                connection, meta.repository, version, lost[:MAX_LOST_OBJECTS], observer, tree_of(meta, version), spool
             )
             if fetched is None:
                 kept = sorted(diff_manifests(meta.manifest, local).paths)
@@ -843,29 +861,24 @@ def clone_repository(
     if existed and (not directory.is_dir() or not ws.is_vacant(directory)):
         raise not_empty(directory)
     settings = options.settings()
+    clone = clone_in_place if existed else clone_beside
+    meta, received = clone(directory, name, options, settings, observer)
+    return PullResult(
+        name, str(directory), PullStatus.CLONED, 0, meta.version, Changes(added=sorted(meta.manifest)), [], received
+    )
+
+
+def fetch_clone(
+    name: str, options: ClientOptions, settings: KafkaSettings, observer: Observer | None, spool: Path
+) -> tuple[Response, ws.Metadata]:
+    """The head of ``name``, its files received into ``spool``, and the working
+    directory's metadata for it."""
     with options.connect(settings) as connection:
-        fetched = fetch_head(connection, name, 0, [], observer)
+        fetched = fetch_head(connection, name, 0, [], observer, spool=spool)
     if fetched is None:  # version 0 is never a head
         raise RepositoryNotFound(name)
     response, head = fetched
-    meta = ws.Metadata(name, response.reply.version, settings.bootstrap, settings.namespace, head)
-    try:
-        if existed:
-            clone_in_place(directory, meta, response)
-        else:
-            clone_beside(directory, meta, response)
-    finally:
-        response.close()
-    return PullResult(
-        name,
-        str(directory),
-        PullStatus.CLONED,
-        0,
-        meta.version,
-        Changes(added=sorted(head)),
-        [],
-        sum(b.size for b in response.blobs.values()),
-    )
+    return response, ws.Metadata(name, response.reply.version, settings.bootstrap, settings.namespace, head)
 
 
 def is_unfinished_clone_of(directory: Path, name: str) -> bool:
@@ -880,32 +893,51 @@ def not_empty(directory: Path) -> UsageError:
     return UsageError(f"destination path '{directory}' already exists and is not an empty directory")
 
 
-def clone_beside(directory: Path, meta: ws.Metadata, response: Response) -> None:
+def clone_beside(
+    directory: Path, name: str, options: ClientOptions, settings: KafkaSettings, observer: Observer | None
+) -> tuple[ws.Metadata, int]:
     """Build the clone in a staging directory beside ``directory`` and rename it
-    there: until the rename there is no ``directory``, after it a complete one."""
+    there: until the rename there is no ``directory``, after it a complete one.
+    The files are received into the staging directory, and renamed into place."""
     directory.parent.mkdir(parents=True, exist_ok=True)
     with ws.clone_staging(directory.parent) as staging:
-        apply_pull(staging, {}, {}, meta.manifest, response)
+        spool = staging / f"{ws.TEMP_MARK}received"
+        spool.mkdir()
+        response, meta = fetch_clone(name, options, settings, observer, spool)
+        try:
+            apply_pull(staging, {}, {}, meta.manifest, response)
+        finally:
+            response.close()
+        shutil.rmtree(spool)
         ws.write_metadata(staging, meta)
         ws.save_index_of_clone(staging, meta.manifest)
         ws.install_clone(staging, directory)
+    return meta, sum(b.size for b in response.blobs.values())
 
 
-def clone_in_place(directory: Path, meta: ws.Metadata, response: Response) -> None:
+def clone_in_place(
+    directory: Path, name: str, options: ClientOptions, settings: KafkaSettings, observer: Observer | None
+) -> tuple[ws.Metadata, int]:
     """Fill an existing empty directory (the user's own: it may be the current
     directory, or one whose parent is not writable). ``.minigit`` comes first,
     marked unfinished, so that a clone killed half-way is a working directory
-    the next ``pull`` finishes; it is marked finished last."""
+    the next ``pull`` finishes; it is marked finished last. The files are
+    received into a temporary folder in it, and renamed into place."""
     with ws.lock_workdir(directory):
         if not ws.is_vacant(directory):
             raise not_empty(directory)
-        try:
-            ws.write_metadata(directory, dataclasses.replace(meta, version=ws.UNFINISHED_VERSION))
-            apply_pull(directory, {}, {}, meta.manifest, response)
-            ws.write_metadata(directory, meta)
-        except BaseException:
-            clear_directory(directory)  # it held nothing of the user's (checked under the lock)
-            raise
+        with staging_area(directory) as spool:
+            response, meta = fetch_clone(name, options, settings, observer, spool)
+            try:
+                ws.write_metadata(directory, dataclasses.replace(meta, version=ws.UNFINISHED_VERSION))
+                apply_pull(directory, {}, {}, meta.manifest, response)
+                ws.write_metadata(directory, meta)
+            except BaseException:
+                response.close()
+                clear_directory(directory)  # it held nothing of the user's (checked under the lock)
+                raise
+            response.close()
+    return meta, sum(b.size for b in response.blobs.values())
 
 
 def clear_directory(directory: Path) -> None:

@@ -19,6 +19,7 @@ import random
 import threading
 import time
 from collections.abc import Callable, Iterable, Iterator, Sequence
+from pathlib import Path
 from typing import Any
 
 from kafka import TopicPartition
@@ -283,16 +284,23 @@ class Connection:
         return make_request(cls, self.user, self.reply_partition, self.timeout, reply_key, **fields)
 
     def call(
-        self, request: p.Request, uploads: Sequence[codec.BlobSource] = (), observer: Observer | None = None
+        self,
+        request: p.Request,
+        uploads: Sequence[codec.BlobSource] = (),
+        observer: Observer | None = None,
+        spool: Path | None = None,
     ) -> Response:
         """Send ``request`` (after its uploads) and wait for its answer
-        (``exchange.await_answer``): sent again, same id, to the next request
-        partition after each silence; given up after ``timeout`` seconds
-        without news."""
+        (``exchange.await_answer``; its blobs written into ``spool``, when given):
+        sent again, same id, to the next request partition after each silence;
+        given up after ``timeout`` seconds without news."""
         observer = observer or Observer()
 
         def send(attempt: int) -> None:
             self._send(request, uploads, Observer() if attempt else observer, attempt)
+
+        def send_request(attempt: int) -> None:  # its uploads are in the log already
+            self._send(request, (), Observer(), attempt)
 
         upload_bytes = sum(u.size for u in uploads)
         upload_records = sum(codec.count_chunks(u.size) for u in uploads)
@@ -307,6 +315,8 @@ class Connection:
                 upload_bytes=upload_bytes,
                 guard=guard,
                 upload_records=upload_records,
+                spool=spool,
+                send_request=send_request if uploads else None,
             )
         except INFRASTRUCTURE_ERRORS as error:
             raise self.settings.unreachable(error) from None
@@ -358,5 +368,6 @@ def upload_records(request: p.Request, uploads: Sequence[codec.BlobSource]) -> I
     """Each chunk record of ``uploads`` as it is sent, its digest (for the request's
     signature) and the raw bytes it carries."""
     for upload in uploads:
-        for chunk in p.blob_chunks(request.request_id, request.repo, upload):
+        # with the reply partition: the replica that takes them in says so there (upload notices)
+        for chunk in p.blob_chunks(request.request_id, request.repo, upload, reply_partition=request.reply_partition):
             yield chunk.to_bytes(), ChunkDigest.of(chunk), codec.piece_size(upload.size, chunk.index)

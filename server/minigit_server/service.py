@@ -37,10 +37,12 @@ MAX_LOG_REPLY_BYTES = 600_000
 # What the push limit counts for a chunk record at least, however small its payload.
 RECORD_CHARGE = 1024
 APPLY_WAIT_S = 120.0
-# A pull of many objects checks each against its hash before its reply goes (seconds
-# for 100,000 files): the client hears "working" this often meanwhile, or it takes the
-# silence for a dead replica and asks another, which sends a second whole answer.
-WORKING_NOTICE_S = 0.5
+# Bytes a replica hands its producer and lets wait for the broker, at most: of one
+# answer (a clone of 1 GiB), and of the uploads it copies into the log. kafka-python's
+# producer bounds nothing (3.0 has no buffer.memory): a replica that reads its store,
+# or the requests topic, faster than the broker takes records held what it read.
+ANSWER_WINDOW_BYTES = 8 * 1024 * 1024
+INTAKE_WINDOW_BYTES = 16 * 1024 * 1024
 # How long a repair may read the log for one object before it gives up.
 REPAIR_WAIT_S = 300.0
 
@@ -168,27 +170,43 @@ class MemoryWire:
 
 class UploadMeter:
     """Bytes uploaded per request (as stored: compressed, each chunk counted once
-    however often a retry sends it), against the server's push size limit. It
-    keeps the requests in flight only, and forgets the oldest beyond a bound."""
+    however often a retry sends it), against the server's push size limit, and when
+    the request's client was last told its upload is being taken in (``notice_due``).
+    It keeps the requests in flight only, and forgets the oldest beyond a bound."""
 
     def __init__(self, limit: int, tracked: int = 1000) -> None:
         self.limit, self.tracked = limit, tracked
-        self._seen: collections.OrderedDict[str, tuple[int, set[tuple[str, int]]]] = collections.OrderedDict()
+        # request id -> bytes counted, the pieces counted, when its last notice went (ms; None: never)
+        self._seen: collections.OrderedDict[str, tuple[int, set[tuple[str, int]], int | None]] = (
+            collections.OrderedDict()
+        )
 
     def admit(self, chunk: p.Chunk) -> bool:
         """Count the chunk; False once its request is over the limit."""
-        total, seen = self._seen.pop(chunk.request_id, (0, set()))
+        total, seen, noticed = self._seen.pop(chunk.request_id, (0, set(), None))
         if (chunk.sha, chunk.index) not in seen:
             seen.add((chunk.sha, chunk.index))
             total += max(len(chunk.payload), RECORD_CHARGE)  # an empty chunk is a record too
-        self._seen[chunk.request_id] = (total, seen)
+        self._seen[chunk.request_id] = (total, seen, noticed)
         while len(self._seen) > self.tracked:
             self._seen.popitem(last=False)
         return total <= self.limit
 
+    def notice_due(self, request_id: str, now_ms: int) -> int | None:
+        """The bytes taken in for ``request_id`` if a notice is due now (the first
+        chunk, then at most one per UPLOAD_NOTICE_S), and mark it sent; else None."""
+        found = self._seen.get(request_id)
+        if found is None:
+            return None
+        total, seen, noticed = found
+        if noticed is not None and 0 <= now_ms - noticed < p.UPLOAD_NOTICE_S * 1000:
+            return None
+        self._seen[request_id] = (total, seen, now_ms)
+        return total
+
     def settle(self, request_id: str) -> int:
         """Forget a request that arrived; the bytes it uploaded."""
-        total, _ = self._seen.pop(request_id, (0, set()))
+        total, _, _ = self._seen.pop(request_id, (0, set(), None))
         return total
 
 
@@ -431,6 +449,7 @@ class Service:
         # every partition's end in one lookup: a read of any repository may share it
         self.log_ends = LogEndBarrier(lambda: self.wire.log_end_offsets())
         self._serving = threading.local()  # the request a worker thread serves: when it arrived
+        self.intake_unflushed = 0  # upload bytes appended by ``handle`` since its last flush
 
     # -- dispatch
 
@@ -455,6 +474,11 @@ class Service:
             # push size limit they are dropped, and the request is refused.
             if self.uploads.admit(message):
                 self.wire.append_log(partition, message.repo.encode(), value, wait=False)
+                self.notice_upload(message)
+                self.intake_unflushed += len(value)
+                if self.intake_unflushed > INTAKE_WINDOW_BYTES:
+                    self.wire.flush()  # the caller's records: the intake keeps the broker's pace
+                    self.intake_unflushed = 0
             return None
         request = message
         uploaded = self.uploads.settle(request.request_id)
@@ -468,6 +492,19 @@ class Service:
             return job()
         defer(job)
         return QUEUED
+
+    def notice_upload(self, chunk: p.Chunk) -> None:
+        """Tell the client its upload is being taken in (a ``working`` reply with
+        action UPLOAD_NOTICE, at most every UPLOAD_NOTICE_S), where its chunks say:
+        the request comes after them, and a client that heard nothing for a second
+        would send the whole upload again to another replica. Not sealed: it says
+        nothing but the request id and a byte count."""
+        if chunk.reply_partition is None or chunk.reply_partition >= self.wire.reply_partitions():
+            return
+        taken = self.uploads.notice_due(chunk.request_id, self.clock_ms())
+        if taken is not None:
+            message = f"taking in the upload: {taken} bytes so far"
+            self.reply(chunk.reply_partition, chunk.request_id, p.UPLOAD_NOTICE, Status.WORKING, message)
 
     def serve(self, partition: int, request: p.Request, uploaded: int, arrived: float) -> Handled:
         """Answer a request taken in at ``arrived`` (monotonic): on the serve loop's
@@ -603,7 +640,6 @@ class Service:
         return Handled.of(request, Status.OK)
 
     def handle_pull(self, partition: int, request: p.PullRequest, author: Author) -> Handled:
-        started = time.monotonic()
         if not self.catch_up(partition):
             return Handled.of(request, Unanswered.STALLED, "log not applied in time; not answered")
         if (refused := self.denied(request, partition)) is not None:
@@ -628,14 +664,11 @@ class Service:
         new = self.store.read_manifest(request.repo, decision.version)
         wanted = [(target.tree, self.store.blob_size(partition, target.tree))]
         wanted += [(sha, size) for sha, size in decisions.blobs_to_send(old, new, request.lost) if sha != target.tree]
-        noticed = started
+        said = time.monotonic()
         for sha, _ in wanted[1:]:
-            if time.monotonic() - noticed >= WORKING_NOTICE_S:
-                self.answer(request, Status.WORKING)
-                self.wire.flush()
-                noticed = time.monotonic()
             if not self.integrity.ensure_sound(partition, sha, why):
                 return Handled.of(request, Unanswered.DAMAGED, f"object {sha[:12]} damaged; not answered")
+            said = self.still_working(request, said, f"checking the {len(wanted)} objects to send")
         sealer = self.sealer_for(request)  # one stream: the reply and its chunks
         reply = self.reply(
             request.reply_partition,
@@ -650,12 +683,23 @@ class Service:
             blob_count=len(wanted),
             blob_bytes=sum(size for _, size in wanted),
         )
+        self._serving.unflushed = 0
         for sha, _ in wanted:
             self.stream_blob(partition, request, reply.stream, sha, sealer)
         self.wire.flush()
         sent = sum(size for _, size in wanted)
         detail = f"v{request.version}->v{decision.version}, {len(wanted)} objects, {sent} bytes"
         return Handled.of(request, Status.OK, detail)
+
+    def still_working(self, request: p.Request, said: float, message: str) -> float:
+        """Say "working" when UPLOAD_NOTICE_S have passed since ``said`` (a long check
+        before an answer: a client that heard nothing for a second asks another
+        replica, which checks and answers all over again); when it was last said."""
+        now = time.monotonic()
+        if now - said < p.UPLOAD_NOTICE_S:
+            return said
+        self.answer(request, Status.WORKING, message)
+        return now
 
     def stream_blob(
         self, partition: int, request: p.Request, stream: str, sha: str, sealer: sealing.StreamSealer | None
@@ -664,6 +708,10 @@ class Service:
         for piece in self.store.iter_chunks(partition, sha, count):
             chunk = p.Chunk.of_piece(request.request_id, request.repo, sha, count, piece, stream)
             self.wire.send_reply(request.reply_partition, sealer.seal(chunk) if sealer else chunk)
+            self._serving.unflushed = getattr(self._serving, "unflushed", 0) + len(piece.payload)
+            if self._serving.unflushed > ANSWER_WINDOW_BYTES:
+                self.wire.flush()  # this thread's records: the answer waits for the broker, not memory
+                self._serving.unflushed = 0
 
     def handle_log(self, partition: int, request: p.LogRequest, author: Author) -> Handled:
         if not self.catch_up(partition):
@@ -871,8 +919,10 @@ class Service:
         # What the request meets under its id; a cancellation by others' settles is not its (apply_proposal).
         stored = self.stored_outcome(partition, request)
         if stored is None:
-            self.answer(request, Status.WORKING)
             offset = self.wire.append_log(partition, request.repo.encode(), proposal.to_bytes(), wait=True)
+            # Said once the proposal is in the log, so the upload before it is too (one producer,
+            # one partition, in order): a client hedges with the request alone after this.
+            self.answer(request, Status.WORKING)
             if not self.applied.wait_for(partition, offset + 1, APPLY_WAIT_S):
                 return Handled.of(request, Unanswered.STALLED, "not applied in time; not answered")
             stored = self.stored_outcome(partition, request)

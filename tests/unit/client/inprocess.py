@@ -24,6 +24,7 @@ import time
 import uuid
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 from minigit import codec, identity, sealing
@@ -206,7 +207,11 @@ class InProcessConnection:
         return make_request(cls, self.user, self.reply_partition, self.timeout, reply_key, **fields)
 
     def call(
-        self, request: p.Request, uploads: Sequence[codec.BlobSource] = (), observer: Observer | None = None
+        self,
+        request: p.Request,
+        uploads: Sequence[codec.BlobSource] = (),
+        observer: Observer | None = None,
+        spool: Path | None = None,
     ) -> Response:
         if self.closed:
             raise AssertionError("call on a closed connection")
@@ -236,7 +241,16 @@ class InProcessConnection:
         upload_bytes = sum(u.size for u in uploads)
         guard = ReplyGuard(namespace, self.credentials, self.reply_key)
         response = await_answer(
-            request.request_id, send, poll, self.timeout, observer, lambda: self.server.clock, upload_bytes, guard
+            request.request_id,
+            send,
+            poll,
+            self.timeout,
+            observer,
+            lambda: self.server.clock,
+            upload_bytes,
+            guard,
+            upload_records=sum(codec.count_chunks(u.size) for u in uploads),
+            spool=spool,
         )
         attempts[-1].response = response
         return response

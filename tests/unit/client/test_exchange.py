@@ -420,6 +420,46 @@ def test_whatever_the_sizes_memory_stays_within_the_budget(sizes: list[int], bud
     response.close()
 
 
+def test_an_answer_received_into_a_spool_writes_each_blob_to_a_file_of_its_own(tmp_path) -> None:
+    """Nothing of it in memory or in temporary files: each blob is a file in the
+    spool, renamed once to where it goes, copied for any other path after that."""
+    request_id = rid()
+    files = [random.Random(n).randbytes(codec.CHUNK_SIZE + 1000 * n) for n in range(3)] + [b""]
+    _, records = answer(request_id, files)
+    collector = ReplyCollector(request_id, RecordingObserver(), spool=tmp_path)
+    feed_all(collector, records)
+    response = collector.response
+    assert all(blob.file is None and blob.path.parent == tmp_path for blob in response.blobs.values())
+    assert sorted(path.name for path in tmp_path.iterdir()) == sorted(b.path.name for b in response.blobs.values())
+    assert contents(collector) == {p.hash_bytes(data): data for data in files}
+
+    blob = response.blobs[p.hash_bytes(files[0])]
+    placed, other = tmp_path / "placed", io.BytesIO()
+    with open(placed, "wb") as out:  # as a stage_blob would open it
+        blob.move_or_copy(placed, out)
+    assert placed.read_bytes() == files[0] and blob.moved
+    blob.move_or_copy(tmp_path / "unused", other)  # a second path with the same content: copied
+    assert other.getvalue() == files[0] and blob.read() == files[0]
+    response.close()  # the files not moved go; the one moved is the caller's
+    assert sorted(path.name for path in tmp_path.iterdir()) == ["placed"]
+
+
+def test_a_broken_answer_leaves_nothing_in_the_spool(tmp_path) -> None:
+    request_id = rid()
+    files = [b"one", random.Random(1).randbytes(2 * codec.CHUNK_SIZE)]
+    _, records = answer(request_id, files)
+    collector = ReplyCollector(request_id, RecordingObserver(), spool=tmp_path)
+    feed_all(collector, records[:-1])  # the tree, the first blob, half of the second
+    assert len(list(tmp_path.iterdir())) == 3
+    _, again = answer(request_id, files)  # a failover: the answer starts over
+    feed_all(collector, again[:1])
+    assert list(tmp_path.iterdir()) == []
+    feed_all(collector, again[1:])
+    assert contents(collector) == {p.hash_bytes(data): data for data in files}
+    collector.abandon()
+    assert list(tmp_path.iterdir()) == []
+
+
 # ---------------------------------------------------------------- malformed records
 
 
@@ -715,6 +755,53 @@ def test_a_working_notice_is_hedged_after_a_silence_and_an_answer_after_it_is_ta
     assert wait(service, request_id, 8).status == p.Status.ACCEPTED
     assert service.sent == [(0, 0), (pytest.approx(1.2), 1)]  # a second after the notice
     assert clock.now == pytest.approx(1.5)
+
+
+def test_upload_notices_keep_the_upload_from_being_sent_again_and_are_not_news() -> None:
+    """A replica slow to take in a big upload says so every half second: the client
+    does not send the whole upload to another replica meanwhile; the notices alone
+    never count as news (they cannot hold a command past its timeout)."""
+    clock = Clock()
+    request_id = rid()
+    notice = reply(request_id, status=p.Status.WORKING, action=p.UPLOAD_NOTICE).to_bytes()
+    done = reply(request_id, status=p.Status.ACCEPTED, action="push", version=2, head=2).to_bytes()
+    notices = [(0.5 * n, notice) for n in range(1, 13)]  # 6 s of taking in after the upload was sent
+    service = Service(lambda number: [*notices, (6.3, done)] if number == 1 else [], clock)
+    assert wait(service, request_id, 30).status == p.Status.ACCEPTED
+    assert service.sent == [(0, 0)] and clock.now == pytest.approx(6.3)
+
+    collector = ReplyCollector(request_id, RecordingObserver(), clock.at(0))
+    assert collector.feed(notice) is False and collector.reached == 0
+    assert clock.at(3) and collector.feed(notice) is False and collector.last_alive == 3
+
+    clock = Clock()
+    service = Service(lambda number: notices if number == 1 else [], clock)  # notices, then nothing
+    with pytest.raises(ServerUnreachable):
+        wait(service, request_id, 8)
+    assert clock.now == pytest.approx(8)
+    assert [at for at, _ in service.sent] == [0, pytest.approx(7.0)]  # a second after the last notice
+
+
+def test_once_a_replica_has_the_request_it_is_sent_again_without_its_upload() -> None:
+    """Its "working" reply says the upload is in the log (every replica reads it):
+    the hedge is the request alone, a second after, whatever the upload's size."""
+    clock = Clock()
+    request_id = rid()
+    working = reply(request_id, status=p.Status.WORKING, action="push").to_bytes()
+    done = reply(request_id, status=p.Status.ACCEPTED, action="push", version=2, head=2).to_bytes()
+    service = Service(lambda number: [(0.2, working)] if number == 1 else [(0.3, done)], clock)
+    alone: list[tuple[float, int]] = []
+
+    def send_request(attempt: int) -> None:
+        alone.append((clock.now, attempt))
+        service.send(attempt)
+
+    big = 640 * 1024 * 1024  # 20 s of intake allowance, were the upload sent again
+    response = await_answer(
+        request_id, service.send, service.poll, 30, RecordingObserver(), clock, big, send_request=send_request
+    )
+    assert response.reply.status == p.Status.ACCEPTED
+    assert service.sent == [(0, 0), (pytest.approx(1.2), 1)] and alone == [(pytest.approx(1.2), 1)]
 
 
 def test_an_answer_in_progress_is_waited_for_a_whole_window() -> None:

@@ -21,7 +21,7 @@ from inprocess import InProcessServer, RecordingObserver, corrupt, drop, edit_re
 
 from minigit import codec, identity
 from minigit import protocol as p
-from minigit.client import keys
+from minigit.client import exchange, keys
 from minigit.client import operations as op
 from minigit.client import workspace as ws
 from minigit.client.changes import Strategy
@@ -478,6 +478,39 @@ def test_a_clone_leaves_out_of_its_stat_cache_files_as_new_as_its_clock(
     real = ws.hash_file
     monkeypatch.setattr(ws, "hash_file", lambda path: hashed.append(path.name) or real(path))
     assert op.read_status(tmp_path / "copy").changes.empty and sorted(hashed) == ["a.txt", "b.txt"]
+
+
+@pytest.mark.parametrize("where", ["new", "empty", "pull"])
+def test_received_files_are_written_once_renamed_into_place(
+    server: InProcessServer, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, where: str
+) -> None:
+    """A clone or a pull receives each file into a folder beside where it goes and
+    renames it there: no received byte is copied, but for a second path with the
+    same content; nothing of the folder is left."""
+    content = {"a.txt": "a", "d/big.bin": BIG, "same-as-a.txt": "a", "x.sh": "#!/bin/sh\n"}
+    origin, copy = tmp_path / "origin", tmp_path / "copy"
+    create(server, origin, {"old.txt": "old"})
+    copied: list[str] = []
+    real_copy = exchange.ReceivedBlob.copy_to
+    monkeypatch.setattr(
+        exchange.ReceivedBlob, "copy_to", lambda blob, out: copied.append(blob.sha) or real_copy(blob, out)
+    )
+    if where == "pull":
+        op.clone_repository("lab", copy, options(server))
+    for rel, data in content.items():
+        write(origin, rel, data)
+    op.push_workdir(origin, options(server, "origin"), "version 2")
+    copied.clear()
+    if where == "pull":
+        op.pull_workdir(copy, options(server))
+    else:
+        if where == "empty":
+            copy.mkdir()
+        op.clone_repository("lab", copy, options(server))
+    assert files(copy) == files(origin)
+    assert copied == [p.hash_bytes(b"a")]  # "same-as-a.txt", after "a.txt" took the received file
+    assert not [name for name in os.listdir(copy) if ws.is_leftover(name)]  # the folder they came to is gone
+    assert sorted(os.listdir(tmp_path)) == ["copy", "origin"]  # and so is a clone's staging
 
 
 def test_clone_into_a_non_empty_directory_is_refused(server: InProcessServer, tmp_path: Path) -> None:

@@ -35,7 +35,7 @@ from minigit import codec, identity, sealing
 from minigit import protocol as p
 from minigit.errors import SealBroken
 from minigit_server import access
-from minigit_server.service import AppliedOffsets, Service
+from minigit_server.service import AppliedOffsets, MemoryWire, Service
 
 WINDOW = access.REPLAY_WINDOW_MS
 
@@ -165,10 +165,8 @@ def test_a_pull_slow_to_check_its_objects_says_it_is_working_meanwhile(
 ) -> None:
     """Checking 100,000 objects takes seconds before the reply goes: silent, the
     client asked another replica after a second, which sent a second whole answer."""
-    from minigit_server import service as service_module
-
     create(u, "r", {f"f{n}.txt": f"file {n}".encode() for n in range(5)})
-    monkeypatch.setattr(service_module, "WORKING_NOTICE_S", 0.0)  # every check is slow
+    monkeypatch.setattr(p, "UPLOAD_NOTICE_S", 0.0)  # every check is slow
     request = u.request(p.PullRequest, "r", version=0)
     u.send(request)
     statuses = [m.status for m in u.records(request.request_id) if isinstance(m, p.Reply)]
@@ -301,6 +299,114 @@ def test_empty_chunks_count_against_the_push_limit_as_records() -> None:
     assert len(service.wire.log.get(partition, [])) == 10
     u.send(u.request(p.PushRequest, "r", request_id, base=1, tree="b" * 64))
     assert u.answer(request_id).message.startswith("push too large")
+
+
+def test_chunks_that_say_where_to_reply_get_upload_notices_at_most_every_half_second() -> None:
+    """While it takes in an upload, a replica says so on the request's reply
+    partition: the first chunk, then at most one notice per UPLOAD_NOTICE_S; an
+    answer's chunks (no reply partition) or one naming a partition that does not
+    exist get none. Each notice is signed, in clear, and says the bytes taken in."""
+    now = [NOW_MS]
+    service = make_service(clock_ms=lambda: now[0])
+    request_id = rid()
+    blob = codec.BlobSource.from_bytes(os.urandom(3 * codec.CHUNK_SIZE))
+    chunks = list(p.blob_chunks(request_id, "r", blob, reply_partition=5))
+    for chunk, at in zip(chunks, (0, 100, 600), strict=True):
+        now[0] = NOW_MS + at
+        assert service.handle(now[0], chunk.to_bytes()) is None
+    notices = [(partition, message) for partition, message in service.wire.replies]
+    assert [partition for partition, _ in notices] == [5, 5]  # at 0 ms and 600 ms, not at 100 ms
+    first, second = (message for _, message in notices)
+    assert (first.status, first.action, first.request_id) == (p.Status.WORKING, p.UPLOAD_NOTICE, request_id)
+    assert first.message == f"taking in the upload: {codec.CHUNK_SIZE} bytes so far"
+    assert second.message == f"taking in the upload: {3 * codec.CHUNK_SIZE} bytes so far"
+    assert sealing.reply_signed_by(service.server.public_key, first, service.server.namespace)
+    assert len(service.wire.log[service.wire.log_partition("r")]) == 3  # and each went to the log
+
+    service.wire.replies.clear()
+    quiet = [
+        dataclasses.replace(chunks[0], request_id=rid(), reply_partition=None),
+        dataclasses.replace(chunks[0], request_id=rid(), reply_partition=service.wire.reply_partitions()),
+    ]
+    for chunk in quiet:
+        assert service.handle(now[0], chunk.to_bytes()) is None
+    assert service.wire.replies == []
+
+
+def test_a_write_says_working_only_once_its_proposal_and_so_its_upload_is_in_the_log() -> None:
+    """After "working" the client hedges with the request alone (the upload is in the
+    log): said before the owner's chunks were in the log, another replica's proposal
+    could land first and fail as missing objects (seen under load: a 200 MiB push)."""
+    events: list[str] = []
+
+    class Recording(MemoryWire):
+        def append_log(self, partition: int, key: bytes, value: bytes, wait: bool) -> int:
+            events.append("proposal" if b'"type":"propose"' in value else "chunk")
+            return super().append_log(partition, key, value, wait)
+
+        def send_reply(self, partition: int, message: p.Message) -> None:
+            events.append(str(getattr(message, "status", "sealed")))
+            super().send_reply(partition, message)
+
+    service = make_service(wire_class=Recording)
+    reply = Client(service, "u").commit(p.InitRequest, "r", {"a.txt": b"a"}, visibility=p.Visibility.PUBLIC)
+    assert reply.status == p.Status.ACCEPTED
+    assert events[events.index("proposal") :] == ["proposal", "working", "accepted"]
+
+
+def test_an_answer_and_an_upload_wait_for_the_broker_every_few_mib_not_at_the_end() -> None:
+    """kafka-python's producer holds whatever it is given: a replica streaming a
+    clone, or copying an upload into the log, waits for the broker's
+    acknowledgements (``flush``) every ANSWER_WINDOW_BYTES / INTAKE_WINDOW_BYTES, so
+    it never holds more than that of it in memory."""
+    from minigit_server import service as serving
+
+    flushed: list[int] = []
+
+    class Counting(MemoryWire):
+        held = 0
+
+        def append_log(self, partition: int, key: bytes, value: bytes, wait: bool) -> int:
+            self.held += len(value)
+            return super().append_log(partition, key, value, wait)
+
+        def send_reply(self, partition: int, message: p.Message) -> None:
+            self.held += len(message.to_bytes())
+            super().send_reply(partition, message)
+
+        def flush(self) -> None:
+            flushed.append(self.held)
+            self.held = 0
+
+    service = make_service(wire_class=Counting)
+    data = os.urandom(3 * serving.INTAKE_WINDOW_BYTES)
+    u = Client(service, "u")
+    assert u.commit(p.InitRequest, "r", {"big.bin": data}).status == p.Status.ACCEPTED
+    intake = flushed[:]
+    assert len(intake) >= 2 and max(intake) <= serving.INTAKE_WINDOW_BYTES + 2 * codec.CHUNK_SIZE
+    flushed.clear()
+    reader = Client(service, "u", reply_partition=3)
+    assert reader.send(reader.request(p.PullRequest, "r")).status == p.Status.OK
+    assert len(flushed) >= len(data) // serving.ANSWER_WINDOW_BYTES
+    assert max(flushed) <= serving.ANSWER_WINDOW_BYTES + 2 * codec.CHUNK_SIZE
+
+
+def test_a_pull_that_checks_its_objects_for_long_says_it_is_working(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Checking a big answer's objects before a byte is sent takes seconds: the
+    replica says "working" every half second meanwhile, so the client does not ask
+    another replica to check and send it all again (a 1 GiB clone was sent three times)."""
+    from minigit_server import service as serving
+
+    service = make_service()
+    files = {f"f{n}.bin": os.urandom(1000 + n) for n in range(4)}
+    assert Client(service, "u").commit(p.InitRequest, "r", files).status == p.Status.ACCEPTED
+    ticks = iter(range(0, 10**6))
+    monkeypatch.setattr(serving.time, "monotonic", lambda: next(ticks) * 0.3)  # 0.3 s a look at the clock
+    reader = Client(service, "u", reply_partition=3)
+    request = reader.request(p.PullRequest, "r")
+    assert reader.send(request).status == p.Status.OK
+    statuses = [m.status for m in reader.records(request.request_id) if isinstance(m, p.Reply)]
+    assert statuses[:-1] and set(statuses[:-1]) == {p.Status.WORKING} and statuses[-1] == p.Status.OK
 
 
 # ---------------------------------------------------------------- who asks

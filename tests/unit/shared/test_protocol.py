@@ -12,6 +12,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
+from minigit import codec
 from minigit import protocol as p
 from minigit.errors import MinigitError, ProtocolError, UnsafePath
 
@@ -58,7 +59,15 @@ def samples() -> dict[type[p.Message], p.Message]:
     proposed = {"request_id": RID, "time_ms": 456, "proposer": "r1"}
     return {
         p.Chunk: p.Chunk(
-            request_id=RID, repo="repo", sha=SHA, index=1, count=3, encoding="raw", payload=b"hello", stream="s1"
+            request_id=RID,
+            repo="repo",
+            sha=SHA,
+            index=1,
+            count=3,
+            encoding="raw",
+            payload=b"hello",
+            stream="s1",
+            reply_partition=2,
         ),
         p.InitRequest: init,
         p.PullRequest: p.PullRequest(
@@ -1332,6 +1341,24 @@ def test_history_boundaries_are_accepted():
     assert p.parse_message(_with(p.ReposRequest, after="", limit=p.MAX_REPOS_LIMIT)).limit == p.MAX_REPOS_LIMIT
     assert p.parse_message(_with(p.PullRequest, target=0, base_tree="")).target == 0
     assert p.Status("cancelled") is p.Status.CANCELLED
+
+
+def test_an_upload_chunk_carries_its_reply_partition_and_an_answer_s_does_not():
+    """Chunks written before upload notices existed (and an answer's chunks) have no
+    reply_partition: left out of the header while null, so they keep their bytes."""
+    piece = codec.Piece(0, "raw", b"x")
+    answer = p.Chunk.of_piece(RID, "repo", SHA, 1, piece, "s1")
+    assert "reply_partition" not in p.unframe(answer.to_bytes())[0]
+    upload = p.Chunk.of_piece(RID, "repo", SHA, 1, piece)
+    upload.reply_partition = 4
+    assert p.unframe(upload.to_bytes())[0]["reply_partition"] == 4
+    assert p.parse_message(upload.to_bytes()).reply_partition == 4
+    [made] = p.blob_chunks(RID, "repo", codec.BlobSource.from_bytes(b"x"), reply_partition=4)
+    assert made.reply_partition == 4
+    header = p.unframe(upload.to_bytes())[0]
+    for bad in (-1, "4", True):
+        with pytest.raises(ProtocolError):
+            p.parse_message(p.frame({**header, "reply_partition": bad}, b"x"))
 
 
 def test_a_push_s_base_tree_is_written_only_when_set():
