@@ -177,3 +177,22 @@ def test_jars_are_named_by_artifact() -> None:
     assert runtime._artifact(Path("kafka-clients-3.9.2.jar")) == "kafka-clients"
     assert runtime._artifact(Path("spark-sql-kafka-0-10_2.13-4.2.0.jar")) == "spark-sql-kafka-0-10_2.13"
     assert runtime._artifact(Path("scala-parallel-collections_2.13-1.2.0.jar")) == "scala-parallel-collections_2.13"
+
+
+def test_the_spark_fold_skips_a_tombstone_as_the_local_engine_does() -> None:
+    """A record without a value (a tombstone anyone who may write the log can send)
+    is skipped by every replica and by the local engine; Spark's Kafka source gives
+    its value as None, and the Spark fold must skip it too, not crash."""
+    from collections import namedtuple
+
+    from minigit_server.sparkjobs import audit_job
+
+    Row = namedtuple("Row", "partition offset value")
+    log = sample_log()
+    values: list[bytes | None] = [r.value for r in log.records]
+    values.insert(2, None)
+    rows = [Row(0, offset, bytearray(v) if v is not None else None) for offset, v in enumerate(values)]
+    (doc,) = audit_job.fold_partitions(iter(rows), 1, AUTHORITY.namespace, AUTHORITY.server_key)
+    local = audit.audit_partition(0, enumerate(values), 1, AUTHORITY)
+    assert audit.PartitionAudit.from_json(doc) == local
+    assert local.records == len(values) and [repo.head for repo in local.repos] == [2]
