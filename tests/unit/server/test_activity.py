@@ -94,3 +94,32 @@ def test_nothing_changed_writes_nothing_and_garbage_is_ignored() -> None:
 def test_percentiles_are_nearest_rank() -> None:
     assert activity.percentiles(list(range(1, 101))) == {"count": 100, "p50": 50, "p95": 95, "max": 100}
     assert activity.percentiles([7]) == {"count": 1, "p50": 7, "p95": 7, "max": 7}
+
+
+def test_a_micro_batch_with_tombstones_and_keys_only_is_counted_without_them() -> None:
+    """Spark's Kafka source gives a record without a value (a tombstone, a key
+    alone) a value of None, in any of the three topics: the batch is fed without
+    it, not crashed on (a crash stops the streaming query)."""
+    from collections import namedtuple
+
+    from minigit.config import Topics
+    from minigit_server.sparkjobs import activity_job
+
+    Row = namedtuple("Row", "topic partition offset time_ms value")
+    topics = Topics.for_namespace("t-")
+    rid = "c" * 32
+    rows = [
+        Row(topics.requests, 0, 0, T0, None),
+        Row(topics.requests, 0, 1, T0 + 1_000, bytearray(pull_request(rid, 0))),
+        Row(topics.log, 0, 0, T0, None),
+        Row(topics.responses, 0, 0, T0, None),
+        Row(topics.responses, 0, 1, T0 + 1_050, bytearray(reply(rid, "pull"))),
+    ]
+    tracker = activity.ActivityTracker(1, AUTHORITY)
+    try:
+        activity_job.feed_rows(tracker, topics, rows)
+        figures = figures_of(tracker.take_changed())
+    finally:
+        tracker.close()
+    repo = figures[activity.figure_key("repo", "repo", T0 // activity.MINUTE_MS)]
+    assert (repo["requests"], repo["clones"], repo["bytes_out"]) == ({"pull": 1}, 1, len(reply(rid, "pull")))
