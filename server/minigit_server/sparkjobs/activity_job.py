@@ -13,6 +13,7 @@ an answer meets its request whichever came first in the batch.
 from __future__ import annotations
 
 import tempfile
+import time
 from collections.abc import Callable, Iterable
 from typing import TYPE_CHECKING
 
@@ -70,7 +71,7 @@ def start(
     checkpoint directory (the caller removes it once the query stopped)."""
     from pyspark.sql import functions as F
 
-    tracker = ActivityTracker(partitions, authority)
+    tracker = ActivityTracker(partitions, authority, now_ms=lambda: int(time.time() * 1000))
     output = activity_topic(topics)
     stream = (
         session.readStream.format("kafka")

@@ -123,3 +123,24 @@ def test_a_micro_batch_with_tombstones_and_keys_only_is_counted_without_them() -
         tracker.close()
     repo = figures[activity.figure_key("repo", "repo", T0 // activity.MINUTE_MS)]
     assert (repo["requests"], repo["clones"], repo["bytes_out"]) == ({"pull": 1}, 1, len(reply(rid, "pull")))
+
+
+def test_a_request_stamped_far_in_the_future_does_not_make_the_present_forgotten() -> None:
+    """A record's time is its producer's (Kafka's CreateTime): one request stamped
+    years ahead must not move the tracker's window, or the present minute's figures
+    are forgotten and rewritten from zero (the topic's figures go down)."""
+    now = T0 + 30_000
+    tracker = activity.ActivityTracker(1, AUTHORITY, now_ms=lambda: now)
+    try:
+        tracker.feed_request(T0 + 1_000, pull_request("a" * 32, 0))
+        tracker.take_changed()
+        tracker.feed_request(T0 + 10 * 365 * 86_400_000, pull_request("b" * 32, 0, user="mallory"))
+        assert tracker.take_changed() == {}  # not counted: no such minute yet
+        tracker.feed_request(T0 + 2_000, pull_request("c" * 32, 0))
+        tracker.feed_response(T0 + 1_050, reply("a" * 32, "pull"))
+        figures = figures_of(tracker.take_changed())
+    finally:
+        tracker.close()
+    repo = figures[activity.figure_key("repo", "repo", T0 // activity.MINUTE_MS)]
+    assert (repo["requests"], repo["clones"]) == ({"pull": 2}, 2)
+    assert repo["latency_ms"] == {"pull@2": {"count": 1, "p50": 50, "p95": 50, "max": 50}}
