@@ -293,3 +293,13 @@ def test_activity_counts_a_scripted_sequence_exactly(service, tmp_path: Path, sp
     assert repo["bytes_in"] > 0 and repo["bytes_out"] > 0
     latencies = [doc["latency_ms"] for doc in figures if doc["scope"] == "repo" and doc["name"] == "act"]
     assert sum(v["count"] for by_key in latencies for k, v in by_key.items() if k.startswith("push@")) == 4
+
+
+def test_activity_json_before_the_job_ever_ran_is_no_figures(bare_service) -> None:
+    """No activity topic yet (the streaming job never ran in this namespace): no
+    figures, not 'cannot reach Kafka' after a timeout (Kafka is there)."""
+    shown = subprocess.run(
+        [SERVER, "activity", "--json"], capture_output=True, text=True, timeout=120, env=bare_service.env()
+    )
+    assert shown.returncode == 0, shown.stdout + shown.stderr
+    assert json.loads(shown.stdout) == {"figures": []}
