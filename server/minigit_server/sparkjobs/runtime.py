@@ -11,6 +11,7 @@ before a session starts. Every failure is a one-line ``SparkUnavailable`` with a
 
 from __future__ import annotations
 
+import contextlib
 import importlib.resources
 import os
 import re
@@ -18,7 +19,7 @@ import shutil
 import subprocess
 import sys
 import tempfile
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -180,6 +181,22 @@ def check_ready(progress: Progress | None = None) -> list[Path]:
     return session_jars(ensure_connector(progress=progress))
 
 
+@contextlib.contextmanager
+def jvm_stdout_to_stderr() -> Iterator[None]:
+    """Spark's JVM, started in here, inherits this process's stdout, where log4j writes
+    warnings of its own: it gets stderr in its place, so that stdout holds only the
+    command's output (``--json`` documents)."""
+    sys.stdout.flush()
+    saved = os.dup(1)
+    try:
+        os.dup2(2, 1)
+        yield
+    finally:
+        sys.stdout.flush()
+        os.dup2(saved, 1)
+        os.close(saved)
+
+
 def get_session(
     master: str = DEFAULT_MASTER, app_name: str = "minigit", progress: Progress | None = None
 ) -> SparkSession:
@@ -205,7 +222,8 @@ def get_session(
         .config("spark.driver.extraJavaOptions", "-Dlog4j2.level=WARN")
     )
     try:
-        session = builder.getOrCreate()
+        with jvm_stdout_to_stderr():
+            session = builder.getOrCreate()
     except Exception as error:  # noqa: BLE001 - the JVM's failures come as many types; one line for the user
         raise SparkUnavailable(
             f"Spark did not start ({master}): {str(error).splitlines()[0] if str(error) else type(error).__name__}",
