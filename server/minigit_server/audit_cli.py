@@ -101,7 +101,8 @@ def fold_log(session, settings: KafkaSettings, bus, ends: dict[int, int], author
     from minigit_server.sparkjobs import audit_job, runtime
 
     options = runtime.spark_kafka_options(settings.bootstrap, dict(settings.options))
-    return audit_job.audit_log(session, options, settings.topics.log, ends, authority)
+    with runtime.job_failures("folding the log"):
+        return audit_job.audit_log(session, options, settings.topics.log, ends, authority)
 
 
 @app.command()
@@ -418,15 +419,16 @@ def run_activity(
         if written:
             err.print(f"batch {batch_id}: {len(written)} figures written to {topic}")
 
-    query, tracker, checkpoint = activity_job.start(
-        session, options, settings.topics, partitions, authority, once=once, interval_s=interval, on_batch=told
-    )
-    err.print(f"activity: reading {settings.topics.requests}, {settings.topics.log}, {settings.topics.responses}")
-    try:
-        query.awaitTermination()
-    except KeyboardInterrupt:
-        pass
-    finally:
-        query.stop()
-        tracker.close()
-        shutil.rmtree(checkpoint, ignore_errors=True)
+    with runtime.job_failures("of activity"):
+        query, tracker, checkpoint = activity_job.start(
+            session, options, settings.topics, partitions, authority, once=once, interval_s=interval, on_batch=told
+        )
+        err.print(f"activity: reading {settings.topics.requests}, {settings.topics.log}, {settings.topics.responses}")
+        try:
+            query.awaitTermination()
+        except KeyboardInterrupt:
+            pass
+        finally:
+            query.stop()
+            tracker.close()
+            shutil.rmtree(checkpoint, ignore_errors=True)

@@ -233,6 +233,36 @@ def get_session(
     return session
 
 
+@contextlib.contextmanager
+def job_failures(job: str) -> Iterator[None]:
+    """A Spark job that fails (the JVM's or a Python worker's error, as PySpark raises
+    it, with pages of frames) is one line and a hint; Spark's log above says more."""
+    from py4j.protocol import Py4JError
+    from pyspark.errors import PySparkException
+
+    try:
+        yield
+    except (PySparkException, Py4JError) as error:
+        lines = [line.strip() for line in str(error).splitlines() if line.strip()]
+        # a Python worker's error begins with its traceback's header: its last line says what
+        first = (lines[-1] if "Traceback" in lines[0] else lines[0]) if lines else type(error).__name__
+        if "Failed to find data source: kafka" in first:
+            given = os.environ.get("MINIGIT_SPARK_JARS")
+            raise SparkUnavailable(
+                f"Spark could not load its Kafka connector ({CONNECTOR} {SPARK_VERSION}) from {given or connector_dir()}",
+                hint="a jar there may be damaged: "
+                + (
+                    "set MINIGIT_SPARK_JARS to a directory of good ones, or unset it to fetch them into the cache"
+                    if given
+                    else "remove that directory to fetch them again, or set MINIGIT_SPARK_JARS to a directory of good ones"
+                ),
+            ) from None
+        raise SparkUnavailable(
+            f"the Spark job {job} failed: {first}",
+            hint="Spark's log above says why; check --master, and that Spark's executors reach Kafka",
+        ) from None
+
+
 def spark_kafka_options(bootstrap: str, options: dict[str, object]) -> dict[str, str]:
     """The Kafka source's options for the service's Kafka: bootstrap servers, and the
     kafka-python security settings (``--kafka-option`` / ``MINIGIT_KAFKA_*``) in the

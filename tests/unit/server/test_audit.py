@@ -196,3 +196,27 @@ def test_the_spark_fold_skips_a_tombstone_as_the_local_engine_does() -> None:
     local = audit.audit_partition(0, enumerate(values), 1, AUTHORITY)
     assert audit.PartitionAudit.from_json(doc) == local
     assert local.records == len(values) and [repo.head for repo in local.repos] == [2]
+
+
+def test_a_failed_spark_job_is_one_line_with_a_hint(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A damaged connector jar (Spark finds no 'kafka' source), or any Spark job that
+    fails, is one line and a hint, not a traceback of the JVM's and PySpark's frames."""
+    pytest.importorskip("pyspark")
+    from pyspark.errors import AnalysisException
+
+    from minigit.config import KafkaSettings
+    from minigit_server import audit_cli
+    from minigit_server.sparkjobs import audit_job
+
+    def damaged(*args, **kwargs):
+        raise AnalysisException(
+            message="Failed to find data source: kafka. Please deploy the application as per the deployment\n"
+            "section of Structured Streaming + Kafka Integration Guide."
+        )
+
+    monkeypatch.setattr(audit_job, "audit_log", damaged)
+    settings = KafkaSettings("127.0.0.1:1", "t-", {})
+    with pytest.raises(runtime.SparkUnavailable) as caught:
+        audit_cli.fold_log(object(), settings, None, {0: 1}, AUTHORITY, 10.0)
+    assert "\n" not in caught.value.message and "kafka" in caught.value.message
+    assert "MINIGIT_SPARK_JARS" in caught.value.hint
