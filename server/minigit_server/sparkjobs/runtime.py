@@ -248,14 +248,15 @@ def job_failures(job: str) -> Iterator[None]:
         first = (lines[-1] if "Traceback" in lines[0] else lines[0]) if lines else type(error).__name__
         if "Failed to find data source: kafka" in first:
             given = os.environ.get("MINIGIT_SPARK_JARS")
+            remedy = (
+                "set MINIGIT_SPARK_JARS to a directory of good ones, or unset it to fetch them into the cache"
+                if given
+                else "remove that directory to fetch them again, or set MINIGIT_SPARK_JARS to a directory of good ones"
+            )
             raise SparkUnavailable(
-                f"Spark could not load its Kafka connector ({CONNECTOR} {SPARK_VERSION}) from {given or connector_dir()}",
-                hint="a jar there may be damaged: "
-                + (
-                    "set MINIGIT_SPARK_JARS to a directory of good ones, or unset it to fetch them into the cache"
-                    if given
-                    else "remove that directory to fetch them again, or set MINIGIT_SPARK_JARS to a directory of good ones"
-                ),
+                f"Spark could not load its Kafka connector ({CONNECTOR} {SPARK_VERSION}) "
+                f"from {given or connector_dir()}",
+                hint=f"a jar there may be damaged: {remedy}",
             ) from None
         raise SparkUnavailable(
             f"the Spark job {job} failed: {first}",
