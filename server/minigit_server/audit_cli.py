@@ -157,6 +157,8 @@ def audit(
                 views = health.replica_views(beats, pages)
                 live = health.live_beats(views, bus.reports_read_ms, HEARTBEAT_INTERVAL_S)
                 caught_up = all(view.applied.get(n, 0) >= end for view in live for n, end in ends.items())
+                # a page read between its record and the heartbeat naming it is unread for a beat
+                caught_up = caught_up and not any(view.unread for view in live)
                 if (live and caught_up) or time.monotonic() >= deadline:
                     break
                 time.sleep(HEARTBEAT_INTERVAL_S / 2)
@@ -269,6 +271,11 @@ def print_audit(verdicts: list, replicas: list[str], list_all: bool) -> None:
         if verdict.status == Verdict.DISAGREE:
             names = plain(", ".join(verdict.disagreeing))
             out.print(f"[red]DISAGREE[/]  {plain(verdict.repo)}: replica {names} differs from the log")
+            if verdict.unreadable:
+                out.print(
+                    f"          replica {plain(', '.join(verdict.unreadable))}: its report of it does not hash to "
+                    "its heartbeat (its store changed behind its back?)"
+                )
     if verdicts and all(v.status == Verdict.AGREE for v in verdicts):
         out.print("[bold green]Every replica agrees with the log![/]")
 

@@ -13,7 +13,7 @@ from signing import AUTHORITY
 from test_apply import Log
 
 from minigit import protocol as p
-from minigit_server import audit
+from minigit_server import audit, digests, health
 from minigit_server.health import Verdict
 from minigit_server.sparkjobs import runtime
 from minigit_server.store import MemoryStore
@@ -83,6 +83,9 @@ class View:
 
     def position(self, partition: int, name: str) -> int:
         return self.positions.get(name, self.at)
+
+    def unreadable(self, partition: int, name: str) -> bool:
+        return False
 
 
 def report_of(repo: audit.AuditedRepo, **changes) -> p.RepoReport:
@@ -220,3 +223,45 @@ def test_a_failed_spark_job_is_one_line_with_a_hint(monkeypatch: pytest.MonkeyPa
         audit_cli.fold_log(object(), settings, None, {0: 1}, AUTHORITY, 10.0)
     assert "\n" not in caught.value.message and "kafka" in caught.value.message
     assert "MINIGIT_SPARK_JARS" in caught.value.hint
+
+
+def paged_view(replica: str, applied: int, page_digest: str, reports: dict[str, p.RepoReport]) -> health.ReplicaView:
+    """A replica whose heartbeat names ``page_digest`` for the page of "repo", and the
+    page record it published, holding ``reports``."""
+    number = p.report_page_of("repo")
+    pages = [""] * p.REPORT_PAGES
+    pages[number] = page_digest
+    beat = p.Heartbeat(
+        replica=replica,
+        host="h",
+        pid=1,
+        started_ms=0,
+        sent_ms=10_000,
+        serving=[],
+        applied={0: applied},
+        log_end={},
+        partitions={0: p.PartitionReport(repos=len(reports), digest=page_digest, pages=pages)},
+    )
+    page = p.RepoPage(replica=replica, partition=0, page=number, applied=applied, digest=page_digest, repos=reports)
+    return health.ReplicaView.of(beat, {(0, number): page})
+
+
+def test_a_replica_whose_page_does_not_hash_to_its_heartbeat_is_not_called_behind() -> None:
+    """A store changed behind a replica's back (its repos table edited) publishes a
+    page that no longer hashes to the digest its heartbeat keeps: the page is not
+    read. The replica applied the whole log: it is not 'behind by the whole log'
+    (which --max-lag could then pass), it disagrees: what it holds is not the log's
+    state as far as anyone can prove."""
+    folded = fold(sample_log())
+    (repo,) = folded.repos
+    element = digests.report_element("repo", repo.head, repo.digest, repo.changed_at)
+    sound = digests.page_digest(*digests.page_sum([element]))
+    good = paged_view("1", folded.end, sound, {"repo": report_of(repo)})
+    altered = paged_view("2", folded.end, sound, {"repo": report_of(repo, digest="0" * 64)})
+    (verdict,) = audit.compare([folded], [good, altered])
+    assert (verdict.status, verdict.disagreeing, verdict.behind) == (Verdict.DISAGREE, ["2"], {})
+    assert verdict.unreadable == ["2"]
+    # One that has not applied the last change yet is behind, by its heartbeat's position.
+    slow = paged_view("3", repo.changed_at, "f" * 64, {})
+    (verdict,) = audit.compare([folded], [good, slow])
+    assert (verdict.status, verdict.behind) == (Verdict.BEHIND, {"3": folded.end - repo.changed_at})
