@@ -27,6 +27,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 
 from minigit import protocol as p
+from minigit import sealing
 from minigit.errors import MinigitError
 from minigit.protocol import Status
 from minigit_server import apply, audit
@@ -195,6 +196,10 @@ class ActivityTracker:
             answer = p.parse_message(value, allowed=p.REPLY_TYPES)
         except MinigitError:
             return
+        if isinstance(answer, p.Reply) and not sealing.reply_signed_by(
+            self.authority.server_key, answer, self.authority.namespace
+        ):
+            return  # not the service's: anyone may write the topic (the clients drop it too)
         seen = self.requests.get(answer.request_id)
         if seen is None:
             return  # an answer to a request not seen (before the topics' retention)

@@ -5,10 +5,11 @@ from __future__ import annotations
 
 import json
 
-from signing import AUTHORITY
+from signing import AUTHORITY, NAMESPACE, SERVER_KEY
 from test_apply import Log
 
 from minigit import protocol as p
+from minigit import sealing
 from minigit.protocol import Status
 from minigit_server import activity
 
@@ -24,7 +25,9 @@ def pull_request(rid: str, version: int, user: str = "bob") -> bytes:
 
 
 def reply(rid: str, action: str, replica: str = "2") -> bytes:
-    return p.Reply(request_id=rid, action=action, stream="s1", replica=replica, status=Status.OK).to_bytes()
+    """A reply as a replica sends it: signed with the service's key."""
+    unsigned = p.Reply(request_id=rid, action=action, stream="s1", replica=replica, status=Status.OK)
+    return sealing.sign_reply(SERVER_KEY, unsigned, NAMESPACE).to_bytes()
 
 
 def figures_of(written: dict[str, str]) -> dict[str, dict]:
@@ -144,3 +147,22 @@ def test_a_request_stamped_far_in_the_future_does_not_make_the_present_forgotten
     repo = figures[activity.figure_key("repo", "repo", T0 // activity.MINUTE_MS)]
     assert (repo["requests"], repo["clones"]) == ({"pull": 2}, 2)
     assert repo["latency_ms"] == {"pull@2": {"count": 1, "p50": 50, "p95": 50, "max": 50}}
+
+
+def test_a_forged_reply_is_not_counted() -> None:
+    """Anyone who may write repo-responses may write a reply naming any request and
+    replica: only one the service's key signed is counted (the clients check the
+    same), so a forgery sent first can neither take the latency nor add bytes."""
+    rid = "c" * 32
+    forged = p.Reply(request_id=rid, action="pull", stream="s1", replica="evil", status=Status.OK).to_bytes()
+    tracker = activity.ActivityTracker(1, AUTHORITY)
+    try:
+        tracker.feed_request(T0 + 1_000, pull_request(rid, 0))
+        tracker.feed_response(T0 + 1_001, forged)
+        tracker.feed_response(T0 + 1_050, reply(rid, "pull"))
+        figures = figures_of(tracker.take_changed())
+    finally:
+        tracker.close()
+    repo = figures[activity.figure_key("repo", "repo", T0 // activity.MINUTE_MS)]
+    assert repo["latency_ms"] == {"pull@2": {"count": 1, "p50": 50, "p95": 50, "max": 50}}
+    assert repo["bytes_out"] == len(reply(rid, "pull"))
