@@ -241,8 +241,10 @@ def print_audit(verdicts: list, replicas: list[str], list_all: bool) -> None:
     brief = not list_all and len(verdicts) > LISTED_IN_FULL
     agreeing = 0
     colours = {Verdict.AGREE: "green", Verdict.DISAGREE: "red", Verdict.BEHIND: "yellow"}
+    # changed past the audit's read on every replica: compared with none of them
+    uncompared = [v.repo for v in verdicts if replicas and len(v.newer) == len(replicas)]
     for verdict in verdicts:
-        if brief and verdict.status == Verdict.AGREE:
+        if brief and verdict.status == Verdict.AGREE and verdict.repo not in uncompared:
             agreeing += 1
             continue
         cells = []
@@ -276,8 +278,14 @@ def print_audit(verdicts: list, replicas: list[str], list_all: bool) -> None:
                     f"          replica {plain(', '.join(verdict.unreadable))}: its report of it does not hash to "
                     "its heartbeat (its store changed behind its back?)"
                 )
-    if verdicts and all(v.status == Verdict.AGREE for v in verdicts):
-        out.print("[bold green]Every replica agrees with the log![/]")
+    if uncompared:
+        out.print(
+            f"[yellow]{len(uncompared)} repositories changed past the audit's read on every replica: not compared[/] "
+            f"({plain(', '.join(uncompared[:5]))}{', …' if len(uncompared) > 5 else ''}; run the audit again)"
+        )
+    if verdicts and all(v.status == Verdict.AGREE for v in verdicts) and len(uncompared) < len(verdicts):
+        compared = " (on the repositories compared)" if uncompared else ""
+        out.print(f"[bold green]Every replica agrees with the log![/]{compared}")
 
 
 # ---------------------------------------------------------------- activity

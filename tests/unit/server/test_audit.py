@@ -265,3 +265,28 @@ def test_a_replica_whose_page_does_not_hash_to_its_heartbeat_is_not_called_behin
     slow = paged_view("3", repo.changed_at, "f" * 64, {})
     (verdict,) = audit.compare([folded], [good, slow])
     assert (verdict.status, verdict.behind) == (Verdict.BEHIND, {"3": folded.end - repo.changed_at})
+
+
+def test_a_repository_every_replica_changed_past_the_read_is_not_called_compared(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Pushed to throughout an audit, a repository is newer than the audit's read on
+    every replica: compared with none of them. The audit must not close with 'every
+    replica agrees with the log' about it."""
+    import io
+
+    from rich.console import Console
+
+    from minigit_server import audit_cli
+
+    folded = fold(sample_log())
+    (repo,) = folded.repos
+    moved = report_of(repo, head=repo.head + 1, changed_at=folded.end)
+    views = [View(name, {"repo": moved}, folded.end + 1) for name in ("1", "2")]
+    verdicts = audit.compare([folded], views)
+    assert verdicts[0].newer == ["1", "2"]
+    text = io.StringIO()
+    monkeypatch.setattr(audit_cli, "out", Console(file=text, width=200))
+    audit_cli.print_audit(verdicts, ["1", "2"], list_all=False)
+    assert "Every replica agrees with the log!" not in text.getvalue()
+    assert "not compared" in text.getvalue()
