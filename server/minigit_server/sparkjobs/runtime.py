@@ -243,10 +243,16 @@ def job_failures(job: str) -> Iterator[None]:
     try:
         yield
     except (PySparkException, Py4JError) as error:
-        lines = [line.strip() for line in str(error).splitlines() if line.strip()]
+        text = str(error)
+        if (java := getattr(error, "java_exception", None)) is not None:
+            # "An error occurred while calling o47.load.": the Java exception says what
+            with contextlib.suppress(Exception):
+                text = str(java.toString())
+        lines = [line.strip() for line in text.splitlines() if line.strip()]
         # a Python worker's error begins with its traceback's header: its last line says what
         first = (lines[-1] if "Traceback" in lines[0] else lines[0]) if lines else type(error).__name__
-        if "Failed to find data source: kafka" in first:
+        missing_class = ("NoClassDefFoundError" in first or "ClassNotFoundException" in first) and "kafka" in first
+        if "Failed to find data source: kafka" in first or missing_class:
             given = os.environ.get("MINIGIT_SPARK_JARS")
             remedy = (
                 "set MINIGIT_SPARK_JARS to a directory of good ones, or unset it to fetch them into the cache"
@@ -255,7 +261,7 @@ def job_failures(job: str) -> Iterator[None]:
             )
             raise SparkUnavailable(
                 f"Spark could not load its Kafka connector ({CONNECTOR} {SPARK_VERSION}) "
-                f"from {given or connector_dir()}",
+                f"from {given or connector_dir()}: {first}",
                 hint=f"a jar there may be damaged: {remedy}",
             ) from None
         raise SparkUnavailable(

@@ -290,3 +290,22 @@ def test_a_repository_every_replica_changed_past_the_read_is_not_called_compared
     audit_cli.print_audit(verdicts, ["1", "2"], list_all=False)
     assert "Every replica agrees with the log!" not in text.getvalue()
     assert "not compared" in text.getvalue()
+
+
+def test_a_java_error_names_its_cause_not_the_py4j_call() -> None:
+    """A JVM error reaches Python as 'An error occurred while calling o47.load.':
+    the one line names the Java exception instead (a damaged kafka-clients jar)."""
+    pytest.importorskip("pyspark")
+    from py4j.protocol import Py4JError
+
+    class JavaFailure:
+        def toString(self) -> str:  # the Java method's name
+            return "java.lang.NoClassDefFoundError: org/apache/kafka/common/serialization/ByteArrayDeserializer"
+
+    class CallFailed(Py4JError):
+        java_exception = JavaFailure()
+
+    with pytest.raises(runtime.SparkUnavailable) as caught, runtime.job_failures("folding the log"):
+        raise CallFailed("An error occurred while calling o47.load.\n: java.lang.NoClassDefFoundError")
+    assert "NoClassDefFoundError: org/apache/kafka" in caught.value.message
+    assert "Kafka connector" in caught.value.message and "MINIGIT_SPARK_JARS" in caught.value.hint
