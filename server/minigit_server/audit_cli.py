@@ -295,30 +295,51 @@ def read_figures(settings: KafkaSettings) -> list[dict]:
     """The latest figures of every (scope, name, minute) on the activity topic, oldest
     minute first. A record that is not such figures is left out (anyone who may
     write the topic may write anything there)."""
-    import json
-
     from minigit_server.bus import latest_values
     from minigit_server.sparkjobs.activity_job import activity_topic
 
     found = []
     for key, value in latest_values(settings, activity_topic(settings.topics)).items():
-        if len(value) > MAX_FIGURES_BYTES:
-            continue
-        try:
-            doc = json.loads(value)
-        except ValueError:
-            continue
-        if not isinstance(doc, dict) or not doc.keys() >= FIGURE_FIELDS:
-            continue
-        if key.decode("utf-8", "replace") != f"{doc['scope']}/{doc['minute']}/{doc['name']}":
-            continue
-        found.append(doc)
+        if (doc := figures_doc(key, value)) is not None:
+            found.append(doc)
     return sorted(found, key=lambda doc: (str(doc["minute"]), str(doc["scope"]), str(doc["name"])))
 
 
 MAX_FIGURES_BYTES = 64 * 1024
-FIGURE_FIELDS = {"scope", "name", "minute", "requests", "pushes_accepted", "pushes_rejected", "pulls", "clones"}
-FIGURE_FIELDS |= {"bytes_in", "bytes_out", "latency_ms"}
+FIGURE_NAMES = ("scope", "name", "minute")
+FIGURE_COUNTS = ("pushes_accepted", "pushes_rejected", "pulls", "clones", "bytes_in", "bytes_out")
+LATENCY_FIELDS = ("count", "p50", "p95", "max")
+
+
+def _is_count(value: object) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool) and value >= 0
+
+
+def figures_doc(key: bytes, value: bytes) -> dict | None:
+    """One activity record's figures, or None if it is not figures as the job writes
+    them (keyed by its scope, minute and name; every field of its type)."""
+    import json
+
+    if len(value) > MAX_FIGURES_BYTES:
+        return None
+    try:
+        doc = json.loads(value)
+    except ValueError:
+        return None
+    if not isinstance(doc, dict) or not all(isinstance(doc.get(name), str) for name in FIGURE_NAMES):
+        return None
+    if not all(_is_count(doc.get(name)) for name in FIGURE_COUNTS):
+        return None
+    requests, latency = doc.get("requests"), doc.get("latency_ms")
+    if not isinstance(requests, dict) or not all(_is_count(n) for n in requests.values()):
+        return None
+    if not isinstance(latency, dict) or not all(
+        isinstance(v, dict) and all(_is_count(v.get(name)) for name in LATENCY_FIELDS) for v in latency.values()
+    ):
+        return None
+    if key.decode("utf-8", "replace") != f"{doc['scope']}/{doc['minute']}/{doc['name']}":
+        return None
+    return doc
 
 
 def figures_table(figures: list[dict], minutes: int) -> Table:

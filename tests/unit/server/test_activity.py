@@ -166,3 +166,20 @@ def test_a_forged_reply_is_not_counted() -> None:
     repo = figures[activity.figure_key("repo", "repo", T0 // activity.MINUTE_MS)]
     assert repo["latency_ms"] == {"pull@2": {"count": 1, "p50": 50, "p95": 50, "max": 50}}
     assert repo["bytes_out"] == len(reply(rid, "pull"))
+
+
+def test_figures_of_the_wrong_types_on_the_topic_are_left_out() -> None:
+    """Anyone who may write repo-activity may write anything there: a record with the
+    right keys but values of the wrong types is left out, not shown (the table, and
+    --show refreshing it, crashed on it)."""
+    from minigit_server import audit_cli
+
+    good = {"scope": "repo", "name": "lab", "minute": "2026-11-28T06:15"}
+    good |= {"requests": {"push": 1}, "pushes_accepted": 1, "pushes_rejected": 0, "pulls": 0, "clones": 0}
+    good |= {"bytes_in": 10, "bytes_out": 20, "latency_ms": {"push@1": {"count": 1, "p50": 5, "p95": 5, "max": 5}}}
+    key = b"repo/2026-11-28T06:15/lab"
+    assert audit_cli.figures_doc(key, json.dumps(good).encode()) == good
+    for change in ({"requests": 5}, {"pulls": "many"}, {"latency_ms": []}, {"requests": {"push": "x"}}):
+        assert audit_cli.figures_doc(key, json.dumps(good | change).encode()) is None, change
+    table = audit_cli.figures_table([good], 5)
+    assert table.row_count == 1
