@@ -23,9 +23,11 @@ import contextlib
 import json
 import math
 from collections import defaultdict
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 from minigit import protocol as p
+from minigit import sealing
 from minigit.errors import MinigitError
 from minigit.protocol import Status
 from minigit_server import apply, audit
@@ -34,6 +36,10 @@ from minigit_server.apply import Authority, LogRecord
 MINUTE_MS = 60_000
 RETAIN_MINUTES = 60  # figures and requests kept in memory, behind the newest request
 MAX_PENDING_UPLOADS = 100_000
+# A request stamped further ahead of the job's clock is not counted: a record's time is
+# its producer's (CreateTime), and one stamped years ahead would move the window above
+# and make the present's figures forgotten, then rewritten from zero.
+MAX_AHEAD_MS = 10 * MINUTE_MS
 SEALED = "sealed"  # the replica of an answer sealed to its requester: not readable
 ACCOUNT_ACTIONS = {p.RegisterRequest.action, p.RotateRequest.action}
 WRITES = (p.PushProposal,)  # a create is counted as an init request
@@ -98,9 +104,12 @@ def figure_key(scope: str, name: str, minute: int) -> str:
 class ActivityTracker:
     """The figures so far, fed record by record in each topic partition's order."""
 
-    def __init__(self, partitions: int, authority: Authority) -> None:
+    def __init__(self, partitions: int, authority: Authority, now_ms: Callable[[], int] | None = None) -> None:
+        """``now_ms``: the clock requests stamped more than MAX_AHEAD_MS ahead of are
+        left out by (None: none is; the streaming job gives the wall clock)."""
         self.partitions = partitions
         self.authority = authority
+        self.now_ms = now_ms
         self.figures: dict[tuple[str, str, int], Figures] = {}
         self.changed: set[tuple[str, str, int]] = set()
         self.requests: dict[str, Seen] = {}
@@ -139,6 +148,8 @@ class ActivityTracker:
                     figures.bytes_in += len(value)
             else:
                 self.uploaded[request.request_id] = self.uploaded.get(request.request_id, 0) + len(value)
+            return
+        if self.now_ms is not None and time_ms > self.now_ms() + MAX_AHEAD_MS:
             return
         uploaded = self.uploaded.pop(request.request_id, 0)
         if request.request_id in self.requests:
@@ -185,6 +196,10 @@ class ActivityTracker:
             answer = p.parse_message(value, allowed=p.REPLY_TYPES)
         except MinigitError:
             return
+        if isinstance(answer, p.Reply) and not sealing.reply_signed_by(
+            self.authority.server_key, answer, self.authority.namespace
+        ):
+            return  # not the service's: anyone may write the topic (the clients drop it too)
         seen = self.requests.get(answer.request_id)
         if seen is None:
             return  # an answer to a request not seen (before the topics' retention)

@@ -174,6 +174,8 @@ class AuditVerdict:
     behind: dict[str, int] = field(default_factory=dict)  # replica -> log records it has not applied yet
     disagreeing: list[str] = field(default_factory=list)  # replicas whose state is not the log's
     newer: list[str] = field(default_factory=list)  # replicas that changed it past the audit's read: not compared
+    # disagreeing replicas whose report of it does not hash to their heartbeat (a store changed behind their back?)
+    unreadable: list[str] = field(default_factory=list)
 
     def to_json(self) -> dict:
         return asdict(self)
@@ -189,7 +191,11 @@ def compare(audits: list[PartitionAudit], views: list[health.ReplicaView]) -> li
     holds is behind on a replica that has not applied its deletion, and disagrees
     on one that has (or that holds one the log never made). A replica whose state
     of it is newer than the audit's read (changed, or maybe deleted, after its end)
-    is not compared: ``newer``.
+    is not compared: ``newer``. A replica whose heartbeat names a page for a
+    repository that could not be read (it does not hash to the heartbeat's digest:
+    after --wait, a store changed behind the replica's back, as a rule) is placed by
+    its heartbeat's position: behind if that is before the last change, else it
+    disagrees (``unreadable``): nothing it reports proves it holds the log's state.
     """
     by_partition = {audit.partition: audit for audit in audits}
     partitions = len(by_partition)
@@ -205,10 +211,15 @@ def compare(audits: list[PartitionAudit], views: list[health.ReplicaView]) -> li
         behind: dict[str, int] = {}
         disagreeing: list[str] = []
         newer: list[str] = []
+        unreadable: list[str] = []
         for view in views:
             report = view.repos.get(name)
             heads[view.replica] = report.head if report else None
             at = view.position(partition, name)
+            if view.unreadable(partition, name):
+                at = view.beat.applied.get(partition, 0)  # how far it applied, by its heartbeat
+                if report is None and repo is not None and repo.changed_at < at <= end:
+                    unreadable.append(view.replica)
             if (report.changed_at >= end) if report is not None else (at > end):
                 newer.append(view.replica)
             elif repo is not None:
@@ -238,6 +249,7 @@ def compare(audits: list[PartitionAudit], views: list[health.ReplicaView]) -> li
                 behind,
                 sorted(disagreeing),
                 sorted(newer),
+                sorted(unreadable),
             )
         )
     return verdicts

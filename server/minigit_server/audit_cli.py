@@ -101,7 +101,8 @@ def fold_log(session, settings: KafkaSettings, bus, ends: dict[int, int], author
     from minigit_server.sparkjobs import audit_job, runtime
 
     options = runtime.spark_kafka_options(settings.bootstrap, dict(settings.options))
-    return audit_job.audit_log(session, options, settings.topics.log, ends, authority)
+    with runtime.job_failures("folding the log"):
+        return audit_job.audit_log(session, options, settings.topics.log, ends, authority)
 
 
 @app.command()
@@ -156,6 +157,8 @@ def audit(
                 views = health.replica_views(beats, pages)
                 live = health.live_beats(views, bus.reports_read_ms, HEARTBEAT_INTERVAL_S)
                 caught_up = all(view.applied.get(n, 0) >= end for view in live for n, end in ends.items())
+                # a page read between its record and the heartbeat naming it is unread for a beat
+                caught_up = caught_up and not any(view.unread for view in live)
                 if (live and caught_up) or time.monotonic() >= deadline:
                     break
                 time.sleep(HEARTBEAT_INTERVAL_S / 2)
@@ -238,8 +241,10 @@ def print_audit(verdicts: list, replicas: list[str], list_all: bool) -> None:
     brief = not list_all and len(verdicts) > LISTED_IN_FULL
     agreeing = 0
     colours = {Verdict.AGREE: "green", Verdict.DISAGREE: "red", Verdict.BEHIND: "yellow"}
+    # changed past the audit's read on every replica: compared with none of them
+    uncompared = [v.repo for v in verdicts if replicas and len(v.newer) == len(replicas)]
     for verdict in verdicts:
-        if brief and verdict.status == Verdict.AGREE:
+        if brief and verdict.status == Verdict.AGREE and verdict.repo not in uncompared:
             agreeing += 1
             continue
         cells = []
@@ -268,8 +273,19 @@ def print_audit(verdicts: list, replicas: list[str], list_all: bool) -> None:
         if verdict.status == Verdict.DISAGREE:
             names = plain(", ".join(verdict.disagreeing))
             out.print(f"[red]DISAGREE[/]  {plain(verdict.repo)}: replica {names} differs from the log")
-    if verdicts and all(v.status == Verdict.AGREE for v in verdicts):
-        out.print("[bold green]Every replica agrees with the log![/]")
+            if verdict.unreadable:
+                out.print(
+                    f"          replica {plain(', '.join(verdict.unreadable))}: its report of it does not hash to "
+                    "its heartbeat (its store changed behind its back?)"
+                )
+    if uncompared:
+        out.print(
+            f"[yellow]{len(uncompared)} repositories changed past the audit's read on every replica: not compared[/] "
+            f"({plain(', '.join(uncompared[:5]))}{', …' if len(uncompared) > 5 else ''}; run the audit again)"
+        )
+    if verdicts and all(v.status == Verdict.AGREE for v in verdicts) and len(uncompared) < len(verdicts):
+        compared = " (on the repositories compared)" if uncompared else ""
+        out.print(f"[bold green]Every replica agrees with the log![/]{compared}")
 
 
 # ---------------------------------------------------------------- activity
@@ -279,30 +295,51 @@ def read_figures(settings: KafkaSettings) -> list[dict]:
     """The latest figures of every (scope, name, minute) on the activity topic, oldest
     minute first. A record that is not such figures is left out (anyone who may
     write the topic may write anything there)."""
-    import json
-
     from minigit_server.bus import latest_values
     from minigit_server.sparkjobs.activity_job import activity_topic
 
     found = []
     for key, value in latest_values(settings, activity_topic(settings.topics)).items():
-        if len(value) > MAX_FIGURES_BYTES:
-            continue
-        try:
-            doc = json.loads(value)
-        except ValueError:
-            continue
-        if not isinstance(doc, dict) or not doc.keys() >= FIGURE_FIELDS:
-            continue
-        if key.decode("utf-8", "replace") != f"{doc['scope']}/{doc['minute']}/{doc['name']}":
-            continue
-        found.append(doc)
+        if (doc := figures_doc(key, value)) is not None:
+            found.append(doc)
     return sorted(found, key=lambda doc: (str(doc["minute"]), str(doc["scope"]), str(doc["name"])))
 
 
 MAX_FIGURES_BYTES = 64 * 1024
-FIGURE_FIELDS = {"scope", "name", "minute", "requests", "pushes_accepted", "pushes_rejected", "pulls", "clones"}
-FIGURE_FIELDS |= {"bytes_in", "bytes_out", "latency_ms"}
+FIGURE_NAMES = ("scope", "name", "minute")
+FIGURE_COUNTS = ("pushes_accepted", "pushes_rejected", "pulls", "clones", "bytes_in", "bytes_out")
+LATENCY_FIELDS = ("count", "p50", "p95", "max")
+
+
+def _is_count(value: object) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool) and value >= 0
+
+
+def figures_doc(key: bytes, value: bytes) -> dict | None:
+    """One activity record's figures, or None if it is not figures as the job writes
+    them (keyed by its scope, minute and name; every field of its type)."""
+    import json
+
+    if len(value) > MAX_FIGURES_BYTES:
+        return None
+    try:
+        doc = json.loads(value)
+    except ValueError:
+        return None
+    if not isinstance(doc, dict) or not all(isinstance(doc.get(name), str) for name in FIGURE_NAMES):
+        return None
+    if not all(_is_count(doc.get(name)) for name in FIGURE_COUNTS):
+        return None
+    requests, latency = doc.get("requests"), doc.get("latency_ms")
+    if not isinstance(requests, dict) or not all(_is_count(n) for n in requests.values()):
+        return None
+    if not isinstance(latency, dict) or not all(
+        isinstance(v, dict) and all(_is_count(v.get(name)) for name in LATENCY_FIELDS) for v in latency.values()
+    ):
+        return None
+    if key.decode("utf-8", "replace") != f"{doc['scope']}/{doc['minute']}/{doc['name']}":
+        return None
+    return doc
 
 
 def figures_table(figures: list[dict], minutes: int) -> Table:
@@ -418,15 +455,16 @@ def run_activity(
         if written:
             err.print(f"batch {batch_id}: {len(written)} figures written to {topic}")
 
-    query, tracker, checkpoint = activity_job.start(
-        session, options, settings.topics, partitions, authority, once=once, interval_s=interval, on_batch=told
-    )
-    err.print(f"activity: reading {settings.topics.requests}, {settings.topics.log}, {settings.topics.responses}")
-    try:
-        query.awaitTermination()
-    except KeyboardInterrupt:
-        pass
-    finally:
-        query.stop()
-        tracker.close()
-        shutil.rmtree(checkpoint, ignore_errors=True)
+    with runtime.job_failures("of activity"):
+        query, tracker, checkpoint = activity_job.start(
+            session, options, settings.topics, partitions, authority, once=once, interval_s=interval, on_batch=told
+        )
+        err.print(f"activity: reading {settings.topics.requests}, {settings.topics.log}, {settings.topics.responses}")
+        try:
+            query.awaitTermination()
+        except KeyboardInterrupt:
+            pass
+        finally:
+            query.stop()
+            tracker.close()
+            shutil.rmtree(checkpoint, ignore_errors=True)

@@ -157,9 +157,12 @@ def ensure_compacted_topic(settings: KafkaSettings, name: str, replication_facto
 
 def latest_values(settings: KafkaSettings, topic: str, timeout_s: float = 10.0) -> dict[bytes, bytes]:
     """The latest value under every key of a one-partition compacted topic, read from
-    its beginning to its end now (tombstoned keys left out)."""
+    its beginning to its end now (tombstoned keys left out). A topic that does not
+    exist holds nothing (asking its end offsets would wait for it, then time out)."""
     consumer = open_consumer(settings, group_id=None, enable_auto_commit=False)
     try:
+        if not consumer.partitions_for_topic(topic):
+            return {}
         tp = TopicPartition(topic, 0)
         consumer.assign([tp])
         consumer.seek_to_beginning(tp)

@@ -162,6 +162,8 @@ class ReplicaView:
     beat: p.Heartbeat
     repos: dict[str, p.RepoReport]
     positions: dict[tuple[int, int], int] = field(default_factory=dict)  # (partition, page) -> next offset
+    # pages the heartbeat names but whose record was not read (missing, another digest, not sound)
+    unread: frozenset[tuple[int, int]] = frozenset()
 
     def __getattr__(self, name: str) -> object:
         # Everything else is the heartbeat's: a view goes wherever a heartbeat does.
@@ -174,6 +176,11 @@ class ReplicaView:
         ``name`` (the heartbeat's position when that page is current)."""
         found = self.positions.get((partition, p.report_page_of(name)))
         return self.beat.applied.get(partition, 0) if found is None else found
+
+    def unreadable(self, partition: int, name: str) -> bool:
+        """Whether the page of ``name`` is one the heartbeat names but that was not read:
+        what the replica holds of ``name`` is not known (position 0)."""
+        return (partition, p.report_page_of(name)) in self.unread
 
     @classmethod
     def of(cls, beat: p.Heartbeat, pages: dict[tuple[int, int], p.RepoPage] | None = None) -> ReplicaView:
@@ -191,6 +198,7 @@ class ReplicaView:
         pages = pages or {}
         repos = dict(beat.repos)
         positions: dict[tuple[int, int], int] = {}
+        unread: set[tuple[int, int]] = set()
         for partition, report in beat.partitions.items():
             at = beat.applied.get(partition, 0)
             for number, digest in enumerate(report.pages):
@@ -200,10 +208,11 @@ class ReplicaView:
                     positions[key] = at
                 elif page is None or page.digest != digest or not page_is_sound(page, partition):
                     positions[key] = 0
+                    unread.add(key)
                 else:
                     positions[key] = at
                     repos.update(page.repos)
-        return cls(beat, repos, positions)
+        return cls(beat, repos, positions, frozenset(unread))
 
 
 def page_is_sound(page: p.RepoPage, partition: int) -> bool:

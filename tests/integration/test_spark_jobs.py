@@ -293,3 +293,44 @@ def test_activity_counts_a_scripted_sequence_exactly(service, tmp_path: Path, sp
     assert repo["bytes_in"] > 0 and repo["bytes_out"] > 0
     latencies = [doc["latency_ms"] for doc in figures if doc["scope"] == "repo" and doc["name"] == "act"]
     assert sum(v["count"] for by_key in latencies for k, v in by_key.items() if k.startswith("push@")) == 4
+
+
+def test_activity_json_before_the_job_ever_ran_is_no_figures(bare_service) -> None:
+    """No activity topic yet (the streaming job never ran in this namespace): no
+    figures, not 'cannot reach Kafka' after a timeout (Kafka is there)."""
+    shown = subprocess.run(
+        [SERVER, "activity", "--json"], capture_output=True, text=True, timeout=120, env=bare_service.env()
+    )
+    assert shown.returncode == 0, shown.stdout + shown.stderr
+    assert json.loads(shown.stdout) == {"figures": []}
+
+
+def test_audit_spark_json_is_json_alone(service, tmp_path: Path) -> None:
+    """`audit --engine spark --json` in a process of its own: stdout is the JSON
+    document alone (the JVM Spark starts inherits stdout, where log4j writes its own
+    warnings), and a tombstone in the log changes nothing (every replica skips it)."""
+    from minigit.kafka_clients import open_producer
+    from minigit.protocol import log_partition
+
+    origin = tmp_path / "origin"
+    origin.mkdir()
+    (origin / "a.txt").write_text("a\n")
+    operations.init_repository(origin, "lab", service.options())
+    producer = open_producer(service.settings)
+    try:
+        home = log_partition("lab", service.bus.log_partition_count())
+        producer.send(service.settings.topics.log, key=b"lab", value=None, partition=home).get(30)
+    finally:
+        producer.close()
+    service.wait_converged(REPLICAS)
+    wait_for(lambda: reports_current(service), what="every replica to report the whole log")
+    done = subprocess.run(
+        [SERVER, "audit", "--engine", "spark", "--master", "local[2]", "--json", "--data-dir", str(service.data_dir)],
+        capture_output=True,
+        text=True,
+        timeout=600,
+        env=service.env(),
+    )
+    assert done.returncode == 0, done.stdout + done.stderr[-3000:]
+    report = json.loads(done.stdout)
+    assert [(v["repo"], v["status"]) for v in report["repositories"]] == [("lab", "agree")]

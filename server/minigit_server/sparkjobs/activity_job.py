@@ -13,7 +13,8 @@ an answer meets its request whichever came first in the batch.
 from __future__ import annotations
 
 import tempfile
-from collections.abc import Callable
+import time
+from collections.abc import Callable, Iterable
 from typing import TYPE_CHECKING
 
 from minigit.config import Topics
@@ -33,6 +34,27 @@ def activity_topic(topics: Topics) -> str:
     return topics.log.removesuffix("repo-log") + "repo-activity"
 
 
+def feed_rows(tracker: ActivityTracker, topics: Topics, rows: Iterable) -> None:
+    """One micro-batch's rows (topic, partition, offset, time_ms, value) fed to the
+    tracker: requests first, then the log, then the answers, each topic partition in
+    offset order. A record without a value (a tombstone, a key alone: anyone who may
+    write a topic may send one) is left out: it is no request, answer or log record."""
+    valued = (row for row in rows if row.value is not None)
+    rows = sorted(valued, key=lambda row: (row.topic, row.partition, row.offset))
+    by_topic: dict[str, list] = {topics.requests: [], topics.log: [], topics.responses: []}
+    for row in rows:
+        by_topic[row.topic].append(row)
+    for row in by_topic[topics.requests]:
+        tracker.feed_request(row.time_ms, bytes(row.value))
+    log_partitions: dict[int, list] = {}
+    for row in by_topic[topics.log]:
+        log_partitions.setdefault(row.partition, []).append((row.offset, row.time_ms, bytes(row.value)))
+    for partition, records in sorted(log_partitions.items()):
+        tracker.feed_log(partition, records)
+    for row in by_topic[topics.responses]:
+        tracker.feed_response(row.time_ms, bytes(row.value))
+
+
 def start(
     session: SparkSession,
     kafka_options: dict[str, str],
@@ -49,7 +71,7 @@ def start(
     checkpoint directory (the caller removes it once the query stopped)."""
     from pyspark.sql import functions as F
 
-    tracker = ActivityTracker(partitions, authority)
+    tracker = ActivityTracker(partitions, authority, now_ms=lambda: int(time.time() * 1000))
     output = activity_topic(topics)
     stream = (
         session.readStream.format("kafka")
@@ -70,19 +92,7 @@ def start(
     )
 
     def handle(batch: DataFrame, batch_id: int) -> None:
-        rows = sorted(batch.collect(), key=lambda row: (row.topic, row.partition, row.offset))
-        by_topic: dict[str, list] = {topics.requests: [], topics.log: [], topics.responses: []}
-        for row in rows:
-            by_topic[row.topic].append(row)
-        for row in by_topic[topics.requests]:
-            tracker.feed_request(row.time_ms, bytes(row.value))
-        log_partitions: dict[int, list] = {}
-        for row in by_topic[topics.log]:
-            log_partitions.setdefault(row.partition, []).append((row.offset, row.time_ms, bytes(row.value)))
-        for partition, records in sorted(log_partitions.items()):
-            tracker.feed_log(partition, records)
-        for row in by_topic[topics.responses]:
-            tracker.feed_response(row.time_ms, bytes(row.value))
+        feed_rows(tracker, topics, batch.collect())
         written = tracker.take_changed()
         if written:
             (

@@ -29,7 +29,8 @@ def fold_partitions(rows: Iterator, partitions: int, namespace: str, server_key:
     all of them in memory). Yields JSON-ready data (what travels back to the driver)."""
     authority = Authority(namespace, server_key)
     for partition, group in itertools.groupby(rows, key=lambda row: row.partition):
-        records = ((row.offset, bytes(row.value)) for row in group)
+        # a tombstone's value is None: skipped by the fold as by every replica
+        records = ((row.offset, None if row.value is None else bytes(row.value)) for row in group)
         with audit.quiet_apply_log():
             yield audit.audit_partition(partition, records, partitions, authority).to_json()
 

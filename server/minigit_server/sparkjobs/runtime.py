@@ -11,6 +11,7 @@ before a session starts. Every failure is a one-line ``SparkUnavailable`` with a
 
 from __future__ import annotations
 
+import contextlib
 import importlib.resources
 import os
 import re
@@ -18,7 +19,7 @@ import shutil
 import subprocess
 import sys
 import tempfile
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -180,6 +181,22 @@ def check_ready(progress: Progress | None = None) -> list[Path]:
     return session_jars(ensure_connector(progress=progress))
 
 
+@contextlib.contextmanager
+def jvm_stdout_to_stderr() -> Iterator[None]:
+    """Spark's JVM, started in here, inherits this process's stdout, where log4j writes
+    warnings of its own: it gets stderr in its place, so that stdout holds only the
+    command's output (``--json`` documents)."""
+    sys.stdout.flush()
+    saved = os.dup(1)
+    try:
+        os.dup2(2, 1)
+        yield
+    finally:
+        sys.stdout.flush()
+        os.dup2(saved, 1)
+        os.close(saved)
+
+
 def get_session(
     master: str = DEFAULT_MASTER, app_name: str = "minigit", progress: Progress | None = None
 ) -> SparkSession:
@@ -205,7 +222,8 @@ def get_session(
         .config("spark.driver.extraJavaOptions", "-Dlog4j2.level=WARN")
     )
     try:
-        session = builder.getOrCreate()
+        with jvm_stdout_to_stderr():
+            session = builder.getOrCreate()
     except Exception as error:  # noqa: BLE001 - the JVM's failures come as many types; one line for the user
         raise SparkUnavailable(
             f"Spark did not start ({master}): {str(error).splitlines()[0] if str(error) else type(error).__name__}",
@@ -213,6 +231,43 @@ def get_session(
         ) from None
     session.sparkContext.setLogLevel("WARN")
     return session
+
+
+@contextlib.contextmanager
+def job_failures(job: str) -> Iterator[None]:
+    """A Spark job that fails (the JVM's or a Python worker's error, as PySpark raises
+    it, with pages of frames) is one line and a hint; Spark's log above says more."""
+    from py4j.protocol import Py4JError
+    from pyspark.errors import PySparkException
+
+    try:
+        yield
+    except (PySparkException, Py4JError) as error:
+        text = str(error)
+        if (java := getattr(error, "java_exception", None)) is not None:
+            # "An error occurred while calling o47.load.": the Java exception says what
+            with contextlib.suppress(Exception):
+                text = str(java.toString())
+        lines = [line.strip() for line in text.splitlines() if line.strip()]
+        # a Python worker's error begins with its traceback's header: its last line says what
+        first = (lines[-1] if "Traceback" in lines[0] else lines[0]) if lines else type(error).__name__
+        missing_class = ("NoClassDefFoundError" in first or "ClassNotFoundException" in first) and "kafka" in first
+        if "Failed to find data source: kafka" in first or missing_class:
+            given = os.environ.get("MINIGIT_SPARK_JARS")
+            remedy = (
+                "set MINIGIT_SPARK_JARS to a directory of good ones, or unset it to fetch them into the cache"
+                if given
+                else "remove that directory to fetch them again, or set MINIGIT_SPARK_JARS to a directory of good ones"
+            )
+            raise SparkUnavailable(
+                f"Spark could not load its Kafka connector ({CONNECTOR} {SPARK_VERSION}) "
+                f"from {given or connector_dir()}: {first}",
+                hint=f"a jar there may be damaged: {remedy}",
+            ) from None
+        raise SparkUnavailable(
+            f"the Spark job {job} failed: {first}",
+            hint="Spark's log above says why; check --master, and that Spark's executors reach Kafka",
+        ) from None
 
 
 def spark_kafka_options(bootstrap: str, options: dict[str, object]) -> dict[str, str]:
