@@ -487,8 +487,8 @@ def verify(
     replica up also reads and hashes every stored object after this command starts.
     Exit code 0: all agree; 3: a replica disagrees (on a repository, or on the
     service key it checks the log with), lags more than --max-lag records, is
-    down, fewer than --expect are up, or (--deep) holds damaged objects or did not
-    finish reading in time; 4: no replica answers."""
+    down, reports pages that cannot be read, fewer than --expect are up, or (--deep)
+    holds damaged objects or did not finish reading in time; 4: no replica answers."""
     from minigit_server import health
     from minigit_server.health import ReplicaState, Verdict
     from minigit_server.replica import HEARTBEAT_INTERVAL_S
@@ -513,6 +513,11 @@ def verify(
             settled = live and all(v.status != Verdict.BEHIND or max(v.behind.values()) <= max_lag for v in verdicts)
             settled = settled and not down and len(live) >= expect
             settled = settled and all(r.state != health.DeepState.PENDING for r in scrubs)
+            # pages a heartbeat names but that were not read: what those replicas hold of
+            # the repositories filed there is not known (not agreement: a store edited
+            # behind a replica's back shows so until the page is published again)
+            unread = sorted((v.replica, part, page) for v in live for part, page in getattr(v, "unread", ()))
+            settled = settled and not unread
             disagree = any(v.status == Verdict.DISAGREE for v in verdicts) or not keys.agree
             if settled or disagree or time.monotonic() >= deadline:
                 break
@@ -530,6 +535,7 @@ def verify(
                 "expected": expect,
                 "repositories": [v.to_json() for v in verdicts],
                 "server_keys": keys.to_json(),
+                "unread_pages": [{"replica": r, "partition": part, "page": page} for r, part, page in unread],
             }
             if deep:
                 report["deep"] = [r.to_json() for r in scrubs]
@@ -540,11 +546,12 @@ def verify(
                 hint="start the service with 'minigit-server start'",
             )
         if not as_json:
-            print_verdicts(verdicts, sorted(b.replica for b in live), list_all)
+            print_verdicts(verdicts, sorted(b.replica for b in live), list_all, unknown=bool(unread))
             print_keys(keys)
             print_deep(scrubs, wait)
+            print_unread(unread)
             print_missing(down, len(live), expect, now_ms)
-        if failed or down or len(live) < expect or damaged or not keys.agree:
+        if failed or down or len(live) < expect or damaged or not keys.agree or unread:
             raise typer.Exit(int(ExitCode.REJECTED))
 
 
@@ -641,6 +648,18 @@ def forget(
         out.print(f"forgot replica {plain(replica_id)}")
 
 
+def print_unread(unread: list[tuple[str, int, int]]) -> None:
+    by_replica: dict[str, int] = {}
+    for replica, _, _ in unread:
+        by_replica[replica] = by_replica.get(replica, 0) + 1
+    for replica, count in sorted(by_replica.items()):
+        out.print(
+            f"[yellow]UNREAD[/]    replica {plain(replica)}: {count} report page(s) its heartbeat names were not"
+            " read (missing, or another digest: its repositories there are not known; a replica publishes"
+            " its pages again every minute or so)"
+        )
+
+
 def print_missing(down: list, live: int, expect: int, now_ms: int) -> None:
     for row in down:
         last = age(now_ms, row.last_heartbeat_ms)
@@ -652,9 +671,10 @@ def print_missing(down: list, live: int, expect: int, now_ms: int) -> None:
         out.print(f"[red]MISSING[/]   {expect - live} of the {expect} replicas expected are not up")
 
 
-def print_verdicts(verdicts: list, replicas: list[str], list_all: bool = True) -> None:
+def print_verdicts(verdicts: list, replicas: list[str], list_all: bool = True, unknown: bool = False) -> None:
     """Replica and repository names come from heartbeats: escaped, never markup.
-    Beyond LISTED_IN_FULL repositories (unless ``list_all``) the agreeing ones are counted, not listed."""
+    Beyond LISTED_IN_FULL repositories (unless ``list_all``) the agreeing ones are counted, not listed.
+    ``unknown``: some repositories could not be compared (unread report pages)."""
     from minigit_server.health import Verdict
 
     out.print(f"Checked {len(verdicts)} repositories on replicas {plain(', '.join(replicas))}")
@@ -677,7 +697,7 @@ def print_verdicts(verdicts: list, replicas: list[str], list_all: bool = True) -
         out.print(line)
     if agreeing:
         out.print(f"[green]ok[/]        {agreeing} more repositories: every replica agrees (--all lists them)")
-    if all(v.status == Verdict.AGREE for v in verdicts):
+    if all(v.status == Verdict.AGREE for v in verdicts) and not unknown:
         out.print("[bold green]All repositories are available![/]")
 
 

@@ -245,6 +245,24 @@ def test_verify_fails_when_a_known_replica_is_down(runner: CliRunner, monkeypatc
     assert runner.invoke(cli.app, ["verify", "--wait", "0"]).exit_code == 0
 
 
+def test_verify_does_not_call_unreadable_report_pages_agreement(runner: CliRunner, monkeypatch) -> None:
+    """A store edited behind its replica's back (on every replica alike): the pages
+    the heartbeats name no longer match what was read, so the repositories filed
+    there are unknown. verify said "All repositories are available!", exit 0."""
+    page = (0, p.report_page_of("lab"))
+    beats = [health.ReplicaView(heartbeat(r), {"demo": report()}, unread=frozenset({page})) for r in ("1", "2")]
+    monkeypatch.setattr(cli, "read_cluster", lambda settings: (beats, {0: 10}))
+    done = runner.invoke(cli.app, ["verify", "--wait", "0"])
+    assert done.exit_code == 3, done.output
+    assert (
+        "UNREAD    replica 1: 1 report page(s)" in done.output and "All repositories are available" not in done.output
+    )
+    done = runner.invoke(cli.app, ["verify", "--wait", "0", "--json"])
+    assert done.exit_code == 3 and '"page": ' in done.output
+    beats[:] = [heartbeat(r, repos={"demo": report()}) for r in ("1", "2")]  # published again
+    assert runner.invoke(cli.app, ["verify", "--wait", "0"]).exit_code == 0
+
+
 def test_verify_expect_counts_the_replicas_up(runner: CliRunner, monkeypatch) -> None:
     beats = [heartbeat(r, repos={"demo": report()}) for r in ("1", "2")]
     monkeypatch.setattr(cli, "read_cluster", lambda settings: (beats, {0: 10}))
