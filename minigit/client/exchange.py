@@ -243,6 +243,14 @@ class _Answer:
         return REPLY_STEP + self.pieces_done + (self.current[0].next_index if self.current else 0)
 
     def add(self, chunk: p.Chunk) -> None:
+        try:
+            self._add(chunk)
+        except OSError as error:
+            # this machine's disk (full, `ulimit -f`...), not Kafka's: the transport takes an
+            # OSError for a broken connection (exit 4) and a resend would only fill it again
+            raise TemporaryFileError(error) from None
+
+    def _add(self, chunk: p.Chunk) -> None:
         if chunk.sha in self.done:
             return
         if chunk.index == 0:
@@ -301,6 +309,16 @@ class _Answer:
         self.discard_current()
         if self.spill is not None:
             self.spill.close()
+
+
+class TemporaryFileError(MinigitError):
+    """The received content could not be kept in a temporary file."""
+
+    def __init__(self, error: OSError) -> None:
+        super().__init__(
+            f"cannot keep the received content in a temporary file: {error.strerror or error}",
+            hint=f"free some space in {tempfile.gettempdir()} (or set TMPDIR to another directory) and run it again",
+        )
 
 
 class BadTree(Exception):

@@ -22,7 +22,7 @@ from minigit import codec
 from minigit import protocol as p
 from minigit.client import exchange
 from minigit.client.exchange import ReceivedBlob, ReplyCollector, await_answer
-from minigit.errors import ExitCode, ProtocolError, ServerUnreachable, UnsafePath
+from minigit.errors import ExitCode, MinigitError, ProtocolError, ServerUnreachable, UnsafePath
 
 BIG = random.Random(11).randbytes(2 * codec.CHUNK_SIZE + 77)  # three chunks
 
@@ -754,3 +754,25 @@ def test_a_malformed_record_ends_the_wait_at_once() -> None:
     with pytest.raises(ProtocolError, match="malformed answer"):
         wait(service, request_id, 30)
     assert clock.now == pytest.approx(1)
+
+
+def test_a_full_temporary_disk_is_said_as_such_not_taken_for_kafka(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The blobs past the memory budget go to a temporary file: a full disk there
+    (ENOSPC, or `ulimit -f`) escaped as an OSError, which the transport takes for
+    Kafka's: 'cannot reach Kafka at ...: OSError', exit 4. It is this machine's
+    disk: one error line naming it, exit 1."""
+    monkeypatch.setattr(exchange, "SPOOL_BYTES", 1000)
+
+    class FullDisk(io.BytesIO):
+        def write(self, data) -> int:
+            raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(tempfile, "TemporaryFile", lambda *args, **kwargs: FullDisk())
+    request_id = rid()
+    _, records = answer(request_id, [f"file {n}\n".encode() * 10 for n in range(300)])
+    collector = ReplyCollector(request_id, RecordingObserver())
+    with pytest.raises(Exception) as raised:  # (which one is the point)
+        feed_all(collector, records)
+    assert isinstance(raised.value, MinigitError) and not isinstance(raised.value, OSError)
+    assert raised.value.exit_code == ExitCode.ERROR
+    assert "No space left on device" in raised.value.message and "temporary" in raised.value.message
