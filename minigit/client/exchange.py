@@ -228,7 +228,7 @@ class _Answer:
         self.spill: IO[bytes] | None = None  # the one file of every blob past the memory budget
         self.manifest: p.Manifest | None = None
         self.listed: frozenset[str] = frozenset()  # the blobs the tree lists
-        self.sizes: dict[str, int] = {}  # and their sizes
+        self.sizes: dict[str, int | None] = {}  # and their sizes (sizes_of)
         self.memory_left = SPOOL_BYTES  # of the in-memory budget, after the blobs in ``done``
         if reply.blob_count:
             observer.downloading(reply.blob_bytes, reply.blob_count)
@@ -276,7 +276,11 @@ class _Answer:
             if chunk.sha == self.reply.tree:
                 self.manifest = decode_received_tree(blob)
                 self.listed = frozenset(entry.sha for entry in self.manifest.values())
-                self.sizes = {entry.sha: entry.size for entry in self.manifest.values()}
+                self.sizes = sizes_of(self.manifest)
+            elif assembler.size != self.sizes.get(chunk.sha):
+                raise ProtocolError(
+                    f"object {chunk.sha[:12]} is {assembler.size} bytes, the tree says {self.sizes.get(chunk.sha)}"
+                )
             self.done[chunk.sha] = blob
             self.pieces_done += assembler.count
             self.current = None
@@ -296,6 +300,8 @@ class _Answer:
                 raise ProtocolError(f"the tree {chunk.sha[:12]} is too large: {chunk.count} pieces")
         elif chunk.sha not in self.listed:
             raise ProtocolError(f"object {chunk.sha[:12]} is not in the answer's tree")
+        elif (size := self.sizes[chunk.sha]) is None or chunk.count != codec.count_chunks(size):
+            raise ProtocolError(f"object {chunk.sha[:12]} comes in {chunk.count} pieces, the tree says {size} bytes")
 
     def discard_current(self) -> None:
         if self.current is not None:
@@ -309,6 +315,15 @@ class _Answer:
         self.discard_current()
         if self.spill is not None:
             self.spill.close()
+
+
+def sizes_of(manifest: p.Manifest) -> dict[str, int | None]:
+    """The size of each blob a tree lists (None where two of its files with that
+    content disagree: no size is then right)."""
+    sizes: dict[str, int | None] = {}
+    for entry in manifest.values():
+        sizes[entry.sha] = entry.size if sizes.get(entry.sha, entry.size) == entry.size else None
+    return sizes
 
 
 class TemporaryFileError(MinigitError):

@@ -7,6 +7,7 @@ real ReplyCollector, as transport.Connection feeds what it polls.
 from __future__ import annotations
 
 import base64
+import dataclasses
 import io
 import json
 import random
@@ -776,3 +777,35 @@ def test_a_full_temporary_disk_is_said_as_such_not_taken_for_kafka(monkeypatch: 
     assert isinstance(raised.value, MinigitError) and not isinstance(raised.value, OSError)
     assert raised.value.exit_code == ExitCode.ERROR
     assert "No space left on device" in raised.value.message and "temporary" in raised.value.message
+
+
+def test_a_blob_of_another_size_than_its_tree_says_breaks_the_answer(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Where a blob is kept (memory or the one spill file) follows the size its tree
+    gives: a tree that says 1 byte for blobs of kilobytes sent each to a temporary file
+    of its own (the descriptors a clone of 100,000 files ran out of), and the files
+    were written with sizes their manifest does not hold. Nothing received is trusted."""
+    monkeypatch.setattr(exchange, "SPOOL_BYTES", 1000)
+    request_id = rid()
+    files = [random.Random(n).randbytes(2000) for n in range(5)]
+    tree = p.encode_tree({f"f{n}": p.FileEntry(p.hash_bytes(data), 1) for n, data in enumerate(files)})
+    head = reply(request_id, [tree, *files], tree=p.hash_bytes(tree))
+    records = [head.to_bytes()] + [value for data in (tree, *files) for value in chunks(request_id, data, head.stream)]
+    collector = ReplyCollector(request_id, RecordingObserver())
+    feed_all(collector, records)
+    assert collector.response is None
+    assert collector.broken and "the tree says" in collector.broken[-1]
+
+
+def test_a_tree_giving_one_content_two_sizes_or_a_blob_more_pieces_than_its_size_breaks_the_answer() -> None:
+    request_id = rid()
+    data = b"x" * 3000
+    entry = p.FileEntry(p.hash_bytes(data), len(data))
+    for listed in ({"a": entry, "b": dataclasses.replace(entry, size=5)}, {"a": dataclasses.replace(entry, size=5)}):
+        tree = p.encode_tree(listed)
+        head = reply(request_id, [tree, data], tree=p.hash_bytes(tree))
+        records = [head.to_bytes()] + [
+            value for blob in (tree, data) for value in chunks(request_id, blob, head.stream)
+        ]
+        collector = ReplyCollector(request_id, RecordingObserver())
+        feed_all(collector, records)
+        assert collector.response is None and "the tree says" in collector.broken[-1]
