@@ -20,6 +20,7 @@ from __future__ import annotations
 import contextlib
 import datetime
 import json
+import os
 import unicodedata
 from collections.abc import Iterator, Mapping
 from typing import TYPE_CHECKING, Any
@@ -201,9 +202,17 @@ def error_json(error: MinigitError) -> dict[str, Any]:
     }
 
 
+def machine_error(error: OSError) -> MinigitError:
+    """An OSError of this machine's files as the one error line of a command."""
+    reason = error.strerror or str(error) or type(error).__name__
+    if isinstance(error.filename, str | bytes):
+        return MinigitError(f"{quoted_path(os.fsdecode(error.filename))}: {reason}")
+    return MinigitError(reason)
+
+
 @contextlib.contextmanager
 def exit_on_error(json_output: bool = False) -> Iterator[dict[str, Any]]:
-    """Turn a MinigitError (or Ctrl-C) into one message and an exit code.
+    """Turn a MinigitError (an OSError of this machine's files, or Ctrl-C) into one message and an exit code.
 
     The message goes to stderr, always; with ``json_output`` (a command's --json)
     stdout also gets a JSON document whose ``error`` says the same (its type,
@@ -218,6 +227,15 @@ def exit_on_error(json_output: bool = False) -> Iterator[dict[str, Any]]:
         if json_output:
             print_json({**partial, "error": error_json(error)})
         raise typer.Exit(int(error.exit_code)) from None
+    except OSError as error:
+        if isinstance(error, BrokenPipeError):
+            raise  # (stdout closed by a pager or `head`: nothing to say)
+        # this machine's files (a full disk, a folder that may not be written...): one line, as git
+        local = machine_error(error)
+        print_error(local)
+        if json_output:
+            print_json({**partial, "error": error_json(local)})
+        raise typer.Exit(int(local.exit_code)) from None
     except KeyboardInterrupt:
         stderr().print("interrupted")
         if json_output:

@@ -126,9 +126,24 @@ def open_admin(settings: KafkaSettings, **extra: Any) -> KafkaAdminClient:
 def _open(settings: KafkaSettings, kind: type, extra: dict[str, Any]) -> Any:
     try:
         # The user's settings win: a client_id given for quotas or ACLs replaces ours.
-        return kind(**{**RECOVERY_OPTIONS, **TUNING, **extra, **settings.kafka_options()})
+        client = kind(**{**RECOVERY_OPTIONS, **TUNING, **extra, **settings.kafka_options()})
     except INFRASTRUCTURE_ERRORS as error:
         raise settings.unreachable(error) from None
+    keep_auto_create_choice(client)
+    return client
+
+
+def keep_auto_create_choice(client: Any) -> None:
+    """Make a client's metadata requests say what its allow_auto_create_topics says.
+    kafka-python 3.0.12 builds the metadata cache without it, so every request about a
+    topic by name asked the broker to create it (a broker with Kafka's default
+    auto.create.topics.enable=true made a mistyped namespace's topics). The bootstrap
+    asks about no topic: setting it once the client is built is in time."""
+    config = getattr(client, "config", None)
+    cluster = getattr(client, "_cluster", None) or getattr(client, "_metadata", None)
+    cluster_config = getattr(cluster, "config", None)
+    if isinstance(config, dict) and isinstance(cluster_config, dict) and "allow_auto_create_topics" in cluster_config:
+        cluster_config["allow_auto_create_topics"] = config.get("allow_auto_create_topics", True)
 
 
 def close_producer(producer: KafkaProducer, timeout_s: float) -> None:

@@ -258,7 +258,7 @@ class _Answer:
     of its own (``ReceivedBlob.path``): the caller renames it into place, so a
     received byte is written to disk once. Without one, at most SPOOL_BYTES of the
     answer's content is held in memory, all its blobs together; blobs beyond that
-    go to temporary files."""
+    go to one temporary file (``spill``)."""
 
     def __init__(
         self, reply: p.Reply, observer: Observer, before: tuple[int, float], spool: Path | None = None
@@ -274,7 +274,7 @@ class _Answer:
         self.spill: IO[bytes] | None = None  # the one file of every blob past the memory budget
         self.manifest: p.Manifest | None = None
         self.listed: frozenset[str] = frozenset()  # the blobs the tree lists
-        self.sizes: dict[str, int] = {}  # and their sizes
+        self.sizes: dict[str, int | None] = {}  # and their sizes (sizes_of)
         self.memory_left = SPOOL_BYTES  # of the in-memory budget, after the blobs in ``done``
         if reply.blob_count:
             observer.downloading(reply.blob_bytes, reply.blob_count)
@@ -289,6 +289,14 @@ class _Answer:
         return REPLY_STEP + self.pieces_done + (self.current[0].next_index if self.current else 0)
 
     def add(self, chunk: p.Chunk) -> None:
+        try:
+            self._add(chunk)
+        except OSError as error:
+            # this machine's disk (full, `ulimit -f`...), not Kafka's: the transport takes an
+            # OSError for a broken connection (exit 4) and a resend would only fill it again
+            raise TemporaryFileError(error) from None
+
+    def _add(self, chunk: p.Chunk) -> None:
         if chunk.sha in self.done:
             return
         if chunk.index == 0:
@@ -309,7 +317,11 @@ class _Answer:
             if chunk.sha == self.reply.tree:
                 self.manifest = decode_received_tree(blob)
                 self.listed = frozenset(entry.sha for entry in self.manifest.values())
-                self.sizes = {entry.sha: entry.size for entry in self.manifest.values()}
+                self.sizes = sizes_of(self.manifest)
+            elif assembler.size != self.sizes.get(chunk.sha):
+                raise ProtocolError(
+                    f"object {chunk.sha[:12]} is {assembler.size} bytes, the tree says {self.sizes.get(chunk.sha)}"
+                )
             self.done[chunk.sha] = blob
             self.pieces_done += assembler.count
             self.current = None
@@ -348,6 +360,8 @@ class _Answer:
                 raise ProtocolError(f"the tree {chunk.sha[:12]} is too large: {chunk.count} pieces")
         elif chunk.sha not in self.listed:
             raise ProtocolError(f"object {chunk.sha[:12]} is not in the answer's tree")
+        elif (size := self.sizes[chunk.sha]) is None or chunk.count != codec.count_chunks(size):
+            raise ProtocolError(f"object {chunk.sha[:12]} comes in {chunk.count} pieces, the tree says {size} bytes")
 
     def discard_current(self) -> None:
         if self.current is not None:
@@ -369,6 +383,25 @@ class _Answer:
 
 # Names the spooled blobs of a process apart (an answer that starts over writes anew).
 _spooled = itertools.count()
+
+
+def sizes_of(manifest: p.Manifest) -> dict[str, int | None]:
+    """The size of each blob a tree lists (None where two of its files with that
+    content disagree: no size is then right)."""
+    sizes: dict[str, int | None] = {}
+    for entry in manifest.values():
+        sizes[entry.sha] = entry.size if sizes.get(entry.sha, entry.size) == entry.size else None
+    return sizes
+
+
+class TemporaryFileError(MinigitError):
+    """The received content could not be kept in a temporary file."""
+
+    def __init__(self, error: OSError) -> None:
+        super().__init__(
+            f"cannot keep the received content in a temporary file: {error.strerror or error}",
+            hint=f"free some space in {tempfile.gettempdir()} (or set TMPDIR to another directory) and run it again",
+        )
 
 
 class BadTree(Exception):

@@ -498,7 +498,7 @@ def apply_pull(
     deleted = frozenset(delete)
     # links are checked against the tree as it will be: no link may lead outside, even through another
     is_link = ws.links_after(root, {**{path: e for path, e in local.items() if path not in deleted}, **write})
-    checked: set[str] = set()  # folders found sound while staging (nothing is changed meanwhile)
+    checked: ws.SoundFolders = {}  # folders found sound while staging (nothing is changed meanwhile)
     with staging_area(root) as staging:
         staged = []
         for number, (path, (data, mode)) in enumerate(sorted(merges.contents.items())):
@@ -534,7 +534,7 @@ def apply_pull(
                 ws.install_staged(root, path, target)
         for path in delete:
             ws.remove_file(root, path)
-        made: set[str] = set()  # folders made or found by this loop, which removes none
+        made: ws.SoundFolders = {}  # folders made or found by this loop, which removes none
         for target, path in staged:
             if path not in beside:
                 ws.install_staged(root, path, target, made)  # only empty folders are where files go (checked above)

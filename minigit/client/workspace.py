@@ -659,7 +659,14 @@ def file_source(root: Path, rel: str, entry: p.FileEntry) -> codec.BlobSource:
 # ---------------------------------------------------------------- writing files
 
 
-def safe_target(root: Path, rel: str, removed: Collection[str] = frozenset(), folders: set[str] | None = None) -> Path:
+# Folders a pass found sound (real folders inside the working directory), each with the
+# (st_dev, st_ino) it had then: what a later call of the pass checks again in one lstat.
+SoundFolders = dict[str, tuple[int, int]]
+
+
+def safe_target(
+    root: Path, rel: str, removed: Collection[str] = frozenset(), folders: SoundFolders | None = None
+) -> Path:
     """The absolute path for ``rel``, refusing anything that would leave ``root``:
     a path the protocol forbids, or a parent directory that is a symlink. A parent
     that is one of the files in ``removed`` (deleted before ``rel`` is written) is
@@ -674,7 +681,8 @@ def safe_target(root: Path, rel: str, removed: Collection[str] = frozenset(), fo
         if folders is not None and parent in folders:
             continue
         try:
-            mode = os.lstat(os.path.join(base, parent)).st_mode
+            st = os.lstat(os.path.join(base, parent))
+            mode = st.st_mode
         except FileNotFoundError:
             continue
         if stat.S_ISLNK(mode):
@@ -682,7 +690,7 @@ def safe_target(root: Path, rel: str, removed: Collection[str] = frozenset(), fo
         if not stat.S_ISDIR(mode):
             raise UnsafePath(rel, f"{parent} is not a directory")
         if folders is not None:
-            folders.add(parent)
+            folders[parent] = (st.st_dev, st.st_ino)
     return root / rel
 
 
@@ -694,7 +702,7 @@ def parents_of(rel: str) -> Iterator[str]:
         end = rel.find("/", end + 1)
 
 
-def make_parents(root: Path, rel: str, folders: set[str] | None = None) -> None:
+def make_parents(root: Path, rel: str, folders: SoundFolders | None = None) -> None:
     """Make the folders ``rel`` is in. ``folders``: those made or found by earlier
     calls of the same pass (nothing of the pass removes a folder), skipped."""
     base = os.fspath(root)
@@ -705,13 +713,13 @@ def make_parents(root: Path, rel: str, folders: set[str] | None = None) -> None:
         with contextlib.suppress(FileExistsError):
             os.mkdir(current)
         try:
-            is_folder = stat.S_ISDIR(os.lstat(current).st_mode)  # (a link to a folder is not one)
+            st: os.stat_result | None = os.lstat(current)
         except FileNotFoundError:
-            is_folder = False
-        if not is_folder:
+            st = None
+        if st is None or not stat.S_ISDIR(st.st_mode):  # (a link to a folder is not one)
             raise UnsafePath(rel, f"{parent} is not a directory")
         if folders is not None:
-            folders.add(parent)
+            folders[parent] = (st.st_dev, st.st_ino)
 
 
 def remove_file(root: Path, rel: str) -> None:
@@ -806,10 +814,26 @@ def links_after(root: Path, final: Mapping[str, p.FileEntry]) -> Callable[[str],
     return lambda rel: rel in links or (rel not in final and os.path.islink(root / rel))
 
 
-def install_staged(root: Path, rel: str, staged: Path, folders: set[str] | None = None) -> None:
+def still_sound(root: Path, rel: str, folders: SoundFolders) -> bool:
+    """Whether the deepest folder of ``rel`` that ``folders`` holds is still the folder
+    found sound: one lstat, through every folder above it, so that a folder swapped
+    since for a link (to a folder elsewhere) is noticed, wherever it is above ``rel``."""
+    deepest = next((parent for parent in reversed(list(parents_of(rel))) if parent in folders), None)
+    if deepest is None:
+        return True
+    try:
+        st = os.lstat(os.path.join(os.fspath(root), deepest))
+    except OSError:
+        return False
+    return stat.S_ISDIR(st.st_mode) and (st.st_dev, st.st_ino) == folders[deepest]
+
+
+def install_staged(root: Path, rel: str, staged: Path, folders: SoundFolders | None = None) -> None:
     """Put what ``stage_blob`` made in place at ``rel``, replacing what is there
     (a file, a link, or a folder the caller checked is empty of files).
     ``folders``: as ``make_parents``'s, for a pass that installs many files."""
+    if folders and not still_sound(root, rel, folders):
+        folders.clear()  # changed under the pass (a folder swapped for a link?): look at every one again
     make_parents(root, rel, folders)
     destination = safe_target(root, rel, folders=folders)
     try:

@@ -363,3 +363,21 @@ def test_the_clone_destination_checks(tmp_path: Path) -> None:
 def test_the_preflight_errors_are_the_operations_errors() -> None:
     """The words are those ``operations.clone_repository`` uses when it meets the same."""
     assert op.not_empty(Path("/x")).message == "destination path '/x' already exists and is not an empty directory"
+
+
+def test_a_failure_of_this_machine_s_files_is_one_error_line_not_a_traceback(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    """A clone into a full disk, a pull where a folder may not be written: the OSError
+    of the write escaped as rich's traceback (a screen of it), exit 1."""
+    with pytest.raises(typer.Exit) as stopped, console.exit_on_error(json_output=True):
+        raise OSError(28, "No space left on device")
+    assert stopped.value.exit_code == ExitCode.ERROR
+    captured = capsys.readouterr()
+    assert captured.err == "error: No space left on device\n"
+    assert json.loads(captured.out)["error"]["message"] == "No space left on device"
+
+    with pytest.raises(typer.Exit) as stopped, console.exit_on_error():
+        raise PermissionError(13, "Permission denied", "/w/a/b.txt")
+    assert stopped.value.exit_code == ExitCode.ERROR
+    assert capsys.readouterr().err == "error: /w/a/b.txt: Permission denied\n"

@@ -7,6 +7,7 @@ real ReplyCollector, as transport.Connection feeds what it polls.
 from __future__ import annotations
 
 import base64
+import dataclasses
 import io
 import json
 import random
@@ -22,7 +23,7 @@ from minigit import codec
 from minigit import protocol as p
 from minigit.client import exchange
 from minigit.client.exchange import ReceivedBlob, ReplyCollector, await_answer
-from minigit.errors import ExitCode, ProtocolError, ServerUnreachable, UnsafePath
+from minigit.errors import ExitCode, MinigitError, ProtocolError, ServerUnreachable, UnsafePath
 
 BIG = random.Random(11).randbytes(2 * codec.CHUNK_SIZE + 77)  # three chunks
 
@@ -841,3 +842,57 @@ def test_a_malformed_record_ends_the_wait_at_once() -> None:
     with pytest.raises(ProtocolError, match="malformed answer"):
         wait(service, request_id, 30)
     assert clock.now == pytest.approx(1)
+
+
+def test_a_full_temporary_disk_is_said_as_such_not_taken_for_kafka(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The blobs past the memory budget go to a temporary file: a full disk there
+    (ENOSPC, or `ulimit -f`) escaped as an OSError, which the transport takes for
+    Kafka's: 'cannot reach Kafka at ...: OSError', exit 4. It is this machine's
+    disk: one error line naming it, exit 1."""
+    monkeypatch.setattr(exchange, "SPOOL_BYTES", 1000)
+
+    class FullDisk(io.BytesIO):
+        def write(self, data) -> int:
+            raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(tempfile, "TemporaryFile", lambda *args, **kwargs: FullDisk())
+    request_id = rid()
+    _, records = answer(request_id, [f"file {n}\n".encode() * 10 for n in range(300)])
+    collector = ReplyCollector(request_id, RecordingObserver())
+    with pytest.raises(Exception) as raised:  # (which one is the point)
+        feed_all(collector, records)
+    assert isinstance(raised.value, MinigitError) and not isinstance(raised.value, OSError)
+    assert raised.value.exit_code == ExitCode.ERROR
+    assert "No space left on device" in raised.value.message and "temporary" in raised.value.message
+
+
+def test_a_blob_of_another_size_than_its_tree_says_breaks_the_answer(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Where a blob is kept (memory or the one spill file) follows the size its tree
+    gives: a tree that says 1 byte for blobs of kilobytes sent each to a temporary file
+    of its own (the descriptors a clone of 100,000 files ran out of), and the files
+    were written with sizes their manifest does not hold. Nothing received is trusted."""
+    monkeypatch.setattr(exchange, "SPOOL_BYTES", 1000)
+    request_id = rid()
+    files = [random.Random(n).randbytes(2000) for n in range(5)]
+    tree = p.encode_tree({f"f{n}": p.FileEntry(p.hash_bytes(data), 1) for n, data in enumerate(files)})
+    head = reply(request_id, [tree, *files], tree=p.hash_bytes(tree))
+    records = [head.to_bytes()] + [value for data in (tree, *files) for value in chunks(request_id, data, head.stream)]
+    collector = ReplyCollector(request_id, RecordingObserver())
+    feed_all(collector, records)
+    assert collector.response is None
+    assert collector.broken and "the tree says" in collector.broken[-1]
+
+
+def test_a_tree_giving_one_content_two_sizes_or_a_blob_more_pieces_than_its_size_breaks_the_answer() -> None:
+    request_id = rid()
+    data = b"x" * 3000
+    entry = p.FileEntry(p.hash_bytes(data), len(data))
+    for listed in ({"a": entry, "b": dataclasses.replace(entry, size=5)}, {"a": dataclasses.replace(entry, size=5)}):
+        tree = p.encode_tree(listed)
+        head = reply(request_id, [tree, data], tree=p.hash_bytes(tree))
+        records = [head.to_bytes()] + [
+            value for blob in (tree, data) for value in chunks(request_id, blob, head.stream)
+        ]
+        collector = ReplyCollector(request_id, RecordingObserver())
+        feed_all(collector, records)
+        assert collector.response is None and "the tree says" in collector.broken[-1]

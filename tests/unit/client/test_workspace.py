@@ -638,3 +638,29 @@ def test_every_path_the_protocol_accepts_is_tracked(tmp_path, rel):
 def test_parents_of_lists_the_folders_a_path_is_in_from_the_top() -> None:
     assert list(ws.parents_of("a/b/c.txt")) == ["a", "a/b"]
     assert list(ws.parents_of("top.txt")) == []
+
+
+@pytest.mark.parametrize(("swapped", "link_to"), [("a/b", "b"), ("a", ".")])
+def test_a_folder_swapped_for_a_link_during_an_install_pass_stops_it(
+    tmp_path: Path, swapped: str, link_to: str
+) -> None:
+    """A pull installs its files in one pass that looks at each folder once. A folder it
+    found sound, replaced meanwhile by a link to a folder outside (another process,
+    between two files), must not lead the pass's next files out of the working directory."""
+    root, outside, staging = tmp_path / "work", tmp_path / "outside", tmp_path / "staging"
+    for folder in (root, outside / "b", staging):
+        folder.mkdir(parents=True)
+    staged = []
+    for number in range(3):
+        staged.append(staging / str(number))
+        staged[-1].write_bytes(b"from the server")
+    folders: ws.SoundFolders = {}
+    ws.install_staged(root, "a/b/1", staged[0], folders)
+    (root / swapped).rename(tmp_path / "moved-away")
+    (root / swapped).symlink_to(outside / link_to)
+    with pytest.raises(UnsafePath):
+        ws.install_staged(root, "a/b/2", staged[1], folders)
+    if swapped == "a":
+        with pytest.raises(UnsafePath):
+            ws.install_staged(root, "a/c/3", staged[2], folders)
+    assert sorted(path.relative_to(outside).as_posix() for path in outside.rglob("*")) == ["b"]

@@ -69,3 +69,21 @@ class EveryTopicConsumer:
 def test_topic_partitions_of_another_kafka_python_falls_back_to_its_own_way() -> None:
     found = kafka_clients.topic_partitions(EveryTopicConsumer(), ["there", "missing"], 1000)
     assert found == {"there": {0, 1}, "missing": None}
+
+
+@pytest.mark.parametrize("open_client", [kafka_clients.open_producer, kafka_clients.open_consumer])
+def test_a_client_told_not_to_create_topics_asks_its_metadata_so(open_client) -> None:
+    """kafka-python 3.0.12 does not hand a client's allow_auto_create_topics on to its
+    metadata cache, which asks with auto-creation on: against a broker with Kafka's
+    default auto.create.topics.enable=true, a command with a mistyped --namespace made
+    that namespace's two topics (it then said they did not exist; the next command
+    waited for a service that was not there)."""
+    extra = {"group_id": None} if open_client is kafka_clients.open_consumer else {}
+    # (api_version given: built without a broker)
+    client = open_client(KafkaSettings("127.0.0.1:1"), api_version=(3, 0), allow_auto_create_topics=False, **extra)
+    try:
+        cluster = getattr(client, "_cluster", None) or client._metadata
+        cluster.set_topics(["t1"])
+        assert cluster.metadata_request().allow_auto_topic_creation is False
+    finally:
+        client.close()
