@@ -465,6 +465,8 @@ class ReplyCollector:
         self.reached = 0
         self.last_news = clock()
         self.last_alive = self.last_news  # the last valid reply or piece of this request, news or not
+        # the same but upload notices: a replica notices any chunk naming the request, which anyone may send
+        self.last_heard = self.last_news
         self.broken: list[str] = []  # why each dropped answer broke
 
     def feed(self, value: bytes) -> bool:
@@ -489,9 +491,11 @@ class ReplyCollector:
             return False
         if isinstance(message, p.Reply):
             self.last_alive = self.clock()
+            if message.status == p.Status.WORKING and message.action == p.UPLOAD_NOTICE:
+                return False  # a replica is taking in the upload; the request has not arrived
+            self.last_heard = self.last_alive
             if message.status == p.Status.WORKING:
-                # an upload notice says a replica is taking in the upload; the request has not arrived
-                return message.action != p.UPLOAD_NOTICE and self._advance(WORKING_STEP)
+                return self._advance(WORKING_STEP)
             self.abandon()
             self.answer = _Answer(message, self.observer, (self.reached, self.last_news), self.spool)
             return self._advance(self.answer.steps)
@@ -508,7 +512,7 @@ class ReplyCollector:
             self.reached, self.last_news = self.answer.before
             self.abandon()
             return False
-        self.last_alive = self.clock()
+        self.last_alive = self.last_heard = self.clock()
         return self._advance(self.answer.steps)
 
     def _guarded(self, message: p.Message) -> p.Message | None:
@@ -598,7 +602,11 @@ def resend_due(
         return sent + resend_delay(attempt, timeout, upload_bytes, upload_records=upload_records)
     if collector.answer is not None:
         return max(sent, collector.last_news) + resend_delay(attempt, timeout, upload_bytes, answering=True)
-    return max(sent, collector.last_alive) + resend_delay(attempt, timeout, upload_bytes, upload_records=upload_records)
+    delay = resend_delay(attempt, timeout, upload_bytes, upload_records=upload_records)
+    # Upload notices prove nothing of the request's replica (a chunk naming the request, which
+    # anyone may send, gets one): they hold the hedge off one attempt window at most.
+    noticed = min(collector.last_alive, sent + delay + attempt_window(timeout))
+    return max(sent, collector.last_heard, noticed) + delay
 
 
 class _WaitingClock:

@@ -783,6 +783,29 @@ def test_upload_notices_keep_the_upload_from_being_sent_again_and_are_not_news()
     assert [at for at, _ in service.sent] == [0, pytest.approx(7.0)]  # a second after the last notice
 
 
+def test_upload_notices_hold_a_hedge_off_for_one_attempt_window_at_most() -> None:
+    """A replica sends a signed upload notice for any chunk that names a request id
+    and a reply partition, and chunks are signed by no one: anyone who may write
+    the requests topic can have a live replica notice someone else's request every
+    half second (its id is in its chunks). Those notices must not keep the client
+    from bypassing the replica that died with its request: at most an attempt
+    window (max(5, timeout / 3)) past the hedge's due time, it is sent again."""
+    clock = Clock()
+    request_id = rid()
+    notice = reply(request_id, status=p.Status.WORKING, action=p.UPLOAD_NOTICE).to_bytes()
+    done = reply(request_id, status=p.Status.ACCEPTED, action="push", version=2, head=2).to_bytes()
+    forged = [(0.5 * n, notice) for n in range(1, 120)]  # a notice every half second, for a minute
+
+    def script(number: int) -> list[tuple[float, bytes]]:
+        return forged if number == 1 else [(0.3, done)]  # the first replica is dead; the next answers
+
+    service = Service(script, clock)
+    assert wait(service, request_id, 30).status == p.Status.ACCEPTED
+    window = exchange.attempt_window(30)
+    assert [n for _, n in service.sent] == [0, 1]
+    assert service.sent[1][0] <= window + 2 * exchange.HEDGE_AFTER_S
+
+
 def test_once_a_replica_has_the_request_it_is_sent_again_without_its_upload() -> None:
     """Its "working" reply says the upload is in the log (every replica reads it):
     the hedge is the request alone, a second after, whatever the upload's size."""
