@@ -14,6 +14,7 @@ from dataclasses import dataclass
 
 from kafka import ConsumerRebalanceListener, KafkaConsumer, TopicPartition
 from kafka.admin import ConfigResource, ConfigResourceType, NewTopic
+from kafka.consumer.fetcher import ConsumerRecord
 from kafka.coordinator.assignors.roundrobin import RoundRobinPartitionAssignor
 from kafka.errors import KafkaConnectionError, KafkaError, TopicAlreadyExistsError
 from kafka.producer.future import FutureRecordMetadata
@@ -173,15 +174,21 @@ def latest_values(settings: KafkaSettings, topic: str, timeout_s: float = 10.0) 
             if time.monotonic() > deadline:
                 raise TimeoutError(f"reading {topic} took over {timeout_s:g}s")
             for records in consumer.poll(timeout_ms=200).values():
-                for record in records:
-                    if record.key is None:
-                        continue
-                    latest.pop(record.key, None)
-                    if record.value is not None:
-                        latest[record.key] = record.value
+                keep_latest(latest, records)
         return latest
     finally:
         consumer.close()
+
+
+def keep_latest(latest: dict[bytes, bytes], records: Iterable[ConsumerRecord]) -> None:
+    """The latest value under each key, as compaction keeps it: a tombstone drops its
+    key, a record without a key is no one's."""
+    for record in records:
+        if record.key is None:
+            continue
+        latest.pop(record.key, None)
+        if record.value is not None:
+            latest[record.key] = record.value
 
 
 def _config_errors(answers: object) -> list[object]:
@@ -552,12 +559,7 @@ class Bus:
             deadline = time.monotonic() + max(settle_s, 5.0)
             while consumer.position(tp) < end and time.monotonic() < deadline:
                 for records in consumer.poll(timeout_ms=200).values():
-                    for record in records:
-                        if record.key is None:
-                            continue
-                        latest.pop(record.key, None)
-                        if record.value is not None:
-                            latest[record.key] = record.value
+                    keep_latest(latest, records)
             self.reports_read_ms = int(time.time() * 1000)
             return latest
         finally:

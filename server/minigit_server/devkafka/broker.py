@@ -468,18 +468,63 @@ def ensure_kafka_jars(version: str = KAFKA_VERSION, progress: Progress | None = 
         return libs
     mvn = _find_maven()
     find_java()  # Maven runs on it too; say so before Maven fails more obscurely
-    root = libs.parent
+    try:
+        return fetch_with_maven(
+            mvn,
+            "kafka-pom.xml",
+            {"kafka.version": version},
+            libs,
+            lambda jars: _jars_complete(jars, version),
+            lambda: progress and progress(f"downloading the Apache Kafka {version} jars with Maven into {libs} (once)"),
+        )
+    except MavenFetchFailed as failure:
+        if failure.returncode is None:
+            raise BrokerError(f"Maven did not finish downloading the Kafka jars within {MAVEN_TIMEOUT:.0f} s") from None
+        tail = _last_lines(failure.messages, 8)
+        raise BrokerError(
+            f"Maven could not download the Apache Kafka {version} jars (exit code {failure.returncode})"
+            + (":\n" + tail if tail else ""),
+            hint="check the network access to Maven Central (or your ~/.m2/settings.xml mirror); "
+            f"or set KAFKA_HOME to an unpacked Kafka download; {_DOCKER_HINT}",
+        ) from None
+
+
+class MavenFetchFailed(Exception):
+    """Maven left no complete set of jars: ``returncode`` None when it timed out;
+    ``messages``: what it said (``_maven_messages``)."""
+
+    def __init__(self, returncode: int | None, messages: str = "") -> None:
+        super().__init__(returncode, messages)
+        self.returncode = returncode
+        self.messages = messages
+
+
+def fetch_with_maven(
+    mvn: str,
+    pom_resource: str,
+    properties: dict[str, str],
+    dest: Path,
+    complete: Callable[[Path], bool],
+    starting: Callable[[], object],
+) -> Path:
+    """``dest`` filled, once, with the runtime dependencies of the pom
+    ``resources/<pom_resource>`` (``properties`` given to Maven as -D options): the
+    Kafka jars, Spark's Kafka connector. Under the cache's lock (another process
+    may be filling it too); Maven downloads into a temporary directory beside it,
+    renamed into place only when ``complete`` says so, so an interrupted download
+    leaves no half cache. ``starting`` is called before Maven runs (a progress line).
+    MavenFetchFailed otherwise."""
+    root = dest.parent
     root.mkdir(parents=True, exist_ok=True)
     with _locked(root / ".lock"):
-        if _jars_complete(libs, version):  # another process filled it meanwhile
-            return libs
-        if progress:
-            progress(f"downloading the Apache Kafka {version} jars with Maven into {libs} (once)")
+        if complete(dest):  # another process filled it meanwhile
+            return dest
+        starting()
         work = Path(tempfile.mkdtemp(prefix="download-", dir=root))
         try:
             pom = work / "pom.xml"
-            pom.write_bytes(importlib.resources.files(__package__).joinpath("resources", "kafka-pom.xml").read_bytes())
-            target = work / "libs"
+            pom.write_bytes(importlib.resources.files(__package__).joinpath("resources", pom_resource).read_bytes())
+            target = work / "jars"
             command = [
                 mvn,
                 "-q",
@@ -489,31 +534,23 @@ def ensure_kafka_jars(version: str = KAFKA_VERSION, progress: Progress | None = 
                 "dependency:copy-dependencies",
                 f"-DoutputDirectory={target}",
                 "-DincludeScope=runtime",
-                f"-Dkafka.version={version}",
+                *(f"-D{name}={value}" for name, value in properties.items()),
                 "-Dstyle.color=never",
             ]
             try:
                 proc = subprocess.run(
                     command, cwd=work, stdin=subprocess.DEVNULL, capture_output=True, text=True, timeout=MAVEN_TIMEOUT
                 )
-            except subprocess.TimeoutExpired as error:
-                raise BrokerError(
-                    f"Maven did not finish downloading the Kafka jars within {MAVEN_TIMEOUT:.0f} s"
-                ) from error
-            if proc.returncode != 0 or not _jars_complete(target, version):
-                tail = _last_lines(_maven_messages(proc.stdout + proc.stderr), 8)
-                raise BrokerError(
-                    f"Maven could not download the Apache Kafka {version} jars (exit code {proc.returncode})"
-                    + (":\n" + tail if tail else ""),
-                    hint="check the network access to Maven Central (or your ~/.m2/settings.xml mirror); "
-                    f"or set KAFKA_HOME to an unpacked Kafka download; {_DOCKER_HINT}",
-                )
-            if libs.exists():  # a cache someone emptied by hand: replace it
-                shutil.rmtree(libs)
-            target.rename(libs)
+            except subprocess.TimeoutExpired:
+                raise MavenFetchFailed(None) from None
+            if proc.returncode != 0 or not complete(target):
+                raise MavenFetchFailed(proc.returncode, _maven_messages(proc.stdout + proc.stderr))
+            if dest.exists():  # a cache someone emptied by hand: replace it
+                shutil.rmtree(dest)
+            target.rename(dest)
         finally:
             shutil.rmtree(work, ignore_errors=True)
-    return libs
+    return dest
 
 
 # --------------------------------------------------------------------------- configuration

@@ -12,13 +12,10 @@ before a session starts. Every failure is a one-line ``SparkUnavailable`` with a
 from __future__ import annotations
 
 import contextlib
-import importlib.resources
 import os
 import re
 import shutil
-import subprocess
 import sys
-import tempfile
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -111,57 +108,28 @@ def ensure_connector(version: str = SPARK_VERSION, progress: Progress | None = N
             "holding the connector's jars",
         )
     check_java()
-    root = jars.parent
-    root.mkdir(parents=True, exist_ok=True)
-    with broker._locked(root / ".lock"):
-        if _complete(jars, version):  # another process fetched it meanwhile
-            return jars
-        if progress:
-            progress(f"downloading Spark's Kafka connector {version} with Maven into {jars} (once)")
-        work = Path(tempfile.mkdtemp(prefix="download-", dir=root))
-        try:
-            pom = work / "pom.xml"
-            resources = importlib.resources.files("minigit_server.devkafka").joinpath("resources")
-            pom.write_bytes(resources.joinpath("spark-kafka-pom.xml").read_bytes())
-            target = work / "jars"
-            command = [
-                mvn,
-                "-q",
-                "-B",
-                "-f",
-                str(pom),
-                "dependency:copy-dependencies",
-                f"-DoutputDirectory={target}",
-                "-DincludeScope=runtime",
-                f"-Dspark.version={version}",
-                "-Dstyle.color=never",
-            ]
-            try:
-                proc = subprocess.run(
-                    command,
-                    cwd=work,
-                    stdin=subprocess.DEVNULL,
-                    capture_output=True,
-                    text=True,
-                    timeout=broker.MAVEN_TIMEOUT,
-                )
-            except subprocess.TimeoutExpired as error:
-                raise SparkUnavailable(
-                    f"Maven did not finish downloading Spark's Kafka connector within {broker.MAVEN_TIMEOUT:.0f} s"
-                ) from error
-            if proc.returncode != 0 or not _complete(target, version):
-                tail = broker._last_lines(broker._maven_messages(proc.stdout + proc.stderr), 6)
-                raise SparkUnavailable(
-                    f"Maven could not download Spark's Kafka connector {CONNECTOR} {version} "
-                    f"(exit code {proc.returncode})" + (":\n" + tail if tail else ""),
-                    hint="check the network access to Maven Central (or your ~/.m2/settings.xml mirror)",
-                )
-            if jars.exists():
-                shutil.rmtree(jars)
-            target.rename(jars)
-        finally:
-            shutil.rmtree(work, ignore_errors=True)
-    return jars
+    try:
+        return broker.fetch_with_maven(
+            mvn,
+            "spark-kafka-pom.xml",
+            {"spark.version": version},
+            jars,
+            lambda found: _complete(found, version),
+            lambda: (
+                progress and progress(f"downloading Spark's Kafka connector {version} with Maven into {jars} (once)")
+            ),
+        )
+    except broker.MavenFetchFailed as failure:
+        if failure.returncode is None:
+            raise SparkUnavailable(
+                f"Maven did not finish downloading Spark's Kafka connector within {broker.MAVEN_TIMEOUT:.0f} s"
+            ) from None
+        tail = broker._last_lines(failure.messages, 6)
+        raise SparkUnavailable(
+            f"Maven could not download Spark's Kafka connector {CONNECTOR} {version} "
+            f"(exit code {failure.returncode})" + (":\n" + tail if tail else ""),
+            hint="check the network access to Maven Central (or your ~/.m2/settings.xml mirror)",
+        ) from None
 
 
 def session_jars(jars: Path) -> list[Path]:
