@@ -3,13 +3,15 @@ isolated by a unique topic namespace (unique topics per test)."""
 
 from __future__ import annotations
 
+import importlib.util
+import json
 import os
 import signal
 import subprocess
 import sys
 import time
 import uuid
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from pathlib import Path
 
 import pytest
@@ -25,6 +27,7 @@ from minigit_server.store import SqliteStore, StoreUnusable
 from minigit_server.supervisor import replica_command
 
 MINIGIT = str(Path(sys.executable).with_name("minigit"))
+MINIGIT_SERVER = str(Path(sys.executable).with_name("minigit-server"))
 PARTITIONS = 3
 
 
@@ -221,3 +224,33 @@ def bare_service(kafka_bootstrap: str, namespace: str, tmp_path: Path) -> Iterat
         yield harness
     finally:
         harness.stop_all()
+
+
+@pytest.fixture
+def audit_agrees() -> Callable[[Service], None]:
+    """`minigit-server audit` as an operator runs it, in Apache Spark (local mode) and
+    in-process: the log, folded from its beginning with the replicas' own rules, makes
+    what every replica reports, and both engines say so alike. Without PySpark the
+    Spark half is left out, except under CI=true, where the extra is installed."""
+
+    def check(service: Service) -> None:
+        engines = ["local"]
+        if importlib.util.find_spec("pyspark") is not None or os.environ.get("CI", "").lower() in {"true", "1"}:
+            engines.append("spark")
+        found = {}
+        for engine in engines:
+            command = [MINIGIT_SERVER, "audit", "--engine", engine, "--master", "local[2]", "--json", "--wait", "60"]
+            done = subprocess.run(
+                [*command, "--data-dir", str(service.data_dir)],
+                capture_output=True,
+                text=True,
+                timeout=600,
+                env=service.env(),
+            )
+            assert done.returncode == 0, (engine, done.stdout[-3000:], done.stderr[-3000:])
+            verdicts = json.loads(done.stdout)["repositories"]
+            assert verdicts and all(v["status"] == "agree" for v in verdicts), (engine, verdicts)
+            found[engine] = [(v["repo"], v["head"], v["versions"]) for v in verdicts]
+        assert len({tuple(rows) for rows in found.values()}) == 1, found
+
+    return check

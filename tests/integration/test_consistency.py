@@ -98,7 +98,7 @@ def check_ledger(service, name: str, ledger: Ledger, expected_pushes: int) -> No
         assert sorted(versions) == list(range(1, 2 + expected_pushes))
 
 
-def test_concurrent_pushes(service, tmp_path: Path) -> None:
+def test_concurrent_pushes(service, tmp_path: Path, audit_agrees) -> None:
     """8 clients x 20 pushes each to one repository, pulling and retrying when rejected."""
     clients, rounds = 8, 20
     create_repo(service, tmp_path, "busy", [f"c{n}" for n in range(clients)])
@@ -126,6 +126,7 @@ def test_concurrent_pushes(service, tmp_path: Path) -> None:
     for n in range(clients):
         assert (final / f"c{n}.txt").read_text() == f"c{n} round {rounds - 1}\n"
     print(f"\n{clients * rounds} accepted pushes, {ledger.rejections} rejections (fetch first) retried")
+    audit_agrees(service)  # and the log, folded again by an auditor, makes what they hold
 
 
 def test_failover_keeps_accepted_pushes(bare_service, tmp_path: Path) -> None:

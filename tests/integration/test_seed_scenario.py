@@ -37,7 +37,7 @@ def run_all(service, commands: dict[str, tuple[Path, list[str]]]) -> dict[str, s
         return {who: future.result() for who, future in futures.items()}
 
 
-def test_seed_scenario(service, tmp_path: Path) -> None:
+def test_seed_scenario(service, tmp_path: Path, audit_agrees) -> None:
     origin, a, b, c = (tmp_path / name for name in ("origin", "a", "b", "c"))
     for directory in (origin, a):
         directory.mkdir()
@@ -128,3 +128,7 @@ def test_seed_scenario(service, tmp_path: Path) -> None:
     authors = re.findall(r"^Author: (\S+)$", history.stdout, re.MULTILINE)
     assert authors == ["bryan", "willy", "tester", "tester"]
     assert history.stdout.count("Signed: good signature by") == 4 and "BAD" not in history.stdout
+
+    # An auditor that shares nothing with the replicas (the seed's Spark, at last) folds
+    # the log again and finds what every replica holds.
+    audit_agrees(service)
