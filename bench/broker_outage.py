@@ -165,10 +165,7 @@ def main() -> None:
     try:
         broker.start()
         replicas = Replicas(broker.bootstrap, f"outage{int(time.time())}-", root / "server")
-        started_ms = int(time.time() * 1000)
-        for replica_id in REPLICAS:
-            replicas.start(replica_id)
-        replicas.wait_settled(started_ms)
+        replicas.start_all(REPLICAS)
         replicas.serving("outage")
         options = operations.ClientOptions("bench", ServerFlags(broker.bootstrap, replicas.namespace), timeout=10)
         work = root / "work"

@@ -351,10 +351,7 @@ def main() -> None:
     try:
         bootstrap = args.bootstrap or bench.start_kafka(kafka_dir)
         replicas = bench.Replicas(bootstrap, f"diff{int(time.time())}-", root / "server")
-        started_ms = int(time.time() * 1000)
-        for replica_id in ("1", "2", "3"):
-            replicas.start(replica_id)
-        replicas.wait_settled(started_ms)
+        replicas.start_all()
         replicas.serving("warmup")  # registers the user
         trees = {
             f"{args.big_files} files, {args.big_mib} MiB": big_tree(

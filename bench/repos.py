@@ -424,10 +424,7 @@ def main() -> None:
         if bootstrap is None:
             bootstrap = start_kafka(kafka_dir)
         replicas = Replicas(bootstrap, f"benchrepos{int(time.time())}-", root / "server")
-        started_ms = int(time.time() * 1000)
-        for replica_id in ("1", "2", "3"):
-            replicas.start(replica_id)
-        replicas.wait_settled(started_ms)
+        replicas.start_all()
         replicas.serving("warmup")
         made = 0
         for count in checkpoints:

@@ -126,11 +126,8 @@ def per_operation(parts: dict[str, float]) -> dict[str, float]:
 
 def latency(bootstrap: str, root: Path, rounds: int) -> dict[str, float]:
     replicas = bench.Replicas(bootstrap, f"sign{int(time.time())}-", root / "server")
-    started_ms = int(time.time() * 1000)
-    for replica_id in ("1", "2", "3"):
-        replicas.start(replica_id)
     try:
-        replicas.wait_settled(started_ms)
+        replicas.start_all()
         options = operations.ClientOptions("bench", ServerFlags(bootstrap, replicas.namespace), timeout=60)
         results = {}
         for visibility in (p.Visibility.PUBLIC, p.Visibility.PRIVATE):

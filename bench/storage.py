@@ -382,10 +382,7 @@ def main() -> None:
         retention = TopicRetention.parse(args.retention_ms, args.retention_ms, 2 * MAX_PUSH, MAX_PUSH)
         (root / "server").mkdir()
         replicas = RetainedReplicas(bootstrap, f"benchstorage{int(time.time())}-", root / "server", retention)
-        started_ms = int(time.time() * 1000)
-        for replica_id in ("1", "2", "3"):
-            replicas.start(replica_id)
-        replicas.wait_settled(started_ms)
+        replicas.start_all()
         replicas.serving("warmup")
         if not args.skip_storage:
             console.print(f"[bold]storage[/] ({args.content_mib} MiB of content, retention {args.retention_ms} ms)")

@@ -326,15 +326,6 @@ def bench_memory(replicas: Replicas, root: Path, mib: int) -> dict:
     }
 
 
-def register(replicas: Replicas) -> None:
-    """Register the benchmark's user first: a user's first request is answered
-    "unknown user", and sent again, uploads and all, once the key is registered, so a
-    first request of 100 MiB would be uploaded twice (a ping does not register)."""
-    options = operations.ClientOptions("bench", ServerFlags(replicas.bootstrap, replicas.namespace), 60)
-    with options.connect(replicas.settings) as connection:
-        operations.register_user(connection)
-
-
 def dir_bytes(path: Path) -> int:
     """Bytes allocated on disk: Kafka preallocates each active segment's index files
     (10 MiB each, sparse), which their sizes would count as data."""
@@ -386,12 +377,9 @@ def main() -> None:
     try:
         bootstrap = args.bootstrap or start_kafka(kafka_dir)
         replicas = Replicas(bootstrap, f"transfer{int(time.time())}-", root / "server")
-        started_ms = int(time.time() * 1000)
-        for replica_id in ("1", "2", "3"):
-            replicas.start(replica_id)
-        replicas.wait_settled(started_ms)
+        replicas.start_all()
         replicas.serving("warmup")
-        register(replicas)
+        replicas.register_user()
         sections = [
             ("push", args.only in (None, "push"), args.push_mib, f"{args.push_files} files, {args.push_mib} MiB",
              lambda: bench_push(replicas, root, args.push_files, args.push_mib)),

@@ -39,9 +39,7 @@ from rich.table import Table
 from status import GIT_ENV, machine, make_small
 
 from bench import BIN, Replicas, start_kafka, use_own_config_dir
-from minigit.client import operations
 from minigit.client import workspace as ws
-from minigit.config import ServerFlags
 
 console = Console(stderr=True)
 
@@ -52,13 +50,6 @@ def timed(command: list[str], cwd: Path, env: dict[str, str]) -> float:
     if done.returncode:
         raise RuntimeError(f"{' '.join(command[-3:])}: exit {done.returncode}: {done.stderr.strip()[-2000:]}")
     return time.perf_counter() - started
-
-
-def register(replicas: Replicas) -> None:
-    """Register the bench user's key (the commands run later use the same config dir)."""
-    options = operations.ClientOptions("bench", ServerFlags(replicas.bootstrap, replicas.namespace), 60)
-    with options.connect(options.settings()) as connection:
-        operations.register_user(connection)
 
 
 def median(samples: list[float]) -> dict:
@@ -172,12 +163,9 @@ def main() -> None:
         if bootstrap is None:
             bootstrap = start_kafka(kafka_dir)
         replicas = Replicas(bootstrap, f"trees{int(time.time())}-", root / "server")
-        started_ms = int(time.time() * 1000)
-        for replica_id in ("1", "2", "3"):
-            replicas.start(replica_id)
-        replicas.wait_settled(started_ms)
+        replicas.start_all()
         replicas.serving("warmup")
-        register(replicas)
+        replicas.register_user()
         results["trees"] = bench_trees(replicas, root, args.files, args.rounds)
     finally:
         if replicas is not None:

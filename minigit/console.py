@@ -22,7 +22,7 @@ import datetime
 import json
 import os
 import unicodedata
-from collections.abc import Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from typing import TYPE_CHECKING, Any
 
 import typer
@@ -242,3 +242,14 @@ def exit_on_error(json_output: bool = False) -> Iterator[dict[str, Any]]:
             interrupted = {"type": "Interrupted", "message": "interrupted", "hint": None}
             print_json({**partial, "error": {**interrupted, "exit_code": int(ExitCode.INTERRUPTED)}})
         raise typer.Exit(int(ExitCode.INTERRUPTED)) from None
+
+
+def version_option(print_version: Callable[[], None]) -> Any:
+    """The ``--version`` option of both commands: ``print_version``, then exit."""
+
+    def show(value: bool) -> None:
+        if value:
+            print_version()
+            raise typer.Exit()
+
+    return typer.Option("--version", callback=show, is_eager=True, help="Show the version and exit.")

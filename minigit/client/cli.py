@@ -15,7 +15,7 @@ import typer
 
 from minigit import __version__, cli_values, console
 from minigit.config import DEFAULT_BOOTSTRAP, MAX_TIMEOUT_S, MIN_TIMEOUT_S, ServerFlags, user_config_dir
-from minigit.console import MESSAGE_KEEP, escape, exit_on_error, quoted_path, shown
+from minigit.console import MESSAGE_KEEP, escape, exit_on_error, quoted_path, shown, version_option
 from minigit.errors import MergeConflicts, MinigitError, PushRejected, UsageError
 
 # What a command does is imported when it runs, not here: `minigit --version` and
@@ -951,17 +951,9 @@ def print_version() -> None:
     print(f"minigit {__version__}")  # (plain text: no need of rich)
 
 
-def show_version(value: bool) -> None:
-    if value:
-        print_version()
-        raise typer.Exit()
-
-
 @app.callback()
 def main_options(
-    version: Annotated[
-        bool, typer.Option("--version", callback=show_version, is_eager=True, help="Show the version and exit.")
-    ] = False,
+    version: Annotated[bool, version_option(print_version)] = False,
 ) -> None:
     """A git-like client for a replicated repository service reached through Apache Kafka."""
 

@@ -34,7 +34,7 @@ from minigit.config import (
     ServerFlags,
     TopicRetention,
 )
-from minigit.console import err, exit_on_error, out, shown
+from minigit.console import err, exit_on_error, out, shown, version_option
 from minigit.errors import ExitCode, MinigitError, ServerUnreachable
 from minigit_server.devkafka.cli import kafka_app
 
@@ -715,17 +715,9 @@ def print_version() -> None:
     out.print(f"minigit-server {__version__}")
 
 
-def show_version(value: bool) -> None:
-    if value:
-        print_version()
-        raise typer.Exit()
-
-
 @app.callback()
 def main_options(
-    version: Annotated[
-        bool, typer.Option("--version", callback=show_version, is_eager=True, help="Show the version and exit.")
-    ] = False,
+    version: Annotated[bool, version_option(print_version)] = False,
 ) -> None:
     """Run the replicated minigit repository service and a local Apache Kafka."""
 
